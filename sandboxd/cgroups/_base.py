@@ -1,0 +1,110 @@
+"""The one cgroup interface the rest of sandboxd sees.
+
+Strategy: a backend (v1 or v2) owns a *root* beneath the cgroup this process
+was started in (never a hierarchy's root), and creates one *job cgroup* per
+container beneath that root. Everything above this module speaks only of
+limits, counters and "kill everything in it"; which files carry them, and
+which cgroup version is mounted, is known only to the sibling modules.
+
+This module must not know about jobs, sockets, protocols or trio.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+class CgroupError(Exception):
+    """A cgroup operation failed: always our fault or the host's, never the job's."""
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupLimits:
+    """Limits written before a job starts. ``None`` means: leave unlimited."""
+
+    memory: int | None = None  # bytes, RAM + swap together (swap cannot stretch it)
+    pids: int | None = None  # processes + threads
+    cpuset: str | None = None  # e.g. "1" to pin on CPU 1 (judges), None: inherit
+    cpu_quota: float | None = None  # CPUs' worth of bandwidth (1.5 = 150 % of one core)
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupStats:
+    """Counters read after (or during) a job. Times in nanoseconds, memory in bytes."""
+
+    cpu_usage_ns: int
+    cpu_user_ns: int
+    cpu_system_ns: int
+    memory_peak: int
+    oom_kills: int
+    pids_peak: int | None  # None where the kernel does not keep it
+
+
+class JobCgroup(abc.ABC):
+    """One job's cgroup (in every hierarchy that the backend uses)."""
+
+    name: str
+
+    @abc.abstractmethod
+    def set_limits(self, limits: CgroupLimits) -> None:
+        """Write limits; called while the cgroup holds no running job process."""
+
+    @abc.abstractmethod
+    def add_pid(self, pid: int) -> None:
+        """Move a process (host pid) into this cgroup."""
+
+    @abc.abstractmethod
+    def pids(self) -> list[int]:
+        """Host pids of every process currently in the cgroup."""
+
+    @abc.abstractmethod
+    def cpu_usage_ns(self) -> int:
+        """Total CPU time of everything that ran in the cgroup: the cheap, hot-path read."""
+
+    @abc.abstractmethod
+    def stats(self) -> CgroupStats:
+        """Every counter at once (after the job, or for ``ps``)."""
+
+    @abc.abstractmethod
+    def kill_all(self, timeout: float = 5.0) -> None:
+        """Freeze, SIGKILL every process, thaw, and wait until the cgroup is empty.
+
+        Freezing first means a fork bomb cannot create processes faster than
+        they are killed. Raises CgroupError if processes remain after timeout.
+        """
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Make an empty cgroup fit for the next job: limits lifted, peaks reset.
+
+        Raises CgroupError if the cgroup is not empty (a recycled cgroup must be
+        proven empty).
+        """
+
+    @abc.abstractmethod
+    def remove(self) -> None:
+        """Kill what is left and delete the cgroup directories. Idempotent."""
+
+
+class CgroupBackend(abc.ABC):
+    """A cgroup hierarchy layout (v1 or v2) with our root beneath our own cgroup."""
+
+    version: int
+    root_name: str
+
+    @abc.abstractmethod
+    def create(self, name: str) -> JobCgroup:
+        """Create a job cgroup ``name`` beneath our root (name must contain 'sandboxd')."""
+
+    @abc.abstractmethod
+    def remove_stale(self) -> list[str]:
+        """Remove job cgroups left by a crashed run (killing their processes); return paths."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Remove every job cgroup and the root. Idempotent."""
+
+    @abc.abstractmethod
+    def problems(self) -> list[str]:
+        """Missing controllers or features, each with how to fix it (check-environment)."""
