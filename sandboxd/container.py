@@ -1,0 +1,293 @@
+"""One single-use container: made by ``spawn`` (host side), run by its init (inside).
+
+Strategy. ``spawn`` runs in a single-threaded process (the zygote, or
+``run-once`` before trio starts) and clones the container init straight into
+new user, PID, mount, network, IPC, UTS and cgroup namespaces; it then writes
+the user namespace's id maps and lets the child go. The init, PID 1 of the
+new PID namespace, carries out ``setup_steps`` in a fixed order and forks the
+job process, which drops everything it will never need again (uid, every
+capability, no_new_privs, Landlock) and then *waits*: all of that is done
+before any job exists, so a warm container costs a job almost nothing.
+
+When the job arrives (files, argv, env, limits and the stdio descriptors),
+the init writes the files into ``/box`` and hands the rest to the job
+process, which applies its rlimits, closes every other descriptor, installs
+the seccomp filter (precompiled BPF, one system call) and execs. The init
+reaps every process of the namespace and reports how the job process ended.
+When the init exits, the kernel kills whatever is left in the namespace.
+
+Messages with the supervisor (``sandboxd.channel`` frames), from the init:
+``ready`` (+ pidfd of the job process), ``started`` (monotonic t0),
+``exited`` (wait status, monotonic t1), ``error`` (where, message); to it:
+``job`` (+ stdin, stdout, stderr descriptors).
+
+The user namespace: the container's root maps to an unprivileged host uid
+of its slot, and the job user to another, so even a process that became
+"root" in the container is nobody on the host; mounts, the hostname and
+``lo`` are configured by that namespaced root. See docs/isolation.md.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandboxd import channel
+from sandboxd.isolation import _libc, caps, identity, mounts, net, rlimits
+from sandboxd.isolation._libc import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUSER,
+    CLONE_NEWUTS,
+)
+
+CLONE_FLAGS = (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC
+               | CLONE_NEWUTS | CLONE_NEWCGROUP)
+
+HOSTNAME = "sandboxd"
+JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
+WRITABLE_DIRS = ("/box", "/tmp", "/dev/shm")
+WRITABLE_FILES = ("/dev/null", "/dev/zero", "/dev/full")
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """What is fixed when a container is made (before any job): its slot and filesystem."""
+
+    slot: int
+    box_size: int
+    tmp_size: int
+    seccomp_policy: str = "default"
+    extra_binds: tuple[tuple[str, str], ...] = ()  # (host path, container path), read-only
+    landlock: bool = True
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"slot": self.slot, "box_size": self.box_size, "tmp_size": self.tmp_size,
+                "seccomp_policy": self.seccomp_policy, "landlock": self.landlock,
+                "extra_binds": [list(b) for b in self.extra_binds]}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> ContainerSpec:
+        return cls(slot=int(d["slot"]), box_size=int(d["box_size"]),
+                   tmp_size=int(d["tmp_size"]), seccomp_policy=str(d["seccomp_policy"]),
+                   landlock=bool(d["landlock"]),
+                   extra_binds=tuple((str(a), str(b)) for a, b in d["extra_binds"]))
+
+    def mount_plan(self) -> mounts.MountPlan:
+        return mounts.default_plan(
+            uid=identity.JOB_UID, gid=identity.JOB_GID, hostname=HOSTNAME,
+            box_size=self.box_size, tmp_size=self.tmp_size,
+            extra_binds=[mounts.Bind(src, dst, optional=True) for src, dst in self.extra_binds],
+        )
+
+
+@dataclass(slots=True)
+class Spawned:
+    """The host side's handles on a new container's init."""
+
+    pid: int
+    pidfd: int
+    sock: socket.socket  # control channel to the init
+    created: float = field(default_factory=time.monotonic)
+
+
+def spawn(spec: ContainerSpec) -> Spawned:
+    """Clone a new container init. Call only from a single-threaded process (no trio)."""
+    from sandboxd.isolation import seccomp
+
+    bpf = seccomp.compile_policy(spec.seccomp_policy)  # cached: compiled once per process
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    go_r, go_w = os.pipe()
+    try:
+        pid, pidfd = _libc.clone(CLONE_FLAGS)
+    except BaseException:
+        for fd in (go_r, go_w):
+            os.close(fd)
+        parent_sock.close()
+        child_sock.close()
+        raise
+    if pid == 0:  # the container init
+        code = 1
+        try:
+            os.close(go_w)
+            parent_sock.close()
+            code = _init_main(spec, child_sock, go_r, bpf)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(go_r)
+    child_sock.close()
+    try:
+        identity.write_maps(pid, identity.IdMap(spec.slot))
+        os.write(go_w, b"g")
+    except BaseException:
+        _libc.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+        parent_sock.close()
+        raise
+    finally:
+        os.close(go_w)
+    return Spawned(pid, pidfd, parent_sock)
+
+
+# --------------------------------------------------------------- inside: init
+
+
+def _keep_only_fds(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def setup_steps(spec: ContainerSpec) -> None:
+    """The container's setup, in bubblewrap's order: identity, mounts, hostname, network."""
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    mounts.apply(spec.mount_plan())
+    _libc.sethostname(HOSTNAME)
+    net.loopback_up()
+
+
+def _init_main(spec: ContainerSpec, sock: socket.socket, go_r: int, bpf: bytes) -> int:
+    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _keep_only_fds({sock.fileno(), go_r})
+    if os.read(go_r, 1) != b"g":  # the parent died before writing our id maps
+        return 1
+    os.close(go_r)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        setup_steps(spec)
+        job_sock, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        job_pid = os.fork()
+        if job_pid == 0:
+            code = 1
+            try:
+                init_end.close()
+                sock.close()
+                code = _job_main(spec, job_sock, bpf)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        job_sock.close()
+        job_pidfd = _libc.pidfd_open(job_pid)
+        channel.send(sock, {"t": "ready", "job_pid": job_pid}, [job_pidfd])
+        os.close(job_pidfd)
+    except Exception as e:
+        _report_error(sock, "container setup", e)
+        return 1
+    return _init_serve(sock, init_end, job_pid)
+
+
+def _report_error(sock: socket.socket, where: str, e: BaseException) -> None:
+    try:
+        channel.send(sock, {"t": "error", "where": where, "message": f"{type(e).__name__}: {e}"})
+    except OSError:
+        pass
+
+
+def _write_files(files: dict[str, bytes]) -> None:
+    """Write the job's files into /box, owned by the job user. Paths were validated upstream,
+    and are checked again here: nothing may land outside /box."""
+    for name, content in files.items():
+        if name.startswith("/") or "\0" in name or ".." in name.split("/"):
+            raise ValueError(f"file name {name!r} must be relative and stay inside /box")
+        path = os.path.join("/box", name)
+        parent = os.path.dirname(path)
+        if parent != "/box":
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+            os.chown(parent, identity.JOB_UID, identity.JOB_GID)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchown(fd, identity.JOB_UID, identity.JOB_GID)
+        finally:
+            os.close(fd)
+
+
+def _init_serve(sock: socket.socket, job_sock: socket.socket, job_pid: int) -> int:
+    try:
+        msg, fds = channel.recv(sock)
+    except (channel.ChannelClosed, OSError):
+        return 0  # the supervisor gave up on this container before using it
+    try:
+        if msg.get("t") != "job" or len(fds) != 3:
+            raise ValueError(f"expected a job message with 3 descriptors, got {msg.get('t')!r}")
+        _write_files(msg.get("files") or {})
+        go = {"t": "go", "argv": msg["argv"], "env": msg.get("env") or {},
+              "cwd": msg.get("cwd") or "/box", "rlimits": msg.get("rlimits") or {}}
+        t0 = time.monotonic()
+        channel.send(job_sock, go, fds)
+    except Exception as e:
+        _report_error(sock, "job delivery", e)
+        return 1
+    finally:
+        for fd in fds:
+            os.close(fd)
+    job_sock.close()
+    channel.send(sock, {"t": "started", "t0": t0})
+    while True:  # reap everything; report the job process
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0
+        if pid == job_pid:
+            t1 = time.monotonic()
+            channel.send(sock, {"t": "exited", "status": status, "t1": t1})
+            return 0
+
+
+# -------------------------------------------------------- inside: job process
+
+
+def _job_main(spec: ContainerSpec, sock: socket.socket, bpf: bytes) -> int:
+    """Drop everything now, before the job exists; then wait for it and exec."""
+    from sandboxd.isolation import landlock, seccomp
+
+    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    caps.drop_bounding_and_lock()
+    identity.become_job_user()
+    caps.clear_all()
+    caps.set_no_new_privs()
+    if spec.landlock:
+        landlock.restrict(read_paths=["/"], write_paths=list(WRITABLE_DIRS),
+                          write_files=list(WRITABLE_FILES))
+    try:
+        msg, fds = channel.recv(sock)
+    except (channel.ChannelClosed, OSError):
+        return 0
+    stdin, stdout, stderr = fds
+    for target, fd in enumerate((stdin, stdout, stderr)):
+        os.dup2(fd, target)
+    os.chdir(msg["cwd"])
+    limits = rlimits.Rlimits(**{k: v for k, v in msg["rlimits"].items()})
+    env = {str(k): str(v) for k, v in msg["env"].items()}
+    env.setdefault("PATH", JOB_PATH)
+    argv = [str(a) for a in msg["argv"]]
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        rlimits.apply(limits)
+        _libc.close_range(3)
+        seccomp.install(bpf)
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        os.write(2, f"sandboxd: cannot execute {argv[0]!r}: {e.strerror}\n".encode())
+        return 127
+    return 127  # pragma: no cover - execvpe does not return

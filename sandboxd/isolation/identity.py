@@ -1,0 +1,68 @@
+"""Identity: user namespace maps written from outside, and the drop to the job's uid inside.
+
+Strategy: the container is a user namespace whose root (the container init)
+maps to an unprivileged host uid, and whose job user maps to another, both
+unique per pool slot, as isolate gives each box its own uid: two jobs can
+never signal or trace each other, and even the container's root is nobody on
+the host. The maps are written by the host-side parent (real root), which
+may map any host ids; the child waits until they are in place.
+
+This module knows nothing of jobs, sockets, cgroups or trio.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# Inside every container: root is 0, the job runs as JOB_UID/JOB_GID.
+JOB_UID = 1000
+JOB_GID = 1000
+
+# Host ids: slot s maps container root to INIT_BASE + s and the job user to
+# JOB_BASE + s. isolate uses 60000 + box id; we keep clear of it.
+INIT_BASE = 420000
+JOB_BASE = 430000
+MAX_SLOTS = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class IdMap:
+    """The host ids of one slot."""
+
+    slot: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.slot < MAX_SLOTS:
+            raise ValueError(f"slot {self.slot} outside [0, {MAX_SLOTS})")
+
+    @property
+    def host_root(self) -> int:
+        return INIT_BASE + self.slot
+
+    @property
+    def host_job(self) -> int:
+        return JOB_BASE + self.slot
+
+    def uid_map(self) -> str:
+        return f"0 {self.host_root} 1\n{JOB_UID} {self.host_job} 1\n"
+
+    def gid_map(self) -> str:
+        return f"0 {self.host_root} 1\n{JOB_GID} {self.host_job} 1\n"
+
+
+def write_maps(pid: int, ids: IdMap) -> None:
+    """Write uid_map and gid_map of ``pid``'s new user namespace (run by host root)."""
+    for name, content in (("uid_map", ids.uid_map()), ("gid_map", ids.gid_map())):
+        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY)
+        try:
+            os.write(fd, content.encode())
+        finally:
+            os.close(fd)
+
+
+def become_job_user() -> None:
+    """Drop to the job's uid and gid, with no supplementary groups (inside the container)."""
+    os.setgroups([])
+    os.setresgid(JOB_GID, JOB_GID, JOB_GID)
+    os.setresuid(JOB_UID, JOB_UID, JOB_UID)

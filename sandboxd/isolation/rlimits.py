@@ -1,0 +1,43 @@
+"""Resource limits of the job process (setrlimit): the per-process backstops.
+
+Strategy: the cgroup enforces memory, processes and CPU for the whole tree;
+rlimits add what a cgroup cannot (file size, open files, stack, no core
+dumps) and a CPU-seconds backstop that ends a process even if the
+supervisor's watch were late. Limits are only ever lowered here, so an
+unprivileged process can apply them to itself just before execve.
+
+This module knows nothing of jobs, sockets, cgroups or trio.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Rlimits:
+    cpu_seconds: float | None = None  # backstop; becomes ceil(s) + 1
+    file_size: int | None = None  # bytes
+    open_files: int | None = None
+    stack: int | None = None  # bytes
+    core: int = 0
+
+    def pairs(self) -> list[tuple[int, int]]:
+        out = [(resource.RLIMIT_CORE, self.core)]
+        if self.cpu_seconds is not None:
+            out.append((resource.RLIMIT_CPU, math.ceil(self.cpu_seconds) + 1))
+        if self.file_size is not None:
+            out.append((resource.RLIMIT_FSIZE, self.file_size))
+        if self.open_files is not None:
+            out.append((resource.RLIMIT_NOFILE, self.open_files))
+        if self.stack is not None:
+            out.append((resource.RLIMIT_STACK, self.stack))
+        return out
+
+
+def apply(limits: Rlimits) -> None:
+    """Set soft and hard limit alike, so the job cannot raise them back."""
+    for which, value in limits.pairs():
+        resource.setrlimit(which, (value, value))
