@@ -1,0 +1,185 @@
+"""The ``sandboxd`` command: ``serve``, ``run-once``, ``check-environment``.
+
+Bad flags or absurd limits end with a one-line message and exit code 2,
+never a traceback. Exit codes of ``run-once`` (also used by ``sandboxctl
+run``), in the habits of ``docker run`` and ``timeout``:
+
+====================  ==========================================
+the job's own code    ``ok`` and ``runtime_error`` with an exit code
+128 + N               ``runtime_error`` by signal N
+124                   ``time_limit`` (CPU or wall)
+137                   ``memory_limit``
+153                   ``output_limit``
+125                   ``sandbox_error`` (sandboxd's own failure)
+2                     bad flags or limits
+====================  ==========================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from sandboxd.limits import DEFAULT, LimitError, Limits
+
+EXIT_USAGE = 2
+EXIT_TIME = 124
+EXIT_SANDBOX = 125
+EXIT_MEMORY = 137
+EXIT_OUTPUT = 153
+
+
+def exit_code_for(verdict: str, exit_code: int | None, signal: int | None) -> int:
+    if verdict in ("ok", "runtime_error", "wrong_answer", "compile_error"):
+        if signal:
+            return 128 + signal
+        return exit_code or (1 if verdict != "ok" else 0)
+    return {"time_limit": EXIT_TIME, "memory_limit": EXIT_MEMORY,
+            "output_limit": EXIT_OUTPUT}.get(verdict, EXIT_SANDBOX)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """The limit flags, spelled the same in ``sandboxd run-once`` and ``sandboxctl run``."""
+    g = p.add_argument_group("limits (sizes take K, M, G suffixes)")
+    g.add_argument("--cpu-time", metavar="S", help=f"CPU seconds (default {DEFAULT.cpu_time:g})")
+    g.add_argument("--wall-time", metavar="S", help=f"wall seconds (default {DEFAULT.wall_time:g})")
+    g.add_argument("--memory", metavar="SIZE", help="memory incl. swap (default 256M)")
+    g.add_argument("--pids", metavar="N", help=f"processes+threads (default {DEFAULT.pids})")
+    g.add_argument("--output", metavar="SIZE", help="bytes kept per stream (default 16M)")
+    g.add_argument("--file-size", metavar="SIZE", help="largest file (default 64M)")
+    g.add_argument("--box-size", metavar="SIZE", help="size of /box (default 64M)")
+    g.add_argument("--tmp-size", metavar="SIZE", help="size of /tmp (default 64M)")
+    g.add_argument("--open-files", metavar="N", help=f"open files (default {DEFAULT.open_files})")
+    g.add_argument("--stack", metavar="SIZE", help="stack size (default 64M)")
+
+
+def limit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("cpu_time", "wall_time", "memory", "pids", "output", "file_size", "box_size",
+                "tmp_size", "open_files", "stack"):
+        raw = getattr(args, key, None)
+        if raw is None:
+            continue
+        if key in ("pids", "open_files"):
+            try:
+                raw = int(raw)
+            except ValueError:
+                raise LimitError(f"--{key.replace('_', '-')} must be an integer, "
+                                 f"not {raw!r}") from None
+        out[key] = raw
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sandboxd", description="Run untrusted code in hardened containers.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    once = sub.add_parser("run-once", help="run one job in a fresh container, without a daemon")
+    add_limit_flags(once)
+    once.add_argument("--file", action="append", default=[], metavar="NAME=PATH",
+                      help="copy host file PATH into /box/NAME (repeatable)")
+    once.add_argument("--stdin", metavar="PATH", help="file to use as the job's stdin")
+    once.add_argument("--env", action="append", default=[], metavar="K=V")
+    once.add_argument("--seccomp", default="default", metavar="POLICY")
+    once.add_argument("--json", action="store_true", help="print one JSON object with the result")
+    once.add_argument("argv", nargs=argparse.REMAINDER, help="-- ARGV...")
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    serve.add_argument("--socket", metavar="PATH", help="Unix socket to listen on")
+
+    check = sub.add_parser("check-environment", help="report what the kernel offers")
+    check.add_argument("--json", action="store_true")
+    return p
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"sandboxd: {message}\n")
+    return EXIT_USAGE
+
+
+def _cmd_run_once(args: argparse.Namespace) -> int:
+    from sandboxd.executor import RunStep
+    from sandboxd.runonce import Once, run_once
+
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        return _fail("run-once needs a command after --")
+    try:
+        limits: Limits = DEFAULT.merged(limit_overrides(args))
+    except LimitError as e:
+        return _fail(str(e))
+    files: dict[str, bytes] = {}
+    for spec in args.file:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            return _fail(f"--file wants NAME=PATH, not {spec!r}")
+        if name.startswith("/") or ".." in name.split("/"):
+            return _fail(f"--file name {name!r} must be relative and stay inside /box")
+        try:
+            with open(path, "rb") as f:
+                files[name] = f.read()
+        except OSError as e:
+            return _fail(f"cannot read --file {path!r}: {e.strerror}")
+    stdin = b""
+    if args.stdin:
+        try:
+            with open(args.stdin, "rb") as f:
+                stdin = f.read()
+        except OSError as e:
+            return _fail(f"cannot read --stdin {args.stdin!r}: {e.strerror}")
+    env: dict[str, str] = {}
+    for item in args.env:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            return _fail(f"--env wants K=V, not {item!r}")
+        env[k] = v
+    from sandboxd.isolation import seccomp
+
+    if args.seccomp not in seccomp.POLICIES:
+        return _fail(f"unknown seccomp policy {args.seccomp!r} "
+                     f"(known: {', '.join(sorted(seccomp.POLICIES))})")
+    step = RunStep(argv=argv, limits=limits, files=files, stdin=stdin, env=env)
+    result = run_once(Once(step=step, seccomp_policy=args.seccomp))
+    if args.json:
+        sys.stdout.write(json.dumps(result.as_json()) + "\n")
+    else:
+        sys.stdout.buffer.write(result.stdout)
+        sys.stdout.flush()
+        sys.stderr.buffer.write(result.stderr)
+        sys.stderr.write(summary_line(result.as_dict()) + "\n")
+    return exit_code_for(result.verdict, result.exit_code, result.signal)
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    extra = f" ({r['reason']})" if r.get("reason") else ""
+    return (f"sandboxd: {r['verdict']}{extra}  cpu {r['cpu_time']:.3f}s  "
+            f"wall {r['wall_time']:.3f}s  mem {r['memory_peak'] / 1048576:.1f}MiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run-once":
+        return _cmd_run_once(args)
+    if args.command == "check-environment":
+        from sandboxd.checkenv import main as check_main
+
+        return check_main(json_output=args.json)
+    if args.command == "serve":
+        from sandboxd.server import main as serve_main
+
+        return serve_main(config_path=args.config, socket_path=args.socket)
+    return _fail(f"unknown command {args.command!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

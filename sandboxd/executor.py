@@ -1,0 +1,298 @@
+"""The supervisor's side of one container: hand it a job, watch it, measure it, destroy it.
+
+Strategy: a ``Container`` wraps what ``container.spawn`` returned (the init's
+pid, pidfd and control channel) plus the job cgroup the job process was
+placed in as soon as it reported ready. ``run`` writes the step's limits to
+the cgroup, sends files, argv and the stdio descriptors, then watches three
+things at once: the output pipes (capped; optionally streamed), a watchdog
+that reads the cgroup's CPU counter on a schedule that shrinks as the limit
+nears (so that no job runs more than a few ms of CPU past it), and the init's
+report of the job's exit. Any limit kills the whole cgroup with the freezer.
+
+Wall time runs from the moment the init handed the job over (its monotonic
+clock, which is ours too: no time namespace) to the moment it reaped the job
+process. CPU time, user/system split and peak memory come from the cgroup,
+so children and threads count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from sandboxd import channel
+from sandboxd.cgroups import CgroupLimits, CgroupStats, JobCgroup
+from sandboxd.container import Spawned
+from sandboxd.isolation import _libc
+from sandboxd.limits import Limits
+from sandboxd.result import Measured, Result, SandboxError, decide
+
+OutputCallback = Callable[[str, bytes], Awaitable[None]]
+
+# The watchdog never sleeps less than this near the CPU limit, nor more than
+# WATCH_MAX far from it (a job may gain CPUs when others finish).
+WATCH_MIN = 0.001
+WATCH_MAX = 0.25
+READ_CHUNK = 1 << 16
+NCPU = os.cpu_count() or 1
+
+
+@dataclass(slots=True)
+class RunStep:
+    """One execution in one container: what to run and under which limits."""
+
+    argv: list[str]
+    limits: Limits
+    files: dict[str, bytes] = field(default_factory=dict)
+    stdin: bytes = b""
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/box"
+    on_output: OutputCallback | None = None  # streaming: called with each chunk
+    stdin_stream: AsyncIterator[bytes] | None = None  # interactive stdin instead of ``stdin``
+
+
+class Container:
+    """One single-use container, seen from the supervisor.
+
+    Cancellation: if ``run`` is cancelled, the job's cgroup is killed (shielded)
+    before the cancellation propagates; ``destroy`` must still be called.
+    """
+
+    def __init__(self, spawned: Spawned, cgroup: JobCgroup) -> None:
+        self.init_pid = spawned.pid
+        self.pidfd = spawned.pidfd
+        self.created = spawned.created
+        self.cgroup = cgroup
+        self.chan = channel.AsyncChannel(spawned.sock)
+        self.job_pid: int | None = None
+        self.used = False
+        self.destroyed = False
+        self._killed_for: str | None = None
+        self._kill_lock = trio.Lock()
+
+    async def wait_ready(self) -> None:
+        """Wait until the init has built the container and the job process waits for a job."""
+        msg, fds = await self.chan.recv()
+        if msg.get("t") != "ready" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise SandboxError(f"container setup failed: {msg.get('where', '?')}: "
+                               f"{msg.get('message', msg)}")
+        try:
+            self.job_pid = _libc.pidfd_pid(fds[0])
+        finally:
+            os.close(fds[0])
+        if self.job_pid <= 0:
+            raise SandboxError("container setup failed: the job process died before its job")
+        self.cgroup.add_pid(self.job_pid)
+
+    # ------------------------------------------------------------------ run
+
+    async def kill(self, reason: str) -> None:
+        """Kill every process of the job (freezer first) and remember why. Idempotent."""
+        if self._killed_for is None:
+            self._killed_for = reason
+        async with self._kill_lock:
+            if self.cgroup.pids():
+                await trio.to_thread.run_sync(self.cgroup.kill_all)
+
+    async def run(self, step: RunStep) -> Result:
+        if self.used:
+            raise SandboxError("a container runs one job only")
+        self.used = True
+        limits = step.limits
+        self.cgroup.set_limits(CgroupLimits(memory=limits.memory, pids=limits.pids))
+        base = self.cgroup.stats()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if step.stdin_stream is not None:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        else:
+            in_r, in_w = os.memfd_create("sandboxd-stdin", os.MFD_CLOEXEC), -1
+            if step.stdin:
+                os.write(in_r, step.stdin)
+                os.lseek(in_r, 0, os.SEEK_SET)
+        rl = {"cpu_seconds": limits.cpu_time, "file_size": limits.file_size,
+              "open_files": limits.open_files, "stack": limits.stack}
+        try:
+            await self.chan.send({"t": "job", "files": step.files, "argv": step.argv,
+                                  "env": step.env, "cwd": step.cwd, "rlimits": rl},
+                                 [in_r, out_w, err_w])
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        out = _Capture("stdout", out_r, limits.output, step.on_output)
+        err = _Capture("stderr", err_r, limits.output, step.on_output)
+        try:
+            msg = await self._recv("started")
+            t0 = float(msg["t0"])
+            status, t1 = await self._supervise(step, limits, base, t0, out, err, in_w)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.kill("cancel")
+            raise
+        finally:
+            out.close()
+            err.close()
+            if in_w >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(in_w)
+        stats = self.cgroup.stats()
+        measured = Measured(
+            wait_status=status,
+            cpu_ns=stats.cpu_usage_ns - base.cpu_usage_ns,
+            user_ns=max(0, stats.cpu_user_ns - base.cpu_user_ns),
+            sys_ns=max(0, stats.cpu_system_ns - base.cpu_system_ns),
+            wall_s=t1 - t0,
+            memory_peak=stats.memory_peak,
+            oom_kills=stats.oom_kills - base.oom_kills,
+            killed_for=self._killed_for,
+            stdout=bytes(out.data), stderr=bytes(err.data),
+            stdout_truncated=out.truncated, stderr_truncated=err.truncated,
+        )
+        return decide(measured, limits)
+
+    async def _recv(self, kind: str) -> dict:
+        try:
+            msg, fds = await self.chan.recv()
+        except (channel.ChannelClosed, OSError) as e:
+            raise SandboxError(f"container init died while waiting for {kind!r}: {e}") from e
+        for fd in fds:
+            os.close(fd)
+        if msg.get("t") == "error":
+            raise SandboxError(f"{msg.get('where')}: {msg.get('message')}")
+        if msg.get("t") != kind:
+            raise SandboxError(f"container init sent {msg.get('t')!r}, expected {kind!r}")
+        return msg
+
+    async def _supervise(self, step: RunStep, limits: Limits, base: CgroupStats, t0: float,
+                         out: _Capture, err: _Capture, in_w: int) -> tuple[int, float]:
+        result: list[tuple[int, float]] = []
+        async with trio.open_nursery() as nursery:
+            readers = trio.CancelScope()
+            watch = trio.CancelScope()
+
+            async def reading() -> None:
+                with readers:
+                    async with trio.open_nursery() as rn:
+                        rn.start_soon(out.pump, self)
+                        rn.start_soon(err.pump, self)
+
+            nursery.start_soon(reading)
+            if step.stdin_stream is not None:
+                nursery.start_soon(_feed_stdin, step.stdin_stream, in_w)
+
+            async def watching() -> None:
+                with watch:
+                    await self._watchdog(limits, base.cpu_usage_ns, t0)
+
+            nursery.start_soon(watching)
+            msg = await self._recv("exited")
+            result.append((int(msg["status"]), float(msg["t1"])))
+            watch.cancel()
+            # The job process is gone; anything it left behind goes now.
+            await self.kill_rest()
+            # Every writer of the pipes is dead: the readers reach EOF promptly.
+            with trio.move_on_after(2.0):
+                while not (out.eof and err.eof):
+                    await trio.sleep(0.001)
+            readers.cancel()
+            nursery.cancel_scope.cancel()
+        return result[0]
+
+    async def kill_rest(self) -> None:
+        async with self._kill_lock:
+            if self.cgroup.pids():
+                await trio.to_thread.run_sync(self.cgroup.kill_all)
+
+    async def _watchdog(self, limits: Limits, base_ns: int, t0: float) -> None:
+        limit_ns = int(limits.cpu_time * 1e9)
+        deadline = t0 + limits.wall_time
+        while True:
+            used = self.cgroup.cpu_usage_ns() - base_ns
+            if used >= limit_ns:
+                await self.kill("cpu")
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                await self.kill("wall")
+                return
+            # The job can burn at most NCPU seconds of CPU per second.
+            cpu_left = (limit_ns - used) / 1e9 / NCPU
+            await trio.sleep(min(max(cpu_left, WATCH_MIN), WATCH_MAX, deadline - now))
+
+    # -------------------------------------------------------------- destroy
+
+    async def destroy(self) -> None:
+        """Kill everything, reap the init, remove the cgroup. Idempotent; never raises."""
+        if self.destroyed:
+            return
+        self.destroyed = True
+        with trio.CancelScope(shield=True):
+            try:
+                await self.kill_rest()
+            except Exception:
+                pass
+            with contextlib.suppress(OSError):
+                _libc.pidfd_send_signal(self.pidfd, 9)
+            with trio.move_on_after(5.0):
+                await trio.lowlevel.wait_readable(self.pidfd)
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+            os.close(self.pidfd)
+            self.chan.close()
+            await trio.to_thread.run_sync(self.cgroup.remove)
+
+
+async def _feed_stdin(source: AsyncIterator[bytes], fd: int) -> None:
+    stream = trio.lowlevel.FdStream(os.dup(fd))
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    try:
+        async for chunk in source:
+            await stream.send_all(chunk)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+class _Capture:
+    """One output pipe: keeps at most ``cap`` bytes; one byte more means output_limit."""
+
+    def __init__(self, name: str, fd: int, cap: int, on_output: OutputCallback | None) -> None:
+        self.name = name
+        self.stream = trio.lowlevel.FdStream(fd)
+        self.cap = cap
+        self.on_output = on_output
+        self.data = bytearray()
+        self.truncated = False
+        self.eof = False
+
+    async def pump(self, container: Container) -> None:
+        while True:
+            chunk = await self.stream.receive_some(READ_CHUNK)
+            if not chunk:
+                self.eof = True
+                return
+            room = self.cap - len(self.data)
+            if len(chunk) > room:
+                chunk = chunk[:room]
+                self.truncated = True
+            if chunk:
+                self.data += chunk
+                if self.on_output is not None:
+                    await self.on_output(self.name, bytes(chunk))
+            if self.truncated:
+                await container.kill("output")
+                self.eof = True
+                return
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stream.close()

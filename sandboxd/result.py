@@ -1,0 +1,119 @@
+"""What a job step comes to: the raw facts measured, and the verdict derived from them.
+
+Strategy (isolate's two kinds of failure): a job's bad outcome is a *value*,
+a ``Result`` with its verdict and accounting; our own failure is a
+``SandboxError`` with a reason, turned into a ``sandbox_error`` result only
+at the edge. ``decide`` is a pure function of the measurements, so every
+verdict rule is unit-tested without a kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal as _signal
+from dataclasses import dataclass
+from typing import Any
+
+from sandboxd.limits import Limits
+
+VERDICTS = ("ok", "runtime_error", "time_limit", "memory_limit", "output_limit",
+            "compile_error", "wrong_answer", "sandbox_error", "cancelled")
+
+
+class SandboxError(Exception):
+    """sandboxd itself failed (not the job): always carries a reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """The raw facts of one finished run step, before any verdict."""
+
+    wait_status: int | None  # from waitpid; None if the job process never ran
+    cpu_ns: int
+    user_ns: int
+    sys_ns: int
+    wall_s: float
+    memory_peak: int
+    oom_kills: int
+    killed_for: str | None = None  # "cpu", "wall", "output", "cancel" when we killed it
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    verdict: str
+    reason: str | None
+    exit_code: int | None
+    signal: int | None
+    cpu_time: float
+    user_time: float
+    sys_time: float
+    wall_time: float
+    memory_peak: int
+    oom_killed: bool
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def as_json(self) -> dict[str, Any]:
+        d = self.as_dict()
+        d["stdout"] = self.stdout.decode("utf-8", "replace")
+        d["stderr"] = self.stderr.decode("utf-8", "replace")
+        return d
+
+    @classmethod
+    def sandbox_error(cls, reason: str, wall: float = 0.0) -> Result:
+        return cls("sandbox_error", reason, None, None, 0.0, 0.0, 0.0, round(wall, 6), 0,
+                   False, b"", b"", False, False)
+
+
+def _seconds(ns: int) -> float:
+    return round(ns / 1e9, 6)
+
+
+def decide(m: Measured, limits: Limits) -> Result:
+    """The verdict rules, in order of precedence."""
+    exit_code = sig = None
+    if m.wait_status is not None:
+        if os.WIFEXITED(m.wait_status):
+            exit_code = os.WEXITSTATUS(m.wait_status)
+        elif os.WIFSIGNALED(m.wait_status):
+            sig = os.WTERMSIG(m.wait_status)
+    cpu_s = _seconds(m.cpu_ns)
+    verdict, reason = "ok", None
+    if m.killed_for == "cancel":
+        verdict, reason = "cancelled", "cancelled by the client"
+    elif m.killed_for == "output":
+        verdict, reason = "output_limit", "stdout" if m.stdout_truncated else "stderr"
+    elif m.killed_for == "cpu" or cpu_s >= limits.cpu_time or sig == _signal.SIGXCPU:
+        verdict, reason = "time_limit", "cpu"
+    elif m.killed_for == "wall":
+        verdict, reason = "time_limit", "wall"
+    elif m.oom_kills > 0:
+        verdict, reason = "memory_limit", "memory"
+    elif sig == _signal.SIGXFSZ:
+        verdict, reason = "output_limit", "file_size"
+    elif m.wait_status is None:
+        verdict, reason = "sandbox_error", "the job process never reported an exit status"
+    elif sig is not None or exit_code != 0:
+        verdict = "runtime_error"
+        reason = f"signal {_signal.Signals(sig).name}" if sig else f"exit code {exit_code}"
+    return Result(
+        verdict=verdict, reason=reason, exit_code=exit_code, signal=sig,
+        cpu_time=cpu_s, user_time=_seconds(m.user_ns), sys_time=_seconds(m.sys_ns),
+        wall_time=round(m.wall_s, 6), memory_peak=m.memory_peak, oom_killed=m.oom_kills > 0,
+        stdout=m.stdout, stderr=m.stderr, stdout_truncated=m.stdout_truncated,
+        stderr_truncated=m.stderr_truncated,
+    )

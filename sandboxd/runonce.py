@@ -1,0 +1,64 @@
+"""``sandboxd run-once``: one job in one fresh container, no daemon. For debugging and tests.
+
+Strategy: the same pieces the daemon uses, in the order the daemon uses them,
+in one process: the container is spawned *before* trio starts (this process
+acts as its own zygote: it is single-threaded until then), then trio runs the
+same ``executor.Container`` the supervisor runs. Whatever happens, the
+container, its cgroup and our cgroup root are removed before we exit.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from dataclasses import dataclass
+
+import trio
+
+from sandboxd import cgroups
+from sandboxd.container import ContainerSpec, spawn
+from sandboxd.executor import Container, RunStep
+from sandboxd.result import Result, SandboxError
+
+# run-once takes slots from the upper half so that it never shares a uid with
+# the daemon's containers (which count up from 0).
+RUN_ONCE_SLOTS = (5000, 10000)
+
+
+@dataclass(slots=True)
+class Once:
+    step: RunStep
+    seccomp_policy: str = "default"
+    landlock: bool = True
+
+
+def run_once(once: Once) -> Result:
+    """Run one step in one fresh container; our own failures become ``sandbox_error``."""
+    limits = once.step.limits
+    backend = cgroups.open_backend(f"once-{os.getpid()}")
+    spawned = None
+    try:
+        cg = backend.create(f"sandboxd-job-{os.getpid()}")
+        spec = ContainerSpec(slot=random.randrange(*RUN_ONCE_SLOTS), box_size=limits.box_size,
+                             tmp_size=limits.tmp_size, seccomp_policy=once.seccomp_policy,
+                             landlock=once.landlock)
+        # SIGCHLD at its default: we reap the init ourselves (executor.destroy).
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        spawned = spawn(spec)
+        return trio.run(_run, spawned, cg, once.step)
+    except SandboxError as e:
+        return Result.sandbox_error(e.reason)
+    except OSError as e:
+        return Result.sandbox_error(f"{e}")
+    finally:
+        backend.close()
+
+
+async def _run(spawned, cg, step: RunStep) -> Result:  # type: ignore[no-untyped-def]
+    box = Container(spawned, cg)
+    try:
+        await box.wait_ready()
+        return await box.run(step)
+    finally:
+        await box.destroy()

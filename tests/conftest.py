@@ -1,0 +1,109 @@
+"""Suite-wide fixtures: root-only skipping, the leftovers check after every test, compiled
+probes and a run-once helper for tests that run real containers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import leftovers
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (real namespaces, cgroups and mounts)")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Fail any root test that leaves a process, cgroup or mount of sandboxd behind."""
+    if "root" not in request.keywords or os.geteuid() != 0:
+        yield
+        return
+    before = leftovers.snapshot()
+    yield
+    left = leftovers.new_leftovers(before)
+    if left:
+        pytest.fail(f"test left things behind: {left}", pytrace=False)
+
+
+PROBES = Path(__file__).resolve().parent / "probes"
+
+
+@pytest.fixture(scope="session")
+def probes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every C probe in tests/probes, compiled once per session with gcc."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the probes (scripts/install.sh installs it)")
+    out = tmp_path_factory.mktemp("sandboxd-probes")
+    built: dict[str, Path] = {}
+    for src in sorted(PROBES.glob("*.c")):
+        exe = out / src.stem
+        subprocess.run(["gcc", "-O1", "-pthread", "-o", str(exe), str(src)], check=True)
+        built[src.stem] = exe
+    return built
+
+
+RunOnce = Callable[..., dict[str, Any]]
+
+
+def run_once_cli(argv: list[str], *, files: dict[str, Path | bytes] | None = None,
+                 stdin: bytes | None = None, tmp: Path | None = None,
+                 expect_exit: int | None = None, **limits: Any) -> dict[str, Any]:
+    """Run ``sandboxd run-once --json`` in a subprocess and return the parsed result."""
+    cmd = [sys.executable, "-m", "sandboxd", "run-once", "--json"]
+    for key, value in limits.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    for name, content in (files or {}).items():
+        if isinstance(content, bytes):
+            assert tmp is not None
+            path = tmp / f"file-{name.replace('/', '_')}"
+            path.write_bytes(content)
+            content = path
+        cmd += ["--file", f"{name}={content}"]
+    if stdin is not None:
+        assert tmp is not None
+        p = tmp / "stdin"
+        p.write_bytes(stdin)
+        cmd += ["--stdin", str(p)]
+    cmd += ["--", *argv]
+    proc = subprocess.run(cmd, capture_output=True, timeout=120)
+    assert proc.stdout.count(b"\n") == 1, (proc.stdout[-2000:], proc.stderr[-4000:])
+    result = json.loads(proc.stdout)
+    if expect_exit is not None:
+        assert proc.returncode == expect_exit, (proc.returncode, result)
+    result["_exit"] = proc.returncode
+    result["_stderr"] = proc.stderr.decode(errors="replace")
+    return result
+
+
+@pytest.fixture
+def run_once(tmp_path: Path) -> RunOnce:
+    def _run(argv: list[str], **kw: Any) -> dict[str, Any]:
+        return run_once_cli(argv, tmp=tmp_path, **kw)
+
+    return _run
+
+
+@pytest.fixture
+def canary(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A host file with a random token that must never be seen inside a container."""
+    token = os.urandom(16).hex()
+    d = tmp_path_factory.mktemp("sandboxd-canary")
+    path = d / "canary.txt"
+    path.write_text(token)
+    return path, token

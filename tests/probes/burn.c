@@ -1,0 +1,33 @@
+/* burn SECONDS [THREADS]: each of THREADS threads burns SECONDS of its own CPU time.
+ * Known cost: THREADS * SECONDS of CPU, measured by the thread's own CPU clock. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+static double target;
+
+static double thread_cpu(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void *burn(void *arg) {
+    (void)arg;
+    volatile unsigned long x = 0;
+    while (thread_cpu() < target)
+        for (int i = 0; i < 10000; i++) x += i;
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    target = argc > 1 ? atof(argv[1]) : 0.5;
+    int n = argc > 2 ? atoi(argv[2]) : 1;
+    pthread_t t[64];
+    for (int i = 1; i < n && i < 64; i++) pthread_create(&t[i], NULL, burn, NULL);
+    burn(NULL);
+    for (int i = 1; i < n && i < 64; i++) pthread_join(t[i], NULL);
+    printf("burned %d x %.3f s\n", n, target);
+    return 0;
+}
