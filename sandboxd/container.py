@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandboxd import channel
-from sandboxd.isolation import _libc, caps, identity, mounts, net, rlimits
+from sandboxd.isolation import _libc, caps, identity, landlock, mounts, net, rlimits, seccomp
 from sandboxd.isolation._libc import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
@@ -101,8 +101,6 @@ class Spawned:
 
 def spawn(spec: ContainerSpec) -> Spawned:
     """Clone a new container init. Call only from a single-threaded process (no trio)."""
-    from sandboxd.isolation import seccomp
-
     bpf = seccomp.compile_policy(spec.seccomp_policy)  # cached: compiled once per process
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     go_r, go_w = os.pipe()
@@ -258,8 +256,6 @@ def _init_serve(sock: socket.socket, job_sock: socket.socket, job_pid: int) -> i
 
 def _job_main(spec: ContainerSpec, sock: socket.socket, bpf: bytes) -> int:
     """Drop everything now, before the job exists; then wait for it and exec."""
-    from sandboxd.isolation import landlock, seccomp
-
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     caps.drop_bounding_and_lock()
     identity.become_job_user()

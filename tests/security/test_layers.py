@@ -75,7 +75,8 @@ def test_proc_sys_read_only(run_once):
     got = errno_of(run_once, "open('/proc/sys/vm/drop_caches','w').write('3')")
     assert got in ("EROFS", "EACCES")
     got = errno_of(run_once, "open('/proc/sysrq-trigger','w').write('h')")
-    assert got in ("EROFS", "EACCES", "NOERROR")  # masked by /dev/null: writes vanish
+    # masked by /dev/null (writes vanish), or absent where the kernel has no magic SysRq
+    assert got in ("EROFS", "EACCES", "NOERROR", "ENOENT")
 
 
 def test_dev_is_minimal(run_once):

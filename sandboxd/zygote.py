@@ -1,0 +1,157 @@
+"""The zygote: a small single-threaded fork server that makes every container.
+
+Strategy: forking a process that runs an event loop (and may have threads)
+is unsafe, so the supervisor forks this process once, *before* trio starts,
+with the modules a container needs already imported and the seccomp policies
+already compiled. It then does one thing: on a ``spawn`` request it clones a
+container (``container.spawn``) and hands back the init's pid, its pidfd and
+the control socket's other end over SCM_RIGHTS. It never waits for the
+container to become ready; the supervisor does that asynchronously, so the
+zygote's only serial cost per container is the clone and the id maps.
+
+Inits are the zygote's children; SIGCHLD is ignored so the kernel reaps them.
+The zygote dies with the supervisor (PR_SET_PDEATHSIG, and EOF on its socket);
+each init dies with the zygote, and with the init the whole container.
+
+``ZygoteClient`` is the supervisor's (trio) end.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import socket
+import traceback
+from dataclasses import dataclass
+
+import trio
+
+from sandboxd import channel
+from sandboxd.container import ContainerSpec, Spawned, spawn
+from sandboxd.isolation import _libc
+from sandboxd.result import SandboxError
+
+
+@dataclass(slots=True)
+class ZygoteProcess:
+    pid: int
+    sock: socket.socket
+
+
+def start(policies: tuple[str, ...] = ("default",)) -> ZygoteProcess:
+    """Fork the zygote. Call before trio starts, while this process is single-threaded."""
+    from sandboxd.isolation import seccomp
+
+    for name in policies:
+        seccomp.compile_policy(name)  # compiled once, inherited by every container
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            parent_sock.close()
+            code = _serve(child_sock)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    child_sock.close()
+    return ZygoteProcess(pid, parent_sock)
+
+
+def _serve(sock: socket.socket) -> int:
+    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps our inits
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    keep = {sock.fileno(), 0, 1, 2}
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) not in keep:
+            try:
+                os.close(int(name))
+            except OSError:
+                pass
+    # Objects that survive from here on are never collected: the collector would
+    # otherwise touch (and so copy) every page of them in every container.
+    gc.collect()
+    gc.freeze()
+    while True:
+        try:
+            msg, fds = channel.recv(sock)
+        except (channel.ChannelClosed, OSError):
+            return 0
+        for fd in fds:
+            os.close(fd)
+        req = msg.get("id")
+        if msg.get("t") != "spawn":
+            channel.send(sock, {"t": "error", "id": req, "message": f"unknown request {msg!r}"})
+            continue
+        try:
+            spawned = spawn(ContainerSpec.from_wire(msg["spec"]))
+        except Exception as e:
+            channel.send(sock, {"t": "error", "id": req, "message": f"{type(e).__name__}: {e}"})
+            continue
+        try:
+            channel.send(sock, {"t": "spawned", "id": req, "pid": spawned.pid},
+                         [spawned.pidfd, spawned.sock.fileno()])
+        finally:
+            os.close(spawned.pidfd)
+            spawned.sock.close()
+
+
+class ZygoteClient:
+    """The supervisor's end: ``await spawn(spec)`` returns a ``Spawned`` container init.
+
+    Requests are serialised (the zygote handles one at a time anyway).
+
+    Cancellation: a request cancelled after it was sent leaves its answer
+    unread; the client is then closed, and later calls raise SandboxError.
+    """
+
+    def __init__(self, proc: ZygoteProcess) -> None:
+        self.proc = proc
+        self._chan = channel.AsyncChannel(proc.sock)
+        self._lock = trio.Lock()
+        self._next = 0
+        self._broken = False
+
+    async def spawn(self, spec: ContainerSpec) -> Spawned:
+        async with self._lock:
+            if self._broken:
+                raise SandboxError("the zygote is gone")
+            self._next += 1
+            req = self._next
+            try:
+                await self._chan.send({"t": "spawn", "id": req, "spec": spec.to_wire()})
+                msg, fds = await self._chan.recv()
+            except BaseException as e:
+                self._broken = True
+                if isinstance(e, (channel.ChannelClosed, OSError)):
+                    raise SandboxError(f"the zygote died: {e}") from e
+                raise
+        if msg.get("t") != "spawned" or len(fds) != 2 or msg.get("id") != req:
+            for fd in fds:
+                os.close(fd)
+            raise SandboxError(f"zygote could not make a container: {msg.get('message', msg)}")
+        pidfd, sock_fd = fds
+        return Spawned(int(msg["pid"]), pidfd, socket.socket(fileno=sock_fd))
+
+    def close(self) -> None:
+        """Close the socket: the zygote exits on EOF. Its containers die with it."""
+        self._broken = True
+        self._chan.close()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        self.close()
+        with trio.move_on_after(timeout):
+            while True:
+                try:
+                    pid, _ = os.waitpid(self.proc.pid, os.WNOHANG)
+                except ChildProcessError:
+                    return
+                if pid:
+                    return
+                await trio.sleep(0.005)
+        os.kill(self.proc.pid, signal.SIGKILL)
+        os.waitpid(self.proc.pid, 0)
