@@ -29,6 +29,7 @@ of its slot, and the job user to another, so even a process that became
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -82,11 +83,18 @@ class ContainerSpec:
                    extra_binds=tuple((str(a), str(b)) for a, b in d["extra_binds"]))
 
     def mount_plan(self) -> mounts.MountPlan:
-        return mounts.default_plan(
-            uid=identity.JOB_UID, gid=identity.JOB_GID, hostname=HOSTNAME,
-            box_size=self.box_size, tmp_size=self.tmp_size,
-            extra_binds=[mounts.Bind(src, dst, optional=True) for src, dst in self.extra_binds],
-        )
+        return _mount_plan(self.box_size, self.tmp_size, self.extra_binds)
+
+
+@functools.lru_cache(maxsize=64)
+def _mount_plan(box_size: int, tmp_size: int,
+                extra_binds: tuple[tuple[str, str], ...]) -> mounts.MountPlan:
+    """Built once per shape in the zygote (globbing /etc is not free) and inherited by clones."""
+    return mounts.default_plan(
+        uid=identity.JOB_UID, gid=identity.JOB_GID, hostname=HOSTNAME,
+        box_size=box_size, tmp_size=tmp_size,
+        extra_binds=[mounts.Bind(src, dst, optional=True) for src, dst in extra_binds],
+    )
 
 
 @dataclass(slots=True)
@@ -102,6 +110,7 @@ class Spawned:
 def spawn(spec: ContainerSpec) -> Spawned:
     """Clone a new container init. Call only from a single-threaded process (no trio)."""
     bpf = seccomp.compile_policy(spec.seccomp_policy)  # cached: compiled once per process
+    plan = spec.mount_plan()  # cached likewise
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     go_r, go_w = os.pipe()
     try:
@@ -117,7 +126,7 @@ def spawn(spec: ContainerSpec) -> Spawned:
         try:
             os.close(go_w)
             parent_sock.close()
-            code = _init_main(spec, child_sock, go_r, bpf)
+            code = _init_main(spec, plan, child_sock, go_r, bpf)
         except BaseException:
             traceback.print_exc()
         finally:
@@ -150,25 +159,28 @@ def _keep_only_fds(keep: set[int]) -> None:
                 pass
 
 
-def setup_steps(spec: ContainerSpec) -> None:
+def setup_steps(plan: mounts.MountPlan) -> None:
     """The container's setup, in bubblewrap's order: identity, mounts, hostname, network."""
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
-    mounts.apply(spec.mount_plan())
+    mounts.apply(plan)
     _libc.sethostname(HOSTNAME)
     net.loopback_up()
 
 
-def _init_main(spec: ContainerSpec, sock: socket.socket, go_r: int, bpf: bytes) -> int:
+def _init_main(spec: ContainerSpec, plan: mounts.MountPlan, sock: socket.socket, go_r: int,
+               bpf: bytes) -> int:
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     _keep_only_fds({sock.fileno(), go_r})
     if os.read(go_r, 1) != b"g":  # the parent died before writing our id maps
         return 1
     os.close(go_r)
+    # The zygote ignores SIGCHLD (the kernel reaps its inits); an init must reap.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
-        setup_steps(spec)
+        setup_steps(plan)
         job_sock, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         job_pid = os.fork()
         if job_pid == 0:
@@ -243,8 +255,9 @@ def _init_serve(sock: socket.socket, job_sock: socket.socket, job_pid: int) -> i
     while True:  # reap everything; report the job process
         try:
             pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return 0
+        except ChildProcessError as e:
+            _report_error(sock, "reaping the job process", e)
+            return 1
         if pid == job_pid:
             t1 = time.monotonic()
             channel.send(sock, {"t": "exited", "status": status, "t1": t1})

@@ -22,10 +22,9 @@ import gc
 import os
 import signal
 import socket
-import traceback
+import subprocess
+import sys
 from dataclasses import dataclass
-
-import trio
 
 from sandboxd import channel
 from sandboxd.container import ContainerSpec, Spawned, spawn
@@ -40,28 +39,36 @@ class ZygoteProcess:
 
 
 def start(policies: tuple[str, ...] = ("default",)) -> ZygoteProcess:
-    """Fork the zygote. Call before trio starts, while this process is single-threaded."""
+    """Start the zygote as a fresh interpreter. Call before trio starts.
+
+    A fresh ``python -m sandboxd.zygote`` rather than a fork of the caller: the
+    zygote then holds only what a container needs (no trio, no daemon state),
+    and every clone of it copies that much less.
+    """
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd = child_sock.fileno()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandboxd.zygote", str(fd), str(os.getpid()), *policies],
+        pass_fds=[fd], stdin=subprocess.DEVNULL, close_fds=True,
+    )
+    child_sock.close()
+    return ZygoteProcess(proc.pid, parent_sock)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of the zygote process: ``python -m sandboxd.zygote FD PARENT_PID POLICY...``."""
     from sandboxd.isolation import seccomp
 
-    for name in policies:
+    sock = socket.socket(fileno=int(argv[0]))
+    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(argv[1]):  # the supervisor died before we could notice
+        return 1
+    for name in argv[2:]:
         seccomp.compile_policy(name)  # compiled once, inherited by every container
-    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            parent_sock.close()
-            code = _serve(child_sock)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    child_sock.close()
-    return ZygoteProcess(pid, parent_sock)
+    return _serve(sock)
 
 
 def _serve(sock: socket.socket) -> int:
-    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps our inits
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -110,6 +117,8 @@ class ZygoteClient:
     """
 
     def __init__(self, proc: ZygoteProcess) -> None:
+        import trio
+
         self.proc = proc
         self._chan = channel.AsyncChannel(proc.sock)
         self._lock = trio.Lock()
@@ -143,6 +152,8 @@ class ZygoteClient:
         self._chan.close()
 
     async def aclose(self, timeout: float = 5.0) -> None:
+        import trio
+
         self.close()
         with trio.move_on_after(timeout):
             while True:
@@ -155,3 +166,7 @@ class ZygoteClient:
                 await trio.sleep(0.005)
         os.kill(self.proc.pid, signal.SIGKILL)
         os.waitpid(self.proc.pid, 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
