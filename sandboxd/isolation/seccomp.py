@@ -15,8 +15,12 @@ program (every call failing, including ``exit``) is worse than a clear signal.
 The BPF program is built with libseccomp (pyseccomp) once per process and
 per (policy, deny_extra), exported as raw ``struct sock_filter`` bytes, and
 loaded with a bare ``seccomp(2)`` call: no libseccomp work between fork and
-exec. Measured on the development machine (kernel 6.18, x86_64):
-``compile_policy`` about 10 ms the first time, ``install`` about 20 µs.
+exec. Measured on the development machine (kernel 6.18, x86_64, 423 BPF
+instructions): ``compile_policy`` 3.5-10 ms once per process; ``install``
+0.2-0.25 ms inside the kernel (JIT and the per-syscall action cache, which
+then lets allowed calls skip the filter), about 0.4 ms in all in a freshly
+forked small Python child. A hand-built filter testing the allow-list as
+ranges (38 runs of numbers) would be ~130 instructions and ~0.1 ms faster.
 
 This module knows nothing of jobs, sockets, cgroups or trio. It is only
 meaningful on x86_64, where it is tested; the numbers below are x86_64's.
