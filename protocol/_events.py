@@ -1,0 +1,408 @@
+"""The events a ``Connection`` gives back and accepts: one frozen dataclass per message.
+
+Strategy: events are plain values, named as nouns, with the wire's field
+names. Constructing one checks nothing: the rules (types, ranges, sizes) are
+applied by ``Connection.send`` (a ``LocalProtocolError`` naming the field) and
+by the decoder (a ``RemoteProtocolError``), from one schema in ``_schema.py``,
+so the two sides can never disagree. Sequences given as lists are stored as
+tuples so that an event compares equal to its decoded copy.
+
+Records that are parts of messages (``JobLimits``, ``StepResult``...) are
+frozen dataclasses too. This module knows nothing of bytes or state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ._errors import PROTOCOL_ERROR_CODES
+from ._limits import DEFAULT_SIZE_LIMITS, SizeLimits
+
+__all__ = [
+    "COMPARE_MODES",
+    "JOB_STATES",
+    "PROTOCOL_VERSION",
+    "STREAMS",
+    "SUPPORTED_VERSIONS",
+    "VERDICTS",
+    "Cancellation",
+    "CompileStep",
+    "ConnectionClosed",
+    "EndOfStdin",
+    "ErrorReport",
+    "Event",
+    "Goodbye",
+    "Hello",
+    "JobAcceptance",
+    "JobInfo",
+    "JobLimits",
+    "JobList",
+    "JobListRequest",
+    "JobResult",
+    "JobSubmission",
+    "OutputChunk",
+    "Ping",
+    "Pong",
+    "PoolStats",
+    "ProfileInfo",
+    "RepeatStats",
+    "ServerStats",
+    "StatsRequest",
+    "StdinChunk",
+    "StepResult",
+    "TestCase",
+    "Welcome",
+]
+
+PROTOCOL_VERSION = 1
+"""The newest protocol version this package speaks."""
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({1})
+"""Every protocol version this package can speak."""
+
+VERDICTS: tuple[str, ...] = (
+    "ok",
+    "runtime_error",
+    "time_limit",
+    "memory_limit",
+    "output_limit",
+    "compile_error",
+    "wrong_answer",
+    "sandbox_error",
+    "cancelled",
+)
+COMPARE_MODES: tuple[str, ...] = ("exact", "trailing_ws", "tokens")
+STREAMS: tuple[str, ...] = ("stdout", "stderr")
+JOB_STATES: tuple[str, ...] = ("queued", "running")
+
+
+def _tuple(obj: object, name: str) -> None:
+    """Store a list field as a tuple: events stay values and compare by content."""
+    value = getattr(obj, name)
+    if type(value) is list:
+        object.__setattr__(obj, name, tuple(value))
+
+
+# --------------------------------------------------------------------------
+# Parts of messages
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobLimits:
+    """Resource limits of a job or step; ``None`` means "the profile's default"."""
+
+    cpu_time: float | None = None
+    wall_time: float | None = None
+    memory: int | None = None
+    pids: int | None = None
+    output: int | None = None
+    file_size: int | None = None
+    box_size: int | None = None
+    open_files: int | None = None
+    stack: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompileStep:
+    """How to compile: an argv override and limits, both optional."""
+
+    argv: tuple[str, ...] | None = None
+    limits: JobLimits | None = None
+
+    def __post_init__(self) -> None:
+        _tuple(self, "argv")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TestCase:
+    """One run step of a judge's batch: its stdin, and what it should print."""
+
+    __test__: ClassVar[bool] = False  # not a pytest test class, despite the name
+
+    stdin: bytes = b""
+    expected_output: bytes | None = None
+    limits: JobLimits | None = None
+    repeat: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RepeatStats:
+    """Spread of a step run ``repeat`` times: judges want min and median, not one sample."""
+
+    runs: int
+    cpu_time_min: float
+    cpu_time_median: float
+    cpu_time_max: float
+    wall_time_min: float
+    wall_time_median: float
+    wall_time_max: float
+    memory_peak_max: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepResult:
+    """What one step (compile or run) did: a verdict and its exact accounting."""
+
+    verdict: str
+    reason: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    cpu_time: float = 0.0
+    user_time: float = 0.0
+    sys_time: float = 0.0
+    wall_time: float = 0.0
+    memory_peak: int = 0
+    oom_killed: bool = False
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    repeat: RepeatStats | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileInfo:
+    """A profile the server offers, with the limits a job gets and may ask for."""
+
+    name: str
+    description: str = ""
+    compiled: bool = False
+    default_limits: JobLimits | None = None
+    max_limits: JobLimits | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobInfo:
+    """One line of ``sandboxctl ps``."""
+
+    id: str
+    profile: str
+    state: str
+    elapsed: float = 0.0
+    client: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolStats:
+    """Warm containers of one profile."""
+
+    profile: str
+    warm: int = 0
+    target: int = 0
+
+
+# --------------------------------------------------------------------------
+# Messages
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    """Client → server, first message: the newest version the client speaks."""
+
+    version: int = PROTOCOL_VERSION
+    client: str = ""
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Welcome:
+    """Server → client, answer to ``Hello``: the version to use, limits, profiles."""
+
+    version: int = PROTOCOL_VERSION
+    server: str = ""
+    limits: SizeLimits = DEFAULT_SIZE_LIMITS
+    profiles: tuple[ProfileInfo, ...] = ()
+
+    def __post_init__(self) -> None:
+        _tuple(self, "profiles")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSubmission:
+    """Client → server: run this job. ``id`` is chosen by the client."""
+
+    id: str
+    profile: str
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    stdin: bytes = b""
+    argv: tuple[str, ...] | None = None
+    env: Mapping[str, str] | None = None
+    limits: JobLimits | None = None
+    cpuset_pin: bool | None = None
+    compile: CompileStep | None = None
+    tests: tuple[TestCase, ...] | None = None
+    expected_output: bytes | None = None
+    compare: str = "trailing_ws"
+    float_tolerance: float | None = None
+    stop_on_failure: bool = False
+    stream: bool = False
+    interactive_stdin: bool = False
+
+    def __post_init__(self) -> None:
+        _tuple(self, "argv")
+        _tuple(self, "tests")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobAcceptance:
+    """Server → client: the job is valid and queued; output and result will follow."""
+
+    id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputChunk:
+    """Server → client, streaming jobs only: bytes a step wrote, in order.
+
+    ``seq`` counts the job's chunks from 0, both streams together; ``step`` is
+    the index of the test (0 for a single run); ``compile`` marks output of the
+    compile step (``step`` is then 0).
+    """
+
+    id: str
+    stream: str
+    data: bytes
+    seq: int
+    step: int = 0
+    compile: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StdinChunk:
+    """Client → server, ``interactive_stdin`` jobs only: more bytes for stdin."""
+
+    id: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndOfStdin:
+    """Client → server: the job's stdin is closed (the program reads EOF)."""
+
+    id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobResult:
+    """Server → client, the job's last message: the compile result and one per step."""
+
+    id: str
+    compile: StepResult | None = None
+    steps: tuple[StepResult, ...] = ()
+
+    def __post_init__(self) -> None:
+        _tuple(self, "steps")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancellation:
+    """Client → server: stop this job. A ``JobResult`` or ``ErrorReport`` still follows."""
+
+    id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobListRequest:
+    """Client → server: which jobs are queued or running (``sandboxctl ps``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobList:
+    """Server → client, answer to ``JobListRequest``."""
+
+    jobs: tuple[JobInfo, ...] = ()
+
+    def __post_init__(self) -> None:
+        _tuple(self, "jobs")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatsRequest:
+    """Client → server: how busy is the server."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerStats:
+    """Server → client, answer to ``StatsRequest``; ``counters`` holds anything else."""
+
+    uptime: float = 0.0
+    connections: int = 0
+    jobs_queued: int = 0
+    jobs_running: int = 0
+    jobs_completed: int = 0
+    pools: tuple[PoolStats, ...] = ()
+    counters: Mapping[str, int | float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _tuple(self, "pools")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping:
+    """Either side: are you there? The peer answers with a ``Pong`` of the same nonce."""
+
+    nonce: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong:
+    """Answer to the oldest unanswered ``Ping``, echoing its nonce."""
+
+    nonce: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorReport:
+    """Either side: something went wrong. Fatal to the connection unless ``job_scoped``."""
+
+    code: str
+    message: str = ""
+    id: str | None = None
+
+    @property
+    def job_scoped(self) -> bool:
+        """True when only job ``id`` ends; such a report is sent only by the server.
+
+        A report is about one job when it carries an id and its code is not
+        one of the protocol error codes (which always end the connection).
+        A client may not send such a report: it cancels the job instead.
+        """
+        return self.id is not None and self.code not in PROTOCOL_ERROR_CODES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Goodbye:
+    """Either side: I will send nothing more. See PROTOCOL.md §6 for when it may be sent."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """Not a message: the peer closed its end (``receive_data(b"")``)."""
+
+
+Event = (
+    Hello
+    | Welcome
+    | JobSubmission
+    | JobAcceptance
+    | OutputChunk
+    | StdinChunk
+    | EndOfStdin
+    | JobResult
+    | Cancellation
+    | JobListRequest
+    | JobList
+    | StatsRequest
+    | ServerStats
+    | Ping
+    | Pong
+    | ErrorReport
+    | Goodbye
+    | ConnectionClosed
+)
+"""Everything ``next_event`` can return besides ``NEED_DATA``."""
