@@ -1,0 +1,162 @@
+"""The daemon's configuration: defaults, then a TOML file, then ``SANDBOXD_*`` variables.
+
+Strategy (isolate's): parsed once, at start; an unknown key is an error that
+names the file and line, a bad value an error that names the key and what is
+allowed. The environment wins over the file, so a container orchestrator can
+override one key without writing a file. Every key is listed in ``KEYS`` with
+its type and a line of documentation, from which docs/configuration.md is
+written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_SOCKET = "/run/sandboxd/sandboxd.sock"
+DEFAULT_STATE_DIR = "/run/sandboxd"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file, line and key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    socket: str = DEFAULT_SOCKET
+    socket_mode: int = 0o660
+    socket_group: str = ""
+    state_dir: str = DEFAULT_STATE_DIR
+    instance: str = "main"
+    tcp: str = ""  # "127.0.0.1:7070": TCP listening, only with a token
+    token: str = ""
+    concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    queue_length: int = 64
+    pool_size: int = 2
+    pool_profiles: tuple[str, ...] = ()  # warm from the start; others once first used
+    profiles_dir: str = ""  # "" = the profiles shipped with sandboxd
+    max_frame: int = 64 << 20
+    max_connections: int = 256
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    grace_period: float = 10.0
+    log_level: str = "info"
+
+
+KEYS: dict[str, tuple[type, str]] = {
+    "socket": (str, "Unix socket path the daemon listens on."),
+    "socket_mode": (int, "permissions of the socket (default 0o660)."),
+    "socket_group": (str, "group that owns the socket, so its members may submit jobs."),
+    "state_dir": (str, "directory for the daemon's state (pid file); created if missing."),
+    "instance": (str, "name of this daemon: its cgroups are sandboxd-<instance>."),
+    "tcp": (str, "HOST:PORT to also listen on TCP; requires token. Off when empty."),
+    "token": (str, "shared secret TCP clients must present in their hello."),
+    "concurrency": (int, "jobs run at once (default: number of CPUs)."),
+    "queue_length": (int, "jobs that may wait; past it a submission is answered busy."),
+    "pool_size": (int, "warm containers kept per profile in use."),
+    "pool_profiles": (list, "profiles whose pools are warmed at start."),
+    "profiles_dir": (str, "directory of *.toml profiles (default: the shipped ones)."),
+    "max_frame": (int, "largest protocol frame accepted, in bytes."),
+    "max_connections": (int, "connections served at once; more are refused."),
+    "handshake_timeout": (float, "seconds a new connection has to say hello."),
+    "idle_timeout": (float, "seconds a connection with no job in flight may stay silent."),
+    "grace_period": (float, "seconds running jobs get to finish after SIGTERM."),
+    "log_level": (str, "debug, info, warning or error."),
+}
+
+
+def _line_of(text: str, key: str) -> int:
+    for i, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return i
+    return 0
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    kind, _doc = KEYS[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is int and isinstance(value, str):
+        try:
+            value = int(value, 0)
+        except ValueError:
+            raise ConfigError(f"{where}: {key} must be an integer, not {value!r}") from None
+    if kind is float and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: {key} must be a number, not {value!r}") from None
+    if kind is list and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{where}: {key} must be {kind.__name__}, not {value!r}")
+    if kind is list:
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: {key} must be a list of strings")
+        value = tuple(value)
+    if kind in (int, float) and value < 0:
+        raise ConfigError(f"{where}: {key} must not be negative")
+    return value
+
+
+def load(path: str | None = None, env: dict[str, str] | None = None,
+         **overrides: Any) -> Config:
+    """Defaults, then the file at ``path``, then ``SANDBOXD_<KEY>`` variables, then overrides."""
+    env = dict(os.environ) if env is None else env
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        text = raw.decode("utf-8", "replace")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        for key, value in data.items():
+            where = f"{path}:{_line_of(text, key)}"
+            if key not in KEYS:
+                raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(KEYS)})")
+            values[key] = _coerce(key, value, where)
+    for name, value in env.items():
+        if not name.startswith("SANDBOXD_") or name in _NOT_CONFIG:
+            continue
+        key = name[len("SANDBOXD_"):].lower()
+        if key not in KEYS:
+            raise ConfigError(f"environment: unknown variable {name} "
+                              f"(known: {', '.join('SANDBOXD_' + k.upper() for k in KEYS)})")
+        values[key] = _coerce(key, value, f"environment {name}")
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = _coerce(key, value, f"option {key}")
+    cfg = Config(**values)
+    _validate(cfg)
+    return cfg
+
+
+# Variables that configure tests and tools, not the daemon.
+_NOT_CONFIG = {"SANDBOXD_SKIP_V2VM", "SANDBOXD_SOCKET_FOR_TESTS"}
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.tcp and not cfg.token:
+        raise ConfigError("tcp listening needs a token (set token or SANDBOXD_TOKEN)")
+    if cfg.tcp and ":" not in cfg.tcp:
+        raise ConfigError(f"tcp must be HOST:PORT, not {cfg.tcp!r}")
+    if cfg.concurrency < 1:
+        raise ConfigError("concurrency must be at least 1")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cfg.instance):
+        raise ConfigError(f"instance must be 1-64 of [A-Za-z0-9_.-], not {cfg.instance!r}")
+    if cfg.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level must be debug, info, warning or error, not "
+                          f"{cfg.log_level!r}")
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
