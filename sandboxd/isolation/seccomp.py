@@ -12,6 +12,16 @@ falls back to ``clone``, whose flags sit in a register and are checked (no
 because a 64-bit job never legitimately makes one and a half-working 32-bit
 program (every call failing, including ``exit``) is worse than a clear signal.
 
+Where we differ from Docker's default (moby/profiles seccomp/default.json):
+refused here but allowed there: ptrace, process_vm_readv/writev (Docker
+allows them on kernels >= 4.8), name_to_handle_at, adjtimex/clock_adjtime
+(read-only use), modify_ldt, personality's other values, mknod of devices,
+socket families other than unix/inet/inet6/netlink (Docker refuses only
+AF_ALG and AF_VSOCK), cachestat (a sharper page-cache side channel than
+mincore), memfd_secret, listmount/statmount, process_mrelease. Allowed as in
+Docker: ioctl unfiltered (the job has no terminal, so TIOCSTI has no target),
+prctl, setsockopt, SysV/POSIX IPC (IPC namespace), the old AIO calls.
+
 The BPF program is built with libseccomp (pyseccomp) once per process and
 per (policy, deny_extra), exported as raw ``struct sock_filter`` bytes, and
 loaded with a bare ``seccomp(2)`` call: no libseccomp work between fork and

@@ -381,10 +381,12 @@ def test_mknod_makes_fifos_but_never_devices(run_confined: Runner, shared_tmp: P
 
 @root
 @needs_root
-@pytest.mark.parametrize("abi", ["i386", "x32"])
+@pytest.mark.parametrize("abi", ["i386", "x32", "thread-i386"])
 def test_foreign_architectures_kill_the_process(
     run_confined: Runner, lsm_probes: Probes, abi: str
 ) -> None:
+    """SIGSYS for the whole process, even when the call comes from a second thread (the
+    thread case is what tells SECCOMP_RET_KILL_PROCESS from libseccomp's KILL_THREAD)."""
     if sys.maxsize < 2**32 or os.uname().machine != "x86_64":
         pytest.skip("x86_64 only")
     proc = run_confined([lsm_probes.foreign_arch, abi], bpf=seccomp.compile_policy())
