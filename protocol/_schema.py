@@ -75,9 +75,12 @@ MAX_SECONDS = 1e9  # about 31 years: any larger time is a bug, not a measurement
 
 
 def _where(path: str, name: str | int) -> str:
+    """``path`` + ``name`` as written in error messages: ``a.b``, ``a[3]``, ``a['k']``."""
     if type(name) is int:
         return f"{path}[{name}]"
-    return f"{path}.{name}" if path else str(name)
+    if name[:1] in ("[", " "):
+        return f"{path}{name}"
+    return f"{path}.{name}" if path else name
 
 
 def _got(value: object) -> str:
@@ -369,8 +372,8 @@ class _Map(_Kind):
         vcheck = self.value.encode if enc else self.value.decode
         out = {}
         for k, x in v.items():
-            kcheck(k, here, "<key>", lim)
-            out[k] = vcheck(x, here, f"[{k!r}]" if type(k) is str else "<value>", lim)
+            kcheck(k, here, " key", lim)
+            out[k] = vcheck(x, here, f"[{k!r}]", lim)
         return out
 
     def decode(self, v: Any, path: str, name: str | int, lim: SizeLimits) -> Any:
