@@ -33,6 +33,7 @@ import functools
 import os
 import signal
 import socket
+import stat
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -261,7 +262,42 @@ def _init_serve(sock: socket.socket, job_sock: socket.socket, job_pid: int) -> i
         if pid == job_pid:
             t1 = time.monotonic()
             channel.send(sock, {"t": "exited", "status": status, "t1": t1})
-            return 0
+            break
+    # The supervisor kills what is left, then may ask for the files the job made.
+    try:
+        msg, fds = channel.recv(sock)
+    except (channel.ChannelClosed, OSError):
+        return 0
+    for fd in fds:
+        os.close(fd)
+    if msg.get("t") == "collect":
+        try:
+            files = _collect_files(int(msg["max_bytes"]), int(msg["max_files"]))
+            channel.send(sock, {"t": "files", "files": files})
+        except Exception as e:
+            _report_error(sock, "collecting files", e)
+    return 0
+
+
+def _collect_files(max_bytes: int, max_files: int) -> dict[str, bytes]:
+    """Regular files under /box, never following a symlink the job may have planted."""
+    files: dict[str, bytes] = {}
+    total = 0
+    for top, dirs, names in os.walk("/box", followlinks=False):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(top, name)
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            total += st.st_size
+            if total > max_bytes or len(files) >= max_files:
+                raise ValueError(f"the job left more than {max_bytes} bytes or {max_files} "
+                                 "files in /box")
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                files[os.path.relpath(path, "/box")] = f.read(max_bytes + 1)
+    return files
 
 
 # -------------------------------------------------------- inside: job process

@@ -226,6 +226,12 @@ class Container:
             cpu_left = (limit_ns - used) / 1e9 / NCPU
             await trio.sleep(min(max(cpu_left, WATCH_MIN), WATCH_MAX, deadline - now))
 
+    async def collect(self, max_bytes: int = 256 << 20, max_files: int = 10000) -> dict[str, bytes]:
+        """The regular files the job left in /box (a compile step's output)."""
+        await self.chan.send({"t": "collect", "max_bytes": max_bytes, "max_files": max_files})
+        msg = await self._recv("files")
+        return {str(k): bytes(v) for k, v in msg["files"].items()}
+
     # -------------------------------------------------------------- destroy
 
     async def destroy(self) -> None:
