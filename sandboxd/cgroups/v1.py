@@ -1,0 +1,388 @@
+"""cgroup v1: one directory per hierarchy (memory, cpuacct, cpu, cpuset, pids, freezer).
+
+Strategy: find each controller's mount in /proc/self/mountinfo and our own
+cgroup in it from /proc/self/cgroup, make ``<own>/sandboxd-<tag>`` there, and
+give every job one directory of the same name in each hierarchy (co-mounted
+controllers such as ``cpu,cpuacct`` share one). v1 has no "no internal
+processes" rule, so this process never moves.
+
+Which files carry what, on v1:
+- limit: ``memory.limit_in_bytes`` and ``memory.memsw.limit_in_bytes`` (RAM+swap,
+  so swap cannot stretch the limit), ``pids.max``, ``cpu.cfs_quota_us``,
+  ``cpuset.cpus`` (a new cpuset starts empty: the root sets
+  ``cgroup.clone_children`` so jobs inherit the parent's cpus and mems);
+- measure: ``cpuacct.usage`` (ns, exact: the hot path), ``cpuacct.usage_user``
+  / ``usage_sys`` (tick-sampled ns; scaled here so that user + system ==
+  usage, which is what v2's cpu.stat does in the kernel),
+  ``memory.memsw.max_usage_in_bytes``, ``oom_kill`` in ``memory.oom_control``
+  (the reliable OOM-kill counter: failcnt counts reclaim, not kills),
+  ``pids.peak``;
+- kill: ``freezer.state`` FROZEN, SIGKILL by pid, THAWED, poll until empty.
+
+This module must not know about jobs, sockets or trio.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from . import _fs
+from ._base import CgroupBackend, CgroupError, CgroupLimits, CgroupStats, JobCgroup
+
+#: The hierarchies a job is placed in, in the order they are written.
+CONTROLLERS = ("freezer", "memory", "pids", "cpuacct", "cpu", "cpuset")
+_UNLIMITED = "-1"
+
+
+@dataclass(frozen=True, slots=True)
+class _Features:
+    """What this kernel offers, probed once when the backend opens."""
+
+    memsw: bool  # memory.memsw.* (swap accounting)
+    usage_split: bool  # cpuacct.usage_user / usage_sys in ns
+    oom_kill: bool  # "oom_kill N" in memory.oom_control
+    pids_peak: bool
+    root_cpus: str | None  # cpuset.cpus of our root: what "no pinning" restores
+    cfs_period_us: int
+
+
+def _split(total: int, user: int, system: int) -> tuple[int, int]:
+    """Scale tick-sampled user/system so that they add up to the exact total."""
+    if user + system <= 0:
+        return total, 0
+    u = total * user // (user + system)
+    return u, total - u
+
+
+class V1Job(JobCgroup):
+    """A job's directory in each v1 hierarchy; see the module docstring."""
+
+    def __init__(self, backend: V1Backend, name: str, dirs: dict[str, str]) -> None:
+        self.name = name
+        self._backend = backend
+        self._dirs = dirs  # controller -> directory (co-mounted ones repeat)
+        self._unique = list(dict.fromkeys(dirs.values()))
+        self._f = backend._features
+        self._removed = False
+        # What we last wrote to each limit file: a fresh cgroup is unlimited,
+        # and only we write these files, so equal values need no syscall.
+        self._written: dict[str, str] = {}
+        if "memory" in dirs:
+            self._written[self._path("memory", "memory.limit_in_bytes")] = _UNLIMITED
+            if self._f.memsw:
+                self._written[self._path("memory", "memory.memsw.limit_in_bytes")] = _UNLIMITED
+        if "pids" in dirs:
+            self._written[self._path("pids", "pids.max")] = "max"
+        if "cpu" in dirs:
+            self._written[self._path("cpu", "cpu.cfs_quota_us")] = _UNLIMITED
+        if "cpuset" in dirs and self._f.root_cpus is not None:
+            self._written[self._path("cpuset", "cpuset.cpus")] = self._f.root_cpus
+        self._oom_base = 0
+        self._pids_peak_base: int | None = None  # set once recycled: pids.peak has no reset
+        self._usage_fd = -1
+        if "cpuacct" in dirs:
+            path = self._path("cpuacct", "cpuacct.usage")
+            try:
+                self._usage_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise _fs.fail("open", path, e) from e
+
+    def __repr__(self) -> str:
+        return f"<V1Job {self.name} in {len(self._unique)} hierarchies>"
+
+    def _path(self, controller: str, file: str) -> str:
+        return f"{self._dirs[controller]}/{file}"
+
+    def _need(self, controller: str, what: str) -> None:
+        if controller not in self._dirs:
+            raise CgroupError(f"{what} needs the v1 {controller} controller, which is not mounted")
+
+    def _put(self, path: str, value: str) -> None:
+        if self._written.get(path) != value:
+            _fs.write(path, value)
+            self._written[path] = value
+
+    def set_limits(self, limits: CgroupLimits) -> None:
+        """Write every limit (``None`` lifts it); unchanged values cost nothing."""
+        if "memory" in self._dirs:
+            value = _UNLIMITED if limits.memory is None else str(int(limits.memory))
+            limit = self._path("memory", "memory.limit_in_bytes")
+            memsw = self._path("memory", "memory.memsw.limit_in_bytes")
+            if not self._f.memsw:
+                self._put(limit, value)
+            elif self._written.get(limit) != value or self._written.get(memsw) != value:
+                # The kernel insists limit <= memsw at every step: lift memsw
+                # first, then set the limit, then bring memsw down to it.
+                self._put(memsw, _UNLIMITED)
+                self._put(limit, value)
+                self._put(memsw, value)
+        elif limits.memory is not None:
+            self._need("memory", "a memory limit")
+        if "pids" in self._dirs:
+            self._put(self._path("pids", "pids.max"), str(limits.pids or "max"))
+        elif limits.pids is not None:
+            self._need("pids", "a pids limit")
+        if "cpuset" in self._dirs and self._f.root_cpus is not None:
+            self._put(self._path("cpuset", "cpuset.cpus"), limits.cpuset or self._f.root_cpus)
+        elif limits.cpuset is not None:
+            self._need("cpuset", "cpu pinning")
+        if "cpu" in self._dirs:
+            quota = _UNLIMITED
+            if limits.cpu_quota is not None:
+                quota = str(max(1000, round(limits.cpu_quota * self._f.cfs_period_us)))
+            self._put(self._path("cpu", "cpu.cfs_quota_us"), quota)
+        elif limits.cpu_quota is not None:
+            self._need("cpu", "a cpu quota")
+
+    def add_pid(self, pid: int) -> None:
+        """Write ``pid`` to cgroup.procs in every hierarchy (freezer first)."""
+        for d in self._unique:
+            _fs.write(f"{d}/cgroup.procs", pid)
+
+    def pids(self) -> list[int]:
+        """Pids in the freezer hierarchy (the first one we write to)."""
+        return _fs.read_pids(f"{self._unique[0]}/cgroup.procs")
+
+    def _all_pids(self) -> set[int]:
+        found: set[int] = set()
+        for d in self._unique:
+            found.update(_fs.read_pids(f"{d}/cgroup.procs"))
+        return found
+
+    def cpu_usage_ns(self) -> int:
+        """One pread of cpuacct.usage (exact ns, children and threads included)."""
+        if self._usage_fd < 0:
+            self._need("cpuacct", "cpu usage")
+            raise CgroupError(f"{self.name}: removed")
+        return int(_fs.pread(self._usage_fd, "cpuacct.usage"))
+
+    def stats(self) -> CgroupStats:
+        """Every counter; user/system are scaled to add up to the exact usage."""
+        usage = user = system = 0
+        if "cpuacct" in self._dirs:
+            usage = self.cpu_usage_ns()
+            if self._f.usage_split:
+                u = int(_fs.read(self._path("cpuacct", "cpuacct.usage_user")))
+                s = int(_fs.read(self._path("cpuacct", "cpuacct.usage_sys")))
+            else:  # USER_HZ ticks: only the ratio matters
+                st = _fs.keyed(_fs.read(self._path("cpuacct", "cpuacct.stat")))
+                u, s = st.get("user", 0), st.get("system", 0)
+            user, system = _split(usage, u, s)
+        peak = oom = 0
+        if "memory" in self._dirs:
+            name = "memory.memsw.max_usage_in_bytes" if self._f.memsw else None
+            peak = int(_fs.read(self._path("memory", name or "memory.max_usage_in_bytes")))
+            if self._f.oom_kill:
+                ctl = _fs.keyed(_fs.read(self._path("memory", "memory.oom_control")))
+                oom = ctl.get("oom_kill", 0) - self._oom_base
+        pids_peak = None
+        if "pids" in self._dirs and self._f.pids_peak:
+            pids_peak = int(_fs.read(self._path("pids", "pids.peak")))
+            if self._pids_peak_base is not None and pids_peak <= self._pids_peak_base:
+                pids_peak = None  # recycled, and this job's peak is hidden by an earlier one
+        return CgroupStats(usage, user, system, peak, oom, pids_peak)
+
+    def _freeze(self, state: str, deadline: float) -> bool:
+        path = self._path("freezer", "freezer.state")
+        _fs.write(path, state)
+        return _fs.wait_for(lambda: _fs.read(path).strip() == state, deadline)
+
+    def kill_all(self, timeout: float = 5.0) -> None:
+        """Freeze, SIGKILL every pid (cgroup.procs, then tasks), thaw, poll until empty.
+
+        Without a freezer hierarchy the same loop runs unfrozen; it still
+        terminates because pids.max bounds how many processes can appear.
+        """
+        deadline = time.monotonic() + timeout
+        freezer = "freezer" in self._dirs
+        try:
+            while pids := self._all_pids():
+                now = time.monotonic()
+                if now >= deadline:
+                    raise CgroupError(f"{self.name}: {len(pids)} processes survived kill_all")
+                if freezer:  # a stuck (D-state) task may never freeze: kill anyway
+                    self._freeze("FROZEN", min(deadline, now + timeout / 4))
+                _fs.sigkill(pids)
+                for d in self._unique:
+                    _fs.sigkill(_fs.read_pids(f"{d}/tasks"))
+                if freezer:
+                    _fs.write(self._path("freezer", "freezer.state"), "THAWED")
+                _fs.wait_for(lambda: not self._all_pids(), min(deadline, now + timeout / 2))
+        finally:
+            if freezer and os.path.isdir(self._dirs["freezer"]):
+                _fs.write(self._path("freezer", "freezer.state"), "THAWED")
+
+    def reset(self) -> None:
+        """Prove emptiness, lift limits, zero the peaks and CPU counters in place.
+
+        oom_kill and pids.peak cannot be reset: oom_kill is read as a delta, and
+        pids.peak is reported only when this job pushed it higher.
+        """
+        if pids := self._all_pids():
+            raise CgroupError(f"{self.name}: cannot reset, still holds pids {sorted(pids)}")
+        self.set_limits(CgroupLimits())
+        if "freezer" in self._dirs:
+            _fs.write(self._path("freezer", "freezer.state"), "THAWED")
+        if "memory" in self._dirs:
+            try:  # uncharge page cache left by the last job, so the peak restarts near 0
+                _fs.write(self._path("memory", "memory.force_empty"), "0")
+            except CgroupError:
+                pass
+            files = ["memory.max_usage_in_bytes", "memory.failcnt"]
+            if self._f.memsw:
+                files += ["memory.memsw.max_usage_in_bytes", "memory.memsw.failcnt"]
+            for f in files:
+                _fs.write(self._path("memory", f), "0")
+            if self._f.oom_kill:
+                ctl = _fs.keyed(_fs.read(self._path("memory", "memory.oom_control")))
+                self._oom_base = ctl.get("oom_kill", 0)
+        if "cpuacct" in self._dirs:
+            _fs.write(self._path("cpuacct", "cpuacct.usage"), "0")  # also zeroes user/sys
+        if "pids" in self._dirs and self._f.pids_peak:
+            self._pids_peak_base = int(_fs.read(self._path("pids", "pids.peak")))
+
+    def remove(self, timeout: float = 5.0) -> None:
+        """Kill what is left, rmdir in every hierarchy. Idempotent."""
+        if self._removed:
+            return
+        if self._usage_fd >= 0:
+            os.close(self._usage_fd)
+            self._usage_fd = -1
+        if self._all_pids():
+            self.kill_all(timeout)
+        deadline = time.monotonic() + timeout
+        for d in self._unique:
+            _fs.rmdir(d, deadline)
+        self._removed = True
+        self._backend._jobs.pop(self.name, None)
+
+
+class V1Backend(CgroupBackend):
+    """Our root ``sandboxd-<tag>`` beneath our own cgroup in each v1 hierarchy."""
+
+    version = 1
+
+    def __init__(self, tag: str) -> None:
+        self.root_name = _fs.root_name_for(tag)
+        self._jobs: dict[str, V1Job] = {}
+        self._closed = False
+        self._problems: list[str] = []
+        own = self._find_own()
+        self._roots = {c: f"{d}/{self.root_name}" for c, d in own.items()}
+        if not own:
+            raise CgroupError("no cgroup v1 hierarchy with memory, cpu, pids... is mounted")
+        made: list[str] = []
+        try:
+            for d in dict.fromkeys(self._roots.values()):
+                if _fs.mkdir(d, exist_ok=True):
+                    made.append(d)
+            self._features = self._probe(own)
+        except BaseException:
+            for d in reversed(made):
+                _fs.rmdir(d, time.monotonic() + 1)
+            raise
+
+    def _find_own(self) -> dict[str, str]:
+        """{controller: directory of our own cgroup} for each mounted controller we use."""
+        mounts = [m for m in _fs.mounts() if m.fstype == "cgroup"]
+        own = _fs.own_cgroups()
+        found: dict[str, str] = {}
+        for c in CONTROLLERS:
+            mount = next((m for m in mounts if c in m.options), None)
+            path = next((p for k, p in own.items() if c in k.split(",")), None)
+            if mount is None or path is None:
+                self._problems.append(
+                    f"cgroup v1 controller {c!r} is not mounted: mount it, e.g. "
+                    f"`mkdir -p /sys/fs/cgroup/{c} && mount -t cgroup -o {c} cgroup "
+                    f"/sys/fs/cgroup/{c}`"
+                )
+                continue
+            found[c] = _fs.on_disk(mount, path)
+        return found
+
+    def _probe(self, own: dict[str, str]) -> _Features:
+        r = self._roots
+        memsw = "memory" in r and os.path.exists(f"{r['memory']}/memory.memsw.limit_in_bytes")
+        if "memory" in r and not memsw:
+            self._problems.append(
+                "memory.memsw.* is missing (swap accounting off): a job may use swap beyond "
+                "its memory limit; boot with swapaccount=1, or run without swap"
+            )
+        oom_kill = "memory" in r and "oom_kill" in _fs.keyed(
+            _fs.read(f"{r['memory']}/memory.oom_control")
+        )
+        if "memory" in r and not oom_kill:
+            self._problems.append(
+                "memory.oom_control has no oom_kill counter (kernel < 4.13): OOM kills "
+                "read as 0; upgrade the kernel"
+            )
+        split = "cpuacct" in r and os.path.exists(f"{r['cpuacct']}/cpuacct.usage_user")
+        pids_peak = "pids" in r and os.path.exists(f"{r['pids']}/pids.peak")
+        if "pids" in r and not pids_peak:
+            self._problems.append("pids.peak is missing (kernel < 6.1): pids_peak reads None")
+        cpus = None
+        if "cpuset" in r:
+            # A new v1 cpuset is empty, and nothing can join an empty cpuset:
+            # copy our own, and let every job inherit ours (clone_children).
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                if not _fs.read(f"{r['cpuset']}/{f}").strip():
+                    _fs.write(f"{r['cpuset']}/{f}", _fs.read(f"{own['cpuset']}/{f}").strip())
+            _fs.write(f"{r['cpuset']}/cgroup.clone_children", "1")
+            cpus = _fs.read(f"{r['cpuset']}/cpuset.cpus").strip()
+        period = 100_000
+        if "cpu" in r:
+            period = int(_fs.read(f"{r['cpu']}/cpu.cfs_period_us"))
+        return _Features(memsw, split, oom_kill, pids_peak, cpus, period)
+
+    def create(self, name: str) -> V1Job:
+        """mkdir ``name`` in each hierarchy; on any failure, none is left behind."""
+        if self._closed:
+            raise CgroupError("backend is closed")
+        _fs.check_job_name(name)
+        if name in self._jobs:
+            raise CgroupError(f"job cgroup {name} already exists")
+        dirs = {c: f"{r}/{name}" for c, r in self._roots.items()}
+        made: list[str] = []
+        try:
+            for d in dict.fromkeys(dirs.values()):
+                _fs.mkdir(d)
+                made.append(d)
+            job = V1Job(self, name, dirs)
+        except BaseException:
+            for d in reversed(made):
+                _fs.rmdir(d, time.monotonic() + 1)
+            raise
+        self._jobs[name] = job
+        return job
+
+    def remove_stale(self) -> list[str]:
+        """Kill and remove every ``*sandboxd*`` directory under our root that no live job owns."""
+        names: set[str] = set()
+        for r in dict.fromkeys(self._roots.values()):
+            names.update(n for n in _fs.subdirs(r) if _fs.MARK in n and n not in self._jobs)
+        removed: list[str] = []
+        for name in sorted(names):
+            dirs = {c: f"{r}/{name}" for c, r in self._roots.items()}
+            dirs = {c: d for c, d in dirs.items() if os.path.isdir(d)}
+            job = V1Job(self, name, dirs)
+            job.remove()
+            removed.extend(job._unique)
+        return removed
+
+    def close(self) -> None:
+        """Remove every job, anything stale, and the root in each hierarchy. Idempotent."""
+        if self._closed:
+            return
+        for job in list(self._jobs.values()):
+            job.remove()
+        self.remove_stale()
+        deadline = time.monotonic() + 5
+        for d in dict.fromkeys(self._roots.values()):
+            _fs.rmdir(d, deadline)
+        self._closed = True
+
+    def problems(self) -> list[str]:
+        """Missing controllers and features, each with its fix."""
+        return list(self._problems)

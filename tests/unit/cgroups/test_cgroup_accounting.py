@@ -1,0 +1,102 @@
+"""Accounting from the kernel's counters: memory peak, OOM kills, CPU time, quota, pids peak.
+
+Workloads have a known cost (a size in bytes, an amount of CPU time measured
+by the kernel itself), so the tolerances stay tight even under emulation.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from cgroup_helpers import SLOW, MiB, Workload, py
+
+from sandboxd.cgroups import CgroupLimits, JobCgroup
+
+pytestmark = [pytest.mark.root, pytest.mark.cgroup_v2]
+
+# Burns ``sys.argv[1]`` seconds of CPU (measured by the kernel), almost all of it in user mode.
+BURN = """
+import sys, time
+end = time.process_time() + float(sys.argv[1])
+n = 0
+while time.process_time() < end:
+    for i in range(20000):
+        n += i
+"""
+
+
+def test_memory_peak_of_a_known_workload(job: JobCgroup) -> None:
+    w = Workload(job, py("b = b'x' * (100 << 20); print(len(b))"))
+    assert w.readline() == str(100 * MiB)
+    assert w.wait(60 * SLOW)[0] == 0
+    peak = job.stats().memory_peak
+    assert 100 * MiB <= peak <= 115 * MiB, peak / MiB
+
+
+def test_memory_limit_kills_and_counts_the_oom(job: JobCgroup) -> None:
+    job.set_limits(CgroupLimits(memory=64 * MiB))
+    # Bounded: at most 320 MiB, and it exits by itself if nothing stops it.
+    w = Workload(job, py("c = [b'x' * (8 << 20) for _ in range(40)]; print('survived')"))
+    code, _ = w.wait(60 * SLOW)
+    assert code == -9
+    assert w.readline() == ""
+    stats = job.stats()
+    assert stats.oom_kills >= 1
+    assert 50 * MiB < stats.memory_peak <= 64 * MiB
+
+
+def test_cpu_time_of_a_known_workload(job: JobCgroup) -> None:
+    """Within 5 % of what wait4 says the process used; the busy loop shows as user time."""
+    w = Workload(job, [*py(BURN), "0.3"])
+    code, usage = w.wait(120 * SLOW)
+    assert code == 0
+    rusage_ns = round((usage.ru_utime + usage.ru_stime) * 1e9)
+    stats = job.stats()
+    assert stats.cpu_usage_ns == job.cpu_usage_ns()
+    assert stats.cpu_usage_ns >= 0.3e9
+    assert abs(stats.cpu_usage_ns - rusage_ns) <= 0.05 * rusage_ns, (stats, usage)
+    assert stats.cpu_user_ns + stats.cpu_system_ns == stats.cpu_usage_ns
+    assert stats.cpu_user_ns >= 0.25e9, stats
+    assert abs(stats.cpu_user_ns - usage.ru_utime * 1e9) <= 0.1 * rusage_ns + 20e6, (stats, usage)
+
+
+def test_cpu_usage_is_live_and_monotonic(job: JobCgroup) -> None:
+    w = Workload(job, [*py(BURN), "0.5"])
+    seen = [job.cpu_usage_ns()]
+    while w.proc.poll() is None and len(seen) < 10_000:
+        seen.append(job.cpu_usage_ns())
+        time.sleep(0.01)
+    w.reap()
+    seen.append(job.cpu_usage_ns())
+    assert seen == sorted(seen)
+    assert seen[-1] >= 0.5e9
+
+
+def test_cpu_quota_caps_bandwidth(job: JobCgroup) -> None:
+    """At a quarter of a CPU, a spinning process gets at most about a quarter of wall time."""
+    job.set_limits(CgroupLimits(cpu_quota=0.25))
+    start = time.monotonic()
+    spin = "import time\nend = time.monotonic() + 1.0\nwhile time.monotonic() < end: pass"
+    w = Workload(job, py(spin))
+    assert w.wait(60 * SLOW)[0] == 0
+    wall = time.monotonic() - start
+    used = job.cpu_usage_ns() / 1e9
+    assert used <= 0.25 * wall + 0.05, (used, wall)
+
+
+def test_pids_peak_counts_children(job: JobCgroup) -> None:
+    code = (
+        "import os, time\n"
+        "kids = []\n"
+        "for _ in range(5):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        time.sleep(1); os._exit(0)\n"
+        "    kids.append(pid)\n"
+        "for pid in kids: os.waitpid(pid, 0)\n"
+    )
+    w = Workload(job, py(code))
+    assert w.wait(60 * SLOW)[0] == 0
+    peak = job.stats().pids_peak
+    assert peak is None or peak == 6
