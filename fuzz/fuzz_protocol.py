@@ -27,7 +27,8 @@ try:
 except ImportError:
     atheris = None
 
-if atheris is not None and __name__ == "__main__" and not {"--hypothesis", "--make-corpus"} & set(sys.argv):
+_PLAIN_MODES = {"--hypothesis", "--make-corpus"}
+if atheris is not None and __name__ == "__main__" and not _PLAIN_MODES & set(sys.argv):
     with atheris.instrument_imports():  # coverage feedback from the protocol package
         import sandboxd_protocol as p
 else:
@@ -168,11 +169,19 @@ def _hypothesis_main(seconds: float) -> int:
     deadline = time.monotonic() + seconds
     runs = 0
 
-    @settings(max_examples=10**9, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
-    @given(st.one_of(st.binary(max_size=4096), st.sampled_from(seeds()).flatmap(
-        lambda s: st.binary(max_size=64).map(lambda b, s=s: s[: len(s) // 2] + b + s[len(s) // 2 :])
-    )))
+    @settings(
+        max_examples=10**9, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(
+        st.one_of(
+            st.binary(max_size=4096),
+            st.sampled_from(seeds()).flatmap(
+                lambda s: st.binary(max_size=64).map(
+                    lambda b, s=s: s[: len(s) // 2] + b + s[len(s) // 2 :]
+                )
+            ),
+        )
+    )
     def run(data: bytes) -> None:
         nonlocal runs
         runs += 1

@@ -45,20 +45,57 @@ msgpack_values = st.recursive(
     | st.floats()
     | st.text(max_size=20)
     | st.binary(max_size=20),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=10) | st.sampled_from(["type", "id", "files"]), inner,
-                      max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=10) | st.sampled_from(["type", "id", "files"]), inner, max_size=4
+        )
+    ),
     max_leaves=20,
 )
-TYPES = ["hello", "welcome", "submit", "accepted", "output", "stdin", "stdin_end", "result",
-         "cancel", "list_jobs", "job_list", "get_stats", "stats", "ping", "pong", "error",
-         "goodbye", "other"]
+TYPES = [
+    "hello",
+    "welcome",
+    "submit",
+    "accepted",
+    "output",
+    "stdin",
+    "stdin_end",
+    "result",
+    "cancel",
+    "list_jobs",
+    "job_list",
+    "get_stats",
+    "stats",
+    "ping",
+    "pong",
+    "error",
+    "goodbye",
+    "other",
+]
 messages = st.builds(
     lambda t, fields: {"type": t, **fields},
     st.sampled_from(TYPES),
     st.dictionaries(
-        st.sampled_from(["id", "profile", "files", "stdin", "argv", "limits", "tests", "data",
-                         "seq", "stream", "steps", "nonce", "code", "version", "compile"]),
+        st.sampled_from(
+            [
+                "id",
+                "profile",
+                "files",
+                "stdin",
+                "argv",
+                "limits",
+                "tests",
+                "data",
+                "seq",
+                "stream",
+                "steps",
+                "nonce",
+                "code",
+                "version",
+                "compile",
+            ]
+        ),
         msgpack_values,
         max_size=5,
     ),
@@ -106,8 +143,14 @@ def test_atheris_bounded_run(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     shutil.copytree(ROOT / "fuzz" / "corpus", corpus)
     proc = subprocess.run(
-        [sys.executable, str(FUZZ), "-max_total_time=3", "-timeout=10", "-rss_limit_mb=2048",
-         str(corpus)],
+        [
+            sys.executable,
+            str(FUZZ),
+            "-max_total_time=3",
+            "-timeout=10",
+            "-rss_limit_mb=2048",
+            str(corpus),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

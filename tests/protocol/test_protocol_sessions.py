@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from protocol_helpers import drain, handshake, step_results, submissions
-
 from sandboxd_protocol import (
     CLIENT,
     SERVER,
@@ -222,8 +221,10 @@ class Conversation(RuleBasedStateMachine):
         if self.client.our_state is not State.READY:
             return
         self.flush()
+
         def owing() -> bool:
-            return any(q for m in (self.client, self.server) for q in m._machine.owed[m.our_role].values())
+            sides = (self.client, self.server)
+            return any(q for m in sides for q in m._machine.owed[m.our_role].values())
 
         while owing():
             self.answer()
@@ -238,10 +239,14 @@ class Conversation(RuleBasedStateMachine):
         self.flush()
         self.down.send(Goodbye())
         self.flush()
-        assert self.client.states == self.server.states == {
-            CLIENT: State.CLOSED,
-            SERVER: State.CLOSED,
-        }
+        assert (
+            self.client.states
+            == self.server.states
+            == {
+                CLIENT: State.CLOSED,
+                SERVER: State.CLOSED,
+            }
+        )
         assert not self.client.jobs_in_flight
 
 
