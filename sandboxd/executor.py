@@ -70,6 +70,7 @@ class Container:
         self.cgroup = cgroup
         self.chan = channel.AsyncChannel(spawned.sock)
         self.job_pid: int | None = None
+        self.slot = -1  # the uid slot, when a pool allocated one
         self.used = False
         self.destroyed = False
         self._killed_for: str | None = None
@@ -107,6 +108,9 @@ class Container:
         self.used = True
         limits = step.limits
         self.cgroup.set_limits(CgroupLimits(memory=limits.memory, pids=limits.pids))
+        if self.job_pid:  # made at the pool's low priority; the job runs at the normal one
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, self.job_pid, 0)
         base = self.cgroup.stats()
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -234,8 +238,11 @@ class Container:
 
     # -------------------------------------------------------------- destroy
 
-    async def destroy(self) -> None:
-        """Kill everything, reap the init, remove the cgroup. Idempotent; never raises."""
+    async def destroy(self, remove_cgroup: bool = True) -> None:
+        """Kill everything and reap the init; remove the cgroup unless the caller recycles it.
+
+        Idempotent; never raises.
+        """
         if self.destroyed:
             return
         self.destroyed = True
@@ -252,7 +259,8 @@ class Container:
                 os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
             os.close(self.pidfd)
             self.chan.close()
-            await trio.to_thread.run_sync(self.cgroup.remove)
+            if remove_cgroup:
+                await trio.to_thread.run_sync(self.cgroup.remove)
 
 
 async def _feed_stdin(source: AsyncIterator[bytes], fd: int) -> None:

@@ -68,7 +68,14 @@ def main(argv: list[str]) -> int:
     return _serve(sock)
 
 
+# Containers are made at this niceness, so that refilling the pool yields the
+# CPU to jobs that run; the supervisor sets each job process back to 0 when it
+# hands it a job (executor.Container.run).
+POOL_NICE = 10
+
+
 def _serve(sock: socket.socket) -> int:
+    os.nice(POOL_NICE)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps our inits
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

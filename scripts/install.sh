@@ -28,4 +28,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# The native job-exec helper (sandboxd/native/jobexec.c), built once here.
+.venv/bin/python -m sandboxd.native >/dev/null
 echo "install: ok ($(.venv/bin/python --version))" >&2

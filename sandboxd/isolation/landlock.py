@@ -115,6 +115,7 @@ def restrict(
     read_paths: Sequence[str],
     write_paths: Sequence[str],
     write_files: Sequence[str] = (),
+    exec_fds: Sequence[int] = (),
     scope_signals: bool = True,
     scope_abstract_unix: bool = True,
 ) -> int:
@@ -125,7 +126,9 @@ def restrict(
     and between them, and device ioctls. On each of ``write_files``: read,
     write, truncate (``> /dev/null`` opens with ``O_TRUNC``) and ioctl. Any
     other path is refused with ``EACCES``. A missing path is an error, not a
-    silent omission: the caller decides which paths exist.
+    silent omission: the caller decides which paths exist. ``exec_fds`` are
+    open files that may be read and executed (``fexecve``) although no path
+    inside the sandbox leads to them: sandboxd's own job-exec helper.
 
     Needs ``no_new_privs`` set first, unless the caller has CAP_SYS_ADMIN.
     """
@@ -151,6 +154,13 @@ def restrict(
             _allow(ruleset, path, handled)
         for path in write_files:
             _allow(ruleset, path, _WRITE_FILE_RIGHTS & handled)
+        for fd in exec_fds:
+            try:
+                _syscalls_lsm.landlock_add_path_rule(ruleset, _READ_RIGHTS & _FILE_RIGHTS
+                                                     & handled, fd)
+            except OSError as exc:
+                raise LandlockError(exc.errno, f"landlock_add_rule on fd {fd}: "
+                                    f"{exc.strerror}") from exc
         try:
             _syscalls_lsm.landlock_restrict_self(ruleset)
         except OSError as exc:

@@ -1,0 +1,269 @@
+"""A job, from request to results: compile once, then run every test in a fresh container.
+
+Strategy: a job is a small plan of steps, each run in its own single-use
+container by a ``StepRunner`` (the scheduler: it bounds concurrency and
+leases containers from the pool). The compile step's output (the regular
+files it left in /box) is copied into every test's container, so a batch of
+N tests compiles exactly once. Tests run in parallel up to the runner's
+concurrency; results come back in test order. Output comparison is a pure
+function (``compare``), so every mode is unit-tested without a kernel.
+
+This module knows nothing of sockets or the wire protocol.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import trio
+
+from sandboxd.container import ContainerSpec
+from sandboxd.executor import RunStep
+from sandboxd.limits import LimitError, Limits
+from sandboxd.profiles import Profile
+from sandboxd.result import Result
+
+COMPARE_MODES = ("exact", "trailing_ws", "tokens")
+
+
+class StepRunner(Protocol):
+    async def __call__(self, spec: ContainerSpec, step: RunStep,
+                       collect: bool) -> tuple[Result, dict[str, bytes] | None]: ...
+
+
+@dataclass(slots=True)
+class TestSpec:
+    stdin: bytes = b""
+    expected_output: bytes | None = None
+    limits: dict[str, Any] | None = None
+    repeat: int = 1
+
+
+@dataclass(slots=True)
+class JobSpec:
+    """A validated job, in our own terms (the server maps the wire's JobSubmission to it)."""
+
+    profile: Profile
+    files: dict[str, bytes]
+    stdin: bytes = b""
+    argv: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, Any] | None = None
+    compile_argv: list[str] | None = None
+    compile_limits: dict[str, Any] | None = None
+    tests: list[TestSpec] | None = None
+    expected_output: bytes | None = None
+    compare: str = "trailing_ws"
+    float_tolerance: float | None = None
+    stop_on_failure: bool = False
+    cpuset_pin: bool = False
+    on_output: Callable[[int, str, bytes], Awaitable[None]] | None = None
+    stdin_stream: AsyncIterator[bytes] | None = None
+
+
+@dataclass(slots=True)
+class RepeatSummary:
+    runs: int
+    cpu: tuple[float, float, float]  # min, median, max
+    wall: tuple[float, float, float]
+    memory_peak_max: int
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    result: Result
+    repeat: RepeatSummary | None = None
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    compile: StepOutcome | None
+    steps: list[StepOutcome]
+
+
+class JobError(ValueError):
+    """The job cannot run as asked (a limit out of range, a missing compile step...)."""
+
+
+def _limits(base: Limits, overrides: dict[str, Any] | None, ceiling: Limits) -> Limits:
+    try:
+        return base.merged(overrides, ceiling)
+    except LimitError as e:
+        raise JobError(str(e)) from None
+
+
+def container_spec(profile: Profile, limits: Limits) -> ContainerSpec:
+    return ContainerSpec(slot=0, box_size=limits.box_size, tmp_size=limits.tmp_size,
+                         seccomp_policy=profile.seccomp, extra_binds=profile.binds)
+
+
+def default_spec(profile: Profile) -> ContainerSpec:
+    """The shape the pool keeps warm for a profile: its default limits."""
+    return container_spec(profile, profile.limits)
+
+
+def validate(job: JobSpec) -> None:
+    """Refuse, before accepting it, a job whose limits or options cannot be honoured."""
+    profile = job.profile
+    run_limits = _limits(profile.limits, job.limits, profile.max_limits)
+    if job.compile_limits is not None:
+        base = profile.compile.limits if profile.compile else run_limits
+        _limits(base, job.compile_limits, profile.max_limits)
+    for i, test in enumerate(job.tests or []):
+        try:
+            _limits(run_limits, test.limits, profile.max_limits)
+        except JobError as e:
+            raise JobError(f"tests[{i}]: {e}") from None
+    if job.compare not in COMPARE_MODES:
+        raise JobError(f"unknown compare mode {job.compare!r}")
+    if job.stdin_stream is not None and job.tests is not None and len(job.tests) != 1:
+        raise JobError("interactive stdin needs a job with a single run step")
+
+
+async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
+    profile = job.profile
+    if profile.unavailable:
+        raise JobError(f"profile {profile.name!r} is unavailable here: {profile.unavailable}")
+    run_limits = _limits(profile.limits, job.limits, profile.max_limits)
+    sources = sorted(job.files)
+    env = {**profile.env, **job.env}
+    files = job.files
+    compile_outcome = None
+    compile_argv = job.compile_argv or profile.compile_argv(sources)
+    if compile_argv:
+        base = profile.compile.limits if profile.compile else run_limits
+        climits = _limits(base, job.compile_limits, profile.max_limits)
+        step = RunStep(argv=compile_argv, limits=climits, files=files, env=env)
+        result, built = await runner(container_spec(profile, climits), step, True)
+        if result.verdict != "ok":
+            result = replace(result, verdict="compile_error",
+                             reason=result.reason or result.verdict)
+            return JobOutcome(StepOutcome(result), [])
+        compile_outcome = StepOutcome(result)
+        files = built or {}
+    argv = job.argv or profile.run_argv(sources)
+    tests = job.tests if job.tests is not None else [
+        TestSpec(stdin=job.stdin, expected_output=job.expected_output)]
+    outcomes: list[StepOutcome | None] = [None] * len(tests)
+    failed = trio.Event()
+
+    async def one(i: int, test: TestSpec) -> None:
+        limits = _limits(run_limits, test.limits, profile.max_limits)
+        on_out = None
+        if job.on_output is not None:
+            cb = job.on_output
+
+            async def on_out(stream: str, data: bytes) -> None:
+                await cb(i, stream, data)
+
+        spec = container_spec(profile, limits)
+        results: list[Result] = []
+        for _ in range(max(1, test.repeat)):
+            if job.stop_on_failure and failed.is_set():
+                break
+            step = RunStep(argv=argv, limits=limits, files=files, stdin=test.stdin, env=env,
+                           on_output=on_out,
+                           stdin_stream=job.stdin_stream if len(tests) == 1 else None)
+            result, _ = await runner(spec, step, False)
+            result = judge(result, test.expected_output, job.compare, job.float_tolerance)
+            results.append(result)
+            if result.verdict != "ok":
+                break
+        if not results:
+            outcomes[i] = StepOutcome(_skipped(limits))
+            return
+        outcomes[i] = summarize(results)
+        if outcomes[i].result.verdict != "ok":  # type: ignore[union-attr]
+            failed.set()
+
+    async with trio.open_nursery() as nursery:
+        for i, test in enumerate(tests):
+            if job.stop_on_failure:
+                await one(i, test)  # in order: stop at the first failure
+                if failed.is_set():
+                    break
+            else:
+                nursery.start_soon(one, i, test)
+    steps = [o if o is not None else StepOutcome(_skipped(run_limits)) for o in outcomes]
+    return JobOutcome(compile_outcome, steps)
+
+
+def _skipped(limits: Limits) -> Result:
+    return replace(Result.sandbox_error(""), verdict="cancelled",
+                   reason="skipped after an earlier test failed")
+
+
+def summarize(results: list[Result]) -> StepOutcome:
+    """One outcome for N runs of a test: the verdict of the first failing run, else the
+    run with the median CPU time; min/median/max of CPU and wall across runs."""
+    if len(results) == 1:
+        return StepOutcome(results[0])
+    failing = [r for r in results if r.verdict != "ok"]
+    if failing:
+        chosen = failing[0]
+    else:
+        ordered = sorted(results, key=lambda r: r.cpu_time)
+        chosen = ordered[(len(ordered) - 1) // 2]
+    cpu = [r.cpu_time for r in results]
+    wall = [r.wall_time for r in results]
+    return StepOutcome(chosen, RepeatSummary(
+        runs=len(results),
+        cpu=(min(cpu), statistics.median(cpu), max(cpu)),
+        wall=(min(wall), statistics.median(wall), max(wall)),
+        memory_peak_max=max(r.memory_peak for r in results)))
+
+
+def judge(result: Result, expected: bytes | None, mode: str,
+          tolerance: float | None) -> Result:
+    if expected is None or result.verdict != "ok":
+        return result
+    if compare(result.stdout, expected, mode, tolerance):
+        return result
+    return replace(result, verdict="wrong_answer", reason=f"output differs ({mode})")
+
+
+def compare(got: bytes, expected: bytes, mode: str = "trailing_ws",
+            tolerance: float | None = None) -> bool:
+    """Whether ``got`` matches ``expected`` under a comparison mode.
+
+    ``exact``: byte for byte. ``trailing_ws`` (the default): trailing
+    whitespace of every line and trailing empty lines are ignored.
+    ``tokens``: whitespace-separated tokens must match; with ``tolerance``,
+    two numeric tokens match when they differ by at most ``tolerance``
+    absolutely or relatively (as most judges' float checkers do).
+    """
+    if mode == "exact":
+        return got == expected
+    if mode == "trailing_ws":
+        return _strip_lines(got) == _strip_lines(expected)
+    if mode == "tokens":
+        a, b = got.split(), expected.split()
+        if len(a) != len(b):
+            return False
+        return all(_token_eq(x, y, tolerance) for x, y in zip(a, b, strict=True))
+    raise JobError(f"unknown compare mode {mode!r} (known: {', '.join(COMPARE_MODES)})")
+
+
+def _strip_lines(data: bytes) -> list[bytes]:
+    lines = [line.rstrip() for line in data.split(b"\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _token_eq(a: bytes, b: bytes, tolerance: float | None) -> bool:
+    if a == b:
+        return True
+    if tolerance is None:
+        return False
+    try:
+        x, y = float(a), float(b)
+    except ValueError:
+        return False
+    if math.isnan(x) or math.isnan(y):
+        return False
+    return abs(x - y) <= tolerance or abs(x - y) <= tolerance * abs(y)

@@ -1,0 +1,9 @@
+import sys
+
+from sandboxd.native import NativeBuildError, helper_path
+
+try:
+    print(helper_path())
+except NativeBuildError as e:
+    sys.stderr.write(f"sandboxd: {e}\n")
+    sys.exit(1)
