@@ -197,22 +197,20 @@ class V1Job(JobCgroup):
         """
         deadline = time.monotonic() + timeout
         freezer = "freezer" in self._dirs
-        try:
-            while pids := self._all_pids():
-                now = time.monotonic()
-                if now >= deadline:
-                    raise CgroupError(f"{self.name}: {len(pids)} processes survived kill_all")
+        while pids := self._all_pids():
+            now = time.monotonic()
+            if now >= deadline:
+                raise CgroupError(f"{self.name}: {len(pids)} processes survived kill_all")
+            try:
                 if freezer:  # a stuck (D-state) task may never freeze: kill anyway
                     self._freeze("FROZEN", min(deadline, now + timeout / 4))
                 _fs.sigkill(pids)
-                for d in self._unique:
+                for d in self._unique:  # threads whose leader is elsewhere, and late forks
                     _fs.sigkill(_fs.read_pids(f"{d}/tasks"))
+            finally:  # never leave it frozen, whatever happened
                 if freezer:
                     _fs.write(self._path("freezer", "freezer.state"), "THAWED")
-                _fs.wait_for(lambda: not self._all_pids(), min(deadline, now + timeout / 2))
-        finally:
-            if freezer and os.path.isdir(self._dirs["freezer"]):
-                _fs.write(self._path("freezer", "freezer.state"), "THAWED")
+            _fs.wait_for(lambda: not self._all_pids(), min(deadline, now + timeout / 2))
 
     def reset(self) -> None:
         """Prove emptiness, lift limits, zero the peaks and CPU counters in place.

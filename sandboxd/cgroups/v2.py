@@ -198,25 +198,24 @@ class V2Job(JobCgroup):
         """Freeze, cgroup.kill (or SIGKILL by pid on < 5.14), thaw, wait for populated 0."""
         deadline = time.monotonic() + timeout
         self._sample()
-        try:
-            while self._events().get("populated"):
-                now = time.monotonic()
-                if now >= deadline:
-                    raise CgroupError(f"{self.name}: processes {self.pids()} survived kill_all")
-                if self._f.freeze:  # a stuck (D-state) task may never freeze: kill anyway
-                    _fs.write(f"{self.path}/cgroup.freeze", "1")
+        freeze = f"{self.path}/cgroup.freeze" if self._f.freeze else ""
+        while self._events().get("populated"):
+            now = time.monotonic()
+            if now >= deadline:
+                raise CgroupError(f"{self.name}: processes {self.pids()} survived kill_all")
+            try:
+                if freeze:  # a stuck (D-state) task may never freeze: kill anyway
+                    _fs.write(freeze, "1")
                     self._wait_events("frozen", 1, min(deadline, now + timeout / 4))
                 if self._f.kill:
                     _fs.write(f"{self.path}/cgroup.kill", "1")
                 else:
                     _fs.sigkill(self.pids())
                     _fs.sigkill(_fs.read_pids(f"{self.path}/cgroup.threads"))
-                if self._f.freeze:
-                    _fs.write(f"{self.path}/cgroup.freeze", "0")
-                self._wait_events("populated", 0, min(deadline, now + timeout / 2))
-        finally:
-            if self._f.freeze and os.path.isdir(self.path):
-                _fs.write(f"{self.path}/cgroup.freeze", "0")
+            finally:  # never leave it frozen, whatever happened
+                if freeze:
+                    _fs.write(freeze, "0")
+            self._wait_events("populated", 0, min(deadline, now + timeout / 2))
 
     def reset(self) -> None:
         """Prove emptiness, lift limits, restart every counter.

@@ -105,6 +105,12 @@ class Workload:
         )
         self.pid = self.proc.pid
         try:
+            # Join only once the shell sleeps in read(0, ...): its start-up (exec,
+            # ld.so: tens of ms under emulation) ran outside the cgroup, and
+            # before_join_ns says how much, exactly, for comparisons with rusage.
+            wait_until(self._blocked_on_stdin, 30 * SLOW, "the shell to wait for 'go'")
+            with open(f"/proc/{self.pid}/schedstat") as f:
+                self.before_join_ns = int(f.read().split()[0])
             job.add_pid(self.pid)
         except BaseException:
             self.proc.kill()
@@ -113,6 +119,10 @@ class Workload:
         assert self.proc.stdin is not None
         self.proc.stdin.write(b"go\n")
         self.proc.stdin.close()
+
+    def _blocked_on_stdin(self) -> bool:
+        with open(f"/proc/{self.pid}/syscall") as f:
+            return f.read().startswith("0 0x0 ")  # read(0, ...)
 
     def readline(self) -> str:
         assert self.proc.stdout is not None

@@ -51,7 +51,7 @@ def test_cpu_time_of_a_known_workload(job: JobCgroup) -> None:
     w = Workload(job, [*py(BURN), "0.3"])
     code, usage = w.wait(120 * SLOW)
     assert code == 0
-    rusage_ns = round((usage.ru_utime + usage.ru_stime) * 1e9)
+    rusage_ns = round((usage.ru_utime + usage.ru_stime) * 1e9) - w.before_join_ns
     stats = job.stats()
     assert stats.cpu_usage_ns == job.cpu_usage_ns()
     assert stats.cpu_usage_ns >= 0.3e9

@@ -84,7 +84,8 @@ def test_close_removes_every_job(backend: CgroupBackend) -> None:
 
 def test_cpuset_pins_or_says_why_not(backend: CgroupBackend, job: JobCgroup) -> None:
     """Pinning to CPU 0 shows in the job's affinity; where cpuset is not delegated, it says so."""
-    if any("'cpuset'" in p for p in backend.problems()):
+    if problem := [p for p in backend.problems() if "'cpuset'" in p]:
+        assert "subtree_control" in problem[0] or "mount" in problem[0]  # says how to fix it
         with pytest.raises(CgroupError, match="cpuset"):
             job.set_limits(CgroupLimits(cpuset="0"))
         return
@@ -127,9 +128,11 @@ def test_remove_stale_cleans_up_after_a_crashed_run(backend: CgroupBackend) -> N
     assert leftovers(f"sandboxd-{tag}"), "the crashed run left no root?"
     second = open_backend(tag)
     try:
+        live = second.create("sandboxd-live")  # a live job of ours is never stale
         removed = second.remove_stale()
         assert removed and all(p.endswith("/sandboxd-crashed") for p in removed)
         assert second.remove_stale() == []
+        assert job_dirs(second, live)
     finally:
         second.close()
     assert leftovers(f"sandboxd-{tag}") == []
@@ -138,3 +141,37 @@ def test_remove_stale_cleans_up_after_a_crashed_run(backend: CgroupBackend) -> N
             assert f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         pass
+
+
+def test_v2_delegation_moves_only_us_and_moves_back() -> None:
+    """v2, non-root: we live in <own>/sandboxd.supervisor while a backend is open, and our
+    children are born there; closing the last backend puts us back where we started."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if detect_version() != 2:
+        pytest.skip("cgroup v2 only")
+
+    def where(pid: int | str = "self") -> str:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return f.read().strip().split("::", 1)[1]
+
+    before = where()
+    backend = open_backend(f"t{os.getpid()}-{secrets.token_hex(3)}")
+    try:
+        if before == "/":  # the real root may hold processes: nothing to move
+            assert where() == "/"
+        else:
+            assert where() == before.rstrip("/") + "/sandboxd.supervisor"
+            child = subprocess.Popen(["/bin/sleep", str(30 * SLOW)], env={MARK_ENV: TOKEN})
+            try:
+                assert where(child.pid) == where()
+            finally:
+                child.kill()
+                child.wait()
+        job = backend.create("sandboxd-delegated")
+        w = Workload(job, ["/bin/true"])
+        assert w.wait(30 * SLOW)[0] == 0
+    finally:
+        backend.close()
+    assert leftovers(backend.root_name) == []
+    assert where() == before
