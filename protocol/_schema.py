@@ -497,6 +497,11 @@ def _not_nil(path: str, name: str | int, field: str) -> Invalid:
     return Invalid(f"{_where(path, name)}.{field}", "must not be None (omit it for the default)")
 
 
+# In generated code: this record's path, built at most once per call, and only
+# when a field needs it (a nested record, an array, a value that failed its test).
+_HERE = "(here or (here := _where(path, name)))"
+
+
 class _Record(_Kind):
     """A map with known fields, decoded into a frozen dataclass.
 
@@ -532,17 +537,23 @@ class _Record(_Kind):
             "_check": self.check,
         }
         defaults = {f.name: f for f in dataclasses.fields(self.cls)}
+        if set(defaults) != {name for name, _, _ in self.fields}:
+            raise TypeError(f"the schema of {self.cls.__name__} must list every field")
+        slot_setters = {name: self.cls.__dict__[name].__set__ for name in defaults}
+        ns["_new"] = object.__new__
         dec = [
             "def decode(v, path, name, lim):",
             "    if type(v) is not dict:",
             "        raise _bad_map(v, path, name)",
             "    get = v.get",
+            "    here = None",
         ]
         enc = [
             "def encode(v, path, name, lim):",
             "    if type(v) is not _cls:",
             "        raise _bad_record(_cls, v, path, name)",
             f"    out = {{'type': {self.type_name!r}}}" if self.type_name else "    out = {}",
+            "    here = None",
         ]
         args = []
         for i, (fname, kind, required) in enumerate(self.fields):
@@ -562,14 +573,14 @@ class _Record(_Kind):
             else:
                 dec.append(f"        {x} = {_const(ns, default.default_factory)}()")
             test = kind.fast(x, ns, enc=False)
-            call = f"{x} = {k}.decode({x}, _where(path, name), {fname!r}, lim)"
+            call = f"{x} = {k}.decode({x}, {_HERE}, {fname!r}, lim)"
             dec.append(f"    elif not {test}:" if test else "    else:")
             dec.append(f"        {call}")
 
             enc.append(f"    {x} = v.{fname}")
             enc.append(f"    if {x} is not None:")
             test = kind.fast(x, ns, enc=True)
-            call = f"{x} = {k}.encode({x}, _where(path, name), {fname!r}, lim)"
+            call = f"{x} = {k}.encode({x}, {_HERE}, {fname!r}, lim)"
             if test:
                 enc.append(f"        if not {test}:")
                 enc.append(f"            {call}")
@@ -583,7 +594,11 @@ class _Record(_Kind):
                 # nil would decode as the default, not as nil: refuse it
                 enc.append("    else:")
                 enc.append(f"        raise _not_nil(path, name, {fname!r})")
-        dec.append(f"    obj = _cls({', '.join(args)})")
+        # Build the instance through its slots: the frozen dataclass __init__
+        # costs a call per field, and decoded values are already normalised.
+        dec.append("    obj = _new(_cls)")
+        for i, (fname, _, _) in enumerate(self.fields):
+            dec.append(f"    {_const(ns, slot_setters[fname])}(obj, x{i})")
         if self.check is not None:
             dec.append("    _check(obj, _where(path, name), lim)")
             enc.append("    _check(v, _where(path, name), lim)")

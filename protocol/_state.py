@@ -270,13 +270,12 @@ class StateMachine:
         nothing wrong: the message is stale).
         """
         kind = message_kind(event)
-        peer = SERVER if role is CLIENT else CLIENT
-        state = self.states[role]
-        if state is State.ERROR:
-            raise Invalid(
-                "", f"the {role.value} is in the ERROR state", ErrorCode.UNEXPECTED_MESSAGE
-            )
-        if self.states[peer] is CLOSED and kind in NEEDS_LIVE_RECEIVER:
+        states = self.states
+        rule = _RULES.get((role, states[role], kind))
+        if rule is None:
+            raise self._refusal(role, kind)
+        new_state, peer, need, effect, helper = rule
+        if states[peer] is CLOSED and kind in NEEDS_LIVE_RECEIVER:
             if ours:
                 raise Invalid(
                     "",
@@ -284,37 +283,41 @@ class StateMachine:
                     ErrorCode.UNEXPECTED_MESSAGE,
                 )
             raise DropMessage
-        allowed = CONNECTION_TABLE[role][state]
-        new_state = allowed.get(kind)
-        if new_state is None:
-            raise Invalid(
-                "",
-                f"a {role.value} may not send {kind!r} in state {state.value} "
-                f"(allowed: {', '.join(sorted(allowed)) or 'nothing'})",
-                ErrorCode.UNEXPECTED_MESSAGE,
-            )
-        need = PEER_REQUIRED.get((role, kind))
-        if need is not None and self.states[peer] is not need:
+        if need is not None and states[peer] is not need:
             raise Invalid(
                 "",
                 f"a {role.value} may send {kind!r} only while the {peer.value} is in "
-                f"state {need.value}, not {self.states[peer].value}",
+                f"state {need.value}, not {states[peer].value}",
                 ErrorCode.UNEXPECTED_MESSAGE,
             )
         # The helper for this kind checks first and returns a function that
         # applies the change, so that a refused message changes nothing.
-        helper = _HELPERS.get(kind)
-        commit = helper(self, role, peer, kind, event, ours) if helper is not None else None
-        if commit is not None:
-            commit()
-        self.states[role] = new_state
-        effect = PEER_EFFECTS.get((role, kind))
-        if effect is not None and self.states[peer] in effect:
-            self.states[peer] = effect[self.states[peer]]
+        if helper is not None:
+            commit = helper(self, role, peer, kind, event, ours)
+            if commit is not None:
+                commit()
+        states[role] = new_state
+        if effect is not None and states[peer] in effect:
+            states[peer] = effect[states[peer]]
         if new_state is CLOSED:
             # Whatever the closed role was asked is never going to be answered.
             for queue in self.owed[role].values():
                 queue.clear()
+
+    def _refusal(self, role: Role, kind: str) -> Invalid:
+        """Why ``CONNECTION_TABLE`` has no entry for ``kind`` from ``role`` now."""
+        state = self.states[role]
+        if state is State.ERROR:
+            return Invalid(
+                "", f"the {role.value} is in the ERROR state", ErrorCode.UNEXPECTED_MESSAGE
+            )
+        allowed = CONNECTION_TABLE[role][state]
+        return Invalid(
+            "",
+            f"a {role.value} may not send {kind!r} in state {state.value} "
+            f"(allowed: {', '.join(sorted(allowed)) or 'nothing'})",
+            ErrorCode.UNEXPECTED_MESSAGE,
+        )
 
     def set_error(self, role: Role) -> None:
         """``role`` broke the protocol; its state is ERROR for good."""
@@ -349,33 +352,31 @@ class StateMachine:
             return commit_welcome
         return None
 
-    def _check_job(self, role: Role, peer: Role, kind: str, event: Any, ours: bool) -> Any:
+    def _check_submit(self, role: Role, peer: Role, kind: str, event: Any, ours: bool) -> Any:
+        """A submit opens a job (``JOB_OPENERS``); its id must be free."""
         opener = JOB_OPENERS.get((role, kind))
-        if opener is not None:  # kind is a submit, sent by the client
-            assert isinstance(event, JobSubmission)
-            job_id = event.id
-            if job_id in self.jobs:
-                raise Invalid(
-                    "submit.id", f"job {job_id!r} is already in flight", ErrorCode.DUPLICATE_JOB
-                )
-            if len(self.jobs) >= self.max_jobs_in_flight:
-                raise Invalid(
-                    "",
-                    f"more than {self.max_jobs_in_flight} jobs in flight",
-                    ErrorCode.TOO_MANY_JOBS,
-                )
-            job = Job(
-                opener[0],
-                opener[1],
-                event.stream,
-                len(event.tests) if event.tests is not None else 1,
+        if opener is None:  # not reachable through CONNECTION_TABLE; kept as a guard
+            raise Invalid("", f"a {role.value} may not send {kind!r}", ErrorCode.UNEXPECTED_MESSAGE)
+        assert isinstance(event, JobSubmission)
+        job_id = event.id
+        if job_id in self.jobs:
+            raise Invalid(
+                "submit.id", f"job {job_id!r} is already in flight", ErrorCode.DUPLICATE_JOB
             )
+        if len(self.jobs) >= self.max_jobs_in_flight:
+            raise Invalid(
+                "", f"more than {self.max_jobs_in_flight} jobs in flight", ErrorCode.TOO_MANY_JOBS
+            )
+        steps = len(event.tests) if event.tests is not None else 1
+        job = Job(opener[0], opener[1], event.stream, steps)
 
-            def commit_open() -> None:
-                self.jobs[job_id] = job
-                self.finished.pop(job_id, None)
+        def commit() -> None:
+            self.jobs[job_id] = job
+            self.finished.pop(job_id, None)
 
-            return commit_open
+        return commit
+
+    def _check_job(self, role: Role, peer: Role, kind: str, event: Any, ours: bool) -> Any:
         job_id = event.id
         job = self.jobs.get(job_id)
         if job is None:
@@ -487,6 +488,21 @@ _HELPERS: dict[str, Any] = {
     "welcome": StateMachine._check_handshake,
     "goodbye": StateMachine._check_goodbye,
     **{kind: StateMachine._check_job for kind in _JOB_KINDS},
-    **{kind: StateMachine._check_job for (_, kind) in JOB_OPENERS},
+    **{kind: StateMachine._check_submit for (_, kind) in JOB_OPENERS},
     **{kind: StateMachine._check_requests for kind in (*ANSWERS, *_REQUEST_OF)},
+}
+
+# The tables above, joined for one lookup per message:
+# (sender, sender's state, kind) -> (next state, peer, PEER_REQUIRED, PEER_EFFECTS, helper).
+_RULES: dict[tuple[Role, State, str], tuple[State, Role, Any, Any, Any]] = {
+    (role, state, kind): (
+        new_state,
+        SERVER if role is CLIENT else CLIENT,
+        PEER_REQUIRED.get((role, kind)),
+        PEER_EFFECTS.get((role, kind)),
+        _HELPERS.get(kind),
+    )
+    for role, by_state in CONNECTION_TABLE.items()
+    for state, by_kind in by_state.items()
+    for kind, new_state in by_kind.items()
 }
