@@ -362,7 +362,7 @@ class _Map(_Kind):
         self.limit = limit
 
     def _walk(self, v: Any, path: str, name: str | int, lim: SizeLimits, enc: bool) -> Any:
-        if not isinstance(v, Mapping):
+        if type(v) is not dict and not isinstance(v, Mapping):
             raise Invalid(_where(path, name), f"must be a map, got {_got(v)}")
         cap = _cap(self.limit, lim)
         if cap is not None and len(v) > cap:
@@ -413,7 +413,7 @@ class _Files(_Kind):
     __slots__ = ()
 
     def _walk(self, v: Any, path: str, name: str | int, lim: SizeLimits, enc: bool) -> Any:
-        if not isinstance(v, Mapping):
+        if type(v) is not dict and not isinstance(v, Mapping):
             raise Invalid(_where(path, name), f"must be a map, got {_got(v)}")
         if len(v) > lim.max_files:
             raise Invalid(

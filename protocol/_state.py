@@ -377,12 +377,14 @@ class StateMachine:
         return commit
 
     def _check_job(self, role: Role, peer: Role, kind: str, event: Any, ours: bool) -> Any:
+        """A message about a job in flight: ``JOB_TABLE``, ``JOB_NEEDS_FLAG``, seq and steps."""
         job_id = event.id
         job = self.jobs.get(job_id)
         if job is None:
             if (role, kind) in STALE_AFTER_DONE and job_id in self.finished:
                 raise DropMessage
-            raise Invalid(f"{kind}.id", f"no job {job_id!r} is in flight", ErrorCode.UNKNOWN_JOB)
+            where = f"{TYPE_NAMES[type(event)]}.id"
+            raise Invalid(where, f"no job {job_id!r} is in flight", ErrorCode.UNKNOWN_JOB)
         current = job.client if role is CLIENT else job.server
         new = JOB_TABLE.get((role, current, kind))
         if new is None:
