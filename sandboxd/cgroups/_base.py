@@ -31,7 +31,11 @@ class CgroupLimits:
 
 @dataclass(frozen=True, slots=True)
 class CgroupStats:
-    """Counters read after (or during) a job. Times in nanoseconds, memory in bytes."""
+    """Counters read after (or during) a job. Times in nanoseconds, memory in bytes.
+
+    On both versions ``cpu_user_ns + cpu_system_ns == cpu_usage_ns``: the split
+    is the kernel's tick-sampled ratio, scaled to the exact total.
+    """
 
     cpu_usage_ns: int
     cpu_user_ns: int

@@ -167,7 +167,9 @@ class V2Job(JobCgroup):
     def stats(self) -> CgroupStats:
         """Every counter, as deltas from the last reset where the kernel cannot reset."""
         self._sample()
-        usage, user, system = (a - b for a, b in zip(self._cpu(), self._cpu_base, strict=True))
+        usage, user, _ = (a - b for a, b in zip(self._cpu(), self._cpu_base, strict=True))
+        user = min(user, usage)
+        system = usage - user  # each is truncated to µs on its own: keep user + system == usage
         peak = oom = 0
         if "memory" in self._f.controllers:
             peak = int(self._read("memory.peak")) if self._f.peak else self._sampled_peak
