@@ -9,6 +9,16 @@ tmpfs mounts at ``/box`` and ``/tmp``, a fresh ``/proc`` with Docker's
 masked and read-only paths, and a minimal ``/dev``. Then ``pivot_root`` into
 it and detach the old root, so no path leads back to the host.
 
+An image root (``MountPlan.overlay``) replaces the tmpfs root with an
+overlayfs: the image's layers from the store as read-only lower layers, an
+upper and work directory on the same per-container tmpfs. Mounted by the
+namespaced root, so with ``userxattr`` (overlayfs then reads
+``user.overlay.*`` xattrs) and ``nosuid,nodev``. Generated files and every
+mount point are created in the upper directory *before* the mount: they then
+shadow whatever the image has at those paths (a hostile ``/proc -> /x`` link
+included), and nothing needs a copy-up, which the kernel refuses for files
+whose owner is not mapped in the namespace (all of the image's).
+
 Everything happens inside a user namespace, where the kernel "locks" the
 flags a mount had on the host: a read-only remount must keep them, which is
 why ``_remount_ro`` reads them back with statvfs first.
@@ -18,6 +28,8 @@ This module knows nothing of jobs, sockets, cgroups or trio.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import glob
 import os
 from collections.abc import Iterable, Sequence
@@ -138,11 +150,30 @@ Step = Bind | Symlink | Tmpfs | File | Proc | Dev
 
 
 @dataclass(frozen=True, slots=True)
+class OverlayRoot:
+    """The root as an overlayfs of image layers (read-only) under a per-container tmpfs upper.
+
+    ``lower`` names directories of ``layers_dir``, top layer first, relative to
+    it: the mount is made from inside it, so that the options of an image of
+    many layers still fit in the one page the kernel accepts.
+    """
+
+    layers_dir: str
+    lower: tuple[str, ...]
+    # Held with a shared flock while mounting: the store removes layers only
+    # under an exclusive one, after checking that no mounted root uses them.
+    lock: str = ""
+    label: str = "sandboxd-overlay"  # the mount's source: names the image in mountinfo
+    dirs: tuple[str, ...] = ()  # directories to create if the image lacks them (WorkingDir)
+
+
+@dataclass(frozen=True, slots=True)
 class MountPlan:
     steps: tuple[Step, ...]
     root_size: int = 1 << 20  # the tmpfs holding mount points and generated files
     workdir: str = "/box"
     extra: dict[str, str] = field(default_factory=dict)
+    overlay: OverlayRoot | None = None  # an image root instead of the tmpfs root
 
 
 class MountError(OSError):
@@ -200,12 +231,47 @@ def default_plan(
         *etc_steps(),
         *identity_files(uid, gid, hostname),
         *extra_binds,
+        *scratch_steps(uid, gid, box_size, tmp_size, shm_size, nr_inodes),
+    ]
+    return MountPlan(tuple(steps))
+
+
+def scratch_steps(uid: int, gid: int, box_size: int, tmp_size: int, shm_size: int,
+                  nr_inodes: int) -> list[Step]:
+    """What every root gets on top, whatever it is made of: /box, /tmp, /dev and /proc."""
+    return [
         Tmpfs("/box", box_size, 0o755, uid, gid, nr_inodes),
         Tmpfs("/tmp", tmp_size, 0o1777, 0, 0, nr_inodes),
         Dev(shm_size=shm_size),
         Proc(),
     ]
-    return MountPlan(tuple(steps))
+
+
+def image_plan(
+    *,
+    overlay: OverlayRoot,
+    uid: int,
+    gid: int,
+    hostname: str,
+    box_size: int,
+    tmp_size: int,
+    shm_size: int = 64 << 20,
+    extra_binds: Sequence[Bind] = (),
+    nr_inodes: int = 65536,
+) -> MountPlan:
+    """An image's root (DESIGN.md section 5, images): its layers, then the same scratch mounts.
+
+    Only /etc/hostname and /etc/hosts are generated, as Docker does; the
+    image's own passwd and group describe its users.
+    """
+    generated = [f for f in identity_files(uid, gid, hostname)
+                 if f.path in ("/etc/hostname", "/etc/hosts")]
+    steps: list[Step] = [
+        *generated,
+        *extra_binds,
+        *scratch_steps(uid, gid, box_size, tmp_size, shm_size, nr_inodes),
+    ]
+    return MountPlan(tuple(steps), overlay=overlay)
 
 
 # ---------------------------------------------------------------- interpreter
@@ -345,6 +411,69 @@ def _symlink(step: Symlink, root: str) -> None:
     os.symlink(step.target, dest)
 
 
+def _enter_layers(overlay: OverlayRoot) -> int:
+    """Lock the store (shared) and chdir into its layers; the lock's fd. Before BUILD_BASE
+    is covered: the store may live below it."""
+    fd = -1
+    try:
+        if overlay.lock:
+            fd = os.open(overlay.lock, os.O_RDONLY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        os.chdir(overlay.layers_dir)
+    except OSError as e:
+        if fd >= 0:
+            os.close(fd)
+        raise _fail(overlay, overlay.layers_dir, e, "The image store must exist and be "
+                    "traversable by the container's root, an unprivileged host uid "
+                    "(o+x on the store and every parent).") from e
+    return fd
+
+
+def _prepare_upper(step: Step, upper: str) -> None:
+    """Create ``step``'s file or mount point in the upper directory (see the module's notes)."""
+    if isinstance(step, File):
+        _file(step, upper)
+    elif isinstance(step, Symlink):
+        _symlink(step, upper)
+    elif isinstance(step, Bind):
+        if os.path.isdir(step.source):
+            _mkdirs(upper + step.target)
+        elif os.path.exists(step.source):  # else _bind reports it (or skips it, if optional)
+            _touch(upper + step.target)
+    else:
+        _mkdirs(upper + step.path)
+
+
+_OVERLAY_HINTS = {
+    errno.ENOENT: "An image layer is missing from the store (removed while in use?): "
+                  "import the image again.",
+    errno.EACCES: "The container's root, an unprivileged host uid, must be able to read "
+                  "the layers: the store and its parents need o+x.",
+    errno.EINVAL: "overlayfs refused its options: a user namespace needs Linux 5.11+ for "
+                  "userxattr, and the store's filesystem must support user xattrs.",
+}
+
+
+def _overlay(overlay: OverlayRoot, steps: Sequence[Step], base: str) -> str:
+    """Mount the overlay root at ``base``/root (cwd: the layers) and return its path."""
+    upper, work, merged = f"{base}/upper", f"{base}/work", f"{base}/root"
+    for d in (upper, work, merged):
+        os.mkdir(d, 0o755)
+    for step in steps:
+        _prepare_upper(step, upper)
+    for d in overlay.dirs:
+        _mkdirs(upper + d)
+    opts = f"lowerdir={':'.join(overlay.lower)},upperdir={upper},workdir={work},userxattr"
+    if len(opts) >= 4096:
+        raise MountError(errno.E2BIG, f"the overlay options of {len(overlay.lower)} layers "
+                         "do not fit in one page; flatten the image")
+    try:
+        _libc.mount(overlay.label, merged, "overlay", MS_NOSUID | MS_NODEV, opts)
+    except OSError as e:
+        raise _fail(overlay, merged, e, _OVERLAY_HINTS.get(e.errno or 0, "")) from e
+    return merged
+
+
 def apply(plan: MountPlan) -> None:
     """Build the new root from ``plan`` and pivot into it. Run inside a new mount namespace.
 
@@ -354,10 +483,20 @@ def apply(plan: MountPlan) -> None:
     # Nothing we mount may propagate back to the host.
     _libc.mount(None, "/", None, MS_REC | MS_SLAVE)
     root = BUILD_BASE
+    lock = _enter_layers(plan.overlay) if plan.overlay else -1
     _libc.mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={plan.root_size},mode=755")
+    steps = plan.steps
+    if plan.overlay:
+        try:
+            root = _overlay(plan.overlay, steps, BUILD_BASE)
+        finally:
+            if lock >= 0:
+                os.close(lock)
+        # Generated files and links are in the upper layer already.
+        steps = tuple(s for s in steps if not isinstance(s, (File, Symlink)))
     # /etc is created before the binds that land in it and remounted read-only after.
     readonly_tmpfs: list[str] = []
-    for step in plan.steps:
+    for step in steps:
         if isinstance(step, Bind):
             _bind(step, root)
         elif isinstance(step, Symlink):
