@@ -127,7 +127,7 @@ class Connection:
             )
         if self._remote_error is not None or self._local_error is not None:
             return  # nothing more will be read: do not let the buffer grow
-        self._reader.feed(bytes(data))
+        self._reader.feed(data)
 
     def next_event(self) -> Event | NeedData:
         """The next event from the peer, ``NEED_DATA``, or ``ConnectionClosed`` at the end.

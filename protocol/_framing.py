@@ -99,7 +99,8 @@ class FrameReader:
             if self.eof:
                 raise Invalid("", "stream ended inside a frame", ErrorCode.MALFORMED)
             return None
-        body = bytes(buf[pos + HEADER_SIZE : end])
+        with memoryview(buf) as view:  # one copy of the body, not two
+            body = bytes(view[pos + HEADER_SIZE : end])
         if end == len(buf):
             buf.clear()
             self._pos = 0
