@@ -1,4 +1,4 @@
-"""The ``sandboxd`` command: ``serve``, ``run-once``, ``check-environment``.
+"""The ``sandboxd`` command: ``serve``, ``run-once``, ``check-environment``, ``image``.
 
 Bad flags or absurd limits end with a one-line message and exit code 2,
 never a traceback. Exit codes of ``run-once`` (also used by ``sandboxctl
@@ -25,6 +25,7 @@ from typing import Any
 from sandboxd.limits import DEFAULT, LimitError, Limits
 
 EXIT_USAGE = 2
+_STORE = "/var/lib/sandboxd-images"  # sandboxd.images.DEFAULT_STORE, without importing it
 EXIT_TIME = 124
 EXIT_SANDBOX = 125
 EXIT_MEMORY = 137
@@ -89,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--env", action="append", default=[], metavar="K=V")
     once.add_argument("--seccomp", default="default", metavar="POLICY")
     once.add_argument("--json", action="store_true", help="print one JSON object with the result")
+    once.add_argument("--image", metavar="NAME", help="run on an image's root instead of the "
+                      "host's files; its Env, WorkingDir and Entrypoint+Cmd are the defaults")
+    once.add_argument("--image-store", metavar="DIR", help=f"image store (default {_STORE})")
     once.add_argument("argv", nargs=argparse.REMAINDER, help="-- ARGV...")
 
     serve = sub.add_parser("serve", help="run the daemon")
@@ -97,6 +101,26 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-environment", help="report what the kernel offers")
     check.add_argument("--json", action="store_true")
+
+    image = sub.add_parser("image", help="import, list, inspect and remove images")
+    isub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
+    store_help = f"image store directory (default {_STORE})"
+    imp = isub.add_parser("import", help="import a docker save tarball or an OCI image layout")
+    imp.add_argument("file", metavar="FILE", help="tar (maybe gzip/xz/bz2) or OCI layout directory")
+    imp.add_argument("--name", metavar="NAME:TAG", help="name the image (the file must hold one)")
+    imp.add_argument("--max-layer-size", metavar="SIZE", help="refuse larger layers (default 8G)")
+    imp.add_argument("--max-files", metavar="N",
+                     help="refuse layers of more entries (default 1000000)")
+    ls = isub.add_parser("ls", help="list the images")
+    ls.add_argument("--json", action="store_true")
+    inspect = isub.add_parser("inspect", help="print an image's record as JSON")
+    inspect.add_argument("ref", metavar="NAME", help="NAME[:TAG], id or id prefix")
+    rm = isub.add_parser("rm", help="remove a name, or an image and the layers only it uses")
+    rm.add_argument("ref", metavar="NAME", help="NAME[:TAG], id or id prefix")
+    rm.add_argument("--profiles", metavar="DIR", help="profiles that may use the image "
+                    "(default: the shipped ones)")
+    for p_ in (imp, ls, inspect, rm):
+        p_.add_argument("--store", metavar="DIR", help=store_help)
     return p
 
 
@@ -112,7 +136,7 @@ def _cmd_run_once(args: argparse.Namespace) -> int:
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
-    if not argv:
+    if not argv and not args.image:
         return _fail("run-once needs a command after --")
     try:
         limits: Limits = DEFAULT.merged(limit_overrides(args))
@@ -149,7 +173,21 @@ def _cmd_run_once(args: argparse.Namespace) -> int:
         return _fail(f"unknown seccomp policy {args.seccomp!r} "
                      f"(known: {', '.join(sorted(seccomp.POLICIES))})")
     step = RunStep(argv=argv, limits=limits, files=files, stdin=stdin, env=env)
-    result = run_once(Once(step=step, seccomp_policy=args.seccomp))
+    once = Once(step=step, seccomp_policy=args.seccomp)
+    if args.image:
+        from sandboxd.images import ImageError, Store
+
+        try:
+            image = Store(args.image_store).resolve(args.image)
+        except ImageError as e:
+            return _fail(str(e))
+        step.argv = step.argv or list(image.config.argv())
+        step.env = {**image.config.environ(), **env}
+        step.cwd = image.config.workdir or step.cwd
+        once.image, once.image_store = image.id, args.image_store or ""
+    if not step.argv:
+        return _fail("run-once needs a command after -- (the image has no Entrypoint or Cmd)")
+    result = run_once(once)
     if args.json:
         sys.stdout.write(json.dumps(result.as_json()) + "\n")
     else:
@@ -158,6 +196,95 @@ def _cmd_run_once(args: argparse.Namespace) -> int:
         sys.stderr.buffer.write(result.stderr)
         sys.stderr.write(summary_line(result.as_dict()) + "\n")
     return exit_code_for(result.verdict, result.exit_code, result.signal)
+
+
+def _tqdm_progress() -> tuple[Any, Any]:
+    """A progress callback for ``import_image`` drawing a tqdm bar on a terminal (stderr),
+    silent otherwise; and a function that closes the bar."""
+    from tqdm import tqdm
+
+    bar: list[Any] = []
+
+    def progress(done: int, total: int, what: str) -> None:
+        if not bar:
+            bar.append(tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                            disable=None, file=sys.stderr, leave=False))
+        bar[0].set_description(what, refresh=False)
+        bar[0].update(done - bar[0].n)
+
+    def close() -> None:
+        if bar:
+            bar[0].close()
+
+    return progress, close
+
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    from sandboxd.images import ImageError, ImportLimits, Store, import_image
+    from sandboxd.limits import format_size, parse_size
+
+    store = Store(args.store)
+    try:
+        if args.image_command == "import":
+            try:
+                limits = ImportLimits(
+                    **({"max_layer_size": parse_size(args.max_layer_size)}
+                       if args.max_layer_size else {}),
+                    **({"max_files": int(args.max_files)} if args.max_files else {}))
+            except (LimitError, ValueError) as e:
+                return _fail(f"bad limit: {e}")
+            progress, close = _tqdm_progress()
+            try:
+                try:
+                    images = import_image(store, args.file, name=args.name, limits=limits,
+                                          progress=progress)
+                finally:
+                    close()
+            except KeyboardInterrupt:
+                sys.stderr.write("sandboxd: import interrupted; the store is unchanged\n")
+                return 130
+            for img in images:
+                dropped = sum(x.dropped for x in img.layers)
+                stripped = sum(x.setid_stripped for x in img.layers)
+                notes = (f", {dropped} device node(s) dropped" if dropped else "") + (
+                    f", setuid/setgid removed from {stripped} file(s)" if stripped else "")
+                print(f"imported {', '.join(img.names) or '<no name>'} {img.id} "
+                      f"({len(img.layers)} layers, {format_size(img.size)}B{notes})")
+        elif args.image_command == "ls":
+            rows = store.images()
+            if args.json:
+                print(json.dumps([img.to_json() for img in rows]))
+                return 0
+            print(f"{'NAME':40} {'ID':12} {'LAYERS':>6} {'SIZE':>10}  CREATED")
+            for img in rows:
+                for name in img.names or ("<none>",):
+                    print(f"{name:40} {img.short_id:12} {len(img.layers):6} "
+                          f"{img.size / 1048576:9.1f}M  {img.created[:19]}")
+        elif args.image_command == "inspect":
+            img = store.resolve(args.ref)
+            doc = img.to_json()
+            doc["store"] = store.path
+            doc["layer_dirs"] = [store.layer_path(x.diff_id) for x in img.layers]
+            print(json.dumps(doc, indent=2))
+        elif args.image_command == "rm":
+            from sandboxd.profiles import ProfileError, load_dir
+
+            try:
+                profiles = load_dir(args.profiles or None, image_store=store.path)
+            except ProfileError as e:
+                return _fail(f"cannot check the profiles: {e}")
+            users = [(f"profile {p.name}", p.image) for p in profiles.values() if p.image]
+            done = store.remove(args.ref, users)
+            if done.untagged:
+                print(f"untagged {done.untagged}")
+            else:
+                print(f"deleted {done.image.id} ({done.layers_removed} layers removed, "
+                      f"{done.layers_kept} shared with other images kept)")
+    except ImageError as e:
+        return _fail(f"image: {e}")
+    except OSError as e:
+        return _fail(f"image: {e.filename or store.path}: {e.strerror}")
+    return 0
 
 
 def summary_line(r: dict[str, Any]) -> str:
@@ -170,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run-once":
         return _cmd_run_once(args)
+    if args.command == "image":
+        return _cmd_image(args)
     if args.command == "check-environment":
         from sandboxd.checkenv import main as check_main
 

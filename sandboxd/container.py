@@ -71,31 +71,46 @@ class ContainerSpec:
     seccomp_policy: str = "default"
     extra_binds: tuple[tuple[str, str], ...] = ()  # (host path, container path), read-only
     landlock: bool = True
+    # An image root instead of the host's files: the image's id (never a name, which
+    # may move: plans are cached per shape) and its store. See docs/images.md.
+    image: str = ""
+    image_store: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         return {"slot": self.slot, "box_size": self.box_size, "tmp_size": self.tmp_size,
                 "seccomp_policy": self.seccomp_policy, "landlock": self.landlock,
-                "extra_binds": [list(b) for b in self.extra_binds]}
+                "extra_binds": [list(b) for b in self.extra_binds],
+                "image": self.image, "image_store": self.image_store}
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> ContainerSpec:
         return cls(slot=int(d["slot"]), box_size=int(d["box_size"]),
                    tmp_size=int(d["tmp_size"]), seccomp_policy=str(d["seccomp_policy"]),
                    landlock=bool(d["landlock"]),
-                   extra_binds=tuple((str(a), str(b)) for a, b in d["extra_binds"]))
+                   extra_binds=tuple((str(a), str(b)) for a, b in d["extra_binds"]),
+                   image=str(d.get("image", "")), image_store=str(d.get("image_store", "")))
 
     def mount_plan(self) -> mounts.MountPlan:
-        return _mount_plan(self.box_size, self.tmp_size, self.extra_binds)
+        return _mount_plan(self.box_size, self.tmp_size, self.extra_binds, self.image,
+                           self.image_store)
 
 
 @functools.lru_cache(maxsize=64)
-def _mount_plan(box_size: int, tmp_size: int,
-                extra_binds: tuple[tuple[str, str], ...]) -> mounts.MountPlan:
+def _mount_plan(box_size: int, tmp_size: int, extra_binds: tuple[tuple[str, str], ...],
+                image: str = "", image_store: str = "") -> mounts.MountPlan:
     """Built once per shape in the zygote (globbing /etc is not free) and inherited by clones."""
+    binds = [mounts.Bind(src, dst, optional=True) for src, dst in extra_binds]
+    if image:
+        from sandboxd.images import Store
+
+        return mounts.image_plan(
+            overlay=Store(image_store or None).overlay_root(image),
+            uid=identity.JOB_UID, gid=identity.JOB_GID, hostname=HOSTNAME,
+            box_size=box_size, tmp_size=tmp_size, extra_binds=binds,
+        )
     return mounts.default_plan(
         uid=identity.JOB_UID, gid=identity.JOB_GID, hostname=HOSTNAME,
-        box_size=box_size, tmp_size=tmp_size,
-        extra_binds=[mounts.Bind(src, dst, optional=True) for src, dst in extra_binds],
+        box_size=box_size, tmp_size=tmp_size, extra_binds=binds,
     )
 
 

@@ -7,10 +7,16 @@ the seccomp policy and extra read-only mounts. ``SCHEMA`` lists every key;
 an unknown key or a wrong type is an error naming file, line and key. A
 profile whose runtime is missing on this host (``needs``) is *unavailable*,
 with the reason, and is listed as such, never a crash.
+
+A profile may name an ``image`` (docs/images.md): it is resolved to the
+image's id when the profile is loaded (a missing image makes the profile
+unavailable), and the image's Env, WorkingDir and Entrypoint+Cmd fill in
+``env``, ``workdir`` and ``run`` where the profile does not set them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -51,6 +57,10 @@ class Profile:
     version_argv: tuple[str, ...] = ()
     path: str = ""
     unavailable: str | None = None  # why the profile cannot run here, or None
+    workdir: str = "/box"  # working directory of every step
+    image: str = ""  # the image as the profile names it ("" = the host's files)
+    image_id: str = ""  # ... resolved when loaded: what ContainerSpec.image takes
+    image_store: str = ""
 
     def run_argv(self, sources: list[str]) -> list[str]:
         return expand(self.run, self.entry, sources)
@@ -85,7 +95,8 @@ SCHEMA: dict[str, tuple[type, bool, str]] = {
     "name": (str, True, "the name jobs use to pick this profile"),
     "description": (str, False, "one line for people"),
     "entry": (str, False, "file name of the entry point inside /box"),
-    "run": (list, True, "argv of the run step; {entry} and {sources} are replaced"),
+    "run": (list, True, "argv of the run step; {entry} and {sources} are replaced "
+            "(optional with an image: its Entrypoint+Cmd)"),
     "compile": (dict, False, "table: argv (list) and limits (table) of the compile step"),
     "env": (dict, False, "environment of every step (PATH has a default)"),
     "limits": (dict, False, "default limits of a run step"),
@@ -94,6 +105,9 @@ SCHEMA: dict[str, tuple[type, bool, str]] = {
     "binds": (list, False, "extra read-only mounts: [[host path, container path], ...]"),
     "needs": (list, False, "host paths (or commands on PATH) the runtime needs"),
     "version": (list, False, "argv that prints the runtime's version"),
+    "image": (str, False, "image (NAME:TAG or id) whose layers are the root, instead of the "
+              "host's files"),
+    "workdir": (str, False, "working directory (default: the image's WorkingDir, else /box)"),
 }
 
 
@@ -127,7 +141,28 @@ def _missing(needs: tuple[str, ...]) -> str | None:
     return None
 
 
-def load_file(path: str | Path) -> Profile:
+def _with_image(profile: Profile, data: dict[str, Any], store_dir: str | None) -> Profile:
+    """Resolve the profile's image; its config fills in what the profile leaves unsaid."""
+    from sandboxd.images import ImageError, Store
+
+    store = Store(store_dir)
+    profile = dataclasses.replace(profile, image_store=store.path)
+    try:
+        image = store.resolve(profile.image)
+    except ImageError as e:
+        return dataclasses.replace(profile, unavailable=profile.unavailable or str(e))
+    config = image.config
+    run = profile.run if "run" in data else config.argv()
+    return dataclasses.replace(
+        profile, image_id=image.id, run=run, env={**config.environ(), **profile.env},
+        workdir=data.get("workdir") or config.workdir or "/box",
+        unavailable=profile.unavailable or (None if run else
+                                            f"image {image.ref} has no Entrypoint or Cmd, "
+                                            "and the profile no run"))
+
+
+def load_file(path: str | Path, image_store: str | None = None) -> Profile:
+    """One profile; ``image_store`` is where its image is looked up (default store if None)."""
     path = str(path)
     try:
         text = Path(path).read_text()
@@ -147,8 +182,13 @@ def load_file(path: str | Path) -> Profile:
         if not isinstance(value, kind):
             raise ProfileError(f"{where(key)}: must be a {kind.__name__}")
     for key, (_kind, required, _doc) in SCHEMA.items():
-        if required and key not in data:
+        if required and key not in data and not (key == "run" and "image" in data):
             raise ProfileError(f"{path}:1: {key}: required key is missing")
+    for key in ("image", "workdir"):
+        if key in data and (not data[key] or "\0" in data[key]):
+            raise ProfileError(f"{where(key)}: must not be empty")
+    if "workdir" in data and not data["workdir"].startswith("/"):
+        raise ProfileError(f"{where('workdir')}: must be an absolute path")
     max_limits = _limits(MAXIMUM, data.get("max_limits", {}), where("max_limits"))
     limits = _limits(DEFAULT, data.get("limits", {}), where("limits"), max_limits)
     compile_spec = None
@@ -183,20 +223,23 @@ def load_file(path: str | Path) -> Profile:
     if policy not in seccomp.POLICIES:
         raise ProfileError(f"{where('seccomp')}: unknown policy {policy!r} "
                            f"(known: {', '.join(sorted(seccomp.POLICIES))})")
-    return Profile(
+    profile = Profile(
         name=name, description=data.get("description", ""), entry=data.get("entry", "main"),
-        run=_strings(data["run"], where("run")), compile=compile_spec, env=dict(env),
+        run=_strings(data.get("run", []), where("run")), compile=compile_spec, env=dict(env),
         limits=limits, max_limits=max_limits, seccomp=policy, binds=tuple(binds), needs=needs,
         version_argv=_strings(data.get("version", []), where("version")), path=path,
-        unavailable=_missing(needs),
+        unavailable=_missing(needs), workdir=data.get("workdir", "/box"),
+        image=data.get("image", ""),
     )
+    return _with_image(profile, data, image_store) if profile.image else profile
 
 
-def load_dir(directory: str | Path | None = None) -> dict[str, Profile]:
+def load_dir(directory: str | Path | None = None,
+             image_store: str | None = None) -> dict[str, Profile]:
     directory = Path(directory) if directory else SHIPPED_DIR
     profiles: dict[str, Profile] = {}
     for path in sorted(directory.glob("*.toml")):
-        profile = load_file(path)
+        profile = load_file(path, image_store)
         if profile.name in profiles:
             raise ProfileError(f"{path}:1: name: {profile.name!r} is also defined in "
                                f"{profiles[profile.name].path}")

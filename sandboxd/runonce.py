@@ -31,6 +31,8 @@ class Once:
     step: RunStep
     seccomp_policy: str = "default"
     landlock: bool = True
+    image: str = ""  # an image id (resolved from its name by the caller), "" = host root
+    image_store: str = ""
 
 
 def run_once(once: Once) -> Result:
@@ -42,7 +44,8 @@ def run_once(once: Once) -> Result:
         cg = backend.create(f"sandboxd-job-{os.getpid()}")
         spec = ContainerSpec(slot=random.randrange(*RUN_ONCE_SLOTS), box_size=limits.box_size,
                              tmp_size=limits.tmp_size, seccomp_policy=once.seccomp_policy,
-                             landlock=once.landlock)
+                             landlock=once.landlock, image=once.image,
+                             image_store=once.image_store)
         # SIGCHLD at its default: we reap the init ourselves (executor.destroy).
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         spawned = spawn(spec)
