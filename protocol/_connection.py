@@ -151,7 +151,7 @@ class Connection:
                         return self._closed()
                     return NEED_DATA
                 msg = unpack_body(body)
-                event = decode_message(msg, self.limits)
+                event: Event = decode_message(msg, self.limits)
                 self._machine.process(self.their_role, event, ours=False)
             except DropMessage:
                 continue  # stale: see _state.STALE_AFTER_DONE and NEEDS_LIVE_RECEIVER

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from ._errors import ErrorCode, Invalid
 
@@ -28,7 +28,7 @@ _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
 
 def encode_frame(message: dict[str, Any]) -> bytes:
     """Pack one message map and put its length in front."""
-    body = _packer.pack(message)
+    body: bytes = _packer.pack(message)
     return _HEADER.pack(len(body)) + body
 
 

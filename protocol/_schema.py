@@ -76,7 +76,7 @@ MAX_SECONDS = 1e9  # about 31 years: any larger time is a bug, not a measurement
 
 def _where(path: str, name: str | int) -> str:
     """``path`` + ``name`` as written in error messages: ``a.b``, ``a[3]``, ``a['k']``."""
-    if type(name) is int:
+    if isinstance(name, int):
         return f"{path}[{name}]"
     if name[:1] in ("[", " "):
         return f"{path}{name}"
@@ -893,7 +893,7 @@ def decode_message(msg: Any, lim: SizeLimits) -> Any:
         if type(t) is not str:
             raise Invalid("type", f"must be a string, got {_got(t)}")
         raise Invalid("type", f"unknown message type {t[:80]!r}", ErrorCode.UNKNOWN_MESSAGE)
-    return record.decode(msg, "", t, lim)
+    return record.decode(msg, "", record.type_name or "", lim)
 
 
 def encode_message(event: Any, lim: SizeLimits) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def _load() -> Any:
 fuzz = _load()
 
 FAST = settings(
-    max_examples=1500, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    max_examples=1000, deadline=None, database=None, suppress_health_check=list(HealthCheck)
 )
 
 # Any msgpack value, nested: bodies that parse, so the schema itself is fuzzed.
