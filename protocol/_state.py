@@ -5,7 +5,7 @@ Strategy: every ordering rule of the protocol is written below as data
 and ``StateMachine`` only looks things up. The machine tracks both roles at
 once, exactly as h11 does, and does not know which side it runs on: the
 ``Connection`` tells it, for each message, which role sent it and whether it
-is our own (only the sender can check some rules: see ``SENDER_ONLY``).
+is our own (only the sender can check some rules: see ``GOODBYE_NEEDS_NO_JOBS``).
 
 A message is first *classified* into a kind (its wire type, with two
 refinements: ``submit_interactive`` and ``job_error``), then checked against
