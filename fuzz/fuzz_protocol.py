@@ -102,7 +102,7 @@ def one_input(data: bytes) -> None:
     if flags & 1:
         payload = _framed(payload)
     whole = _run(_receiver(mode), [payload])
-    step = (flags >> 1) or 1
+    step = ((flags >> 1) & 0x3F) or 1
     pieces = [payload[i : i + step] for i in range(0, len(payload), step)]
     pieced = _run(_receiver(mode), pieces)
     assert whole == pieced, (whole, pieced)
