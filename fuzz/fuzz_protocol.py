@@ -65,6 +65,7 @@ def _receiver(mode: int) -> p.Connection:
     client.next_event()
     client.send(p.Ping(nonce=1))
     client.send(p.JobListRequest())
+    client.send(p.KillRequest(job="1/x"))
     return client
 
 
@@ -131,7 +132,12 @@ def seeds() -> list[bytes]:
         tests=(p.TestCase(stdin=b"1", expected_output=b"1", repeat=3),),
         stream=True,
     )
-    up = client.send(sub) + client.send(p.Ping(nonce=3)) + client.send(p.StatsRequest())
+    up = (
+        client.send(sub)
+        + client.send(p.Ping(nonce=3))
+        + client.send(p.StatsRequest())
+        + client.send(p.KillRequest(job="1/x"))
+    )
     server.receive_data(up)
     while server.next_event() is not p.NEED_DATA:
         pass
@@ -142,6 +148,7 @@ def seeds() -> list[bytes]:
         + server.send(p.JobResult(id="j1", compile=step, steps=(step,)))
         + server.send(p.Pong(nonce=3))
         + server.send(p.ServerStats(uptime=1.0, counters={"x": 1}))
+        + server.send(p.KillResult(job="1/x", found=True))
     )
     i_jobs = client.send(p.JobSubmission(id="i2", profile="c", interactive_stdin=True))
     return [

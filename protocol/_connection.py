@@ -227,6 +227,24 @@ class Connection:
             )
         return frame
 
+    def check(self, event: Event) -> None:
+        """Check ``event``'s fields as ``send`` would, without sending or changing anything.
+
+        For a client that builds messages from its user's input (file names,
+        limits): a bad value raises ``LocalProtocolError`` naming the field,
+        and, unlike a refused ``send``, leaves the connection usable. Only the
+        schema and the size caps are checked here; the frame size and the
+        order rules are checked by ``send``.
+        """
+        try:
+            encode_message(event, self._send_limits)
+        except Invalid as exc:
+            raise LocalProtocolError(str(exc), code=exc.code) from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise LocalProtocolError(
+                f"cannot encode {type(event).__name__}: {exc}", code=ErrorCode.INVALID_FIELD
+            ) from None
+
     def _fail_locally(self, message: str, code: str) -> None:
         self._machine.set_error(self.our_role)
         self._local_error = LocalProtocolError(message, code=code)

@@ -42,6 +42,8 @@ __all__ = [
     "JobListRequest",
     "JobResult",
     "JobSubmission",
+    "KillRequest",
+    "KillResult",
     "OutputChunk",
     "Ping",
     "Pong",
@@ -171,17 +173,27 @@ class ProfileInfo:
     compiled: bool = False
     default_limits: JobLimits | None = None
     max_limits: JobLimits | None = None
+    entry: str | None = None
+    """The file name the profile runs (``main.py``): a client that uploads one
+    file under another name (``sandboxctl run hello.py``) renames it to this."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobInfo:
-    """One line of ``sandboxctl ps``."""
+    """One line of ``sandboxctl ps``.
+
+    ``id`` is the server-wide reference of the job (sandboxd writes
+    ``"<connection>/<job id>"``): the one ``KillRequest`` takes. ``cpu_time``
+    and ``memory`` are live readings of a running job, ``None`` when unknown.
+    """
 
     id: str
     profile: str
     state: str
     elapsed: float = 0.0
     client: str = ""
+    cpu_time: float | None = None
+    memory: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -320,6 +332,26 @@ class JobList:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class KillRequest:
+    """Client → server: stop a job of *any* connection (``sandboxctl kill``).
+
+    ``job`` is a reference from ``JobInfo.id``, not a job id of this
+    connection (for those, ``Cancellation``). The job's owner still gets its
+    result, with the verdict ``cancelled``.
+    """
+
+    job: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KillResult:
+    """Server → client, answer to ``KillRequest``: ``found`` is false if no such job runs."""
+
+    job: str
+    found: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatsRequest:
     """Client → server: how busy is the server."""
 
@@ -397,6 +429,8 @@ Event = (
     | Cancellation
     | JobListRequest
     | JobList
+    | KillRequest
+    | KillResult
     | StatsRequest
     | ServerStats
     | Ping

@@ -231,20 +231,28 @@ class Str(Kind):
 
 
 class JobId(Kind):
-    """1 to 64 visible ASCII characters (``!`` to ``~``): easy to log, quote and compare."""
+    """1 to ``max_len`` visible ASCII characters (``!`` to ``~``): easy to log, quote and compare.
 
-    __slots__ = ()
+    Job ids are at most 64 characters; a server-wide job *reference*
+    (``JobInfo.id``, ``KillRequest.job``) prefixes one with the connection,
+    so it gets room for 128.
+    """
+
+    __slots__ = ("max_len",)
+
+    def __init__(self, max_len: int = 64) -> None:
+        self.max_len = max_len
 
     def fast(self, x: str, ns: dict[str, Any], enc: bool) -> str | None:
         return (
-            f"(type({x}) is str and 0 < len({x}) <= 64 and {x}.isascii() "
+            f"(type({x}) is str and 0 < len({x}) <= {self.max_len} and {x}.isascii() "
             f"and {x}.isprintable() and ' ' not in {x})"
         )
 
     def decode(self, v: Any, path: str, name: str | int, lim: SizeLimits) -> Any:
         if (
             type(v) is str
-            and 0 < len(v) <= 64
+            and 0 < len(v) <= self.max_len
             and v.isascii()
             and v.isprintable()
             and (" " not in v)
@@ -253,7 +261,8 @@ class JobId(Kind):
         if type(v) is not str:
             raise Invalid(_where(path, name), f"must be a string, got {describe(v)}")
         raise Invalid(
-            _where(path, name), f"must be 1 to 64 visible ASCII characters, got {v[:80]!r}"
+            _where(path, name),
+            f"must be 1 to {self.max_len} visible ASCII characters, got {v[:80]!r}",
         )
 
 

@@ -36,6 +36,8 @@ from ._events import (
     JobListRequest,
     JobResult,
     JobSubmission,
+    KillRequest,
+    KillResult,
     OutputChunk,
     Ping,
     Pong,
@@ -87,6 +89,7 @@ MAX_SECONDS = 1e9  # about 31 years: any larger time is a bug, not a measurement
 
 BOOL = Bool()
 JOB_ID = JobId()
+JOB_REF = JobId(128)  # "<connection>/<job id>": server-wide, so longer than a job id
 PROFILE = Str(64, r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", "be a profile name [A-Za-z0-9._+-]")
 LABEL = Str(256)  # software names, client descriptions
 DESCRIPTION = Str(1024)
@@ -234,17 +237,20 @@ PROFILE_INFO = Record(
         ("compiled", BOOL, False),
         ("default_limits", JOB_LIMITS, False),
         ("max_limits", JOB_LIMITS, False),
+        ("entry", Str(255), False),
     ),
 )
 
 JOB_INFO = Record(
     JobInfo,
     (
-        ("id", JOB_ID, True),
+        ("id", JOB_REF, True),
         ("profile", PROFILE, True),
         ("state", Choice(JOB_STATES), True),
         ("elapsed", SECONDS, False),
         ("client", LABEL, False),
+        ("cpu_time", SECONDS, False),
+        ("memory", BYTE_COUNT, False),
     ),
 )
 
@@ -311,6 +317,8 @@ MESSAGES: tuple[Record, ...] = (
     Record(Cancellation, (("id", JOB_ID, True),), type_name="cancel"),
     Record(JobListRequest, (), type_name="list_jobs"),
     Record(JobList, (("jobs", Array(JOB_INFO, 100_000), False),), type_name="job_list"),
+    Record(KillRequest, (("job", JOB_REF, True),), type_name="kill"),
+    Record(KillResult, (("job", JOB_REF, True), ("found", BOOL, False)), type_name="kill_result"),
     Record(StatsRequest, (), type_name="get_stats"),
     Record(
         ServerStats,

@@ -28,6 +28,8 @@ from ._events import (
     Hello,
     JobResult,
     JobSubmission,
+    KillRequest,
+    KillResult,
     OutputChunk,
     Ping,
     Pong,
@@ -116,6 +118,7 @@ CONNECTION_TABLE: dict[Role, dict[State, dict[str, State]]] = {
             "stdin_end": READY,
             "cancel": READY,
             "list_jobs": READY,
+            "kill": READY,
             "get_stats": READY,
             "ping": READY,
             "pong": READY,
@@ -132,6 +135,7 @@ CONNECTION_TABLE: dict[Role, dict[State, dict[str, State]]] = {
             "result": READY,
             "job_error": READY,
             "job_list": READY,
+            "kill_result": READY,
             "stats": READY,
             "ping": READY,
             "pong": READY,
@@ -186,6 +190,7 @@ ANSWERS: dict[str, str] = {
     # request kind -> the kind that answers it, sent by the other role, oldest first
     "ping": "pong",
     "list_jobs": "job_list",
+    "kill": "kill_result",
     "get_stats": "stats",
 }
 
@@ -195,6 +200,7 @@ NEEDS_LIVE_RECEIVER: frozenset[str] = frozenset(
     {
         "ping",
         "list_jobs",
+        "kill",
         "get_stats",
         "submit",
         "submit_interactive",
@@ -449,7 +455,14 @@ class StateMachine:
                     f"more than {self.max_pending_requests} requests unanswered",
                     ErrorCode.TOO_MANY_REQUESTS,
                 )
-            token = event.nonce if isinstance(event, Ping) else None
+            # What the answer must echo: a ping's nonce, a kill's job reference.
+            token = (
+                event.nonce
+                if isinstance(event, Ping)
+                else event.job
+                if isinstance(event, KillRequest)
+                else None
+            )
             return lambda: queue.append(token)
         request = _REQUEST_OF[kind]
         queue = self.owed[role][request]
@@ -459,6 +472,12 @@ class StateMachine:
             raise Invalid(
                 "pong.nonce",
                 f"must answer the oldest ping, nonce {queue[0]}, got {event.nonce}",
+                ErrorCode.UNEXPECTED_MESSAGE,
+            )
+        if isinstance(event, KillResult) and event.job != queue[0]:
+            raise Invalid(
+                "kill_result.job",
+                f"must answer the oldest kill, job {queue[0]!r}, got {event.job!r}",
                 ErrorCode.UNEXPECTED_MESSAGE,
             )
         return queue.popleft

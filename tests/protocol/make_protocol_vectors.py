@@ -41,6 +41,8 @@ from sandboxd_protocol import (
     JobListRequest,
     JobResult,
     JobSubmission,
+    KillRequest,
+    KillResult,
     OutputChunk,
     Ping,
     Pong,
@@ -425,6 +427,33 @@ def build() -> list[Conversation]:
         "malformed",
         "not one valid msgpack object",
     )
+
+    # -- added to version 1 before its first release (PROTOCOL.md §8) ---------------
+
+    long_ref = "12/" + "k" * 64  # a connection number and a 64-character job id
+    new(
+        "kill",
+        "ps with live readings, then kill a job of another connection; a second kill "
+        "finds nothing.",
+    ).handshake().send(CLIENT, JobListRequest()).send(
+        SERVER,
+        JobList(
+            jobs=(
+                JobInfo(
+                    id=long_ref,
+                    profile="python3",
+                    state="running",
+                    elapsed=1.5,
+                    client="judge/2",
+                    cpu_time=1.25,
+                    memory=12_582_912,
+                ),
+                JobInfo(id="12/q", profile="c", state="queued", elapsed=0.5),
+            )
+        ),
+    ).send(CLIENT, KillRequest(job=long_ref)).send(CLIENT, KillRequest(job="3/gone")).send(
+        SERVER, KillResult(job=long_ref, found=True)
+    ).send(SERVER, KillResult(job="3/gone", found=False))
     return out
 
 

@@ -35,6 +35,8 @@ from sandboxd_protocol import (
     JobListRequest,
     JobResult,
     JobSubmission,
+    KillRequest,
+    KillResult,
     OutputChunk,
     Ping,
     Pong,
@@ -166,10 +168,13 @@ def prepare(event: Event) -> tuple[Connection, Connection, Event]:
     if kind is ServerStats:
         transfer(client, server, StatsRequest())
         return server, client, event
+    if kind is KillResult:
+        transfer(client, server, KillRequest(job=event.job))
+        return server, client, event
     if kind is Pong:
         transfer(server, client, Ping(nonce=event.nonce))
         return client, server, event
-    if kind in (JobListRequest, StatsRequest, Ping, Goodbye):
+    if kind in (JobListRequest, KillRequest, StatsRequest, Ping, Goodbye):
         return client, server, event
     raise AssertionError(f"no preparation for {kind.__name__}")
 
@@ -183,6 +188,9 @@ text = st.text(
 )
 job_ids = st.text(
     alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=64
+)
+job_refs = st.text(
+    alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=128
 )
 profiles = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,15}", fullmatch=True)
 small_bytes = st.binary(max_size=40)
@@ -334,6 +342,7 @@ events: st.SearchStrategy[Event] = st.one_of(
                 compiled=st.booleans(),
                 default_limits=_opt(job_limits),
                 max_limits=_opt(job_limits),
+                entry=_opt(text),
             ),
             max_size=3,
         ).map(tuple),
@@ -371,15 +380,19 @@ events: st.SearchStrategy[Event] = st.one_of(
         jobs=st.lists(
             st.builds(
                 JobInfo,
-                id=job_ids,
+                id=job_refs,
                 profile=profiles,
                 state=st.sampled_from(["queued", "running"]),
                 elapsed=seconds,
                 client=text,
+                cpu_time=_opt(seconds),
+                memory=_opt(int64),
             ),
             max_size=3,
         ).map(tuple),
     ),
+    st.builds(KillRequest, job=job_refs),
+    st.builds(KillResult, job=job_refs, found=st.booleans()),
     st.builds(StatsRequest),
     st.builds(
         ServerStats,

@@ -65,6 +65,8 @@ TYPES = [
     "cancel",
     "list_jobs",
     "job_list",
+    "kill",
+    "kill_result",
     "get_stats",
     "stats",
     "ping",
@@ -94,6 +96,8 @@ messages = st.builds(
                 "code",
                 "version",
                 "compile",
+                "job",
+                "found",
             ]
         ),
         msgpack_values,

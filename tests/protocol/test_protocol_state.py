@@ -17,10 +17,13 @@ from sandboxd_protocol import (
     Goodbye,
     Hello,
     JobAcceptance,
+    JobInfo,
     JobList,
     JobListRequest,
     JobResult,
     JobSubmission,
+    KillRequest,
+    KillResult,
     LocalProtocolError,
     OutputChunk,
     Ping,
@@ -328,6 +331,63 @@ def test_answers_without_requests_are_errors() -> None:
     client, server = handshake()
     with pytest.raises(LocalProtocolError):
         server.send(ServerStats())
+
+
+def test_kill_is_answered_in_order_by_its_reference() -> None:
+    """``kill`` is a request like ``list_jobs``; its answer echoes the reference it answers."""
+    client, server = handshake()
+    ref = "12/" + "j" * 64  # a connection number before a 64-character job id
+    transfer(client, server, KillRequest(job=ref))
+    transfer(client, server, KillRequest(job="3/b"))
+    with pytest.raises(LocalProtocolError, match="oldest kill"):
+        server.send(KillResult(job="3/b"))
+    client, server = handshake()
+    transfer(client, server, KillRequest(job=ref))
+    assert remote_error(client, KillResult(job="3/b")).code == "unexpected_message"
+    client, server = handshake()
+    transfer(client, server, KillRequest(job=ref))
+    assert transfer(server, client, KillResult(job=ref, found=True)) == KillResult(
+        job=ref, found=True
+    )
+    assert remote_error(client, KillResult(job=ref)).code == "unexpected_message"
+
+
+def test_a_kill_after_the_server_closed_is_dropped() -> None:
+    client, server = handshake()
+    transfer(server, client, Goodbye())
+    server.receive_data(raw(KillRequest(job="1/a")))
+    assert drain(server) == []
+    with pytest.raises(LocalProtocolError, match="has closed"):
+        client.send(KillRequest(job="1/a"))
+
+
+def test_job_references_are_longer_than_job_ids() -> None:
+    client, server = handshake()
+    transfer(client, server, JobListRequest())
+    listed = JobList(jobs=(JobInfo(id="9/" + "x" * 126, profile="c", state="running"),))
+    assert transfer(server, client, listed) == listed
+    client, server = handshake()
+    transfer(client, server, JobListRequest())
+    too_long = {"type": "job_list", "jobs": [{"id": "x" * 129, "profile": "c", "state": "queued"}]}
+    client.receive_data(encode_frame(too_long))
+    with pytest.raises(RemoteProtocolError) as info:
+        drain(client)
+    err = info.value
+    assert err.code == "invalid_field" and "job_list.jobs[0].id" in err.message
+    with pytest.raises(LocalProtocolError, match="1 to 64"):
+        handshake()[0].send(JobSubmission(id="x" * 65, profile="c"))
+
+
+def test_check_names_the_field_and_leaves_the_connection_usable() -> None:
+    """A client checks a submission built from user input without risking its connection."""
+    client, server = handshake()
+    bad = JobSubmission(id="a", profile="c", files={"../x": b""})
+    with pytest.raises(LocalProtocolError, match=r"submit\.files\['\.\./x'\]") as info:
+        client.check(bad)
+    assert info.value.code == "invalid_field"
+    assert client.error is None and client.our_state is State.READY
+    client.check(JobSubmission(id="a", profile="c"))  # a good one passes
+    submit(client, server, "a")  # and the connection still works
 
 
 def test_server_may_ping_too() -> None:
