@@ -265,10 +265,28 @@ class Server:
 
     def job_list(self) -> proto.JobList:
         now = time.monotonic()
-        return proto.JobList(jobs=tuple(
-            proto.JobInfo(id=j.ref, profile=j.profile, state=j.state,
-                          elapsed=now - j.submitted, client=j.client)
-            for j in self.sched.jobs.values()))
+        infos = []
+        for j in self.sched.jobs.values():
+            cpu = memory = None
+            if j.box is not None:  # running: live readings for ps (none if the read fails)
+                try:
+                    st = j.box.cgroup.stats()
+                    cpu, memory = st.cpu_usage_ns / 1e9, st.memory_peak
+                except Exception:
+                    pass
+            infos.append(proto.JobInfo(id=j.ref, profile=j.profile, state=j.state,
+                                       elapsed=now - j.submitted, client=j.client,
+                                       cpu_time=cpu, memory=memory))
+        return proto.JobList(jobs=tuple(infos))
+
+    def kill(self, ref: str) -> bool:
+        """End job ``ref`` (``JobInfo.id``) of any connection; its owner gets ``cancelled``."""
+        rec = self.sched.jobs.get(ref)
+        if rec is None:
+            return False
+        rec.cancel_reason = "killed by sandboxctl kill"
+        rec.scope.cancel()
+        return True
 
 
 class Session:
@@ -380,6 +398,8 @@ class Session:
                 rec.scope.cancel()
         elif isinstance(ev, proto.JobListRequest):
             await self.send(server.job_list())
+        elif isinstance(ev, proto.KillRequest):
+            await self.send(proto.KillResult(job=ev.job, found=server.kill(ev.job)))
         elif isinstance(ev, proto.StatsRequest):
             await self.send(server.stats())
         elif isinstance(ev, proto.Ping):
