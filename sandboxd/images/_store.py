@@ -162,7 +162,8 @@ class Store:
     def resolve(self, ref: str) -> Image:
         """An image by name (NAME[:TAG], tag 'latest' by default), id, or unique id prefix."""
         if not self.exists():
-            raise ImageError(f"no image store at {self.path} (import an image first)")
+            raise ImageError(f"no image {ref!r}: no image store at {self.path} (import an "
+                             "image first)")
         images = self.images()
         hex_ref = ref.removeprefix("sha256:")
         if len(hex_ref) >= 12 and all(c in "0123456789abcdef" for c in hex_ref):
@@ -268,9 +269,8 @@ class Store:
                                                              if n != name)))
                 return Removal(image, untagged=name)
             for who, used in users:
-                with contextlib.suppress(ImageError):
-                    if self.resolve(used).id == image.id:
-                        raise ImageError(f"{image.ref} is in use by {who}")
+                if self._resolves_to(used, image):
+                    raise ImageError(f"{image.ref} is in use by {who}")
             pids = mounted_images().get(image.hex)
             if pids:
                 raise ImageError(f"{image.ref} is in use by {len(pids)} running "
@@ -284,6 +284,12 @@ class Store:
             _rmtree(path)
         return Removal(image, deleted=True, layers_removed=len(mine - used),
                        layers_kept=len(mine & used))
+
+    def _resolves_to(self, ref: str, image: Image) -> bool:
+        try:
+            return self.resolve(ref).id == image.id
+        except ImageError:
+            return False  # a user of a missing image uses none
 
     def _discard_layer(self, hex_: str, delete: bool = True) -> str:
         """Rename a layer out of layers/ (the atomic step), then delete it unless told not to."""
