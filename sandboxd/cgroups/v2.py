@@ -107,9 +107,10 @@ class V2Job(JobCgroup):
 
     def _need(self, controller: str, what: str) -> None:
         if controller not in self._f.controllers:
+            why = [p for p in self._backend.problems() if controller in p or "holds" in p]
             raise CgroupError(
-                f"{what} needs the {controller} controller, not delegated to us: "
-                f"see problems() for how to delegate it"
+                f"{what} needs the {controller} controller, which our job cgroups do not "
+                f"have: {'; '.join(why) or 'see problems()'}"
             )
 
     def set_limits(self, limits: CgroupLimits) -> None:

@@ -6,6 +6,7 @@ by the kernel itself), so the tolerances stay tight even under emulation.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -49,8 +50,12 @@ def test_memory_limit_kills_and_counts_the_oom(job: JobCgroup) -> None:
 def test_cpu_time_of_a_known_workload(job: JobCgroup) -> None:
     """Within 5 % of what wait4 says the process used; the busy loop shows as user time."""
     w = Workload(job, [*py(BURN), "0.3"])
+    os.waitid(os.P_PID, w.pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped
+    with open(f"/proc/{w.pid}/schedstat") as f:  # the scheduler's own ns total
+        ran_ns = int(f.read().split()[0]) - w.before_join_ns
     code, usage = w.wait(120 * SLOW)
     assert code == 0
+    assert abs(job.cpu_usage_ns() - ran_ns) < 1_000_000  # same clock: exact, even in a VM
     rusage_ns = round((usage.ru_utime + usage.ru_stime) * 1e9) - w.before_join_ns
     stats = job.stats()
     assert stats.cpu_usage_ns == job.cpu_usage_ns()
