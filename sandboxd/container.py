@@ -195,14 +195,22 @@ def setup_steps(plan: mounts.MountPlan) -> None:
     """The container's setup, in bubblewrap's order: identity, mounts, hostname, network."""
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+    # If the zygote died before this line, the supervisor did too (or will see this
+    # container's control socket fail): the init then exits on EOF or EPIPE.
+    _die_with_parent()
     mounts.apply(plan)
     _libc.sethostname(HOSTNAME)
     net.loopback_up()
 
 
+def _die_with_parent() -> None:
+    """SIGKILL when the parent dies. Must come *after* every uid/gid change: the
+    kernel clears the death signal whenever a process's credentials change."""
+    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _init_main(spec: ContainerSpec, plan: mounts.MountPlan, sock: socket.socket, go_r: int,
                bpf: bytes, helper_fd: int) -> int:
-    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     _keep_only_fds({sock.fileno(), go_r, helper_fd})
     if os.read(go_r, 1) != b"g":  # the parent died before writing our id maps
         return 1
@@ -342,9 +350,9 @@ def _collect_files(max_bytes: int, max_files: int) -> dict[str, bytes]:
 def _job_main(spec: ContainerSpec, sock: socket.socket, bpf: bytes, helper_fd: int) -> int:
     """Drop everything now, before the job exists; then become the native job-exec helper,
     which waits for the job and execs it from a small address space (see native/jobexec.c)."""
-    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     caps.drop_bounding_and_lock()
     identity.become_job_user()
+    _die_with_parent()
     caps.clear_all()
     caps.set_no_new_privs()
     if spec.landlock:

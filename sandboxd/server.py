@@ -29,6 +29,7 @@ import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import sandboxd_protocol as proto
@@ -105,6 +106,7 @@ class Scheduler:
 
     def __init__(self, pool: Pool, concurrency: int, queue_length: int) -> None:
         self.pool = pool
+        self.concurrency = concurrency
         self.limiter = trio.CapacityLimiter(concurrency)
         self.queue_length = queue_length
         self.jobs: dict[str, JobRecord] = {}
@@ -118,7 +120,8 @@ class Scheduler:
         return sum(1 for j in self.jobs.values() if j.state == "queued")
 
     def admit(self) -> bool:
-        return self.queued < self.queue_length
+        """Room for one more job: ``concurrency`` may run and ``queue_length`` more may wait."""
+        return len(self.jobs) < self.concurrency + self.queue_length
 
     def runner(self, rec: JobRecord) -> jobs.StepRunner:
         async def run_step(spec: ContainerSpec, step: RunStep,
@@ -556,18 +559,31 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
             warm = [default_spec(profiles[name]) for name in cfg.pool_profiles
                     if name in profiles and not profiles[name].unavailable]
             await nursery.start(pool.run, warm)
-            async with trio.open_nursery() as serving:
+            async with trio.open_nursery() as connections:
+                accepting = trio.CancelScope()
                 listeners: list[trio.abc.Listener[Any]] = [
                     trio.SocketListener(trio.socket.from_stdlib_socket(unix_sock))]
-                serving.start_soon(trio.serve_listeners, server.handle, listeners)
                 if cfg.tcp:
                     host, _, port = cfg.tcp.rpartition(":")
                     tcp_listeners = await trio.open_tcp_listeners(int(port), host=host)
+                else:
+                    tcp_listeners = []
 
-                    async def handle_tcp(stream: trio.abc.Stream) -> None:
-                        await server.handle(stream, tcp=True)
+                async def handle_tcp(stream: trio.abc.Stream) -> None:
+                    await server.handle(stream, tcp=True)
 
-                    serving.start_soon(trio.serve_listeners, handle_tcp, tcp_listeners)
+                async def accept() -> None:
+                    with accepting:
+                        async with trio.open_nursery() as acceptors:
+                            acceptors.start_soon(partial(
+                                trio.serve_listeners, server.handle, listeners,
+                                handler_nursery=connections))
+                            if tcp_listeners:
+                                acceptors.start_soon(partial(
+                                    trio.serve_listeners, handle_tcp, tcp_listeners,
+                                    handler_nursery=connections))
+
+                connections.start_soon(accept)
                 event("ready", socket=cfg.socket, tcp=cfg.tcp or "off",
                       concurrency=cfg.concurrency, pool_size=cfg.pool_size,
                       cgroup_version=backend.version, profiles=len(profiles))
@@ -577,13 +593,12 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
                         event("draining", signal=signal.Signals(signum).name,
                               running=len(server.sched.jobs), grace=cfg.grace_period)
                         server.draining = True
-                        for listener in listeners:
-                            await listener.aclose()
+                        accepting.cancel()  # no new connections; open ones may finish
                         with trio.move_on_after(cfg.grace_period):
                             while server.sched.jobs:
                                 await trio.sleep(0.02)
                         break
-                serving.cancel_scope.cancel()
+                connections.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

@@ -46,14 +46,16 @@ class Daemon:
         cfg = self.dir / "sandboxd.toml"
         cfg.write_text(self.config_text())
         env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXD_")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited {self.proc.returncode}: {self.log.read_text()}")
-            if "event=ready" in self.log.read_text():
+            if "event=ready" in self.log.read_text()[offset:]:
                 return self
             time.sleep(0.02)
         raise RuntimeError(f"daemon not ready in {wait}s: {self.log.read_text()}")
@@ -77,8 +79,32 @@ class Daemon:
             code = self.stop()
             assert code == 0, f"daemon exited {code}: {self.log.read_text()[-3000:]}"
 
-    def connect(self) -> Client:
-        return Client(self.socket)
+    def connect(self, hello: bool = True) -> Client:
+        return Client(self.socket, hello=hello)
+
+    def fds(self) -> int:
+        """Open descriptors of the daemon process (for leak checks)."""
+        assert self.proc is not None
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def stats(self) -> proto.ServerStats:
+        c = self.connect()
+        try:
+            c.send(proto.StatsRequest())
+            ev = c.next()
+            assert isinstance(ev, proto.ServerStats), ev
+            return ev
+        finally:
+            c.close()
+
+    def wait_warm(self, timeout: float = 30.0) -> proto.ServerStats:
+        """Until every pool is back at its target."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.stats()
+            if all(p.warm >= p.target for p in st.pools) or time.monotonic() > deadline:
+                return st
+            time.sleep(0.05)
 
 
 class Client:
@@ -90,6 +116,7 @@ class Client:
         self.sock.connect(path)
         self.conn = proto.Connection(proto.CLIENT)
         self.welcome: proto.Welcome | None = None
+        self.done: dict[str, proto.JobResult | proto.ErrorReport] = {}
         if hello:
             self.send(proto.Hello(client="tests"))
             ev = self.next()
@@ -102,6 +129,8 @@ class Client:
     def next(self) -> Any:
         while True:
             ev = self.conn.next_event()
+            if isinstance(ev, proto.ConnectionClosed):
+                raise ConnectionError("the daemon closed the connection")
             if ev is not proto.NEED_DATA:
                 return ev
             self.conn.receive_data(self.sock.recv(1 << 16))
@@ -110,14 +139,16 @@ class Client:
         self.send(proto.JobSubmission(id=job_id, profile=profile, **kw))
 
     def result(self, job_id: str) -> tuple[proto.JobResult | proto.ErrorReport, list[Any]]:
-        """Events until this job's result (or error); returns it and the events seen."""
-        seen = []
-        while True:
+        """Events until this job's result (or error); returns it and the events seen.
+
+        Results of other jobs that arrive meanwhile are kept for their own call."""
+        seen: list[Any] = []
+        while job_id not in self.done:
             ev = self.next()
             seen.append(ev)
-            if isinstance(ev, (proto.JobResult, proto.ErrorReport)) and \
-                    getattr(ev, "id", None) == job_id:
-                return ev, seen
+            if isinstance(ev, (proto.JobResult, proto.ErrorReport)) and ev.id is not None:
+                self.done[ev.id] = ev
+        return self.done.pop(job_id), seen
 
     def run(self, job_id: str = "j", profile: str = "bash", **kw: Any) -> proto.JobResult:
         self.submit(job_id, profile, **kw)

@@ -1,0 +1,250 @@
+"""The daemon end to end, through its socket, with the bare protocol (issue: the daemon).
+
+Each test starts its own daemon (own socket, state dir and cgroup instance)
+and stops it with SIGTERM, which must exit 0; the autouse fixture then proves
+no process, cgroup or mount of sandboxd is left.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+
+import leftovers
+import pytest
+from daemon import Client, Daemon
+
+import sandboxd_protocol as proto
+
+pytestmark = pytest.mark.root
+
+SLEEPER = {"main.sh": b"echo started; sleep 30; echo never"}
+
+
+def wait_for_output(c: Client, job_id: str) -> None:
+    while True:
+        ev = c.next()
+        if isinstance(ev, proto.OutputChunk) and ev.id == job_id:
+            return
+
+
+def test_hello_lists_profiles_and_runs_a_job(tmp_path):
+    with Daemon(tmp_path, pool_profiles=["bash"]) as d:
+        c = d.connect()
+        assert {"bash", "python3", "c"} <= {p.name for p in c.welcome.profiles}
+        r = c.run("a", files={"main.sh": b"echo hello; exit 3"})
+        step = r.steps[0]
+        assert step.verdict == "runtime_error" and step.exit_code == 3
+        assert step.stdout == b"hello\n"
+        assert d.stats().counters["pool_hits"] >= 1
+
+
+def test_concurrent_jobs_over_several_connections(tmp_path):
+    with Daemon(tmp_path, pool_profiles=["bash"], pool_size=2) as d:
+        results: dict[str, bytes] = {}
+        errors: list[BaseException] = []
+
+        def client(n: int) -> None:
+            try:
+                c = d.connect()
+                for i in range(4):
+                    c.submit(f"{n}-{i}", files={"main.sh": f"echo {n}-{i}".encode()})
+                for i in range(4):
+                    res, _ = c.result(f"{n}-{i}")
+                    assert isinstance(res, proto.JobResult), res
+                    results[res.id] = res.steps[0].stdout
+                c.close()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert len(results) == 16
+        assert all(out == f"{k}\n".encode() for k, out in results.items())
+
+
+def test_cancel_mid_run(tmp_path):
+    with Daemon(tmp_path, pool_profiles=["bash"]) as d:
+        c = d.connect()
+        c.submit("s", files=SLEEPER, stream=True)
+        wait_for_output(c, "s")
+        t = time.monotonic()
+        c.send(proto.Cancellation(id="s"))
+        res, _ = c.result("s")
+        assert isinstance(res, proto.JobResult)
+        assert res.steps[0].verdict == "cancelled"
+        assert time.monotonic() - t < 2
+        st = d.stats()
+        assert st.jobs_running == 0
+
+
+def test_disconnect_mid_run_kills_the_job(tmp_path):
+    with Daemon(tmp_path, pool_profiles=["bash"]) as d:
+        c = d.connect()
+        c.submit("s", files=SLEEPER, stream=True)
+        wait_for_output(c, "s")
+        c.close()
+        deadline = time.monotonic() + 5
+        while d.stats().jobs_running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert d.stats().jobs_running == 0
+        # the daemon still serves
+        assert d.connect().run("b", files={"main.sh": b"echo ok"}).steps[0].stdout == b"ok\n"
+
+
+def test_garbage_gets_an_error_and_others_keep_being_served(tmp_path):
+    with Daemon(tmp_path) as d:
+        good = d.connect()
+        bad = socket.socket(socket.AF_UNIX)
+        bad.connect(d.socket)
+        bad.sendall(b"\x00\x00\x00\x05garbage-that-is-not-msgpack")
+        data = bad.recv(4096)
+        conn = proto.Connection(proto.CLIENT)
+        conn.receive_data(data)
+        ev = conn.next_event()
+        assert isinstance(ev, proto.ErrorReport), ev
+        assert ev.code in proto.PROTOCOL_ERROR_CODES
+        assert bad.recv(4096) == b""  # the daemon dropped that connection
+        bad.close()
+        assert good.run("x", files={"main.sh": b"echo fine"}).steps[0].stdout == b"fine\n"
+
+
+def test_oversized_frame_refused_before_buffering(tmp_path):
+    with Daemon(tmp_path, max_frame=1 << 20) as d:
+        bad = socket.socket(socket.AF_UNIX)
+        bad.connect(d.socket)
+        bad.sendall((1 << 30).to_bytes(4, "big") + b"\x81")
+        conn = proto.Connection(proto.CLIENT)
+        conn.receive_data(bad.recv(4096))
+        ev = conn.next_event()
+        assert isinstance(ev, proto.ErrorReport) and ev.code == "frame_too_large", ev
+        bad.close()
+
+
+def test_queue_overflow_answers_busy(tmp_path):
+    with Daemon(tmp_path, concurrency=1, queue_length=1, pool_size=1,
+                pool_profiles=["bash"]) as d:
+        c = d.connect()
+        for i in range(3):
+            c.submit(f"q{i}", files=SLEEPER)
+        seen = []
+        while len([e for e in seen if isinstance(e, proto.ErrorReport)]) < 1:
+            seen.append(c.next())
+        busy = [e for e in seen if isinstance(e, proto.ErrorReport)]
+        assert busy[0].code == "server_busy" and busy[0].id == "q2"
+        for i in range(2):
+            c.send(proto.Cancellation(id=f"q{i}"))
+        done = {}
+        while len(done) < 2:
+            ev = c.next()
+            if isinstance(ev, proto.JobResult):
+                done[ev.id] = ev.steps[0].verdict
+        assert done == {"q0": "cancelled", "q1": "cancelled"}
+
+
+def test_unknown_profile_and_absurd_limits_are_typed_errors(tmp_path):
+    with Daemon(tmp_path) as d:
+        c = d.connect()
+        c.submit("p", profile="cobol")
+        res, _ = c.result("p")
+        assert isinstance(res, proto.ErrorReport) and res.code == "unknown_profile"
+        c.submit("m", files={"main.sh": b"true"}, limits=proto.JobLimits(memory=1 << 50))
+        res, _ = c.result("m")
+        assert isinstance(res, proto.ErrorReport) and res.code == "limit_exceeded", res
+        assert "memory" in res.message
+
+
+def test_ps_lists_running_jobs(tmp_path):
+    with Daemon(tmp_path, pool_profiles=["bash"]) as d:
+        c = d.connect()
+        c.submit("s", files=SLEEPER, stream=True)
+        wait_for_output(c, "s")
+        other = d.connect()
+        other.send(proto.JobListRequest())
+        ev = other.next()
+        assert isinstance(ev, proto.JobList)
+        assert [(j.profile, j.state) for j in ev.jobs] == [("bash", "running")]
+        c.send(proto.Cancellation(id="s"))
+        c.result("s")
+
+
+def test_pool_refills_after_a_burst_and_no_fd_leak(tmp_path):
+    with Daemon(tmp_path, pool_profiles=["bash"], pool_size=2, concurrency=4) as d:
+        d.wait_warm()
+
+        def burst(tag: str) -> int:
+            c = d.connect()
+            for i in range(12):
+                c.submit(f"{tag}{i}", files={"main.sh": b"echo hi"})
+            for i in range(12):
+                res, _ = c.result(f"{tag}{i}")
+                assert isinstance(res, proto.JobResult) and res.steps[0].stdout == b"hi\n"
+            c.close()
+            st = d.wait_warm()
+            assert [(p.warm, p.target) for p in st.pools if p.profile == "bash"] == [(2, 2)]
+            time.sleep(0.3)
+            return d.fds()
+
+        # Recycled cgroups keep a descriptor on their CPU counter (the hot-path read),
+        # so the first burst may add some; a second, identical burst must add none.
+        first = burst("a")
+        second = burst("b")
+        assert second <= first, (first, second)
+        st = d.stats()
+        assert st.counters["pool_hits"] >= 4 and st.counters["cgroups_recycled"] >= 12
+
+
+def test_sigterm_lets_running_jobs_finish(tmp_path):
+    d = Daemon(tmp_path, pool_profiles=["bash"], grace_period=10).start()
+    c = d.connect()
+    c.submit("s", files={"main.sh": b"echo started; sleep 1; echo finished"}, stream=True)
+    wait_for_output(c, "s")
+    d.proc.send_signal(signal.SIGTERM)
+    res, _ = c.result("s")
+    assert isinstance(res, proto.JobResult)
+    assert res.steps[0].stdout == b"started\nfinished\n"
+    assert d.proc.wait(30) == 0
+
+
+def test_sigterm_kills_jobs_past_the_grace_period(tmp_path):
+    d = Daemon(tmp_path, pool_profiles=["bash"], grace_period=0.5).start()
+    c = d.connect()
+    c.submit("s", files=SLEEPER, stream=True)
+    wait_for_output(c, "s")
+    t = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(30) == 0
+    assert time.monotonic() - t < 10
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_cleans_up_and_serves(tmp_path):
+    d = Daemon(tmp_path, pool_profiles=["bash"], pool_size=2).start()
+    try:
+        c = d.connect()
+        for i in range(2):
+            c.submit(f"s{i}", files=SLEEPER, stream=True)
+        wait_for_output(c, "s0")
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(10)
+        with pytest.raises((ConnectionError, OSError)):
+            c.result("s0")
+        # The zygote and every container die with the daemon (PR_SET_PDEATHSIG chain).
+        deadline = time.monotonic() + 5
+        while leftovers.container_processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leftovers.container_processes() == []
+        # Restart on the same socket and instance: the stale cgroups and socket go first.
+        d.start()
+        assert "event=removed_stale" in d.log.read_text()
+        r = d.connect().run("after", files={"main.sh": b"echo back"})
+        assert r.steps[0].stdout == b"back\n"
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            assert d.stop() == 0
