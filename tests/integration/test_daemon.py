@@ -14,9 +14,8 @@ import time
 
 import leftovers
 import pytest
-from daemon import Client, Daemon
-
 import sandboxd_protocol as proto
+from daemon import Client, Daemon
 
 pytestmark = pytest.mark.root
 
