@@ -258,3 +258,20 @@ def host_entries(paths: list[str]) -> list[Entry]:
         add(os.path.abspath(p))
     # Parents before children, as tar writers emit them.
     return sorted(entries.values(), key=lambda e: (e.name.count("/"), e.name))
+
+
+def tree_entries(root: str) -> list[Entry]:
+    """Entries for a host directory tree (directories, regular files, symlinks), by path."""
+    out: list[Entry] = []
+    for top, dirs, files in os.walk(root):
+        dirs.sort()
+        rel = top.lstrip("/")
+        out.append(Entry(rel, "dir", mode=os.stat(top).st_mode & 0o7777))
+        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            path = os.path.join(top, name)
+            if os.path.islink(path):
+                out.append(Entry(f"{rel}/{name}", "symlink", target=os.readlink(path)))
+            elif os.path.isfile(path) and os.access(path, os.R_OK):
+                out.append(Entry(f"{rel}/{name}", "file", mode=os.stat(path).st_mode & 0o7777,
+                                 source=path))
+    return out
