@@ -1,0 +1,267 @@
+"""What a caller may ask of a job, and how it becomes the protocol's ``JobSubmission``.
+
+Strategy: callers write jobs as keyword arguments with friendly values
+(``str`` or ``bytes`` files and stdin, sizes as ``"256M"``, tests as
+``Test`` objects or plain dicts); ``build_submission`` turns them into the
+wire's frozen records once, for both clients, so that the sync and async
+clients cannot differ. Values the protocol would refuse are caught here or by
+``Connection.check`` and raised as ``JobRejected`` naming the field, before
+anything is sent (a refused ``send`` would break the whole connection).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, TypeAlias, TypedDict
+
+import sandboxd_protocol as proto
+
+from ._errors import JobRejected
+
+__all__ = ["Compile", "JobOptions", "Limits", "Test", "build_submission", "parse_size"]
+
+Data: TypeAlias = bytes | bytearray | memoryview | str
+"""Bytes, or text sent as UTF-8."""
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_FIELDS = frozenset({"memory", "output", "file_size", "box_size", "stack"})
+_SECONDS_FIELDS = frozenset({"cpu_time", "wall_time"})
+
+
+def parse_size(text: str | int) -> int:
+    """``"64M"`` → 67108864. K, M, G, T are powers of 1024, as in ``sandboxd run-once``.
+
+    >>> parse_size("256M"), parse_size("1.5K"), parse_size(100)
+    (268435456, 1536, 100)
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f"not a size: {text!r} (a number with an optional K, M or G suffix)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _bytes(value: Data, where: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise JobRejected(
+        f"job rejected: {where}: must be bytes or str, not {type(value).__name__}",
+        hint="pass file contents, stdin and expected output as bytes or str",
+        field=where,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Resource limits of a job, a compile step or a test; ``None`` keeps the profile's.
+
+    Seconds are numbers; sizes are bytes or strings with K/M/G suffixes.
+
+        >>> Limits(cpu_time=2, memory="512M").to_wire().memory
+        536870912
+    """
+
+    cpu_time: float | None = None
+    wall_time: float | None = None
+    memory: int | str | None = None
+    pids: int | None = None
+    output: int | str | None = None
+    file_size: int | str | None = None
+    box_size: int | str | None = None
+    open_files: int | None = None
+    stack: int | str | None = None
+
+    @classmethod
+    def coerce(cls, value: Limits | Mapping[str, Any] | None, where: str) -> Limits | None:
+        """A ``Limits`` from itself, a mapping of the same names, or ``None``."""
+        if value is None or isinstance(value, Limits):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise JobRejected(
+                    f"job rejected: {where}: unknown limit {unknown[0]!r}",
+                    hint=f"known limits: {', '.join(sorted(known))}",
+                    field=f"{where}.{unknown[0]}",
+                )
+            return cls(**value)
+        raise JobRejected(
+            f"job rejected: {where}: must be a Limits or a dict, not {type(value).__name__}",
+            field=where,
+        )
+
+    def to_wire(self, where: str = "limits") -> proto.JobLimits:
+        """The protocol's record, with sizes parsed and types checked."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            try:
+                if f.name in _SIZE_FIELDS:
+                    value = parse_size(value)
+                elif f.name in _SECONDS_FIELDS:
+                    if isinstance(value, bool):
+                        raise ValueError("a boolean is not a number of seconds")
+                    value = float(value)
+                elif isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"must be an integer, not {value!r}")
+            except (TypeError, ValueError) as e:
+                raise JobRejected(
+                    f"job rejected: {where}.{f.name}: {e}", field=f"{where}.{f.name}"
+                ) from None
+            out[f.name] = value
+        return proto.JobLimits(**out)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Test:
+    """One test of a batch: its stdin, what it should print, its own limits, how often.
+
+    ``repeat`` > 1 runs it that many times and reports min/median/max times.
+
+        >>> Test(stdin="1 2\\n", expected_output="3\\n")
+        Test(stdin='1 2\\n', expected_output='3\\n', limits=None, repeat=1)
+    """
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    stdin: Data = b""
+    expected_output: Data | None = None
+    limits: Limits | Mapping[str, Any] | None = None
+    repeat: int = 1
+
+    def to_wire(self, i: int) -> proto.TestCase:
+        """The protocol's record for test number ``i``."""
+        where = f"tests[{i}]"
+        limits = Limits.coerce(self.limits, f"{where}.limits")
+        return proto.TestCase(
+            stdin=_bytes(self.stdin, f"{where}.stdin"),
+            expected_output=None
+            if self.expected_output is None
+            else _bytes(self.expected_output, f"{where}.expected_output"),
+            limits=limits.to_wire(f"{where}.limits") if limits is not None else None,
+            repeat=self.repeat,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compile:
+    """Overrides for a compiled profile's compile step: its argv, its limits.
+
+    A profile with a compile step always compiles; pass this only to change how.
+
+        >>> Compile(argv=["gcc", "-O0", "-o", "main", "main.c"]).to_wire().argv
+        ('gcc', '-O0', '-o', 'main', 'main.c')
+    """
+
+    argv: Sequence[str] | None = None
+    limits: Limits | Mapping[str, Any] | None = None
+
+    def to_wire(self) -> proto.CompileStep:
+        """The protocol's record."""
+        limits = Limits.coerce(self.limits, "compile.limits")
+        return proto.CompileStep(
+            argv=tuple(self.argv) if self.argv is not None else None,
+            limits=limits.to_wire("compile.limits") if limits is not None else None,
+        )
+
+
+class JobOptions(TypedDict, total=False):
+    """Everything a job can carry besides its profile and files (``run``'s keywords).
+
+    ``stdin`` and ``expected_output`` are for a single run; a batch gives each
+    test its own (``tests``). ``compare`` is ``"exact"``, ``"trailing_ws"``
+    (the default) or ``"tokens"`` (with an optional ``float_tolerance``).
+    ``busy_retries`` overrides the client's: how often to resubmit, with
+    backoff, while the daemon answers busy.
+    """
+
+    stdin: Data
+    argv: Sequence[str] | None
+    env: Mapping[str, str] | None
+    limits: Limits | Mapping[str, Any] | None
+    compile: Compile | Mapping[str, Any] | None
+    tests: Sequence[Test | Mapping[str, Any]] | None
+    expected_output: Data | None
+    compare: str
+    float_tolerance: float | None
+    stop_on_failure: bool
+    cpuset_pin: bool | None
+    busy_retries: int | None
+
+
+def _test(value: Test | Mapping[str, Any], i: int) -> proto.TestCase:
+    if isinstance(value, Mapping):
+        try:
+            value = Test(**value)
+        except TypeError as e:
+            raise JobRejected(f"job rejected: tests[{i}]: {e}", field=f"tests[{i}]") from None
+    if not isinstance(value, Test):
+        raise JobRejected(
+            f"job rejected: tests[{i}]: must be a Test or a dict, not {type(value).__name__}",
+            field=f"tests[{i}]",
+        )
+    return value.to_wire(i)
+
+
+def build_submission(
+    job_id: str,
+    profile: str,
+    files: Mapping[str, Data] | None = None,
+    *,
+    stdin: Data = b"",
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    limits: Limits | Mapping[str, Any] | None = None,
+    compile: Compile | Mapping[str, Any] | None = None,
+    tests: Sequence[Test | Mapping[str, Any]] | None = None,
+    expected_output: Data | None = None,
+    compare: str = "trailing_ws",
+    float_tolerance: float | None = None,
+    stop_on_failure: bool = False,
+    cpuset_pin: bool | None = None,
+    stream: bool = False,
+    interactive_stdin: bool = False,
+) -> proto.JobSubmission:
+    """The protocol's ``JobSubmission`` for a job written as keyword arguments.
+
+    >>> build_submission("1", "python3", {"main.py": "print(1)"}).files
+    {'main.py': b'print(1)'}
+    """
+    if isinstance(argv, str):
+        raise JobRejected(
+            "job rejected: argv: must be a list of strings, not one string",
+            hint='write argv=["python3", "main.py"], not argv="python3 main.py"',
+            field="argv",
+        )
+    lim = Limits.coerce(limits, "limits")
+    if compile is not None and isinstance(compile, Mapping):
+        compile = Compile(**compile)
+    return proto.JobSubmission(
+        id=job_id,
+        profile=profile,
+        files={name: _bytes(data, f"files[{name!r}]") for name, data in (files or {}).items()},
+        stdin=_bytes(stdin, "stdin"),
+        argv=tuple(argv) if argv is not None else None,
+        env=dict(env) if env is not None else None,
+        limits=lim.to_wire() if lim is not None else None,
+        cpuset_pin=cpuset_pin,
+        compile=compile.to_wire() if compile is not None else None,
+        tests=tuple(_test(t, i) for i, t in enumerate(tests)) if tests is not None else None,
+        expected_output=_bytes(expected_output, "expected_output")
+        if expected_output is not None
+        else None,
+        compare=compare,
+        float_tolerance=float_tolerance,
+        stop_on_failure=stop_on_failure,
+        stream=stream,
+        interactive_stdin=interactive_stdin,
+    )
