@@ -207,8 +207,8 @@ def _tqdm_progress() -> tuple[Any, Any]:
 
     def progress(done: int, total: int, what: str) -> None:
         if not bar:
-            bar.append(tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                            disable=None, file=sys.stderr, leave=False))
+            bar.append(tqdm(total=total, desc=what, unit="B", unit_scale=True,
+                            unit_divisor=1024, disable=None, file=sys.stderr, leave=False))
         bar[0].set_description(what, refresh=False)
         bar[0].update(done - bar[0].n)
 
@@ -221,7 +221,7 @@ def _tqdm_progress() -> tuple[Any, Any]:
 
 def _cmd_image(args: argparse.Namespace) -> int:
     from sandboxd.images import ImageError, ImportLimits, Store, import_image
-    from sandboxd.limits import format_size, parse_size
+    from sandboxd.limits import parse_size
 
     store = Store(args.store)
     try:
@@ -249,7 +249,7 @@ def _cmd_image(args: argparse.Namespace) -> int:
                 notes = (f", {dropped} device node(s) dropped" if dropped else "") + (
                     f", setuid/setgid removed from {stripped} file(s)" if stripped else "")
                 print(f"imported {', '.join(img.names) or '<no name>'} {img.id} "
-                      f"({len(img.layers)} layers, {format_size(img.size)}B{notes})")
+                      f"({len(img.layers)} layers, {img.size / 1048576:.1f} MiB{notes})")
         elif args.image_command == "ls":
             rows = store.images()
             if args.json:
