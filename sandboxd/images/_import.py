@@ -49,10 +49,8 @@ def _unpack_layer(src: Source, ref: LayerRef, dest: str, budget: int, limits: Im
         stream = TarStream(plain, min(limits.max_layer_size, budget), limits.max_header, what)
         try:
             stats = unpack(stream, dest, limits)
-        except (OSError, EOFError, zlib.error) as e:
-            if isinstance(e, ImageError):
-                raise
-            raise ImageError(f"{what}: damaged or unreadable ({e})") from None
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise ImageError(f"{what}: damaged compressed data ({e})") from None
         blob.finish()
     finally:
         blob.close()

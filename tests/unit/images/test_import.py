@@ -249,3 +249,16 @@ def test_nested_index_picks_this_hosts_platform(work: Path, store: Store) -> Non
     (oci / "index.json").write_text(json.dumps(index))
     (got,) = import_image(store, str(oci))
     assert got.id == img.id and got.names == ("multi:1",)
+
+
+def test_damaged_gzip_layer(work: Path, store: Store) -> None:
+    """Refused as damaged whether the damage shows in the deflate data or only in the digest."""
+    img = make_image(work, gz=True)
+    oci = write_oci(work / "oci", [img])
+    blob, _ = _oci_blob(oci, "layer")
+    data = bytearray(blob.read_bytes())
+    data[30] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"not a valid tar|damaged|digest mismatch"):
+        import_image(store, str(oci))
+    assert_empty(store)
