@@ -423,7 +423,7 @@ def _enter_layers(overlay: OverlayRoot) -> int:
     except OSError as e:
         if fd >= 0:
             os.close(fd)
-        raise _fail(overlay, overlay.layers_dir, e, "The image store must exist and be "
+        raise _fail("overlay root", overlay.layers_dir, e, "The image store must exist and be "
                     "traversable by the container's root, an unprivileged host uid "
                     "(o+x on the store and every parent).") from e
     return fd
@@ -470,7 +470,8 @@ def _overlay(overlay: OverlayRoot, steps: Sequence[Step], base: str) -> str:
     try:
         _libc.mount(overlay.label, merged, "overlay", MS_NOSUID | MS_NODEV, opts)
     except OSError as e:
-        raise _fail(overlay, merged, e, _OVERLAY_HINTS.get(e.errno or 0, "")) from e
+        raise _fail(f"overlay root of {len(overlay.lower)} layers", merged, e,
+                    _OVERLAY_HINTS.get(e.errno or 0, "")) from e
     return merged
 
 
