@@ -330,7 +330,9 @@ class V2Backend(CgroupBackend):
             self._problems.append(
                 f"{self.own} holds processes sandboxd did not start ({others[:5]}), so v2 "
                 f"will not let it hand controllers to children: start sandboxd in a cgroup "
-                f"of its own (systemd: Delegate=yes)"
+                f"of its own (systemd: Delegate=yes, or `systemd-run --scope -p Delegate=yes`), "
+                f"or from a parent living in {self.leaf} (e.g. a test runner that opened a "
+                f"backend first): processes born there delegate from {self.own}"
             )
             return
         enabled = _fs.read(f"{self.own}/cgroup.subtree_control").split()
