@@ -40,6 +40,9 @@ from ._base import CgroupBackend, CgroupError, CgroupLimits, CgroupStats, JobCgr
 
 CONTROLLERS = ("cpu", "memory", "pids", "cpuset")
 LEAF = f"{_fs.MARK}.supervisor"
+#: Charge an empty cgroup may keep across reset() without memory.reclaim: the
+#: most a recycled cgroup's next memory peak can be overstated by.
+LEFTOVER_OK = 256 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +244,7 @@ class V2Job(JobCgroup):
             _fs.write(f"{self.path}/cgroup.freeze", "0")
         if "memory" in self._f.controllers:
             current = int(_fs.read(f"{self.path}/memory.current"))
-            if current:  # uncharge page cache left by the last job, so the peak restarts near 0
+            if current > LEFTOVER_OK:  # page cache the last job left charged here
                 try:
                     _fs.write(f"{self.path}/memory.reclaim", current)
                 except CgroupError:
