@@ -27,8 +27,8 @@ import sys
 import time
 
 COMMANDS = {"true": ["/bin/true"], "py": ["/usr/bin/python3", "-c", "pass"]}
-BWRAP = [shutil.which("bwrap") or "/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
-         "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink",
+BWRAP = [shutil.which("bwrap") or "/usr/bin/bwrap", "--unshare-all", "--die-with-parent",
+         "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink",
          "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--"]
 
 
@@ -103,7 +103,7 @@ def main() -> int:
     med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
     print(f"{'system':28} {'median ms':>10} {'p90 ms':>8} {'vs bare':>8} {'vs bwrap':>9}")
     for key, values in samples.items():
-        kind, cmd = key.rsplit(" ", 1)
+        _kind, cmd = key.rsplit(" ", 1)
         p90 = statistics.quantiles(values, n=10)[-1] * 1000
         bare = med[f"bare {cmd}"]
         bw = med.get(f"bwrap {cmd}")

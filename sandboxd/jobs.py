@@ -98,7 +98,8 @@ def _limits(base: Limits, overrides: dict[str, Any] | None, ceiling: Limits) -> 
 
 def container_spec(profile: Profile, limits: Limits) -> ContainerSpec:
     return ContainerSpec(slot=0, box_size=limits.box_size, tmp_size=limits.tmp_size,
-                         seccomp_policy=profile.seccomp, extra_binds=profile.binds)
+                         seccomp_policy=profile.seccomp, extra_binds=profile.binds,
+                         image=profile.image_id, image_store=profile.image_store)
 
 
 def default_spec(profile: Profile) -> ContainerSpec:
@@ -137,7 +138,8 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
     if compile_argv:
         base = profile.compile.limits if profile.compile else run_limits
         climits = _limits(base, job.compile_limits, profile.max_limits)
-        step = RunStep(argv=compile_argv, limits=climits, files=files, env=env)
+        step = RunStep(argv=compile_argv, limits=climits, files=files, env=env,
+                       cwd=profile.workdir)
         result, built = await runner(container_spec(profile, climits), step, True)
         if result.verdict != "ok":
             result = replace(result, verdict="compile_error",
@@ -166,7 +168,7 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
             if job.stop_on_failure and failed.is_set():
                 break
             step = RunStep(argv=argv, limits=limits, files=files, stdin=test.stdin, env=env,
-                           on_output=on_out,
+                           cwd=profile.workdir, on_output=on_out,
                            stdin_stream=job.stdin_stream if len(tests) == 1 else None)
             result, _ = await runner(spec, step, False)
             result = judge(result, test.expected_output, job.compare, job.float_tolerance)

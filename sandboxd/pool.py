@@ -210,7 +210,8 @@ class Pool:
         shape = self._shapes.get(shape_of(spec))
         while shape is not None and shape.warm:
             box = shape.warm.popleft()
-            shape.kick.set()
+            if not shape.warm:
+                shape.kick.set()  # dry: refill now, though it competes with this job
             if _alive(box):
                 self.counters.hits += 1
                 return box
@@ -232,6 +233,10 @@ class Pool:
         self._live.discard(box)
         await box.destroy(remove_cgroup=False)
         self.counters.destroyed += 1
+        # Refill once a job is over rather than when it starts: making a container
+        # costs a few ms of CPU, which would otherwise compete with the job itself.
+        for shape in self._shapes.values():
+            shape.kick.set()
         self.slots.give(box.slot)
         cg = box.cgroup
         try:

@@ -99,6 +99,11 @@ class JobRecord:
     box: Container | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancel_reason: str = ""
+    used: list[Container] = field(default_factory=list)
+
+    def release(self, pool: Pool) -> None:
+        while self.used:
+            pool.release(self.used.pop())
 
 
 class Scheduler:
@@ -143,7 +148,9 @@ class Scheduler:
                     result = Result.sandbox_error(e.reason)
                 finally:
                     rec.box = None
-                    self.pool.release(box)
+                    # Its job is over and killed; destroying the rest waits until the
+                    # result is on its way (JobRecord.release), off the critical path.
+                    rec.used.append(box)
             return result, files
 
         return run_step
@@ -484,12 +491,23 @@ class Session:
         except Exception as e:  # our bug: the job gets a typed error, the daemon lives on
             event("job_crashed", logging.ERROR, job=rec.ref, error=repr(e))
             error = ("internal_error", f"{type(e).__name__}: {e}")
+        except BaseException:
+            rec.release(server.pool)
+            raise
         finally:
             server.sched.jobs.pop(rec.ref, None)
             self.jobs.pop(rec.id, None)
             chan = self.stdin.pop(rec.id, None)
             if chan is not None:
                 chan.close()
+        try:
+            await self._answer(rec, outcome, error)
+        finally:
+            rec.release(server.pool)
+
+    async def _answer(self, rec: JobRecord, outcome: JobOutcome | None,
+                      error: tuple[str, str] | None) -> None:
+        server = self.server
         if error is not None:
             await self._refuse(rec.id, *error)
             return

@@ -187,8 +187,15 @@ def test_pool_refills_after_a_burst_and_no_fd_leak(tmp_path):
             c.close()
             st = d.wait_warm()
             assert [(p.warm, p.target) for p in st.pools if p.profile == "bash"] == [(2, 2)]
-            time.sleep(0.3)
-            return d.fds()
+            # used containers are destroyed after their results are sent: let them go
+            deadline = time.monotonic() + 5
+            n = d.fds()
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                n, last = d.fds(), n
+                if n == last:
+                    break
+            return n
 
         # Recycled cgroups keep a descriptor on their CPU counter (the hot-path read),
         # so the first burst may add some; a second, identical burst must add none.

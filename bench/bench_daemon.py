@@ -1,0 +1,250 @@
+"""The daemon, side by side with bare fork+exec and bubblewrap, in one run.
+
+Usage: ``.venv/bin/python bench/bench_daemon.py [--rounds N] [--seconds S] [--json FILE]``
+
+- Latency: one client sends one job at a time (``/bin/true`` and
+  ``python3 -c pass``), from sending the job to holding the result, with a
+  warm pool; interleaved round by round with bare ``posix_spawn`` + wait of the
+  same command and with bubblewrap (``--unshare-all``, read-only /usr, new
+  /proc, /dev, tmpfs /tmp), so that the machine's noise hits all three alike.
+- Throughput: closed loops of 1, 2, 8 and 32 concurrent clients for S seconds,
+  each client on its own connection, against the same number of concurrent
+  bubblewrap loops.
+- Costs: unique memory (USS, from smaps_rollup) of each waiting container's
+  processes, and CPU time the supervisor (and, apart, the zygote) spends per job.
+
+Every sandboxd job here is fully isolated and single use: new namespaces,
+its own cgroup with limits, seccomp, Landlock, no capabilities, own uid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import sandboxd_protocol as proto
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = {"true": ["/bin/true"], "py": ["/usr/bin/python3", "-c", "pass"]}
+BWRAP = [shutil.which("bwrap") or "/usr/bin/bwrap", "--unshare-all", "--die-with-parent",
+         "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib",
+         "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev",
+         "--tmpfs", "/tmp", "--"]
+
+
+class Client:
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(path)
+        self.conn = proto.Connection(proto.CLIENT)
+        self.sock.sendall(self.conn.send(proto.Hello(client="bench")))
+        assert isinstance(self.next(), proto.Welcome)
+        self.n = 0
+
+    def next(self) -> object:
+        while True:
+            ev = self.conn.next_event()
+            if ev is not proto.NEED_DATA:
+                return ev
+            self.conn.receive_data(self.sock.recv(1 << 16))
+
+    def run(self, argv: list[str]) -> proto.JobResult:
+        self.n += 1
+        self.sock.sendall(self.conn.send(proto.JobSubmission(
+            id=str(self.n), profile="bash", argv=tuple(argv))))
+        while True:
+            ev = self.next()
+            if isinstance(ev, proto.JobResult):
+                if ev.steps[0].verdict != "ok":
+                    raise RuntimeError(f"{argv}: {ev.steps[0]}")
+                return ev
+            if isinstance(ev, proto.ErrorReport):
+                raise RuntimeError(f"{argv}: {ev}")
+
+
+def spawn_wait(argv: list[str]) -> float:
+    t = time.perf_counter()
+    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=[
+        (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
+    _, status = os.waitpid(pid, 0)
+    if status:
+        raise RuntimeError(f"{argv}: status {status}")
+    return time.perf_counter() - t
+
+
+def pct(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q * len(v)))]
+
+
+def start_daemon(tmp: Path, pool_size: int, concurrency: int) -> tuple[subprocess.Popen, str]:
+    sock = str(tmp / "sandboxd.sock")
+    cfg = tmp / "sandboxd.toml"
+    cfg.write_text(f'socket = "{sock}"\nstate_dir = "{tmp}/state"\ninstance = "bench-{os.getpid()}"\n'
+                   f'pool_size = {pool_size}\npool_profiles = ["bash"]\n'
+                   f"concurrency = {concurrency}\nqueue_length = 256\nlog_level = \"warning\"\n")
+    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
+    proc = subprocess.Popen([sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)],
+                            stdout=log, stderr=log)
+    for _ in range(600):
+        if os.path.exists(sock):
+            try:
+                Client(sock)
+                return proc, sock
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError((tmp / "daemon.log").read_text())
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def uss(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return sum(int(line.split()[1]) * 1024 for line in f
+                   if line.startswith(("Private_Clean:", "Private_Dirty:")))
+
+
+def container_pids() -> dict[int, list[int]]:
+    """{init pid: [init, job process]} for every waiting container (by our uid ranges)."""
+    from sandboxd.isolation import identity
+
+    inits: dict[int, list[int]] = {}
+    procs = []
+    for e in os.listdir("/proc"):
+        if not e.isdigit():
+            continue
+        try:
+            st = open(f"/proc/{e}/status").read()
+        except OSError:
+            continue
+        uid = int(st.split("Uid:")[1].split()[0])
+        ppid = int(st.split("PPid:")[1].split()[0])
+        if identity.INIT_BASE <= uid < identity.INIT_BASE + identity.MAX_SLOTS:
+            inits.setdefault(int(e), [int(e)])
+        elif identity.JOB_BASE <= uid < identity.JOB_BASE + identity.MAX_SLOTS:
+            procs.append((int(e), ppid))
+    for pid, ppid in procs:
+        if ppid in inits:
+            inits[ppid].append(pid)
+    return inits
+
+
+def throughput(fn, clients: int, seconds: float) -> float:
+    count = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def loop(i: int) -> None:
+        state = fn()
+        while time.monotonic() < stop:
+            state()
+            count[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    t = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sum(count) / (time.monotonic() - t)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--concurrency", default="1,2,8,32")
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
+    ncpu = os.cpu_count() or 1
+    proc, sock = start_daemon(tmp, pool_size=4, concurrency=ncpu)
+    out: dict[str, object] = {"machine": {"cpus": ncpu, "kernel": os.uname().release}}
+    try:
+        client = Client(sock)
+        for _ in range(20):
+            client.run(["/bin/true"])
+        lat: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            for name, argv in COMMANDS.items():
+                lat.setdefault(f"bare {name}", []).append(spawn_wait(argv))
+                lat.setdefault(f"bwrap {name}", []).append(spawn_wait(BWRAP + argv))
+                t = time.perf_counter()
+                client.run(argv)
+                lat.setdefault(f"sandboxd-warm {name}", []).append(time.perf_counter() - t)
+                time.sleep(0.005)  # let the pool refill between jobs, as it would between users
+        print(f"{'latency':24} {'p50 ms':>8} {'p90':>7} {'p99':>7} {'max':>7} {'vs bare':>8} "
+              f"{'vs bwrap':>9}")
+        summary = {}
+        for key, v in lat.items():
+            cmd = key.rsplit(" ", 1)[1]
+            p50 = statistics.median(v) * 1000
+            bare = statistics.median(lat[f"bare {cmd}"]) * 1000
+            bw = statistics.median(lat[f"bwrap {cmd}"]) * 1000
+            summary[key] = {"p50": p50, "p90": pct(v, .9) * 1000, "p99": pct(v, .99) * 1000,
+                            "max": max(v) * 1000}
+            print(f"{key:24} {p50:8.2f} {pct(v, .9) * 1000:7.2f} {pct(v, .99) * 1000:7.2f} "
+                  f"{max(v) * 1000:7.2f} {p50 / bare:8.2f} {p50 / bw:9.2f}")
+        out["latency_ms"] = summary
+        out["latency_samples_s"] = lat
+
+        # Costs: USS of waiting containers; supervisor and zygote CPU per job.
+        time.sleep(1.0)
+        boxes = container_pids()
+        per_box = [sum(uss(p) for p in pids) for pids in boxes.values() if len(pids) == 2]
+        zyg = [int(p) for p in os.listdir("/proc") if p.isdigit() and
+               open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(proc.pid)]
+        n = 300
+        s0, z0 = cpu_seconds(proc.pid), sum(cpu_seconds(z) for z in zyg)
+        for _ in range(n):
+            client.run(["/bin/true"])
+        s1, z1 = cpu_seconds(proc.pid), sum(cpu_seconds(z) for z in zyg)
+        out["costs"] = {"uss_per_warm_container_bytes": per_box,
+                        "supervisor_cpu_per_job_ms": (s1 - s0) / n * 1000,
+                        "zygote_cpu_per_job_ms": (z1 - z0) / n * 1000}
+        print(f"USS per warm container: median {statistics.median(per_box) / 1024:.0f} KiB "
+              f"({len(per_box)} containers)" if per_box else "USS: no waiting container found")
+        print(f"supervisor CPU per job: {(s1 - s0) / n * 1000:.2f} ms; "
+              f"zygote (container making): {(z1 - z0) / n * 1000:.2f} ms")
+
+        tput = {}
+        print(f"{'throughput jobs/s':24} {'clients':>7} {'sandboxd':>9} {'bwrap':>7} {'ratio':>6}")
+        for c in [int(x) for x in args.concurrency.split(",")]:
+            def sbx() -> object:
+                cl = Client(sock)
+                return lambda: cl.run(["/bin/true"])
+
+            def bw() -> object:
+                return lambda: spawn_wait(BWRAP + ["/bin/true"])
+
+            a = throughput(sbx, c, args.seconds)
+            b = throughput(bw, c, args.seconds)
+            tput[c] = {"sandboxd": a, "bwrap": b}
+            print(f"{'/bin/true':24} {c:7} {a:9.1f} {b:7.1f} {a / b:6.2f}")
+        out["throughput_jobs_s"] = tput
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
