@@ -26,24 +26,7 @@ import statistics
 import sys
 import time
 
-COMMANDS = {"true": ["/bin/true"], "py": ["/usr/bin/python3", "-c", "pass"]}
-BWRAP = [shutil.which("bwrap") or "/usr/bin/bwrap", "--unshare-all", "--die-with-parent",
-         "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink",
-         "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--"]
-
-
-def spawn_wait(argv: list[str]) -> float:
-    devnull = os.open("/dev/null", os.O_RDWR)
-    t = time.perf_counter()
-    pid = os.posix_spawn(argv[0], argv, os.environ,
-                         file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1),
-                                       (os.POSIX_SPAWN_DUP2, devnull, 2)])
-    _, status = os.waitpid(pid, 0)
-    dt = time.perf_counter() - t
-    os.close(devnull)
-    if status != 0:
-        raise RuntimeError(f"{argv} exited with status {status}")
-    return dt
+from _common import BWRAP, COMMANDS, spawn_wait
 
 
 def main() -> int:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -34,13 +33,9 @@ import time
 from pathlib import Path
 
 import sandboxd_protocol as proto
+from _common import BWRAP, COMMANDS, pct, spawn_wait
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = {"true": ["/bin/true"], "py": ["/usr/bin/python3", "-c", "pass"]}
-BWRAP = [shutil.which("bwrap") or "/usr/bin/bwrap", "--unshare-all", "--die-with-parent",
-         "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib",
-         "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev",
-         "--tmpfs", "/tmp", "--"]
 
 
 class Client:
@@ -73,27 +68,22 @@ class Client:
                 raise RuntimeError(f"{argv}: {ev}")
 
 
-def spawn_wait(argv: list[str]) -> float:
-    t = time.perf_counter()
-    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=[
-        (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
-    _, status = os.waitpid(pid, 0)
-    if status:
-        raise RuntimeError(f"{argv}: status {status}")
-    return time.perf_counter() - t
 
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
 
-def pct(values: list[float], q: float) -> float:
-    v = sorted(values)
-    return v[min(len(v) - 1, int(q * len(v)))]
 
 
 def start_daemon(tmp: Path, pool_size: int, concurrency: int) -> tuple[subprocess.Popen, str]:
     sock = str(tmp / "sandboxd.sock")
     cfg = tmp / "sandboxd.toml"
-    cfg.write_text(f'socket = "{sock}"\nstate_dir = "{tmp}/state"\ninstance = "bench-{os.getpid()}"\n'
-                   f'pool_size = {pool_size}\npool_profiles = ["bash"]\n'
+    cfg.write_text(f'socket = "{sock}"\nstate_dir = "{tmp}/state"\n'
+                   f'instance = "bench-{os.getpid()}"\npool_size = {pool_size}\n'
+                   'pool_profiles = ["bash"]\n'
                    f"concurrency = {concurrency}\nqueue_length = 256\nlog_level = \"warning\"\n")
     log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
     proc = subprocess.Popen([sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)],
@@ -131,7 +121,8 @@ def container_pids() -> dict[int, list[int]]:
         if not e.isdigit():
             continue
         try:
-            st = open(f"/proc/{e}/status").read()
+            with open(f"/proc/{e}/status") as f:
+                st = f.read()
         except OSError:
             continue
         uid = int(st.split("Uid:")[1].split()[0])
@@ -208,8 +199,7 @@ def main() -> int:
         time.sleep(1.0)
         boxes = container_pids()
         per_box = [sum(uss(p) for p in pids) for pids in boxes.values() if len(pids) == 2]
-        zyg = [int(p) for p in os.listdir("/proc") if p.isdigit() and
-               open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(proc.pid)]
+        zyg = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == proc.pid]
         n = 300
         s0, z0 = cpu_seconds(proc.pid), sum(cpu_seconds(z) for z in zyg)
         for _ in range(n):
@@ -231,7 +221,7 @@ def main() -> int:
                 return lambda: cl.run(["/bin/true"])
 
             def bw() -> object:
-                return lambda: spawn_wait(BWRAP + ["/bin/true"])
+                return lambda: spawn_wait([*BWRAP, "/bin/true"])
 
             a = throughput(sbx, c, args.seconds)
             b = throughput(bw, c, args.seconds)
