@@ -26,8 +26,15 @@ PY=/usr/bin/python3
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# pip's build chatter goes to a log, shown only when something fails.
+PIPLOG=$(mktemp /tmp/sandboxd-pip.XXXXXX.log)
+if ! { .venv/bin/python -m pip install -q --upgrade pip \
+       && .venv/bin/python -m pip install -q -e '.[test]'; } >"$PIPLOG" 2>&1; then
+    cat "$PIPLOG" >&2
+    echo "install: pip failed (log above)" >&2
+    exit 1
+fi
+rm -f "$PIPLOG"
 # The native job-exec helper (sandboxd/native/jobexec.c), built once here.
 .venv/bin/python -m sandboxd.native >/dev/null
 echo "install: ok ($(.venv/bin/python --version))" >&2
