@@ -10,6 +10,6 @@ status=0
 .venv/bin/python -m pytest -q "$@" || status=$?
 if [ "$status" -eq 0 ] && [ "${CI:-}" = "true" ] && [ -z "${SANDBOXD_SKIP_V2VM:-}" ] \
    && [ -x scripts/test-v2vm.sh ]; then
-    ./scripts/test-v2vm.sh || status=$?
+    ./scripts/test-v2vm.sh --timeout 1200 || status=$?
 fi
 exit "$status"

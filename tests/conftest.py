@@ -28,6 +28,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cgroup_leaf() -> Any:
+    """On cgroup v2, move this test process into a leaf of its own subtree first.
+
+    v2's "no internal processes" rule: a child (run-once, a daemon) cannot enable
+    controllers in a cgroup that still holds a process it did not start, such as
+    pytest itself in a delegated scope. Opening a backend moves us into the shared
+    leaf ``sandboxd.supervisor``, where every child is then born. On v1 it only
+    creates (and at the end removes) an empty root.
+    """
+    if os.geteuid() != 0:
+        yield None
+        return
+    from sandboxd import cgroups
+
+    backend = cgroups.open_backend(f"pytest-{os.getpid()}")
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """Fail any root test that leaves a process, cgroup or mount of sandboxd behind."""
