@@ -357,12 +357,19 @@ class AsyncClient:
         core = self._core
         await self._send(lambda: (None, core.message(event)))
 
+    async def _send_job_event(
+        self, event: proto.StdinChunk | proto.EndOfStdin | proto.Cancellation
+    ) -> None:
+        """Send stdin, its end or a cancel, unless the job has ended or was cancelled."""
+        core = self._core
+        await self._send(lambda: (None, core.job_message(event)))
+
     def _cancel_later(self, job_id: str) -> None:
         """From a cancelled caller: send the job's cancel from a task of the client."""
 
         async def send() -> None:
             with contextlib.suppress(Exception):
-                await self._send_event(proto.Cancellation(id=job_id))
+                await self._send_job_event(proto.Cancellation(id=job_id))
 
         if self._io is not None and self._core.broken is None:
             self._io.spawn(send)
@@ -641,18 +648,18 @@ class AsyncJob:
             )
         raw = data.encode() if isinstance(data, str) else bytes(data)
         for piece in pieces(raw, self._client._core):
-            await self._client._send_event(proto.StdinChunk(id=self.id, data=piece))
+            await self._client._send_job_event(proto.StdinChunk(id=self.id, data=piece))
 
     async def close_stdin(self) -> None:
         """End stdin: the program reads end-of-file. Idempotent."""
         if self._stdin_open:
             self._stdin_open = False
-            await self._client._send_event(proto.EndOfStdin(id=self.id))
+            await self._client._send_job_event(proto.EndOfStdin(id=self.id))
 
     async def cancel(self) -> None:
         """Ask the daemon to stop the job; ``result()`` then says ``cancelled``."""
         self._stdin_open = False
-        await self._client._send_event(proto.Cancellation(id=self.id))
+        await self._client._send_job_event(proto.Cancellation(id=self.id))
 
     async def result(self) -> JobResult:
         """Wait for the result; raises the error that ended the job instead, if any.

@@ -168,11 +168,22 @@ class Waitable:
 class JobSlot(Waitable):
     """One job in flight, as the daemon has answered it so far."""
 
-    __slots__ = ("abandoned", "accepted", "chunks", "error", "result", "sub")
+    __slots__ = (
+        "abandoned",
+        "accepted",
+        "cancel_sent",
+        "chunks",
+        "error",
+        "result",
+        "stdin_open",
+        "sub",
+    )
 
     def __init__(self, sub: proto.JobSubmission) -> None:
         super().__init__()
         self.sub = sub
+        self.stdin_open = sub.interactive_stdin
+        self.cancel_sent = False
         self.accepted = False
         self.chunks: deque[Output] = deque()
         self.result: JobResult | None = None
@@ -282,9 +293,29 @@ class Core:
         self.requests[_ANSWER_OF[type(event)]].append(slot)
         return slot, data
 
+    def job_message(self, event: proto.StdinChunk | proto.EndOfStdin | proto.Cancellation) -> bytes:
+        """Stdin, its end, or a cancel; ``b""`` when there is nothing (more) to say.
+
+        The protocol allows one cancel per job and no stdin after its end or
+        after a cancel; a caller may still ask twice (a handle's ``cancel`` and
+        an abandoned wait), so the second one is dropped here rather than
+        breaking the connection.
+        """
+        self.raise_if_broken()
+        slot = self.jobs.get(event.id)
+        if slot is None or slot.cancel_sent:
+            return b""  # ended (or being cancelled): nothing to say any more
+        if isinstance(event, proto.Cancellation):
+            slot.cancel_sent = True
+            slot.stdin_open = False
+        elif not slot.stdin_open:
+            return b""
+        elif isinstance(event, proto.EndOfStdin):
+            slot.stdin_open = False
+        return self._send(event)
+
     def message(self, event: proto.Event) -> bytes:
-        """Any message that opens nothing (stdin, cancel, pong, goodbye); ``b""`` for stdin
-        or a cancel about a job that has already ended."""
+        """A message that is about no job (a pong, a goodbye)."""
         self.raise_if_broken()
         return self._send(event)
 

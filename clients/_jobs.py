@@ -87,7 +87,7 @@ class Limits:
             unknown = sorted(set(value) - known)
             if unknown:
                 raise JobRejected(
-                    f"job rejected: {where}: unknown limit {unknown[0]!r}",
+                    f"job rejected: {where}.{unknown[0]}: no such limit",
                     hint=f"known limits: {', '.join(sorted(known))}",
                     field=f"{where}.{unknown[0]}",
                 )

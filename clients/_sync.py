@@ -299,6 +299,13 @@ class Client:
         core = self._core
         self._send(lambda: (None, core.message(event)))
 
+    def _send_job_event(
+        self, event: proto.StdinChunk | proto.EndOfStdin | proto.Cancellation
+    ) -> None:
+        """Send stdin, its end or a cancel, unless the job has ended or was cancelled."""
+        core = self._core
+        self._send(lambda: (None, core.job_message(event)))
+
     def _send(self, make: Callable[[], tuple[T, bytes]]) -> T:
         """Encode under the core's lock, write in the same order as encoded."""
         with self._send_lock:
@@ -461,19 +468,19 @@ class Job:
             )
         raw = data.encode() if isinstance(data, str) else bytes(data)
         for piece in _pieces(raw, self._client._core):
-            self._client._send_event(proto.StdinChunk(id=self.id, data=piece))
+            self._client._send_job_event(proto.StdinChunk(id=self.id, data=piece))
 
     def close_stdin(self) -> None:
         """End the program's stdin: it reads end-of-file. Idempotent."""
         if self._stdin_open:
             self._stdin_open = False
-            self._client._send_event(proto.EndOfStdin(id=self.id))
+            self._client._send_job_event(proto.EndOfStdin(id=self.id))
 
     def cancel(self) -> None:
         """Ask the daemon to stop the job; ``result()`` then says ``cancelled``
         (or the verdict it reached first)."""
         self._stdin_open = False
-        self._client._send_event(proto.Cancellation(id=self.id))
+        self._client._send_job_event(proto.Cancellation(id=self.id))
 
     def result(self, timeout: float | None = None) -> JobResult:
         """Wait for the job's result; raises ``TimeoutError`` after ``timeout`` seconds
