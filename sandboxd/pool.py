@@ -251,6 +251,10 @@ class Pool:
 
     # ----------------------------------------------------------------- stats
 
+    def cgroup_count(self) -> int:
+        """Job cgroups in existence: those of live containers plus the recycled ones."""
+        return len(self._live) + len(self._free_cgroups)
+
     def shapes(self) -> list[tuple[ContainerSpec, int, int]]:
         """(shape, warm now, target) for every shape in use."""
         return [(s.spec, len(s.warm), s.target) for s in self._shapes.values()]

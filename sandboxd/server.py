@@ -258,7 +258,8 @@ class Server:
         counters.update(
             pool_hits=c.hits, pool_misses=c.misses, containers_created=c.created,
             containers_destroyed=c.destroyed, spawn_failures=c.spawn_failures,
-            cgroups_recycled=c.cgroups_recycled, busy_refusals=self.sched.busy_refusals,
+            cgroups_recycled=c.cgroups_recycled, cgroups=self.pool.cgroup_count(),
+            busy_refusals=self.sched.busy_refusals,
             refill_mean_s=(c.refill_seconds / c.refills) if c.refills else 0.0,
             queue_wait_p50_s=pct(0.5), queue_wait_p90_s=pct(0.9), queue_wait_p99_s=pct(0.99),
         )
