@@ -141,6 +141,9 @@ class RepeatStats:
     wall_time_median: float
     wall_time_max: float
     memory_peak_max: int
+    chosen: int | None = None
+    """Which run (0-based) the step result's verdict and accounting are from: the
+    first failing run, else the one with the median CPU time; nil = the last run."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +179,14 @@ class ProfileInfo:
     entry: str | None = None
     """The file name the profile runs (``main.py``): a client that uploads one
     file under another name (``sandboxctl run hello.py``) renames it to this."""
+    version: str | None = None
+    """The runtime's version as it reports it (``gcc (Debian 12.2.0-14) 12.2.0``),
+    probed once when the server starts; nil = unknown."""
+    available: bool | None = None
+    """False when this host cannot run the profile (its runtime is missing); nil =
+    the server did not say (treat as available)."""
+    unavailable_reason: str | None = None
+    """Why the profile is unavailable (``/usr/bin/go is not installed on this host``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -173,6 +173,13 @@ JOB_SUBMISSION = Record(
     "submit",
 )
 
+
+def _check_repeat(r: RepeatStats, here: str, lim: SizeLimits) -> None:
+    """The chosen run is one of the runs."""
+    if r.chosen is not None and r.chosen >= r.runs:
+        raise Invalid(f"{here}.chosen", f"must be below runs ({r.runs}), got {r.chosen}")
+
+
 REPEAT_STATS = Record(
     RepeatStats,
     (
@@ -184,7 +191,9 @@ REPEAT_STATS = Record(
         ("wall_time_median", SECONDS, True),
         ("wall_time_max", SECONDS, True),
         ("memory_peak_max", BYTE_COUNT, True),
+        ("chosen", Int(0, INT32_MAX), False),
     ),
+    _check_repeat,
 )
 
 
@@ -238,6 +247,9 @@ PROFILE_INFO = Record(
         ("default_limits", JOB_LIMITS, False),
         ("max_limits", JOB_LIMITS, False),
         ("entry", Str(255), False),
+        ("version", Str(255), False),
+        ("available", BOOL, False),
+        ("unavailable_reason", DESCRIPTION, False),
     ),
 )
 
