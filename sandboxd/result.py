@@ -79,6 +79,16 @@ class Result:
                    False, b"", b"", False, False)
 
 
+def _signal_name(sig: int) -> str:
+    """SIGSEGV, or SIGRTMIN+3 for the real-time signals Python's enum does not name."""
+    try:
+        return _signal.Signals(sig).name
+    except ValueError:
+        if _signal.SIGRTMIN <= sig <= _signal.SIGRTMAX:
+            return f"SIGRTMIN+{sig - _signal.SIGRTMIN}"
+        return str(sig)
+
+
 def _seconds(ns: int) -> float:
     return round(ns / 1e9, 6)
 
@@ -109,7 +119,7 @@ def decide(m: Measured, limits: Limits) -> Result:
         verdict, reason = "sandbox_error", "the job process never reported an exit status"
     elif sig is not None or exit_code != 0:
         verdict = "runtime_error"
-        reason = f"signal {_signal.Signals(sig).name}" if sig else f"exit code {exit_code}"
+        reason = f"signal {_signal_name(sig)}" if sig else f"exit code {exit_code}"
     return Result(
         verdict=verdict, reason=reason, exit_code=exit_code, signal=sig,
         cpu_time=cpu_s, user_time=_seconds(m.user_ns), sys_time=_seconds(m.sys_ns),

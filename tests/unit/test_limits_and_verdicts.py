@@ -1,0 +1,118 @@
+"""Pure tests of limits parsing and the verdict rules: no kernel needed."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from sandboxd.limits import DEFAULT, MAXIMUM, LimitError, Limits, format_size, parse_size
+from sandboxd.result import Measured, decide
+
+
+@pytest.mark.parametrize(("text", "value"), [("0", 0), ("512", 512), ("64K", 64 << 10),
+                                             ("1M", 1 << 20), ("1.5G", 3 << 29),
+                                             ("2g", 2 << 30), ("256MiB", 256 << 20)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("bad", ["", "M", "-1M", "1Q", "1 2", "ten"])
+def test_parse_size_refuses(bad):
+    with pytest.raises(LimitError, match="not a size"):
+        parse_size(bad)
+
+
+def test_format_size_round_trips():
+    for n in (1 << 10, 64 << 20, 3 << 30, 1000):
+        assert parse_size(format_size(n)) == n
+
+
+def test_merged_applies_and_checks():
+    lim = DEFAULT.merged({"cpu_time": 1.5, "memory": "64M", "pids": 8})
+    assert (lim.cpu_time, lim.memory, lim.pids) == (1.5, 64 << 20, 8)
+    assert lim.wall_time == DEFAULT.wall_time
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({"memory": "1T"}, "memory=1024G is outside the allowed range"),
+    ({"cpu_time": 0}, "cpu_time=0 is outside"),
+    ({"pids": 0}, "pids=0 is outside"),
+    ({"cpu_time": float("nan")}, "finite"),
+    ({"cpu_time": "soon"}, "number of seconds"),
+    ({"pids": 1.5}, "integer"),
+    ({"pids": True}, "not a boolean"),
+    ({"colour": 1}, "unknown limit 'colour'"),
+])
+def test_merged_refuses_absurd_values(overrides, match):
+    with pytest.raises(LimitError, match=match):
+        DEFAULT.merged(overrides)
+
+
+def test_ceiling_of_a_profile_wins():
+    ceiling = Limits(cpu_time=2.0, memory=MAXIMUM.memory)
+    with pytest.raises(LimitError, match=r"cpu_time=3 .* \[0.001, 2\]"):
+        DEFAULT.merged({"cpu_time": 3}, ceiling)
+
+
+def m(**kw) -> Measured:  # type: ignore[no-untyped-def]
+    base = {"wait_status": 0, "cpu_ns": 10**8, "user_ns": 9 * 10**7, "sys_ns": 10**7,
+            "wall_s": 0.2, "memory_peak": 1 << 20, "oom_kills": 0}
+    base.update(kw)
+    return Measured(**base)
+
+
+def exited(code: int) -> int:
+    return code << 8
+
+
+def test_ok_and_fields():
+    r = decide(m(), DEFAULT)
+    assert (r.verdict, r.reason, r.exit_code, r.signal) == ("ok", None, 0, None)
+    assert (r.cpu_time, r.user_time, r.sys_time, r.wall_time) == (0.1, 0.09, 0.01, 0.2)
+
+
+def test_runtime_error_by_code_and_signal():
+    r = decide(m(wait_status=exited(3)), DEFAULT)
+    assert (r.verdict, r.exit_code, r.reason) == ("runtime_error", 3, "exit code 3")
+    r = decide(m(wait_status=signal.SIGSEGV), DEFAULT)
+    assert (r.verdict, r.signal, r.exit_code) == ("runtime_error", 11, None)
+    assert r.reason == "signal SIGSEGV"
+
+
+def test_time_limits():
+    lim = DEFAULT.merged({"cpu_time": 1})
+    assert decide(m(killed_for="cpu", wait_status=9, cpu_ns=10**9), lim).reason == "cpu"
+    # finished by itself, but over the limit: still a time limit
+    r = decide(m(cpu_ns=10**9 + 1), lim)
+    assert (r.verdict, r.reason) == ("time_limit", "cpu")
+    assert decide(m(wait_status=signal.SIGXCPU), lim).reason == "cpu"
+    r = decide(m(killed_for="wall", wait_status=9), lim)
+    assert (r.verdict, r.reason) == ("time_limit", "wall")
+
+
+def test_precedence():
+    # output beats time, time beats memory, memory beats a plain signal
+    r = decide(m(killed_for="output", stdout_truncated=True, cpu_ns=10**10, oom_kills=1), DEFAULT)
+    assert (r.verdict, r.reason) == ("output_limit", "stdout")
+    r = decide(m(killed_for="wall", oom_kills=1, wait_status=9), DEFAULT)
+    assert r.verdict == "time_limit"
+    r = decide(m(oom_kills=1, wait_status=9), DEFAULT)
+    assert (r.verdict, r.oom_killed) == ("memory_limit", True)
+    r = decide(m(wait_status=signal.SIGXFSZ), DEFAULT)
+    assert (r.verdict, r.reason) == ("output_limit", "file_size")
+    r = decide(m(killed_for="cancel", wait_status=9), DEFAULT)
+    assert r.verdict == "cancelled"
+
+
+def test_no_status_is_our_fault():
+    r = decide(m(wait_status=None), DEFAULT)
+    assert r.verdict == "sandbox_error" and r.reason
+
+
+def test_realtime_signal_names_do_not_crash():
+    sig = signal.SIGRTMIN + 3
+    r = decide(m(wait_status=sig), DEFAULT)
+    assert r.verdict == "runtime_error" and r.signal == sig
+    assert os.WIFSIGNALED(sig)
