@@ -54,6 +54,7 @@ class RunStep:
     cwd: str = "/box"
     on_output: OutputCallback | None = None  # streaming: called with each chunk
     stdin_stream: AsyncIterator[bytes] | None = None  # interactive stdin instead of ``stdin``
+    cpuset: str | None = None  # CPUs the job may run on (e.g. "1": pinned), None: any
 
 
 class Container:
@@ -110,7 +111,10 @@ class Container:
             raise SandboxError("a container runs one job only")
         self.used = True
         limits = step.limits
-        self.cgroup.set_limits(CgroupLimits(memory=limits.memory, pids=limits.pids))
+        # The job process is already in the cgroup: a new cpuset moves it (and all it
+        # will fork) onto those CPUs before it execs the job.
+        self.cgroup.set_limits(CgroupLimits(memory=limits.memory, pids=limits.pids,
+                                            cpuset=step.cpuset))
         # Made at the pool's low priority; the job, and the init that relays it,
         # run at the normal one, ahead of the refills that run meanwhile.
         for pid in (self.init_pid, self.job_pid):
