@@ -22,138 +22,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import sandboxd_protocol as proto
-from _common import BWRAP, COMMANDS, pct, spawn_wait
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class Client:
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
-        self.conn = proto.Connection(proto.CLIENT)
-        self.sock.sendall(self.conn.send(proto.Hello(client="bench")))
-        assert isinstance(self.next(), proto.Welcome)
-        self.n = 0
-
-    def next(self) -> object:
-        while True:
-            ev = self.conn.next_event()
-            if ev is not proto.NEED_DATA:
-                return ev
-            self.conn.receive_data(self.sock.recv(1 << 16))
-
-    def run(self, argv: list[str]) -> proto.JobResult:
-        self.n += 1
-        self.sock.sendall(self.conn.send(proto.JobSubmission(
-            id=str(self.n), profile="bash", argv=tuple(argv))))
-        while True:
-            ev = self.next()
-            if isinstance(ev, proto.JobResult):
-                if ev.steps[0].verdict != "ok":
-                    raise RuntimeError(f"{argv}: {ev.steps[0]}")
-                return ev
-            if isinstance(ev, proto.ErrorReport):
-                raise RuntimeError(f"{argv}: {ev}")
-
-
-
-def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return -1
-
-
-
-def start_daemon(tmp: Path, pool_size: int, concurrency: int) -> tuple[subprocess.Popen, str]:
-    sock = str(tmp / "sandboxd.sock")
-    cfg = tmp / "sandboxd.toml"
-    cfg.write_text(f'socket = "{sock}"\nstate_dir = "{tmp}/state"\n'
-                   f'instance = "bench-{os.getpid()}"\npool_size = {pool_size}\n'
-                   'pool_profiles = ["bash"]\n'
-                   f"concurrency = {concurrency}\nqueue_length = 256\nlog_level = \"warning\"\n")
-    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
-    proc = subprocess.Popen([sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)],
-                            stdout=log, stderr=log)
-    for _ in range(600):
-        if os.path.exists(sock):
-            try:
-                Client(sock)
-                return proc, sock
-            except OSError:
-                pass
-        time.sleep(0.05)
-    raise RuntimeError((tmp / "daemon.log").read_text())
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def uss(pid: int) -> int:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        return sum(int(line.split()[1]) * 1024 for line in f
-                   if line.startswith(("Private_Clean:", "Private_Dirty:")))
-
-
-def container_pids() -> dict[int, list[int]]:
-    """{init pid: [init, job process]} for every waiting container (by our uid ranges)."""
-    from sandboxd.isolation import identity
-
-    inits: dict[int, list[int]] = {}
-    procs = []
-    for e in os.listdir("/proc"):
-        if not e.isdigit():
-            continue
-        try:
-            with open(f"/proc/{e}/status") as f:
-                st = f.read()
-        except OSError:
-            continue
-        uid = int(st.split("Uid:")[1].split()[0])
-        ppid = int(st.split("PPid:")[1].split()[0])
-        if identity.INIT_BASE <= uid < identity.INIT_BASE + identity.MAX_SLOTS:
-            inits.setdefault(int(e), [int(e)])
-        elif identity.JOB_BASE <= uid < identity.JOB_BASE + identity.MAX_SLOTS:
-            procs.append((int(e), ppid))
-    for pid, ppid in procs:
-        if ppid in inits:
-            inits[ppid].append(pid)
-    return inits
-
-
-def throughput(fn, clients: int, seconds: float) -> float:
-    count = [0] * clients
-    stop = time.monotonic() + seconds
-
-    def loop(i: int) -> None:
-        state = fn()
-        while time.monotonic() < stop:
-            state()
-            count[i] += 1
-
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    t = time.monotonic()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return sum(count) / (time.monotonic() - t)
+from _common import (
+    BWRAP,
+    COMMANDS,
+    Client,
+    children,
+    container_pids,
+    cpu_seconds,
+    pct,
+    spawn_wait,
+    start_daemon,
+    stop_daemon,
+    throughput,
+    uss,
+)
 
 
 def main() -> int:
@@ -197,9 +85,9 @@ def main() -> int:
 
         # Costs: USS of waiting containers; supervisor and zygote CPU per job.
         time.sleep(1.0)
-        boxes = container_pids()
+        zyg = children(proc.pid)
+        boxes = container_pids(zyg)
         per_box = [sum(uss(p) for p in pids) for pids in boxes.values() if len(pids) == 2]
-        zyg = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == proc.pid]
         n = 300
         s0, z0 = cpu_seconds(proc.pid), sum(cpu_seconds(z) for z in zyg)
         for _ in range(n):
@@ -229,8 +117,7 @@ def main() -> int:
             print(f"{'/bin/true':24} {c:7} {a:9.1f} {b:7.1f} {a / b:6.2f}")
         out["throughput_jobs_s"] = tput
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        stop_daemon(proc)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
