@@ -1,12 +1,15 @@
 """Language profiles: data files (``profiles/*.toml``) checked against one schema.
 
 Strategy: a profile says how to run (and maybe compile) one language: the
-entry file name, argv templates with ``{entry}`` and ``{sources}``
-placeholders, environment, default limits and the most a job may ask for,
-the seccomp policy and extra read-only mounts. ``SCHEMA`` lists every key;
-an unknown key or a wrong type is an error naming file, line and key. A
-profile whose runtime is missing on this host (``needs``) is *unavailable*,
-with the reason, and is listed as such, never a crash.
+entry file name, argv templates with ``{entry}``, ``{sources}`` and
+``{memory_mb}`` placeholders (a runtime with its own heap, the JVM or V8,
+must be told the step's memory limit, since it cannot see the cgroup),
+environment, default limits and the most a job may ask for, the seccomp
+policy and extra read-only mounts. ``SCHEMA`` lists every key; an unknown
+key, a wrong type or an unknown placeholder is an error naming file, line
+and key. A profile whose runtime is missing on this host (``needs``, looked
+up on the containers' PATH) is *unavailable*, with the reason, and is listed
+as such, never a crash.
 
 A profile may name an ``image`` (docs/images.md): it is resolved to the
 image's id when the profile is loaded (a missing image makes the profile
@@ -26,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandboxd.limits import DEFAULT, MAXIMUM, LimitError, Limits
+from sandboxd.container import JOB_PATH
+from sandboxd.limits import DEFAULT, MAXIMUM, LimitError, Limits, MiB
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -61,33 +65,77 @@ class Profile:
     image: str = ""  # the image as the profile names it ("" = the host's files)
     image_id: str = ""  # ... resolved when loaded: what ContainerSpec.image takes
     image_store: str = ""
+    out_of_memory: tuple[str, ...] = ()  # stderr markers of the runtime's own heap running out
 
-    def run_argv(self, sources: list[str]) -> list[str]:
-        return expand(self.run, self.entry, sources)
+    def run_argv(self, sources: list[str], limits: Limits | None = None) -> list[str]:
+        """The run step's argv for these sources, under ``limits`` (the profile's default)."""
+        return expand(self.run, self.entry, sources, limits or self.limits)
 
-    def compile_argv(self, sources: list[str]) -> list[str] | None:
-        return expand(self.compile.argv, self.entry, sources) if self.compile else None
+    def compile_argv(self, sources: list[str], limits: Limits | None = None) -> list[str] | None:
+        """The compile step's argv, or None for an interpreted profile."""
+        if not self.compile:
+            return None
+        return expand(self.compile.argv, self.entry, sources, limits or self.compile.limits)
 
     def version(self) -> str:
         """The runtime's version as it reports it (first line), or '' when unknown."""
         if not self.version_argv or self.unavailable:
             return ""
+        # The containers' PATH and nothing of ours (a JAVA_TOOL_OPTIONS would print first).
+        env = {"PATH": self.env.get("PATH", JOB_PATH), "LANG": "C.UTF-8"}
         try:
-            p = subprocess.run(list(self.version_argv), capture_output=True, timeout=10)
+            p = subprocess.run(list(self.version_argv), capture_output=True, timeout=10,
+                               env=env, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired):
             return ""
         text = (p.stdout or p.stderr).decode(errors="replace").strip()
         return text.splitlines()[0] if text else ""
 
 
-def expand(template: tuple[str, ...], entry: str, sources: list[str]) -> list[str]:
+#: ``{name}`` or ``{name:N%}`` in an argv template; a lowercase name is always a placeholder.
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)(?::(\d{1,3})%)?\}")
+PLACEHOLDERS = {
+    "entry": "the entry file name (main.py)",
+    "sources": "every uploaded file name, sorted; only as a whole argument",
+    "memory_mb": "the step's memory limit in MiB; {memory_mb:75%} for a share of it "
+                 "(a heap ceiling for a runtime that cannot see its cgroup)",
+}
+
+
+def expand(template: tuple[str, ...], entry: str, sources: list[str],
+           limits: Limits = DEFAULT) -> list[str]:
+    """An argv template with its placeholders replaced (``check_template`` vetted it)."""
+
+    def value(m: re.Match[str]) -> str:
+        if m.group(1) == "entry":
+            return entry
+        if m.group(1) == "memory_mb":
+            share = int(m.group(2) or 100)
+            return str(max(1, limits.memory * share // 100 // MiB))
+        return m.group(0)
+
     out: list[str] = []
     for arg in template:
         if arg == "{sources}":
             out.extend(sources)
         else:
-            out.append(arg.replace("{entry}", entry))
+            out.append(_PLACEHOLDER.sub(value, arg))
     return out
+
+
+def check_template(argv: tuple[str, ...]) -> str | None:
+    """What is wrong with an argv template's placeholders, or None."""
+    for arg in argv:
+        for m in _PLACEHOLDER.finditer(arg):
+            name, share = m.group(1), m.group(2)
+            if name not in PLACEHOLDERS:
+                return (f"unknown placeholder {m.group(0)} (known: "
+                        f"{', '.join('{' + k + '}' for k in PLACEHOLDERS)})")
+            if share is not None and (name != "memory_mb" or not 1 <= int(share) <= 100):
+                return f"{m.group(0)}: only {{memory_mb:N%}} takes a share, 1 to 100 %"
+            if name == "sources" and arg != "{sources}":
+                return f"{{sources}} must be a whole argument, not part of {arg!r}"
+    return None
 
 
 # key: (type, required, doc)
@@ -105,6 +153,8 @@ SCHEMA: dict[str, tuple[type, bool, str]] = {
     "binds": (list, False, "extra read-only mounts: [[host path, container path], ...]"),
     "needs": (list, False, "host paths (or commands on PATH) the runtime needs"),
     "version": (list, False, "argv that prints the runtime's version"),
+    "out_of_memory": (list, False, "stderr markers of the runtime's own out-of-memory error "
+                      "(a heap ceiling below the limit): such a failure is memory_limit"),
     "image": (str, False, "image (NAME:TAG or id) whose layers are the root, instead of the "
               "host's files"),
     "workdir": (str, False, "working directory (default: the image's WorkingDir, else /box)"),
@@ -133,9 +183,11 @@ def _limits(base: Limits, table: Any, where: str, ceiling: Limits = MAXIMUM) -> 
         raise ProfileError(f"{where}: {e}") from None
 
 
-def _missing(needs: tuple[str, ...]) -> str | None:
+def _missing(needs: tuple[str, ...], path: str) -> str | None:
+    """Why the runtime cannot run here, or None. Commands are looked up on the
+    containers' PATH, not ours: a compiler in /root/.cargo/bin is not in a container."""
     for need in needs:
-        found = os.path.exists(need) if need.startswith("/") else shutil.which(need)
+        found = os.path.exists(need) if need.startswith("/") else shutil.which(need, path=path)
         if not found:
             return f"{need} is not installed on this host"
     return None
@@ -203,6 +255,8 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
         compile_spec = CompileSpec(
             argv=_strings(table["argv"], where("compile")),
             limits=_limits(limits, table.get("limits", {}), where("compile"), max_limits))
+        if problem := check_template(compile_spec.argv):
+            raise ProfileError(f"{where('compile')}: argv: {problem}")
     env = data.get("env", {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ProfileError(f"{where('env')}: must map strings to strings")
@@ -214,6 +268,12 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
                                "absolute container path]")
         binds.append((item[0], item[1]))
     needs = _strings(data.get("needs", []), where("needs"))
+    run = _strings(data.get("run", []), where("run"))
+    if problem := check_template(run):
+        raise ProfileError(f"{where('run')}: {problem}")
+    out_of_memory = _strings(data.get("out_of_memory", []), where("out_of_memory"))
+    if not all(out_of_memory):
+        raise ProfileError(f"{where('out_of_memory')}: markers must not be empty")
     name = data["name"]
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.+-]{0,63}", name):
         raise ProfileError(f"{where('name')}: must be lowercase letters, digits, _ . + -")
@@ -225,11 +285,11 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
                            f"(known: {', '.join(sorted(seccomp.POLICIES))})")
     profile = Profile(
         name=name, description=data.get("description", ""), entry=data.get("entry", "main"),
-        run=_strings(data.get("run", []), where("run")), compile=compile_spec, env=dict(env),
+        run=run, compile=compile_spec, env=dict(env),
         limits=limits, max_limits=max_limits, seccomp=policy, binds=tuple(binds), needs=needs,
         version_argv=_strings(data.get("version", []), where("version")), path=path,
-        unavailable=_missing(needs), workdir=data.get("workdir", "/box"),
-        image=data.get("image", ""),
+        unavailable=_missing(needs, env.get("PATH", JOB_PATH)), workdir=data.get("workdir", "/box"),
+        image=data.get("image", ""), out_of_memory=out_of_memory,
     )
     return _with_image(profile, data, image_store) if profile.image else profile
 
