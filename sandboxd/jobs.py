@@ -1,12 +1,17 @@
 """A job, from request to results: compile once, then run every test in a fresh container.
 
 Strategy: a job is a small plan of steps, each run in its own single-use
-container by a ``StepRunner`` (the scheduler: it bounds concurrency and
-leases containers from the pool). The compile step's output (the regular
-files it left in /box) is copied into every test's container, so a batch of
-N tests compiles exactly once. Tests run in parallel up to the runner's
-concurrency; results come back in test order. Output comparison is a pure
-function (``compare``), so every mode is unit-tested without a kernel.
+container by a ``StepRunner`` (the scheduler: it bounds concurrency, leases
+containers from the pool and, for a pinned job, gives each run a CPU of its
+own). The compile step's output (the regular files it left in /box) is
+copied into every test's container, so a batch of N tests compiles exactly
+once. Tests run in parallel up to the runner's concurrency; results come
+back in test order. With ``stop_on_failure`` they still run in parallel: the
+first failure (in test order) cancels every later test, and every later
+test is reported ``cancelled`` whether it had finished or not, so the
+result never depends on timing. Output comparison and the summary of
+repeated runs are pure functions (``compare``, ``summarize``), unit-tested
+without a kernel.
 
 This module knows nothing of sockets or the wire protocol.
 """
@@ -31,8 +36,11 @@ COMPARE_MODES = ("exact", "trailing_ws", "tokens")
 
 
 class StepRunner(Protocol):
-    async def __call__(self, spec: ContainerSpec, step: RunStep,
-                       collect: bool) -> tuple[Result, dict[str, bytes] | None]: ...
+    """Runs one step in a fresh container; ``collect``: return the files it left in
+    /box; ``pin``: on one CPU that no other pinned step uses meanwhile."""
+
+    async def __call__(self, spec: ContainerSpec, step: RunStep, collect: bool,
+                       pin: bool = False) -> tuple[Result, dict[str, bytes] | None]: ...
 
 
 @dataclass(slots=True)
@@ -61,7 +69,8 @@ class JobSpec:
     float_tolerance: float | None = None
     stop_on_failure: bool = False
     cpuset_pin: bool = False
-    on_output: Callable[[int, str, bytes], Awaitable[None]] | None = None
+    on_output: Callable[[int, str, bytes], Awaitable[None]] | None = None  # test, stream, data
+    on_compile_output: Callable[[str, bytes], Awaitable[None]] | None = None
     stdin_stream: AsyncIterator[bytes] | None = None
 
 
@@ -71,6 +80,7 @@ class RepeatSummary:
     cpu: tuple[float, float, float]  # min, median, max
     wall: tuple[float, float, float]
     memory_peak_max: int
+    chosen: int = 0  # which run the outcome's result is (first failing, else median CPU)
 
 
 @dataclass(slots=True)
@@ -134,27 +144,32 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
     env = {**profile.env, **job.env}
     files = job.files
     compile_outcome = None
-    compile_argv = job.compile_argv or profile.compile_argv(sources)
-    if compile_argv:
+    if job.compile_argv or profile.compile:
         base = profile.compile.limits if profile.compile else run_limits
         climits = _limits(base, job.compile_limits, profile.max_limits)
+        compile_argv = job.compile_argv or profile.compile_argv(sources, climits)
+        assert compile_argv is not None
         step = RunStep(argv=compile_argv, limits=climits, files=files, env=env,
-                       cwd=profile.workdir)
+                       cwd=profile.workdir, on_output=job.on_compile_output)
         result, built = await runner(container_spec(profile, climits), step, True)
+        if result.verdict in ("sandbox_error", "cancelled"):  # ours, not the source's fault
+            return JobOutcome(StepOutcome(result), [])
         if result.verdict != "ok":
             result = replace(result, verdict="compile_error",
                              reason=result.reason or result.verdict)
             return JobOutcome(StepOutcome(result), [])
         compile_outcome = StepOutcome(result)
         files = built or {}
-    argv = job.argv or profile.run_argv(sources)
     tests = job.tests if job.tests is not None else [
         TestSpec(stdin=job.stdin, expected_output=job.expected_output)]
     outcomes: list[StepOutcome | None] = [None] * len(tests)
-    failed = trio.Event()
+    scopes = [trio.CancelScope() for _ in tests]
+    first_failure = len(tests)  # with stop_on_failure: the lowest failing test so far
 
     async def one(i: int, test: TestSpec) -> None:
+        nonlocal first_failure
         limits = _limits(run_limits, test.limits, profile.max_limits)
+        argv = job.argv or profile.run_argv(sources, limits)  # {memory_mb} is per test
         on_out = None
         if job.on_output is not None:
             cb = job.on_output
@@ -164,39 +179,55 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
 
         spec = container_spec(profile, limits)
         results: list[Result] = []
-        for _ in range(max(1, test.repeat)):
-            if job.stop_on_failure and failed.is_set():
-                break
-            step = RunStep(argv=argv, limits=limits, files=files, stdin=test.stdin, env=env,
-                           cwd=profile.workdir, on_output=on_out,
-                           stdin_stream=job.stdin_stream if len(tests) == 1 else None)
-            result, _ = await runner(spec, step, False)
-            result = judge(result, test.expected_output, job.compare, job.float_tolerance)
-            results.append(result)
-            if result.verdict != "ok":
-                break
-        if not results:
-            outcomes[i] = StepOutcome(_skipped(limits))
+        with scopes[i]:
+            for _ in range(max(1, test.repeat)):
+                step = RunStep(argv=argv, limits=limits, files=files, stdin=test.stdin,
+                               env=env, cwd=profile.workdir, on_output=on_out,
+                               stdin_stream=job.stdin_stream if len(tests) == 1 else None)
+                result, _ = await runner(spec, step, False, pin=job.cpuset_pin)
+                result = out_of_memory(result, profile.out_of_memory)
+                result = judge(result, test.expected_output, job.compare, job.float_tolerance)
+                results.append(result)
+                if result.verdict != "ok":
+                    break
+        if scopes[i].cancelled_caught or not results:
             return
-        outcomes[i] = summarize(results)
-        if outcomes[i].result.verdict != "ok":  # type: ignore[union-attr]
-            failed.set()
+        outcome = outcomes[i] = summarize(results)
+        if job.stop_on_failure and outcome.result.verdict != "ok" and i < first_failure:
+            first_failure = i
+            for later in scopes[i + 1:]:
+                later.cancel()
 
     async with trio.open_nursery() as nursery:
         for i, test in enumerate(tests):
-            if job.stop_on_failure:
-                await one(i, test)  # in order: stop at the first failure
-                if failed.is_set():
-                    break
-            else:
-                nursery.start_soon(one, i, test)
-    steps = [o if o is not None else StepOutcome(_skipped(run_limits)) for o in outcomes]
+            nursery.start_soon(one, i, test)
+            # Tests queue for the runner's concurrency in test order (its limiter is
+            # FIFO); this lets test i reach the queue before test i+1 starts.
+            await trio.lowlevel.checkpoint()
+    steps = [o if o is not None and i <= first_failure else StepOutcome(_skipped())
+             for i, o in enumerate(outcomes)]
     return JobOutcome(compile_outcome, steps)
 
 
-def _skipped(limits: Limits) -> Result:
+def _skipped() -> Result:
     return replace(Result.sandbox_error(""), verdict="cancelled",
                    reason="skipped after an earlier test failed")
+
+
+def out_of_memory(result: Result, markers: tuple[str, ...]) -> Result:
+    """A runtime error that is the runtime's own heap running out is a memory limit.
+
+    The JVM and V8 get a heap ceiling below the step's limit (they cannot see
+    the cgroup), so a program that keeps too much alive dies of their error,
+    not of the kernel's OOM killer; a judge calls both ``memory_limit``. A
+    program can print the marker itself: it gains nothing by it.
+    """
+    if result.verdict != "runtime_error" or not markers:
+        return result
+    for marker in markers:
+        if marker.encode() in result.stderr:
+            return replace(result, verdict="memory_limit", reason=f"heap: {marker}")
+    return result
 
 
 def summarize(results: list[Result]) -> StepOutcome:
@@ -204,19 +235,19 @@ def summarize(results: list[Result]) -> StepOutcome:
     run with the median CPU time; min/median/max of CPU and wall across runs."""
     if len(results) == 1:
         return StepOutcome(results[0])
-    failing = [r for r in results if r.verdict != "ok"]
+    failing = [i for i, r in enumerate(results) if r.verdict != "ok"]
     if failing:
         chosen = failing[0]
-    else:
-        ordered = sorted(results, key=lambda r: r.cpu_time)
+    else:  # the lower median: a real run, not an average of two
+        ordered = sorted(range(len(results)), key=lambda i: results[i].cpu_time)
         chosen = ordered[(len(ordered) - 1) // 2]
     cpu = [r.cpu_time for r in results]
     wall = [r.wall_time for r in results]
-    return StepOutcome(chosen, RepeatSummary(
+    return StepOutcome(results[chosen], RepeatSummary(
         runs=len(results),
         cpu=(min(cpu), statistics.median(cpu), max(cpu)),
         wall=(min(wall), statistics.median(wall), max(wall)),
-        memory_peak_max=max(r.memory_peak for r in results)))
+        memory_peak_max=max(r.memory_peak for r in results), chosen=chosen))
 
 
 def judge(result: Result, expected: bytes | None, mode: str,
