@@ -11,12 +11,15 @@ Each connection is a task driving a sans-IO ``sandboxd_protocol.Connection``;
 each job is a task in its connection's nursery, so a client that disconnects
 takes its jobs with it (their containers are killed, shielded, on the way
 out). Jobs pass through one ``Scheduler``: a bounded queue (past it, ``busy``
-at once) in front of a capacity limiter (the concurrency).
+at once) in front of a capacity limiter (the concurrency), and, for pinned
+jobs, a ``CpuAllocator`` that gives each run step a CPU no other pinned step
+has meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import grp
 import hmac
@@ -28,6 +31,7 @@ import socket
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -106,19 +110,51 @@ class JobRecord:
             pool.release(self.used.pop())
 
 
+class CpuAllocator:
+    """One CPU per pinned step, none shared between pinned steps; FIFO when all are taken.
+
+    Pinning makes a judge's CPU time depend on the program, not on what else
+    runs: no migrations, a cache of its own among pinned jobs. Unpinned steps
+    still float over every CPU (a host that judges should pin every job).
+    """
+
+    def __init__(self, cpus: list[int]) -> None:
+        self.cpus = sorted(cpus)
+        self._send, self._free = trio.open_memory_channel[int](len(self.cpus))
+        for cpu in self.cpus:
+            self._send.send_nowait(cpu)
+
+    @contextlib.asynccontextmanager
+    async def cpu(self) -> AsyncIterator[int]:
+        """A CPU of its own until the block ends.
+
+        Cancellation: while waiting, nothing is held; once granted, the CPU is
+        handed back however the block ends.
+        """
+        cpu = await self._free.receive()
+        try:
+            yield cpu
+        finally:
+            self._send.send_nowait(cpu)
+
+
 class Scheduler:
     """A bounded queue in front of the concurrency limit; counts what ``stats`` reports."""
 
-    def __init__(self, pool: Pool, concurrency: int, queue_length: int) -> None:
+    def __init__(self, pool: Pool, concurrency: int, queue_length: int,
+                 cpus: list[int] | None = None) -> None:
         self.pool = pool
         self.concurrency = concurrency
         self.limiter = trio.CapacityLimiter(concurrency)
+        self.cpus = CpuAllocator(cpus or sorted(os.sched_getaffinity(0)))
         self.queue_length = queue_length
         self.jobs: dict[str, JobRecord] = {}
         self.verdicts: Counter[str] = Counter()
         self.queue_waits: deque[float] = deque(maxlen=2000)
         self.completed = 0
         self.busy_refusals = 0
+        self.compiles = 0  # compile steps run: a batch of N tests must add exactly 1
+        self.pinned_steps = 0
 
     @property
     def queued(self) -> int:
@@ -129,10 +165,16 @@ class Scheduler:
         return len(self.jobs) < self.concurrency + self.queue_length
 
     def runner(self, rec: JobRecord) -> jobs.StepRunner:
-        async def run_step(spec: ContainerSpec, step: RunStep,
-                           collect: bool) -> tuple[Result, dict[str, bytes] | None]:
+        async def run_step(spec: ContainerSpec, step: RunStep, collect: bool,
+                           pin: bool = False) -> tuple[Result, dict[str, bytes] | None]:
             t = time.monotonic()
-            async with self.limiter:
+            async with self.limiter, contextlib.AsyncExitStack() as stack:
+                if pin:  # inside the limiter: at most `concurrency` wait for a CPU
+                    step = dataclasses.replace(step, cpuset=str(
+                        await stack.enter_async_context(self.cpus.cpu())))
+                    self.pinned_steps += 1
+                if collect:
+                    self.compiles += 1
                 if rec.state == "queued":
                     rec.queue_wait = time.monotonic() - t
                     self.queue_waits.append(rec.queue_wait)
@@ -199,9 +241,10 @@ def _cancelled_result(reason: str) -> proto.StepResult:
 
 class Server:
     def __init__(self, cfg: Config, profiles: dict[str, Profile], pool: Pool,
-                 backend: CgroupBackend) -> None:
+                 backend: CgroupBackend, versions: dict[str, str] | None = None) -> None:
         self.cfg = cfg
         self.profiles = profiles
+        self.versions = versions or {}  # probed in main(), before trio: no subprocess here
         self.pool = pool
         self.backend = backend
         self.sched = Scheduler(pool, cfg.concurrency, cfg.queue_length)
@@ -214,13 +257,14 @@ class Server:
     # -- profiles --------------------------------------------------------
 
     def profile_infos(self) -> tuple[proto.ProfileInfo, ...]:
+        """What ``welcome`` lists: every profile, unavailable ones with their reason."""
         out = []
         for p in self.profiles.values():
-            desc = p.description + (f" (unavailable: {p.unavailable})" if p.unavailable else "")
-            out.append(proto.ProfileInfo(name=p.name, description=desc,
-                                         compiled=p.compile is not None,
-                                         default_limits=_wire_limits(p.limits),
-                                         max_limits=_wire_limits(p.max_limits)))
+            out.append(proto.ProfileInfo(
+                name=p.name, description=p.description, compiled=p.compile is not None,
+                default_limits=_wire_limits(p.limits), max_limits=_wire_limits(p.max_limits),
+                entry=p.entry, version=self.versions.get(p.name) or None,
+                available=not p.unavailable, unavailable_reason=p.unavailable or None))
         return tuple(out)
 
     # -- connections -----------------------------------------------------
@@ -259,7 +303,8 @@ class Server:
             pool_hits=c.hits, pool_misses=c.misses, containers_created=c.created,
             containers_destroyed=c.destroyed, spawn_failures=c.spawn_failures,
             cgroups_recycled=c.cgroups_recycled, cgroups=self.pool.cgroup_count(),
-            busy_refusals=self.sched.busy_refusals,
+            busy_refusals=self.sched.busy_refusals, compiles=self.sched.compiles,
+            pinned_steps=self.sched.pinned_steps,
             refill_mean_s=(c.refill_seconds / c.refills) if c.refills else 0.0,
             queue_wait_p50_s=pct(0.5), queue_wait_p90_s=pct(0.9), queue_wait_p99_s=pct(0.99),
         )
@@ -455,6 +500,10 @@ class Session:
             await self.send(proto.OutputChunk(id=sub.id, stream=stream, data=data,
                                               seq=next(seq), step=step))
 
+        async def on_compile_output(stream: str, data: bytes) -> None:
+            await self.send(proto.OutputChunk(id=sub.id, stream=stream, data=data,
+                                              seq=next(seq), compile=True))
+
         spec = JobSpec(
             profile=profile, files=dict(sub.files), stdin=sub.stdin,
             argv=list(sub.argv) if sub.argv else None, env=dict(sub.env or {}),
@@ -467,6 +516,7 @@ class Session:
             expected_output=sub.expected_output, compare=sub.compare,
             float_tolerance=sub.float_tolerance, stop_on_failure=sub.stop_on_failure,
             cpuset_pin=bool(sub.cpuset_pin), on_output=on_output if sub.stream else None,
+            on_compile_output=on_compile_output if sub.stream else None,
             stdin_stream=stdin_stream)
         try:
             jobs.validate(spec)
@@ -562,7 +612,7 @@ def _bind_unix(path: str, mode: int, group: str) -> socket.socket:
 
 
 async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend,
-                profiles: dict[str, Profile], *,
+                profiles: dict[str, Profile], versions: dict[str, str] | None = None, *,
                 task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGTERM (drain, then stop) or cancellation.
 
@@ -571,7 +621,7 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
     """
     zclient = zygote.ZygoteClient(zproc)
     pool = Pool(zclient, backend, cfg.pool_size)
-    server = Server(cfg, profiles, pool, backend)
+    server = Server(cfg, profiles, pool, backend, versions)
     unix_sock = _bind_unix(cfg.socket, cfg.socket_mode, cfg.socket_group)
     try:
         async with trio.open_nursery() as nursery:
@@ -653,9 +703,12 @@ def main(config_path: str | None = None, socket_path: str | None = None) -> int:
         if stale:
             event("removed_stale", cgroups=len(stale))
         policies = tuple(sorted({p.seccomp for p in profiles.values()} | {"default"}))
+        # Each runtime's version, once (a subprocess each, ~0.15 s in all, java the
+        # slowest): here, before trio and before the zygote, never per welcome.
+        versions = {name: p.version() for name, p in profiles.items()}
         zproc = zygote.start(policies)
         try:
-            trio.run(serve, cfg, zproc, backend, profiles)
+            trio.run(serve, cfg, zproc, backend, profiles, versions)
         except SandboxError as e:
             sys.stderr.write(f"sandboxd: {e.reason}\n")
             return 1
