@@ -503,17 +503,22 @@ def _cmd_profiles(args: argparse.Namespace, out: _Out) -> int:
     rows = []
     for p in profiles:
         lim = p.default_limits or proto.JobLimits()
+        available = p.available is not False  # None: an older daemon that does not say
         rows.append(
             [
                 p.name,
+                "yes" if available else "no",
+                p.version or "-",
                 "yes" if p.compiled else "no",
                 _seconds(lim.cpu_time),
                 _seconds(lim.wall_time),
                 _size(lim.memory),
-                p.description,
+                p.description
+                + ("" if available else f" (unavailable: {p.unavailable_reason or '?'})"),
             ]
         )
-    _table(out, ["NAME", "COMPILED", "CPU", "WALL", "MEMORY", "DESCRIPTION"], rows)
+    header = ["NAME", "AVAILABLE", "VERSION", "COMPILED", "CPU", "WALL", "MEMORY", "DESCRIPTION"]
+    _table(out, header, rows)
     return 0
 
 
