@@ -89,18 +89,28 @@ def recv(sock: socket.socket, max_frame: int = MAX_FRAME) -> tuple[dict[str, Any
     """Read one message and the descriptors sent with it. Raises ChannelClosed at EOF."""
     data, ancdata, _flags, _addr = sock.recvmsg(_HEADER.size, _ANC_SIZE)
     fds = _fds_from_ancdata(ancdata)
+    _check_start(data, fds)
+    if len(data) < _HEADER.size:
+        data += _recv_exact(sock, _HEADER.size - len(data))
+    length = _check_length(data, fds, max_frame)
+    return _decode(_recv_exact(sock, length)), fds
+
+
+def _check_start(data: bytes, fds: list[int]) -> None:
     if not data:
         for fd in fds:
             _close(fd)
         raise ChannelClosed("channel closed")
-    if len(data) < _HEADER.size:
-        data += _recv_exact(sock, _HEADER.size - len(data))
-    (length,) = _HEADER.unpack(data)
+
+
+def _check_length(header: bytes, fds: list[int], max_frame: int) -> int:
+    """The frame's length, refused (descriptors closed) before its body is read if too big."""
+    (length,) = _HEADER.unpack(header)
     if length > max_frame:
         for fd in fds:
             _close(fd)
         raise ChannelError(f"frame of {length} bytes exceeds {max_frame}")
-    return _decode(_recv_exact(sock, length)), fds
+    return int(length)
 
 
 def _close(fd: int) -> None:
@@ -156,17 +166,10 @@ class AsyncChannel:
     async def recv(self) -> tuple[dict[str, Any], list[int]]:
         data, ancdata, _flags, _addr = await self._sock.recvmsg(_HEADER.size, _ANC_SIZE)
         fds = _fds_from_ancdata(ancdata)
-        if not data:
-            for fd in fds:
-                _close(fd)
-            raise ChannelClosed("channel closed")
+        _check_start(data, fds)
         if len(data) < _HEADER.size:
             data += await self._recv_exact(_HEADER.size - len(data))
-        (length,) = _HEADER.unpack(data)
-        if length > self._max_frame:
-            for fd in fds:
-                _close(fd)
-            raise ChannelError(f"frame of {length} bytes exceeds {self._max_frame}")
+        length = _check_length(data, fds, self._max_frame)
         return _decode(await self._recv_exact(length)), fds
 
     def close(self) -> None:

@@ -181,7 +181,8 @@ def spawn(spec: ContainerSpec) -> Spawned:
 # --------------------------------------------------------------- inside: init
 
 
-def _keep_only_fds(keep: set[int]) -> None:
+def keep_only_fds(keep: set[int]) -> None:
+    """Close every descriptor but 0, 1, 2 and ``keep``: a clone inherits all of its parent's."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2 and fd not in keep:
@@ -211,7 +212,7 @@ def _die_with_parent() -> None:
 
 def _init_main(spec: ContainerSpec, plan: mounts.MountPlan, sock: socket.socket, go_r: int,
                bpf: bytes, helper_fd: int) -> int:
-    _keep_only_fds({sock.fileno(), go_r, helper_fd})
+    keep_only_fds({sock.fileno(), go_r, helper_fd})
     if os.read(go_r, 1) != b"g":  # the parent died before writing our id maps
         return 1
     os.close(go_r)

@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 
 from sandboxd import channel
-from sandboxd.container import ContainerSpec, Spawned, spawn
+from sandboxd.container import ContainerSpec, Spawned, keep_only_fds, spawn
 from sandboxd.isolation import _libc
 from sandboxd.result import SandboxError
 
@@ -79,13 +79,7 @@ def _serve(sock: socket.socket) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps our inits
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    keep = {sock.fileno(), 0, 1, 2}
-    for name in os.listdir("/proc/self/fd"):
-        if int(name) not in keep:
-            try:
-                os.close(int(name))
-            except OSError:
-                pass
+    keep_only_fds({sock.fileno()})
     # Objects that survive from here on are never collected: the collector would
     # otherwise touch (and so copy) every page of them in every container.
     gc.collect()
