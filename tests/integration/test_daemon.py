@@ -73,12 +73,17 @@ def test_cancel_mid_run(tmp_path):
         c = d.connect()
         c.submit("s", files=SLEEPER, stream=True)
         wait_for_output(c, "s")
+        assert any(p[2] == "sleep" for p in leftovers.container_processes())
         t = time.monotonic()
         c.send(proto.Cancellation(id="s"))
         res, _ = c.result("s")
         assert isinstance(res, proto.JobResult)
         assert res.steps[0].verdict == "cancelled"
-        assert time.monotonic() - t < 2
+        # The job's processes are gone within 100 ms (measured here: ~8 ms median);
+        # the bound below leaves room for a loaded CI machine.
+        while any(p[2] == "sleep" for p in leftovers.container_processes()):
+            assert time.monotonic() - t < 0.25
+            time.sleep(0.002)
         st = d.stats()
         assert st.jobs_running == 0
 
@@ -259,3 +264,39 @@ def test_sigkill_then_restart_cleans_up_and_serves(tmp_path):
     finally:
         if d.proc is not None and d.proc.poll() is None:
             assert d.stop() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tcp_hello(port: int, token: str | None) -> object:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        conn = proto.Connection(proto.CLIENT)
+        s.sendall(conn.send(proto.Hello(client="tcp-test", token=token)))
+        while True:
+            ev = conn.next_event()
+            if ev is proto.NEED_DATA:
+                conn.receive_data(s.recv(65536))
+                continue
+            return ev
+    finally:
+        s.close()
+
+
+def test_tcp_needs_the_token(tmp_path):
+    port = _free_port()
+    with Daemon(tmp_path, tcp=f"127.0.0.1:{port}", token="s3cret-token"):
+        assert isinstance(_tcp_hello(port, "s3cret-token"), proto.Welcome)
+        for bad in (None, "wrong-token", "s3cret-toke"):
+            ev = _tcp_hello(port, bad)
+            assert isinstance(ev, proto.ErrorReport) and ev.code == "unauthorized", ev
+
+
+def test_tcp_without_token_is_a_config_error(tmp_path):
+    d = Daemon(tmp_path, tcp="127.0.0.1:1")
+    with pytest.raises(RuntimeError, match="needs a token"):
+        d.start()
