@@ -1,0 +1,280 @@
+"""The other sandboxes, set up as close to sandboxd's isolation as each allows, and put away.
+
+Strategy: every peer is a command line that runs one job per process, so the
+suite times them all with the same ``spawn_wait``. What a peer needs on the
+host (an OCI bundle, a binary the jobs run) is made under names that carry
+``sandboxd`` and removed by ``close``: runc's cgroups (a relative
+``cgroupsPath``, so runc nests them beneath this process's own cgroup in each
+hierarchy, never at the hierarchy's root), runc's state of any container a
+crash left, and the bind mounts firejail leaves in the host's mount table
+(research/baseline.md). This module knows nothing of the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from _common import MEMORY_LIMIT, PIDS_LIMIT
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+HELLO_C = b'#include <stdio.h>\nint main(void) { puts("hello, world"); return 0; }\n'
+# Host uid/gid that runc's container root maps to: outside sandboxd's ranges
+# (420000-439999, sandboxd.isolation.identity), so leftover checks never mistake it.
+RUNC_HOST_ID = 460000
+
+ISOLATION = {
+    "bare": "none: posix_spawn + waitpid of the command (the floor)",
+    "sandboxd-warm": "a pool hit: user, pid, mount, net, ipc, uts, cgroup namespaces; tmpfs "
+                     "root with ro /usr, /bin, /lib*; own uid; no capabilities; no_new_privs; "
+                     "seccomp allow-list; Landlock; a per-job cgroup (memory 256 MiB, pids 64); "
+                     "rlimits",
+    "sandboxd-cold": "the same as sandboxd-warm, made on the spot (daemon with pool_size = 0)",
+    "bwrap": "--unshare-all (user, pid, net, ipc, uts, cgroup namespaces); ro /usr; new "
+             "/proc, /dev; tmpfs /tmp; --die-with-parent. No memory limit (bubblewrap has "
+             "none), no seccomp",
+    "runc": "OCI bundle: user (root -> host uid 460000), pid, net, ipc, uts, mount, cgroup "
+            "namespaces; read-only rootfs of empty mount points with ro,nosuid,nodev rbind "
+            "/usr; new /proc (masked and ro paths), tmpfs /dev, /tmp; no capabilities; "
+            "no_new_privs; cgroup v1 memory 256 MiB, pids 64 at a relative cgroupsPath; "
+            "no seccomp",
+    "crun": "the runc bundle, run by crun (only where Debian's crun accepts the cgroup layout)",
+    "firejail": "Debian's firejail as root (server.profile: seccomp, caps dropped, nonewprivs, "
+                "private /dev, /tmp, home, blacklists) + --net=none, --read-only=/, "
+                "--rlimit-as=256 MiB (its only memory limit). No pid namespace of its own "
+                "for the job's children, no cgroup limits",
+}
+
+
+def tool_version(argv: list[str]) -> str:
+    """First line of ``argv``'s version output, or why there is none."""
+    if not shutil.which(argv[0]):
+        return "not installed"
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"failed: {e}"
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
+
+
+def machine() -> dict[str, object]:
+    """What the figures were measured on: CPU, cores, kernel, cgroup layout, load, tools."""
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    if os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers"):
+        cgroup = "v2 (unified)"
+    elif os.path.isdir(f"{CGROUP_ROOT}/unified"):
+        ctl = Path(f"{CGROUP_ROOT}/unified/cgroup.controllers")
+        listed = ctl.read_text().split() if ctl.exists() else []
+        cgroup = f"v1 hybrid (v2 at {CGROUP_ROOT}/unified, its controllers: {listed or 'none'})"
+    else:
+        cgroup = "v1"
+    mem = 0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) * 1024
+    debian = Path("/etc/debian_version")
+    return {
+        "cpu_model": model, "cores": os.cpu_count(), "kernel": platform.release(),
+        "cgroup": cgroup, "memory_bytes": mem, "python": platform.python_version(),
+        "debian": debian.read_text().strip() if debian.exists() else "?",
+        "loadavg_start": os.getloadavg(),
+        "tools": {"bwrap": tool_version(["bwrap", "--version"]),
+                  "runc": tool_version(["runc", "--version"]),
+                  "crun": tool_version(["crun", "--version"]),
+                  "firejail": tool_version(["firejail", "--version"])},
+    }
+
+
+def steal_and_busy() -> tuple[float, float]:
+    """(steal, busy) jiffies so far, all CPUs: the hypervisor's and everyone's share."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[7], sum(v[:8]) - v[3] - v[4]  # steal; all but idle and iowait (guest is in user)
+
+
+class Peers:
+    """The peers' files, cgroups and leftovers; a context manager that removes them all."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-peers-"))
+        self.tmp.chmod(0o755)  # runc's container root is an unprivileged host uid
+        # Jobs see /usr in every sandbox, so the hello binary lives there, named for us.
+        self.hello_dir = Path(f"/usr/local/lib/sandboxd-bench-{os.getpid()}")
+        self.cgroup_parent = f"sandboxd-bench-runc-{os.getpid()}"
+        self._ids = itertools.count()
+        self._bundles: dict[tuple[object, ...], Path] = {}
+        self._lock = threading.Lock()  # closed-loop client threads make their bundles
+        self._mounts_before = set(_mount_points())
+
+    def __enter__(self) -> Peers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the hello-world binary
+
+    def hello(self) -> list[str]:
+        """Build the hello-world C binary (dynamically linked, as a judge's would be)."""
+        exe = self.hello_dir / "hello"
+        if not exe.exists():
+            self.hello_dir.mkdir(mode=0o755)
+            src = self.tmp / "hello.c"
+            src.write_bytes(HELLO_C)
+            subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+        return [str(exe)]
+
+    # -- runc (and crun): a bundle per command and closed-loop worker, a fresh id per job
+
+    def bundle(self, argv: list[str], worker: int = 0) -> Path:
+        """The bundle of ``argv`` for ``worker``: its own cgroup, since concurrent runc
+        containers in one cgroup would share its limits (and race to remove it)."""
+        with self._lock:
+            return self._bundles.get((worker, *argv)) or self._make_bundle(argv, worker)
+
+    def _make_bundle(self, argv: list[str], worker: int) -> Path:
+        rootfs = self.tmp / "rootfs"  # empty mount points, shared read-only by every bundle
+        if not rootfs.exists():
+            for d in ("usr", "proc", "dev", "tmp"):
+                (rootfs / d).mkdir(parents=True)
+            for link in ("bin", "lib", "lib64", "sbin"):
+                (rootfs / link).symlink_to(f"usr/{link}")
+        b = self.tmp / f"bundle-{len(self._bundles)}"
+        b.mkdir()
+        (b / "config.json").write_text(json.dumps(
+            oci_config(argv, str(rootfs), f"{self.cgroup_parent}/{b.name}")))
+        self._bundles[(worker, *argv)] = b
+        return b
+
+    def runc_argv(self, tool: str, argv: list[str], worker: int = 0) -> list[str]:
+        """``runc run`` of ``argv`` under a container id never used before in this run."""
+        return [shutil.which(tool) or tool, "run", "--bundle", str(self.bundle(argv, worker)),
+                f"sandboxd-bench-{os.getpid()}-{next(self._ids)}"]
+
+    # -- firejail
+
+    @staticmethod
+    def firejail_argv(argv: list[str]) -> list[str]:
+        return [shutil.which("firejail") or "firejail", "--quiet", "--net=none", "--read-only=/",
+                f"--rlimit-as={MEMORY_LIMIT}", *argv]
+
+    # -- clean-up
+
+    def close(self) -> list[str]:
+        """Remove everything the peers left; returns what was found left over (and removed)."""
+        left: list[str] = []
+        for tool in ("runc", "crun"):
+            left += _delete_containers(tool, f"sandboxd-bench-{os.getpid()}-")
+        left += _remove_cgroups(self.cgroup_parent)
+        for m in sorted(set(_mount_points()) - self._mounts_before, reverse=True):
+            if "/run/firejail" in m:  # firejail's, left in the host's mount table
+                subprocess.run(["umount", m], check=False)
+        shutil.rmtree(self.hello_dir, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return left
+
+
+def oci_config(argv: list[str], rootfs: str, cgroups_path: str) -> dict[str, object]:
+    """An OCI runtime spec as close to sandboxd's container as runc gets without a pool."""
+    none: list[str] = []
+    return {
+        "ociVersion": "1.0.2",
+        "root": {"path": rootfs, "readonly": True},
+        "hostname": "sandboxd-bench",
+        "process": {
+            "terminal": False, "user": {"uid": 0, "gid": 0}, "args": argv, "cwd": "/",
+            "env": ["PATH=/usr/bin:/bin", "LANG=C.UTF-8"], "noNewPrivileges": True,
+            "capabilities": {k: none for k in ("bounding", "effective", "permitted",
+                                               "inheritable", "ambient")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 256, "soft": 256}],
+        },
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "nodev", "size=65536k"]},
+            {"destination": "/usr", "type": "bind", "source": "/usr",
+             "options": ["rbind", "ro", "nosuid", "nodev"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount",
+                                                 "user", "cgroup")],
+            "uidMappings": [{"containerID": 0, "hostID": RUNC_HOST_ID, "size": 1}],
+            "gidMappings": [{"containerID": 0, "hostID": RUNC_HOST_ID, "size": 1}],
+            "resources": {"devices": [{"allow": False, "access": "rwm"}],
+                          "memory": {"limit": MEMORY_LIMIT}, "pids": {"limit": PIDS_LIMIT}},
+            # Relative: beneath this process's own cgroup in each hierarchy (an
+            # absolute path would land at the hierarchy's root, outside our delegation).
+            "cgroupsPath": cgroups_path,
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                            "/proc/timer_list", "/proc/sched_debug", "/proc/scsi"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                              "/proc/sysrq-trigger"],
+        },
+    }
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f]
+
+
+def _delete_containers(tool: str, prefix: str) -> list[str]:
+    """Force-delete any container of ours a crash left in ``tool``'s state."""
+    if not shutil.which(tool):
+        return []
+    out = subprocess.run([tool, "list", "-q"], capture_output=True, text=True, check=False)
+    ids = [i for i in out.stdout.split() if i.startswith(prefix)]
+    for cid in ids:
+        subprocess.run([tool, "delete", "--force", cid], capture_output=True, check=False)
+    return [f"{tool} container {cid}" for cid in ids]
+
+
+def _remove_cgroups(name: str) -> list[str]:
+    """rmdir every cgroup directory named ``name`` (and its children), in every hierarchy.
+
+    runc removes each job's own cgroup but leaves the parent it created; a job
+    killed mid-run can leave its own too, reported here as a leftover.
+    """
+    left: list[str] = []
+    deadline = time.monotonic() + 5
+    for top, dirs, _files in os.walk(CGROUP_ROOT):
+        if top[len(CGROUP_ROOT):].count("/") >= 5:
+            dirs[:] = []
+        if name in dirs:
+            dirs.remove(name)
+            parent = os.path.join(top, name)
+            for sub in sorted(os.listdir(parent)):
+                if os.path.isdir(os.path.join(parent, sub)):
+                    left.append(os.path.join(parent, sub))
+                    _rmdir(os.path.join(parent, sub), deadline)
+            _rmdir(parent, deadline)
+    return left
+
+
+def _rmdir(path: str, deadline: float) -> None:
+    """rmdir, retried while the kernel still counts an exiting process in it."""
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)

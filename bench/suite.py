@@ -1,0 +1,497 @@
+"""``bench/run``'s engine: sandboxd and its peers side by side, in one run, interleaved.
+
+Usage (as root, normally through ``bench/run``, which installs the peers first):
+``.venv/bin/python bench/suite.py [--quick] [--out DIR] [--profile] [...]``
+
+What it measures (docs/benchmarks.md says how to read it):
+
+- latency of one job (``/bin/true``, ``python3 -c pass``, a hello-world C
+  binary) for bare fork+exec, sandboxd warm and cold, bubblewrap, runc, crun
+  where it runs and firejail where it is installed; every round runs every
+  system once per command, in an order that rotates, so that the noise of a
+  shared machine hits all of them alike; after a sandboxd job the suite waits
+  until the daemon is idle again (pool refilled, container destroyed), so
+  that sandboxd's background work never lands on the next system's sample;
+- throughput at 1, 2, 8 and 32 closed-loop clients, windows interleaved the
+  same way;
+- sandboxd's own costs: supervisor CPU per job, USS per warm container,
+  pool refill rate, protocol encode/decode per job;
+- the judge path: one compile and 50 tests, sandboxd against bubblewrap one
+  process at a time (and bare, the floor).
+
+Writes ``results.json`` (every sample and the machine), ``results.md``
+(medians, ratios to the floor, the targets), ``latency.png`` and
+``throughput.png`` to ``--out`` (default ``bench/out/<timestamp>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sandboxd_protocol as proto
+from _common import (
+    BWRAP,
+    COMMANDS,
+    Client,
+    children,
+    container_pids,
+    cpu_seconds,
+    spawn_wait,
+    start_daemon,
+    stop_daemon,
+    throughput,
+    uss,
+)
+from _peers import ISOLATION, Peers, machine, steal_and_busy
+
+HERE = Path(__file__).resolve().parent
+CONCURRENCY = (1, 2, 8, 32)
+JUDGE_SRC = b'#include <stdio.h>\nint main(void) { long a, b; if (scanf("%ld %ld", &a, &b) != 2)' \
+            b' return 1; printf("%ld\\n", a + b); return 0; }\n'
+JUDGE_COMPILE = ["gcc", "-std=gnu17", "-O2", "-pipe", "-o", "main", "main.c", "-lm"]  # profiles/c
+JUDGE_TESTS = [(f"{i} {i * 7}\n".encode(), f"{i * 8}\n".encode()) for i in range(50)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: the full run, or ``--quick``'s smoke check of every code path."""
+
+    rounds: int = 300
+    warmup: int = 3
+    seconds: float = 2.0
+    reps: int = 2
+    throughput_commands: tuple[str, ...] = ("true", "py", "hello")
+    concurrency: tuple[int, ...] = CONCURRENCY
+    cpu_jobs: int = 500
+    refill_reps: int = 3
+    refill_pool: int = 8
+    protocol_jobs: int = 5000
+    protocol_repeat: int = 11
+    judge_rounds: int = 5
+
+
+QUICK = Plan(rounds=3, warmup=1, seconds=0.25, reps=1, throughput_commands=("true",),
+             cpu_jobs=30, refill_reps=1, refill_pool=4, protocol_jobs=200, protocol_repeat=3,
+             judge_rounds=1)
+
+
+class Daemon:
+    """A daemon of the suite, and a stats connection to wait on it with."""
+
+    def __init__(self, tmp: Path, name: str, pool_size: int,
+                 pool_profiles: tuple[str, ...] = ("bash",)) -> None:
+        self.proc, self.sock = start_daemon(tmp / name, pool_size, os.cpu_count() or 1,
+                                            name=f"-{name}", pool_profiles=pool_profiles)
+        self._stats: Client | None = None
+
+    def stats(self) -> proto.ServerStats:
+        for attempt in range(2):  # an idle connection may have been timed out
+            try:
+                if self._stats is None:
+                    self._stats = Client(self.sock)
+                return self._stats.stats()
+            except (OSError, ConnectionError):
+                self._stats = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait until no job runs, every pool is full and every used container destroyed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.stats()
+            warm = sum(p.warm for p in st.pools)
+            live = st.counters["containers_created"] - st.counters["containers_destroyed"]
+            if (not st.jobs_running and not st.jobs_queued and live <= warm
+                    and warm >= sum(p.target for p in st.pools)):
+                return
+            time.sleep(0.002)
+
+    def close(self) -> None:
+        if self._stats is not None:
+            self._stats.close()
+        stop_daemon(self.proc)
+
+
+@dataclass
+class System:
+    """One system under test: how to make a job runner for a command, and how to wait."""
+
+    name: str
+    make: Callable[[list[str], int], Callable[[], object]]
+    command: Callable[[list[str]], list[str]] | None = None  # a peer's full command line
+    settle: Callable[[], None] = lambda: None
+    daemon: Daemon | None = None
+    clients: list[Client] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)  # command -> why
+
+    def close_clients(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.clients.clear()
+
+
+def peer(name: str, command: Callable[[list[str], int], list[str]]) -> System:
+    """A system that runs one job per process: ``command(argv, worker)`` is its command line."""
+    return System(name, lambda argv, w: lambda: spawn_wait(command(argv, w)),
+                  command=lambda argv: command(argv, 0))
+
+
+def sandboxd_system(name: str, daemon: Daemon) -> System:
+    def make(argv: list[str], _w: int) -> Callable[[], object]:
+        client = Client(daemon.sock)
+        system.clients.append(client)
+        return lambda: client.run(argv)
+
+    system = System(name, make, settle=daemon.settle, daemon=daemon)
+    return system
+
+
+def systems_for(peers: Peers, warm: Daemon, cold: Daemon, only: set[str] | None) -> list[System]:
+    """Every system this machine has, in the order of the report."""
+    found = [peer("bare", lambda argv, _w: argv), sandboxd_system("sandboxd-warm", warm),
+             sandboxd_system("sandboxd-cold", cold)]
+    if shutil.which("bwrap"):
+        found.append(peer("bwrap", lambda argv, _w: BWRAP + argv))
+    for tool in ("runc", "crun"):
+        if shutil.which(tool):
+            found.append(peer(tool, lambda argv, w, t=tool: peers.runc_argv(t, argv, w)))
+    if shutil.which("firejail"):
+        found.append(peer("firejail", lambda argv, _w: Peers.firejail_argv(argv)))
+    return [s for s in found if only is None or s.name in only]
+
+
+def probe(systems: list[System], commands: dict[str, list[str]]) -> dict[str, str]:
+    """Run each command once in each system; a failure leaves that pair out, with its reason."""
+    missing = {}
+    for s in systems:
+        for cmd, argv in commands.items():
+            try:
+                s.make(argv, 0)()
+                s.settle()
+            except Exception as e:
+                why = f"{type(e).__name__}: {str(e)[-300:]}"
+                if s.command is not None:  # run it again to say why, in its own words
+                    run = subprocess.run(s.command(argv), capture_output=True, text=True,
+                                         stdin=subprocess.DEVNULL, check=False)
+                    why = f"exit {run.returncode}: {(run.stderr or run.stdout).strip()[-300:]}"
+                s.unavailable[cmd] = why
+                missing[f"{s.name} {cmd}"] = s.unavailable[cmd]
+        s.close_clients()
+    for s in systems:
+        if s.name in ("sandboxd-warm", "sandboxd-cold") and s.unavailable:
+            raise RuntimeError(f"{s.name} cannot run the benchmark's jobs: {s.unavailable}")
+    return missing
+
+
+def rotated(items: list[System], r: int) -> list[System]:
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
+def measure_latency(systems: list[System], commands: dict[str, list[str]], plan: Plan,
+                    ) -> tuple[dict[str, dict[str, list[float]]], dict[str, int]]:
+    """Seconds per job, every system once per command per round, in a rotating order."""
+    samples: dict[str, dict[str, list[float]]] = {s.name: {c: [] for c in commands}
+                                                  for s in systems}
+    failures: dict[str, int] = {}
+    runners = {(s.name, c): s.make(argv, 0) for s in systems for c, argv in commands.items()
+               if c not in s.unavailable}
+    for r in range(plan.warmup + plan.rounds):
+        for s in rotated(systems, r):
+            for c in commands:
+                if (s.name, c) not in runners:
+                    continue
+                t = time.perf_counter()
+                try:
+                    runners[s.name, c]()
+                except Exception:
+                    failures[f"{s.name} {c}"] = failures.get(f"{s.name} {c}", 0) + 1
+                    continue
+                dt = time.perf_counter() - t
+                s.settle()
+                if r >= plan.warmup:
+                    samples[s.name][c].append(dt)
+    for s in systems:
+        s.close_clients()
+    return samples, failures
+
+
+def measure_throughput(systems: list[System], commands: dict[str, list[str]], plan: Plan,
+                       ) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Jobs/s of closed loops, per system, command and concurrency; windows interleaved."""
+    out: dict[str, dict[str, dict[str, list[float]]]] = {s.name: {} for s in systems}
+    n = 0
+    for _rep in range(plan.reps):
+        for c in plan.throughput_commands:
+            argv = commands[c]
+            for conc in plan.concurrency:
+                n += 1
+                for s in rotated(systems, n):
+                    if c in s.unavailable:
+                        continue
+                    workers = itertools.count()  # each client thread its own worker index
+                    rate = throughput(lambda s=s, w=workers, a=argv: s.make(a, next(w)), conc,
+                                      plan.seconds)
+                    s.close_clients()
+                    s.settle()
+                    out[s.name].setdefault(c, {}).setdefault(str(conc), []).append(rate)
+    return out
+
+
+# ------------------------------------------------------------------ sandboxd's own costs
+
+
+def supervisor_costs(warm: Daemon, plan: Plan, out_dir: Path, profile: bool) -> dict[str, object]:
+    """USS of the waiting containers; supervisor and zygote CPU per job (and a profile)."""
+    warm.settle()
+    zygotes = children(warm.proc.pid)
+    boxes = container_pids(zygotes)
+    per_box = [sum(uss(p) for p in pids) for pids in boxes.values() if len(pids) == 2]
+    client = Client(warm.sock)
+    spy = None
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if profile and os.path.exists(pyspy):
+        spy = subprocess.Popen([pyspy, "record", "-p", str(warm.proc.pid), "-r", "1000",
+                                "-f", "raw", "-o", str(out_dir / "supervisor-profile.txt")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # let py-spy attach before the jobs start
+    s0 = cpu_seconds(warm.proc.pid)
+    z0 = sum(cpu_seconds(z) for z in zygotes)
+    t0 = time.perf_counter()
+    for _ in range(plan.cpu_jobs):
+        client.run(["/bin/true"])
+    wall = time.perf_counter() - t0
+    warm.settle()  # the refills these jobs caused are part of their cost
+    s1 = cpu_seconds(warm.proc.pid)
+    z1 = sum(cpu_seconds(z) for z in zygotes)
+    client.close()
+    costs: dict[str, object] = {
+        "uss_per_warm_container_bytes": per_box,
+        "supervisor_cpu_per_job_ms": (s1 - s0) / plan.cpu_jobs * 1000,
+        "zygote_cpu_per_job_ms": (z1 - z0) / plan.cpu_jobs * 1000,
+        "cpu_jobs": plan.cpu_jobs, "cpu_jobs_s": plan.cpu_jobs / wall,
+        "clock_tick_ms": 1000 / os.sysconf("SC_CLK_TCK"),
+    }
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            spy.wait(30)
+        costs["profile"] = summarize_profile(out_dir / "supervisor-profile.txt")
+    return costs
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict[str, list[tuple[str, float]]]:
+    """Top frames by own and by inclusive share of py-spy's samples (raw collapsed stacks)."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    if not path.exists():
+        return {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
+                  for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+
+    def best(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(k, v / total) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": [("total", float(total))], "own": best(own), "inclusive": best(incl)}
+
+
+def refill_rate(tmp: Path, plan: Plan) -> dict[str, object]:
+    """Containers/s while a pool fills from empty: a fresh daemon, its first job's profile."""
+    rates, means = [], []
+    for i in range(plan.refill_reps):
+        d = Daemon(tmp, f"refill{i}", plan.refill_pool, pool_profiles=())
+        try:
+            client = Client(d.sock)
+            t0 = time.perf_counter()
+            client.run(["/bin/true"])  # first use of the profile: its pool starts filling
+            while True:
+                st = d.stats()
+                if st.pools and all(p.warm >= p.target for p in st.pools):
+                    break
+                time.sleep(0.001)
+            elapsed = time.perf_counter() - t0
+            rates.append(st.counters["containers_created"] / elapsed)
+            means.append(float(st.counters["refill_mean_s"]))
+            client.close()
+        finally:
+            d.close()
+    return {"refill_containers_per_s": rates, "refill_mean_s": means,
+            "pool_size": plan.refill_pool}
+
+
+def protocol_cost(plan: Plan) -> dict[str, object]:
+    """bench_protocol's round trip: encode + decode + validate of a job and its result."""
+    import bench_protocol
+
+    bench_protocol.run(min(plan.protocol_jobs, 1000))
+    us = [bench_protocol.run(plan.protocol_jobs) / plan.protocol_jobs * 1e6
+          for _ in range(plan.protocol_repeat)]
+    return {"protocol_us_per_job": us}
+
+
+# ------------------------------------------------------------------ the judge path
+
+
+def judge_sandboxd(client: Client) -> float:
+    t = time.perf_counter()
+    res = client.job(profile="c", files={"main.c": JUDGE_SRC}, tests=tuple(
+        proto.TestCase(stdin=i, expected_output=o) for i, o in JUDGE_TESTS))
+    dt = time.perf_counter() - t
+    verdicts = {s.verdict for s in res.steps}
+    if res.compile is None or res.compile.verdict != "ok" or verdicts != {"ok"}:
+        raise RuntimeError(f"judge on sandboxd: compile {res.compile}, tests {verdicts}")
+    return dt
+
+
+def judge_local(prefix: list[str], work: Path) -> float:
+    """Compile, then run the 50 tests one process at a time; ``prefix`` is the sandbox."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    (work / "main.c").write_bytes(JUDGE_SRC)
+    t = time.perf_counter()
+    subprocess.run(prefix + JUDGE_COMPILE, cwd=work, check=True, stdin=subprocess.DEVNULL)
+    for stdin, expected in JUDGE_TESTS:
+        out = subprocess.run([*prefix, "./main"], cwd=work, input=stdin, capture_output=True,
+                             check=True).stdout
+        if out.rstrip() != expected.rstrip():
+            raise RuntimeError(f"judge {prefix[:1]}: {out!r} != {expected!r}")
+    return time.perf_counter() - t
+
+
+def measure_judge(warm: Daemon, tmp: Path, plan: Plan) -> dict[str, list[float]]:
+    work = tmp / "judge"
+    client = Client(warm.sock)
+    ways: dict[str, Callable[[], float]] = {
+        "bare": lambda: judge_local([], work),
+        "sandboxd-warm": lambda: judge_sandboxd(client)}
+    if shutil.which("bwrap"):
+        # The judge's directory is the only writable place, as sandboxd's /box is.
+        box = [*BWRAP[:-1], "--bind", str(work), "/box", "--chdir", "/box", "--"]
+        ways["bwrap"] = lambda: judge_local(box, work)
+    out: dict[str, list[float]] = {k: [] for k in ways}
+    names = list(ways)
+    for r in range(plan.judge_rounds + 1):  # round 0 warms the c pool and the page cache
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            dt = ways[name]()
+            warm.settle()
+            if r:
+                out[name].append(dt)
+    client.close()
+    return out
+
+
+# ------------------------------------------------------------------ the run
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    ap.add_argument("--out", type=Path, help="output directory (default bench/out/<time>)")
+    ap.add_argument("--rounds", type=int, help="latency rounds")
+    ap.add_argument("--seconds", type=float, help="seconds per throughput window")
+    ap.add_argument("--reps", type=int, help="throughput windows per system and concurrency")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy the supervisor while its CPU per job is measured")
+    ap.add_argument("--systems", help="comma-separated subset of systems (debugging)")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/run needs root (namespaces, cgroups, runc)", file=sys.stderr)
+        return 2
+    plan = QUICK if args.quick else Plan()
+    overrides = {k: v for k, v in (("rounds", args.rounds), ("seconds", args.seconds),
+                                   ("reps", args.reps)) if v is not None}
+    plan = Plan(**{**plan.__dict__, **overrides})
+    out_dir = args.out or HERE / "out" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    only = set(args.systems.split(",")) if args.systems else None
+
+    results: dict[str, object] = {"machine": machine(), "plan": plan.__dict__,
+                                  "quick": args.quick, "started": time.time()}
+    steal0, busy0, t_start = *steal_and_busy(), time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
+    daemons: list[Daemon] = []
+    try:
+        with Peers() as peers:
+            commands = {**COMMANDS, "hello": peers.hello()}
+            results["commands"] = commands
+            warm = Daemon(tmp, "warm", 4)
+            daemons.append(warm)
+            cold = Daemon(tmp, "cold", 0)
+            daemons.append(cold)
+            systems = systems_for(peers, warm, cold, only)
+            results["isolation"] = {s.name: ISOLATION[s.name] for s in systems}
+            results["unavailable"] = probe(systems, commands)
+            log(f"systems: {[s.name for s in systems]}; left out: {results['unavailable']}")
+            log(f"latency: {plan.rounds} rounds")
+            results["latency_s"], results["failures"] = measure_latency(systems, commands, plan)
+            log("throughput")
+            results["throughput_jobs_s"] = measure_throughput(systems, commands, plan)
+            log("judge path")
+            results["judge_s"] = measure_judge(warm, tmp, plan)
+            log("sandboxd's costs")
+            costs = supervisor_costs(warm, plan, out_dir, args.profile)
+            costs.update(refill_rate(tmp, plan))
+            costs.update(protocol_cost(plan))
+            results["costs"] = costs
+            for d in daemons:
+                d.close()
+            daemons.clear()
+            results["leftovers_removed"] = peers.close()
+    finally:
+        for d in daemons:
+            d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    steal1, busy1 = steal_and_busy()
+    elapsed = time.monotonic() - t_start
+    hz = os.sysconf("SC_CLK_TCK")
+    machine_info = results["machine"]
+    assert isinstance(machine_info, dict)
+    machine_info.update(loadavg_end=os.getloadavg(), seconds=elapsed,
+                        steal_cores=(steal1 - steal0) / hz / elapsed,
+                        busy_cores=(busy1 - busy0) / hz / elapsed)
+
+    from _report import write_outputs
+
+    write_outputs(results, out_dir)
+    log(f"wrote {out_dir}/results.json, results.md, latency.png, throughput.png")
+    print((out_dir / "results.md").read_text())
+    return 0
+
+
+_t0 = time.monotonic()
+_log_lock = threading.Lock()
+
+
+def log(msg: str) -> None:
+    with _log_lock:
+        print(f"[{time.monotonic() - _t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
