@@ -115,14 +115,16 @@ class CpuAllocator:
 
     Pinning makes a judge's CPU time depend on the program, not on what else
     runs: no migrations, a cache of its own among pinned jobs. Unpinned steps
-    still float over every CPU (a host that judges should pin every job).
+    still float over every CPU (a host that judges should pin every job). The
+    highest-numbered free CPU goes first: CPU 0 takes most of the host's
+    housekeeping, and a run that finds the CPU its predecessor used finds the
+    same conditions.
     """
 
     def __init__(self, cpus: list[int]) -> None:
         self.cpus = sorted(cpus)
-        self._send, self._free = trio.open_memory_channel[int](len(self.cpus))
-        for cpu in self.cpus:
-            self._send.send_nowait(cpu)
+        self._free = set(self.cpus)
+        self._slots = trio.Semaphore(len(self.cpus))  # FIFO: first to wait, first served
 
     @contextlib.asynccontextmanager
     async def cpu(self) -> AsyncIterator[int]:
@@ -131,11 +133,14 @@ class CpuAllocator:
         Cancellation: while waiting, nothing is held; once granted, the CPU is
         handed back however the block ends.
         """
-        cpu = await self._free.receive()
+        await self._slots.acquire()
+        cpu = max(self._free)
+        self._free.remove(cpu)
         try:
             yield cpu
         finally:
-            self._send.send_nowait(cpu)
+            self._free.add(cpu)
+            self._slots.release()
 
 
 class Scheduler:
@@ -359,32 +364,68 @@ class Session:
         self.stdin: dict[str, trio.MemorySendChannel[bytes]] = {}
         self.client = f"conn-{n}"
         self.closed = False
+        # Slow clients (the timeouts below): the hello is due handshake_timeout after
+        # connecting, however it trickles in; a message, once begun, is due idle_timeout
+        # after its first bytes; a client with no job in flight may be silent for
+        # idle_timeout; and one that reads nothing for idle_timeout is gone.
+        self._opened = trio.current_time()
+        self._message_started: float | None = None
+        self._receiving: trio.CancelScope | None = None
 
     async def send(self, ev: proto.Event) -> None:
+        """Send one event; a client that takes in none of it for ``idle_timeout`` is dropped.
+
+        Cancellation: the bytes may be half sent; the connection is then unusable,
+        and the caller is on its way out anyway.
+        """
         async with self.send_lock:
             if self.closed:
                 return
             data = self.conn.send(ev)
             if data:
-                try:
-                    await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                with trio.move_on_after(self.server.cfg.idle_timeout or float("inf")) as late:
+                    try:
+                        await self.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.closed = True
+                if late.cancelled_caught:
+                    # Without this, a client that never reads would hold its connection,
+                    # and the container of a finished job, for ever (results are sent
+                    # shielded). Closing the stream also wakes the receive loop.
                     self.closed = True
+                    event("send_timeout", logging.WARNING, conn=self.n, pending=len(data))
+                    with trio.CancelScope(shield=True):
+                        await self.stream.aclose()
+
+    def _receive_deadline(self) -> float:
+        cfg = self.server.cfg
+        now = trio.current_time()
+        idle = cfg.idle_timeout or float("inf")
+        if self.conn.their_state is proto.State.START:
+            return self._opened + cfg.handshake_timeout
+        if self.conn.buffered:  # inside a message: it is due, job or no job
+            if self._message_started is None:
+                self._message_started = now
+            return self._message_started + idle
+        if self.jobs:  # waiting for results is not idleness; _job_ended rearms this
+            return float("inf")
+        return now + idle
 
     async def _receive(self) -> bytes:
-        cfg = self.server.cfg
-        if self.conn.their_state is proto.State.START:
-            timeout = cfg.handshake_timeout
-        elif self.jobs:
-            timeout = float("inf")
-        else:
-            timeout = cfg.idle_timeout or float("inf")
-        with trio.move_on_after(timeout):
+        with trio.CancelScope(deadline=self._receive_deadline()) as scope:
+            self._receiving = scope
             try:
                 return await self.stream.receive_some(1 << 16)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return b""
+            finally:
+                self._receiving = None
         raise TimeoutError("timed out")
+
+    def _job_ended(self) -> None:
+        """Start the idle clock of a receive that began while jobs were in flight."""
+        if self._receiving is not None and not self.jobs:
+            self._receiving.deadline = min(self._receiving.deadline, self._receive_deadline())
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -410,13 +451,18 @@ class Session:
                 try:
                     data = await self._receive()
                 except TimeoutError:
+                    if self.conn.their_state is proto.State.START:
+                        message = "no hello in time"
+                    elif self.conn.buffered:
+                        message = "a message left unfinished for too long"
+                    else:
+                        message = "idle too long"
                     with contextlib.suppress(proto.LocalProtocolError):
-                        await self.send(proto.ErrorReport(
-                            code="timeout", message="no hello in time" if
-                            self.conn.their_state is proto.State.START else "idle too long"))
+                        await self.send(proto.ErrorReport(code="timeout", message=message))
                     return
                 self.conn.receive_data(data)
                 continue
+            self._message_started = None  # a whole message came: the next one's clock
             if isinstance(ev, proto.ConnectionClosed):
                 return
             await self._dispatch(ev, nursery)
@@ -548,6 +594,7 @@ class Session:
         finally:
             server.sched.jobs.pop(rec.ref, None)
             self.jobs.pop(rec.id, None)
+            self._job_ended()
             chan = self.stdin.pop(rec.id, None)
             if chan is not None:
                 chan.close()
