@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -118,6 +119,7 @@ def main() -> int:
         out["throughput_jobs_s"] = tput
     finally:
         stop_daemon(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

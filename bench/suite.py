@@ -431,13 +431,15 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     only = set(args.systems.split(",")) if args.systems else None
 
-    results: dict[str, object] = {"machine": machine(), "plan": plan.__dict__,
-                                  "quick": args.quick, "started": time.time()}
     steal0, busy0, t_start = *steal_and_busy(), time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
     daemons: list[Daemon] = []
     try:
+        # Peers first: its snapshot of the mount table must predate any firejail call
+        # (even `firejail --version`, in machine(), mounts its /run/firejail files).
         with Peers() as peers:
+            results: dict[str, object] = {"machine": machine(), "plan": plan.__dict__,
+                                          "quick": args.quick, "started": time.time()}
             commands = {**COMMANDS, "hello": peers.hello()}
             results["commands"] = commands
             warm = Daemon(tmp, "warm", 4)

@@ -1,0 +1,44 @@
+"""``bench/run --quick`` still runs end to end and writes its four files.
+
+A smoke check of every code path of the benchmark suite (peers set up and
+put away, the daemons, the tables and plots), not a measurement: nothing
+here asserts a timing, since CI machines are shared and noisy. The suite
+leaving a cgroup, mount or process behind fails the test (conftest's
+leftovers check).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).resolve().parents[2] / "bench" / "run"
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the first run may install the peers and matplotlib
+def test_quick_run_writes_its_outputs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run([str(RUN), "--quick", "--out", str(out)], capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=880)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    results = json.loads((out / "results.json").read_text())
+    for key in ("machine", "latency_s", "throughput_jobs_s", "costs", "judge_s", "targets",
+                "isolation"):
+        assert key in results, key
+    assert results["machine"]["cores"] >= 1 and results["machine"]["cgroup"]
+    for system in ("bare", "sandboxd-warm", "sandboxd-cold"):
+        for cmd in ("true", "py", "hello"):
+            assert results["latency_s"][system][cmd], (system, cmd)
+    assert results["judge_s"]["sandboxd-warm"]
+    assert results["costs"]["protocol_us_per_job"]
+
+    md = (out / "results.md").read_text()
+    assert "## Latency per job" in md and "## Targets" in md
+    for png in ("latency.png", "throughput.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
