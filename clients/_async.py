@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from functools import partial
 from types import TracebackType
@@ -195,30 +197,91 @@ class _TrioIO(_IO):
 
 
 class _AsyncioIO(_IO):
+    """A non-blocking socket driven with ``loop.sock_*``, rather than asyncio streams.
+
+    Streams drop what was received when a write fails (the transport stops
+    reading and ``read()`` raises before returning buffered bytes), and a
+    daemon that refuses us writes why, then closes: here the socket stays
+    readable until we close it. One writer task writes the frames in the order
+    they were encoded; a caller cancelled while its frame waits leaves it to be
+    written whole.
+    """
+
     def __init__(self) -> None:
         import asyncio
 
         self.asyncio = asyncio
-        self.reader: Any = None
-        self.writer: Any = None
+        self.sock: socket.socket | None = None
         self.tasks: set[Any] = set()
+        self.queue: deque[tuple[bytes, Any]] = deque()
+        self.pending: Any = None  # an asyncio.Event: the queue is not empty
+        self.write_error: OSError | None = None
 
     async def open(self, address: Address) -> None:
-        asyncio = self.asyncio
+        loop = self.asyncio.get_running_loop()
+        targets: list[tuple[int, int, int, Any]]
         if address.path is not None:
-            self.reader, self.writer = await asyncio.open_unix_connection(address.path)
+            targets = [(socket.AF_UNIX, socket.SOCK_STREAM, 0, address.path)]
         else:
-            self.reader, self.writer = await asyncio.open_connection(address.host, address.port)
+            infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+            targets = [(family, kind, proto_, addr) for family, kind, proto_, _, addr in infos]
+        error: OSError = OSError(f"cannot resolve {address}")
+        for family, kind, proto_, addr in targets:
+            sock = socket.socket(family, kind, proto_)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, addr)
+            except OSError as e:
+                sock.close()
+                error = e
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = sock
+            self.pending = self.asyncio.Event()
+            self.spawn(self._writer)
+            return
+        raise error
 
     async def receive(self) -> bytes:
-        return bytes(await self.reader.read(_READ))
+        assert self.sock is not None
+        loop = self.asyncio.get_running_loop()
+        return bytes(await loop.sock_recv(self.sock, _READ))
 
     async def send(self, make: Callable[[], tuple[T, bytes]]) -> T:
-        value, data = make()
+        value, data = make()  # encoded and queued with no await between: in order
         if data:
-            self.writer.write(data)  # buffered at once: nothing can come in between
-            await self.writer.drain()
+            if self.write_error is not None:
+                raise ConnectionResetError(str(self.write_error))
+            written = self.asyncio.get_running_loop().create_future()
+            written.add_done_callback(_retrieve)
+            self.queue.append((data, written))
+            self.pending.set()
+            await self.asyncio.shield(written)
         return value
+
+    async def _writer(self) -> None:
+        loop = self.asyncio.get_running_loop()
+        sock = self.sock
+        assert sock is not None
+        while True:
+            while not self.queue:
+                self.pending.clear()
+                await self.pending.wait()
+            data, written = self.queue.popleft()
+            if self.write_error is None:
+                try:
+                    await loop.sock_sendall(sock, data)
+                except OSError as e:
+                    self.write_error = e
+            if not written.done():
+                if self.write_error is not None:
+                    written.set_exception(ConnectionResetError(str(self.write_error)))
+                else:
+                    written.set_result(None)
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         task = self.asyncio.get_running_loop().create_task(fn())
@@ -240,16 +303,25 @@ class _AsyncioIO(_IO):
         self.spawn(reader)
 
     async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
+        # Frames already queued (a goodbye, a cancel) go out before the socket closes.
+        with contextlib.suppress(Exception):
+            async with self.asyncio.timeout(1.0):
+                while self.queue and self.write_error is None:
+                    await self.asyncio.sleep(0)
         tasks, self.tasks = list(self.tasks), set()
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        if self.sock is not None:
+            self.sock.close()
+
+
+def _retrieve(future: Any) -> None:
+    """Mark a write's outcome as seen: its caller may have been cancelled meanwhile."""
+    if not future.cancelled():
+        future.exception()
 
 
 # --------------------------------------------------------------------------------
@@ -348,6 +420,11 @@ class AsyncClient:
         try:
             return await io.send(make)
         except OSError as e:
+            # A daemon that refuses us writes why, then closes: let the reader deliver
+            # that rather than report our broken pipe.
+            with contextlib.suppress(TimeoutError):
+                async with io.fail_after(1.0):
+                    await self._until(lambda: False, self._core.state)
             self._core.lost(e)
             self._wake()
             self._core.raise_if_broken()

@@ -330,12 +330,40 @@ class Client:
             except BlockingIOError:
                 continue
             except OSError as e:
+                self._last_words()
                 with self._cv:
-                    self._core.lost(e)
+                    self._core.lost(e)  # unless the daemon said why it closed
                     self._cv.notify_all()
                 self._core.raise_if_broken()
             if readable:
                 self._read_once(0)
+
+    def _last_words(self) -> None:
+        """After a failed write, read what the daemon sent before it closed.
+
+        A daemon that refuses a connection (too many, shutting down) writes its
+        error and closes at once, maybe before our hello is written: the error
+        it sent says more than our broken pipe.
+        """
+        with self._cv:
+            if self._reading:
+                return  # the thread that reads will get it
+            self._reading = True
+        try:
+            while True:
+                try:
+                    data = self._sock.recv(_READ, _socket.MSG_DONTWAIT)
+                except OSError:
+                    return
+                with self._cv:
+                    self._core.receive(data)
+                if not data or self._core.broken is not None:
+                    return
+        finally:
+            with self._cv:
+                self._reading = False
+                self._core.take_changed()
+                self._cv.notify_all()
 
     def _read_once(self, timeout: float | None) -> None:
         """Be the reader for one ``recv`` if nobody else is; feed what comes in."""

@@ -361,7 +361,9 @@ def _cmd_run(args: argparse.Namespace, argv: list[str] | None, out: _Out) -> int
             "limits": limits,
         }
         interrupted = threading.Event()
-        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+        installed = threading.current_thread() is threading.main_thread()
+        if installed:  # Ctrl-C cancels the job, then we wait for its result
+            previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
         try:
             with client.submit(
                 profile,
@@ -388,7 +390,8 @@ def _cmd_run(args: argparse.Namespace, argv: list[str] | None, out: _Out) -> int
                     out.job_output(chunk.stream, chunk.data)
                 result = job.result()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if installed:
+                signal.signal(signal.SIGINT, previous)
     if args.json:
         out.json(result.as_json())
     else:

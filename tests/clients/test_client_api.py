@@ -4,6 +4,7 @@ connection, streaming in order, stdin as you go, cancel, disconnect, kill and ps
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -293,3 +294,36 @@ def test_requests_and_the_welcome(tmp_path: Path) -> None:
 
         rtt, async_names, conns = run_async("trio", both)
         assert set(async_names) == names and conns >= 2 and rtt > 0
+
+
+def test_blocking_client_reads_while_it_writes_and_is_thread_safe(tmp_path: Path) -> None:
+    """Big submissions while big results come back, from one thread: a client that only
+    wrote would wait on a daemon that only writes. Then six threads share one client."""
+    blob = b"x" * (12 << 20)
+    two_mib = {"main.sh": "head -c 2000000 /dev/zero | tr '\\0' y"}
+    with (
+        Daemon(tmp_path, pool_profiles=["bash"], pool_size=2, queue_length=100) as d,
+        sc.Client(d.socket) as client,
+    ):
+        handles = [client.submit("bash", {**two_mib, "blob": blob}) for _ in range(12)]
+        for h in handles:
+            r = h.result(timeout=60)
+            assert r.ok and r.stdout == b"y" * 2000000
+
+        errors: list[BaseException] = []
+
+        def worker(k: int) -> None:
+            try:
+                for i in range(10):
+                    assert client.run("bash", {"main.sh": f"echo {k}-{i}"}).text == f"{k}-{i}\n"
+                client.jobs()
+                client.ping()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors and not any(t.is_alive() for t in threads)

@@ -237,7 +237,9 @@ def test_ps_kill_profiles_stats_ping(tmp_path: Path) -> None:
         assert sandboxctl("ps", socket=d.socket).stdout.decode().splitlines()[1:] == []
 
         p = sandboxctl("profiles", socket=d.socket)
-        assert p.returncode == 0 and re.search(rb"^bash +no +5\.00s", p.stdout, re.M)
+        assert p.returncode == 0 and re.search(
+            rb"^bash +yes .* no +5\.00s +10\.00s", p.stdout, re.M
+        )
         profiles = json.loads(sandboxctl("profiles", "--json", socket=d.socket).stdout)
         by_name = {x["name"]: x for x in profiles}
         assert by_name["c"]["compiled"] and by_name["bash"]["default_limits"]["cpu_time"] == 5.0
