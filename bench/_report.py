@@ -8,6 +8,7 @@ is enough to redraw the tables or check a figure later.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import time
@@ -188,12 +189,14 @@ def markdown(r: dict[str, Any]) -> str:
 
     prof = c.get("profile")
     if prof:
-        lines += ["## Where the supervisor's CPU goes (py-spy, during the CPU-per-job loop)", "",
-                  f"{int(prof['samples'][0][1])} samples of non-idle threads; "
+        lines += ["## Where the supervisor's CPU goes (py-spy --gil, during the CPU-per-job loop)",
+                  "", f"{int(prof['samples'][0][1])} samples of the thread holding the GIL; "
                   "`supervisor-profile.txt` has the collapsed stacks.", "",
-                  "| own time | frame | | inclusive | frame |", "|---|---|---|---|---|"]
-        for (fo, so), (fi, si) in zip(prof["own"], prof["inclusive"], strict=False):
-            lines.append(f"| {so:.1%} | `{fo}` | | {si:.1%} | `{fi}` |")
+                  "| share | trio task the samples ran in | | share | innermost frame's file |",
+                  "|---|---|---|---|---|"]
+        for (ft, st), (ff, sf) in itertools.zip_longest(prof["by_task"], prof["by_file"],
+                                                        fillvalue=("", 0.0)):
+            lines.append(f"| {st:.1%} | `{ft}` | | {sf:.1%} | `{ff}` |")
         lines.append("")
 
     lines += ["## Isolation of each system", "", "| system | isolation |", "|---|---|"]

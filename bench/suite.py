@@ -119,7 +119,7 @@ class Daemon:
             if (not st.jobs_running and not st.jobs_queued and live <= warm
                     and warm >= sum(p.target for p in st.pools)):
                 return
-            time.sleep(0.002)
+            time.sleep(0.005)  # each stats request costs the daemon CPU too
 
     def close(self) -> None:
         if self._stats is not None:
@@ -266,7 +266,7 @@ def supervisor_costs(warm: Daemon, plan: Plan, out_dir: Path, profile: bool) -> 
     spy = None
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if profile and os.path.exists(pyspy):
-        spy = subprocess.Popen([pyspy, "record", "-p", str(warm.proc.pid), "-r", "1000",
+        spy = subprocess.Popen([pyspy, "record", "--gil", "-p", str(warm.proc.pid), "-r", "1000",
                                 "-f", "raw", "-o", str(out_dir / "supervisor-profile.txt")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # let py-spy attach before the jobs start
@@ -295,30 +295,40 @@ def supervisor_costs(warm: Daemon, plan: Plan, out_dir: Path, profile: bool) -> 
     return costs
 
 
-def summarize_profile(path: Path, top: int = 15) -> dict[str, list[tuple[str, float]]]:
-    """Top frames by own and by inclusive share of py-spy's samples (raw collapsed stacks)."""
-    own: dict[str, int] = {}
-    incl: dict[str, int] = {}
+def summarize_profile(path: Path, top: int = 14) -> dict[str, list[tuple[str, float]]]:
+    """Shares of py-spy's ``--gil`` samples (raw collapsed stacks): by the trio task they
+    ran in (the frame just under trio's ``unrolled_run``: a job's run, a refill, a
+    destroy, a session), and by the file of the innermost frame (sandboxd's code or the
+    trio machinery around it)."""
+    task: dict[str, int] = {}
+    leaf: dict[str, int] = {}
     total = 0
     if not path.exists():
         return {}
+
+    def short(frame: str) -> str:  # "name (path/file.py:12)" -> "name (file.py)"
+        name, _, where = frame.partition(" (")
+        return f"{name} ({where.split(':')[0].rsplit('/', 1)[-1]})"
+
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         n = int(count)
         total += n
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
-                  for f in stack.split(";") if not f.startswith(("process ", "thread "))]
-        if frames:
-            own[frames[-1]] = own.get(frames[-1], 0) + n
-        for f in set(frames):
-            incl[f] = incl.get(f, 0) + n
+        frames = [short(f) for f in stack.split(";")]
+        runs = [i for i, f in enumerate(frames) if f.startswith("unrolled_run ")]
+        root = ("outside trio.run" if not runs else frames[runs[-1] + 1]
+                if runs[-1] + 1 < len(frames) else "trio's scheduler itself")
+        task[root] = task.get(root, 0) + n
+        file = frames[-1].rsplit("(", 1)[-1].rstrip(")") if frames else "?"
+        leaf[file] = leaf.get(file, 0) + n
 
     def best(d: dict[str, int]) -> list[tuple[str, float]]:
         return [(k, v / total) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
 
-    return {"samples": [("total", float(total))], "own": best(own), "inclusive": best(incl)}
+    return {"samples": [("total", float(total))], "by_task": best(task),
+            "by_file": best(leaf)}
 
 
 def refill_rate(tmp: Path, plan: Plan) -> dict[str, object]:
