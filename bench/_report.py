@@ -12,6 +12,7 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -209,36 +210,41 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(r: dict[str, Any], out: Path) -> None:
-    """latency.png: the distribution per system and command (ECDF, log time axis);
-    throughput.png: jobs/s against concurrency, median and the spread of the windows."""
+def _panels(path: Path, cmds: list[str], title: str, xlabel: str, ylabel: str,
+            draw: Callable[[Any, str], None]) -> None:
+    """One panel per command, drawn by ``draw(ax, cmd)``, titled, gridded, saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cmds = list(r["commands"])
-    fig, axes = plt.subplots(1, len(cmds), figsize=(6 * len(cmds), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(cmds), figsize=(max(8, 6 * len(cmds)), 5), squeeze=False)
     for ax, cmd in zip(axes[0], cmds, strict=True):
+        draw(ax, cmd)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(LABELS[cmd])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plots(r: dict[str, Any], out: Path) -> None:
+    """latency.png: the distribution per system and command (ECDF, log time axis);
+    throughput.png: jobs/s against concurrency, median and the spread of the windows."""
+
+    def ecdf(ax: Any, cmd: str) -> None:
         for system, per_cmd in r["latency_s"].items():
             v = sorted(x * 1000 for x in per_cmd.get(cmd, []))
             if v:
                 ax.plot(v, [100 * (i + 1) / len(v) for i in range(len(v))], label=system,
                         color=COLOURS.get(system), drawstyle="steps-post")
         ax.set_xscale("log")
-        ax.set_xlabel("latency per job, ms (log scale)")
-        ax.set_ylabel("% of jobs at most this long")
-        ax.set_title(LABELS[cmd])
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Latency distribution per system (ECDF); left is faster")
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=100)
-    plt.close(fig)
 
-    tcmds = r["plan"]["throughput_commands"]
-    fig, axes = plt.subplots(1, len(tcmds), figsize=(6 * len(tcmds), 5), squeeze=False)
-    for ax, cmd in zip(axes[0], tcmds, strict=True):
+    def rates(ax: Any, cmd: str) -> None:
         for system, per_cmd in r["throughput_jobs_s"].items():
             per_c = per_cmd.get(cmd)
             if not per_c:
@@ -249,18 +255,17 @@ def plots(r: dict[str, Any], out: Path) -> None:
             hi = [max(per_c[c]) - m for m, c in zip(med, cs, strict=True)]
             ax.errorbar([int(c) for c in cs], med, yerr=[lo, hi], marker="o", capsize=3,
                         label=system, color=COLOURS.get(system))
+        conc = r["plan"]["concurrency"]
         ax.set_xscale("log", base=2)
-        ax.set_xticks(list(r["plan"]["concurrency"]), [str(c) for c in r["plan"]["concurrency"]])
+        ax.set_xticks(list(conc), [str(c) for c in conc])
         ax.set_yscale("log")
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel("jobs/s (log scale)")
-        ax.set_title(LABELS[cmd])
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Throughput against concurrency (median, bars: min-max of the windows)")
-    fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=100)
-    plt.close(fig)
+
+    _panels(out / "latency.png", list(r["commands"]),
+            "Latency distribution per system (ECDF); left is faster",
+            "latency per job, ms (log scale)", "% of jobs at most this long", ecdf)
+    _panels(out / "throughput.png", list(r["plan"]["throughput_commands"]),
+            "Throughput against concurrency (median, bars: min-max of the windows)",
+            "concurrent clients", "jobs/s (log scale)", rates)
 
 
 def write_outputs(r: dict[str, Any], out: Path) -> None:
