@@ -4,13 +4,20 @@ Used by the autouse fixture in tests/conftest.py and by daemon tests that
 check after a SIGKILL. Every container process runs under a host uid of our
 reserved ranges (sandboxd.isolation.identity), so a leftover process is found
 by uid, wherever it was reparented; cgroups and mounts carry "sandboxd" in
-their names.
+their names. SysV IPC objects of the host are compared only when asked
+(``snapshot(ipc=True)``): other software on a shared machine makes them too.
+
+A test module that shares one daemon across its tests sees that daemon's warm
+containers come and go between tests; ``daemon_view`` makes a view that hides
+exactly those (and the daemon's recycled cgroups), so the per-test check still
+catches anything else, and the module checks the rest once the daemon stops.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 from sandboxd.isolation import identity
 
@@ -61,21 +68,145 @@ def sandboxd_mounts() -> list[str]:
         return [line.split()[4] for line in f if "sandboxd" in line]
 
 
-def snapshot() -> dict[str, object]:
-    return {"procs": container_processes(), "cgroups": sandboxd_cgroups(),
-            "mounts": sandboxd_mounts()}
+def ipc_objects() -> set[str]:
+    """SysV shared memory segments, semaphore sets and message queues of the host's IPC
+    namespace, as ``"shm:<id>"`` etc. (a container's live in its own namespace)."""
+    found: set[str] = set()
+    for kind in ("shm", "sem", "msg"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        found.update(f"{kind}:{row.split()[1]}" for row in rows if row.split())
+    return found
 
 
-def new_leftovers(before: dict[str, object], settle: float = 2.0) -> dict[str, object]:
-    """What exists now and did not before; waits up to ``settle`` s for things to go away."""
+Snapshot = dict[str, object]
+View = Callable[[Snapshot], Snapshot]
+
+
+def snapshot(ipc: bool = False) -> Snapshot:
+    snap: Snapshot = {"procs": container_processes(), "cgroups": sandboxd_cgroups(),
+                      "mounts": sandboxd_mounts()}
+    if ipc:
+        snap["ipc"] = ipc_objects()
+    return snap
+
+
+def new_leftovers(before: Snapshot, settle: float = 2.0, view: View | None = None) -> Snapshot:
+    """What exists now and did not before; waits up to ``settle`` s for things to go away.
+
+    ``view``, if given, is applied to every snapshot taken here (``before`` is
+    used as given): it hides what the caller knows to be legitimately alive.
+    IPC objects are compared only if ``before`` has them.
+    """
     deadline = time.monotonic() + settle
     while True:
-        now = snapshot()
+        now = snapshot(ipc="ipc" in before)
+        if view is not None:
+            now = view(now)
         left = {
             "procs": [p for p in now["procs"] if p not in before["procs"]],  # type: ignore[operator]
             "cgroups": sorted(now["cgroups"] - before["cgroups"]),  # type: ignore[operator]
             "mounts": [m for m in now["mounts"] if m not in before["mounts"]],  # type: ignore[operator]
         }
+        if "ipc" in before:
+            left["ipc"] = sorted(now["ipc"] - before["ipc"])  # type: ignore[operator]
         if not any(left.values()) or time.monotonic() > deadline:
             return {k: v for k, v in left.items() if v}
         time.sleep(0.05)
+
+
+def _parents() -> dict[int, int]:
+    """pid -> ppid of every process (read from /proc/PID/stat; the name may hold spaces)."""
+    out: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        out[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    return out
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, grandchildren...), not ``pid`` itself."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _parents().items():
+        children.setdefault(parent, []).append(child)
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def warm_containers(daemon_pid: int) -> set[int]:
+    """Pids of the daemon's *unused* containers: an init (the container root's uid of its
+    slot) whose only child is the job-exec helper, waiting under the job uid of the same
+    slot. A container that ran a job is destroyed, so any other shape is not warm."""
+    listed = container_processes()
+    procs = {pid: uid for pid, uid, _name in listed}
+    names = {pid: name for pid, _uid, name in listed}
+    below = descendants(daemon_pid)
+    parents = _parents()
+    children: dict[int, list[int]] = {}
+    for pid in procs:
+        children.setdefault(parents.get(pid, 0), []).append(pid)
+    warm: set[int] = set()
+    for pid, uid in procs.items():
+        if pid not in below or not identity.INIT_BASE <= uid < identity.JOB_BASE:
+            continue
+        kids = children.get(pid, [])
+        slot = uid - identity.INIT_BASE
+        if (len(kids) == 1 and procs[kids[0]] == identity.JOB_BASE + slot
+                and names[kids[0]].startswith("sandboxd-jobexe")):
+            warm.update((pid, kids[0]))
+    return warm
+
+
+def supervised_elsewhere(own: int | None = None) -> set[int]:
+    """Container processes that some *other* live supervisor still owns.
+
+    A container process's nearest ancestor outside the container uids is the
+    zygote or ``run-once`` process that made it; a leftover, its makers gone,
+    hangs from PID 1 instead. Processes under ``own`` (a daemon of ours) are
+    never counted here. On a shared machine other test runs make containers
+    at any moment: a module that talks only to its own daemon may ignore them.
+    """
+    listed = {pid for pid, _uid, _name in container_processes()}
+    parents = _parents()
+    mine = descendants(own) | {own} if own is not None else set()
+    found: set[int] = set()
+    for pid in listed:
+        up = parents.get(pid, 0)
+        while up in listed:
+            up = parents.get(up, 0)
+        if up not in (0, 1) and up not in mine:
+            found.add(pid)
+    return found
+
+
+def daemon_view(daemon_pid: int) -> View:
+    """A view for tests that talk only to one live daemon: it hides that daemon's warm
+    containers, the containers other supervisors own now (``supervised_elsewhere``),
+    and every cgroup: a job cannot make one, the daemon's own (``instance``) are
+    recycled across tests by design, and whether they are gone is for the check
+    made after the daemon stops.
+    """
+
+    def view(snap: Snapshot) -> Snapshot:
+        hidden = warm_containers(daemon_pid) | supervised_elsewhere(daemon_pid)
+        out = dict(snap)
+        out["procs"] = [p for p in snap["procs"] if p[0] not in hidden]  # type: ignore[attr-defined]
+        out["cgroups"] = set()
+        return out
+
+    return view

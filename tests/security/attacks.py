@@ -1,0 +1,157 @@
+"""Helpers of the attack suite: a daemon shared by a module, and what "unharmed" means.
+
+The daemon runs with a secret in its environment (``HOST_SECRET``): the
+containers' processes descend from it, so a job that reached another
+process's environment would print it. ``assert_unharmed`` checks that neither
+the secret nor the canary's token appears in any output, and that the canary
+file (the suite-wide ``canary`` fixture) is as it was, link count included.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import leftovers
+import pytest
+import sandboxd_protocol as proto
+from daemon import Daemon
+
+MiB = 1 << 20
+
+# Limits for bombs and floods: small enough that a test takes a second or two,
+# large enough that every shipped runtime starts.
+BOMB = proto.JobLimits(cpu_time=1.0, wall_time=2.0, memory=64 * MiB, pids=32, output=1 * MiB)
+# The JVM and V8 need more room to start at all.
+RUNTIME_BOMB = proto.JobLimits(cpu_time=2.0, wall_time=4.0, memory=256 * MiB, pids=64,
+                               output=1 * MiB)
+
+
+@dataclass
+class AttackDaemon:
+    """A running daemon shared by one test module, and a blocking way to run jobs on it."""
+
+    daemon: Daemon
+    secret: str
+    rss_start_kib: int = 0
+    seq: int = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.daemon.proc is not None
+        return self.daemon.proc.pid
+
+    @property
+    def instance(self) -> str:
+        return str(self.daemon.config["instance"])
+
+    def job(self, profile: str, files: dict[str, bytes], **kw: Any) -> proto.JobResult:
+        """Submit one job on a fresh connection and return its result (never an error)."""
+        self.seq += 1
+        c = self.daemon.connect()
+        try:
+            c.submit(f"attack-{self.seq}", profile, files=files, **kw)
+            res, _ = c.result(f"attack-{self.seq}")
+        finally:
+            c.close()
+        assert isinstance(res, proto.JobResult), res
+        return res
+
+    def run(self, profile: str, files: dict[str, bytes], **kw: Any) -> proto.StepResult:
+        """The one run step of a job (a compile error is returned as the compile step)."""
+        res = self.job(profile, files, **kw)
+        if not res.steps:
+            assert res.compile is not None, res
+            return res.compile
+        assert len(res.steps) == 1, res
+        return res.steps[0]
+
+    def probe(self, exe: Path, *args: str, **kw: Any) -> proto.StepResult:
+        """Run a compiled probe from tests/probes (uploaded into /box) under bash's profile."""
+        return self.run("bash", {exe.name: exe.read_bytes()}, argv=[f"./{exe.name}", *args],
+                        **kw)
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until no job runs or waits, every pool is full, and every container of the
+        daemon is a warm one (used ones are destroyed after their result is sent)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.daemon.stats()
+            busy = st.jobs_running + st.jobs_queued
+            cold = [p for p in st.pools if p.warm < p.target]
+            below = leftovers.descendants(self.pid)
+            mine = {pid for pid, _uid, _name in leftovers.container_processes() if pid in below}
+            stray = mine - leftovers.warm_containers(self.pid)
+            if not busy and not cold and not stray:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"daemon not idle after {timeout}s: {busy} jobs, cold "
+                                     f"pools {cold}, non-warm container processes {stray}")
+            time.sleep(0.05)
+
+
+def start_attack_daemon(tmp: Path, **config: Any) -> AttackDaemon:
+    """A daemon with a secret in its environment, idle and warm; its RSS noted."""
+    secret = "HOSTSECRET-" + os.urandom(12).hex()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOST_SECRET", secret)
+        d = Daemon(tmp, **{"pool_profiles": ["bash", "python3"], "pool_size": 1,
+                           "concurrency": 2, **config}).start()
+    ad = AttackDaemon(d, secret)
+    ad.wait_idle()
+    ad.rss_start_kib = ad.rss_kib()
+    return ad
+
+
+# ------------------------------------------------------------------ the host's state
+
+
+def outputs(res: proto.JobResult | proto.StepResult) -> bytes:
+    """Everything a job wrote, on both streams, compile step included."""
+    steps = [res] if isinstance(res, proto.StepResult) else [
+        *([res.compile] if res.compile else []), *res.steps]
+    return b"".join(s.stdout + s.stderr for s in steps)
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A host file with a random token, and how it looked before the attack."""
+
+    path: Path
+    token: str
+    stat: tuple[int, int, int, int, int]  # mode, nlink, uid, size, mtime_ns
+    listing: tuple[str, ...]
+
+    @classmethod
+    def of(cls, path: Path, token: str) -> Canary:
+        return cls(path, token, _stat(path), tuple(sorted(os.listdir(path.parent))))
+
+
+def _stat(path: Path) -> tuple[int, int, int, int, int]:
+    st = os.lstat(path)
+    return st.st_mode, st.st_nlink, st.st_uid, st.st_size, st.st_mtime_ns
+
+
+def assert_unharmed(canary: Canary, ad: AttackDaemon,
+                    *results: proto.JobResult | proto.StepResult) -> None:
+    """Neither the canary's token nor the daemon's secret in any output; the canary file,
+    its links and its directory as they were; the daemon alive."""
+    for res in results:
+        out = outputs(res)
+        assert canary.token.encode() not in out, "the canary's token leaked into a job's output"
+        assert ad.secret.encode() not in out, "the daemon's environment leaked into an output"
+    assert canary.path.read_text() == canary.token
+    assert _stat(canary.path) == canary.stat, "the canary file changed (mode, links, size...)"
+    assert tuple(sorted(os.listdir(canary.path.parent))) == canary.listing
+    assert ad.daemon.proc is not None and ad.daemon.proc.poll() is None, "the daemon died"
+
+
+def lines_of(step: proto.StepResult) -> list[str]:
+    return step.stdout.decode(errors="replace").splitlines()

@@ -1,0 +1,91 @@
+"""Fixtures of the attack suite: one daemon per module, and what "the host is unharmed" means.
+
+Why one daemon per module: starting one costs about half a second and warms a
+pool, and the attacks are many and short. The daemon's warm containers then
+outlive every test by design, so the suite-wide leftovers check (tests/conftest.py)
+is given a view that hides exactly those (``leftovers.daemon_view``) and, after
+each test, waits until the daemon is idle again: anything else a test leaves,
+a process of a used container included, still fails that test. What the view
+hides (the daemon's recycled cgroups) is checked once the module's daemon has
+stopped, together with the host's SysV IPC objects.
+
+The helpers the tests call (``AttackDaemon``, ``assert_unharmed``...) live
+in ``attacks.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import leftovers
+import pytest
+from attacks import AttackDaemon, Canary, start_attack_daemon
+
+
+def only_ours(instance: str) -> leftovers.View:
+    """After our daemon stopped: its cgroups (under ``sandboxd-<instance>``), and container
+    processes no other live supervisor owns. Other test runs on a shared machine make
+    both meanwhile; whatever our jobs left would hang from PID 1, or be under our root."""
+    mark = f"sandboxd-{instance}"
+
+    def view(snap: leftovers.Snapshot) -> leftovers.Snapshot:
+        elsewhere = leftovers.supervised_elsewhere()
+        out = dict(snap)
+        out["procs"] = [p for p in snap["procs"]  # type: ignore[attr-defined]
+                        if p[0] not in elsewhere]
+        out["cgroups"] = {c for c in snap["cgroups"]  # type: ignore[attr-defined]
+                          if mark in c.split("/")}
+        return out
+
+    return view
+
+
+@pytest.fixture(scope="module")
+def attack_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AttackDaemon]:
+    """One daemon for the module; afterwards nothing of it may be left on the host."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (real namespaces, cgroups and mounts)")
+    before = leftovers.snapshot(ipc=True)
+    ad = start_attack_daemon(tmp_path_factory.mktemp("attack"))
+    try:
+        yield ad
+    finally:
+        zygotes = leftovers.descendants(ad.pid) - {p for p, _u, _n in
+                                                   leftovers.container_processes()}
+        code = ad.daemon.stop()
+        assert code == 0, f"daemon exited {code}: {ad.daemon.log.read_text()[-3000:]}"
+        left = leftovers.new_leftovers(before, settle=10.0, view=only_ours(ad.instance))
+        alive = {pid for pid in zygotes if os.path.exists(f"/proc/{pid}")}
+        assert not left and not alive, f"the module's daemon left things behind: {left} {alive}"
+
+
+@pytest.fixture
+def leftovers_view(request: pytest.FixtureRequest) -> Iterator[leftovers.View | None]:
+    """For tests on the module's daemon: hide its warm containers, and wait for it to be
+    idle before the check (this teardown runs first)."""
+    if "attack_daemon" not in request.fixturenames:
+        yield None
+        return
+    ad: AttackDaemon = request.getfixturevalue("attack_daemon")
+    yield leftovers.daemon_view(ad.pid)
+    ad.wait_idle()
+
+
+@pytest.fixture(autouse=True)
+def host_ipc_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """No attack may create a SysV IPC object in the host's namespace."""
+    if "root" not in request.keywords or os.geteuid() != 0:
+        yield
+        return
+    before = leftovers.ipc_objects()
+    yield
+    made = leftovers.ipc_objects() - before
+    assert not made, f"SysV IPC objects appeared on the host: {sorted(made)}"
+
+
+@pytest.fixture
+def host_canary(canary: tuple[Path, str]) -> Canary:
+    """The suite's canary, with how it looked before the attack."""
+    return Canary.of(*canary)
