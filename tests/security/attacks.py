@@ -26,7 +26,7 @@ MiB = 1 << 20
 # large enough that every shipped runtime starts.
 BOMB = proto.JobLimits(cpu_time=1.0, wall_time=2.0, memory=64 * MiB, pids=32, output=1 * MiB)
 # The JVM and V8 need more room to start at all.
-RUNTIME_BOMB = proto.JobLimits(cpu_time=2.0, wall_time=4.0, memory=256 * MiB, pids=64,
+RUNTIME_BOMB = proto.JobLimits(cpu_time=2.0, wall_time=2.5, memory=256 * MiB, pids=64,
                                output=1 * MiB)
 
 

@@ -370,17 +370,13 @@ int main() {
 }
 """,
     "javascript": r"""
+const fs = require('fs');
 const end = Date.now() + @@SECONDS@@ * 1000;
 const line = 'x'.repeat(65535) + '\n';
-let sent = 0;
-function more() {
-    while (sent < @@COUNT@@ && Date.now() < end) {
-        const a = process.stdout.write(line), b = process.stderr.write(line);
-        sent += 2 * line.length;
-        if (!a || !b) return process.stdout.once('drain', more);
-    }
+for (let sent = 0; sent < @@COUNT@@ && Date.now() < end; sent += 2 * line.length) {
+    fs.writeSync(1, line);
+    fs.writeSync(2, line);
 }
-more();
 """,
     "java": r"""
 public class Main {
