@@ -154,9 +154,10 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
         result, built = await runner(container_spec(profile, climits), step, True)
         if result.verdict in ("sandbox_error", "cancelled"):  # ours, not the source's fault
             return JobOutcome(StepOutcome(result), [])
-        if result.verdict != "ok":
-            result = replace(result, verdict="compile_error",
-                             reason=result.reason or result.verdict)
+        if result.verdict != "ok":  # the reason keeps what ended it: "time_limit (cpu)"
+            reason = result.reason if result.verdict == "runtime_error" else (
+                f"{result.verdict} ({result.reason})" if result.reason else result.verdict)
+            result = replace(result, verdict="compile_error", reason=reason)
             return JobOutcome(StepOutcome(result), [])
         compile_outcome = StepOutcome(result)
         files = built or {}

@@ -228,7 +228,8 @@ def _step_result(outcome: jobs.StepOutcome) -> proto.StepResult:
         repeat = proto.RepeatStats(runs=rp.runs, cpu_time_min=rp.cpu[0],
                                    cpu_time_median=rp.cpu[1], cpu_time_max=rp.cpu[2],
                                    wall_time_min=rp.wall[0], wall_time_median=rp.wall[1],
-                                   wall_time_max=rp.wall[2], memory_peak_max=rp.memory_peak_max)
+                                   wall_time_max=rp.wall[2], memory_peak_max=rp.memory_peak_max,
+                                   chosen=rp.chosen)
     return proto.StepResult(
         verdict=r.verdict, reason=r.reason, exit_code=r.exit_code, signal=r.signal,
         cpu_time=r.cpu_time, user_time=r.user_time, sys_time=r.sys_time,
