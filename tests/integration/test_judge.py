@@ -1,0 +1,302 @@
+"""The judge workflow through a real daemon (issue 6): compile once, a fresh container per
+test, comparison, stop_on_failure, per-test limits, compile output, repeat, and pinning.
+
+Each test starts its own daemon (2 CPUs here: ``concurrency = 2``) and talks
+to it with the bare protocol. Proofs are chosen so that they cannot be faked
+by the workflow under test: a batch compiles once by the daemon's own
+``compiles`` counter *and* by a random build id that the compiler makes and
+all 20 tests print; tests do not reach each other by what each finds when it
+starts (files, processes) and by what is left of the daemon's process tree
+after the job.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import leftovers
+import pytest
+import sandboxd_protocol as proto
+from daemon import Client, Daemon
+
+pytestmark = pytest.mark.root
+
+CONFIG = {"concurrency": 2, "pool_size": 2}
+
+
+def daemon(tmp_path: Path, *profiles: str) -> Daemon:
+    return Daemon(tmp_path, pool_profiles=list(profiles), **CONFIG)
+
+
+def counter(d: Daemon, name: str) -> int:
+    return int(d.stats().counters.get(name, 0))
+
+
+# ------------------------------------------------------------------ compile once
+
+DOUBLE = b"""
+#include <stdio.h>
+int main(void) {
+    char id[64] = "";
+    FILE *f = fopen("build_id", "r");
+    if (!f || !fgets(id, sizeof id, f)) return 2;
+    long x;
+    if (scanf("%ld", &x) != 1) return 3;
+    printf("%ld\\n", 2 * x);
+    fprintf(stderr, "%s", id);
+    return 0;
+}
+"""
+# The compiler step also writes 16 random hex digits: compiled twice, two ids.
+COMPILE = ["/bin/sh", "-c", "gcc -O2 -o main main.c && od -An -N8 -tx1 /dev/urandom "
+           "| tr -d ' \\n' > build_id && cat build_id"]
+
+
+def test_a_batch_of_20_tests_compiles_exactly_once(tmp_path: Path) -> None:
+    with daemon(tmp_path, "c") as d:
+        c = d.connect()
+        before = counter(d, "compiles")
+        tests = [proto.TestCase(stdin=b"%d\n" % i, expected_output=b"%d\n" % (2 * i))
+                 for i in range(20)]
+        r = c.run("batch", "c", files={"main.c": DOUBLE}, tests=tests,
+                  compile=proto.CompileStep(argv=COMPILE))
+        assert r.compile is not None and r.compile.verdict == "ok", r.compile
+        build_id = r.compile.stdout
+        assert re.fullmatch(rb"[0-9a-f]{16}", build_id), build_id
+        assert [s.verdict for s in r.steps] == ["ok"] * 20
+        assert [s.stdout for s in r.steps] == [b"%d\n" % (2 * i) for i in range(20)]
+        assert {s.stderr for s in r.steps} == {build_id}  # one build, seen by every test
+        assert counter(d, "compiles") - before == 1
+
+
+# ------------------------------------------------------------- test isolation
+
+NOSY = b"""
+read i
+seen=$(ls -A /box /tmp /dev/shm | grep -c '^marker' || true)
+sleepers=0
+for p in /proc/[0-9]*; do
+    [ "$(cat $p/comm 2>/dev/null)" = sleep ] && sleepers=$((sleepers + 1))
+done
+echo "seen=$seen sleepers=$sleepers"
+for d in /box /tmp /dev/shm; do echo "$i" > $d/marker-$i; done
+setsid sleep 300 </dev/null >/dev/null 2>&1 &
+nohup sleep 300 </dev/null >/dev/null 2>&1 &
+disown -a
+"""
+
+
+def test_files_and_processes_of_a_test_never_reach_the_next(tmp_path: Path) -> None:
+    """12 tests, 2 at a time: each starts clean (no marker file in /box, /tmp or
+    /dev/shm, no sleeper in sight), then leaves both behind; after the job no
+    sleeper is left anywhere under the daemon."""
+    with daemon(tmp_path, "bash") as d:
+        c = d.connect()
+        tests = [proto.TestCase(stdin=b"%d\n" % i, expected_output=b"seen=0 sleepers=0\n")
+                 for i in range(12)]
+        r = c.run("nosy", "bash", files={"main.sh": NOSY}, tests=tests)
+        assert [s.verdict for s in r.steps] == ["ok"] * 12, [s.stdout for s in r.steps]
+        time.sleep(0.2)  # containers are destroyed just after the result is sent
+        assert d.proc is not None
+        under = leftovers.descendants(d.proc.pid)
+        sleepers = [p for p in leftovers.container_processes() if p[0] in under
+                    and p[2] == "sleep"]
+        assert sleepers == []
+
+
+# ----------------------------------------------------------------- comparison
+
+FLOAT = b'print("1  0.3333334 \\r")\nprint()\n'
+
+
+@pytest.mark.parametrize(("compare", "tolerance", "expected", "verdict"), [
+    ("trailing_ws", None, b"1  0.3333334", "ok"),
+    ("trailing_ws", None, b"1 0.3333334", "wrong_answer"),  # inner spaces count
+    ("exact", None, b"1  0.3333334\n", "wrong_answer"),
+    ("tokens", None, b"1 0.3333334", "ok"),
+    ("tokens", None, b"1 0.3333333", "wrong_answer"),
+    ("tokens", 1e-6, b"1 0.3333333", "ok"),
+    ("tokens", 1e-9, b"1 0.3333333", "wrong_answer"),
+])
+def test_comparison_modes(tmp_path: Path, compare: str, tolerance: float | None,
+                          expected: bytes, verdict: str) -> None:
+    with daemon(tmp_path, "python3") as d:
+        r = d.connect().run("cmp", "python3", files={"main.py": FLOAT}, compare=compare,
+                            float_tolerance=tolerance,
+                            tests=[proto.TestCase(expected_output=expected)])
+        assert r.steps[0].verdict == verdict, r.steps[0]
+
+
+# ------------------------------------------------- order, parallelism, limits
+
+MODES = b"""
+read mode
+case $mode in
+    spin) while :; do :; done ;;
+    fail) echo failing; exit 1 ;;
+    sleep*) sleep ${mode#sleep} ;;
+esac
+echo "$mode"
+"""
+
+
+def run_modes(c: Client, job: str, modes: list[bytes], **kw: object) -> proto.JobResult:
+    tests = [proto.TestCase(stdin=m + b"\n", expected_output=m + b"\n") for m in modes]
+    return c.run(job, "bash", files={"main.sh": MODES}, tests=tests, **kw)
+
+
+def test_tests_run_in_parallel_and_come_back_in_order(tmp_path: Path) -> None:
+    with daemon(tmp_path, "bash") as d:
+        c = d.connect()
+        t = time.monotonic()
+        r = run_modes(c, "par", [b"sleep1", b"sleep0.2", b"sleep1", b"sleep0.2"])
+        elapsed = time.monotonic() - t
+        assert [s.stdout for s in r.steps] == [b"sleep1\n", b"sleep0.2\n", b"sleep1\n",
+                                               b"sleep0.2\n"]
+        # one at a time: 2.4 s and more; two at a time: about 1.2 s
+        assert elapsed < 2.2, elapsed
+
+
+def test_per_test_limits_and_stop_on_failure(tmp_path: Path) -> None:
+    with daemon(tmp_path, "bash") as d:
+        c = d.connect()
+        tests = [proto.TestCase(stdin=b"ok\n", expected_output=b"ok\n"),
+                 proto.TestCase(stdin=b"spin\n", limits=proto.JobLimits(cpu_time=0.3)),
+                 proto.TestCase(stdin=b"ok\n", expected_output=b"ok\n")]
+        r = c.run("lim", "bash", files={"main.sh": MODES}, tests=tests)
+        assert [s.verdict for s in r.steps] == ["ok", "time_limit", "ok"]
+        assert r.steps[1].reason == "cpu" and 0.3 <= r.steps[1].cpu_time < 0.4
+
+        r = run_modes(c, "stop", [b"ok", b"ok", b"fail", b"ok", b"sleep5", b"ok"],
+                      stop_on_failure=True)
+        assert [s.verdict for s in r.steps] == ["ok", "ok", "runtime_error", "cancelled",
+                                                "cancelled", "cancelled"]
+        assert r.steps[3].reason == "skipped after an earlier test failed"
+
+
+# -------------------------------------------------------------- compile output
+
+NOISY_C = "\n".join(f"undeclared_type_{i} v{i};" for i in range(3000)).encode()
+
+
+def test_compile_errors_are_capped_and_streamed(tmp_path: Path) -> None:
+    with daemon(tmp_path, "c") as d:
+        c = d.connect()
+        c.submit("ce", "c", files={"main.c": NOISY_C}, stream=True,
+                 tests=[proto.TestCase()])
+        res, events = c.result("ce")
+        assert isinstance(res, proto.JobResult) and res.compile is not None
+        ce = res.compile
+        assert ce.verdict == "compile_error" and not res.steps
+        assert ce.stderr_truncated and len(ce.stderr) == 64 * 1024, len(ce.stderr)
+        assert ce.reason == "output_limit (stderr)"
+        assert b"undeclared_type_0" in ce.stderr
+        chunks = [e for e in events if isinstance(e, proto.OutputChunk)]
+        assert chunks and all(e.compile and e.step == 0 for e in chunks)
+        assert b"".join(e.data for e in chunks if e.stream == "stderr") == ce.stderr
+
+        # a good compile streams its (empty) output, then the run's, marked as such
+        c.submit("ok", "c", files={"main.c": b'#include <stdio.h>\nint main(void) '
+                                   b'{ puts("run output"); return 0; }'}, stream=True)
+        res, events = c.result("ok")
+        chunks = [e for e in events if isinstance(e, proto.OutputChunk)]
+        assert [(e.compile, e.data) for e in chunks] == [(False, b"run output\n")]
+
+
+# -------------------------------------------------------------------- repeat
+
+ONCE = b"""
+[ -e /box/ran-here ] && { echo "this container ran a job before"; exit 1; }
+: > /box/ran-here
+echo fresh
+"""
+
+
+def test_repeat_reports_the_spread_and_the_run_it_chose(tmp_path: Path) -> None:
+    with daemon(tmp_path, "bash") as d:
+        r = d.connect().run("rep", "bash", files={"main.sh": ONCE},
+                            tests=[proto.TestCase(expected_output=b"fresh\n", repeat=5)])
+        step = r.steps[0]
+        assert step.verdict == "ok", step  # a reused container would have failed
+        rp = step.repeat
+        assert rp is not None and rp.runs == 5 and rp.chosen is not None
+        assert rp.cpu_time_min <= rp.cpu_time_median <= rp.cpu_time_max
+        assert rp.wall_time_min <= rp.wall_time_median <= rp.wall_time_max
+        assert step.cpu_time == rp.cpu_time_median  # odd N: the median run is reported
+        assert rp.memory_peak_max >= step.memory_peak > 0
+
+
+# ------------------------------------------------------------------- pinning
+
+WHERE = b"""
+start=$(date +%s.%N)
+cpus=$(sed -n 's/^Cpus_allowed_list:\\s*//p' /proc/self/status)
+sleep 0.8
+echo "$cpus $start $(date +%s.%N)"
+"""
+
+
+def test_pinned_runs_get_a_cpu_of_their_own(tmp_path: Path) -> None:
+    with daemon(tmp_path, "bash") as d:
+        c = d.connect()
+        r = c.run("free", "bash", files={"main.sh": WHERE})
+        everything = r.steps[0].stdout.split()[0]
+        before = counter(d, "pinned_steps")
+        r = c.run("pin", "bash", files={"main.sh": WHERE}, cpuset_pin=True,
+                  tests=[proto.TestCase() for _ in range(4)])
+        assert counter(d, "pinned_steps") - before == 4
+        runs = []
+        for s in r.steps:
+            cpus, start, end = s.stdout.split()
+            assert re.fullmatch(rb"\d+", cpus), (cpus, "one CPU, not", everything)
+            runs.append((int(cpus), float(start), float(end)))
+        assert everything != runs[0][0]
+        overlapping = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
+                       if a[1] < b[2] and b[1] < a[2]]
+        assert overlapping, "2 at a time: some runs overlap"
+        for a, b in overlapping:
+            assert a[0] != b[0], f"two pinned runs shared CPU {a[0]} at the same time"
+
+
+BUSY = b"""
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    unsigned long n = strtoul(argv[1], 0, 10), x = 88172645463325252UL;
+    for (unsigned long i = 0; i < n; i++) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; }
+    printf("%lu\\n", x & 1);
+    return 0;
+}
+"""
+
+
+def spread(rp: proto.RepeatStats) -> float:
+    return (rp.cpu_time_max - rp.cpu_time_min) / rp.cpu_time_median
+
+
+@pytest.mark.slow
+def test_pinned_cpu_time_spread(tmp_path: Path) -> None:
+    """10 runs of a fixed 0.2 s CPU workload (a register-only busy loop, calibrated
+    here), each pinned, each in a fresh container: (max - min) / median < 5 %."""
+    with daemon(tmp_path, "c") as d:
+        c = d.connect()
+        n0 = 100_000_000
+
+        def repeat(job: str, n: int, runs: int, pin: bool = True) -> proto.RepeatStats:
+            r = c.run(job, "c", files={"main.c": BUSY}, argv=["./main", str(n)],
+                      cpuset_pin=pin, tests=[proto.TestCase(repeat=runs)])
+            assert r.steps[0].verdict == "ok" and r.steps[0].repeat is not None, r.steps[0]
+            return r.steps[0].repeat
+
+        n = round(n0 * 0.2 / repeat("calibrate", n0, 3).cpu_time_median)
+        pinned = repeat("pinned", n, 10)
+        unpinned = repeat("unpinned", n, 10, pin=False)
+        for name, rp in (("pinned", pinned), ("unpinned", unpinned)):
+            print(f"\n{name}: 10 runs of {n} iterations: CPU min {rp.cpu_time_min:.6f} s, "
+                  f"median {rp.cpu_time_median:.6f} s, max {rp.cpu_time_max:.6f} s, "
+                  f"spread {100 * spread(rp):.2f} %; wall median {rp.wall_time_median:.3f} s, "
+                  f"max {rp.wall_time_max:.3f} s")
+        assert 0.18 < pinned.cpu_time_median < 0.22
+        assert spread(pinned) < 0.05, pinned
