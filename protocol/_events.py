@@ -195,7 +195,8 @@ class JobInfo:
 
     ``id`` is the server-wide reference of the job (sandboxd writes
     ``"<connection>/<job id>"``): the one ``KillRequest`` takes. ``cpu_time``
-    and ``memory`` are live readings of a running job, ``None`` when unknown.
+    and ``memory`` are live readings of a running job (sandboxd reports the
+    memory peak so far), ``None`` when unknown.
     """
 
     id: str
