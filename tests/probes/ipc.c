@@ -54,8 +54,11 @@ int main(int argc, char **argv) {
         if (msg >= 0) msgsnd(msg, &m, sizeof m.text, IPC_NOWAIT);
         mqd_t mq = mq_open(mqname, O_CREAT | O_RDWR, 0666, NULL);
         if (mq != (mqd_t)-1) mq_send(mq, "hello", 5, 0);
-        printf("made%s%s%s%s\n", shm >= 0 ? " shm" : "", sem >= 0 ? " sem" : "",
+        int mq_errno = errno;
+        printf("made%s%s%s%s", shm >= 0 ? " shm" : "", sem >= 0 ? " sem" : "",
                msg >= 0 ? " msg" : "", mq != (mqd_t)-1 ? " mq" : "");
+        if (mq == (mqd_t)-1) printf(" (mq_open: %s)", strerrorname_np(mq_errno));
+        printf("\n");
         return 0;
     }
     report("shm", shmget(key, 0, 0) >= 0);
