@@ -140,12 +140,15 @@ class Container:
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
+        # The write end of interactive stdin belongs to one object from here on,
+        # which closes it exactly once (the feeder at end of input, or this method).
+        stdin_w = trio.lowlevel.FdStream(in_w) if in_w >= 0 else None
         out = _Capture("stdout", out_r, limits.output, step.on_output)
         err = _Capture("stderr", err_r, limits.output, step.on_output)
         try:
             msg = await self._recv("started")
             t0 = float(msg["t0"])
-            status, t1 = await self._supervise(step, limits, base, t0, out, err, in_w)
+            status, t1 = await self._supervise(step, limits, base, t0, out, err, stdin_w)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.kill("cancel")
@@ -153,9 +156,8 @@ class Container:
         finally:
             out.close()
             err.close()
-            if in_w >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(in_w)
+            if stdin_w is not None:
+                stdin_w.close()  # idempotent: the feeder may have closed it already
         stats = self.cgroup.stats()
         measured = Measured(
             wait_status=status,
@@ -185,7 +187,8 @@ class Container:
         return msg
 
     async def _supervise(self, step: RunStep, limits: Limits, base: CgroupStats, t0: float,
-                         out: _Capture, err: _Capture, in_w: int) -> tuple[int, float]:
+                         out: _Capture, err: _Capture,
+                         stdin_w: trio.lowlevel.FdStream | None) -> tuple[int, float]:
         result: list[tuple[int, float]] = []
         async with trio.open_nursery() as nursery:
             readers = trio.CancelScope()
@@ -198,8 +201,8 @@ class Container:
                         rn.start_soon(err.pump, self)
 
             nursery.start_soon(reading)
-            if step.stdin_stream is not None:
-                nursery.start_soon(_feed_stdin, step.stdin_stream, in_w)
+            if stdin_w is not None:
+                nursery.start_soon(_feed_stdin, step.stdin_stream, stdin_w)
 
             async def watching() -> None:
                 with watch:
@@ -273,13 +276,13 @@ class Container:
                 await trio.to_thread.run_sync(self.cgroup.remove)
 
 
-async def _feed_stdin(source: AsyncIterator[bytes], fd: int) -> None:
-    stream = trio.lowlevel.FdStream(os.dup(fd))
-    with contextlib.suppress(OSError):
-        os.close(fd)
+async def _feed_stdin(source: AsyncIterator[bytes] | None,
+                      stream: trio.lowlevel.FdStream) -> None:
+    """Copy interactive stdin into the job; closing the stream is the job's end of input."""
     try:
-        async for chunk in source:
-            await stream.send_all(chunk)
+        if source is not None:
+            async for chunk in source:
+                await stream.send_all(chunk)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:

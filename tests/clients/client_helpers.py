@@ -6,7 +6,6 @@ test directories.)
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import subprocess
@@ -16,33 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sandboxd_protocol as proto
-
-
-def _stdin_pipe_closed_twice() -> bool:
-    """Whether the daemon's executor still closes an interactive job's stdin pipe twice.
-
-    ``executor._feed_stdin`` closes the write end it is given, and
-    ``Container.run`` closes the same number again when the step ends; if the
-    number was reused in between (a cgroup file, a client's socket), that
-    second close takes another's descriptor: a client loses its connection,
-    or the daemon fails at exit with EBADF. Until it is fixed, the tests that
-    use interactive stdin are skipped rather than flaky.
-    """
-    from sandboxd import executor
-
-    feed = inspect.getsource(executor._feed_stdin)
-    run = inspect.getsource(executor.Container.run)
-    return "os.close(fd)" in feed and "os.close(in_w)" in run
-
-
-needs_stdin_fix = pytest.mark.skipif(
-    _stdin_pipe_closed_twice(),
-    reason="sandboxd/executor.py closes an interactive job's stdin pipe twice "
-    "(_feed_stdin and Container.run): fd reuse drops connections; see client_helpers",
-)
-"""Marks the tests that use ``interactive_stdin`` (they pass once the executor is fixed)."""
 
 BIN = Path(sys.executable).parent
 SANDBOXCTL = str(BIN / "sandboxctl")

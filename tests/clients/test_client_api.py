@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sandboxd_client as sc
 import trio
-from client_helpers import SLEEPER, needs_stdin_fix, run_async, shape
+from client_helpers import SLEEPER, run_async, shape
 from daemon import Daemon
 
 pytestmark = pytest.mark.root
@@ -175,7 +175,6 @@ def test_streaming_order_is_preserved(tmp_path: Path) -> None:
             assert len(got) > 2
 
 
-@needs_stdin_fix
 def test_output_arrives_while_the_job_runs_and_stdin_goes_as_you_go(tmp_path: Path) -> None:
     echo_loop = 'while read line; do echo "got $line"; done; echo bye'
     with Daemon(tmp_path, pool_profiles=["bash"]) as d, sc.Client(d.socket) as client:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import sandboxd_client as sc
-from client_helpers import SANDBOXCTL, SLEEPER, needs_stdin_fix, sandboxctl
+from client_helpers import SANDBOXCTL, SLEEPER, sandboxctl
 from daemon import Daemon
 from sandboxd_client import cli
 
@@ -290,7 +290,6 @@ def test_ctrl_c_cancels_the_job_and_exits_130(tmp_path: Path) -> None:
         assert watcher.jobs() == []
 
 
-@needs_stdin_fix
 @pytest.mark.root
 def test_interactive_forwards_stdin(tmp_path: Path) -> None:
     (tmp_path / "echo.sh").write_text('while read line; do echo "got $line"; done')

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from client_helpers import BIN, needs_stdin_fix
+from client_helpers import BIN
 from daemon import Daemon
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
@@ -53,10 +53,7 @@ def test_the_doc_has_an_example_for_each_kind_of_user() -> None:
 
 
 def _marks(code: str) -> list[pytest.MarkDecorator]:
-    marks = [pytest.mark.root]
-    if "interactive_stdin" in code or " -i " in code:
-        marks.append(needs_stdin_fix)
-    return marks
+    return [pytest.mark.root]
 
 
 @pytest.mark.parametrize(
