@@ -73,6 +73,7 @@ class Container:
         self.job_pid: int | None = None
         self.slot = -1  # the uid slot, when a pool allocated one
         self.used = False
+        self._base: CgroupStats | None = None
         self.destroyed = False
         self._killed_for: str | None = None
         self._kill_lock = trio.Lock()
@@ -121,7 +122,7 @@ class Container:
             if pid:
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, pid, 0)
-        base = self.cgroup.stats()
+        base = self._base = self.cgroup.stats()
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         if step.stdin_stream is not None:
@@ -172,6 +173,13 @@ class Container:
             stdout_truncated=out.truncated, stderr_truncated=err.truncated,
         )
         return decide(measured, limits)
+
+    def live_usage(self) -> tuple[float, int]:
+        """(CPU seconds, peak memory bytes) of the running step so far, for ``ps``: counted
+        from the step's start, since a recycled cgroup's counters may include earlier jobs."""
+        now = self.cgroup.stats()
+        base = self._base or now
+        return (now.cpu_usage_ns - base.cpu_usage_ns) / 1e9, now.memory_peak
 
     async def _recv(self, kind: str) -> dict:
         try:

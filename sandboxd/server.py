@@ -332,8 +332,7 @@ class Server:
             cpu = memory = None
             if j.box is not None:  # running: live readings for ps (none if the read fails)
                 try:
-                    st = j.box.cgroup.stats()
-                    cpu, memory = st.cpu_usage_ns / 1e9, st.memory_peak
+                    cpu, memory = j.box.live_usage()
                 except Exception:
                     pass
             infos.append(proto.JobInfo(id=j.ref, profile=j.profile, state=j.state,
