@@ -40,7 +40,7 @@ import sandboxd_protocol as proto
 import trio
 
 from sandboxd import __version__, cgroups, jobs, zygote
-from sandboxd.cgroups import CgroupBackend
+from sandboxd.cgroups import CgroupBackend, CgroupError
 from sandboxd.config import Config, ConfigError, load
 from sandboxd.container import ContainerSpec
 from sandboxd.executor import Container, RunStep
@@ -193,6 +193,8 @@ class Scheduler:
                         files = await box.collect()
                 except SandboxError as e:
                     result = Result.sandbox_error(e.reason)
+                except CgroupError as e:  # the host's (a pinned job without cpuset), not the job's
+                    result = Result.sandbox_error(str(e))
                 finally:
                     rec.box = None
                     # Its job is over and killed; destroying the rest waits until the
