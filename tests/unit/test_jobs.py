@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from sandboxd import jobs
 from sandboxd.container import ContainerSpec
@@ -264,3 +265,30 @@ def test_run_step_default_cpuset_is_none() -> None:
     step = RunStep(argv=["x"], limits=Limits())
     assert step.cpuset is None
     assert dataclasses.replace(step, cpuset="1").cpuset == "1"
+
+
+async def test_cpu_allocator_gives_each_pinned_step_a_cpu_of_its_own() -> None:
+    """Highest free CPU first; never one CPU to two holders; waiters served in order."""
+    from sandboxd.server import CpuAllocator
+
+    alloc = CpuAllocator([0, 1])
+    held: list[int] = []
+    order: list[str] = []
+    release = trio.Event()
+
+    async def hold(name: str) -> None:
+        async with alloc.cpu() as cpu:
+            assert cpu not in held
+            held.append(cpu)
+            order.append(f"{name}:{cpu}")
+            await release.wait()
+            held.remove(cpu)
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b", "c", "d"):
+            nursery.start_soon(hold, name)
+            await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a:1", "b:0"]  # c and d wait
+        release.set()
+    assert sorted(order[2:]) == ["c:0", "d:1"] or sorted(order[2:]) == ["c:1", "d:0"]
+    assert len(order) == 4 and not held
