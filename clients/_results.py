@@ -171,7 +171,8 @@ class JobResult:
     """A finished job: the compile step's result (if the profile compiles) and one per run.
 
     ``steps`` has one result per test (one for a job without tests); it is
-    empty when the compile failed, shorter with ``stop_on_failure``.
+    empty when the compile failed; with ``stop_on_failure``, the tests after the first
+    failure are there with the verdict ``cancelled``.
 
         >>> ok = StepResult(verdict=Verdict.OK, exit_code=0)
         >>> bad = StepResult(verdict=Verdict.WRONG_ANSWER, exit_code=0)
