@@ -244,6 +244,38 @@ def _cancelled_result(reason: str) -> proto.StepResult:
     return proto.StepResult(verdict="cancelled", reason=reason)
 
 
+# What a step result holds besides its outputs, at most (reason <= 1 KiB, numbers, flags,
+# a repeat record), and the rest of a result frame.
+_STEP_OVERHEAD = 2048
+_RESULT_OVERHEAD = 1024
+
+
+def _fit(steps: tuple[proto.StepResult, ...], compile_result: proto.StepResult | None,
+         max_frame: int) -> tuple[tuple[proto.StepResult, ...], proto.StepResult | None]:
+    """Cut the outputs of a result so that it fits in one frame, marking them truncated.
+
+    A job may ask for up to 1 GiB of output per stream, and a batch has many
+    steps: more than a frame carries (64 MiB by default). A frame the protocol
+    refuses to send would break the connection, so every stream keeps the same
+    share of the room instead (a cut one says so, as at its output limit).
+    """
+    everything = [*steps, *([compile_result] if compile_result else [])]
+    total = sum(len(s.stdout) + len(s.stderr) for s in everything)
+    room = max_frame - _RESULT_OVERHEAD - _STEP_OVERHEAD * len(everything)
+    if total <= room:
+        return steps, compile_result
+    keep = max(0, room) / total
+
+    def cut(s: proto.StepResult) -> proto.StepResult:
+        out, err = int(len(s.stdout) * keep), int(len(s.stderr) * keep)
+        return dataclasses.replace(
+            s, stdout=s.stdout[:out], stderr=s.stderr[:err],
+            stdout_truncated=s.stdout_truncated or out < len(s.stdout),
+            stderr_truncated=s.stderr_truncated or err < len(s.stderr))
+
+    return tuple(cut(s) for s in steps), cut(compile_result) if compile_result else None
+
+
 # ------------------------------------------------------------------ server
 
 
@@ -383,7 +415,20 @@ class Session:
         async with self.send_lock:
             if self.closed:
                 return
-            data = self.conn.send(ev)
+            if self.conn.error is not None and (type(ev) is not proto.ErrorReport
+                                                or ev.job_scoped):
+                return  # the peer broke the protocol: only the fatal error goes out now
+            try:
+                data = self.conn.send(ev)
+            except proto.LocalProtocolError as e:
+                # Our bug (the message broke a rule): it ends this connection, whose
+                # protocol state is now broken, and never the daemon with every job.
+                event("send_refused", logging.ERROR, conn=self.n, code=e.code,
+                      message=e.message, what=type(ev).__name__)
+                self.closed = True
+                with trio.CancelScope(shield=True):
+                    await self.stream.aclose()
+                return
             if data:
                 with trio.move_on_after(self.server.cfg.idle_timeout or float("inf")) as late:
                     try:
@@ -630,6 +675,7 @@ class Session:
               memory=max((s.memory_peak for s in steps), default=0),
               queue_wait=rec.queue_wait)
         if not self.closed:
+            steps, compile_result = _fit(steps, compile_result, server.limits.max_frame_size)
             with trio.CancelScope(shield=True):
                 await self.send(proto.JobResult(id=rec.id, compile=compile_result, steps=steps))
 
