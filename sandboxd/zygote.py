@@ -108,13 +108,18 @@ def _serve(sock: socket.socket) -> int:
             spawned.sock.close()
 
 
+# How long the zygote may take to answer a spawn request before it is presumed stuck.
+SPAWN_TIMEOUT = 30.0
+
+
 class ZygoteClient:
     """The supervisor's end: ``await spawn(spec)`` returns a ``Spawned`` container init.
 
     Requests are serialised (the zygote handles one at a time anyway).
 
-    Cancellation: a request cancelled after it was sent leaves its answer
-    unread; the client is then closed, and later calls raise SandboxError.
+    Cancellation: a request, once sent, is seen through (see ``spawn``); a
+    zygote that dies or stays silent breaks the client, and later calls raise
+    SandboxError.
     """
 
     def __init__(self, proc: ZygoteProcess) -> None:
@@ -127,19 +132,29 @@ class ZygoteClient:
         self._broken = False
 
     async def spawn(self, spec: ContainerSpec) -> Spawned:
+        """Cancellation: the exchange with the zygote (a clone, a few ms) is shielded, so
+        the container comes back and the caller destroys it; only a zygote silent for
+        ``SPAWN_TIMEOUT`` breaks the client. Cancelling mid-exchange used to leave the
+        answer unread and the client broken for good: every later job of every client
+        failed, because one client hung up while its job waited for a cold container.
+        """
+        import trio
+
         async with self._lock:
             if self._broken:
                 raise SandboxError("the zygote is gone")
             self._next += 1
             req = self._next
-            try:
-                await self._chan.send({"t": "spawn", "id": req, "spec": spec.to_wire()})
-                msg, fds = await self._chan.recv()
-            except BaseException as e:
-                self._broken = True
-                if isinstance(e, (channel.ChannelClosed, OSError)):
-                    raise SandboxError(f"the zygote died: {e}") from e
-                raise
+            with trio.CancelScope(shield=True):
+                try:
+                    with trio.fail_after(SPAWN_TIMEOUT):
+                        await self._chan.send({"t": "spawn", "id": req, "spec": spec.to_wire()})
+                        msg, fds = await self._chan.recv()
+                except BaseException as e:
+                    self._broken = True
+                    if isinstance(e, (channel.ChannelClosed, OSError, trio.TooSlowError)):
+                        raise SandboxError(f"the zygote died: {e!r}") from e
+                    raise
         if msg.get("t") != "spawned" or len(fds) != 2 or msg.get("id") != req:
             for fd in fds:
                 os.close(fd)
