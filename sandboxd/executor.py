@@ -146,10 +146,11 @@ class Container:
         stdin_w = trio.lowlevel.FdStream(in_w) if in_w >= 0 else None
         out = _Capture("stdout", out_r, limits.output, step.on_output)
         err = _Capture("stderr", err_r, limits.output, step.on_output)
+        # The wall deadline counts from here; the init reports its own hand-over
+        # time with the exit (one message fewer on every job's critical path).
+        sent = time.monotonic()
         try:
-            msg = await self._recv("started")
-            t0 = float(msg["t0"])
-            status, t1 = await self._supervise(step, limits, base, t0, out, err, stdin_w)
+            status, t0, t1 = await self._supervise(step, limits, base, sent, out, err, stdin_w)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.kill("cancel")
@@ -196,8 +197,8 @@ class Container:
 
     async def _supervise(self, step: RunStep, limits: Limits, base: CgroupStats, t0: float,
                          out: _Capture, err: _Capture,
-                         stdin_w: trio.lowlevel.FdStream | None) -> tuple[int, float]:
-        result: list[tuple[int, float]] = []
+                         stdin_w: trio.lowlevel.FdStream | None) -> tuple[int, float, float]:
+        result: list[tuple[int, float, float]] = []
         async with trio.open_nursery() as nursery:
             readers = trio.CancelScope()
             watch = trio.CancelScope()
@@ -218,14 +219,14 @@ class Container:
 
             nursery.start_soon(watching)
             msg = await self._recv("exited")
-            result.append((int(msg["status"]), float(msg["t1"])))
+            result.append((int(msg["status"]), float(msg["t0"]), float(msg["t1"])))
             watch.cancel()
             # The job process is gone; anything it left behind goes now.
             await self.kill_rest()
             # Every writer of the pipes is dead: the readers reach EOF promptly.
             with trio.move_on_after(2.0):
-                while not (out.eof and err.eof):
-                    await trio.sleep(0.001)
+                await out.done.wait()
+                await err.done.wait()
             readers.cancel()
             nursery.cancel_scope.cancel()
         return result[0]
@@ -307,13 +308,13 @@ class _Capture:
         self.on_output = on_output
         self.data = bytearray()
         self.truncated = False
-        self.eof = False
+        self.done = trio.Event()  # set at EOF, or when the cap ended the reading
 
     async def pump(self, container: Container) -> None:
         while True:
             chunk = await self.stream.receive_some(READ_CHUNK)
             if not chunk:
-                self.eof = True
+                self.done.set()
                 return
             room = self.cap - len(self.data)
             if len(chunk) > room:
@@ -325,7 +326,7 @@ class _Capture:
                     await self.on_output(self.name, bytes(chunk))
             if self.truncated:
                 await container.kill("output")
-                self.eof = True
+                self.done.set()
                 return
 
     def close(self) -> None:

@@ -210,3 +210,16 @@ def daemon_view(daemon_pid: int) -> View:
         return out
 
     return view
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` that still exist and are not zombies."""
+    out = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.add(pid)
+        except OSError:
+            pass
+    return out

@@ -247,15 +247,17 @@ def test_sigkill_then_restart_cleans_up_and_serves(tmp_path):
         for i in range(2):
             c.submit(f"s{i}", files=SLEEPER, stream=True)
         wait_for_output(c, "s0")
+        ours = leftovers.descendants(d.proc.pid)  # zygote, inits, job processes
+        assert len(ours) >= 5
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait(10)
         with pytest.raises((ConnectionError, OSError)):
             c.result("s0")
         # The zygote and every container die with the daemon (PR_SET_PDEATHSIG chain).
         deadline = time.monotonic() + 5
-        while leftovers.container_processes() and time.monotonic() < deadline:
+        while leftovers.alive(ours) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert leftovers.container_processes() == []
+        assert leftovers.alive(ours) == set()
         # Restart on the same socket and instance: the stale cgroups and socket go first.
         d.start()
         assert "event=removed_stale" in d.log.read_text()
