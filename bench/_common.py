@@ -109,11 +109,14 @@ class Client:
 
 
 def start_daemon(tmp: Path, pool_size: int, concurrency: int, *, name: str = "",
-                 pool_profiles: tuple[str, ...] = ("bash",)) -> tuple[subprocess.Popen, str]:
+                 pool_profiles: tuple[str, ...] = ("bash",),
+                 cgroup: str | None = None) -> tuple[subprocess.Popen, str]:
     """A daemon of its own in ``tmp`` (socket, state, log), answering once it is warm.
 
     ``name`` tells several daemons of one benchmark apart (their cgroups are
-    ``sandboxd-bench-<pid><name>``).
+    ``sandboxd-bench-<pid><name>``). With ``cgroup`` (a v1 cgroup directory), the
+    daemon starts in it, before it makes anything, so that everything it runs is
+    counted there.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     sock = str(tmp / "sandboxd.sock")
@@ -124,8 +127,10 @@ def start_daemon(tmp: Path, pool_size: int, concurrency: int, *, name: str = "",
                    f"pool_profiles = [{profiles}]\n"
                    f"concurrency = {concurrency}\nqueue_length = 256\nlog_level = \"warning\"\n")
     log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
-    proc = subprocess.Popen([sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)],
-                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    argv = [sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)]
+    if cgroup is not None:
+        argv = ["/bin/sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     for _ in range(600):
         if proc.poll() is not None:
             break

@@ -261,12 +261,12 @@ def _remove_cgroups(name: str) -> list[str]:
             for sub in sorted(os.listdir(parent)):
                 if os.path.isdir(os.path.join(parent, sub)):
                     left.append(os.path.join(parent, sub))
-                    _rmdir(os.path.join(parent, sub), deadline)
-            _rmdir(parent, deadline)
+                    rmdir_cgroup(os.path.join(parent, sub), deadline)
+            rmdir_cgroup(parent, deadline)
     return left
 
 
-def _rmdir(path: str, deadline: float) -> None:
+def rmdir_cgroup(path: str, deadline: float) -> None:
     """rmdir, retried while the kernel still counts an exiting process in it."""
     while True:
         try:

@@ -159,8 +159,20 @@ def markdown(r: dict[str, Any]) -> str:
               f"| supervisor CPU per job | {c['supervisor_cpu_per_job_ms']:.3f} ms "
               f"({c['cpu_jobs']} `/bin/true` jobs back to back, {c['cpu_jobs_s']:.0f} jobs/s; "
               f"clock tick {c['clock_tick_ms']:.0f} ms) |",
-              f"| zygote CPU per job (making the next container) | "
-              f"{c['zygote_cpu_per_job_ms']:.3f} ms |",
+              f"| zygote CPU per job (cloning the next container) | "
+              f"{c['zygote_cpu_per_job_ms']:.3f} ms |"]
+    total = c.get("sandboxd_cpu_per_job_ms")
+    if total is not None:
+        rest = total - c["supervisor_cpu_per_job_ms"] - c["zygote_cpu_per_job_ms"]
+        lines += [f"| CPU per job, all of sandboxd (cpuacct of the daemon's cgroup tree) | "
+                  f"{total:.3f} ms, of which the containers (init, job process, job) "
+                  f"{rest:.3f} ms |"]
+    peers = c.get("peer_cpu_per_job_ms") or {}
+    if peers:
+        lines += ["| CPU per `/bin/true` job of the others (wait4 rusage) | " + ", ".join(
+            f"{k} {v:.3f} ms" for k, v in peers.items()) + " |"]
+    lines += [
+
               "| USS per warm container (init + job process) | " + (
                   f"median {statistics.median(boxes) / MiB:.2f} MiB, max {max(boxes) / MiB:.2f} "
                   f"MiB, {len(boxes)} containers |" if boxes else "none found |"),

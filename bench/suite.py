@@ -55,7 +55,7 @@ from _common import (
     throughput,
     uss,
 )
-from _peers import ISOLATION, Peers, machine, steal_and_busy
+from _peers import ISOLATION, Peers, machine, rmdir_cgroup, steal_and_busy
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = (1, 2, 8, 32)
@@ -92,10 +92,31 @@ class Daemon:
     """A daemon of the suite, and a stats connection to wait on it with."""
 
     def __init__(self, tmp: Path, name: str, pool_size: int,
-                 pool_profiles: tuple[str, ...] = ("bash",)) -> None:
-        self.proc, self.sock = start_daemon(tmp / name, pool_size, os.cpu_count() or 1,
-                                            name=f"-{name}", pool_profiles=pool_profiles)
+                 pool_profiles: tuple[str, ...] = ("bash",), accounted: bool = False) -> None:
+        # ``accounted``: the daemon runs in a v1 cpuacct cgroup of its own, beneath which its
+        # job cgroups nest, so that cpu_ns() is everything it runs: supervisor, zygote, the
+        # containers' inits and job processes (the zygote's children are reaped by the
+        # kernel, so no process's cutime holds them).
+        acct = cpuacct_dir() if accounted else None
+        self.acct = f"{acct}/sandboxd-bench-acct-{os.getpid()}-{name}" if acct else None
+        if self.acct:
+            os.mkdir(self.acct)
+        try:
+            self.proc, self.sock = start_daemon(tmp / name, pool_size, os.cpu_count() or 1,
+                                                name=f"-{name}", pool_profiles=pool_profiles,
+                                                cgroup=self.acct)
+        except BaseException:
+            self._remove_acct()
+            raise
         self._stats: Client | None = None
+
+    def cpu_ns(self) -> int | None:
+        """CPU time of everything the daemon ran (``accounted`` only), in ns."""
+        return int(Path(self.acct, "cpuacct.usage").read_text()) if self.acct else None
+
+    def _remove_acct(self) -> None:
+        if self.acct:
+            rmdir_cgroup(self.acct, time.monotonic() + 10)
 
     def stats(self) -> proto.ServerStats:
         for attempt in range(2):  # an idle connection may have been timed out
@@ -125,6 +146,17 @@ class Daemon:
         if self._stats is not None:
             self._stats.close()
         stop_daemon(self.proc)
+        self._remove_acct()
+
+
+def cpuacct_dir() -> str | None:
+    """This process's cgroup in the v1 cpuacct hierarchy; None on cgroup v2."""
+    from sandboxd.cgroups import _fs
+
+    mount = next((m for m in _fs.mounts() if m.fstype == "cgroup" and "cpuacct" in m.options),
+                 None)
+    own = next((p for k, p in _fs.own_cgroups().items() if "cpuacct" in k.split(",")), None)
+    return None if mount is None or own is None else _fs.on_disk(mount, own)
 
 
 @dataclass
@@ -257,42 +289,69 @@ def measure_throughput(systems: list[System], commands: dict[str, list[str]], pl
 
 
 def supervisor_costs(warm: Daemon, plan: Plan, out_dir: Path, profile: bool) -> dict[str, object]:
-    """USS of the waiting containers; supervisor and zygote CPU per job (and a profile)."""
+    """USS of the waiting containers; CPU per job of the supervisor, the zygote and all
+    of sandboxd (``/bin/true`` jobs back to back, with the refills and destructions they
+    cause); then, apart, a py-spy profile of the same loop (py-spy stops the process at
+    every sample, which would inflate the CPU figures)."""
     warm.settle()
     zygotes = children(warm.proc.pid)
     boxes = container_pids(zygotes)
     per_box = [sum(uss(p) for p in pids) for pids in boxes.values() if len(pids) == 2]
     client = Client(warm.sock)
-    spy = None
+
+    def loop() -> float:
+        t0 = time.perf_counter()
+        for _ in range(plan.cpu_jobs):
+            client.run(["/bin/true"])
+        wall = time.perf_counter() - t0
+        warm.settle()
+        return wall
+
+    s0, z0, a0 = cpu_seconds(warm.proc.pid), sum(cpu_seconds(z) for z in zygotes), warm.cpu_ns()
+    wall = loop()
+    s1, z1, a1 = cpu_seconds(warm.proc.pid), sum(cpu_seconds(z) for z in zygotes), warm.cpu_ns()
+    n = plan.cpu_jobs
+    costs: dict[str, object] = {
+        "uss_per_warm_container_bytes": per_box,
+        "supervisor_cpu_per_job_ms": (s1 - s0) / n * 1000,
+        "zygote_cpu_per_job_ms": (z1 - z0) / n * 1000,
+        "sandboxd_cpu_per_job_ms": (a1 - a0) / n / 1e6 if a0 is not None and a1 else None,
+        "cpu_jobs": n, "cpu_jobs_s": n / wall,
+        "clock_tick_ms": 1000 / os.sysconf("SC_CLK_TCK"),
+    }
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if profile and os.path.exists(pyspy):
         spy = subprocess.Popen([pyspy, "record", "--gil", "-p", str(warm.proc.pid), "-r", "1000",
                                 "-f", "raw", "-o", str(out_dir / "supervisor-profile.txt")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # let py-spy attach before the jobs start
-    s0 = cpu_seconds(warm.proc.pid)
-    z0 = sum(cpu_seconds(z) for z in zygotes)
-    t0 = time.perf_counter()
-    for _ in range(plan.cpu_jobs):
-        client.run(["/bin/true"])
-    wall = time.perf_counter() - t0
-    warm.settle()  # the refills these jobs caused are part of their cost
-    s1 = cpu_seconds(warm.proc.pid)
-    z1 = sum(cpu_seconds(z) for z in zygotes)
-    client.close()
-    costs: dict[str, object] = {
-        "uss_per_warm_container_bytes": per_box,
-        "supervisor_cpu_per_job_ms": (s1 - s0) / plan.cpu_jobs * 1000,
-        "zygote_cpu_per_job_ms": (z1 - z0) / plan.cpu_jobs * 1000,
-        "cpu_jobs": plan.cpu_jobs, "cpu_jobs_s": plan.cpu_jobs / wall,
-        "clock_tick_ms": 1000 / os.sysconf("SC_CLK_TCK"),
-    }
-    if spy is not None:
+        loop()
         spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         with contextlib.suppress(subprocess.TimeoutExpired):
             spy.wait(30)
         costs["profile"] = summarize_profile(out_dir / "supervisor-profile.txt")
+    client.close()
     return costs
+
+
+def peer_cpu(systems: list[System], commands: dict[str, list[str]], n: int,
+             ) -> dict[str, float]:
+    """CPU per ``/bin/true`` job of each one-process-per-job system (ms), from ``wait4``'s
+    rusage, which holds the job's reaped descendants too: what sandboxd's is weighed
+    against when throughput is CPU-bound."""
+    out = {}
+    for s in systems:
+        if s.command is None or "true" in s.unavailable:
+            continue
+        total = 0.0
+        for _ in range(n):
+            argv = s.command(commands["true"])
+            pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=[
+                (os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDWR, 0) for fd in (0, 1, 2)])
+            _, _, ru = os.wait4(pid, 0)
+            total += ru.ru_utime + ru.ru_stime
+        out[s.name] = total / n * 1000
+    return out
 
 
 def summarize_profile(path: Path, top: int = 14) -> dict[str, list[tuple[str, float]]]:
@@ -452,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "quick": args.quick, "started": time.time()}
             commands = {**COMMANDS, "hello": peers.hello()}
             results["commands"] = commands
-            warm = Daemon(tmp, "warm", 4)
+            warm = Daemon(tmp, "warm", 4, accounted=True)
             daemons.append(warm)
             cold = Daemon(tmp, "cold", 0)
             daemons.append(cold)
@@ -470,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             costs = supervisor_costs(warm, plan, out_dir, args.profile)
             costs.update(refill_rate(tmp, plan))
             costs.update(protocol_cost(plan))
+            costs["peer_cpu_per_job_ms"] = peer_cpu(systems, commands, plan.cpu_jobs // 5)
             results["costs"] = costs
             for d in daemons:
                 d.close()
