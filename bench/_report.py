@@ -237,9 +237,13 @@ def _panels(path: Path, cmds: list[str], title: str, xlabel: str, ylabel: str,
         ax.set_ylabel(ylabel)
         ax.set_title(LABELS[cmd])
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    # One legend for all panels, below them, where it hides no curve.
+    labelled = {lab: h for ax in axes[0] for h, lab in zip(*ax.get_legend_handles_labels(),
+                                                           strict=True)}
+    fig.legend(list(labelled.values()), list(labelled), loc="lower center",
+               ncol=len(labelled), fontsize=9, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
