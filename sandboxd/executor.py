@@ -138,6 +138,13 @@ class Container:
             await self.chan.send({"t": "job", "files": step.files, "argv": step.argv,
                                   "env": step.env, "cwd": step.cwd, "rlimits": rl},
                                  [in_r, out_w, err_w])
+        except BaseException:
+            # Cancelled (the client hung up) or the init gone: our ends were not yet
+            # handed to anything that closes them (a leak per job, found by fuzzing).
+            for fd in (out_r, err_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
+            raise
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
