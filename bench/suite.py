@@ -167,7 +167,6 @@ class System:
     make: Callable[[list[str], int], Callable[[], object]]
     command: Callable[[list[str]], list[str]] | None = None  # a peer's full command line
     settle: Callable[[], None] = lambda: None
-    daemon: Daemon | None = None
     clients: list[Client] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # command -> why
 
@@ -189,7 +188,7 @@ def sandboxd_system(name: str, daemon: Daemon) -> System:
         system.clients.append(client)
         return lambda: client.run(argv)
 
-    system = System(name, make, settle=daemon.settle, daemon=daemon)
+    system = System(name, make, settle=daemon.settle)
     return system
 
 
