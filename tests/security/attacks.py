@@ -110,6 +110,24 @@ def start_attack_daemon(tmp: Path, **config: Any) -> AttackDaemon:
     return ad
 
 
+def only_ours(instance: str) -> leftovers.View:
+    """After our daemon stopped: its cgroups (under ``sandboxd-<instance>``), and container
+    processes no other live supervisor owns. Other test runs on a shared machine make
+    both meanwhile; whatever our jobs left would hang from PID 1, or be under our root."""
+    mark = f"sandboxd-{instance}"
+
+    def view(snap: leftovers.Snapshot) -> leftovers.Snapshot:
+        elsewhere = leftovers.supervised_elsewhere()
+        out = dict(snap)
+        out["procs"] = [p for p in snap["procs"]  # type: ignore[attr-defined]
+                        if p[0] not in elsewhere]
+        out["cgroups"] = {c for c in snap["cgroups"]  # type: ignore[attr-defined]
+                          if mark in c.split("/")}
+        return out
+
+    return view
+
+
 # ------------------------------------------------------------------ the host's state
 
 

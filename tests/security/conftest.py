@@ -21,34 +21,19 @@ from pathlib import Path
 
 import leftovers
 import pytest
-from attacks import AttackDaemon, Canary, start_attack_daemon
-
-
-def only_ours(instance: str) -> leftovers.View:
-    """After our daemon stopped: its cgroups (under ``sandboxd-<instance>``), and container
-    processes no other live supervisor owns. Other test runs on a shared machine make
-    both meanwhile; whatever our jobs left would hang from PID 1, or be under our root."""
-    mark = f"sandboxd-{instance}"
-
-    def view(snap: leftovers.Snapshot) -> leftovers.Snapshot:
-        elsewhere = leftovers.supervised_elsewhere()
-        out = dict(snap)
-        out["procs"] = [p for p in snap["procs"]  # type: ignore[attr-defined]
-                        if p[0] not in elsewhere]
-        out["cgroups"] = {c for c in snap["cgroups"]  # type: ignore[attr-defined]
-                          if mark in c.split("/")}
-        return out
-
-    return view
+from attacks import AttackDaemon, Canary, only_ours, start_attack_daemon
 
 
 @pytest.fixture(scope="module")
-def attack_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AttackDaemon]:
-    """One daemon for the module; afterwards nothing of it may be left on the host."""
+def attack_daemon(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[AttackDaemon]:
+    """One daemon for the module (configured by the module's ``DAEMON_CONFIG``, if any);
+    afterwards nothing of it may be left on the host."""
     if os.geteuid() != 0:
         pytest.skip("needs root (real namespaces, cgroups and mounts)")
     before = leftovers.snapshot(ipc=True)
-    ad = start_attack_daemon(tmp_path_factory.mktemp("attack"))
+    config = getattr(request.module, "DAEMON_CONFIG", {})
+    ad = start_attack_daemon(tmp_path_factory.mktemp("attack"), **config)
     try:
         yield ad
     finally:
