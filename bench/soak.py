@@ -1,0 +1,492 @@
+"""Soak: thousands of mixed jobs from many clients, the daemon SIGKILLed and restarted once.
+
+What it checks, and reports as counts:
+
+- every job the daemon **accepted** got exactly one answer (a result, or a job
+  error), unless its client saw the connection fail (the SIGKILL) or hung up
+  itself (the "disconnect" kind): nothing accepted is lost, nothing answered
+  twice;
+- verdicts are the ones each kind of job must get (ok, runtime error, CPU and
+  wall time limits, memory limit, output limit, cancelled, streamed output
+  equal to the result's);
+- the SIGKILLed daemon's containers die with it (the death-signal chain), and
+  the restarted one removes its cgroups, then serves;
+- afterwards: no process, cgroup or mount of ours, no SysV IPC object on the
+  host, the daemon's descriptors and memory back near where they started.
+
+    sudo .venv/bin/python bench/soak.py --jobs 3000 --clients 16      # ~5 min here
+
+``soak`` is also called by tests/security/test_soak.py for a bounded run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sandboxd_protocol as proto
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+import leftovers  # noqa: E402 - the suite's definition of "left behind"
+
+MiB = 1 << 20
+
+# ------------------------------------------------------------------- the jobs
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of job: how to submit it, what its client does, what it must get."""
+
+    weight: float
+    profile: str
+    files: dict[str, bytes]
+    limits: proto.JobLimits | None = None
+    verdicts: tuple[str, ...] = ("ok",)
+    action: str = ""  # "cancel", "disconnect" (after acceptance) or "" (wait)
+    stream: bool = False
+
+
+SLEEPER = {"main.sh": b"echo started; sleep 10"}
+KINDS: dict[str, Kind] = {
+    "ok": Kind(30, "bash", {"main.sh": b"echo ok"}),
+    "python": Kind(8, "python3", {"main.py": b"print(sum(range(1000)))"}),
+    "runtime_error": Kind(10, "bash", {"main.sh": b"echo failing >&2; exit 3"},
+                          verdicts=("runtime_error",)),
+    "cpu_limit": Kind(8, "bash", {"main.sh": b"while :; do :; done"},
+                      proto.JobLimits(cpu_time=0.2, wall_time=5.0), ("time_limit",)),
+    "wall_limit": Kind(5, "bash", {"main.sh": b"sleep 5"},
+                       proto.JobLimits(wall_time=0.3), ("time_limit",)),
+    "memory_limit": Kind(8, "python3", {"main.py": b"x = b'x' * (256 << 20)"},
+                         proto.JobLimits(memory=48 * MiB), ("memory_limit",)),
+    "output_limit": Kind(8, "bash", {"main.sh": b"head -c 2000000 /dev/zero"},
+                         proto.JobLimits(output=64 * 1024), ("output_limit",)),
+    "cancelled": Kind(8, "bash", SLEEPER, verdicts=("cancelled",), action="cancel",
+                      stream=True),
+    "disconnect": Kind(5, "bash", SLEEPER, verdicts=(), action="disconnect", stream=True),
+    "streaming": Kind(10, "bash", {"main.sh": b"for i in 1 2 3 4 5; do echo line $i; "
+                                              b"echo err $i >&2; sleep 0.01; done"},
+                      stream=True),
+}
+
+
+@dataclass
+class Counts:
+    """What happened to every job, by the clients' own accounts."""
+
+    submitted: int = 0
+    accepted: int = 0
+    answered: int = 0  # results and job errors after acceptance
+    refused: Counter[str] = field(default_factory=Counter)  # job errors instead of acceptance
+    verdicts: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    disconnected: int = 0  # accepted, then the client hung up on purpose
+    connection_failed: int = 0  # accepted, then the connection failed (the SIGKILL)
+    failed_before_acceptance: int = 0
+    wrong: list[str] = field(default_factory=list)  # verdicts or outputs not as expected
+    lost: list[str] = field(default_factory=list)  # accepted, never answered, no failure seen
+    duplicates: list[str] = field(default_factory=list)
+
+    def invariant_holds(self) -> bool:
+        return (self.accepted == self.answered + self.disconnected + self.connection_failed
+                and not self.lost and not self.duplicates)
+
+
+# ----------------------------------------------------------------- the daemon
+
+
+class SoakDaemon:
+    """``sandboxd serve`` in a directory of its own; SIGKILL and restart keep the config."""
+
+    def __init__(self, tmp: Path, **config: Any) -> None:
+        self.dir = tmp
+        self.socket = str(tmp / "sandboxd.sock")
+        self.instance = f"soak-{os.getpid()}"
+        self.config = {"socket": self.socket, "state_dir": str(tmp / "state"),
+                       "instance": self.instance, "pool_profiles": ["bash", "python3"],
+                       "pool_size": 2, "queue_length": 256, "idle_timeout": 30.0, **config}
+        self.log = tmp / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        cfg = self.dir / "sandboxd.toml"
+        cfg.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in self.config.items()))
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXD_")}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 60
+        while "event=ready" not in self.log.read_text()[offset:]:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon did not start: {self.log.read_text()[-3000:]}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(60)
+        return self.proc.returncode
+
+    def stats(self) -> proto.ServerStats:
+        c = Conn(self.socket)
+        try:
+            c.send(proto.StatsRequest())
+            ev = c.next()
+            assert isinstance(ev, proto.ServerStats), ev
+            return ev
+        finally:
+            c.close()
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.stats()
+            if not st.jobs_running and not st.jobs_queued and all(
+                    p.warm >= p.target for p in st.pools) and st.connections <= 1:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)  # used containers are destroyed just after their results
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    def fds(self) -> int:
+        """Descriptors, less the one each job cgroup keeps on its CPU counter (recycled
+        cgroups: their number follows the peak concurrency, not the jobs run)."""
+        cgroups = int(self.stats().counters.get("cgroups", 0))
+        return len(os.listdir(f"/proc/{self.pid}/fd")) - cgroups
+
+
+class Conn:
+    """A blocking protocol connection (one per client thread)."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(120)
+        self.sock.connect(path)
+        self.conn = proto.Connection(proto.CLIENT)
+        self.send(proto.Hello(client="soak"))
+        if not isinstance(ev := self.next(), proto.Welcome):
+            raise ConnectionError(f"no welcome: {ev}")
+
+    def send(self, ev: proto.Event) -> None:
+        data = self.conn.send(ev)
+        if data:
+            self.sock.sendall(data)
+
+    def next(self) -> Any:
+        while True:
+            ev = self.conn.next_event()
+            if isinstance(ev, proto.ConnectionClosed):
+                raise ConnectionError("the daemon closed the connection")
+            if ev is not proto.NEED_DATA:
+                return ev
+            data = self.sock.recv(1 << 16)
+            self.conn.receive_data(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def connect(path: str, timeout: float = 60.0) -> Conn:
+    """Connect, retrying while the daemon is down (the restart) or busy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Conn(path)
+        except (OSError, ConnectionError, proto.RemoteProtocolError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# ------------------------------------------------------------------ one job
+
+
+class StaleConnection(Exception):
+    """The submission could not even be sent: the daemon never saw this job."""
+
+
+def run_one(c: Conn, job_id: str, kind: Kind, counts: Counts, lock: threading.Lock) -> bool:
+    """Submit, act, and account for one job; False if the connection is gone after it.
+
+    Raises ``StaleConnection`` when the connection was already dead (the daemon was
+    killed, or dropped it as idle, between two jobs): the caller submits again.
+    """
+    try:
+        c.send(proto.JobSubmission(id=job_id, profile=kind.profile, files=kind.files,
+                                   limits=kind.limits, stream=kind.stream))
+    except OSError as e:
+        raise StaleConnection(str(e)) from e
+    accepted = cancelled = False
+    chunks: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+    try:
+        while True:
+            ev = c.next()
+            if isinstance(ev, proto.JobAcceptance) and ev.id == job_id:
+                accepted = True
+                with lock:
+                    counts.accepted += 1
+                if kind.action == "disconnect":
+                    c.next()  # its first output: it runs; then hang up
+                    with lock:
+                        counts.disconnected += 1
+                    c.close()
+                    return False
+            elif isinstance(ev, proto.OutputChunk) and ev.id == job_id:
+                chunks[ev.stream] += ev.data
+                if kind.action == "cancel" and not cancelled:
+                    c.send(proto.Cancellation(id=job_id))
+                    cancelled = True
+            elif isinstance(ev, proto.ErrorReport) and ev.id == job_id:
+                with lock:
+                    if accepted:
+                        counts.answered += 1
+                        counts.wrong.append(f"{job_id}: job error {ev.code}: {ev.message}")
+                    else:
+                        counts.refused[ev.code] += 1
+                return True
+            elif isinstance(ev, proto.JobResult) and ev.id == job_id:
+                step = ev.steps[0] if ev.steps else ev.compile
+                verdict = step.verdict if step else "?"
+                with lock:
+                    counts.answered += 1
+                    counts.verdicts[verdict] += 1
+                    if verdict not in kind.verdicts:
+                        counts.wrong.append(f"{job_id}: {verdict} ({step and step.reason})")
+                    if kind.stream and kind.action == "" and step is not None and (
+                            chunks["stdout"] != step.stdout or chunks["stderr"] != step.stderr):
+                        counts.wrong.append(f"{job_id}: streamed output differs from the result")
+                return True
+    except (OSError, ConnectionError):
+        with lock:
+            if accepted:
+                counts.connection_failed += 1
+            else:
+                counts.failed_before_acceptance += 1
+        return False
+    except proto.RemoteProtocolError as e:  # e.g. a second result for one job
+        with lock:
+            counts.duplicates.append(f"{job_id}: {e.code}: {e.message}")
+        return False
+
+
+# ------------------------------------------------------------------- the soak
+
+
+@dataclass
+class Report:
+    jobs: int
+    clients: int
+    seconds: float = 0.0
+    counts: Counts = field(default_factory=Counts)
+    killed_at_accepted: int = 0
+    containers_left_by_the_kill: int = 0
+    stale_cgroups_removed: bool = False
+    rss_kib: dict[str, int] = field(default_factory=dict)
+    fds: dict[str, int] = field(default_factory=dict)
+    leftovers: dict[str, Any] = field(default_factory=dict)
+    exit_code: int | None = None
+    log_errors: list[str] = field(default_factory=list)
+
+    def ok(self) -> bool:
+        return (self.counts.invariant_holds() and not self.counts.wrong
+                and not self.containers_left_by_the_kill and self.stale_cgroups_removed
+                and not self.leftovers and self.exit_code == 0 and not self.log_errors)
+
+    def summary(self) -> str:
+        c = self.counts
+        return (f"{self.jobs} jobs from {self.clients} clients in {self.seconds:.0f} s: "
+                f"submitted {c.submitted}, accepted {c.accepted}, answered {c.answered}, "
+                f"connection failed {c.connection_failed} (SIGKILL at {self.killed_at_accepted} "
+                f"accepted), disconnected {c.disconnected}, refused {dict(c.refused)}, "
+                f"failed before acceptance {c.failed_before_acceptance}; verdicts "
+                f"{dict(sorted(c.verdicts.items()))}; wrong {len(c.wrong)}, lost {len(c.lost)},"
+                f" duplicates {len(c.duplicates)}; containers left by the kill "
+                f"{self.containers_left_by_the_kill}; leftovers {self.leftovers or 'none'}; "
+                f"RSS KiB {self.rss_kib}; fds {self.fds}; exit {self.exit_code}")
+
+
+def soak(tmp: Path, jobs: int, clients: int, seed: int = 1,
+         kill_after: float = 0.5, **config: Any) -> Report:
+    """Run ``jobs`` jobs from ``clients`` threads; SIGKILL the daemon once ``kill_after`` of
+    them were accepted, restart it, go on; check and count everything."""
+    report = Report(jobs, clients)
+    counts = report.counts
+    before = leftovers.snapshot(ipc=True)
+    daemon = SoakDaemon(tmp, **config)
+    t0 = time.monotonic()
+    daemon.start()
+    daemon.wait_idle()
+    report.rss_kib["first_start"] = daemon.rss_kib()
+    lock = threading.Lock()
+    # Between the SIGKILL and the restart, the dying containers' inits may print a
+    # traceback (their control socket broke): the death of the daemon, not a bug.
+    kill_window = [0, 0]
+    up = threading.Event()
+    up.set()
+    names = list(KINDS)
+    weights = [KINDS[n].weight for n in names]
+
+    def client(k: int) -> None:
+        rng = random.Random(seed * 1000 + k)
+        c: Conn | None = None
+        while True:
+            with lock:
+                if counts.submitted >= jobs:
+                    break
+                counts.submitted += 1
+                n = counts.submitted
+            name = rng.choices(names, weights)[0]
+            with lock:
+                counts.by_kind[name] += 1
+            for _attempt in range(3):
+                up.wait(120)
+                try:
+                    if c is None:
+                        c = connect(daemon.socket)
+                    done = run_one(c, f"{k}-{n}", KINDS[name], counts, lock)
+                except StaleConnection:
+                    done = False
+                except (OSError, ConnectionError, proto.RemoteProtocolError):
+                    with lock:
+                        counts.failed_before_acceptance += 1
+                    break
+                else:
+                    if not done:
+                        with contextlib.suppress(OSError):
+                            c.close()
+                        c = None
+                    break
+                with contextlib.suppress(OSError):
+                    c.close()  # stale: submit again on a new connection
+                c = None
+        if c is not None:
+            c.close()
+
+    def killer() -> None:
+        target = int(jobs * kill_after)
+        while True:
+            with lock:
+                if counts.accepted >= target or counts.submitted >= jobs:
+                    report.killed_at_accepted = counts.accepted
+                    break
+            time.sleep(0.01)
+        up.clear()
+        old_zygotes = leftovers.descendants(daemon.pid)
+        report.rss_kib["at_kill"] = daemon.rss_kib()
+        kill_window[0] = daemon.log.stat().st_size
+        daemon.kill()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            mine = _orphans(old_zygotes)
+            if not mine:
+                break
+            time.sleep(0.05)
+        report.containers_left_by_the_kill = len(_orphans(old_zygotes))
+        offset = kill_window[1] = daemon.log.stat().st_size
+        daemon.start()
+        report.stale_cgroups_removed = "event=removed_stale" in daemon.log.read_text()[offset:]
+        daemon.wait_idle()
+        report.rss_kib["restart"] = daemon.rss_kib()
+        report.fds["restart"] = daemon.fds()
+        up.set()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    kt = threading.Thread(target=killer)
+    kt.start()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    kt.join()
+    daemon.wait_idle()
+    report.rss_kib["end"] = daemon.rss_kib()
+    report.fds["end"] = daemon.fds()
+    report.seconds = time.monotonic() - t0
+    report.exit_code = daemon.stop()
+    log = daemon.log.read_bytes()
+    log = log[:kill_window[0]] + log[kill_window[1]:]
+    report.log_errors = [line for line in log.decode(errors="replace").splitlines()
+                         if "level=error" in line or "Traceback" in line][:20]
+    report.leftovers = leftovers.new_leftovers(before, settle=10.0,
+                                               view=_ours(daemon.instance))
+    return report
+
+
+def _orphans(pids: set[int]) -> set[int]:
+    """Which of these processes (the killed daemon's tree) still live."""
+    return {p for p in pids if os.path.exists(f"/proc/{p}")}
+
+
+def _ours(instance: str) -> Callable[[leftovers.Snapshot], leftovers.Snapshot]:
+    """Our cgroups, and container processes no other live supervisor owns (other runs on
+    a shared machine make theirs meanwhile)."""
+    mark = f"sandboxd-{instance}"
+
+    def view(snap: leftovers.Snapshot) -> leftovers.Snapshot:
+        elsewhere = leftovers.supervised_elsewhere()
+        out = dict(snap)
+        out["procs"] = [p for p in snap["procs"] if p[0] not in elsewhere]  # type: ignore[attr-defined]
+        out["cgroups"] = {c for c in snap["cgroups"]  # type: ignore[attr-defined]
+                          if mark in c.split("/")}
+        return out
+
+    return view
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--jobs", type=int, default=3000)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", help="also write the report here")
+    a = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("soak: needs root (namespaces, cgroups)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="sandboxd-soak-") as d:
+        report = soak(Path(d), a.jobs, a.clients, a.seed, concurrency=a.concurrency)
+    print(report.summary())
+    for line in report.counts.wrong[:20] + report.counts.lost + report.counts.duplicates:
+        print("WRONG", line)
+    for line in report.log_errors:
+        print("LOG", line)
+    if a.json:
+        Path(a.json).write_text(json.dumps(asdict(report), indent=2, default=str))
+    return 0 if report.ok() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

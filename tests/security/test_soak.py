@@ -1,0 +1,59 @@
+"""A bounded soak: a few hundred mixed jobs from 8 clients, the daemon SIGKILLed and
+restarted once in the middle (bench/soak.py runs thousands).
+
+Every job the daemon accepted got exactly one answer, or its client saw the
+connection fail; every verdict is the one its kind of job must get; the killed
+daemon's containers died with it and the new one removed its cgroups; nothing
+is left afterwards (processes, cgroups, mounts, SysV IPC); the restarted
+daemon's descriptors and memory end near where they started.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import leftovers
+import pytest
+from attacks import only_ours
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.fixture
+def leftovers_view() -> leftovers.View:
+    """The soak checks its own daemon's leftovers (bench/soak.py, after it stops); the
+    suite-wide check after it need not count other test runs' containers and cgroups."""
+    return only_ours(f"soak-{os.getpid()}")
+
+
+def _load_soak() -> Any:
+    path = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
+    spec = importlib.util.spec_from_file_location("soak", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(240)
+def test_soak_with_a_sigkill_in_the_middle(tmp_path: Path) -> None:
+    soak = _load_soak()
+    report = soak.soak(tmp_path, jobs=300, clients=8, seed=7)
+    print("\n" + report.summary())
+    c = report.counts
+    assert c.submitted == 300
+    assert c.accepted == c.answered + c.disconnected + c.connection_failed, report.summary()
+    assert not c.lost and not c.duplicates, (c.lost, c.duplicates)
+    assert not c.wrong, c.wrong[:10]
+    assert c.accepted >= 250 and c.answered >= 200, report.summary()
+    assert report.containers_left_by_the_kill == 0
+    assert report.stale_cgroups_removed
+    assert not report.leftovers, report.leftovers
+    assert report.exit_code == 0 and not report.log_errors, report.log_errors
+    assert report.fds["end"] <= report.fds["restart"] + 4, report.fds
+    assert report.rss_kib["end"] < report.rss_kib["restart"] + 32 * 1024, report.rss_kib
