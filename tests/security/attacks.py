@@ -9,6 +9,7 @@ file (the suite-wide ``canary`` fixture) is as it was, link count included.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -95,6 +96,22 @@ class AttackDaemon:
                 raise AssertionError(f"daemon not idle after {timeout}s: {busy} jobs, cold "
                                      f"pools {cold}, non-warm container processes {stray}")
             time.sleep(0.05)
+
+
+@functools.cache
+def _profiles() -> dict[str, Any]:
+    from sandboxd.profiles import load_dir
+
+    return load_dir(None)
+
+
+def require_profile(name: str) -> None:
+    """Skip unless the host has the profile's runtime (the install script installs gcc
+    only; Node, a JDK and g++ are the host's own business)."""
+    profile = _profiles().get(name)
+    if profile is None or profile.unavailable:
+        pytest.skip(f"profile {name} is unavailable here: "
+                    f"{profile.unavailable if profile else 'not shipped'}")
 
 
 def start_attack_daemon(tmp: Path, **config: Any) -> AttackDaemon:

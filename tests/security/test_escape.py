@@ -18,7 +18,14 @@ from pathlib import Path
 import programs
 import pytest
 import sandboxd_protocol as proto
-from attacks import RUNTIME_BOMB, AttackDaemon, Canary, assert_unharmed, lines_of
+from attacks import (
+    RUNTIME_BOMB,
+    AttackDaemon,
+    Canary,
+    assert_unharmed,
+    lines_of,
+    require_profile,
+)
 
 from sandboxd import native
 
@@ -92,6 +99,7 @@ def test_escape_attempt_is_refused(attack_daemon: AttackDaemon, probes: dict[str
 def test_every_route_to_a_host_file_is_closed_in_every_language(
         attack_daemon: AttackDaemon, host_canary: Canary, language: str) -> None:
     """The canary by its path, ``..``, a symlink, a hard link, /proc/1/root and cwd."""
+    require_profile(language)
     res = attack_daemon.job(language, programs.source(programs.CANARY, language,
                                                       canary=host_canary.path),
                             limits=RUNTIME_BOMB)

@@ -16,7 +16,16 @@ from pathlib import Path
 import programs
 import pytest
 import sandboxd_protocol as proto
-from attacks import BOMB, RUNTIME_BOMB, AttackDaemon, Canary, MiB, assert_unharmed, lines_of
+from attacks import (
+    BOMB,
+    RUNTIME_BOMB,
+    AttackDaemon,
+    Canary,
+    MiB,
+    assert_unharmed,
+    lines_of,
+    require_profile,
+)
 
 pytestmark = pytest.mark.root
 
@@ -65,6 +74,7 @@ def test_fork_bomb_in_every_language(attack_daemon: AttackDaemon, host_canary: C
                                      language: str) -> None:
     """Processes where the runtime can fork (Python, bash, C, Node's child processes),
     threads where it cannot (C++, Java): the pids limit and the wall clock end them."""
+    require_profile(language)
     res = attack_daemon.job(language, programs.source(programs.FORK_BOMB, language,
                                                       seconds=10, count=100000),
                             limits=RUNTIME_BOMB)
@@ -118,6 +128,7 @@ def test_memory_bomb_in_every_language(attack_daemon: AttackDaemon, host_canary:
                                        language: str) -> None:
     """An OOM kill, or the runtime's own refusal (Java's heap is a quarter of the limit,
     so it throws OutOfMemoryError), never more than the limit."""
+    require_profile(language)
     res = attack_daemon.job(language, programs.source(programs.MEMORY_BOMB, language,
                                                       seconds=10, count=4096),
                             limits=RUNTIME_BOMB)
@@ -222,6 +233,7 @@ def test_streamed_output_flood_is_cut_at_the_cap(attack_daemon: AttackDaemon,
 @pytest.mark.parametrize("language", programs.LANGUAGES)
 def test_output_flood_in_every_language(attack_daemon: AttackDaemon, host_canary: Canary,
                                         language: str) -> None:
+    require_profile(language)
     res = attack_daemon.job(language, programs.source(programs.OUTPUT_FLOOD, language,
                                                       seconds=10, count=64 * MiB),
                             limits=RUNTIME_BOMB)
