@@ -51,7 +51,9 @@ def test_fork_bomb_meets_the_pids_and_time_limits(attack_daemon: AttackDaemon,
                                                   probes: dict[str, Path],
                                                   host_canary: Canary) -> None:
     step = attack_daemon.probe(probes["forkbomb"], "10", limits=BOMB)
-    assert step.verdict == "time_limit", step
+    # Thirty-two processes forking in a loop also charge kernel memory (stacks, page
+    # tables, failed forks): on a loaded host the memory limit may come first.
+    assert step.verdict in ("time_limit", "memory_limit"), step
     within_wall(step, BOMB)
     still_serves(attack_daemon)
     assert_unharmed(host_canary, attack_daemon, step)

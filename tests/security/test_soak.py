@@ -3,7 +3,8 @@ restarted once in the middle (bench/soak.py runs thousands).
 
 Every job the daemon accepted got exactly one answer, or its client saw the
 connection fail; every verdict is the one its kind of job must get; the killed
-daemon's containers died with it and the new one removed its cgroups; nothing
+daemon's containers died with it (but for a job frozen at that instant, on cgroup
+v1, which the restarted daemon removes) and the new one removed its cgroups; nothing
 is left afterwards (processes, cgroups, mounts, SysV IPC); the restarted
 daemon's descriptors and memory end near where they started.
 """
@@ -51,7 +52,11 @@ def test_soak_with_a_sigkill_in_the_middle(tmp_path: Path) -> None:
     assert not c.lost and not c.duplicates, (c.lost, c.duplicates)
     assert not c.wrong, c.wrong[:10]
     assert c.accepted >= 250 and c.answered >= 200, report.summary()
-    assert report.containers_left_by_the_kill == 0
+    # The killed daemon's containers die with it, except a job its daemon had frozen at
+    # that instant (cgroup v1: frozen tasks ignore SIGKILL until thawed), which the
+    # restarted daemon then removes (docs: the v1 freezer; reported by the soak).
+    assert soak.frozen_explained(report.kill_survivors), report.kill_survivors
+    assert report.kill_survivors_after_restart == 0, report.kill_survivors
     assert report.stale_cgroups_removed
     assert not report.leftovers, report.leftovers
     assert report.exit_code == 0 and not report.log_errors, report.log_errors
