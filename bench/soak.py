@@ -491,7 +491,7 @@ def _ours(instance: str) -> Callable[[leftovers.Snapshot], leftovers.Snapshot]:
     mark = f"sandboxd-{instance}"
 
     def view(snap: leftovers.Snapshot) -> leftovers.Snapshot:
-        elsewhere = leftovers.supervised_elsewhere()
+        elsewhere = leftovers.supervised_elsewhere() | leftovers.of_other_instances(instance)
         out = dict(snap)
         out["procs"] = [p for p in snap["procs"] if p[0] not in elsewhere]  # type: ignore[attr-defined]
         out["cgroups"] = {c for c in snap["cgroups"]  # type: ignore[attr-defined]

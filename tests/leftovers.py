@@ -194,16 +194,46 @@ def supervised_elsewhere(own: int | None = None) -> set[int]:
     return found
 
 
-def daemon_view(daemon_pid: int) -> View:
+def instance_of(pid: int) -> str | None:
+    """The sandboxd instance whose job cgroup holds ``pid`` (``None`` if in none): a job's
+    processes stay in their cgroup wherever they are reparented."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        for part in line.split(":", 2)[-1].split("/"):
+            if part.startswith("sandboxd-") and not part.startswith("sandboxd-box-"):
+                return part[len("sandboxd-"):]
+    return None
+
+
+def of_other_instances(instance: str) -> set[int]:
+    """Container processes that belong to another daemon than ``instance``: job processes
+    in its cgroups, and inits whose job process is there. (A leftover of ours is in our
+    cgroups; another test run's orphan is in its own.)"""
+    listed = {pid: uid for pid, uid, _name in container_processes()}
+    parents = _parents()
+    found = {pid for pid, uid in listed.items()
+             if uid >= identity.JOB_BASE and instance_of(pid) not in (None, instance)}
+    found |= {parents[pid] for pid in found if listed.get(parents.get(pid, 0), 0)}
+    return found
+
+
+def daemon_view(daemon_pid: int, instance: str | None = None) -> View:
     """A view for tests that talk only to one live daemon: it hides that daemon's warm
-    containers, the containers other supervisors own now (``supervised_elsewhere``),
-    and every cgroup: a job cannot make one, the daemon's own (``instance``) are
+    containers, the containers other supervisors own now (``supervised_elsewhere``) or
+    other daemons' cgroups hold (``of_other_instances``, given the daemon's
+    ``instance``), and every cgroup: a job cannot make one, the daemon's own are
     recycled across tests by design, and whether they are gone is for the check
     made after the daemon stops.
     """
 
     def view(snap: Snapshot) -> Snapshot:
         hidden = warm_containers(daemon_pid) | supervised_elsewhere(daemon_pid)
+        if instance is not None:
+            hidden |= of_other_instances(instance)
         out = dict(snap)
         out["procs"] = [p for p in snap["procs"] if p[0] not in hidden]  # type: ignore[attr-defined]
         out["cgroups"] = set()

@@ -129,12 +129,13 @@ def start_attack_daemon(tmp: Path, **config: Any) -> AttackDaemon:
 
 def only_ours(instance: str) -> leftovers.View:
     """After our daemon stopped: its cgroups (under ``sandboxd-<instance>``), and container
-    processes no other live supervisor owns. Other test runs on a shared machine make
-    both meanwhile; whatever our jobs left would hang from PID 1, or be under our root."""
+    processes that no other live supervisor owns and no other daemon's cgroup holds.
+    Other test runs on a shared machine make both meanwhile; whatever our jobs left
+    would hang from PID 1 in our cgroups, or be under our root."""
     mark = f"sandboxd-{instance}"
 
     def view(snap: leftovers.Snapshot) -> leftovers.Snapshot:
-        elsewhere = leftovers.supervised_elsewhere()
+        elsewhere = leftovers.supervised_elsewhere() | leftovers.of_other_instances(instance)
         out = dict(snap)
         out["procs"] = [p for p in snap["procs"]  # type: ignore[attr-defined]
                         if p[0] not in elsewhere]

@@ -54,7 +54,7 @@ def leftovers_view(request: pytest.FixtureRequest) -> Iterator[leftovers.View | 
         yield None
         return
     ad: AttackDaemon = request.getfixturevalue("attack_daemon")
-    yield leftovers.daemon_view(ad.pid)
+    yield leftovers.daemon_view(ad.pid, ad.instance)
     ad.wait_idle()
 
 
