@@ -39,6 +39,9 @@ class AttackDaemon:
     secret: str
     rss_start_kib: int = 0
     seq: int = 0
+    # The current test's canary (conftest's guard sets it): every job's output is
+    # searched for its token, whichever attack the job makes.
+    canary: Canary | None = None
 
     @property
     def pid(self) -> int:
@@ -59,6 +62,10 @@ class AttackDaemon:
         finally:
             c.close()
         assert isinstance(res, proto.JobResult), res
+        out = outputs(res)
+        assert self.secret.encode() not in out, "the daemon's environment leaked into an output"
+        if self.canary is not None:
+            assert self.canary.token.encode() not in out, "the canary's token leaked"
         return res
 
     def run(self, profile: str, files: dict[str, bytes], **kw: Any) -> proto.StepResult:

@@ -9,8 +9,10 @@ a process of a used container included, still fails that test. What the view
 hides (the daemon's recycled cgroups) is checked once the module's daemon has
 stopped, together with the host's SysV IPC objects.
 
-The helpers the tests call (``AttackDaemon``, ``assert_unharmed``...) live
-in ``attacks.py``.
+Every test on a module's daemon also gets a canary (``guard_canary``): no
+job's output may contain its token, and the file must be as it was after the
+test. The helpers the tests call (``AttackDaemon``, ``assert_unharmed``...)
+live in ``attacks.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import leftovers
 import pytest
-from attacks import AttackDaemon, Canary, only_ours, start_attack_daemon
+from attacks import AttackDaemon, Canary, assert_unharmed, only_ours, start_attack_daemon
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +76,20 @@ def host_ipc_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
 def host_canary(canary: tuple[Path, str]) -> Canary:
     """The suite's canary, with how it looked before the attack."""
     return Canary.of(*canary)
+
+
+@pytest.fixture(autouse=True)
+def guard_canary(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For every test on a module's daemon: a canary whose token no job may print (the
+    daemon checks each result, ``AttackDaemon.job``), unchanged after the test."""
+    if "attack_daemon" not in request.fixturenames or os.geteuid() != 0:
+        yield
+        return
+    ad: AttackDaemon = request.getfixturevalue("attack_daemon")
+    canary: Canary = request.getfixturevalue("host_canary")
+    ad.canary = canary
+    try:
+        yield
+    finally:
+        ad.canary = None
+    assert_unharmed(canary, ad)
