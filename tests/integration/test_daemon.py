@@ -73,7 +73,10 @@ def test_cancel_mid_run(tmp_path):
         c = d.connect()
         c.submit("s", files=SLEEPER, stream=True)
         wait_for_output(c, "s")
-        assert any(p[2] == "sleep" for p in leftovers.container_processes())
+        deadline = time.monotonic() + 10  # bash forks sleep just after its echo
+        while not any(p[2] == "sleep" for p in leftovers.container_processes()):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
         t = time.monotonic()
         c.send(proto.Cancellation(id="s"))
         res, _ = c.result("s")
