@@ -40,6 +40,7 @@ class Config:
     pool_profiles: tuple[str, ...] = ()  # warm from the start; others once first used
     profiles_dir: str = ""  # "" = the profiles shipped with sandboxd
     max_frame: int = 64 << 20
+    max_buffered: int = 0  # 0: four frames' worth
     max_connections: int = 256
     handshake_timeout: float = 10.0
     idle_timeout: float = 300.0
@@ -61,6 +62,9 @@ KEYS: dict[str, tuple[type, str]] = {
     "pool_profiles": (list, "profiles whose pools are warmed at start."),
     "profiles_dir": (str, "directory of *.toml profiles (default: the shipped ones)."),
     "max_frame": (int, "largest protocol frame accepted, in bytes."),
+    "max_buffered": (int, "bytes of unfinished frames all connections may hold together "
+                          "(0: 4 x max_frame); past it, the connection adding to it is refused "
+                          "busy."),
     "max_connections": (int, "connections served at once; more are refused."),
     "handshake_timeout": (float, "seconds a new connection has to say hello."),
     "idle_timeout": (float, "seconds a connection with no job in flight may stay silent."),

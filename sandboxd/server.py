@@ -293,6 +293,14 @@ class Server:
         self.conn_seq = itertools.count(1)
         self.draining = False
         self.limits = proto.SizeLimits(max_frame_size=cfg.max_frame)
+        self.sessions: set[Session] = set()
+        # What every connection's unfinished frames may hold together (each alone may
+        # reach max_frame): without it, max_connections slow clients could make the
+        # daemon buffer max_connections x max_frame bytes.
+        self.buffer_budget = cfg.max_buffered or 4 * cfg.max_frame
+
+    def over_budget(self) -> bool:
+        return sum(s.conn.buffered for s in self.sessions) > self.buffer_budget
 
     # -- profiles --------------------------------------------------------
 
@@ -322,7 +330,12 @@ class Server:
             return
         self.connections += 1
         try:
-            await Session(self, stream, n, tcp).run()
+            session = Session(self, stream, n, tcp)
+            self.sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                self.sessions.discard(session)
         finally:
             self.connections -= 1
             with contextlib.suppress(Exception):
@@ -382,6 +395,11 @@ class Server:
         rec.cancel_reason = "killed by sandboxctl kill"
         rec.scope.cancel()
         return True
+
+
+# A connection whose unfinished input is below this is never refused for the budget:
+# handshakes, small jobs and control messages always get through.
+BUDGET_EXEMPT = 256 << 10
 
 
 class Session:
@@ -508,6 +526,14 @@ class Session:
                         await self.send(proto.ErrorReport(code="timeout", message=message))
                     return
                 self.conn.receive_data(data)
+                if self.conn.buffered > BUDGET_EXEMPT and self.server.over_budget():
+                    event("over_budget", logging.WARNING, conn=self.n,
+                          buffered=self.conn.buffered, budget=self.server.buffer_budget)
+                    with contextlib.suppress(proto.LocalProtocolError):
+                        await self.send(proto.ErrorReport(
+                            code="server_busy", message="too much unfinished input across "
+                            "connections; send it again later"))
+                    return
                 continue
             self._message_started = None  # a whole message came: the next one's clock
             if isinstance(ev, proto.ConnectionClosed):
