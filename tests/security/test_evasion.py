@@ -75,7 +75,9 @@ def test_ignoring_signals_or_stopping_meets_the_wall_clock(attack_daemon: Attack
     limits = dataclasses.replace(BOMB, wall_time=1.0)
     step = evade(attack_daemon, probes, mode, limits=limits)
     assert step.verdict == "time_limit" and step.reason == "wall", step
-    assert 1.0 <= step.wall_time <= 2.0, step
+    # The deadline runs from the supervisor's send, the reported wall time from the
+    # init's hand-over: the latter may read a few ms short of the limit.
+    assert 0.9 <= step.wall_time <= 2.0, step
 
 
 @pytest.mark.parametrize("mode", ["daemon", "stopped-orphan", "zombies"])
