@@ -21,11 +21,12 @@ MiB = 1 << 20
 # and the kill run that much slower while the job keeps burning CPU, and the guest's clocks
 # drift: there, the bounds below widen. On real hardware they are the issue's own bounds.
 # In the VM the probe's own thread clock (how it decides it has burned 0.5 s) runs ahead
-# of the scheduler's accounting: the cgroup read 0.427-0.474 s, while the cgroup figure
-# matches the kernel's per-process schedstat to the ms there (tests/unit/cgroups). So the
-# lower bound in the VM tests the emulator's clocks, not sandboxd, and is wide.
+# of the scheduler's accounting: the cgroup read 0.379-0.474 s there, under host load,
+# while it matched the probe's getrusage (checked below, everywhere) and the kernel's
+# schedstat (tests/unit/cgroups). So in the VM the absolute bound tests the emulator's
+# clocks, not sandboxd: there it only asks for most of the work.
 IN_VM = bool(os.environ.get("V2VM"))
-LOW = 0.40 if IN_VM else 0.475
+LOW = 0.25 if IN_VM else 0.475
 OVERSHOOT = 0.25 if IN_VM else 0.05  # CPU past a limit before the kill, fraction of limit
 STARTUP_CPU = 0.5 if IN_VM else 0.1  # CPU of `sleep` starting up
 
@@ -34,6 +35,10 @@ def test_half_second_of_cpu_is_ok_and_exact(run_once, probes):
     r = run_once(["./burn", "0.5"], files={"burn": probes["burn"]}, cpu_time=1)
     assert r["verdict"] == "ok", r
     assert r["exit_code"] == 0
+    # The kernel's own account of the probe's work (getrusage from main() to exit): the
+    # cgroup holds it and a little more (exec, dynamic loading, exit), never less.
+    rusage = float(r["stdout"].split("rusage")[1])
+    assert rusage <= r["cpu_time"] <= rusage + (0.1 if IN_VM else 0.01), (rusage, r)
     assert LOW <= r["cpu_time"] <= 0.525, r["cpu_time"]
     assert r["user_time"] > r["sys_time"]  # a busy loop: mostly user time
     assert abs(r["user_time"] + r["sys_time"] - r["cpu_time"]) < 0.005
