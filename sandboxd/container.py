@@ -17,8 +17,9 @@ reaps every process of the namespace and reports how the job process ended.
 When the init exits, the kernel kills whatever is left in the namespace.
 
 Messages with the supervisor (``sandboxd.channel`` frames), from the init:
-``ready`` (+ pidfd of the job process), ``exited`` (wait status, and the
-monotonic times t0 of the hand-over and t1 of the reaping), ``error`` (where, message); to it:
+``ready`` (+ pidfd of the job process), ``started`` (monotonic t0 of the
+hand-over, which starts the wall clock), ``exited`` (wait status, t0 again and
+t1 of the reaping), ``error`` (where, message); to it:
 ``job`` (+ stdin, stdout, stderr descriptors).
 
 The user namespace: the container's root maps to an unprivileged host uid
@@ -297,6 +298,7 @@ def _init_serve(sock: socket.socket, job_sock: socket.socket, job_pid: int) -> i
         for fd in fds:
             os.close(fd)
     job_sock.close()
+    channel.send(sock, {"t": "started", "t0": t0})  # the job runs already: only its deadline
     while True:  # reap everything; report the job process
         try:
             pid, status = os.waitpid(-1, 0)

@@ -74,6 +74,7 @@ class Container:
         self.slot = -1  # the uid slot, when a pool allocated one
         self.used = False
         self._base: CgroupStats | None = None
+        self._deadline = 0.0
         self.destroyed = False
         self._killed_for: str | None = None
         self._kill_lock = trio.Lock()
@@ -153,8 +154,8 @@ class Container:
         stdin_w = trio.lowlevel.FdStream(in_w) if in_w >= 0 else None
         out = _Capture("stdout", out_r, limits.output, step.on_output)
         err = _Capture("stderr", err_r, limits.output, step.on_output)
-        # The wall deadline counts from here; the init reports its own hand-over
-        # time with the exit (one message fewer on every job's critical path).
+        # The wall clock starts at the hand-over, which the init reports ("started");
+        # until that message is in, the deadline counts from here, a little earlier.
         sent = time.monotonic()
         try:
             status, t0, t1 = await self._supervise(step, limits, base, sent, out, err, stdin_w)
@@ -222,9 +223,12 @@ class Container:
 
             async def watching() -> None:
                 with watch:
-                    await self._watchdog(limits, base.cpu_usage_ns, t0)
+                    await self._watchdog(limits, base.cpu_usage_ns)
 
+            self._deadline = t0 + limits.wall_time
             nursery.start_soon(watching)
+            msg = await self._recv("started")  # nothing waits on it but the deadline
+            self._deadline = float(msg["t0"]) + limits.wall_time
             msg = await self._recv("exited")
             result.append((int(msg["status"]), float(msg["t0"]), float(msg["t1"])))
             watch.cancel()
@@ -243,10 +247,10 @@ class Container:
             if self.cgroup.pids():
                 await trio.to_thread.run_sync(self.cgroup.kill_all)
 
-    async def _watchdog(self, limits: Limits, base_ns: int, t0: float) -> None:
+    async def _watchdog(self, limits: Limits, base_ns: int) -> None:
         limit_ns = int(limits.cpu_time * 1e9)
-        deadline = t0 + limits.wall_time
         while True:
+            deadline = self._deadline  # moves once, when the init reports the hand-over
             used = self.cgroup.cpu_usage_ns() - base_ns
             if used >= limit_ns:
                 await self.kill("cpu")
