@@ -211,8 +211,7 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
 
 
 def _skipped() -> Result:
-    return replace(Result.sandbox_error(""), verdict="cancelled",
-                   reason="skipped after an earlier test failed")
+    return Result.without_run("cancelled", "skipped after an earlier test failed")
 
 
 def out_of_memory(result: Result, markers: tuple[str, ...]) -> Result:

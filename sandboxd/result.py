@@ -75,7 +75,12 @@ class Result:
 
     @classmethod
     def sandbox_error(cls, reason: str, wall: float = 0.0) -> Result:
-        return cls("sandbox_error", reason, None, None, 0.0, 0.0, 0.0, round(wall, 6), 0,
+        return cls.without_run("sandbox_error", reason, wall)
+
+    @classmethod
+    def without_run(cls, verdict: str, reason: str, wall: float = 0.0) -> Result:
+        """A step that produced no measurements: our failure, or a test skipped."""
+        return cls(verdict, reason, None, None, 0.0, 0.0, 0.0, round(wall, 6), 0,
                    False, b"", b"", False, False)
 
 
