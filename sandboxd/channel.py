@@ -96,6 +96,14 @@ def recv(sock: socket.socket, max_frame: int = MAX_FRAME) -> tuple[dict[str, Any
     return _decode(_recv_exact(sock, length)), fds
 
 
+def recv_message(sock: socket.socket) -> dict[str, Any]:
+    """Read one message that should carry no descriptors; close any that came with it."""
+    msg, fds = recv(sock)
+    for fd in fds:
+        _close(fd)
+    return msg
+
+
 def _check_start(data: bytes, fds: list[int]) -> None:
     if not data:
         for fd in fds:

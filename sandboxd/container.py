@@ -311,11 +311,9 @@ def _init_serve(sock: socket.socket, job_sock: socket.socket, job_pid: int) -> i
             break
     # The supervisor kills what is left, then may ask for the files the job made.
     try:
-        msg, fds = channel.recv(sock)
+        msg = channel.recv_message(sock)
     except (channel.ChannelClosed, OSError):
         return 0
-    for fd in fds:
-        os.close(fd)
     if msg.get("t") == "collect":
         try:
             files = _collect_files(int(msg["max_bytes"]), int(msg["max_files"]))

@@ -104,9 +104,7 @@ class Container:
         """Kill every process of the job (freezer first) and remember why. Idempotent."""
         if self._killed_for is None:
             self._killed_for = reason
-        async with self._kill_lock:
-            if self.cgroup.pids():
-                await trio.to_thread.run_sync(self.cgroup.kill_all)
+        await self.kill_rest()
 
     async def run(self, step: RunStep) -> Result:
         if self.used:
@@ -243,6 +241,7 @@ class Container:
         return result[0]
 
     async def kill_rest(self) -> None:
+        """Kill whatever is left in the job's cgroup (freezer first), without a verdict."""
         async with self._kill_lock:
             if self.cgroup.pids():
                 await trio.to_thread.run_sync(self.cgroup.kill_all)

@@ -86,11 +86,9 @@ def _serve(sock: socket.socket) -> int:
     gc.freeze()
     while True:
         try:
-            msg, fds = channel.recv(sock)
+            msg = channel.recv_message(sock)
         except (channel.ChannelClosed, OSError):
             return 0
-        for fd in fds:
-            os.close(fd)
         req = msg.get("id")
         if msg.get("t") != "spawn":
             channel.send(sock, {"t": "error", "id": req, "message": f"unknown request {msg!r}"})

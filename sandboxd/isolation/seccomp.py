@@ -49,6 +49,15 @@ from typing import Final
 import pyseccomp
 
 from sandboxd.isolation import _syscalls_lsm
+from sandboxd.isolation._libc import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUSER,
+    CLONE_NEWUTS,
+)
 
 __all__ = [
     "NEVER_ALLOWED",
@@ -244,15 +253,9 @@ _NEWER_SYSCALLS: Final[Mapping[str, int]] = {
     "open_tree_attr": 467,
 }
 
-# clone(2) flags that create namespaces. CLONE_NEWTIME (0x80) shares its bit with the exit
-# signal in clone(2); only clone3 and unshare can ask for it, and both are refused.
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
+# clone(2) flags that create namespaces (from _libc, the one home of syscall constants).
+# CLONE_NEWTIME (0x80) shares its bit with the exit signal in clone(2); only clone3 and
+# unshare can ask for it, and both are refused.
 _CLONE_NS_FLAGS: Final = (
     CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID
     | CLONE_NEWNET
