@@ -26,7 +26,7 @@ MiB = 1 << 20
 # schedstat (tests/unit/cgroups). So in the VM the absolute bound tests the emulator's
 # clocks, not sandboxd: there it only asks for most of the work.
 IN_VM = bool(os.environ.get("V2VM"))
-LOW = 0.25 if IN_VM else 0.475
+LOW = 0.25 if IN_VM else 0.475  # for 0.5 s of work: the bound is ±5 % off the VM
 OVERSHOOT = 0.25 if IN_VM else 0.05  # CPU past a limit before the kill, fraction of limit
 STARTUP_CPU = 0.5 if IN_VM else 0.1  # CPU of `sleep` starting up
 
@@ -55,7 +55,13 @@ def test_cpu_limit_stops_within_a_few_ms(run_once, probes):
 def test_threads_cpu_adds_up(run_once, probes):
     r = run_once(["./burn", "0.2", "4"], files={"burn": probes["burn"]}, cpu_time=2)
     assert r["verdict"] == "ok", r
-    assert 0.76 <= r["cpu_time"] <= 0.84, r["cpu_time"]
+    # Four threads' work is all in the cgroup: the kernel's own account of the probe, and
+    # a little more, never less. The absolute bound is the issue's (±5 %) on real
+    # hardware; in the emulated VM the threads' clocks run ahead of the scheduler's
+    # accounting (the cgroup read 0.744-0.755 s there, CI run of session 1).
+    rusage = float(r["stdout"].split("rusage")[1])
+    assert rusage <= r["cpu_time"] <= rusage + (0.1 if IN_VM else 0.01), (rusage, r)
+    assert 4 * 0.2 * LOW / 0.5 <= r["cpu_time"] <= 0.84, r["cpu_time"]
 
 
 def test_wall_limit(run_once):
