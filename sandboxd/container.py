@@ -4,17 +4,18 @@ Strategy. ``spawn`` runs in a single-threaded process (the zygote, or
 ``run-once`` before trio starts) and clones the container init straight into
 new user, PID, mount, network, IPC, UTS and cgroup namespaces; it then writes
 the user namespace's id maps and lets the child go. The init, PID 1 of the
-new PID namespace, carries out ``setup_steps`` in a fixed order and forks the
-job process, which drops everything it will never need again (uid, every
-capability, no_new_privs, Landlock) and then *waits*: all of that is done
+new PID namespace, carries out ``setup_steps`` in a fixed order and starts
+the job process: the native helper (``native/jobexec.c``) by ``posix_spawn``,
+which drops everything it will never need again (every capability, uid,
+no_new_privs, Landlock, seccomp last) and then *waits*: all of that is done
 before any job exists, so a warm container costs a job almost nothing.
 
 When the job arrives (files, argv, env, limits and the stdio descriptors),
 the init writes the files into ``/box`` and hands the rest to the job
-process, which applies its rlimits, closes every other descriptor, installs
-the seccomp filter (precompiled BPF, one system call) and execs. The init
-reaps every process of the namespace and reports how the job process ended.
-When the init exits, the kernel kills whatever is left in the namespace.
+process, which applies its rlimits, closes every other descriptor and
+execs. The init reaps every process of the namespace and reports how the
+job process ended. When the init exits, the kernel kills whatever is left in
+the namespace.
 
 Messages with the supervisor (``sandboxd.channel`` frames), from the init:
 ``ready`` (+ pidfd of the job process), ``started`` (monotonic t0 of the
@@ -30,6 +31,7 @@ of its slot, and the job user to another, so even a process that became
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import signal
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandboxd import channel
-from sandboxd.isolation import _libc, caps, identity, landlock, mounts, net, rlimits, seccomp
+from sandboxd.isolation import _libc, identity, landlock, mounts, net, rlimits, seccomp
 from sandboxd.isolation._libc import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
@@ -223,26 +225,56 @@ def _init_main(spec: ContainerSpec, plan: mounts.MountPlan, sock: socket.socket,
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         setup_steps(plan)
-        job_sock, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        job_pid = os.fork()
-        if job_pid == 0:
-            code = 1
-            try:
-                init_end.close()
-                sock.close()
-                code = _job_main(spec, job_sock, bpf, helper_fd)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        job_sock.close()
-        job_pidfd = _libc.pidfd_open(job_pid)
+        job_pid, job_pidfd, init_end = _start_job_process(spec, bpf, helper_fd)
         channel.send(sock, {"t": "ready", "job_pid": job_pid}, [job_pidfd])
         os.close(job_pidfd)
     except Exception as e:
         _report_error(sock, "container setup", e)
         return 1
     return _init_serve(sock, init_end, job_pid)
+
+
+# Every signal the job process starts with its default action: the zygote ignores
+# SIGCHLD, Python ignores SIGPIPE and SIGXFSZ, and ignored dispositions survive execve.
+_DEFAULT_SIGNALS = frozenset(range(1, signal.NSIG)) - {signal.SIGKILL, signal.SIGSTOP, 32, 33}
+
+
+def _start_job_process(spec: ContainerSpec, bpf: bytes,
+                       helper_fd: int) -> tuple[int, int, socket.socket]:
+    """Start the job process: the native helper, by posix_spawn (vfork and exec, none of
+    this interpreter copied), then its prep frame, with which it drops everything it
+    will never need again before any job exists (see native/jobexec.c)."""
+    if helper_fd == JOBEXEC_FD:  # the spawn's dup2 onto fd 3 comes before its exec
+        helper_fd = fcntl.fcntl(helper_fd, fcntl.F_DUPFD_CLOEXEC, JOBEXEC_FD + 1)
+    job_sock, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ruleset = None
+    try:
+        if spec.landlock:
+            ruleset = landlock.ruleset(read_paths=["/"], write_paths=list(WRITABLE_DIRS),
+                                       write_files=list(WRITABLE_FILES))
+        if job_sock.fileno() == JOBEXEC_FD:  # dup2 onto itself keeps close-on-exec
+            os.set_inheritable(JOBEXEC_FD, True)
+        # By descriptor: no path inside the container leads to the helper.
+        job_pid = os.posix_spawn(
+            f"/proc/self/fd/{helper_fd}", ["sandboxd-jobexec"], {},
+            file_actions=[(os.POSIX_SPAWN_DUP2, job_sock.fileno(), JOBEXEC_FD)],
+            setsigdef=_DEFAULT_SIGNALS, setsigmask=())
+        job_pidfd = _libc.pidfd_open(job_pid)
+        flags = 1 if ruleset is not None else 0
+        body = struct.pack("<III", flags, identity.JOB_UID, identity.JOB_GID) + bpf
+        header = struct.pack("<I", len(body))
+        rights = [] if ruleset is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                              struct.pack("i", ruleset))]
+        init_end.sendmsg([header], rights)
+        init_end.sendall(body)
+    except BaseException:
+        init_end.close()
+        raise
+    finally:
+        job_sock.close()
+        if ruleset is not None:
+            os.close(ruleset)
+    return job_pid, job_pidfd, init_end
 
 
 def _report_error(sock: socket.socket, where: str, e: BaseException) -> None:
@@ -342,33 +374,6 @@ def _collect_files(max_bytes: int, max_files: int) -> dict[str, bytes]:
             with os.fdopen(fd, "rb") as f:
                 files[os.path.relpath(path, "/box")] = f.read(max_bytes + 1)
     return files
-
-
-# -------------------------------------------------------- inside: job process
-
-
-def _job_main(spec: ContainerSpec, sock: socket.socket, bpf: bytes, helper_fd: int) -> int:
-    """Drop everything now, before the job exists; then become the native job-exec helper,
-    which waits for the job and execs it from a small address space (see native/jobexec.c)."""
-    caps.drop_bounding_and_lock()
-    identity.become_job_user()
-    _die_with_parent()
-    caps.clear_all()
-    caps.set_no_new_privs()
-    if spec.landlock:
-        landlock.restrict(read_paths=["/"], write_paths=list(WRITABLE_DIRS),
-                          write_files=list(WRITABLE_FILES), exec_fds=[helper_fd])
-    helper = os.dup(helper_fd)  # close-on-exec, and clear of fd 3
-    if sock.fileno() != JOBEXEC_FD:
-        os.dup2(sock.fileno(), JOBEXEC_FD)
-    os.set_inheritable(JOBEXEC_FD, True)  # dup2 onto itself would leave close-on-exec set
-    # Seccomp last, as bubblewrap orders it, but before the job exists: what is
-    # left to do (execveat, recvmsg, dup2, chdir, setrlimit, close_range,
-    # execve) is on every policy's allow-list, and the 0.3 ms the kernel spends
-    # loading the filter is off the job's critical path.
-    seccomp.install(bpf)
-    os.execve(helper, ["sandboxd-jobexec"], {})
-    return 126  # pragma: no cover - execve does not return
 
 
 JOBEXEC_FD = 3

@@ -63,7 +63,7 @@ MS_SLAVE = 1 << 19
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
-# prctl options not in python-prctl's high-level API.
+# prctl options the container's Python side needs (the job process makes its own calls in C).
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 

@@ -1,11 +1,12 @@
-"""Identity: user namespace maps written from outside, and the drop to the job's uid inside.
+"""Identity: the ids of a slot, and the user namespace maps written from outside.
 
 Strategy: the container is a user namespace whose root (the container init)
 maps to an unprivileged host uid, and whose job user maps to another, both
 unique per pool slot, as isolate gives each box its own uid: two jobs can
 never signal or trace each other, and even the container's root is nobody on
 the host. The maps are written by the host-side parent (real root), which
-may map any host ids; the child waits until they are in place.
+may map any host ids; the child waits until they are in place. The drop to
+the job's uid inside is the job-exec helper's (native/jobexec.c).
 
 This module knows nothing of jobs, sockets, cgroups or trio.
 """
@@ -59,10 +60,3 @@ def write_maps(pid: int, ids: IdMap) -> None:
             os.write(fd, content.encode())
         finally:
             os.close(fd)
-
-
-def become_job_user() -> None:
-    """Drop to the job's uid and gid, with no supplementary groups (inside the container)."""
-    os.setgroups([])
-    os.setresgid(JOB_GID, JOB_GID, JOB_GID)
-    os.setresuid(JOB_UID, JOB_UID, JOB_UID)

@@ -41,6 +41,7 @@ __all__ = [
     "abi_version",
     "handled_access_fs",
     "restrict",
+    "ruleset",
 ]
 
 ACCESS_FS_EXECUTE: Final = 1 << 0
@@ -115,26 +116,50 @@ def restrict(
     read_paths: Sequence[str],
     write_paths: Sequence[str],
     write_files: Sequence[str] = (),
-    exec_fds: Sequence[int] = (),
     scope_signals: bool = True,
     scope_abstract_unix: bool = True,
 ) -> int:
     """Confine the calling thread and its future children; return the ABI used (0: none).
+
+    The rules are ``ruleset``'s. Needs ``no_new_privs`` set first, unless the
+    caller has CAP_SYS_ADMIN.
+    """
+    fd = ruleset(read_paths=read_paths, write_paths=write_paths, write_files=write_files,
+                 scope_signals=scope_signals, scope_abstract_unix=scope_abstract_unix)
+    if fd is None:
+        return 0
+    try:
+        _syscalls_lsm.landlock_restrict_self(fd)
+    except OSError as exc:
+        hint = " (set no_new_privs first)" if exc.errno == errno.EPERM else ""
+        raise LandlockError(exc.errno, f"landlock_restrict_self: {exc.strerror}{hint}") from exc
+    finally:
+        os.close(fd)
+    return abi_version()
+
+
+def ruleset(
+    *,
+    read_paths: Sequence[str],
+    write_paths: Sequence[str],
+    write_files: Sequence[str] = (),
+    scope_signals: bool = True,
+    scope_abstract_unix: bool = True,
+) -> int | None:
+    """A ruleset descriptor (close-on-exec, the caller's to close), or None without Landlock.
 
     Beneath ``read_paths``: execute, read files, list directories. Beneath
     ``write_paths``: everything, including creating, removing, renaming within
     and between them, and device ioctls. On each of ``write_files``: read,
     write, truncate (``> /dev/null`` opens with ``O_TRUNC``) and ioctl. Any
     other path is refused with ``EACCES``. A missing path is an error, not a
-    silent omission: the caller decides which paths exist. ``exec_fds`` are
-    open files that may be read and executed (``fexecve``) although no path
-    inside the sandbox leads to them: sandboxd's own job-exec helper.
-
-    Needs ``no_new_privs`` set first, unless the caller has CAP_SYS_ADMIN.
+    silent omission: the caller decides which paths exist. Built apart from
+    ``restrict`` so that one process (the container init) can build it and
+    another (the job process, in C) enforce it, with ``landlock_restrict_self``.
     """
     abi = abi_version()
     if abi == 0:
-        return 0
+        return None
     handled = handled_access_fs(abi)
     scoped = 0
     if abi >= _SCOPES_ABI:
@@ -142,33 +167,22 @@ def restrict(
         scoped |= SCOPE_ABSTRACT_UNIX_SOCKET if scope_abstract_unix else 0
     attr = _syscalls_lsm.LandlockRulesetAttr(handled_access_fs=handled, scoped=scoped)
     try:
-        ruleset = _syscalls_lsm.landlock_create_ruleset(attr)
+        fd = _syscalls_lsm.landlock_create_ruleset(attr)
     except OSError as exc:
         raise LandlockError(
             exc.errno, f"landlock_create_ruleset (ABI {abi}): {exc.strerror}"
         ) from exc
     try:
         for path in read_paths:
-            _allow(ruleset, path, _READ_RIGHTS & handled)
+            _allow(fd, path, _READ_RIGHTS & handled)
         for path in write_paths:
-            _allow(ruleset, path, handled)
+            _allow(fd, path, handled)
         for path in write_files:
-            _allow(ruleset, path, _WRITE_FILE_RIGHTS & handled)
-        for fd in exec_fds:
-            try:
-                _syscalls_lsm.landlock_add_path_rule(ruleset, _READ_RIGHTS & _FILE_RIGHTS
-                                                     & handled, fd)
-            except OSError as exc:
-                raise LandlockError(exc.errno, f"landlock_add_rule on fd {fd}: "
-                                    f"{exc.strerror}") from exc
-        try:
-            _syscalls_lsm.landlock_restrict_self(ruleset)
-        except OSError as exc:
-            hint = " (set no_new_privs first)" if exc.errno == errno.EPERM else ""
-            raise LandlockError(exc.errno, f"landlock_restrict_self: {exc.strerror}{hint}") from exc
-    finally:
-        os.close(ruleset)
-    return abi
+            _allow(fd, path, _WRITE_FILE_RIGHTS & handled)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _allow(ruleset: int, path: str, access: int) -> None:

@@ -173,14 +173,17 @@ def _sha(path: Path) -> str:
 def test_proc_self_exe_leads_only_back_to_an_unwritable_helper(
         attack_daemon: AttackDaemon, probes: dict[str, Path], host_canary: Canary) -> None:
     """CVE-2019-5736's target: the binary that starts the job. Exec'ing ``/proc/self/exe``
-    as the job re-runs the job-exec helper, which finds no job and exits 126; the
-    helper and the interpreter the init runs (the host's python) are unchanged, and
-    neither can be opened for writing (escape.c, proc-exe-*)."""
+    as the job is refused: the job-exec helper enforced Landlock on itself, and no rule
+    covers a file that no path inside the container leads to (without Landlock it would
+    find no prep frame and exit 125). The helper and the interpreter the init runs (the
+    host's python) are unchanged, and neither can be opened for writing (escape.c,
+    proc-exe-*)."""
     helper = native.helper_path()
     interpreter = Path(f"/proc/{attack_daemon.pid}/exe").resolve()
     before = _sha(helper), _sha(interpreter)
     step = attack_daemon.run("bash", {"main.sh": b"true"}, argv=["/proc/self/exe"])
-    assert step.verdict == "runtime_error" and step.exit_code == 126, step
+    assert step.verdict == "runtime_error" and step.exit_code == 127, step
+    assert b"cannot execute '/proc/self/exe': Permission denied" in step.stderr, step
     for attempt in ("proc-exe-init", "proc-exe-write", "self-exe-write"):
         got = attack_daemon.probe(probes["escape"], attempt, str(host_canary.path))
         refused(got)
