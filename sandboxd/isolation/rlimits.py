@@ -23,9 +23,15 @@ class Rlimits:
     open_files: int | None = None
     stack: int | None = None  # bytes
     core: int = 0
+    # No real-time priority and no raising of priority, whatever the host's defaults:
+    # a job must not starve the supervisor or the other jobs' timing (isolate does the
+    # same with its scheduling limits; nsjail sets rlimit_rtprio 0).
+    rtprio: int = 0
+    nice: int = 0
 
     def pairs(self) -> list[tuple[int, int]]:
-        out = [(resource.RLIMIT_CORE, self.core)]
+        out = [(resource.RLIMIT_CORE, self.core), (resource.RLIMIT_RTPRIO, self.rtprio),
+               (resource.RLIMIT_NICE, self.nice)]
         if self.cpu_seconds is not None:
             out.append((resource.RLIMIT_CPU, math.ceil(self.cpu_seconds) + 1))
         if self.file_size is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import socket
 
 import pytest
@@ -114,6 +115,42 @@ def test_init_cannot_be_signalled_by_the_job(run_once):
     r = py(run_once, "import os, time\ntry:\n    os.kill(1, 9); print('sent')\n"
            "except OSError as e: print(e.errno)\ntime.sleep(0.1); print('alive')")
     assert r["stdout"].splitlines()[0] == str(errno.EPERM)
+
+
+def test_job_cannot_raise_its_priority_or_go_real_time(run_once):
+    """RLIMIT_RTPRIO and RLIMIT_NICE are 0 (hard), whatever the host's defaults: a job
+    that asks for SCHED_FIFO or a negative nice value is refused, and cannot raise
+    the limits back. The host's limits are raised first (as a service manager's
+    LimitRTPRIO= would), so that a sandbox passing them on fails this test: an
+    unprivileged process may use SCHED_FIFO up to its RLIMIT_RTPRIO."""
+    saved = {which: resource.getrlimit(which)
+             for which in (resource.RLIMIT_RTPRIO, resource.RLIMIT_NICE)}
+    try:
+        resource.setrlimit(resource.RLIMIT_RTPRIO, (50, 50))
+        resource.setrlimit(resource.RLIMIT_NICE, (30, 30))
+    except (ValueError, OSError):
+        # Without CAP_SYS_RESOURCE (as on the development machines) the host's limits
+        # cannot be raised, and then a job sees 0 anyway: nothing would be tested.
+        pytest.skip("raising RLIMIT_RTPRIO needs CAP_SYS_RESOURCE, which this host lacks")
+    try:
+        r = _priority_probe(run_once)
+    finally:
+        for which, value in saved.items():
+            resource.setrlimit(which, value)
+    lines = r["stdout"].splitlines()
+    assert lines[0] == "(0, 0) (0, 0)", r
+    assert "allowed" not in lines[1:] and len(lines) == 4, r
+
+
+def _priority_probe(run_once):
+    return py(run_once, "import os, resource\n"
+           "print(resource.getrlimit(resource.RLIMIT_RTPRIO), "
+           "resource.getrlimit(resource.RLIMIT_NICE))\n"
+           "for f in (lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1)),\n"
+           "          lambda: os.setpriority(os.PRIO_PROCESS, 0, -5),\n"
+           "          lambda: resource.setrlimit(resource.RLIMIT_RTPRIO, (10, 10))):\n"
+           "    try:\n        f(); print('allowed')\n"
+           "    except (OSError, ValueError) as e: print(type(e).__name__)")
 
 
 # ----------------------------------------------------------------- identity

@@ -1,0 +1,34 @@
+"""The rlimits every job gets (what jobexec.c applies, soft = hard, before its execve)."""
+
+from __future__ import annotations
+
+import resource
+
+from sandboxd.container import encode_go
+from sandboxd.isolation.rlimits import Rlimits
+
+
+def test_hardening_limits_are_always_sent():
+    """No core dumps, no real-time priority, no raising of priority: whatever the job
+    asked and whatever the host's defaults (a service manager may raise them)."""
+    pairs = dict(Rlimits().pairs())
+    assert pairs == {resource.RLIMIT_CORE: 0, resource.RLIMIT_RTPRIO: 0,
+                     resource.RLIMIT_NICE: 0}
+
+
+def test_cpu_backstop_is_a_whole_second_past_the_limit():
+    """RLIMIT_CPU counts whole seconds; the cgroup watchdog ends the job first."""
+    assert dict(Rlimits(cpu_seconds=1.2).pairs())[resource.RLIMIT_CPU] == 3
+    assert dict(Rlimits(cpu_seconds=2).pairs())[resource.RLIMIT_CPU] == 3
+
+
+def test_limits_ride_in_the_job_message():
+    """The tail of jobexec's message: u32 count, then (u32 resource, u64 value) each."""
+    limits = Rlimits(file_size=1 << 20, open_files=64)
+    msg = encode_go(["true"], {}, "/box", limits)
+    tail = msg[-(4 + 12 * len(limits.pairs())):]
+    assert int.from_bytes(tail[:4], "little") == len(limits.pairs()) == 5
+    got = {int.from_bytes(tail[4 + 12 * i:8 + 12 * i], "little"):
+           int.from_bytes(tail[8 + 12 * i:16 + 12 * i], "little") for i in range(5)}
+    assert got[resource.RLIMIT_FSIZE] == 1 << 20 and got[resource.RLIMIT_NOFILE] == 64
+    assert got[resource.RLIMIT_RTPRIO] == 0 and got[resource.RLIMIT_NICE] == 0
