@@ -102,10 +102,10 @@ def _native() -> Finding:
     from sandboxd import native
 
     try:
-        path = native.helper_path()
+        paths = [native.init_path(), native.helper_path()]
     except native.NativeBuildError as e:
-        return Finding("fail", "job-exec helper", str(e), "install gcc and libc6-dev")
-    return Finding("ok", "job-exec helper", str(path))
+        return Finding("fail", "native helpers", str(e), "install gcc and libc6-dev")
+    return Finding("ok", "native helpers", ", ".join(map(str, paths)))
 
 
 def _timing() -> list[Finding]:

@@ -31,20 +31,20 @@ of its slot, and the job user to another, so even a process that became
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import fcntl
 import functools
 import os
 import signal
 import socket
-import stat
 import struct
 import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandboxd import channel
-from sandboxd.isolation import _libc, identity, landlock, mounts, net, rlimits, seccomp
+from sandboxd.isolation import _libc, identity, initplan, landlock, mounts, rlimits, seccomp
 from sandboxd.isolation._libc import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
@@ -127,25 +127,69 @@ class Spawned:
     created: float = field(default_factory=time.monotonic)
 
 
-_JOBEXEC_FD: int | None = None
+_NATIVE_FDS: dict[str, int] = {}
 
 
-def jobexec_fd() -> int:
-    """An open (close-on-exec) descriptor of the native job-exec helper, opened once per
-    process: containers exec it by descriptor, since no path inside them leads to it."""
-    global _JOBEXEC_FD
-    if _JOBEXEC_FD is None:
+def _native_fd(name: str) -> int:
+    """An open (close-on-exec) descriptor of a native helper, opened once per process:
+    containers exec them by descriptor, since no path inside them leads there."""
+    if name not in _NATIVE_FDS:
         from sandboxd import native
 
-        _JOBEXEC_FD = os.open(native.helper_path(), os.O_RDONLY | os.O_CLOEXEC)
-    return _JOBEXEC_FD
+        path = native.init_path() if name == "init" else native.helper_path()
+        _NATIVE_FDS[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return _NATIVE_FDS[name]
+
+
+# The plan of each shape, in a sealed memfd every clone of that shape reads (the zygote
+# makes few shapes; the oldest is closed past this many).
+_PLANS: collections.OrderedDict[ContainerSpec, int] = collections.OrderedDict()
+_MAX_PLANS = 64
+
+
+def plan_bytes(spec: ContainerSpec) -> bytes:
+    """What the init of a container of ``spec``'s shape carries out (isolation/initplan.py)."""
+    rules = None
+    if spec.landlock:
+        rules = landlock.plan_rules(read_dirs=["/"], write_dirs=WRITABLE_DIRS,
+                                    write_files=WRITABLE_FILES)
+    return initplan.encode(ops=mounts.compile_plan(spec.mount_plan()), hostname=HOSTNAME,
+                           landlock_rules=rules, uid=identity.JOB_UID, gid=identity.JOB_GID,
+                           bpf=seccomp.compile_policy(spec.seccomp_policy))
+
+
+def _plan_fd(spec: ContainerSpec) -> int:
+    shape = dataclasses.replace(spec, slot=0)
+    fd = _PLANS.get(shape)
+    if fd is not None:
+        _PLANS.move_to_end(shape)
+        return fd
+    data = plan_bytes(spec)
+    fd = os.memfd_create("sandboxd-plan", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    _PLANS[shape] = fd
+    if len(_PLANS) > _MAX_PLANS:
+        os.close(_PLANS.popitem(last=False)[1])
+    return fd
 
 
 def spawn(spec: ContainerSpec) -> Spawned:
-    """Clone a new container init. Call only from a single-threaded process (no trio)."""
-    bpf = seccomp.compile_policy(spec.seccomp_policy)  # cached: compiled once per process
-    plan = spec.mount_plan()  # cached likewise
-    helper_fd = jobexec_fd()
+    """Clone a new container init. Call only from a single-threaded process (no trio).
+
+    The clone execs the native init at once (native/init.c), which waits until
+    its id maps are written and then carries out the shape's plan.
+    """
+    plan_fd = _plan_fd(spec)
+    init_fd = _native_fd("init")
+    helper_fd = _native_fd("jobexec")
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     go_r, go_w = os.pipe()
     try:
@@ -156,16 +200,21 @@ def spawn(spec: ContainerSpec) -> Spawned:
         parent_sock.close()
         child_sock.close()
         raise
-    if pid == 0:  # the container init
-        code = 1
+    if pid == 0:  # the container init, for as long as it takes to exec the native one
         try:
-            os.close(go_w)
-            parent_sock.close()
-            code = _init_main(spec, plan, child_sock, go_r, bpf, helper_fd)
+            if os.read(go_r, 1) == b"g":  # else the parent died before writing our id maps
+                # Root of the namespace before the exec: an exec by an unmapped uid
+                # would drop every capability.
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
+                fds = (child_sock.fileno(), helper_fd, plan_fd)
+                for fd in fds:
+                    os.set_inheritable(fd, True)
+                os.execve(init_fd, ["sandboxd-init", *map(str, fds)], {})
         except BaseException:
             traceback.print_exc()
         finally:
-            os._exit(code)
+            os._exit(127)
     os.close(go_r)
     child_sock.close()
     try:
@@ -181,11 +230,8 @@ def spawn(spec: ContainerSpec) -> Spawned:
     return Spawned(pid, pidfd, parent_sock)
 
 
-# --------------------------------------------------------------- inside: init
-
-
 def keep_only_fds(keep: set[int]) -> None:
-    """Close every descriptor but 0, 1, 2 and ``keep``: a clone inherits all of its parent's."""
+    """Close every descriptor but 0, 1, 2 and ``keep`` (the zygote, at its start)."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2 and fd not in keep:
@@ -195,185 +241,14 @@ def keep_only_fds(keep: set[int]) -> None:
                 pass
 
 
-def setup_steps(plan: mounts.MountPlan) -> None:
-    """The container's setup, in bubblewrap's order: identity, mounts, hostname, network."""
-    os.setresgid(0, 0, 0)
-    os.setresuid(0, 0, 0)
-    # If the zygote died before this line, the supervisor did too (or will see this
-    # container's control socket fail): the init then exits on EOF or EPIPE.
-    _die_with_parent()
-    mounts.apply(plan)
-    _libc.sethostname(HOSTNAME)
-    net.loopback_up()
-
-
-def _die_with_parent() -> None:
-    """SIGKILL when the parent dies. Must come *after* every uid/gid change: the
-    kernel clears the death signal whenever a process's credentials change."""
-    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _init_main(spec: ContainerSpec, plan: mounts.MountPlan, sock: socket.socket, go_r: int,
-               bpf: bytes, helper_fd: int) -> int:
-    keep_only_fds({sock.fileno(), go_r, helper_fd})
-    if os.read(go_r, 1) != b"g":  # the parent died before writing our id maps
-        return 1
-    os.close(go_r)
-    # The zygote ignores SIGCHLD (the kernel reaps its inits); an init must reap.
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    try:
-        setup_steps(plan)
-        job_pid, job_pidfd, init_end = _start_job_process(spec, bpf, helper_fd)
-        channel.send(sock, {"t": "ready", "job_pid": job_pid}, [job_pidfd])
-        os.close(job_pidfd)
-    except Exception as e:
-        _report_error(sock, "container setup", e)
-        return 1
-    return _init_serve(sock, init_end, job_pid)
-
-
-# Every signal the job process starts with its default action: the zygote ignores
-# SIGCHLD, Python ignores SIGPIPE and SIGXFSZ, and ignored dispositions survive execve.
-_DEFAULT_SIGNALS = frozenset(range(1, signal.NSIG)) - {signal.SIGKILL, signal.SIGSTOP, 32, 33}
-
-
-def _start_job_process(spec: ContainerSpec, bpf: bytes,
-                       helper_fd: int) -> tuple[int, int, socket.socket]:
-    """Start the job process: the native helper, by posix_spawn (vfork and exec, none of
-    this interpreter copied), then its prep frame, with which it drops everything it
-    will never need again before any job exists (see native/jobexec.c)."""
-    if helper_fd == JOBEXEC_FD:  # the spawn's dup2 onto fd 3 comes before its exec
-        helper_fd = fcntl.fcntl(helper_fd, fcntl.F_DUPFD_CLOEXEC, JOBEXEC_FD + 1)
-    job_sock, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ruleset = None
-    try:
-        if spec.landlock:
-            ruleset = landlock.ruleset(read_paths=["/"], write_paths=list(WRITABLE_DIRS),
-                                       write_files=list(WRITABLE_FILES))
-        if job_sock.fileno() == JOBEXEC_FD:  # dup2 onto itself keeps close-on-exec
-            os.set_inheritable(JOBEXEC_FD, True)
-        # By descriptor: no path inside the container leads to the helper.
-        job_pid = os.posix_spawn(
-            f"/proc/self/fd/{helper_fd}", ["sandboxd-jobexec"], {},
-            file_actions=[(os.POSIX_SPAWN_DUP2, job_sock.fileno(), JOBEXEC_FD)],
-            setsigdef=_DEFAULT_SIGNALS, setsigmask=())
-        job_pidfd = _libc.pidfd_open(job_pid)
-        flags = 1 if ruleset is not None else 0
-        body = struct.pack("<III", flags, identity.JOB_UID, identity.JOB_GID) + bpf
-        header = struct.pack("<I", len(body))
-        rights = [] if ruleset is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                              struct.pack("i", ruleset))]
-        init_end.sendmsg([header], rights)
-        init_end.sendall(body)
-    except BaseException:
-        init_end.close()
-        raise
-    finally:
-        job_sock.close()
-        if ruleset is not None:
-            os.close(ruleset)
-    return job_pid, job_pidfd, init_end
-
-
-def _report_error(sock: socket.socket, where: str, e: BaseException) -> None:
-    try:
-        channel.send(sock, {"t": "error", "where": where, "message": f"{type(e).__name__}: {e}"})
-    except OSError:
-        pass
-
-
-def _write_files(files: dict[str, bytes]) -> None:
-    """Write the job's files into /box, owned by the job user. Paths were validated upstream,
-    and are checked again here: nothing may land outside /box."""
-    for name, content in files.items():
-        if name.startswith("/") or "\0" in name or ".." in name.split("/"):
-            raise ValueError(f"file name {name!r} must be relative and stay inside /box")
-        path = os.path.join("/box", name)
-        parent = os.path.dirname(path)
-        if parent != "/box":
-            os.makedirs(parent, mode=0o755, exist_ok=True)
-            os.chown(parent, identity.JOB_UID, identity.JOB_GID)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
-        try:
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchown(fd, identity.JOB_UID, identity.JOB_GID)
-        finally:
-            os.close(fd)
-
-
-def _init_serve(sock: socket.socket, job_sock: socket.socket, job_pid: int) -> int:
-    try:
-        msg, fds = channel.recv(sock)
-    except (channel.ChannelClosed, OSError):
-        return 0  # the supervisor gave up on this container before using it
-    try:
-        if msg.get("t") != "job" or len(fds) != 3:
-            raise ValueError(f"expected a job message with 3 descriptors, got {msg.get('t')!r}")
-        _write_files(msg.get("files") or {})
-        env = {str(k): str(v) for k, v in (msg.get("env") or {}).items()}
-        env.setdefault("PATH", JOB_PATH)
-        go = encode_go([str(a) for a in msg["argv"]], env, str(msg.get("cwd") or "/box"),
-                       rlimits.Rlimits(**(msg.get("rlimits") or {})))
-        t0 = time.monotonic()
-        sent = job_sock.sendmsg([go], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                        struct.pack("3i", *fds))])
-        if sent < len(go):
-            job_sock.sendall(go[sent:])
-    except Exception as e:
-        _report_error(sock, "job delivery", e)
-        return 1
-    finally:
-        for fd in fds:
-            os.close(fd)
-    job_sock.close()
-    channel.send(sock, {"t": "started", "t0": t0})  # the job runs already: only its deadline
-    while True:  # reap everything; report the job process
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError as e:
-            _report_error(sock, "reaping the job process", e)
-            return 1
-        if pid == job_pid:
-            t1 = time.monotonic()
-            channel.send(sock, {"t": "exited", "status": status, "t0": t0, "t1": t1})
-            break
-    # The supervisor kills what is left, then may ask for the files the job made.
-    try:
-        msg = channel.recv_message(sock)
-    except (channel.ChannelClosed, OSError):
-        return 0
-    if msg.get("t") == "collect":
-        try:
-            files = _collect_files(int(msg["max_bytes"]), int(msg["max_files"]))
-            channel.send(sock, {"t": "files", "files": files})
-        except Exception as e:
-            _report_error(sock, "collecting files", e)
-    return 0
-
-
-def _collect_files(max_bytes: int, max_files: int) -> dict[str, bytes]:
-    """Regular files under /box, never following a symlink the job may have planted."""
-    files: dict[str, bytes] = {}
-    total = 0
-    for top, dirs, names in os.walk("/box", followlinks=False):
-        dirs.sort()
-        for name in sorted(names):
-            path = os.path.join(top, name)
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            total += st.st_size
-            if total > max_bytes or len(files) >= max_files:
-                raise ValueError(f"the job left more than {max_bytes} bytes or {max_files} "
-                                 "files in /box")
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            with os.fdopen(fd, "rb") as f:
-                files[os.path.relpath(path, "/box")] = f.read(max_bytes + 1)
-    return files
+def job_message(files: dict[str, bytes], argv: list[str], env: dict[str, str], cwd: str,
+                limits: rlimits.Rlimits) -> dict[str, Any]:
+    """The init's job message: the files for /box, and the job-exec helper's message
+    (which the init passes on untouched, with the job's stdio)."""
+    env = {str(k): str(v) for k, v in env.items()}
+    env.setdefault("PATH", JOB_PATH)
+    return {"t": "job", "files": files,
+            "go": encode_go([str(a) for a in argv], env, str(cwd or "/box"), limits)}
 
 
 JOBEXEC_FD = 3

@@ -27,8 +27,8 @@ import trio
 
 from sandboxd import channel
 from sandboxd.cgroups import CgroupLimits, CgroupStats, JobCgroup
-from sandboxd.container import Spawned
-from sandboxd.isolation import _libc
+from sandboxd.container import Spawned, job_message
+from sandboxd.isolation import _libc, rlimits
 from sandboxd.limits import Limits
 from sandboxd.result import Measured, Result, SandboxError, decide
 
@@ -131,12 +131,14 @@ class Container:
             if step.stdin:
                 os.write(in_r, step.stdin)
                 os.lseek(in_r, 0, os.SEEK_SET)
-        rl = {"cpu_seconds": limits.cpu_time, "file_size": limits.file_size,
-              "open_files": limits.open_files, "stack": limits.stack}
+        rl = rlimits.Rlimits(cpu_seconds=limits.cpu_time, file_size=limits.file_size,
+                             open_files=limits.open_files, stack=limits.stack)
         try:
-            await self.chan.send({"t": "job", "files": step.files, "argv": step.argv,
-                                  "env": step.env, "cwd": step.cwd, "rlimits": rl},
-                                 [in_r, out_w, err_w])
+            try:
+                msg = job_message(step.files, step.argv, step.env, step.cwd, rl)
+            except ValueError as e:
+                raise SandboxError(f"job delivery: ValueError: {e}") from e
+            await self.chan.send(msg, [in_r, out_w, err_w])
         except BaseException:
             # Cancelled (the client hung up) or the init gone: our ends were not yet
             # handed to anything that closes them (a leak per job, found by fuzzing).

@@ -28,6 +28,7 @@ import functools
 import os
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from sandboxd.isolation import _syscalls_lsm
@@ -38,8 +39,10 @@ __all__ = [
     "ACCESS_FS_READ_FILE",
     "ACCESS_FS_WRITE_FILE",
     "LandlockError",
+    "Rules",
     "abi_version",
     "handled_access_fs",
+    "plan_rules",
     "restrict",
     "ruleset",
 ]
@@ -161,10 +164,7 @@ def ruleset(
     if abi == 0:
         return None
     handled = handled_access_fs(abi)
-    scoped = 0
-    if abi >= _SCOPES_ABI:
-        scoped |= SCOPE_SIGNAL if scope_signals else 0
-        scoped |= SCOPE_ABSTRACT_UNIX_SOCKET if scope_abstract_unix else 0
+    scoped = _scoped(abi, scope_signals, scope_abstract_unix)
     attr = _syscalls_lsm.LandlockRulesetAttr(handled_access_fs=handled, scoped=scoped)
     try:
         fd = _syscalls_lsm.landlock_create_ruleset(attr)
@@ -183,6 +183,42 @@ def ruleset(
         os.close(fd)
         raise
     return fd
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """A ruleset as data, for a process that cannot run Python (the container init)."""
+
+    handled_fs: int
+    scoped: int
+    rules: tuple[tuple[str, int], ...]  # (path, access)
+
+
+def plan_rules(
+    *,
+    read_dirs: Sequence[str],
+    write_dirs: Sequence[str],
+    write_files: Sequence[str] = (),
+    scope_signals: bool = True,
+    scope_abstract_unix: bool = True,
+) -> Rules | None:
+    """``ruleset``'s rules, computed ahead for paths whose kind the caller knows (the
+    container's ``/``, ``/box``... are directories and ``/dev/null`` a file), or None
+    without Landlock. native/init.c builds the ruleset from them."""
+    abi = abi_version()
+    if abi == 0:
+        return None
+    handled = handled_access_fs(abi)
+    rules = [(p, _READ_RIGHTS & handled) for p in read_dirs]
+    rules += [(p, handled) for p in write_dirs]
+    rules += [(p, _WRITE_FILE_RIGHTS & handled) for p in write_files]
+    return Rules(handled, _scoped(abi, scope_signals, scope_abstract_unix), tuple(rules))
+
+
+def _scoped(abi: int, signals: bool, abstract_unix: bool) -> int:
+    if abi < _SCOPES_ABI:
+        return 0
+    return (SCOPE_SIGNAL if signals else 0) | (SCOPE_ABSTRACT_UNIX_SOCKET if abstract_unix else 0)
 
 
 def _allow(ruleset: int, path: str, access: int) -> None:

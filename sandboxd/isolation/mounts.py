@@ -1,8 +1,9 @@
-"""The container's filesystem: a plan of mount steps, then an interpreter that carries it out.
+"""The container's filesystem: a plan of mount steps, compiled to the init's operations.
 
 Strategy (bubblewrap's): the plan is plain data, built without root and
-testable on its own; ``apply`` runs it inside the container's fresh mount
-namespace, where every mount is invisible to the host. The new root is a
+testable on its own; ``compile_plan`` turns it into operations that the
+container init (native/init.c) carries out inside the container's fresh
+mount namespace, where every mount is invisible to the host. The new root is a
 tmpfs (made read-only once built) holding read-only binds of the host's
 ``/usr``, ``/bin``, ``/lib*`` and a few ``/etc`` files, writable size-limited
 tmpfs mounts at ``/box`` and ``/tmp``, a fresh ``/proc`` with Docker's
@@ -21,7 +22,7 @@ whose owner is not mapped in the namespace (all of the image's).
 
 Everything happens inside a user namespace, where the kernel "locks" the
 flags a mount had on the host: a read-only remount must keep them, which is
-why ``_remount_ro`` reads them back with statvfs first.
+why a read-only remount reads them back with statvfs first.
 
 This module knows nothing of jobs, sockets, cgroups or trio.
 """
@@ -29,13 +30,12 @@ This module knows nothing of jobs, sockets, cgroups or trio.
 from __future__ import annotations
 
 import errno
-import fcntl
 import glob
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sandboxd.isolation import _libc
 from sandboxd.isolation._libc import (
     MS_BIND,
     MS_NODEV,
@@ -43,13 +43,8 @@ from sandboxd.isolation._libc import (
     MS_NOSUID,
     MS_RDONLY,
     MS_REC,
-    MS_REMOUNT,
     MS_SLAVE,
 )
-
-MS_NOATIME = 1024
-MS_NODIRATIME = 2048
-MS_RELATIME = 1 << 21
 
 # The host directory the new root is built on. It is covered by a tmpfs in the
 # container's own mount namespace only, so the host's /tmp is never touched.
@@ -274,7 +269,22 @@ def image_plan(
     return MountPlan(tuple(steps), overlay=overlay)
 
 
-# ---------------------------------------------------------------- interpreter
+# ---------------------------------------------------------------- compiler
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One operation of the container init (native/init.c), in the order given.
+
+    ``kind`` is one of ``OPS``; ``args`` are its strings and integers (see
+    isolation/initplan.py for their order); ``what`` and ``hint`` make the error
+    message if it fails ("mount step {what} failed on {path}: {errno}. {hint}").
+    """
+
+    kind: str
+    args: tuple[str | bytes | int, ...]
+    what: str = ""
+    hint: str = ""
 
 
 def _fail(step: object, path: str, err: OSError, hint: str) -> MountError:
@@ -282,245 +292,195 @@ def _fail(step: object, path: str, err: OSError, hint: str) -> MountError:
                       f"{os.strerror(err.errno or 0)}. {hint}")
 
 
-_ST_TO_MS = (
-    (os.ST_RDONLY, MS_RDONLY),
-    (os.ST_NOSUID, MS_NOSUID),
-    (os.ST_NODEV, MS_NODEV),
-    (os.ST_NOEXEC, MS_NOEXEC),
-    (os.ST_NOATIME, MS_NOATIME),
-    (os.ST_NODIRATIME, MS_NODIRATIME),
-    (os.ST_RELATIME, MS_RELATIME),
-)
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "",
+           what: object = "", hint: str = "") -> Op:
+    return Op("mount", (source or "", target, fstype or "", data, flags), repr(what), hint)
 
 
-def _locked_flags(path: str) -> int:
-    st = os.statvfs(path)
-    return sum(ms for st_flag, ms in _ST_TO_MS if st.f_flag & st_flag)
+def _remount_ro(path: str, extra: int = MS_NOSUID | MS_NODEV, what: object = "",
+                hint: str = "") -> Op:
+    """Read-only, keeping the flags the host locked (init.c reads them with statvfs)."""
+    return Op("remount_ro", (path, extra), repr(what) if what else "read-only remount", hint)
 
 
-def _remount_ro(path: str, extra: int = MS_NOSUID | MS_NODEV) -> None:
-    flags = _locked_flags(path) | MS_BIND | MS_REMOUNT | MS_RDONLY | extra
-    _libc.mount(None, path, None, flags)
+def _mkdirs(path: str) -> Op:
+    return Op("mkdirs", (path,))
 
 
-def _mkdirs(path: str) -> None:
-    os.makedirs(path, mode=0o755, exist_ok=True)
+def _touch(path: str) -> Op:
+    return Op("touch", (path,))
 
 
-def _touch(path: str) -> None:
-    _mkdirs(os.path.dirname(path))
-    if not os.path.lexists(path):
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
-
-
-def _bind(step: Bind, root: str) -> None:
+def _bind(step: Bind, root: str) -> list[Op]:
+    """Resolved here, on the host (the zygote sees the same files the init will)."""
     dest = root + step.target
     try:
         st = os.stat(step.source)
-    except FileNotFoundError:
+    except FileNotFoundError as e:
         if step.optional:
-            return
-        raise
-    import stat as _stat
-
-    if _stat.S_ISDIR(st.st_mode):
-        _mkdirs(dest)
-    else:
-        _touch(dest)
-    try:
-        _libc.mount(step.source, dest, None, MS_BIND | MS_REC)
-        if not step.writable:
-            _remount_ro(dest)
-    except OSError as e:
-        raise _fail(step, dest, e, "Is the source readable and on a mountable filesystem?") from e
+            return []
+        raise _fail(step, step.source, e, "The source must exist on the host.") from e
+    hint = "Is the source readable and on a mountable filesystem?"
+    ops = [_mkdirs(dest) if stat.S_ISDIR(st.st_mode) else _touch(dest),
+           _mount(step.source, dest, None, MS_BIND | MS_REC, what=step, hint=hint)]
+    if not step.writable:
+        ops.append(_remount_ro(dest, what=step, hint=hint))
+    return ops
 
 
-def _tmpfs(step: Tmpfs, root: str) -> None:
+def _tmpfs(step: Tmpfs, root: str) -> list[Op]:
     dest = root + step.path
-    _mkdirs(dest)
     opts = f"size={step.size},mode={step.mode:o},uid={step.uid},gid={step.gid}"
     if step.nr_inodes:
         opts += f",nr_inodes={step.nr_inodes}"
-    try:
-        _libc.mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NODEV, opts)
-    except OSError as e:
-        raise _fail(step, dest, e, "tmpfs refused its options (size, uid, gid)?") from e
+    return [_mkdirs(dest), _mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NODEV, opts, step,
+                                  "tmpfs refused its options (size, uid, gid)?")]
 
 
-def _dev(step: Dev, root: str) -> None:
+def _dev(step: Dev, root: str) -> list[Op]:
     dev = root + step.path
-    _mkdirs(dev)
-    _libc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755")
+    ops = [_mkdirs(dev), _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755",
+                                step)]
     for name in DEV_NODES:
         target = f"{dev}/{name}"
-        _touch(target)
-        try:
-            _libc.mount(f"/dev/{name}", target, None, MS_BIND)
-        except OSError as e:
-            raise _fail(step, target, e, "The host must have /dev/" + name) from e
+        ops += [_touch(target), _mount(f"/dev/{name}", target, None, MS_BIND, what=step,
+                                       hint="The host must have /dev/" + name)]
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                          ("core", "/proc/kcore")):
-        os.symlink(target, f"{dev}/{name}")
+        ops.append(Op("symlink", (target, f"{dev}/{name}")))
     # A private /dev/shm: isolate shared one between boxes until 2.6.
     shm = f"{dev}/shm"
-    _mkdirs(shm)
-    _libc.mount("tmpfs", shm, "tmpfs", MS_NOSUID | MS_NODEV,
-                f"size={step.shm_size},mode=1777,nr_inodes=4096")
-    _remount_ro(dev, MS_NOSUID | MS_NOEXEC)
+    ops += [_mkdirs(shm), _mount("tmpfs", shm, "tmpfs", MS_NOSUID | MS_NODEV,
+                                 f"size={step.shm_size},mode=1777,nr_inodes=4096", step),
+            _remount_ro(dev, MS_NOSUID | MS_NOEXEC, step)]
+    return ops
 
 
-def _proc(step: Proc, root: str) -> None:
+def _proc(step: Proc, root: str) -> list[Op]:
+    """Which of /proc's paths exist is the kernel's doing: the host's /proc answers for the
+    container's (one kernel)."""
     proc = root + step.path
-    _mkdirs(proc)
-    try:
-        _libc.mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    except OSError as e:
-        raise _fail(step, proc, e, "Mounting /proc needs a new PID namespace and a fully "
-                    "visible /proc on the host.") from e
+    ops = [_mkdirs(proc), _mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "",
+                                 step, "Mounting /proc needs a new PID namespace and a fully "
+                                 "visible /proc on the host.")]
     for path in step.readonly:
-        target = root + path
-        if os.path.exists(target):
-            _libc.mount(target, target, None, MS_BIND | MS_REC)
-            _remount_ro(target, MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        if os.path.exists(path):
+            target = root + path
+            ops += [_mount(target, target, None, MS_BIND | MS_REC, what=step),
+                    _remount_ro(target, MS_NOSUID | MS_NODEV | MS_NOEXEC, step)]
     null = root + "/dev/null"
     for path in step.masked:
-        target = root + path
-        if not os.path.lexists(target):
+        if not os.path.lexists(path):
             continue
-        if os.path.isdir(target):
-            _libc.mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                        "size=0,mode=555")
+        target = root + path
+        if os.path.isdir(path):
+            ops.append(_mount("tmpfs", target, "tmpfs",
+                              MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=555",
+                              step))
         else:
-            _libc.mount(null, target, None, MS_BIND)
+            ops.append(_mount(null, target, None, MS_BIND, what=step))
+    return ops
 
 
-def _file(step: File, root: str) -> None:
-    dest = root + step.path
-    _mkdirs(os.path.dirname(dest))
-    fd = os.open(dest, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW, step.mode)
-    try:
-        os.write(fd, step.content)
-    finally:
-        os.close(fd)
+def _file(step: File, root: str) -> Op:
+    return Op("file", (root + step.path, step.mode, step.content))
 
 
-def _symlink(step: Symlink, root: str) -> None:
-    dest = root + step.path
-    _mkdirs(os.path.dirname(dest))
-    os.symlink(step.target, dest)
+def _symlink(step: Symlink, root: str) -> Op:
+    return Op("symlink", (step.target, root + step.path))
 
 
-def _enter_layers(overlay: OverlayRoot) -> int:
-    """Lock the store (shared) and chdir into its layers; the lock's fd. Before BUILD_BASE
-    is covered: the store may live below it."""
-    fd = -1
-    try:
-        if overlay.lock:
-            fd = os.open(overlay.lock, os.O_RDONLY | os.O_CLOEXEC)
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        os.chdir(overlay.layers_dir)
-    except OSError as e:
-        if fd >= 0:
-            os.close(fd)
-        raise _fail("overlay root", overlay.layers_dir, e, "The image store must exist and be "
-                    "traversable by the container's root, an unprivileged host uid "
-                    "(o+x on the store and every parent).") from e
-    return fd
-
-
-def _prepare_upper(step: Step, upper: str) -> None:
+def _prepare_upper(step: Step, upper: str) -> list[Op]:
     """Create ``step``'s file or mount point in the upper directory (see the module's notes)."""
     if isinstance(step, File):
-        _file(step, upper)
-    elif isinstance(step, Symlink):
-        _symlink(step, upper)
-    elif isinstance(step, Bind):
+        return [_file(step, upper)]
+    if isinstance(step, Symlink):
+        return [_symlink(step, upper)]
+    if isinstance(step, Bind):
         if os.path.isdir(step.source):
-            _mkdirs(upper + step.target)
-        elif os.path.exists(step.source):  # else _bind reports it (or skips it, if optional)
-            _touch(upper + step.target)
-    else:
-        _mkdirs(upper + step.path)
+            return [_mkdirs(upper + step.target)]
+        if os.path.exists(step.source):  # else _bind reports it (or skips it, if optional)
+            return [_touch(upper + step.target)]
+        return []
+    return [_mkdirs(upper + step.path)]
 
 
+# Per errno (init.c picks the one that matches).
 _OVERLAY_HINTS = {
-    errno.ENOENT: "An image layer is missing from the store (removed while in use?): "
-                  "import the image again.",
-    errno.EACCES: "The container's root, an unprivileged host uid, must be able to read "
-                  "the layers: the store and its parents need o+x.",
-    errno.EINVAL: "overlayfs refused its options: a user namespace needs Linux 5.11+ for "
-                  "userxattr, and the store's filesystem must support user xattrs.",
+    "ENOENT": "An image layer is missing from the store (removed while in use?): "
+              "import the image again.",
+    "EACCES": "The container's root, an unprivileged host uid, must be able to read "
+              "the layers: the store and its parents need o+x.",
+    "EINVAL": "overlayfs refused its options: a user namespace needs Linux 5.11+ for "
+              "userxattr, and the store's filesystem must support user xattrs.",
 }
+HINT_TABLE = "\x01"  # a hint that starts with it is "NAME=text" entries, each after one
 
 
-def _overlay(overlay: OverlayRoot, steps: Sequence[Step], base: str) -> str:
-    """Mount the overlay root at ``base``/root (cwd: the layers) and return its path."""
+def _overlay(overlay: OverlayRoot, steps: Sequence[Step], base: str) -> tuple[list[Op], str]:
+    """Mount the overlay root at ``base``/root (cwd: the layers); its ops and its path."""
     upper, work, merged = f"{base}/upper", f"{base}/work", f"{base}/root"
-    for d in (upper, work, merged):
-        os.mkdir(d, 0o755)
+    ops = [Op("mkdir", (d, 0o755)) for d in (upper, work, merged)]
     for step in steps:
-        _prepare_upper(step, upper)
-    for d in overlay.dirs:
-        _mkdirs(upper + d)
+        ops += _prepare_upper(step, upper)
+    ops += [_mkdirs(upper + d) for d in overlay.dirs]
     opts = f"lowerdir={':'.join(overlay.lower)},upperdir={upper},workdir={work},userxattr"
     if len(opts) >= 4096:
         raise MountError(errno.E2BIG, f"the overlay options of {len(overlay.lower)} layers "
                          "do not fit in one page; flatten the image")
-    try:
-        _libc.mount(overlay.label, merged, "overlay", MS_NOSUID | MS_NODEV, opts)
-    except OSError as e:
-        raise _fail(f"overlay root of {len(overlay.lower)} layers", merged, e,
-                    _OVERLAY_HINTS.get(e.errno or 0, "")) from e
-    return merged
+    hints = "".join(f"{HINT_TABLE}{name}={text}" for name, text in _OVERLAY_HINTS.items())
+    ops.append(Op("mount", (overlay.label, merged, "overlay", opts, MS_NOSUID | MS_NODEV),
+                  f"overlay root of {len(overlay.lower)} layers", hints))
+    return ops, merged
 
 
-def apply(plan: MountPlan) -> None:
-    """Build the new root from ``plan`` and pivot into it. Run inside a new mount namespace.
+def compile_plan(plan: MountPlan) -> list[Op]:
+    """The init's operations that build the new root from ``plan`` and pivot into it.
 
-    Afterwards ``/`` is the new root (read-only), the old root is detached and
-    the working directory is the plan's workdir.
+    Run by the init inside its new mount namespace, they leave ``/`` the new
+    root (read-only), the old root detached and the working directory the
+    plan's workdir. Whatever depends on the host (does a source exist, is it a
+    directory) is decided here, once per shape, in the zygote.
     """
     # Nothing we mount may propagate back to the host.
-    _libc.mount(None, "/", None, MS_REC | MS_SLAVE)
+    ops = [_mount(None, "/", None, MS_REC | MS_SLAVE, what="make-rslave")]
     root = BUILD_BASE
-    lock = _enter_layers(plan.overlay) if plan.overlay else -1
-    _libc.mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={plan.root_size},mode=755")
+    overlay = plan.overlay
+    if overlay:  # before BUILD_BASE is covered: the store may live below it
+        hint = ("The image store must exist and be traversable by the container's root, an "
+                "unprivileged host uid (o+x on the store and every parent).")
+        if overlay.lock:
+            ops.append(Op("lock", (overlay.lock,), "'overlay root'", hint))
+        ops.append(Op("chdir", (overlay.layers_dir,), "'overlay root'", hint))
+    ops.append(_mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV,
+                      f"size={plan.root_size},mode=755", what="root tmpfs"))
     steps = plan.steps
-    if plan.overlay:
-        try:
-            root = _overlay(plan.overlay, steps, BUILD_BASE)
-        finally:
-            if lock >= 0:
-                os.close(lock)
+    if overlay:
+        overlay_ops, root = _overlay(overlay, steps, BUILD_BASE)
+        ops += [*overlay_ops, Op("unlock", ())]
         # Generated files and links are in the upper layer already.
         steps = tuple(s for s in steps if not isinstance(s, (File, Symlink)))
     # /etc is created before the binds that land in it and remounted read-only after.
     readonly_tmpfs: list[str] = []
     for step in steps:
         if isinstance(step, Bind):
-            _bind(step, root)
+            ops += _bind(step, root)
         elif isinstance(step, Symlink):
-            _symlink(step, root)
+            ops.append(_symlink(step, root))
         elif isinstance(step, Tmpfs):
-            _tmpfs(step, root)
+            ops += _tmpfs(step, root)
             if step.path == "/etc":
                 readonly_tmpfs.append(root + step.path)
         elif isinstance(step, File):
-            _file(step, root)
+            ops.append(_file(step, root))
         elif isinstance(step, Dev):
-            _dev(step, root)
+            ops += _dev(step, root)
         elif isinstance(step, Proc):
-            _proc(step, root)
+            ops += _proc(step, root)
         else:  # pragma: no cover - the Step union is closed
             raise TypeError(f"unknown mount step {step!r}")
-    for path in readonly_tmpfs:
-        _remount_ro(path)
-    _remount_ro(root)
-    os.chdir(root)
-    try:
-        _libc.pivot_root(".", ".")
-    except OSError as e:
-        raise _fail("pivot_root", root, e, "The new root must be a mount point.") from e
-    _libc.umount2(".", _libc.MNT_DETACH)
-    os.chdir(plan.workdir)
+    ops += [_remount_ro(path) for path in readonly_tmpfs]
+    ops += [_remount_ro(root), Op("pivot", (root,)),
+            Op("chdir", (plan.workdir,), "'workdir'", "")]
+    return ops

@@ -1,11 +1,11 @@
-"""Native helpers, built from C beside this file: today only ``sandboxd-jobexec``.
+"""Native helpers, built from C beside this file: ``sandboxd-init`` and ``sandboxd-jobexec``.
 
 Strategy: the install script builds them (``python -m sandboxd.native``);
 if one is missing or older than its source, ``helper_path`` builds it on the
 spot with the system C compiler, atomically (build to a temporary name, then
 rename), so that two daemons starting at once cannot see half a binary.
 Statically linked where the C library allows it: no dynamic loader runs on
-the job's critical path. See jobexec.c for why this exists at all.
+the job's critical path. See init.c and jobexec.c for why they exist at all.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 JOBEXEC_SRC = HERE / "jobexec.c"
 JOBEXEC = HERE / "sandboxd-jobexec"
+INIT_SRC = HERE / "init.c"
+INIT = HERE / "sandboxd-init"
 
 
 class NativeBuildError(RuntimeError):
@@ -58,3 +60,9 @@ def helper_path() -> Path:
         build()
     return JOBEXEC
 
+
+def init_path() -> Path:
+    """The container init, built first if it is missing or stale."""
+    if _stale(INIT, INIT_SRC):
+        build(INIT, INIT_SRC)
+    return INIT
