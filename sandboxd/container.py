@@ -1,27 +1,33 @@
 """One single-use container: made by ``spawn`` (host side), run by its init (inside).
 
-Strategy. ``spawn`` runs in a single-threaded process (the zygote, or
-``run-once`` before trio starts) and clones the container init straight into
-new user, PID, mount, network, IPC, UTS and cgroup namespaces; it then writes
-the user namespace's id maps and lets the child go. The init, PID 1 of the
-new PID namespace, carries out ``setup_steps`` in a fixed order and starts
-the job process: the native helper (``native/jobexec.c``) by ``posix_spawn``,
-which drops everything it will never need again (every capability, uid,
-no_new_privs, Landlock, seccomp last) and then *waits*: all of that is done
-before any job exists, so a warm container costs a job almost nothing.
+Strategy. Python decides, C executes. ``spawn`` runs in a single-threaded
+process (the zygote, or ``run-once`` before trio starts); it compiles the
+container's *plan* once per shape (the mount operations, the Landlock rules,
+the seccomp program, the job's ids: ``isolation/initplan.py``) into a sealed
+memfd, and asks the native fork server (``native/init.c --forkserver``, one
+per process) for a clone into new user, PID, mount, network, IPC, UTS and
+cgroup namespaces; the fork server writes the user namespace's id maps and
+lets the child go. The child, PID 1 of the new PID namespace, becomes the
+namespace's root and runs the native init, which carries out the plan and
+starts the job process: the native job-exec helper (``native/jobexec.c``)
+by vfork and exec, which drops everything it will never need again (every
+capability, uid, no_new_privs, Landlock, seccomp last) and then *waits*: all
+of that is done before any job exists, so a warm container costs a job
+almost nothing. No interpreter runs in a container.
 
-When the job arrives (files, argv, env, limits and the stdio descriptors),
-the init writes the files into ``/box`` and hands the rest to the job
-process, which applies its rlimits, closes every other descriptor and
-execs. The init reaps every process of the namespace and reports how the
-job process ended. When the init exits, the kernel kills whatever is left in
-the namespace.
+When the job arrives (files, and the job-exec helper's message made here:
+argv, env, working directory, rlimits; with the stdio descriptors), the init
+writes the files into ``/box`` and hands the rest to the job process, which
+applies its rlimits, closes every other descriptor and execs. The init reaps
+every process of the namespace and reports how the job process ended. When
+the init exits, the kernel kills whatever is left in the namespace.
 
 Messages with the supervisor (``sandboxd.channel`` frames), from the init:
 ``ready`` (+ pidfd of the job process), ``started`` (monotonic t0 of the
 hand-over, which starts the wall clock), ``exited`` (wait status, t0 again and
 t1 of the reaping), ``error`` (where, message); to it:
-``job`` (+ stdin, stdout, stderr descriptors).
+``job`` (+ stdin, stdout, stderr descriptors), ``collect`` (the init answers
+``files``).
 
 The user namespace: the container's root maps to an unprivileged host uid
 of its slot, and the job user to another, so even a process that became
@@ -31,20 +37,23 @@ of its slot, and the job user to another, so even a process that became
 
 from __future__ import annotations
 
+import atexit
 import collections
+import contextlib
 import dataclasses
+import errno
 import fcntl
 import functools
 import os
+import select
 import signal
 import socket
 import struct
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandboxd.isolation import _libc, identity, initplan, landlock, mounts, rlimits, seccomp
+from sandboxd.isolation import identity, initplan, landlock, mounts, rlimits, seccomp
 from sandboxd.isolation._libc import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
@@ -130,14 +139,17 @@ class Spawned:
 _NATIVE_FDS: dict[str, int] = {}
 
 
+def _native_path(name: str) -> str:
+    from sandboxd import native
+
+    return str(native.init_path() if name == "init" else native.helper_path())
+
+
 def _native_fd(name: str) -> int:
     """An open (close-on-exec) descriptor of a native helper, opened once per process:
-    containers exec them by descriptor, since no path inside them leads there."""
+    containers exec the job-exec helper by descriptor, since no path inside leads there."""
     if name not in _NATIVE_FDS:
-        from sandboxd import native
-
-        path = native.init_path() if name == "init" else native.helper_path()
-        _NATIVE_FDS[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        _NATIVE_FDS[name] = os.open(_native_path(name), os.O_RDONLY | os.O_CLOEXEC)
     return _NATIVE_FDS[name]
 
 
@@ -181,52 +193,106 @@ def _plan_fd(spec: ContainerSpec) -> int:
     return fd
 
 
-def spawn(spec: ContainerSpec) -> Spawned:
-    """Clone a new container init. Call only from a single-threaded process (no trio).
+class _ForkServer:
+    """The native fork server (native/init.c, ``--forkserver``): one per process that makes
+    containers, started at its first container. It clones each init from its own small
+    address space instead of this interpreter's, and dies with this process."""
 
-    The clone execs the native init at once (native/init.c), which waits until
-    its id maps are written and then carries out the shape's plan.
-    """
-    plan_fd = _plan_fd(spec)
-    init_fd = _native_fd("init")
-    helper_fd = _native_fd("jobexec")
-    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    go_r, go_w = os.pipe()
-    try:
-        pid, pidfd = _libc.clone(CLONE_FLAGS)
-    except BaseException:
-        for fd in (go_r, go_w):
-            os.close(fd)
-        parent_sock.close()
-        child_sock.close()
-        raise
-    if pid == 0:  # the container init, for as long as it takes to exec the native one
+    _MAGIC = 0x53464253  # "SBFS"
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Above 4: the spawn's dup2s onto 3 and 4 come before its exec.
+        sock = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
+        helper = fcntl.fcntl(_native_fd("jobexec"), fcntl.F_DUPFD_CLOEXEC, 10)
         try:
-            if os.read(go_r, 1) == b"g":  # else the parent died before writing our id maps
-                # Root of the namespace before the exec: an exec by an unmapped uid
-                # would drop every capability.
-                os.setresgid(0, 0, 0)
-                os.setresuid(0, 0, 0)
-                fds = (child_sock.fileno(), helper_fd, plan_fd)
-                for fd in fds:
-                    os.set_inheritable(fd, True)
-                os.execve(init_fd, ["sandboxd-init", *map(str, fds)], {})
+            self.pid = os.posix_spawn(
+                _native_path("init"), ["sandboxd-init", "--forkserver"], {},
+                file_actions=[(os.POSIX_SPAWN_DUP2, sock, 3), (os.POSIX_SPAWN_DUP2, helper, 4)],
+                setsigdef=_DEFAULT_SIGNALS, setsigmask=())
         except BaseException:
-            traceback.print_exc()
+            ours.close()
+            raise
         finally:
-            os._exit(127)
-    os.close(go_r)
-    child_sock.close()
+            for fd in (sock, helper):
+                os.close(fd)
+            theirs.close()
+        self.sock = ours
+        # Reaped by us, not left to PID 1: an orphan would be a zombie until PID 1 reaps it
+        # (some container PID 1s never do).
+        atexit.register(self.close)
+
+    def clone(self, ids: identity.IdMap, ctrl: socket.socket, plan_fd: int) -> tuple[int, int]:
+        """A new container init with ``ctrl`` as its channel: its pid and a pidfd."""
+        uid_map, gid_map = ids.uid_map().encode(), ids.gid_map().encode()
+        head = struct.pack("=III", self._MAGIC, len(uid_map), len(gid_map))
+        self.sock.sendmsg([head + uid_map + gid_map], [(
+            socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", ctrl.fileno(), plan_fd))])
+        data, ancdata, _flags, _addr = self.sock.recvmsg(8, socket.CMSG_SPACE(4))
+        fds = [fd for level, kind, raw in ancdata
+               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+               for fd in struct.unpack(f"{len(raw) // 4}i", raw[:len(raw) // 4 * 4])]
+        if len(data) != 8:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(errno.EPIPE, "the container fork server is gone")
+        pid, err = struct.unpack("=ii", data)
+        if pid <= 0 or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(err or errno.EPROTO, f"the fork server could not clone a container: "
+                          f"{os.strerror(err or errno.EPROTO)}")
+        return pid, fds[0]
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Close its socket (it exits at EOF) and reap it, killing it past ``timeout``."""
+        if self.sock.fileno() < 0:
+            return
+        atexit.unregister(self.close)
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            pidfd = -1
+        self.sock.close()
+        if pidfd >= 0:
+            try:
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                if not poller.poll(int(timeout * 1000)):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    poller.poll(int(timeout * 1000))
+            finally:
+                os.close(pidfd)
+        with contextlib.suppress(ChildProcessError):  # ours to reap, unless SIGCHLD is ignored
+            os.waitpid(self.pid, os.WNOHANG)
+
+
+_FORKSERVER: _ForkServer | None = None
+# Every signal a process we start begins with at its default action: the zygote ignores
+# SIGCHLD, Python ignores SIGPIPE and SIGXFSZ, and ignored dispositions survive execve.
+_DEFAULT_SIGNALS = frozenset(range(1, signal.NSIG)) - {signal.SIGKILL, signal.SIGSTOP, 32, 33}
+
+
+def spawn(spec: ContainerSpec) -> Spawned:
+    """Start a new container init. Call only from a single-threaded process (no trio).
+
+    The native fork server clones it straight into its namespaces and writes its
+    id maps; it then carries out the shape's plan (native/init.c).
+    """
+    global _FORKSERVER
+    plan_fd = _plan_fd(spec)
+    if _FORKSERVER is None:
+        _FORKSERVER = _ForkServer()
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        identity.write_maps(pid, identity.IdMap(spec.slot))
-        os.write(go_w, b"g")
-    except BaseException:
-        _libc.pidfd_send_signal(pidfd, signal.SIGKILL)
-        os.close(pidfd)
+        pid, pidfd = _FORKSERVER.clone(identity.IdMap(spec.slot), child_sock, plan_fd)
+    except OSError:
         parent_sock.close()
+        _FORKSERVER.close()  # a fresh one next time
+        _FORKSERVER = None
         raise
     finally:
-        os.close(go_w)
+        child_sock.close()
     return Spawned(pid, pidfd, parent_sock)
 
 

@@ -46,7 +46,7 @@ def run_once(once: Once) -> Result:
                              tmp_size=limits.tmp_size, seccomp_policy=once.seccomp_policy,
                              landlock=once.landlock, image=once.image,
                              image_store=once.image_store)
-        # SIGCHLD at its default: we reap the init ourselves (executor.destroy).
+        # SIGCHLD at its default: the native fork server is our child, reaped at exit.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         spawned = spawn(spec)
         return trio.run(_run, spawned, cg, once.step)

@@ -1,17 +1,18 @@
-"""The zygote: a small single-threaded fork server that makes every container.
+"""The zygote: a small single-threaded process that makes every container.
 
 Strategy: forking a process that runs an event loop (and may have threads)
-is unsafe, so the supervisor forks this process once, *before* trio starts,
+is unsafe, so the supervisor starts this process once, *before* trio starts,
 with the modules a container needs already imported and the seccomp policies
-already compiled. It then does one thing: on a ``spawn`` request it clones a
-container (``container.spawn``) and hands back the init's pid, its pidfd and
+already compiled. It then does one thing: on a ``spawn`` request it has a
+container made (``container.spawn``: the plan of its shape, built once, and
+the native fork server's clone) and hands back the init's pid, its pidfd and
 the control socket's other end over SCM_RIGHTS. It never waits for the
-container to become ready; the supervisor does that asynchronously, so the
-zygote's only serial cost per container is the clone and the id maps.
+container to become ready; the supervisor does that asynchronously.
 
-Inits are the zygote's children; SIGCHLD is ignored so the kernel reaps them.
-The zygote dies with the supervisor (PR_SET_PDEATHSIG, and EOF on its socket);
-each init dies with the zygote, and with the init the whole container.
+Inits are the native fork server's children, and it ignores SIGCHLD so the
+kernel reaps them. The zygote dies with the supervisor (PR_SET_PDEATHSIG, and
+EOF on its socket), the fork server with the zygote, each init with the fork
+server, and with the init the whole container.
 
 ``ZygoteClient`` is the supervisor's (trio) end.
 """

@@ -10,10 +10,11 @@
  * the filter, landlock.py the rules, all once per shape in the zygote) and
  * this program only carries it out, from a memfd, the "plan".
  *
- * It is exec'd as the root of the container's user namespace (the clone
- * waits for its id maps and becomes that root first: an exec by an unmapped
- * uid would lose every capability), with descriptors (argv[1..3], in this
- * order, moved to 3..5 here):
+ * One long-lived copy of this program is a fork server (``--forkserver``,
+ * started by the zygote, or by run-once): it clones each container straight
+ * into its namespaces, copying only itself, writes the child's id maps, and
+ * the child becomes the namespace's root and runs init_main, with no exec.
+ * The init's descriptors:
  *   3 the control channel to the supervisor (channel.py's frames: a 4-byte
  *     big-endian length, a msgpack map; descriptors ride with the first byte);
  *   4 the job-exec helper (native/jobexec.c), executed by descriptor;
@@ -29,6 +30,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <net/if.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -60,6 +62,9 @@
 #ifndef SYS_landlock_create_ruleset
 #define SYS_landlock_create_ruleset 444
 #define SYS_landlock_add_rule 445
+#endif
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
 #endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -850,21 +855,23 @@ static int serve(struct job *job) {
 
 /* ------------------------------------------------------------ main */
 
-int main(int argc, char **argv) {
-    prctl(PR_SET_NAME, "sandboxd-init", 0, 0, 0);
-    if (argc != 4) { errno = EINVAL; die("usage: sandboxd-init SOCK HELPER PLAN"); }
-    /* Move the three descriptors into place (via high numbers: any may sit on 3..5). */
-    int high[3];
-    for (int i = 0; i < 3; i++) {
-        high[i] = fcntl(atoi(argv[1 + i]), F_DUPFD_CLOEXEC, 64);
+/* Move descriptors into place (via high numbers: any may already sit on the targets),
+ * and close every other one but 0, 1 and 2. */
+static void arrange_fds(const int *from, int n) {
+    int high[4];
+    for (int i = 0; i < n; i++) {
+        high[i] = fcntl(from[i], F_DUPFD_CLOEXEC, 64);
         if (high[i] < 0) die("F_DUPFD");
     }
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < n; i++)
         if (dup3(high[i], CTRL_FD + i, O_CLOEXEC) < 0) die("dup3");
-    }
-    syscall(SYS_close_range, 6u, ~0u, 0u);
-    /* The zygote ignores SIGCHLD (the kernel reaps its inits); ignored dispositions
-     * survive execve, and an init must reap. */
+    syscall(SYS_close_range, (unsigned)(CTRL_FD + n), ~0u, 0u);
+}
+
+/* The init proper: descriptors 3, 4, 5 in place, root of the container's user namespace. */
+static int init_main(void) {
+    prctl(PR_SET_NAME, "sandboxd-init", 0, 0, 0);
+    /* The fork server ignores SIGCHLD (the kernel reaps its inits); an init must reap. */
     struct sigaction dfl = {.sa_handler = SIG_DFL};
     for (int s = 1; s < NSIG; s++) sigaction(s, &dfl, NULL);
     sigset_t none;
@@ -885,4 +892,126 @@ int main(int argc, char **argv) {
     close(job.pidfd);
     free(m.p);
     return serve(&job);
+}
+
+/* ------------------------------------------------------------ the fork server */
+
+#define FS_SOCK 3   /* to the process that started us (the zygote, or run-once) */
+#define FS_HELPER 4 /* the job-exec helper, handed on to every init */
+#define FS_MAGIC 0x53464253u /* "SBFS" */
+#define CLONE_FLAGS (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | \
+                     CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP)
+
+struct fs_request { uint32_t magic, uid_map_len, gid_map_len; };
+struct fs_reply { int32_t pid, err; };
+
+static int write_map(pid_t pid, const char *file, const char *text, size_t len) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t w = write(fd, text, len);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return w == (ssize_t)len ? 0 : -1;
+}
+
+static void fs_reply(int32_t pid, int32_t err, int pidfd) {
+    struct fs_reply rep = {pid, err};
+    struct iovec iov = {&rep, sizeof rep};
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } anc;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (pidfd >= 0) {
+        mh.msg_control = anc.buf;
+        mh.msg_controllen = sizeof anc.buf;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &pidfd, sizeof(int));
+    }
+    if (sendmsg(FS_SOCK, &mh, MSG_NOSIGNAL) != sizeof rep) _exit(0); /* our parent is gone */
+}
+
+/* One container per request: clone straight into the new namespaces (copying this small
+ * process, not an interpreter), write the child's id maps, let it go. The child becomes
+ * the namespace's root and runs init_main, with no exec. */
+static int forkserver(void) {
+    prctl(PR_SET_NAME, "sandboxd-forks", 0, 0, 0);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)) die("death signal");
+    signal(SIGCHLD, SIG_IGN); /* the kernel reaps our inits; the supervisor holds pidfds */
+    signal(SIGPIPE, SIG_IGN);
+    for (;;) {
+        struct fs_request req;
+        int fds[2] = {-1, -1}, nfds = 0;
+        union { struct cmsghdr h; char buf[CMSG_SPACE(2 * sizeof(int))]; } anc;
+        struct iovec iov = {&req, sizeof req};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
+                            .msg_control = anc.buf, .msg_controllen = sizeof anc.buf};
+        ssize_t r;
+        do r = recvmsg(FS_SOCK, &mh, MSG_WAITALL | MSG_CMSG_CLOEXEC); while (r < 0 && errno == EINTR);
+        if (r == 0) return 0;
+        if (r < 0) die("fork server: recvmsg");
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+            nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            memcpy(fds, CMSG_DATA(cm), (size_t)(nfds < 2 ? nfds : 2) * sizeof(int));
+        }
+        char maps[2][256];
+        if (r != sizeof req || req.magic != FS_MAGIC || nfds != 2 ||
+            req.uid_map_len >= sizeof maps[0] || req.gid_map_len >= sizeof maps[1]) {
+            errno = EPROTO;
+            die("fork server: bad request");
+        }
+        for (int i = 0; i < 2; i++) {
+            size_t want = i ? req.gid_map_len : req.uid_map_len, got = 0;
+            while (got < want) {
+                ssize_t k = read(FS_SOCK, maps[i] + got, want - got);
+                if (k < 0 && errno == EINTR) continue;
+                if (k <= 0) die("fork server: reading the id maps");
+                got += (size_t)k;
+            }
+        }
+        int go[2];
+        if (pipe2(go, O_CLOEXEC)) {
+            fs_reply(-1, errno, -1);
+            close(fds[0]);
+            close(fds[1]);
+            continue;
+        }
+        int pidfd = -1;
+        pid_t pid = (pid_t)syscall(SYS_clone, CLONE_FLAGS | CLONE_PIDFD | SIGCHLD, NULL, &pidfd,
+                                   NULL, 0UL);
+        if (pid == 0) { /* the container init */
+            close(go[1]);
+            char g = 0;
+            ssize_t k;
+            do k = read(go[0], &g, 1); while (k < 0 && errno == EINTR);
+            if (k != 1 || g != 'g') _exit(1); /* our maps were never written */
+            if (setresgid(0, 0, 0) || setresuid(0, 0, 0)) die("becoming the namespace's root");
+            int from[3] = {fds[0], FS_HELPER, fds[1]};
+            arrange_fds(from, 3);
+            _exit(init_main());
+        }
+        int err = pid < 0 ? errno : 0;
+        close(go[0]);
+        close(fds[0]);
+        close(fds[1]);
+        if (!err && (write_map(pid, "uid_map", maps[0], req.uid_map_len) ||
+                     write_map(pid, "gid_map", maps[1], req.gid_map_len))) {
+            err = errno;
+            syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+        }
+        if (!err && write(go[1], "g", 1) != 1) err = errno;
+        close(go[1]);
+        fs_reply(err ? -1 : pid, err, err ? -1 : pidfd);
+        if (pidfd >= 0) close(pidfd);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "--forkserver")) return forkserver();
+    errno = EINVAL;
+    die("usage: sandboxd-init --forkserver (with its socket on fd 3 and the helper on 4)");
 }
