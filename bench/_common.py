@@ -177,6 +177,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def makers(pid: int) -> list[int]:
+    """The daemon's container makers: its zygote, and the zygote's native fork server
+    (which clones the containers: the inits are its children)."""
+    zygotes = children(pid)
+    return zygotes + [c for z in zygotes for c in children(z)]
+
+
 def uss(pid: int) -> int:
     """Unique set size: the memory that would be freed if ``pid`` exited."""
     with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -187,8 +194,8 @@ def uss(pid: int) -> int:
 def container_pids(zygotes: list[int] | None = None) -> dict[int, list[int]]:
     """{init pid: [init, job process]} for every waiting container (by our uid ranges).
 
-    With ``zygotes``, only the containers these zygotes made (their inits are
-    the zygote's children): other daemons on a shared machine have theirs.
+    With ``zygotes`` (``makers``), only the containers these made (their inits are the
+    fork server's children): other daemons on a shared machine have theirs.
     """
     from sandboxd.isolation import identity
 

@@ -159,7 +159,7 @@ def markdown(r: dict[str, Any]) -> str:
               f"| supervisor CPU per job | {c['supervisor_cpu_per_job_ms']:.3f} ms "
               f"({c['cpu_jobs']} `/bin/true` jobs back to back, {c['cpu_jobs_s']:.0f} jobs/s; "
               f"clock tick {c['clock_tick_ms']:.0f} ms) |",
-              f"| zygote CPU per job (cloning the next container) | "
+              f"| zygote + fork server CPU per job (making the next container) | "
               f"{c['zygote_cpu_per_job_ms']:.3f} ms |"]
     total = c.get("sandboxd_cpu_per_job_ms")
     if total is not None:

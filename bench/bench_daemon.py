@@ -33,9 +33,9 @@ from _common import (
     BWRAP,
     COMMANDS,
     Client,
-    children,
     container_pids,
     cpu_seconds,
+    makers,
     pct,
     spawn_wait,
     start_daemon,
@@ -86,7 +86,7 @@ def main() -> int:
 
         # Costs: USS of waiting containers; supervisor and zygote CPU per job.
         time.sleep(1.0)
-        zyg = children(proc.pid)
+        zyg = makers(proc.pid)
         boxes = container_pids(zyg)
         per_box = [sum(uss(p) for p in pids) for pids in boxes.values() if len(pids) == 2]
         n = 300

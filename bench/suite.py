@@ -46,9 +46,9 @@ from _common import (
     BWRAP,
     COMMANDS,
     Client,
-    children,
     container_pids,
     cpu_seconds,
+    makers,
     spawn_wait,
     start_daemon,
     stop_daemon,
@@ -94,9 +94,9 @@ class Daemon:
     def __init__(self, tmp: Path, name: str, pool_size: int,
                  pool_profiles: tuple[str, ...] = ("bash",), accounted: bool = False) -> None:
         # ``accounted``: the daemon runs in a v1 cpuacct cgroup of its own, beneath which its
-        # job cgroups nest, so that cpu_ns() is everything it runs: supervisor, zygote, the
-        # containers' inits and job processes (the zygote's children are reaped by the
-        # kernel, so no process's cutime holds them).
+        # job cgroups nest, so that cpu_ns() is everything it runs: supervisor, zygote, fork
+        # server, the containers' inits and job processes (the fork server's children are
+        # reaped by the kernel, so no process's cutime holds them).
         acct = cpuacct_dir() if accounted else None
         self.acct = f"{acct}/sandboxd-bench-acct-{os.getpid()}-{name}" if acct else None
         if self.acct:
@@ -293,7 +293,7 @@ def supervisor_costs(warm: Daemon, plan: Plan, out_dir: Path, profile: bool) -> 
     cause); then, apart, a py-spy profile of the same loop (py-spy stops the process at
     every sample, which would inflate the CPU figures)."""
     warm.settle()
-    zygotes = children(warm.proc.pid)
+    zygotes = makers(warm.proc.pid)
     boxes = container_pids(zygotes)
     per_box = [sum(uss(p) for p in pids) for pids in boxes.values() if len(pids) == 2]
     client = Client(warm.sock)
