@@ -102,10 +102,10 @@ def _native() -> Finding:
     from sandboxd import native
 
     try:
-        paths = [native.init_path(), native.helper_path()]
+        path = native.init_path()
     except native.NativeBuildError as e:
-        return Finding("fail", "native helpers", str(e), "install gcc and libc6-dev")
-    return Finding("ok", "native helpers", ", ".join(map(str, paths)))
+        return Finding("fail", "native init", str(e), "install gcc and libc6-dev")
+    return Finding("ok", "native init", str(path))
 
 
 def _timing() -> list[Finding]:

@@ -9,13 +9,12 @@ per process) for a clone into new user, PID, mount, network, IPC, UTS and
 cgroup namespaces; the fork server writes the user namespace's id maps and
 lets the child go. The child, PID 1 of the new PID namespace, becomes the
 namespace's root and runs the native init, which carries out the plan and
-starts the job process: the native job-exec helper (``native/jobexec.c``)
-by vfork and exec, which drops everything it will never need again (every
+forks the job process, which drops everything it will never need again (every
 capability, uid, no_new_privs, Landlock, seccomp last) and then *waits*: all
 of that is done before any job exists, so a warm container costs a job
 almost nothing. No interpreter runs in a container.
 
-When the job arrives (files, and the job-exec helper's message made here:
+When the job arrives (files, and the job process's message made here:
 argv, env, working directory, rlimits; with the stdio descriptors), the init
 writes the files into ``/box`` and hands the rest to the job process, which
 applies its rlimits, closes every other descriptor and execs. The init reaps
@@ -136,21 +135,10 @@ class Spawned:
     created: float = field(default_factory=time.monotonic)
 
 
-_NATIVE_FDS: dict[str, int] = {}
-
-
-def _native_path(name: str) -> str:
+def _init_path() -> str:
     from sandboxd import native
 
-    return str(native.init_path() if name == "init" else native.helper_path())
-
-
-def _native_fd(name: str) -> int:
-    """An open (close-on-exec) descriptor of a native helper, opened once per process:
-    containers exec the job-exec helper by descriptor, since no path inside leads there."""
-    if name not in _NATIVE_FDS:
-        _NATIVE_FDS[name] = os.open(_native_path(name), os.O_RDONLY | os.O_CLOEXEC)
-    return _NATIVE_FDS[name]
+    return str(native.init_path())
 
 
 # The plan of each shape, in a sealed memfd every clone of that shape reads (the zygote
@@ -202,20 +190,15 @@ class _ForkServer:
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Above 4: the spawn's dup2s onto 3 and 4 come before its exec.
-        sock = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
-        helper = fcntl.fcntl(_native_fd("jobexec"), fcntl.F_DUPFD_CLOEXEC, 10)
         try:
             self.pid = os.posix_spawn(
-                _native_path("init"), ["sandboxd-init", "--forkserver"], {},
-                file_actions=[(os.POSIX_SPAWN_DUP2, sock, 3), (os.POSIX_SPAWN_DUP2, helper, 4)],
+                _init_path(), ["sandboxd-init", "--forkserver"], {},
+                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
                 setsigdef=_DEFAULT_SIGNALS, setsigmask=())
         except BaseException:
             ours.close()
             raise
         finally:
-            for fd in (sock, helper):
-                os.close(fd)
             theirs.close()
         self.sock = ours
         # Reaped by us, not left to PID 1: an orphan would be a zombie until PID 1 reaps it
@@ -309,7 +292,7 @@ def keep_only_fds(keep: set[int]) -> None:
 
 def job_message(files: dict[str, bytes], argv: list[str], env: dict[str, str], cwd: str,
                 limits: rlimits.Rlimits) -> dict[str, Any]:
-    """The init's job message: the files for /box, and the job-exec helper's message
+    """The init's job message: the files for /box, and the job process's message
     (which the init passes on untouched, with the job's stdio)."""
     env = {str(k): str(v) for k, v in env.items()}
     env.setdefault("PATH", JOB_PATH)
@@ -317,12 +300,11 @@ def job_message(files: dict[str, bytes], argv: list[str], env: dict[str, str], c
             "go": encode_go([str(a) for a in argv], env, str(cwd or "/box"), limits)}
 
 
-JOBEXEC_FD = 3
 
 
 def encode_go(argv: list[str], env: dict[str, str], cwd: str,
               limits: rlimits.Rlimits) -> bytes:
-    """The job message in jobexec.c's format (little-endian, NUL-terminated strings)."""
+    """The job process's message (native/init.c: little-endian, NUL-terminated strings)."""
     def strv(items: list[str]) -> bytes:
         out = [struct.pack("<I", len(items))]
         for item in items:

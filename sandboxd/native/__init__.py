@@ -1,11 +1,11 @@
-"""Native helpers, built from C beside this file: ``sandboxd-init`` and ``sandboxd-jobexec``.
+"""The native helper, built from C beside this file: ``sandboxd-init``.
 
 Strategy: the install script builds them (``python -m sandboxd.native``);
-if one is missing or older than its source, ``helper_path`` builds it on the
+if it is missing or older than its source, ``init_path`` builds it on the
 spot with the system C compiler, atomically (build to a temporary name, then
 rename), so that two daemons starting at once cannot see half a binary.
 Statically linked where the C library allows it: no dynamic loader runs on
-the job's critical path. See init.c and jobexec.c for why they exist at all.
+the job's critical path. See init.c for why it exists at all.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-JOBEXEC_SRC = HERE / "jobexec.c"
-JOBEXEC = HERE / "sandboxd-jobexec"
 INIT_SRC = HERE / "init.c"
 INIT = HERE / "sandboxd-init"
 
@@ -33,7 +31,7 @@ def _stale(binary: Path, source: Path) -> bool:
         return True
 
 
-def build(binary: Path = JOBEXEC, source: Path = JOBEXEC_SRC) -> Path:
+def build(binary: Path = INIT, source: Path = INIT_SRC) -> Path:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise NativeBuildError("no C compiler: install gcc (scripts/install.sh does)")
@@ -54,15 +52,8 @@ def build(binary: Path = JOBEXEC, source: Path = JOBEXEC_SRC) -> Path:
     return binary
 
 
-def helper_path() -> Path:
-    """The job-exec helper, built first if it is missing or stale."""
-    if _stale(JOBEXEC, JOBEXEC_SRC):
-        build()
-    return JOBEXEC
-
-
 def init_path() -> Path:
-    """The container init, built first if it is missing or stale."""
+    """The fork server, init and job process (one binary), built first if missing or stale."""
     if _stale(INIT, INIT_SRC):
-        build(INIT, INIT_SRC)
+        build()
     return INIT

@@ -1,10 +1,9 @@
 import sys
 
-from sandboxd.native import NativeBuildError, helper_path, init_path
+from sandboxd.native import NativeBuildError, init_path
 
 try:
     print(init_path())
-    print(helper_path())
 except NativeBuildError as e:
     sys.stderr.write(f"sandboxd: {e}\n")
     sys.exit(1)

@@ -1,33 +1,40 @@
-/* sandboxd-init: PID 1 of a container, from the moment its namespaces exist.
+/* sandboxd-init: the fork server, every container's init, and its job process.
  *
- * Why C: the zygote clones each container from a Python interpreter. A
- * Python init then ran in a copy of that interpreter: hundreds of
- * copy-on-write faults while it set the container up, the interpreter's work,
- * and the teardown of its address space when the container ended. Measured
- * with perf over 400 back-to-back jobs, that was half of all the CPU a
- * container cost. The clone now execs this program at once; the work stays
- * decided in Python (isolation/mounts.py compiles the mount plan, seccomp.py
- * the filter, landlock.py the rules, all once per shape in the zygote) and
- * this program only carries it out, from a memfd, the "plan".
+ * Why C: the first version ran the container init in Python, a clone of the
+ * zygote's interpreter, and forked the job process from it. Measured with
+ * perf over 400 back-to-back jobs, most of a container's CPU was then the
+ * interpreter, not the isolation: page tables copied at each clone,
+ * hundreds of copy-on-write faults, the interpreter's own work, and the
+ * teardown of those address spaces. The decisions stay in Python
+ * (isolation/mounts.py compiles the mount plan, seccomp.py the filter,
+ * landlock.py the rules, once per container shape, in the zygote); this
+ * program only carries them out, from a sealed memfd, the "plan".
  *
- * One long-lived copy of this program is a fork server (``--forkserver``,
- * started by the zygote, or by run-once): it clones each container straight
- * into its namespaces, copying only itself, writes the child's id maps, and
- * the child becomes the namespace's root and runs init_main, with no exec.
- * The init's descriptors:
- *   3 the control channel to the supervisor (channel.py's frames: a 4-byte
- *     big-endian length, a msgpack map; descriptors ride with the first byte);
- *   4 the job-exec helper (native/jobexec.c), executed by descriptor;
- *   5 the plan (its layout: sandboxd/isolation/initplan.py).
+ * Three roles, one static binary, one exec (of the fork server) per daemon:
+ * - the fork server (``--forkserver``, started by the zygote, or by run-once):
+ *   clones each container straight into its namespaces, copying only itself,
+ *   and writes the child's id maps;
+ * - the init: the clone's child, the namespace's root, PID 1; it carries out
+ *   the plan (mounts, hostname, lo, the Landlock ruleset), forks the job
+ *   process, and serves the supervisor's channel. Its descriptors:
+ *     3 the control channel to the supervisor (channel.py's frames: a 4-byte
+ *       big-endian length, a msgpack map; descriptors ride with the first byte);
+ *     4 the plan (its layout: sandboxd/isolation/initplan.py);
+ * - the job process: the init's fork; it drops everything and waits for the
+ *   job, then execs it (the first exec since the fork server's).
  *
  * Messages, as container.py documents them: to the supervisor "ready" (+ the
  * job process's pidfd), "started", "exited", "files", "error"; from it "job"
- * (files, the helper's go message, + stdin, stdout, stderr) and "collect".
+ * (files, the job process's message, + stdin, stdout, stderr) and "collect".
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <limits.h>
 #include <net/if.h>
 #include <sched.h>
@@ -41,6 +48,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -52,8 +60,7 @@
 #include <unistd.h>
 
 #define CTRL_FD 3
-#define HELPER_FD 4
-#define PLAN_FD 5
+#define PLAN_FD 4
 #define JOB_FD 3 /* where the job process finds its socket */
 #define MAX_FRAME (1u << 30)
 #define PLAN_MAGIC 0x50444253u /* "SBDP" */
@@ -502,6 +509,206 @@ static int run_ops(struct plan *pl) {
     }
 }
 
+/* ------------------------------------------------------------ the job process
+ *
+ * A fork of the init (a few hundred kilobytes, not an interpreter), never an
+ * exec until the job's own: it drops everything, in bubblewrap's order, then
+ * waits on its socket (fd 3) for the job. The job message (the supervisor
+ * makes it: container.encode_go), with stdin, stdout and stderr riding with
+ * its first byte: a u32 length, then
+ *   u32 argc, argc NUL-terminated strings;
+ *   u32 envc, envc NUL-terminated strings ("K=V");
+ *   one NUL-terminated string: the working directory;
+ *   u32 nlimits, nlimits x (u32 resource, u64 value): soft = hard = value.
+ * A failure before the job exists is a broken container: a line on stderr and
+ * exit 125 (the init and the supervisor see the job process die before any
+ * job). After the job arrived, one line goes to the job's stderr and the exit
+ * status is 127 (the shell's "command not found"), or 126 for a bad message.
+ */
+
+#define MAX_BODY (64u << 20)
+/* SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP, SECBIT_KEEP_CAPS (locked) and
+ * SECBIT_NO_CAP_AMBIENT_RAISE, each with its lock. */
+#define SECUREBITS_LOCKED 0xEFul
+#ifndef SYS_landlock_restrict_self
+#define SYS_landlock_restrict_self 446
+#endif
+
+static void fail(const char *what) {
+    dprintf(2, "sandboxd: %s: %s\n", what, strerror(errno));
+    _exit(126);
+}
+
+static int read_all(int fd, void *buf, size_t n) {
+    char *p = buf;
+    while (n) {
+        ssize_t r = read(fd, p, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+struct cursor { const char *p, *end; };
+
+static uint32_t get_u32(struct cursor *c) {
+    uint32_t v;
+    if (c->end - c->p < 4) { errno = EPROTO; fail("short job message"); }
+    memcpy(&v, c->p, 4);
+    c->p += 4;
+    return v;
+}
+
+static uint64_t get_u64(struct cursor *c) {
+    uint64_t v;
+    if (c->end - c->p < 8) { errno = EPROTO; fail("short job message"); }
+    memcpy(&v, c->p, 8);
+    c->p += 8;
+    return v;
+}
+
+static char *get_str(struct cursor *c) {
+    const char *nul = memchr(c->p, 0, (size_t)(c->end - c->p));
+    if (!nul) { errno = EPROTO; fail("unterminated string in job message"); }
+    char *s = (char *)c->p;
+    c->p = nul + 1;
+    return s;
+}
+
+static char **get_strv(struct cursor *c) {
+    uint32_t n = get_u32(c);
+    if (n > 1u << 20) { errno = E2BIG; fail("job message"); }
+    char **v = calloc((size_t)n + 1, sizeof *v);
+    if (!v) fail("calloc");
+    for (uint32_t i = 0; i < n; i++) v[i] = get_str(c);
+    return v;
+}
+
+/* execvpe() searches the PATH of *our* environment; the job's own PATH counts. */
+static void exec_search(char **argv, char **envp) {
+    const char *file = argv[0];
+    if (!file || !*file) { errno = ENOENT; return; }
+    if (strchr(file, '/')) { execve(file, argv, envp); return; }
+    const char *path = "/usr/local/bin:/usr/bin:/bin";
+    for (char **e = envp; *e; e++)
+        if (!strncmp(*e, "PATH=", 5)) path = *e + 5;
+    int saved = ENOENT;
+    char buf[PATH_MAX];
+    for (const char *p = path;; ) {
+        const char *colon = strchrnul(p, ':');
+        size_t len = (size_t)(colon - p);
+        if (len + strlen(file) + 2 <= sizeof buf) {
+            memcpy(buf, len ? p : ".", len ? len : 1);
+            size_t off = len ? len : 1;
+            buf[off] = '/';
+            strcpy(buf + off + 1, file);
+            execve(buf, argv, envp);
+            if (errno != ENOENT && errno != ENOTDIR) saved = errno;
+        }
+        if (!*colon) break;
+        p = colon + 1;
+    }
+    errno = saved;
+}
+
+/* Receive one frame's length, and up to `nfds` descriptors with it; 0 on EOF. */
+static ssize_t recv_header(uint32_t *len, int *fds, size_t nfds, size_t *got) {
+    union { struct cmsghdr h; char buf[CMSG_SPACE(3 * sizeof(int))]; } anc;
+    struct iovec iov = {len, sizeof *len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
+                        .msg_control = anc.buf, .msg_controllen = CMSG_SPACE(nfds * sizeof(int))};
+    ssize_t r;
+    do r = recvmsg(CTRL_FD, &mh, MSG_WAITALL | MSG_CMSG_CLOEXEC); while (r < 0 && errno == EINTR);
+    *got = 0;
+    struct cmsghdr *cm = r > 0 ? CMSG_FIRSTHDR(&mh) : NULL;
+    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+        *got = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        if (*got > nfds) *got = nfds;
+        memcpy(fds, CMSG_DATA(cm), *got * sizeof(int));
+    }
+    if (mh.msg_flags & MSG_CTRUNC) { errno = EPROTO; *got = 0; return -1; }
+    return r;
+}
+
+static void drop_fail(const char *what) {
+    dprintf(2, "sandboxd-jobexec: %s: %s\n", what, strerror(errno));
+    _exit(125);
+}
+
+/* Everything the job will never need again, before the job exists (docs/isolation.md,
+ * steps 7 to 11). */
+static void drop(uid_t uid, gid_t gid, int ruleset, const char *bpf, size_t bpf_len) {
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)) drop_fail("clearing ambient");
+    for (unsigned long cap = 0;; cap++) { /* EINVAL past the kernel's last capability */
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0) continue;
+        if (errno == EINVAL && cap > 0) break;
+        drop_fail("dropping from the bounding set");
+    }
+    if (prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED, 0, 0, 0)) drop_fail("locking securebits");
+    if (setgroups(0, NULL)) drop_fail("setgroups");
+    if (setresgid(gid, gid, gid)) drop_fail("setresgid");
+    if (setresuid(uid, uid, uid)) drop_fail("setresuid");
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)) drop_fail("death signal");
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2] = {{0, 0, 0}, {0, 0, 0}};
+    if (syscall(SYS_capset, &hdr, data)) drop_fail("capset");
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) drop_fail("no_new_privs");
+    if (ruleset >= 0) {
+        if (syscall(SYS_landlock_restrict_self, ruleset, 0)) drop_fail("landlock_restrict_self");
+        close(ruleset);
+    }
+    if (!bpf_len || bpf_len % sizeof(struct sock_filter) ||
+        bpf_len / sizeof(struct sock_filter) > 0xFFFF) {
+        errno = EPROTO;
+        drop_fail("seccomp program");
+    }
+    struct sock_fprog prog = {(unsigned short)(bpf_len / sizeof(struct sock_filter)),
+                              (struct sock_filter *)bpf};
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) drop_fail("seccomp");
+}
+
+/* The job process, from the fork to the job's execve: it never returns. */
+static void job_process_main(uid_t uid, gid_t gid, int ruleset, const char *bpf, size_t bpf_len) {
+    prctl(PR_SET_NAME, "sandboxd-jobexec", 0, 0, 0);
+    drop(uid, gid, ruleset, bpf, bpf_len);
+    uint32_t len;
+    int fds[3] = {-1, -1, -1};
+    size_t got;
+    ssize_t r = recv_header(&len, fds, 3, &got);
+    if (r == 0) _exit(0); /* the container was destroyed unused */
+    if (r != (ssize_t)sizeof len) fail("reading the job header");
+    if (got != 3) {
+        errno = EPROTO;
+        fail("job message without its 3 descriptors");
+    }
+    if (len > MAX_BODY) { errno = E2BIG; fail("job message"); }
+    char *body = malloc(len ? len : 1);
+    if (!body || read_all(CTRL_FD, body, len)) fail("reading the job message");
+    struct cursor c = {body, body + len};
+    char **argv = get_strv(&c);
+    char **envp = get_strv(&c);
+    char *cwd = get_str(&c);
+    uint32_t nlim = get_u32(&c);
+    for (uint32_t i = 0; i < nlim; i++) {
+        uint32_t res = get_u32(&c);
+        uint64_t val = get_u64(&c);
+        struct rlimit rl = {val, val};
+        if (setrlimit((int)res, &rl)) fail("setrlimit");
+    }
+    for (int i = 0; i < 3; i++) {
+        if (dup2(fds[i], i) < 0) fail("dup2");
+    }
+    if (chdir(cwd)) fail("chdir");
+    /* Every signal disposition is the default and none is blocked: the init set them so
+     * before forking us. */
+    syscall(SYS_close_range, 3u, ~0u, 0u);
+    exec_search(argv, envp);
+    dprintf(2, "sandboxd: cannot execute '%s': %s\n", argv[0] ? argv[0] : "", strerror(errno));
+    _exit(127);
+}
+
 /* ------------------------------------------------------------ setup */
 
 struct landlock_ruleset_attr_v6 { uint64_t handled_access_fs, handled_access_net, scoped; };
@@ -559,7 +766,7 @@ struct job { pid_t pid; int pidfd, sock; };
 static uid_t job_uid;
 static gid_t job_gid;
 
-/* The job process: the helper by vfork and exec, then its prep frame (jobexec.c). */
+/* The job process: a fork of this init that drops everything and waits for the job. */
 static int start_job_process(struct plan *pl, int ruleset, struct job *job) {
     job_uid = (uid_t)plan_u64(pl);
     job_gid = (gid_t)plan_u64(pl);
@@ -569,36 +776,19 @@ static int start_job_process(struct plan *pl, int ruleset, struct job *job) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
         return failf("socketpair: %s", strerror(errno));
-    char *argv[] = {"sandboxd-jobexec", NULL};
-    char *envp[] = {NULL};
-    pid_t pid = vfork();
+    pid_t pid = fork();
     if (pid == 0) {
-        if (dup2(sv[1], JOB_FD) >= 0)
-            syscall(SYS_execveat, HELPER_FD, "", argv, envp, AT_EMPTY_PATH);
-        _exit(125);
+        /* Its socket on 3 (over the supervisor's channel), the ruleset on 4, nothing else. */
+        if (dup2(sv[1], JOB_FD) < 0 || (ruleset >= 0 && dup2(ruleset, 4) < 0)) drop_fail("dup2");
+        syscall(SYS_close_range, ruleset >= 0 ? 5u : 4u, ~0u, 0u);
+        job_process_main(job_uid, job_gid, ruleset >= 0 ? 4 : -1, bpf, bpf_len);
     }
     close(sv[1]);
-    if (pid < 0) { close(sv[0]); return failf("vfork: %s", strerror(errno)); }
+    if (pid < 0) { close(sv[0]); return failf("fork: %s", strerror(errno)); }
     job->pid = pid;
     job->sock = sv[0];
     job->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (job->pidfd < 0) return failf("pidfd_open: %s", strerror(errno));
-    uint32_t hdr[4] = {12 + bpf_len, ruleset >= 0 ? 1u : 0u, (uint32_t)job_uid, (uint32_t)job_gid};
-    struct iovec iov[2] = {{hdr, sizeof hdr}, {(void *)bpf, bpf_len}};
-    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } anc;
-    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
-    if (ruleset >= 0) {
-        mh.msg_control = anc.buf;
-        mh.msg_controllen = sizeof anc.buf;
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &ruleset, sizeof(int));
-    }
-    /* A few KiB into a fresh socket's buffer: one sendmsg takes it all. */
-    if (sendmsg(job->sock, &mh, MSG_NOSIGNAL) != (ssize_t)(sizeof hdr + bpf_len))
-        return failf("sending the job process its prep frame: %s", strerror(errno));
     return 0;
 }
 
@@ -868,7 +1058,7 @@ static void arrange_fds(const int *from, int n) {
     syscall(SYS_close_range, (unsigned)(CTRL_FD + n), ~0u, 0u);
 }
 
-/* The init proper: descriptors 3, 4, 5 in place, root of the container's user namespace. */
+/* The init proper: descriptors 3 and 4 in place, root of the container's user namespace. */
 static int init_main(void) {
     prctl(PR_SET_NAME, "sandboxd-init", 0, 0, 0);
     /* The fork server ignores SIGCHLD (the kernel reaps its inits); an init must reap. */
@@ -896,8 +1086,7 @@ static int init_main(void) {
 
 /* ------------------------------------------------------------ the fork server */
 
-#define FS_SOCK 3   /* to the process that started us (the zygote, or run-once) */
-#define FS_HELPER 4 /* the job-exec helper, handed on to every init */
+#define FS_SOCK 3 /* to the process that started us (the zygote, or run-once) */
 #define FS_MAGIC 0x53464253u /* "SBFS" */
 #define CLONE_FLAGS (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | \
                      CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP)
@@ -990,8 +1179,8 @@ static int forkserver(void) {
             do k = read(go[0], &g, 1); while (k < 0 && errno == EINTR);
             if (k != 1 || g != 'g') _exit(1); /* our maps were never written */
             if (setresgid(0, 0, 0) || setresuid(0, 0, 0)) die("becoming the namespace's root");
-            int from[3] = {fds[0], FS_HELPER, fds[1]};
-            arrange_fds(from, 3);
+            int from[2] = {fds[0], fds[1]};
+            arrange_fds(from, 2);
             _exit(init_main());
         }
         int err = pid < 0 ? errno : 0;
@@ -1013,5 +1202,5 @@ static int forkserver(void) {
 int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "--forkserver")) return forkserver();
     errno = EINVAL;
-    die("usage: sandboxd-init --forkserver (with its socket on fd 3 and the helper on 4)");
+    die("usage: sandboxd-init --forkserver (with its socket on fd 3)");
 }

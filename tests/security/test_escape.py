@@ -172,13 +172,13 @@ def _sha(path: Path) -> str:
 
 def test_proc_self_exe_leads_only_back_to_an_unwritable_helper(
         attack_daemon: AttackDaemon, probes: dict[str, Path], host_canary: Canary) -> None:
-    """CVE-2019-5736's target: the binary that starts the job. Exec'ing ``/proc/self/exe``
-    as the job is refused: the job-exec helper enforced Landlock on itself, and no rule
-    covers a file that no path inside the container leads to (without Landlock it would
-    find no prep frame and exit 125). The helper and the interpreter the init runs (the
-    host's python) are unchanged, and neither can be opened for writing (escape.c,
-    proc-exe-*)."""
-    helper = native.helper_path()
+    """CVE-2019-5736's target: the binary that starts the job. The job process is a fork
+    of the native init, so ``/proc/self/exe`` is ``sandboxd-init``; exec'ing it as the job
+    is refused: the job process enforced Landlock on itself, and no rule covers a file
+    that no path inside the container leads to. The init binary and the interpreter the
+    zygote runs (the host's python) are unchanged, and neither can be opened for writing
+    (escape.c, proc-exe-*)."""
+    helper = native.init_path()
     interpreter = Path(f"/proc/{attack_daemon.pid}/exe").resolve()
     before = _sha(helper), _sha(interpreter)
     step = attack_daemon.run("bash", {"main.sh": b"true"}, argv=["/proc/self/exe"])

@@ -1,4 +1,4 @@
-"""The rlimits every job gets (what jobexec.c applies, soft = hard, before its execve)."""
+"""The rlimits every job gets (what the job process applies, soft = hard, before its execve)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_cpu_backstop_is_a_whole_second_past_the_limit():
 
 
 def test_limits_ride_in_the_job_message():
-    """The tail of jobexec's message: u32 count, then (u32 resource, u64 value) each."""
+    """The tail of the job process's message: u32 count, then (u32 resource, u64 value) each."""
     limits = Rlimits(file_size=1 << 20, open_files=64)
     msg = encode_go(["true"], {}, "/box", limits)
     tail = msg[-(4 + 12 * len(limits.pairs())):]
