@@ -150,8 +150,9 @@ def descendants(pid: int) -> set[int]:
 
 def warm_containers(daemon_pid: int) -> set[int]:
     """Pids of the daemon's *unused* containers: an init (the container root's uid of its
-    slot) whose only child is the job process (sandboxd-jobexec), waiting under the job uid of the same
-    slot. A container that ran a job is destroyed, so any other shape is not warm."""
+    slot) whose only child is the job process (sandboxd-jobexec), waiting under the job
+    uid of the same slot. A container that ran a job is destroyed, so any other shape is
+    not warm."""
     listed = container_processes()
     procs = {pid: uid for pid, uid, _name in listed}
     names = {pid: name for pid, _uid, name in listed}
