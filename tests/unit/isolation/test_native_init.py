@@ -1,0 +1,88 @@
+"""The native fork server and init (native/init.c) on plans made by hand: what a real plan
+never does (a step that fails, a plan that is not one) must come back as a clear error
+on the control channel, and leave no process behind.
+
+Real kernel features as root: the fork server clones into new namespaces, the init runs
+the operations; nothing here mounts anything on the host (a new mount namespace in a new
+user namespace, whose mounts never propagate back).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import socket
+
+import pytest
+
+from sandboxd import channel, container
+from sandboxd.isolation import identity, initplan, seccomp
+from sandboxd.isolation._libc import MS_BIND
+from sandboxd.isolation.mounts import HINT_TABLE, Op
+
+pytestmark = pytest.mark.root
+
+
+def _memfd(data: bytes) -> int:
+    fd = os.memfd_create("sandboxd-test-plan", os.MFD_CLOEXEC)
+    os.write(fd, data)
+    return fd
+
+
+def _run_plan(data: bytes) -> dict:
+    """Clone one init on ``data`` (a plan) and return its first message."""
+    server = container._ForkServer()
+    plan = _memfd(data)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _pid, pidfd = server.clone(identity.IdMap(random.randrange(5000, 10000)), theirs, plan)
+        theirs.close()
+        ours.settimeout(10)
+        msg, fds = channel.recv(ours)
+        for fd in fds:
+            os.close(fd)
+        # The init exits after reporting a failed setup: its pidfd becomes readable.
+        assert select.select([pidfd], [], [], 10)[0], "the init did not exit"
+        os.close(pidfd)
+        return msg
+    finally:
+        ours.close()
+        theirs.close()
+        os.close(plan)
+        server.close()
+
+
+def _plan(ops: list[Op]) -> bytes:
+    return initplan.encode(ops=ops, hostname="sandboxd", landlock_rules=None,
+                           uid=identity.JOB_UID, gid=identity.JOB_GID,
+                           bpf=seccomp.compile_policy())
+
+
+def test_a_failing_step_names_itself_and_the_hint_for_its_errno():
+    hints = f"{HINT_TABLE}EACCES=not this one{HINT_TABLE}ENOENT=the source is gone"
+    msg = _run_plan(_plan([Op("mount", ("/nonexistent-sandboxd-source", "/tmp", "", "",
+                                        MS_BIND), "'probe step'", hints)]))
+    assert msg == {"t": "error", "where": "container setup",
+                   "message": "OSError: mount step 'probe step' failed on /tmp: No such file "
+                              "or directory. the source is gone"}
+
+
+def test_a_plain_hint_is_used_as_it_is():
+    msg = _run_plan(_plan([Op("chdir", ("/nonexistent-sandboxd-dir",), "'workdir'",
+                              "Make it first.")]))
+    assert msg["message"].endswith("failed on /nonexistent-sandboxd-dir: No such file or "
+                                   "directory. Make it first."), msg
+
+
+@pytest.mark.parametrize("data", [b"", b"not a plan at all", b"\0" * 64])
+def test_what_is_not_a_plan_is_refused(data: bytes):
+    msg = _run_plan(data)
+    assert msg["t"] == "error" and msg["where"] == "container setup", msg
+    assert "plan" in msg["message"], msg
+
+
+def test_a_truncated_plan_is_refused():
+    whole = _plan([Op("mkdirs", ("/tmp/sandboxd-test",))])
+    msg = _run_plan(whole[:-40])  # cut inside the seccomp program
+    assert msg["t"] == "error" and "corrupt" in msg["message"], msg
