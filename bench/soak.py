@@ -181,10 +181,14 @@ class SoakDaemon:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
     def fds(self) -> int:
-        """Descriptors, less the one each job cgroup keeps on its CPU counter (recycled
+        """Descriptors, less the counter files each job cgroup keeps open (recycled
         cgroups: their number follows the peak concurrency, not the jobs run)."""
-        cgroups = int(self.stats().counters.get("cgroups", 0))
-        return len(os.listdir(f"/proc/{self.pid}/fd")) - cgroups
+        d = f"/proc/{self.pid}/fd"
+        targets = []
+        for name in os.listdir(d):
+            with contextlib.suppress(OSError):
+                targets.append(os.readlink(f"{d}/{name}"))
+        return sum(not t.startswith("/sys/fs/cgroup/") for t in targets)
 
 
 class Conn:

@@ -87,6 +87,19 @@ class Daemon:
         assert self.proc is not None
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
+    def cgroup_fds(self) -> int:
+        """Those of the daemon's descriptors that are open cgroup files (counters it keeps
+        open per job cgroup, live or kept for recycling)."""
+        assert self.proc is not None
+        d = f"/proc/{self.proc.pid}/fd"
+        n = 0
+        for name in os.listdir(d):
+            try:
+                n += os.readlink(f"{d}/{name}").startswith("/sys/fs/cgroup/")
+            except OSError:
+                pass
+        return n
+
     def stats(self) -> proto.ServerStats:
         c = self.connect()
         try:

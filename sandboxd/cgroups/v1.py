@@ -84,19 +84,34 @@ class V1Job(JobCgroup):
             self._written[self._path("cpuset", "cpuset.cpus")] = self._f.root_cpus
         self._oom_base = 0
         self._pids_peak_base: int | None = None  # set once recycled: pids.peak has no reset
+        # Counter files read at every job's start and end, kept open: one pread each
+        # instead of open, read and close (kernfs regenerates a file at offset 0).
+        self._fds: dict[str, int] = {}
         self._usage_fd = -1
         if "cpuacct" in dirs:
-            path = self._path("cpuacct", "cpuacct.usage")
-            try:
-                self._usage_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise _fs.fail("open", path, e) from e
+            self._usage_fd = self._fd(self._path("cpuacct", "cpuacct.usage"))
 
     def __repr__(self) -> str:
         return f"<V1Job {self.name} in {len(self._unique)} hierarchies>"
 
     def _path(self, controller: str, file: str) -> str:
         return f"{self._dirs[controller]}/{file}"
+
+    def _fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise _fs.fail("open", path, e) from e
+        return fd
+
+    def _read(self, controller: str, file: str) -> str:
+        """A counter file, through a descriptor kept open (see __init__)."""
+        if self._removed:
+            raise CgroupError(f"{self.name}: removed")
+        path = self._path(controller, file)
+        return _fs.pread(self._fd(path), path)
 
     def _need(self, controller: str, what: str) -> None:
         if controller not in self._dirs:
@@ -167,22 +182,22 @@ class V1Job(JobCgroup):
         if "cpuacct" in self._dirs:
             usage = self.cpu_usage_ns()
             if self._f.usage_split:
-                u = int(_fs.read(self._path("cpuacct", "cpuacct.usage_user")))
-                s = int(_fs.read(self._path("cpuacct", "cpuacct.usage_sys")))
+                u = int(self._read("cpuacct", "cpuacct.usage_user"))
+                s = int(self._read("cpuacct", "cpuacct.usage_sys"))
             else:  # USER_HZ ticks: only the ratio matters
-                st = _fs.keyed(_fs.read(self._path("cpuacct", "cpuacct.stat")))
+                st = _fs.keyed(self._read("cpuacct", "cpuacct.stat"))
                 u, s = st.get("user", 0), st.get("system", 0)
             user, system = _split(usage, u, s)
         peak = oom = 0
         if "memory" in self._dirs:
             name = "memory.memsw.max_usage_in_bytes" if self._f.memsw else None
-            peak = int(_fs.read(self._path("memory", name or "memory.max_usage_in_bytes")))
+            peak = int(self._read("memory", name or "memory.max_usage_in_bytes"))
             if self._f.oom_kill:
-                ctl = _fs.keyed(_fs.read(self._path("memory", "memory.oom_control")))
+                ctl = _fs.keyed(self._read("memory", "memory.oom_control"))
                 oom = ctl.get("oom_kill", 0) - self._oom_base
         pids_peak = None
         if "pids" in self._dirs and self._f.pids_peak:
-            pids_peak = int(_fs.read(self._path("pids", "pids.peak")))
+            pids_peak = int(self._read("pids", "pids.peak"))
             if self._pids_peak_base is not None and pids_peak <= self._pids_peak_base:
                 pids_peak = None  # recycled, and this job's peak is hidden by an earlier one
         return CgroupStats(usage, user, system, peak, oom, pids_peak)
@@ -229,7 +244,7 @@ class V1Job(JobCgroup):
         if "memory" in self._dirs:
             # Page cache the last job left charged here would start the next peak
             # above 0: reclaim it (~0.5 ms, an lru drain on every CPU), unless small.
-            usage = int(_fs.read(self._path("memory", "memory.usage_in_bytes")))
+            usage = int(self._read("memory", "memory.usage_in_bytes"))
             if usage > LEFTOVER_OK:
                 try:
                     _fs.write(self._path("memory", "memory.force_empty"), "0")
@@ -241,20 +256,21 @@ class V1Job(JobCgroup):
             for f in files:
                 _fs.write(self._path("memory", f), "0")
             if self._f.oom_kill:
-                ctl = _fs.keyed(_fs.read(self._path("memory", "memory.oom_control")))
+                ctl = _fs.keyed(self._read("memory", "memory.oom_control"))
                 self._oom_base = ctl.get("oom_kill", 0)
         if "cpuacct" in self._dirs:
             _fs.write(self._path("cpuacct", "cpuacct.usage"), "0")  # also zeroes user/sys
         if "pids" in self._dirs and self._f.pids_peak:
-            self._pids_peak_base = int(_fs.read(self._path("pids", "pids.peak")))
+            self._pids_peak_base = int(self._read("pids", "pids.peak"))
 
     def remove(self, timeout: float = 5.0) -> None:
         """Kill what is left, rmdir in every hierarchy. Idempotent."""
         if self._removed:
             return
-        if self._usage_fd >= 0:
-            os.close(self._usage_fd)
-            self._usage_fd = -1
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._usage_fd = -1
         if self._all_pids():
             self.kill_all(timeout)
         deadline = time.monotonic() + timeout
