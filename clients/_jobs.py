@@ -27,7 +27,7 @@ Data: TypeAlias = bytes | bytearray | memoryview | str
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE_FIELDS = frozenset({"memory", "output", "file_size", "box_size", "stack"})
+_SIZE_FIELDS = frozenset({"memory", "output", "file_size", "box_size", "tmp_size", "stack"})
 _SECONDS_FIELDS = frozenset({"cpu_time", "wall_time"})
 
 
@@ -74,6 +74,7 @@ class Limits:
     output: int | str | None = None
     file_size: int | str | None = None
     box_size: int | str | None = None
+    tmp_size: int | str | None = None
     open_files: int | None = None
     stack: int | str | None = None
 

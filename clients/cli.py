@@ -121,8 +121,8 @@ ENTRY_BY_PROFILE = {
     "rust": "main.rs",
 }
 
-# The limit flags of ``sandboxd run-once`` that the protocol carries (not --tmp-size,
-# which a job cannot ask for over the wire); tests/clients checks the spellings agree.
+# The limit flags of ``sandboxd run-once``, all of which the protocol carries;
+# tests/clients checks the spellings agree.
 LIMIT_FLAGS: dict[str, tuple[str, str]] = {
     "cpu_time": ("S", "CPU seconds"),
     "wall_time": ("S", "wall-clock seconds"),
@@ -131,12 +131,13 @@ LIMIT_FLAGS: dict[str, tuple[str, str]] = {
     "output": ("SIZE", "bytes kept per stream"),
     "file_size": ("SIZE", "largest file"),
     "box_size": ("SIZE", "size of /box"),
+    "tmp_size": ("SIZE", "size of /tmp"),
     "open_files": ("N", "open files"),
     "stack": ("SIZE", "stack size"),
 }
 
 
-_SIZE_KEYS = frozenset({"memory", "output", "file_size", "box_size", "stack"})
+_SIZE_KEYS = frozenset({"memory", "output", "file_size", "box_size", "tmp_size", "stack"})
 
 
 class UsageError(Exception):

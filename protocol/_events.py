@@ -102,6 +102,7 @@ class JobLimits:
     output: int | None = None
     file_size: int | None = None
     box_size: int | None = None
+    tmp_size: int | None = None
     open_files: int | None = None
     stack: int | None = None
 

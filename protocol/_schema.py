@@ -110,6 +110,7 @@ JOB_LIMITS = Record(
         ("output", BYTE_COUNT, False),
         ("file_size", BYTE_COUNT, False),
         ("box_size", BYTE_COUNT, False),
+        ("tmp_size", BYTE_COUNT, False),
         ("open_files", Int(1, INT64_MAX), False),
         ("stack", BYTE_COUNT, False),
     ),

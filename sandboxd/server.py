@@ -212,14 +212,16 @@ def _limits_dict(lim: proto.JobLimits | None) -> dict[str, Any] | None:
     if lim is None:
         return None
     out = {k: getattr(lim, k) for k in ("cpu_time", "wall_time", "memory", "pids", "output",
-                                        "file_size", "box_size", "open_files", "stack")}
+                                        "file_size", "box_size", "tmp_size", "open_files",
+                                        "stack")}
     return {k: v for k, v in out.items() if v is not None}
 
 
 def _wire_limits(lim: Limits) -> proto.JobLimits:
     return proto.JobLimits(cpu_time=lim.cpu_time, wall_time=lim.wall_time, memory=lim.memory,
                            pids=lim.pids, output=lim.output, file_size=lim.file_size,
-                           box_size=lim.box_size, open_files=lim.open_files, stack=lim.stack)
+                           box_size=lim.box_size, tmp_size=lim.tmp_size,
+                           open_files=lim.open_files, stack=lim.stack)
 
 
 def _step_result(outcome: jobs.StepOutcome) -> proto.StepResult:

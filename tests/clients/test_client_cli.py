@@ -60,7 +60,7 @@ def test_limit_flags_are_spelled_as_in_run_once() -> None:
     ours = _limit_flags(_subparser(cli._parser(), "run"))
     theirs = _limit_flags(_subparser(sandboxd_cli._parser(), "run-once"))
     assert ours <= theirs
-    assert theirs - ours == {"--tmp-size"}  # the protocol has no tmp_size (yet)
+    assert theirs == ours
     assert {"--cpu-time", "--wall-time", "--memory", "--pids", "--output"} <= ours
 
 
@@ -174,6 +174,26 @@ def test_run_exit_codes(tmp_path: Path) -> None:
         assert p.returncode == 65 and b"limits.memory" in p.stderr
         p = sandboxctl("run", "input.txt", socket=d.socket, cwd=tmp_path)
         assert p.returncode == 2 and b"pass --profile" in p.stderr
+
+
+@pytest.mark.root
+def test_box_and_tmp_sizes_reach_the_container(tmp_path: Path) -> None:
+    """--box-size and --tmp-size travel in the job's limits and size the tmpfs mounts
+    (statvfs inside), and a write past them fails with ENOSPC."""
+    _files(
+        tmp_path,
+        sizes__py="import os\nfor d in ('/box', '/tmp'):\n"
+                  "    st = os.statvfs(d); print(d, st.f_blocks * st.f_frsize)\n"
+                  "try:\n    open('/tmp/big', 'wb').write(b'x' * (3 << 20))\n"
+                  "except OSError as e: print('write', e.errno)",
+    )
+    with Daemon(tmp_path, pool_profiles=["python3"]) as d:
+        p = sandboxctl("run", "--box-size", "4M", "--tmp-size", "2M", "sizes.py",
+                       socket=d.socket, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert p.stdout.decode().splitlines() == ["/box 4194304", "/tmp 2097152", "write 28"]
+        p = sandboxctl("run", "--tmp-size", "8M", "sizes.py", socket=d.socket, cwd=tmp_path)
+        assert p.stdout.decode().splitlines()[1:] == ["/tmp 8388608"], p.stdout
 
 
 @pytest.mark.root

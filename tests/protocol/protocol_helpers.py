@@ -239,6 +239,7 @@ job_limits = st.builds(
     output=_opt(int64),
     file_size=_opt(int64),
     box_size=_opt(int64),
+    tmp_size=_opt(int64),
     open_files=_opt(positive64),
     stack=_opt(int64),
 )
