@@ -67,6 +67,7 @@ PROC_MASKED = (
     "/proc/kallsyms",
     "/proc/kmsg",
     "/proc/sysrq-trigger",
+    "/proc/config.gz",  # the kernel's build options: which hardening it lacks
 )
 # Docker's read-only paths.
 PROC_READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys")
