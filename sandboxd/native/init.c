@@ -873,8 +873,13 @@ static int namecmp(const struct dirent **a, const struct dirent **b) {
     return strcmp((*a)->d_name, (*b)->d_name);
 }
 
-/* Regular files under /box, never following a symlink the job may have planted. */
-static int collect(const char *dir, struct files *f) {
+#define MAX_DEPTH 64
+
+/* Regular files under /box, never following a symlink the job may have planted; at most
+ * MAX_DEPTH directories deep (each level costs this process a few KiB of stack). */
+static int collect(const char *dir, struct files *f, int depth) {
+    if (depth > MAX_DEPTH)
+        return failf("ValueError: the job left directories more than %d deep in /box", MAX_DEPTH);
     struct dirent **names;
     int n = scandir(dir, &names, NULL, namecmp);
     if (n < 0) return failf("OSError: %s: %s", dir, strerror(errno));
@@ -888,7 +893,7 @@ static int collect(const char *dir, struct files *f) {
             struct stat st;
             if (lstat(path, &st)) { r = failf("OSError: %s: %s", path, strerror(errno)); break; }
             if (pass == 1) {
-                if (S_ISDIR(st.st_mode)) r = collect(path, f);
+                if (S_ISDIR(st.st_mode)) r = collect(path, f, depth + 1);
                 continue;
             }
             if (!S_ISREG(st.st_mode)) continue;
@@ -1028,7 +1033,7 @@ static int serve(struct job *job) {
     if (!is_collect) return 0;
     struct files f = {.max_bytes = max_bytes, .max_files = max_files};
     errmsg[0] = 0;
-    if (collect("/box", &f)) {
+    if (collect("/box", &f, 0)) {
         send_error("collecting files", errmsg);
     } else {
         mp_map(&m, 2);

@@ -209,6 +209,22 @@ def test_compile_step_links_are_not_followed_into_the_run(attack_daemon: AttackD
     assert_unharmed(host_canary, attack_daemon, res)
 
 
+def test_a_deep_tree_from_the_compile_step_is_refused_not_followed(
+        attack_daemon: AttackDaemon, host_canary: Canary) -> None:
+    """The init walks the compile step's /box to carry its files on; a tree 200
+    directories deep (each level costs the walker stack) is refused with a clear
+    error instead of crashing it, and the daemon serves the next job."""
+    plant = "for i in $(seq 200); do mkdir d && cd d || exit 1; done; echo x > f"
+    res = attack_daemon.job("bash", {"main.sh": b"echo never"},
+                            compile=proto.CompileStep(argv=("/bin/sh", "-c", plant)))
+    assert res.compile is not None and res.compile.verdict == "sandbox_error", res.compile
+    assert "more than 64 deep" in (res.compile.reason or ""), res.compile
+    assert not res.steps or all(s.verdict != "ok" for s in res.steps), res
+    after = attack_daemon.run("bash", {"main.sh": b"echo fine"})
+    assert after.verdict == "ok" and after.stdout == b"fine\n", after
+    assert_unharmed(host_canary, attack_daemon, res, after)
+
+
 def test_the_compiler_runs_inside_the_sandbox(attack_daemon: AttackDaemon,
                                               host_canary: Canary) -> None:
     """DMOJ ran compilers outside its sandbox (judge-server #318): here gcc cannot
