@@ -129,8 +129,12 @@ def start_attack_daemon(tmp: Path, **config: Any) -> AttackDaemon:
         d = Daemon(tmp, **{"pool_profiles": ["bash", "python3"], "pool_size": 1,
                            "concurrency": 2, **config}).start()
     ad = AttackDaemon(d, secret)
-    ad.wait_idle()
-    ad.rss_start_kib = ad.rss_kib()
+    try:
+        ad.wait_idle()
+        ad.rss_start_kib = ad.rss_kib()
+    except BaseException:
+        d.stop()  # the fixture never yields it, so nothing else would stop it
+        raise
     return ad
 
 
