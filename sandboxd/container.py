@@ -109,7 +109,8 @@ class ContainerSpec:
 @functools.lru_cache(maxsize=64)
 def _mount_plan(box_size: int, tmp_size: int, extra_binds: tuple[tuple[str, str], ...],
                 image: str = "", image_store: str = "") -> mounts.MountPlan:
-    """Built once per shape in the zygote (globbing /etc is not free) and inherited by clones."""
+    """Built once per shape (globbing /etc is not free); its compiled form, the plan's
+    memfd, is cached apart (``_plan_fd``)."""
     binds = [mounts.Bind(src, dst, optional=True) for src, dst in extra_binds]
     if image:
         from sandboxd.images import Store

@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() != int(argv[1]):  # the supervisor died before we could notice
         return 1
     for name in argv[2:]:
-        seccomp.compile_policy(name)  # compiled once, inherited by every container
+        seccomp.compile_policy(name)  # compiled before the first container needs it
     return _serve(sock)
 
 

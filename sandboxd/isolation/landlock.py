@@ -44,7 +44,6 @@ __all__ = [
     "handled_access_fs",
     "plan_rules",
     "restrict",
-    "ruleset",
 ]
 
 ACCESS_FS_EXECUTE: Final = 1 << 0
@@ -124,65 +123,40 @@ def restrict(
 ) -> int:
     """Confine the calling thread and its future children; return the ABI used (0: none).
 
-    The rules are ``ruleset``'s. Needs ``no_new_privs`` set first, unless the
-    caller has CAP_SYS_ADMIN.
-    """
-    fd = ruleset(read_paths=read_paths, write_paths=write_paths, write_files=write_files,
-                 scope_signals=scope_signals, scope_abstract_unix=scope_abstract_unix)
-    if fd is None:
-        return 0
-    try:
-        _syscalls_lsm.landlock_restrict_self(fd)
-    except OSError as exc:
-        hint = " (set no_new_privs first)" if exc.errno == errno.EPERM else ""
-        raise LandlockError(exc.errno, f"landlock_restrict_self: {exc.strerror}{hint}") from exc
-    finally:
-        os.close(fd)
-    return abi_version()
-
-
-def ruleset(
-    *,
-    read_paths: Sequence[str],
-    write_paths: Sequence[str],
-    write_files: Sequence[str] = (),
-    scope_signals: bool = True,
-    scope_abstract_unix: bool = True,
-) -> int | None:
-    """A ruleset descriptor (close-on-exec, the caller's to close), or None without Landlock.
-
     Beneath ``read_paths``: execute, read files, list directories. Beneath
     ``write_paths``: everything, including creating, removing, renaming within
     and between them, and device ioctls. On each of ``write_files``: read,
     write, truncate (``> /dev/null`` opens with ``O_TRUNC``) and ioctl. Any
     other path is refused with ``EACCES``. A missing path is an error, not a
-    silent omission: the caller decides which paths exist. Built apart from
-    ``restrict`` so that one process (the container init) can build it and
-    another (the job process, in C) enforce it, with ``landlock_restrict_self``.
+    silent omission: the caller decides which paths exist. The rules are
+    ``plan_rules``'s, the ones the container init builds its ruleset from (a
+    path that is not a directory gets only the rights a file can carry).
+
+    Needs ``no_new_privs`` set first, unless the caller has CAP_SYS_ADMIN.
     """
-    abi = abi_version()
-    if abi == 0:
-        return None
-    handled = handled_access_fs(abi)
-    scoped = _scoped(abi, scope_signals, scope_abstract_unix)
-    attr = _syscalls_lsm.LandlockRulesetAttr(handled_access_fs=handled, scoped=scoped)
+    rules = plan_rules(read_dirs=read_paths, write_dirs=write_paths, write_files=write_files,
+                       scope_signals=scope_signals, scope_abstract_unix=scope_abstract_unix)
+    if rules is None:
+        return 0
+    attr = _syscalls_lsm.LandlockRulesetAttr(handled_access_fs=rules.handled_fs,
+                                             scoped=rules.scoped)
     try:
         fd = _syscalls_lsm.landlock_create_ruleset(attr)
     except OSError as exc:
         raise LandlockError(
-            exc.errno, f"landlock_create_ruleset (ABI {abi}): {exc.strerror}"
+            exc.errno, f"landlock_create_ruleset (ABI {abi_version()}): {exc.strerror}"
         ) from exc
     try:
-        for path in read_paths:
-            _allow(fd, path, _READ_RIGHTS & handled)
-        for path in write_paths:
-            _allow(fd, path, handled)
-        for path in write_files:
-            _allow(fd, path, _WRITE_FILE_RIGHTS & handled)
-    except BaseException:
+        for path, access in rules.rules:
+            _allow(fd, path, access)
+        try:
+            _syscalls_lsm.landlock_restrict_self(fd)
+        except OSError as exc:
+            hint = " (set no_new_privs first)" if exc.errno == errno.EPERM else ""
+            raise LandlockError(exc.errno, f"landlock_restrict_self: {exc.strerror}{hint}") from exc
+    finally:
         os.close(fd)
-        raise
-    return fd
+    return abi_version()
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +176,9 @@ def plan_rules(
     scope_signals: bool = True,
     scope_abstract_unix: bool = True,
 ) -> Rules | None:
-    """``ruleset``'s rules, computed ahead for paths whose kind the caller knows (the
-    container's ``/``, ``/box``... are directories and ``/dev/null`` a file), or None
-    without Landlock. native/init.c builds the ruleset from them."""
+    """The rules of ``restrict`` as data, or None without Landlock: native/init.c builds
+    the container's ruleset from them (its ``/``, ``/box``... are directories and
+    ``/dev/null`` a file, so no rule needs trimming there)."""
     abi = abi_version()
     if abi == 0:
         return None
@@ -212,13 +186,11 @@ def plan_rules(
     rules = [(p, _READ_RIGHTS & handled) for p in read_dirs]
     rules += [(p, handled) for p in write_dirs]
     rules += [(p, _WRITE_FILE_RIGHTS & handled) for p in write_files]
-    return Rules(handled, _scoped(abi, scope_signals, scope_abstract_unix), tuple(rules))
-
-
-def _scoped(abi: int, signals: bool, abstract_unix: bool) -> int:
-    if abi < _SCOPES_ABI:
-        return 0
-    return (SCOPE_SIGNAL if signals else 0) | (SCOPE_ABSTRACT_UNIX_SOCKET if abstract_unix else 0)
+    scoped = 0
+    if abi >= _SCOPES_ABI:
+        scoped |= SCOPE_SIGNAL if scope_signals else 0
+        scoped |= SCOPE_ABSTRACT_UNIX_SOCKET if scope_abstract_unix else 0
+    return Rules(handled, scoped, tuple(rules))
 
 
 def _allow(ruleset: int, path: str, access: int) -> None:
