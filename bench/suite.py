@@ -41,7 +41,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sandboxd_protocol as proto
 from _common import (
     BWRAP,
     COMMANDS,
@@ -56,6 +55,8 @@ from _common import (
     uss,
 )
 from _peers import ISOLATION, Peers, machine, rmdir_cgroup, steal_and_busy
+
+import sandboxd_protocol as proto
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = (1, 2, 8, 32)

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+
 import sandboxd_protocol as proto
 from sandboxd_protocol._schema import encode_message  # raw maps, in any state
 

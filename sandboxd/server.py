@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import sandboxd_protocol as proto
 import trio
 
+import sandboxd_protocol as proto
 from sandboxd import __version__, cgroups, jobs, zygote
 from sandboxd.cgroups import CgroupBackend, CgroupError
 from sandboxd.config import Config, ConfigError, load

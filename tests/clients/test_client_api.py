@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-import sandboxd_client as sc
 import trio
 from client_helpers import SLEEPER, run_async, shape
 from daemon import Daemon
+
+import sandboxd_client as sc
 
 pytestmark = pytest.mark.root
 

@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-import sandboxd_client as sc
 from client_helpers import SANDBOXCTL, SLEEPER, sandboxctl
 from daemon import Daemon
-from sandboxd_client import cli
 
+import sandboxd_client as sc
 from sandboxd import cli as sandboxd_cli
 from sandboxd.config import DEFAULT_SOCKET
 from sandboxd.result import VERDICTS, Result
+from sandboxd_client import cli
 
 # -- agreement with sandboxd, no daemon needed ------------------------------------------
 

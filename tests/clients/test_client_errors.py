@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-import sandboxd_client as sc
-import sandboxd_protocol as proto
 import trio
 from client_helpers import SLEEPER, FakeDaemon, next_event, raw_frame, run_async
 from daemon import Daemon
+
+import sandboxd_client as sc
+import sandboxd_protocol as proto
 
 # -- without a daemon -------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 import sandboxd_client as sc
 from sandboxd_client import _core, _errors, _jobs, _results, cli
 

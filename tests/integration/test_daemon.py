@@ -14,8 +14,9 @@ import time
 
 import leftovers
 import pytest
-import sandboxd_protocol as proto
 from daemon import Client, Daemon
+
+import sandboxd_protocol as proto
 
 pytestmark = pytest.mark.root
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import leftovers
 import pytest
-import sandboxd_protocol as proto
 from daemon import Client, Daemon
+
+import sandboxd_protocol as proto
 
 pytestmark = pytest.mark.root
 

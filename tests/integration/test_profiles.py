@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sandboxd_protocol as proto
 from daemon import Daemon
 
+import sandboxd_protocol as proto
 from sandboxd.limits import Limits, MiB
 from sandboxd.profiles import PLACEHOLDERS, SCHEMA, ProfileError, expand, load_dir, load_file
 

@@ -1,4 +1,4 @@
-"""Write ``protocol/vectors/*.json``: conversations as exact bytes, with what they mean.
+"""Write ``sandboxd_protocol/vectors/*.json``: conversations as exact bytes, with what they mean.
 
 Each vector is a whole conversation from the first byte: a list of frames,
 each with its sender, its bytes in hex and the msgpack map they hold (bytes
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+
 from sandboxd_protocol import (
     CLIENT,
     SERVER,
@@ -59,7 +60,7 @@ from sandboxd_protocol import (
     Welcome,
 )
 
-VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
+VECTORS = Path(__file__).resolve().parents[2] / "sandboxd_protocol" / "vectors"
 
 
 def to_json(value: Any) -> Any:

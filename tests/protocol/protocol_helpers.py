@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from hypothesis import strategies as st
+
 from sandboxd_protocol import (
     CLIENT,
     COMPARE_MODES,

@@ -15,6 +15,7 @@ from protocol_helpers import (
     step_results,
     submissions,
 )
+
 from sandboxd_protocol import (
     MESSAGE_TYPES,
     TYPE_NAMES,

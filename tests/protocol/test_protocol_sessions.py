@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from protocol_helpers import drain, handshake, step_results, submissions
+
 from sandboxd_protocol import (
     CLIENT,
     SERVER,

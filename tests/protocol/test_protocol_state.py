@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from protocol_helpers import drain, handshake, submit, transfer
+
 from sandboxd_protocol import (
     CLIENT,
     NEED_DATA,

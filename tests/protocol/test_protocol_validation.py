@@ -8,6 +8,7 @@ from typing import Any
 import msgpack
 import pytest
 from protocol_helpers import handshake, submit
+
 from sandboxd_protocol import (
     CLIENT,
     SERVER,

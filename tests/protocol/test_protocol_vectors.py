@@ -1,4 +1,4 @@
-"""Every test vector in ``protocol/vectors/``, both ways, from the files alone.
+"""Every test vector in ``sandboxd_protocol/vectors/``, both ways, from the files alone.
 
 Decoding: the hex bytes, fed to the receiving ``Connection`` (whole, then one
 byte at a time), give the event whose msgpack map is the vector's
@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 import pytest
 from make_protocol_vectors import VECTORS, body_of, build, from_json, render
+
 from sandboxd_protocol import (
     CLIENT,
     NEED_DATA,

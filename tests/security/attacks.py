@@ -18,8 +18,9 @@ from typing import Any
 
 import leftovers
 import pytest
-import sandboxd_protocol as proto
 from daemon import Daemon
+
+import sandboxd_protocol as proto
 
 MiB = 1 << 20
 

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sandboxd_protocol as proto
 from attacks import AttackDaemon, MiB
 from daemon import Daemon
+
+import sandboxd_protocol as proto
 
 pytestmark = pytest.mark.root
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import programs
 import pytest
-import sandboxd_protocol as proto
 from attacks import (
     RUNTIME_BOMB,
     AttackDaemon,
@@ -27,6 +26,7 @@ from attacks import (
     require_profile,
 )
 
+import sandboxd_protocol as proto
 from sandboxd import native
 
 pytestmark = pytest.mark.root

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-import sandboxd_protocol as proto
 from attacks import BOMB, AttackDaemon, Canary, assert_unharmed, lines_of
+
+import sandboxd_protocol as proto
 
 pytestmark = pytest.mark.root
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import programs
 import pytest
-import sandboxd_protocol as proto
 from attacks import (
     BOMB,
     RUNTIME_BOMB,
@@ -26,6 +25,8 @@ from attacks import (
     lines_of,
     require_profile,
 )
+
+import sandboxd_protocol as proto
 
 pytestmark = pytest.mark.root
 

@@ -1,7 +1,7 @@
 """Dependencies point one way (DESIGN.md section 9), checked from the source.
 
-``protocol`` imports nothing of ours; ``clients`` import only the protocol;
-``sandboxd`` never imports ``clients``; the kernel-facing code (isolation,
+``sandboxd_protocol`` imports nothing of ours; ``sandboxd_client`` imports only the protocol;
+``sandboxd`` never imports ``sandboxd_client``; the kernel-facing code (isolation,
 cgroups, the container and the zygote's server side) never imports trio at
 module level, so the zygote (which must not run an event loop) stays small.
 """
@@ -33,12 +33,12 @@ def files(*parts: str) -> list[Path]:
     return sorted(base.rglob("*.py")) if base.is_dir() else [base]
 
 
-@pytest.mark.parametrize("path", files("protocol"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", files("sandboxd_protocol"), ids=lambda p: p.name)
 def test_protocol_imports_nothing_of_ours(path: Path):
     assert not imports(path) & {"sandboxd", "sandboxd_client", "trio"}
 
 
-@pytest.mark.parametrize("path", files("clients"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", files("sandboxd_client"), ids=lambda p: p.name)
 def test_clients_import_only_the_protocol(path: Path):
     assert "sandboxd" not in imports(path)
 
