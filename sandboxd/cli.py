@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return check_main(json_output=args.json)
     if args.command == "serve":
-        from sandboxd.server import main as serve_main
+        from sandboxd.daemon import main as serve_main
 
         return serve_main(config_path=args.config, socket_path=args.socket)
     return _fail(f"unknown command {args.command!r}")

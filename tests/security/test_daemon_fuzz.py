@@ -207,7 +207,7 @@ SLOW = {
 @pytest.mark.parametrize("case", sorted(SLOW))
 def test_slow_clients_are_dropped_after_the_timeouts(attack_daemon: AttackDaemon,
                                                      case: str) -> None:
-    """Before the fix in sandboxd/server.py (Session._receive, send), the last five held
+    """Before the fix in sandboxd/front/msgpack_api.py (Session._receive, send), the last five held
     their connection, and a finished job's container, for ever: the idle clock did not
     start when the last job ended during a receive, a half-sent message counted as a job
     wait, and sending had no bound (results were sent shielded)."""
@@ -298,7 +298,7 @@ def test_thousands_of_files_and_huge_names(attack_daemon: AttackDaemon) -> None:
 
 
 def test_a_result_larger_than_a_frame_arrives_cut_to_fit(attack_daemon: AttackDaemon) -> None:
-    """Fixed in sandboxd/server.py (_fit): a job may ask for more output than a frame
+    """Fixed in sandboxd/front/msgpack_api.py (_fit): a job may ask for more output than a frame
     carries; its result used to fail to encode and the exception killed the daemon (with
     the default configuration too: 64 MiB frames, output limits up to 1 GiB)."""
     res = attack_daemon.job("bash", {"main.sh": b"head -c 3000000 /dev/zero; "

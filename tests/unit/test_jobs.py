@@ -269,7 +269,7 @@ def test_run_step_default_cpuset_is_none() -> None:
 
 async def test_cpu_allocator_gives_each_pinned_step_a_cpu_of_its_own() -> None:
     """Highest free CPU first; never one CPU to two holders; waiters served in order."""
-    from sandboxd.server import CpuAllocator
+    from sandboxd.service import CpuAllocator
 
     alloc = CpuAllocator([0, 1])
     held: list[int] = []

@@ -1,0 +1,437 @@
+"""The msgpack socket front door: one ``Session`` per connection over the job service.
+
+Strategy: a connection is a task driving a sans-IO
+``sandboxd_protocol.Connection``; it decodes each message, calls the
+``JobService`` and encodes the answer, and that is all: admission, running,
+verdicts and counting are the service's. Each job is a task in its
+connection's nursery, so a client that disconnects takes its jobs with it
+(their containers are killed, shielded, on the way out). What belongs to the
+transport stays here: the handshake and its token, slow-client timeouts, the
+connection count and the daemon-wide budget for unfinished frames, and
+fitting a result into one frame. The wire types are mapped to and from the
+service's in one place each (``_job_spec``, ``_step_result``, ``_stats``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hmac
+import itertools
+import logging
+from typing import Any
+
+import trio
+
+import sandboxd_protocol as proto
+from sandboxd import __version__, jobs
+from sandboxd.config import Config
+from sandboxd.jobs import JobOutcome, JobSpec, TestSpec
+from sandboxd.limits import Limits
+from sandboxd.log import event
+from sandboxd.service import Job, JobService, ServiceError
+
+# ----------------------------------------------------------------- mapping
+
+
+def _limits_dict(lim: proto.JobLimits | None) -> dict[str, Any] | None:
+    if lim is None:
+        return None
+    out = {k: getattr(lim, k) for k in ("cpu_time", "wall_time", "memory", "pids", "output",
+                                        "file_size", "box_size", "tmp_size", "open_files",
+                                        "stack")}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _wire_limits(lim: Limits) -> proto.JobLimits:
+    return proto.JobLimits(cpu_time=lim.cpu_time, wall_time=lim.wall_time, memory=lim.memory,
+                           pids=lim.pids, output=lim.output, file_size=lim.file_size,
+                           box_size=lim.box_size, tmp_size=lim.tmp_size,
+                           open_files=lim.open_files, stack=lim.stack)
+
+
+def _step_result(outcome: jobs.StepOutcome) -> proto.StepResult:
+    r = outcome.result
+    repeat = None
+    if outcome.repeat is not None:
+        rp = outcome.repeat
+        repeat = proto.RepeatStats(runs=rp.runs, cpu_time_min=rp.cpu[0],
+                                   cpu_time_median=rp.cpu[1], cpu_time_max=rp.cpu[2],
+                                   wall_time_min=rp.wall[0], wall_time_median=rp.wall[1],
+                                   wall_time_max=rp.wall[2], memory_peak_max=rp.memory_peak_max,
+                                   chosen=rp.chosen)
+    return proto.StepResult(
+        verdict=r.verdict, reason=r.reason, exit_code=r.exit_code, signal=r.signal,
+        cpu_time=r.cpu_time, user_time=r.user_time, sys_time=r.sys_time,
+        wall_time=r.wall_time, memory_peak=r.memory_peak, oom_killed=r.oom_killed,
+        stdout=r.stdout, stderr=r.stderr, stdout_truncated=r.stdout_truncated,
+        stderr_truncated=r.stderr_truncated, repeat=repeat)
+
+
+# What a step result holds besides its outputs, at most (reason <= 1 KiB, numbers, flags,
+# a repeat record), and the rest of a result frame.
+_STEP_OVERHEAD = 2048
+_RESULT_OVERHEAD = 1024
+
+
+def _fit(steps: tuple[proto.StepResult, ...], compile_result: proto.StepResult | None,
+         max_frame: int) -> tuple[tuple[proto.StepResult, ...], proto.StepResult | None]:
+    """Cut the outputs of a result so that it fits in one frame, marking them truncated.
+
+    A job may ask for up to 1 GiB of output per stream, and a batch has many
+    steps: more than a frame carries (64 MiB by default). A frame the protocol
+    refuses to send would break the connection, so every stream keeps the same
+    share of the room instead (a cut one says so, as at its output limit).
+    """
+    everything = [*steps, *([compile_result] if compile_result else [])]
+    total = sum(len(s.stdout) + len(s.stderr) for s in everything)
+    room = max_frame - _RESULT_OVERHEAD - _STEP_OVERHEAD * len(everything)
+    if total <= room:
+        return steps, compile_result
+    keep = max(0, room) / total
+
+    def cut(s: proto.StepResult) -> proto.StepResult:
+        out, err = int(len(s.stdout) * keep), int(len(s.stderr) * keep)
+        return dataclasses.replace(
+            s, stdout=s.stdout[:out], stderr=s.stderr[:err],
+            stdout_truncated=s.stdout_truncated or out < len(s.stdout),
+            stderr_truncated=s.stderr_truncated or err < len(s.stderr))
+
+    return tuple(cut(s) for s in steps), cut(compile_result) if compile_result else None
+
+
+# ------------------------------------------------------------------ the listener
+
+
+class MsgpackFront:
+    """The msgpack listener's shared state: connection count, frame budget, wire mapping."""
+
+    def __init__(self, cfg: Config, service: JobService) -> None:
+        self.cfg = cfg
+        self.service = service
+        self.connections = 0
+        self.conn_seq = itertools.count(1)
+        self.limits = proto.SizeLimits(max_frame_size=cfg.max_frame)
+        self.sessions: set[Session] = set()
+        # What every connection's unfinished frames may hold together (each alone may
+        # reach max_frame): without it, max_connections slow clients could make the
+        # daemon buffer max_connections x max_frame bytes.
+        self.buffer_budget = cfg.max_buffered or 4 * cfg.max_frame
+
+    def over_budget(self) -> bool:
+        return sum(s.conn.buffered for s in self.sessions) > self.buffer_budget
+
+    def profile_infos(self) -> tuple[proto.ProfileInfo, ...]:
+        """What ``welcome`` lists: every profile, unavailable ones with their reason."""
+        versions = self.service.versions
+        return tuple(proto.ProfileInfo(
+            name=p.name, description=p.description, compiled=p.compile is not None,
+            default_limits=_wire_limits(p.limits), max_limits=_wire_limits(p.max_limits),
+            entry=p.entry, version=versions.get(p.name) or None,
+            available=not p.unavailable, unavailable_reason=p.unavailable or None)
+            for p in self.service.profiles.values())
+
+    async def handle(self, stream: trio.abc.Stream, tcp: bool = False) -> None:
+        """Serve one connection until it ends; past ``max_connections``, busy at once."""
+        n = next(self.conn_seq)
+        if self.connections >= self.cfg.max_connections:
+            conn = proto.Connection(proto.SERVER, limits=self.limits)
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                     proto.LocalProtocolError):
+                await stream.send_all(conn.send(proto.ErrorReport(
+                    code="server_busy", message=f"too many connections "
+                    f"(max_connections={self.cfg.max_connections}); try again later")))
+            await stream.aclose()
+            return
+        self.connections += 1
+        try:
+            session = Session(self, stream, n, tcp)
+            self.sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                self.sessions.discard(session)
+        finally:
+            self.connections -= 1
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    def stats(self) -> proto.ServerStats:
+        st = self.service.statistics()
+        return proto.ServerStats(
+            uptime=st.uptime, connections=self.connections, jobs_queued=st.jobs_queued,
+            jobs_running=st.jobs_running, jobs_completed=st.jobs_completed,
+            pools=tuple(proto.PoolStats(profile=p.profile, warm=p.warm, target=p.target)
+                        for p in st.pools),
+            counters=st.counters)
+
+    def job_list(self) -> proto.JobList:
+        return proto.JobList(jobs=tuple(
+            proto.JobInfo(id=j.ref, profile=j.profile, state=j.state, elapsed=j.elapsed,
+                          client=j.client, cpu_time=j.cpu_time, memory=j.memory)
+            for j in self.service.ps()))
+
+
+# A connection whose unfinished input is below this is never refused for the budget:
+# handshakes, small jobs and control messages always get through.
+BUDGET_EXEMPT = 256 << 10
+
+
+class Session:
+    """One client connection: the protocol loop, and its jobs as child tasks."""
+
+    def __init__(self, front: MsgpackFront, stream: trio.abc.Stream, n: int, tcp: bool) -> None:
+        self.front = front
+        self.service = front.service
+        self.stream = stream
+        self.n = n
+        self.tcp = tcp
+        self.conn = proto.Connection(proto.SERVER, limits=front.limits)
+        self.send_lock = trio.Lock()
+        self.jobs: dict[str, Job] = {}
+        self.stdin: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self.client = f"conn-{n}"
+        self.closed = False
+        # Slow clients (the timeouts below): the hello is due handshake_timeout after
+        # connecting, however it trickles in; a message, once begun, is due idle_timeout
+        # after its first bytes; a client with no job in flight may be silent for
+        # idle_timeout; and one that reads nothing for idle_timeout is gone.
+        self._opened = trio.current_time()
+        self._message_started: float | None = None
+        self._receiving: trio.CancelScope | None = None
+
+    async def send(self, ev: proto.Event) -> None:
+        """Send one event; a client that takes in none of it for ``idle_timeout`` is dropped.
+
+        Cancellation: the bytes may be half sent; the connection is then unusable,
+        and the caller is on its way out anyway.
+        """
+        async with self.send_lock:
+            if self.closed:
+                return
+            if self.conn.error is not None and (type(ev) is not proto.ErrorReport
+                                                or ev.job_scoped):
+                return  # the peer broke the protocol: only the fatal error goes out now
+            try:
+                data = self.conn.send(ev)
+            except proto.LocalProtocolError as e:
+                # Our bug (the message broke a rule): it ends this connection, whose
+                # protocol state is now broken, and never the daemon with every job.
+                event("send_refused", logging.ERROR, conn=self.n, code=e.code,
+                      message=e.message, what=type(ev).__name__)
+                self.closed = True
+                with trio.CancelScope(shield=True):
+                    await self.stream.aclose()
+                return
+            if data:
+                with trio.move_on_after(self.front.cfg.idle_timeout or float("inf")) as late:
+                    try:
+                        await self.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.closed = True
+                if late.cancelled_caught:
+                    # Without this, a client that never reads would hold its connection,
+                    # and the container of a finished job, for ever (results are sent
+                    # shielded). Closing the stream also wakes the receive loop.
+                    self.closed = True
+                    event("send_timeout", logging.WARNING, conn=self.n, pending=len(data))
+                    with trio.CancelScope(shield=True):
+                        await self.stream.aclose()
+
+    def _receive_deadline(self) -> float:
+        cfg = self.front.cfg
+        now = trio.current_time()
+        idle = cfg.idle_timeout or float("inf")
+        if self.conn.their_state is proto.State.START:
+            return self._opened + cfg.handshake_timeout
+        if self.conn.buffered:  # inside a message: it is due, job or no job
+            if self._message_started is None:
+                self._message_started = now
+            return self._message_started + idle
+        if self.jobs:  # waiting for results is not idleness; _job_ended rearms this
+            return float("inf")
+        return now + idle
+
+    async def _receive(self) -> bytes:
+        with trio.CancelScope(deadline=self._receive_deadline()) as scope:
+            self._receiving = scope
+            try:
+                return await self.stream.receive_some(1 << 16)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
+            finally:
+                self._receiving = None
+        raise TimeoutError("timed out")
+
+    def _job_ended(self) -> None:
+        """Start the idle clock of a receive that began while jobs were in flight."""
+        if self._receiving is not None and not self.jobs:
+            self._receiving.deadline = min(self._receiving.deadline, self._receive_deadline())
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            try:
+                await self._loop(nursery)
+            finally:
+                # The client is gone (or misbehaved): its jobs go with it.
+                for job in self.jobs.values():
+                    job.cancel("client disconnected")
+                nursery.cancel_scope.cancel()
+
+    async def _loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                ev = self.conn.next_event()
+            except proto.RemoteProtocolError as e:
+                event("protocol_error", logging.WARNING, conn=self.n, code=e.code,
+                      message=e.message)
+                with contextlib.suppress(proto.LocalProtocolError):
+                    await self.send(proto.ErrorReport(code=e.code, message=e.message))
+                return
+            if ev is proto.NEED_DATA:
+                try:
+                    data = await self._receive()
+                except TimeoutError:
+                    if self.conn.their_state is proto.State.START:
+                        message = "no hello in time"
+                    elif self.conn.buffered:
+                        message = "a message left unfinished for too long"
+                    else:
+                        message = "idle too long"
+                    with contextlib.suppress(proto.LocalProtocolError):
+                        await self.send(proto.ErrorReport(code="timeout", message=message))
+                    return
+                self.conn.receive_data(data)
+                if self.conn.buffered > BUDGET_EXEMPT and self.front.over_budget():
+                    event("over_budget", logging.WARNING, conn=self.n,
+                          buffered=self.conn.buffered, budget=self.front.buffer_budget)
+                    with contextlib.suppress(proto.LocalProtocolError):
+                        await self.send(proto.ErrorReport(
+                            code="server_busy", message="too much unfinished input across "
+                            "connections; send it again later"))
+                    return
+                continue
+            self._message_started = None  # a whole message came: the next one's clock
+            if isinstance(ev, proto.ConnectionClosed):
+                return
+            await self._dispatch(ev, nursery)
+            if self.closed:
+                return
+
+    async def _dispatch(self, ev: proto.Event, nursery: trio.Nursery) -> None:
+        front = self.front
+        if isinstance(ev, proto.Hello):
+            if self.tcp and not (ev.token and hmac.compare_digest(
+                    ev.token.encode(), front.cfg.token.encode())):
+                await self.send(proto.ErrorReport(code="unauthorized",
+                                                  message="a valid token is required over TCP"))
+                self.closed = True
+                return
+            self.client = ev.client or self.client
+            await self.send(proto.Welcome(server=f"sandboxd/{__version__}",
+                                          limits=front.limits,
+                                          profiles=front.profile_infos()))
+        elif isinstance(ev, proto.JobSubmission):
+            await self._submit(ev, nursery)
+        elif isinstance(ev, proto.StdinChunk):
+            chan = self.stdin.get(ev.id)
+            if chan is not None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await chan.send(ev.data)
+        elif isinstance(ev, proto.EndOfStdin):
+            chan = self.stdin.pop(ev.id, None)
+            if chan is not None:
+                await chan.aclose()
+        elif isinstance(ev, proto.Cancellation):
+            job = self.jobs.get(ev.id)
+            if job is not None:
+                job.cancel("cancelled by the client")
+        elif isinstance(ev, proto.JobListRequest):
+            await self.send(front.job_list())
+        elif isinstance(ev, proto.KillRequest):
+            await self.send(proto.KillResult(job=ev.job, found=self.service.kill(ev.job)))
+        elif isinstance(ev, proto.StatsRequest):
+            await self.send(front.stats())
+        elif isinstance(ev, proto.Ping):
+            await self.send(proto.Pong(nonce=ev.nonce))
+        elif isinstance(ev, proto.Goodbye):
+            self.closed = True
+        elif isinstance(ev, proto.ErrorReport):
+            event("client_error", logging.WARNING, conn=self.n, code=ev.code,
+                  message=ev.message)
+            self.closed = True
+
+    async def _refuse(self, job_id: str, code: str, message: str) -> None:
+        await self.send(proto.ErrorReport(code=code, message=message, id=job_id))
+        event("job_refused", job=job_id, conn=self.n, code=code, reason=message)
+
+    async def _submit(self, sub: proto.JobSubmission, nursery: trio.Nursery) -> None:
+        try:
+            spec = self._job_spec(sub)
+            job = self.service.submit(spec, id=sub.id, owner=f"{self.n}", client=self.client)
+        except ServiceError as e:
+            self.stdin.pop(sub.id, None)
+            return await self._refuse(sub.id, e.code, e.message)
+        self.jobs[sub.id] = job
+        await self.send(proto.JobAcceptance(id=sub.id))
+        nursery.start_soon(self._run_job, job)
+
+    def _job_spec(self, sub: proto.JobSubmission) -> JobSpec:
+        """The wire's submission in the service's terms (and its stdin and output streams)."""
+        profile = self.service.profile(sub.profile)
+        stdin_stream = None
+        if sub.interactive_stdin:
+            send_chan, recv_chan = trio.open_memory_channel[bytes](16)
+            self.stdin[sub.id] = send_chan
+            stdin_stream = recv_chan
+        seq = itertools.count()
+
+        async def on_output(step: int, stream: str, data: bytes) -> None:
+            await self.send(proto.OutputChunk(id=sub.id, stream=stream, data=data,
+                                              seq=next(seq), step=step))
+
+        async def on_compile_output(stream: str, data: bytes) -> None:
+            await self.send(proto.OutputChunk(id=sub.id, stream=stream, data=data,
+                                              seq=next(seq), compile=True))
+
+        return JobSpec(
+            profile=profile, files=dict(sub.files), stdin=sub.stdin,
+            argv=list(sub.argv) if sub.argv else None, env=dict(sub.env or {}),
+            limits=_limits_dict(sub.limits),
+            compile_argv=list(sub.compile.argv) if sub.compile and sub.compile.argv else None,
+            compile_limits=_limits_dict(sub.compile.limits) if sub.compile else None,
+            tests=[TestSpec(stdin=t.stdin, expected_output=t.expected_output,
+                            limits=_limits_dict(t.limits), repeat=t.repeat)
+                   for t in sub.tests] if sub.tests is not None else None,
+            expected_output=sub.expected_output, compare=sub.compare,
+            float_tolerance=sub.float_tolerance, stop_on_failure=sub.stop_on_failure,
+            cpuset_pin=bool(sub.cpuset_pin), on_output=on_output if sub.stream else None,
+            on_compile_output=on_compile_output if sub.stream else None,
+            stdin_stream=stdin_stream)
+
+    async def _run_job(self, job: Job) -> None:
+        outcome: JobOutcome | None = None
+        error: ServiceError | None = None
+        try:
+            try:
+                outcome = await self.service.execute(job)
+            except ServiceError as e:
+                error = e
+            finally:
+                self.jobs.pop(job.id, None)
+                self._job_ended()
+                chan = self.stdin.pop(job.id, None)
+                if chan is not None:
+                    chan.close()
+            if error is not None:
+                await self._refuse(job.id, error.code, error.message)
+            elif outcome is not None and not self.closed:
+                steps = tuple(_step_result(o) for o in outcome.steps)
+                compile_result = _step_result(outcome.compile) if outcome.compile else None
+                steps, compile_result = _fit(steps, compile_result,
+                                             self.front.limits.max_frame_size)
+                with trio.CancelScope(shield=True):
+                    await self.send(proto.JobResult(id=job.id, compile=compile_result,
+                                                    steps=steps))
+        finally:
+            self.service.release(job)
