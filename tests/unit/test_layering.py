@@ -65,3 +65,70 @@ def test_zygote_process_stays_free_of_trio():
     code = "import sys, sandboxd.zygote; print('trio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------ the front doors
+# Every front door is an adapter over the job service (docs/architecture.md): the
+# service knows no transport, and a new front door is one new file that imports the
+# service and never another front door.
+
+TRANSPORTS = {"sandboxd_protocol", "socket", "msgpack", "hypercorn", "starlette", "redis",
+              "h11", "wsproto"}
+
+
+def modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, by full dotted name (relative imports resolved)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([base] if base else [])])
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+FRONT_DOORS = [p for p in files("sandboxd", "front") if p.name != "__init__.py"]
+
+
+def test_there_are_front_doors():
+    assert any(p.name == "msgpack_api.py" for p in FRONT_DOORS)
+
+
+@pytest.mark.parametrize("path", files("sandboxd", "service"), ids=lambda p: p.name)
+def test_service_knows_no_transport(path: Path):
+    found = modules(path)
+    assert not {m.split(".")[0] for m in found} & TRANSPORTS
+    assert not {m for m in found if m.startswith(("sandboxd.front", "sandboxd.daemon"))}
+
+
+@pytest.mark.parametrize("path", FRONT_DOORS, ids=lambda p: p.name)
+def test_front_door_uses_the_service_and_no_other_front_door(path: Path):
+    found = modules(path)
+    assert "sandboxd.service" in found
+    own = f"sandboxd.front.{path.stem}"
+    others = {m for m in found if m.startswith("sandboxd.front.") and not m.startswith(own)}
+    assert not others, f"{path.name} imports another front door: {sorted(others)}"
+
+
+CORE = [p for p in files("sandboxd") if not p.is_relative_to(ROOT / "sandboxd" / "front")
+        and p.name not in ("daemon.py", "cli.py")]
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_nothing_below_the_front_doors_imports_them(path: Path):
+    found = modules(path)
+    assert not {m for m in found if m.startswith(("sandboxd.front", "sandboxd.daemon"))}
+
+
+def test_the_import_rules_see_imports():
+    """The checks above would pass vacuously if ``modules`` found nothing."""
+    found = modules(ROOT / "sandboxd" / "front" / "msgpack_api.py")
+    assert {"sandboxd_protocol", "sandboxd.service", "trio"} <= found
+    found = modules(ROOT / "sandboxd" / "service" / "__init__.py")
+    assert "sandboxd.service._service" in found
