@@ -9,30 +9,28 @@ once. Tests run in parallel up to the runner's concurrency; results come
 back in test order. With ``stop_on_failure`` they still run in parallel: the
 first failure (in test order) cancels every later test, and every later
 test is reported ``cancelled`` whether it had finished or not, so the
-result never depends on timing. Output comparison and the summary of
-repeated runs are pure functions (``compare``, ``summarize``), unit-tested
-without a kernel.
+result never depends on timing. Every verdict is decided in ``sandboxd.result``; the summary of
+repeated runs is a pure function (``summarize``), unit-tested without a kernel.
 
 This module knows nothing of sockets or the wire protocol.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
+from sandboxd import result as result_mod
+from sandboxd.compare import COMPARE_MODES
 from sandboxd.container import ContainerSpec
 from sandboxd.executor import RunStep
 from sandboxd.limits import LimitError, Limits
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
-
-COMPARE_MODES = ("exact", "trailing_ws", "tokens")
 
 
 class StepRunner(Protocol):
@@ -152,13 +150,8 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
         step = RunStep(argv=compile_argv, limits=climits, files=files, env=env,
                        cwd=profile.workdir, on_output=job.on_compile_output)
         result, built = await runner(container_spec(profile, climits), step, True)
-        if result.verdict in ("sandbox_error", "cancelled"):  # ours, not the source's fault
-            return JobOutcome(StepOutcome(result), [])
-        if result.verdict != "ok":  # the reason keeps what ended it: "time_limit (cpu)"
-            reason = result.reason if result.verdict == "runtime_error" else (
-                f"{result.verdict} ({result.reason})" if result.reason else result.verdict)
-            result = replace(result, verdict="compile_error", reason=reason)
-            return JobOutcome(StepOutcome(result), [])
+        if result.verdict != "ok":  # ours (sandbox_error, cancelled) or the source's
+            return JobOutcome(StepOutcome(result_mod.compile_failed(result)), [])
         compile_outcome = StepOutcome(result)
         files = built or {}
     tests = job.tests if job.tests is not None else [
@@ -186,8 +179,9 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
                                env=env, cwd=profile.workdir, on_output=on_out,
                                stdin_stream=job.stdin_stream if len(tests) == 1 else None)
                 result, _ = await runner(spec, step, False, pin=job.cpuset_pin)
-                result = out_of_memory(result, profile.out_of_memory)
-                result = judge(result, test.expected_output, job.compare, job.float_tolerance)
+                result = result_mod.judged(result, heap_markers=profile.out_of_memory,
+                                           expected=test.expected_output, mode=job.compare,
+                                           tolerance=job.float_tolerance)
                 results.append(result)
                 if result.verdict != "ok":
                     break
@@ -205,29 +199,10 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
             # Tests queue for the runner's concurrency in test order (its limiter is
             # FIFO); this lets test i reach the queue before test i+1 starts.
             await trio.lowlevel.checkpoint()
-    steps = [o if o is not None and i <= first_failure else StepOutcome(_skipped())
+    steps = [o if o is not None and i <= first_failure else StepOutcome(Result.without_run(
+                 "cancelled", "skipped after an earlier test failed"))
              for i, o in enumerate(outcomes)]
     return JobOutcome(compile_outcome, steps)
-
-
-def _skipped() -> Result:
-    return Result.without_run("cancelled", "skipped after an earlier test failed")
-
-
-def out_of_memory(result: Result, markers: tuple[str, ...]) -> Result:
-    """A runtime error that is the runtime's own heap running out is a memory limit.
-
-    The JVM and V8 get a heap ceiling below the step's limit (they cannot see
-    the cgroup), so a program that keeps too much alive dies of their error,
-    not of the kernel's OOM killer; a judge calls both ``memory_limit``. A
-    program can print the marker itself: it gains nothing by it.
-    """
-    if result.verdict != "runtime_error" or not markers:
-        return result
-    for marker in markers:
-        if marker.encode() in result.stderr:
-            return replace(result, verdict="memory_limit", reason=f"heap: {marker}")
-    return result
 
 
 def summarize(results: list[Result]) -> StepOutcome:
@@ -248,55 +223,3 @@ def summarize(results: list[Result]) -> StepOutcome:
         cpu=(min(cpu), statistics.median(cpu), max(cpu)),
         wall=(min(wall), statistics.median(wall), max(wall)),
         memory_peak_max=max(r.memory_peak for r in results), chosen=chosen))
-
-
-def judge(result: Result, expected: bytes | None, mode: str,
-          tolerance: float | None) -> Result:
-    if expected is None or result.verdict != "ok":
-        return result
-    if compare(result.stdout, expected, mode, tolerance):
-        return result
-    return replace(result, verdict="wrong_answer", reason=f"output differs ({mode})")
-
-
-def compare(got: bytes, expected: bytes, mode: str = "trailing_ws",
-            tolerance: float | None = None) -> bool:
-    """Whether ``got`` matches ``expected`` under a comparison mode.
-
-    ``exact``: byte for byte. ``trailing_ws`` (the default): trailing
-    whitespace of every line and trailing empty lines are ignored.
-    ``tokens``: whitespace-separated tokens must match; with ``tolerance``,
-    two numeric tokens match when they differ by at most ``tolerance``
-    absolutely or relatively (as most judges' float checkers do).
-    """
-    if mode == "exact":
-        return got == expected
-    if mode == "trailing_ws":
-        return _strip_lines(got) == _strip_lines(expected)
-    if mode == "tokens":
-        a, b = got.split(), expected.split()
-        if len(a) != len(b):
-            return False
-        return all(_token_eq(x, y, tolerance) for x, y in zip(a, b, strict=True))
-    raise JobError(f"unknown compare mode {mode!r} (known: {', '.join(COMPARE_MODES)})")
-
-
-def _strip_lines(data: bytes) -> list[bytes]:
-    lines = [line.rstrip() for line in data.split(b"\n")]
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines
-
-
-def _token_eq(a: bytes, b: bytes, tolerance: float | None) -> bool:
-    if a == b:
-        return True
-    if tolerance is None:
-        return False
-    try:
-        x, y = float(a), float(b)
-    except ValueError:
-        return False
-    if math.isnan(x) or math.isnan(y):
-        return False
-    return abs(x - y) <= tolerance or abs(x - y) <= tolerance * abs(y)

@@ -3,8 +3,12 @@
 Strategy (isolate's two kinds of failure): a job's bad outcome is a *value*,
 a ``Result`` with its verdict and accounting; our own failure is a
 ``SandboxError`` with a reason, turned into a ``sandbox_error`` result only
-at the edge. ``decide`` is a pure function of the measurements, so every
-verdict rule is unit-tested without a kernel.
+at the edge. This module is the one place that decides verdicts, each rule
+a pure function unit-tested without a kernel: ``decide`` from the
+measurements of a run, ``judged`` from what the run printed (the runtime's
+own out-of-memory error, the expected answer), ``compile_failed`` for a
+compile step, and ``Result.without_run`` for a step that never ran (our
+failure, a cancellation, a test skipped after a failure).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import signal as _signal
 from dataclasses import dataclass
 from typing import Any
 
+from sandboxd.compare import compare
 from sandboxd.limits import Limits
 
 VERDICTS = ("ok", "runtime_error", "time_limit", "memory_limit", "output_limit",
@@ -132,3 +137,41 @@ def decide(m: Measured, limits: Limits) -> Result:
         stdout=m.stdout, stderr=m.stderr, stdout_truncated=m.stdout_truncated,
         stderr_truncated=m.stderr_truncated,
     )
+
+
+def judged(result: Result, *, heap_markers: tuple[str, ...] = (), expected: bytes | None = None,
+           mode: str = "trailing_ws", tolerance: float | None = None) -> Result:
+    """The verdict of a finished run once its output is read.
+
+    A runtime error that is the runtime's own heap running out is a memory
+    limit: the JVM and V8 get a heap ceiling below the step's limit (they
+    cannot see the cgroup), so a program that keeps too much alive dies of
+    their error, not of the kernel's OOM killer; a judge calls both
+    ``memory_limit``. A program can print the marker itself: it gains nothing
+    by it. Then a run that was ``ok`` and printed other than ``expected`` is
+    a ``wrong_answer``.
+    """
+    if result.verdict == "runtime_error":
+        for marker in heap_markers:
+            if marker.encode() in result.stderr:
+                return dataclasses.replace(result, verdict="memory_limit",
+                                           reason=f"heap: {marker}")
+        return result
+    if expected is None or result.verdict != "ok":
+        return result
+    if compare(result.stdout, expected, mode, tolerance):
+        return result
+    return dataclasses.replace(result, verdict="wrong_answer", reason=f"output differs ({mode})")
+
+
+def compile_failed(result: Result) -> Result:
+    """A compile step that did not end ``ok``: the source's fault, unless it was ours.
+
+    ``sandbox_error`` and ``cancelled`` stay what they are; anything else is a
+    ``compile_error`` whose reason keeps what ended it (``time_limit (cpu)``).
+    """
+    if result.verdict in ("ok", "sandbox_error", "cancelled"):
+        return result
+    reason = result.reason if result.verdict == "runtime_error" else (
+        f"{result.verdict} ({result.reason})" if result.reason else result.verdict)
+    return dataclasses.replace(result, verdict="compile_error", reason=reason)

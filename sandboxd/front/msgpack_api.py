@@ -29,6 +29,7 @@ from sandboxd.config import Config
 from sandboxd.jobs import JobOutcome, JobSpec, TestSpec
 from sandboxd.limits import Limits
 from sandboxd.log import event
+from sandboxd.result import Result
 from sandboxd.service import Job, JobService, ServiceError
 
 # ----------------------------------------------------------------- mapping
@@ -50,6 +51,10 @@ def _wire_limits(lim: Limits) -> proto.JobLimits:
                            open_files=lim.open_files, stack=lim.stack)
 
 
+RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(Result))
+"""A step's fields, the same names on the wire (tests/unit/test_result_shape.py)."""
+
+
 def _step_result(outcome: jobs.StepOutcome) -> proto.StepResult:
     r = outcome.result
     repeat = None
@@ -60,12 +65,8 @@ def _step_result(outcome: jobs.StepOutcome) -> proto.StepResult:
                                    wall_time_min=rp.wall[0], wall_time_median=rp.wall[1],
                                    wall_time_max=rp.wall[2], memory_peak_max=rp.memory_peak_max,
                                    chosen=rp.chosen)
-    return proto.StepResult(
-        verdict=r.verdict, reason=r.reason, exit_code=r.exit_code, signal=r.signal,
-        cpu_time=r.cpu_time, user_time=r.user_time, sys_time=r.sys_time,
-        wall_time=r.wall_time, memory_peak=r.memory_peak, oom_killed=r.oom_killed,
-        stdout=r.stdout, stderr=r.stderr, stdout_truncated=r.stdout_truncated,
-        stderr_truncated=r.stderr_truncated, repeat=repeat)
+    return proto.StepResult(**{name: getattr(r, name) for name in RESULT_FIELDS},
+                            repeat=repeat)
 
 
 # What a step result holds besides its outputs, at most (reason <= 1 KiB, numbers, flags,

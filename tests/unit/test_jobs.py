@@ -16,13 +16,14 @@ import trio
 import trio.testing
 
 from sandboxd import jobs
+from sandboxd.compare import CompareError, compare
 from sandboxd.container import ContainerSpec
 from sandboxd.executor import RunStep
-from sandboxd.jobs import JobError, JobSpec, compare, summarize
+from sandboxd.jobs import JobError, JobSpec, summarize
 from sandboxd.jobs import TestSpec as Case  # not "Test*": pytest would collect it
 from sandboxd.limits import Limits, MiB
 from sandboxd.profiles import CompileSpec, Profile
-from sandboxd.result import Result
+from sandboxd.result import Result, compile_failed, judged
 
 
 def res(verdict: str = "ok", cpu: float = 0.1, wall: float = 0.2, stdout: bytes = b"",
@@ -58,16 +59,26 @@ def test_compare(got: bytes, expected: bytes, mode: str, tol: float | None, same
 
 
 def test_compare_unknown_mode() -> None:
-    with pytest.raises(JobError, match="unknown compare mode 'fuzzy'"):
+    with pytest.raises(CompareError, match="unknown compare mode 'fuzzy'"):
         compare(b"", b"", "fuzzy")
 
 
 def test_judge_turns_a_mismatch_into_wrong_answer_and_leaves_failures_alone() -> None:
-    assert jobs.judge(res(stdout=b"3\n"), b"3", "trailing_ws", None).verdict == "ok"
-    wa = jobs.judge(res(stdout=b"4\n"), b"3", "trailing_ws", None)
+    assert judged(res(stdout=b"3\n"), expected=b"3").verdict == "ok"
+    wa = judged(res(stdout=b"4\n"), expected=b"3")
     assert (wa.verdict, wa.reason) == ("wrong_answer", "output differs (trailing_ws)")
-    assert jobs.judge(res("time_limit", stdout=b"4"), b"3", "exact", None).verdict == "time_limit"
-    assert jobs.judge(res(stdout=b"anything"), None, "exact", None).verdict == "ok"
+    assert judged(res("time_limit", stdout=b"4"), expected=b"3", mode="exact").verdict \
+        == "time_limit"
+    assert judged(res(stdout=b"anything"), expected=None, mode="exact").verdict == "ok"
+
+
+def test_a_failed_compile_is_the_sources_fault_unless_it_was_ours() -> None:
+    tl = compile_failed(Result(**{**res("time_limit").as_dict(), "reason": "cpu"}))
+    assert (tl.verdict, tl.reason) == ("compile_error", "time_limit (cpu)")
+    re_ = compile_failed(Result(**{**res("runtime_error").as_dict(), "reason": "exit code 1"}))
+    assert (re_.verdict, re_.reason) == ("compile_error", "exit code 1")
+    for ours in ("sandbox_error", "cancelled", "ok"):
+        assert compile_failed(res(ours)).verdict == ours
 
 
 # ------------------------------------------------------------------ summarize
@@ -103,12 +114,13 @@ def test_summarize_a_failing_run_decides_the_verdict() -> None:
 def test_heap_exhaustion_is_a_memory_limit() -> None:
     markers = ("java.lang.OutOfMemoryError",)
     err = b'Exception in thread "main" java.lang.OutOfMemoryError: Java heap space\n'
-    r = jobs.out_of_memory(res("runtime_error", stderr=err, exit_code=1), markers)
+    r = judged(res("runtime_error", stderr=err, exit_code=1), heap_markers=markers)
     assert (r.verdict, r.reason) == ("memory_limit", "heap: java.lang.OutOfMemoryError")
     # only a failed run, and only with the marker
-    assert jobs.out_of_memory(res(stderr=err), markers).verdict == "ok"
-    assert jobs.out_of_memory(res("runtime_error", stderr=b"x"), markers).verdict == "runtime_error"
-    assert jobs.out_of_memory(res("runtime_error", stderr=err), ()).verdict == "runtime_error"
+    assert judged(res(stderr=err), heap_markers=markers).verdict == "ok"
+    assert judged(res("runtime_error", stderr=b"x"), heap_markers=markers).verdict \
+        == "runtime_error"
+    assert judged(res("runtime_error", stderr=err), heap_markers=()).verdict == "runtime_error"
 
 
 # ------------------------------------------------------------------- validate
