@@ -1,0 +1,6 @@
+"""The HTTP front door: sandboxd's own ``/v1`` API, and Judge0 CE- and Piston v2-compatible
+endpoints, all over the job service (hypercorn with its trio worker, starlette).
+
+Each API is a module of this package exporting ``routes(ctx) -> list[BaseRoute]``;
+``_context.HttpContext`` is what they share. docs/http.md describes the APIs.
+"""
