@@ -9,97 +9,27 @@ connection's nursery, so a client that disconnects takes its jobs with it
 transport stays here: the handshake and its token, slow-client timeouts, the
 connection count and the daemon-wide budget for unfinished frames, and
 fitting a result into one frame. The wire types are mapped to and from the
-service's in one place each (``_job_spec``, ``_step_result``, ``_stats``).
+service's in ``_wire.py``, shared with every front door that speaks the same
+records (a queue of msgpack jobs, say).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hmac
 import itertools
 import logging
-from typing import Any
 
 import trio
 
 import sandboxd_protocol as proto
-from sandboxd import __version__, jobs
+from sandboxd import __version__
 from sandboxd.config import Config
-from sandboxd.jobs import JobOutcome, JobSpec, TestSpec
-from sandboxd.limits import Limits
+from sandboxd.jobs import JobOutcome, JobSpec
 from sandboxd.log import event
-from sandboxd.result import Result
 from sandboxd.service import Job, JobService, ServiceError
 
-# ----------------------------------------------------------------- mapping
-
-
-def _limits_dict(lim: proto.JobLimits | None) -> dict[str, Any] | None:
-    if lim is None:
-        return None
-    out = {k: getattr(lim, k) for k in ("cpu_time", "wall_time", "memory", "pids", "output",
-                                        "file_size", "box_size", "tmp_size", "open_files",
-                                        "stack")}
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def _wire_limits(lim: Limits) -> proto.JobLimits:
-    return proto.JobLimits(cpu_time=lim.cpu_time, wall_time=lim.wall_time, memory=lim.memory,
-                           pids=lim.pids, output=lim.output, file_size=lim.file_size,
-                           box_size=lim.box_size, tmp_size=lim.tmp_size,
-                           open_files=lim.open_files, stack=lim.stack)
-
-
-RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(Result))
-"""A step's fields, the same names on the wire (tests/unit/test_result_shape.py)."""
-
-
-def _step_result(outcome: jobs.StepOutcome) -> proto.StepResult:
-    r = outcome.result
-    repeat = None
-    if outcome.repeat is not None:
-        rp = outcome.repeat
-        repeat = proto.RepeatStats(runs=rp.runs, cpu_time_min=rp.cpu[0],
-                                   cpu_time_median=rp.cpu[1], cpu_time_max=rp.cpu[2],
-                                   wall_time_min=rp.wall[0], wall_time_median=rp.wall[1],
-                                   wall_time_max=rp.wall[2], memory_peak_max=rp.memory_peak_max,
-                                   chosen=rp.chosen)
-    return proto.StepResult(**{name: getattr(r, name) for name in RESULT_FIELDS},
-                            repeat=repeat)
-
-
-# What a step result holds besides its outputs, at most (reason <= 1 KiB, numbers, flags,
-# a repeat record), and the rest of a result frame.
-_STEP_OVERHEAD = 2048
-_RESULT_OVERHEAD = 1024
-
-
-def _fit(steps: tuple[proto.StepResult, ...], compile_result: proto.StepResult | None,
-         max_frame: int) -> tuple[tuple[proto.StepResult, ...], proto.StepResult | None]:
-    """Cut the outputs of a result so that it fits in one frame, marking them truncated.
-
-    A job may ask for up to 1 GiB of output per stream, and a batch has many
-    steps: more than a frame carries (64 MiB by default). A frame the protocol
-    refuses to send would break the connection, so every stream keeps the same
-    share of the room instead (a cut one says so, as at its output limit).
-    """
-    everything = [*steps, *([compile_result] if compile_result else [])]
-    total = sum(len(s.stdout) + len(s.stderr) for s in everything)
-    room = max_frame - _RESULT_OVERHEAD - _STEP_OVERHEAD * len(everything)
-    if total <= room:
-        return steps, compile_result
-    keep = max(0, room) / total
-
-    def cut(s: proto.StepResult) -> proto.StepResult:
-        out, err = int(len(s.stdout) * keep), int(len(s.stderr) * keep)
-        return dataclasses.replace(
-            s, stdout=s.stdout[:out], stderr=s.stderr[:err],
-            stdout_truncated=s.stdout_truncated or out < len(s.stdout),
-            stderr_truncated=s.stderr_truncated or err < len(s.stderr))
-
-    return tuple(cut(s) for s in steps), cut(compile_result) if compile_result else None
-
+from ._wire import job_result, job_spec, wire_limits
 
 # ------------------------------------------------------------------ the listener
 
@@ -127,7 +57,7 @@ class MsgpackFront:
         versions = self.service.versions
         return tuple(proto.ProfileInfo(
             name=p.name, description=p.description, compiled=p.compile is not None,
-            default_limits=_wire_limits(p.limits), max_limits=_wire_limits(p.max_limits),
+            default_limits=wire_limits(p.limits), max_limits=wire_limits(p.max_limits),
             entry=p.entry, version=versions.get(p.name) or None,
             available=not p.unavailable, unavailable_reason=p.unavailable or None)
             for p in self.service.profiles.values())
@@ -378,7 +308,7 @@ class Session:
         nursery.start_soon(self._run_job, job)
 
     def _job_spec(self, sub: proto.JobSubmission) -> JobSpec:
-        """The wire's submission in the service's terms (and its stdin and output streams)."""
+        """The wire's submission in the service's terms, with its stdin and output streams."""
         profile = self.service.profile(sub.profile)
         stdin_stream = None
         if sub.interactive_stdin:
@@ -395,20 +325,9 @@ class Session:
             await self.send(proto.OutputChunk(id=sub.id, stream=stream, data=data,
                                               seq=next(seq), compile=True))
 
-        return JobSpec(
-            profile=profile, files=dict(sub.files), stdin=sub.stdin,
-            argv=list(sub.argv) if sub.argv else None, env=dict(sub.env or {}),
-            limits=_limits_dict(sub.limits),
-            compile_argv=list(sub.compile.argv) if sub.compile and sub.compile.argv else None,
-            compile_limits=_limits_dict(sub.compile.limits) if sub.compile else None,
-            tests=[TestSpec(stdin=t.stdin, expected_output=t.expected_output,
-                            limits=_limits_dict(t.limits), repeat=t.repeat)
-                   for t in sub.tests] if sub.tests is not None else None,
-            expected_output=sub.expected_output, compare=sub.compare,
-            float_tolerance=sub.float_tolerance, stop_on_failure=sub.stop_on_failure,
-            cpuset_pin=bool(sub.cpuset_pin), on_output=on_output if sub.stream else None,
-            on_compile_output=on_compile_output if sub.stream else None,
-            stdin_stream=stdin_stream)
+        return job_spec(sub, profile, on_output=on_output if sub.stream else None,
+                        on_compile_output=on_compile_output if sub.stream else None,
+                        stdin_stream=stdin_stream)
 
     async def _run_job(self, job: Job) -> None:
         outcome: JobOutcome | None = None
@@ -427,12 +346,8 @@ class Session:
             if error is not None:
                 await self._refuse(job.id, error.code, error.message)
             elif outcome is not None and not self.closed:
-                steps = tuple(_step_result(o) for o in outcome.steps)
-                compile_result = _step_result(outcome.compile) if outcome.compile else None
-                steps, compile_result = _fit(steps, compile_result,
-                                             self.front.limits.max_frame_size)
+                result = job_result(job.id, outcome, self.front.limits.max_frame_size)
                 with trio.CancelScope(shield=True):
-                    await self.send(proto.JobResult(id=job.id, compile=compile_result,
-                                                    steps=steps))
+                    await self.send(result)
         finally:
             self.service.release(job)

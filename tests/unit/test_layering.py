@@ -93,7 +93,13 @@ def modules(path: Path) -> set[str]:
     return found
 
 
-FRONT_DOORS = [p for p in files("sandboxd", "front") if p != ROOT / "sandboxd/front/__init__.py"]
+FRONT_DOORS = [p for p in files("sandboxd", "front") if p != ROOT / "sandboxd/front/__init__.py"
+               and not (p.parent == ROOT / "sandboxd" / "front" and p.name.startswith("_"))]
+# Underscore modules of sandboxd.front (``_wire``: the msgpack records in the service's
+# terms) are shared by front doors and are none themselves: they import no front door.
+SHARED = [p for p in files("sandboxd", "front")
+          if p.parent == ROOT / "sandboxd" / "front" and p.name.startswith("_")
+          and p.name != "__init__.py"]
 
 
 def front_door(path: Path) -> str:
@@ -122,8 +128,16 @@ def test_front_door_uses_the_service_and_no_other_front_door(path: Path):
     if path.parent == ROOT / "sandboxd" / "front":  # a package's own files may use each other
         assert "sandboxd.service" in found
     others = {m for m in found if m.startswith("sandboxd.front.")
-              and m != own and not m.startswith(own + ".")}
+              and m != own and not m.startswith(own + ".")
+              and not m.split(".")[2].startswith("_")}
     assert not others, f"{path.name} imports another front door: {sorted(others)}"
+
+
+@pytest.mark.parametrize("path", SHARED, ids=lambda p: p.name)
+def test_shared_front_modules_import_no_front_door(path: Path):
+    found = modules(path)
+    assert not {m for m in found if m.startswith("sandboxd.front.")
+                and not m.split(".")[2].startswith("_")}
 
 
 CORE = [p for p in files("sandboxd") if not p.is_relative_to(ROOT / "sandboxd" / "front")

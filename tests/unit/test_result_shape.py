@@ -13,7 +13,7 @@ import dataclasses
 
 import sandboxd_client
 import sandboxd_protocol as proto
-from sandboxd.front.msgpack_api import RESULT_FIELDS, _step_result
+from sandboxd.front._wire import RESULT_FIELDS, step_result
 from sandboxd.jobs import StepOutcome
 from sandboxd.result import VERDICTS, Result
 from sandboxd_protocol import _schema
@@ -45,7 +45,7 @@ def test_the_front_door_maps_every_field():
                cpu_time=0.25, user_time=0.2, sys_time=0.05, wall_time=0.5,
                memory_peak=12345, oom_killed=True, stdout=b"out\xff", stderr=b"err",
                stdout_truncated=True, stderr_truncated=False)
-    wire = _step_result(StepOutcome(r))
+    wire = step_result(StepOutcome(r))
     assert {n: getattr(wire, n) for n in DAEMON} == dataclasses.asdict(r)
     message = proto.JobResult(id="j", steps=(wire,))
     lim = proto.SizeLimits()

@@ -1,0 +1,114 @@
+"""The msgpack records (``sandboxd_protocol``) in the job service's terms, and back.
+
+Strategy: one place maps each wire record to the service's types, so every
+front door that carries msgpack jobs (the socket, a queue) maps them alike.
+Not a front door itself: it imports no front door, and none of its functions
+does I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import sandboxd_protocol as proto
+from sandboxd import jobs
+from sandboxd.jobs import JobOutcome, JobSpec, TestSpec
+from sandboxd.limits import Limits
+from sandboxd.profiles import Profile
+from sandboxd.result import Result
+
+
+def job_spec(sub: proto.JobSubmission, profile: Profile, *,
+             on_output: Callable[[int, str, bytes], Awaitable[None]] | None = None,
+             on_compile_output: Callable[[str, bytes], Awaitable[None]] | None = None,
+             stdin_stream: AsyncIterator[bytes] | None = None) -> JobSpec:
+    """A submission as the service runs it (its streams are the front door's own)."""
+    return JobSpec(
+        profile=profile, files=dict(sub.files), stdin=sub.stdin,
+        argv=list(sub.argv) if sub.argv else None, env=dict(sub.env or {}),
+        limits=_limits_dict(sub.limits),
+        compile_argv=list(sub.compile.argv) if sub.compile and sub.compile.argv else None,
+        compile_limits=_limits_dict(sub.compile.limits) if sub.compile else None,
+        tests=[TestSpec(stdin=t.stdin, expected_output=t.expected_output,
+                        limits=_limits_dict(t.limits), repeat=t.repeat)
+               for t in sub.tests] if sub.tests is not None else None,
+        expected_output=sub.expected_output, compare=sub.compare,
+        float_tolerance=sub.float_tolerance, stop_on_failure=sub.stop_on_failure,
+        cpuset_pin=bool(sub.cpuset_pin), on_output=on_output,
+        on_compile_output=on_compile_output, stdin_stream=stdin_stream)
+
+
+def job_result(id: str, outcome: JobOutcome, max_frame: int) -> proto.JobResult:
+    """An outcome as one result frame, its outputs cut to fit (``_fit``)."""
+    steps = tuple(step_result(o) for o in outcome.steps)
+    compile_result = step_result(outcome.compile) if outcome.compile else None
+    steps, compile_result = _fit(steps, compile_result, max_frame)
+    return proto.JobResult(id=id, compile=compile_result, steps=steps)
+
+
+def _limits_dict(lim: proto.JobLimits | None) -> dict[str, Any] | None:
+    if lim is None:
+        return None
+    out = {k: getattr(lim, k) for k in ("cpu_time", "wall_time", "memory", "pids", "output",
+                                        "file_size", "box_size", "tmp_size", "open_files",
+                                        "stack")}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def wire_limits(lim: Limits) -> proto.JobLimits:
+    return proto.JobLimits(cpu_time=lim.cpu_time, wall_time=lim.wall_time, memory=lim.memory,
+                           pids=lim.pids, output=lim.output, file_size=lim.file_size,
+                           box_size=lim.box_size, tmp_size=lim.tmp_size,
+                           open_files=lim.open_files, stack=lim.stack)
+
+
+RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(Result))
+"""A step's fields, the same names on the wire (tests/unit/test_result_shape.py checks)."""
+
+
+def step_result(outcome: jobs.StepOutcome) -> proto.StepResult:
+    r = outcome.result
+    repeat = None
+    if outcome.repeat is not None:
+        rp = outcome.repeat
+        repeat = proto.RepeatStats(runs=rp.runs, cpu_time_min=rp.cpu[0],
+                                   cpu_time_median=rp.cpu[1], cpu_time_max=rp.cpu[2],
+                                   wall_time_min=rp.wall[0], wall_time_median=rp.wall[1],
+                                   wall_time_max=rp.wall[2], memory_peak_max=rp.memory_peak_max,
+                                   chosen=rp.chosen)
+    return proto.StepResult(**{name: getattr(r, name) for name in RESULT_FIELDS},
+                            repeat=repeat)
+
+
+# What a step result holds besides its outputs, at most (reason <= 1 KiB, numbers, flags,
+# a repeat record), and the rest of a result frame.
+_STEP_OVERHEAD = 2048
+_RESULT_OVERHEAD = 1024
+
+
+def _fit(steps: tuple[proto.StepResult, ...], compile_result: proto.StepResult | None,
+         max_frame: int) -> tuple[tuple[proto.StepResult, ...], proto.StepResult | None]:
+    """Cut the outputs of a result so that it fits in one frame, marking them truncated.
+
+    A job may ask for up to 1 GiB of output per stream, and a batch has many
+    steps: more than a frame carries (64 MiB by default). A frame the protocol
+    refuses to send would break the connection, so every stream keeps the same
+    share of the room instead (a cut one says so, as at its output limit).
+    """
+    everything = [*steps, *([compile_result] if compile_result else [])]
+    total = sum(len(s.stdout) + len(s.stderr) for s in everything)
+    room = max_frame - _RESULT_OVERHEAD - _STEP_OVERHEAD * len(everything)
+    if total <= room:
+        return steps, compile_result
+    keep = max(0, room) / total
+
+    def cut(s: proto.StepResult) -> proto.StepResult:
+        out, err = int(len(s.stdout) * keep), int(len(s.stderr) * keep)
+        return dataclasses.replace(
+            s, stdout=s.stdout[:out], stderr=s.stderr[:err],
+            stdout_truncated=s.stdout_truncated or out < len(s.stdout),
+            stderr_truncated=s.stderr_truncated or err < len(s.stderr))
+
+    return tuple(cut(s) for s in steps), cut(compile_result) if compile_result else None
