@@ -87,7 +87,18 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                      "figure": f"median {statistics.median(boxes) / MiB:.2f} MiB, max "
                                f"{worst:.2f} MiB ({len(boxes)} containers)",
                      "met": worst < 2.0, "margin": f"{2.0 - worst:+.2f} MiB"})
+    spread = r.get("cpu_spread_s") or {}
+    if len(spread.get("sandboxd-warm", ())) > 1 and len(spread.get("bare", ())) > 1:
+        ours, bare = cpu_spread(spread["sandboxd-warm"]), cpu_spread(spread["bare"])
+        rows.append({"target": "pinned CPU-time spread < 5 % (max - min over the median)",
+                     "figure": f"{100 * ours:.2f} % (bare, the host's own: {100 * bare:.2f} %)",
+                     "met": ours < 0.05, "margin": f"{100 * (0.05 - ours):+.2f} pp"})
     return rows
+
+
+def cpu_spread(samples: list[float]) -> float:
+    """(max - min) / median of repeated runs of the same work."""
+    return (max(samples) - min(samples)) / statistics.median(samples)
 
 
 def _f(x: float | None, fmt: str = ".2f") -> str:
@@ -199,6 +210,19 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {system} | {med:.3f} | {min(v):.3f} | {max(v):.3f} | {len(v)} | "
                          f"{_f(med / bare if bare else None)} | {_f(med / bw if bw else None)} |")
     lines.append("")
+
+    spread = r.get("cpu_spread_s") or {}
+    if any(spread.values()):
+        lines += ["## CPU time of a fixed workload, pinned (the same binary bare is the control)",
+                  "", "A register-only busy loop calibrated to the plan's CPU seconds; "
+                  "sandboxd runs it in a fresh container per run (`cpuset_pin`), bare "
+                  "pinned to the same CPU, interleaved round by round.", "",
+                  "| system | median s | min | max | n | spread |", "|---|---|---|---|---|---|"]
+        for system, v in spread.items():
+            if v:
+                lines.append(f"| {system} | {statistics.median(v):.4f} | {min(v):.4f} | "
+                             f"{max(v):.4f} | {len(v)} | {100 * cpu_spread(v):.2f} % |")
+        lines.append("")
 
     prof = c.get("profile")
     if prof:

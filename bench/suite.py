@@ -17,7 +17,9 @@ What it measures (docs/benchmarks.md says how to read it):
 - sandboxd's own costs: supervisor CPU per job, USS per warm container,
   pool refill rate, protocol encode/decode per job;
 - the judge path: one compile and 50 tests, sandboxd against bubblewrap one
-  process at a time (and bare, the floor).
+  process at a time (and bare, the floor);
+- the spread of CPU time of a fixed workload run pinned, each run in a fresh
+  container, against the same binary run bare and pinned, interleaved.
 
 Writes ``results.json`` (every sample and the machine), ``results.md``
 (medians, ratios to the floor, the targets), ``latency.png`` and
@@ -82,11 +84,13 @@ class Plan:
     protocol_jobs: int = 5000
     protocol_repeat: int = 11
     judge_rounds: int = 5
+    spread_rounds: int = 20
+    spread_cpu_s: float = 0.2
 
 
 QUICK = Plan(rounds=3, warmup=1, seconds=0.25, reps=1, throughput_commands=("true",),
              cpu_jobs=30, refill_reps=1, refill_pool=4, protocol_jobs=200, protocol_repeat=3,
-             judge_rounds=1)
+             judge_rounds=1, spread_rounds=2, spread_cpu_s=0.02)
 
 
 class Daemon:
@@ -475,6 +479,67 @@ def measure_judge(warm: Daemon, tmp: Path, plan: Plan) -> dict[str, list[float]]
     return out
 
 
+# ------------------------------------------------------------------ CPU-time spread
+
+BUSY_SRC = b"""#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    unsigned long n = strtoul(argv[1], 0, 10), x = 88172645463325252UL;
+    for (unsigned long i = 0; i < n; i++) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; }
+    printf("%lu\\n", x & 1);
+    return 0;
+}
+"""
+
+
+def bare_cpu_time(exe: Path, n: int, cpu: int) -> float:
+    """User + system CPU (rusage) of one bare run of ``exe n`` pinned to ``cpu``."""
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.sched_setaffinity(0, {cpu})
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, 1)
+            os.execv(str(exe), [str(exe), str(n)])
+        finally:
+            os._exit(127)
+    _, status, usage = os.wait4(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"bare busy loop exited {status}")
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_cpu_spread(warm: Daemon, tmp: Path, plan: Plan) -> dict[str, list[float]]:
+    """CPU seconds of a register-only busy loop calibrated to ``plan.spread_cpu_s``: run
+    pinned in a fresh container (a ``c`` job with ``cpuset_pin``), and bare pinned to the
+    CPU the daemon hands out first, interleaved round by round. sandboxd's spread against
+    the bare one's says how much noise sandboxd adds; the bare spread is the host's."""
+    src, exe = tmp / "busy.c", tmp / "busy"
+    src.write_bytes(BUSY_SRC)
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+    cpu = min(os.sched_getaffinity(0))
+    n0 = 100_000_000
+    calib = sorted(bare_cpu_time(exe, n0, cpu) for _ in range(3))[1]
+    n = max(1, round(n0 * plan.spread_cpu_s / calib))
+    client = Client(warm.sock)
+    out: dict[str, list[float]] = {"sandboxd-warm": [], "bare": []}
+    try:
+        for r in range(plan.spread_rounds):
+            res = client.job(profile="c", files={"main.c": BUSY_SRC}, argv=("./main", str(n)),
+                             cpuset_pin=True, tests=(proto.TestCase(),))
+            if res.steps[0].verdict != "ok":
+                raise RuntimeError(f"busy loop on sandboxd: {res.steps[0]}")
+            warm.settle()  # the pool's refills must not land on the control's run
+            sample = res.steps[0].cpu_time
+            bare = bare_cpu_time(exe, n, cpu)
+            if r or plan.spread_rounds == 1:
+                out["sandboxd-warm"].append(sample)
+                out["bare"].append(bare)
+    finally:
+        client.close()
+    return out
+
+
 # ------------------------------------------------------------------ the run
 
 
@@ -525,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
             results["throughput_jobs_s"] = measure_throughput(systems, commands, plan)
             log("judge path")
             results["judge_s"] = measure_judge(warm, tmp, plan)
+            log("pinned CPU-time spread")
+            results["cpu_spread_s"] = measure_cpu_spread(warm, tmp, plan)
             log("sandboxd's costs")
             costs = supervisor_costs(warm, plan, out_dir, args.profile)
             costs.update(refill_rate(tmp, plan))

@@ -11,8 +11,10 @@ its cgroup empty and recycles the cgroup (deleted memory cgroups linger in
 the kernel, so we do not churn them), returns its uid slot, and the filler
 makes a fresh one.
 
-Slots: each container gets a slot of its own (its host uids), allocated
-here, so that no two live containers ever share a uid.
+Slots: each container gets a slot of its own (its host uids), taken from a
+``slots.SlotAllocator`` before it is made and given back once it is proven
+dead, so that no two live containers of the host ever share a uid, even
+across daemons and ``run-once`` (slots.py says where the lock lives).
 
 Cancellation: ``take`` cancelled while making a cold container destroys
 what it made (shielded) before re-raising.
@@ -34,30 +36,10 @@ from sandboxd.cgroups import CgroupBackend, CgroupError, JobCgroup
 from sandboxd.container import ContainerSpec
 from sandboxd.executor import Container
 from sandboxd.result import SandboxError
+from sandboxd.slots import SlotAllocator
 from sandboxd.zygote import ZygoteClient
 
 log = logging.getLogger("sandboxd.pool")
-
-DAEMON_SLOTS = 5000  # run-once uses the slots above (see runonce.py)
-
-
-class SlotAllocator:
-    def __init__(self, count: int = DAEMON_SLOTS) -> None:
-        self._free: deque[int] = deque(range(count))
-        self.count = count
-
-    def take(self) -> int:
-        if not self._free:
-            raise SandboxError(f"all {self.count} container slots are in use")
-        return self._free.popleft()
-
-    def give(self, slot: int) -> None:
-        self._free.append(slot)
-
-    @property
-    def in_use(self) -> int:
-        return self.count - len(self._free)
-
 
 @dataclass
 class PoolCounters:

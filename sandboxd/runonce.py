@@ -5,25 +5,24 @@ in one process: the container is spawned *before* trio starts (this process
 acts as its own zygote: it is single-threaded until then), then trio runs the
 same ``executor.Container`` the supervisor runs. Whatever happens, the
 container, its cgroup and our cgroup root are removed before we exit.
+
+The container's slot (its host uids) is locked host-wide like a daemon's
+(slots.py): taken before the container is made, held by this process until
+it exits, after the container is destroyed (or dies with this process).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import signal
 from dataclasses import dataclass
 
 import trio
 
-from sandboxd import cgroups
+from sandboxd import cgroups, slots
 from sandboxd.container import ContainerSpec, spawn
 from sandboxd.executor import Container, RunStep
 from sandboxd.result import Result, SandboxError
-
-# run-once takes slots from the upper half so that it never shares a uid with
-# the daemon's containers (which count up from 0).
-RUN_ONCE_SLOTS = (5000, 10000)
 
 
 @dataclass(slots=True)
@@ -42,7 +41,7 @@ def run_once(once: Once) -> Result:
     spawned = None
     try:
         cg = backend.create(f"sandboxd-job-{os.getpid()}")
-        spec = ContainerSpec(slot=random.randrange(*RUN_ONCE_SLOTS), box_size=limits.box_size,
+        spec = ContainerSpec(slot=slots.SlotAllocator().take(), box_size=limits.box_size,
                              tmp_size=limits.tmp_size, seccomp_policy=once.seccomp_policy,
                              landlock=once.landlock, image=once.image,
                              image_store=once.image_store)

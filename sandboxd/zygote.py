@@ -27,7 +27,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from sandboxd import channel
+from sandboxd import channel, slots
 from sandboxd.container import ContainerSpec, Spawned, keep_only_fds, spawn
 from sandboxd.isolation import _libc
 from sandboxd.result import SandboxError
@@ -45,28 +45,35 @@ def start(policies: tuple[str, ...] = ("default",)) -> ZygoteProcess:
     A fresh ``python -m sandboxd.zygote`` rather than a fork of the caller: the
     zygote then holds only what a container needs (no trio, no daemon state),
     and every clone of it copies that much less.
+
+    The zygote also holds the supervisor's descriptor on the host's uid slot lock
+    file (the same open file description), so that the slots of its containers stay
+    locked until it is gone too, should the supervisor die first (see slots.py).
     """
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     fd = child_sock.fileno()
+    lock_fd = slots.host_locks().fd
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sandboxd.zygote", str(fd), str(os.getpid()), *policies],
-        pass_fds=[fd], stdin=subprocess.DEVNULL, close_fds=True,
+        [sys.executable, "-m", "sandboxd.zygote", str(fd), str(os.getpid()), str(lock_fd),
+         *policies],
+        pass_fds=[fd, lock_fd], stdin=subprocess.DEVNULL, close_fds=True,
     )
     child_sock.close()
     return ZygoteProcess(proc.pid, parent_sock)
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of the zygote process: ``python -m sandboxd.zygote FD PARENT_PID POLICY...``."""
+    """Entry point of the zygote process:
+    ``python -m sandboxd.zygote FD PARENT_PID SLOT_LOCK_FD POLICY...``."""
     from sandboxd.isolation import seccomp
 
     sock = socket.socket(fileno=int(argv[0]))
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != int(argv[1]):  # the supervisor died before we could notice
         return 1
-    for name in argv[2:]:
+    for name in argv[3:]:
         seccomp.compile_policy(name)  # compiled before the first container needs it
-    return _serve(sock)
+    return _serve(sock, keep={int(argv[2])})
 
 
 # Containers are made at this niceness, so that refilling the pool yields the
@@ -75,12 +82,13 @@ def main(argv: list[str]) -> int:
 POOL_NICE = 10
 
 
-def _serve(sock: socket.socket) -> int:
+def _serve(sock: socket.socket, keep: set[int]) -> int:
+    """Serve spawn requests; ``keep`` are descriptors held only to be held (the slot lock)."""
     os.nice(POOL_NICE)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps our inits
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    keep_only_fds({sock.fileno()})
+    keep_only_fds({sock.fileno(), *keep})
     # Objects that survive from here on are never collected: the collector would
     # otherwise touch (and so copy) every page of them in every container.
     gc.collect()

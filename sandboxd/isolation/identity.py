@@ -1,19 +1,20 @@
-"""Identity: the ids of a slot, and the user namespace maps written from outside.
+"""Identity: the host ids of a slot, which the user namespace maps give a container.
 
 Strategy: the container is a user namespace whose root (the container init)
 maps to an unprivileged host uid, and whose job user maps to another, both
 unique per pool slot, as isolate gives each box its own uid: two jobs can
 never signal or trace each other, and even the container's root is nobody on
-the host. The maps are written by the host-side parent (real root), which
-may map any host ids; the child waits until they are in place. The drop to
-the job's uid inside is the job process's (native/init.c).
+the host. The maps are written by the host-side parent (real root, the native
+fork server in native/init.c), which may map any host ids; the child waits
+until they are in place. The drop to the job's uid inside is the job
+process's (native/init.c). Which process of the host may use which slot is
+decided by sandboxd/slots.py.
 
 This module knows nothing of jobs, sockets, cgroups or trio.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 # Inside every container: root is 0, the job runs as JOB_UID/JOB_GID.
@@ -51,12 +52,3 @@ class IdMap:
     def gid_map(self) -> str:
         return f"0 {self.host_root} 1\n{JOB_GID} {self.host_job} 1\n"
 
-
-def write_maps(pid: int, ids: IdMap) -> None:
-    """Write uid_map and gid_map of ``pid``'s new user namespace (run by host root)."""
-    for name, content in (("uid_map", ids.uid_map()), ("gid_map", ids.gid_map())):
-        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY)
-        try:
-            os.write(fd, content.encode())
-        finally:
-            os.close(fd)

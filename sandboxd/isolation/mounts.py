@@ -5,7 +5,8 @@ testable on its own; ``compile_plan`` turns it into operations that the
 container init (native/init.c) carries out inside the container's fresh
 mount namespace, where every mount is invisible to the host. The new root is a
 tmpfs (made read-only once built) holding read-only binds of the host's
-``/usr``, ``/bin``, ``/lib*`` and a few ``/etc`` files, writable size-limited
+``/usr``, ``/bin``, ``/sbin``, ``/lib*`` and a few ``/etc`` files (``ROOT_DIRS``,
+``ETC_BINDS``; a profile's ``binds`` add more), writable size-limited
 tmpfs mounts at ``/box`` and ``/tmp``, a fresh ``/proc`` with Docker's
 masked and read-only paths, and a minimal ``/dev``. Then ``pivot_root`` into
 it and detach the old root, so no path leads back to the host.
@@ -91,7 +92,12 @@ ETC_BINDS = (
     "/etc/gcc",
     "/etc/python3*",
 )
-ROOT_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
+# The host's system directories every job sees (read-only), and nothing else of the host
+# but ETC_BINDS: not /opt, /srv, /home, /var, /root, /run. Whatever vendors keep there
+# (agents, configuration, sometimes credentials) stays out of reach unless a profile
+# binds a path of it on purpose (its ``binds``, e.g. a JDK under /opt). On merged-/usr
+# hosts /bin, /sbin and /lib* are symlinks into /usr, so they expose nothing more.
+ROOT_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 
 @dataclass(frozen=True, slots=True)

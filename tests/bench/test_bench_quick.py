@@ -29,13 +29,14 @@ def test_quick_run_writes_its_outputs(tmp_path: Path) -> None:
 
     results = json.loads((out / "results.json").read_text())
     for key in ("machine", "latency_s", "throughput_jobs_s", "costs", "judge_s", "targets",
-                "isolation"):
+                "isolation", "cpu_spread_s"):
         assert key in results, key
     assert results["machine"]["cores"] >= 1 and results["machine"]["cgroup"]
     for system in ("bare", "sandboxd-warm", "sandboxd-cold"):
         for cmd in ("true", "py", "hello"):
             assert results["latency_s"][system][cmd], (system, cmd)
     assert results["judge_s"]["sandboxd-warm"]
+    assert results["cpu_spread_s"]["sandboxd-warm"] and results["cpu_spread_s"]["bare"]
     assert results["costs"]["protocol_us_per_job"]
 
     md = (out / "results.md").read_text()

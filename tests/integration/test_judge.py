@@ -12,7 +12,10 @@ after the job.
 
 from __future__ import annotations
 
+import os
 import re
+import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -273,31 +276,67 @@ int main(int argc, char **argv) {
 """
 
 
-def spread(rp: proto.RepeatStats) -> float:
-    return (rp.cpu_time_max - rp.cpu_time_min) / rp.cpu_time_median
+def spread(samples: list[float]) -> float:
+    """(max - min) / median: how far apart runs of the same work are."""
+    return (max(samples) - min(samples)) / statistics.median(samples)
+
+
+def bare_cpu_time(exe: Path, n: int, cpu: int) -> float:
+    """CPU time (user + system, the kernel's rusage) of one bare run of ``exe n`` pinned to
+    ``cpu``: the control, no sandbox at all."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.sched_setaffinity(0, {cpu})
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, 1)
+            os.execv(str(exe), [str(exe), str(n)])
+        finally:
+            os._exit(127)
+    _, status, usage = os.wait4(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return usage.ru_utime + usage.ru_stime
+
+
+ROUNDS = 10
+# How much wider sandboxd's spread may be than the bare control's, in the same run: 3
+# points, or half the control's own spread on a host noisy enough that the extremes of 10
+# samples move that much from one series to the next (measured here: both 0.4-3.8 %).
+SPREAD_MARGIN = 0.03
 
 
 @pytest.mark.slow
 def test_pinned_cpu_time_spread(tmp_path: Path) -> None:
-    """10 runs of a fixed 0.2 s CPU workload (a register-only busy loop, calibrated
-    here), each pinned, each in a fresh container: (max - min) / median < 5 %."""
+    """A fixed CPU workload (a register-only busy loop calibrated here to 0.2 s), run
+    pinned in a fresh container 10 times, varies no more than the same binary run bare
+    and pinned, interleaved with it, plus a small margin: sandboxd adds no noise of its
+    own to CPU time. The host's own noise (CPU speed varies on a shared VM: 7-11 % here)
+    is the control's, not a failure; the absolute target (< 5 %) is bench/'s
+    (``cpu_spread`` in docs/benchmarks.md)."""
+    exe = tmp_path / "busy"
+    src = tmp_path / "busy.c"
+    src.write_bytes(BUSY)
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+    cpu = min(os.sched_getaffinity(0))  # the CPU the daemon's allocator hands out first
+    n0 = 100_000_000
+    n = round(n0 * 0.2 / statistics.median(bare_cpu_time(exe, n0, cpu) for _ in range(3)))
+    sandboxed: list[float] = []
+    bare: list[float] = []
     with daemon(tmp_path, "c") as d:
         c = d.connect()
-        n0 = 100_000_000
-
-        def repeat(job: str, n: int, runs: int, pin: bool = True) -> proto.RepeatStats:
-            r = c.run(job, "c", files={"main.c": BUSY}, argv=["./main", str(n)],
-                      cpuset_pin=pin, tests=[proto.TestCase(repeat=runs)])
-            assert r.steps[0].verdict == "ok" and r.steps[0].repeat is not None, r.steps[0]
-            return r.steps[0].repeat
-
-        n = round(n0 * 0.2 / repeat("calibrate", n0, 3).cpu_time_median)
-        pinned = repeat("pinned", n, 10)
-        unpinned = repeat("unpinned", n, 10, pin=False)
-        for name, rp in (("pinned", pinned), ("unpinned", unpinned)):
-            print(f"\n{name}: 10 runs of {n} iterations: CPU min {rp.cpu_time_min:.6f} s, "
-                  f"median {rp.cpu_time_median:.6f} s, max {rp.cpu_time_max:.6f} s, "
-                  f"spread {100 * spread(rp):.2f} %; wall median {rp.wall_time_median:.3f} s, "
-                  f"max {rp.wall_time_max:.3f} s")
-        assert 0.18 < pinned.cpu_time_median < 0.22
-        assert spread(pinned) < 0.05, pinned
+        for i in range(ROUNDS):
+            r = c.run(f"pinned-{i}", "c", files={"main.c": BUSY}, argv=["./main", str(n)],
+                      cpuset_pin=True, tests=[proto.TestCase()])
+            assert r.steps[0].verdict == "ok", r.steps[0]
+            sandboxed.append(r.steps[0].cpu_time)
+            d.wait_warm()  # the pool's refills must not land on the control's run
+            bare.append(bare_cpu_time(exe, n, cpu))
+    for name, runs in (("sandboxd", sandboxed), ("bare", bare)):
+        print(f"\n{name}: {ROUNDS} pinned runs of {n} iterations: CPU min {min(runs):.4f} s, "
+              f"median {statistics.median(runs):.4f} s, max {max(runs):.4f} s, "
+              f"spread {100 * spread(runs):.2f} %")
+    # The same work, counted by the job's cgroup and by the kernel's rusage: they agree.
+    assert 0.9 < statistics.median(sandboxed) / statistics.median(bare) < 1.1, (sandboxed, bare)
+    margin = max(SPREAD_MARGIN, spread(bare) / 2)
+    assert spread(sandboxed) <= spread(bare) + margin, (
+        f"sandboxd {100 * spread(sandboxed):.2f} % vs bare {100 * spread(bare):.2f} %")
