@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 from attacks import AttackDaemon, MiB
-from daemon import Daemon
 
 import sandboxd_protocol as proto
+from sandboxd_testing.daemon import Daemon
 
 pytestmark = pytest.mark.root
 
