@@ -1,7 +1,7 @@
 """What every benchmark here shares: the baselines, measured the same way everywhere, and
 the pieces that drive a real daemon (start it, talk to it, read its costs).
 
-bubblewrap runs with the isolation of research/baseline.md: ``--unshare-all``
+bubblewrap runs with the isolation docs/benchmarks.md gives it: ``--unshare-all``
 (user, pid, net, ipc, uts and cgroup namespaces), read-only /usr, new /proc
 and /dev, a tmpfs /tmp; no cgroup limits and no seccomp. The floor is a bare
 ``posix_spawn`` + ``waitpid`` of the same command.
