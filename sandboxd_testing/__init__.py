@@ -8,9 +8,12 @@ from the outside: one way to start a daemon, one bare protocol client, one defin
 - ``leftovers``: the processes, cgroups, mounts and SysV IPC objects a test or a
   run may leave, and views that hide what a live daemon legitimately keeps.
 - ``wire``: frames built by hand, for hostile clients and misbehaving daemons.
+- ``images``: Docker and OCI images built without a registry, from entries or
+  host files.
 
 It imports from the repository's root, which is on ``sys.path`` for pytest
 (``pythonpath`` in pyproject.toml); the scripts that run on their own
-(bench/_common.py, which every bench script imports first, fuzz/fuzz_daemon.py
-and tests/soak/soak.py) put it there themselves.
+(bench/_common.py, which the bench scripts that drive a daemon import first,
+bench/bench_images.py, fuzz/fuzz_daemon.py and tests/soak/soak.py) put it there
+themselves.
 """

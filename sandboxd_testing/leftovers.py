@@ -18,11 +18,23 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from sandboxd.isolation import identity
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def each_process(file: str) -> Iterator[tuple[int, str]]:
+    """(pid, text of /proc/PID/``file``) of every process, less those gone meanwhile."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/{file}") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            yield int(entry), text
 
 
 def container_processes() -> list[tuple[int, int, str]]:
@@ -30,14 +42,7 @@ def container_processes() -> list[tuple[int, int, str]]:
     lo = identity.INIT_BASE
     hi = identity.JOB_BASE + identity.MAX_SLOTS
     out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                status = f.read()
-        except OSError:
-            continue
+    for pid, status in each_process("status"):
         name = uid = None
         for line in status.splitlines():
             if line.startswith("Name:"):
@@ -46,7 +51,7 @@ def container_processes() -> list[tuple[int, int, str]]:
                 uid = int(line.split()[1])
                 break
         if uid is not None and lo <= uid < hi:
-            out.append((int(entry), uid, name or "?"))
+            out.append((pid, uid, name or "?"))
     return out
 
 
@@ -121,17 +126,8 @@ def new_leftovers(before: Snapshot, settle: float = 2.0, view: View | None = Non
 
 def parents() -> dict[int, int]:
     """pid -> ppid of every process (read from /proc/PID/stat; the name may hold spaces)."""
-    out: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        out[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
-    return out
+    return {pid: int(stat[stat.rindex(")") + 2:].split()[1])
+            for pid, stat in each_process("stat")}
 
 
 def descendants(pid: int) -> set[int]:
