@@ -1,29 +1,37 @@
 """What every benchmark here shares: the baselines, measured the same way everywhere, and
 the pieces that drive a real daemon (start it, talk to it, read its costs).
 
-bubblewrap runs with the isolation of research/baseline.md: ``--unshare-all``
+bubblewrap runs with the isolation docs/benchmarks.md gives it: ``--unshare-all``
 (user, pid, net, ipc, uts and cgroup namespaces), read-only /usr, new /proc
 and /dev, a tmpfs /tmp; no cgroup limits and no seccomp. The floor is a bare
 ``posix_spawn`` + ``waitpid`` of the same command.
 
-The daemon is driven with a bare protocol client (``Client``) rather than
-``sandboxd_client``: one blocking socket, no threads, no retries, so that what
+The daemon is started and driven with the repository's test support
+(``sandboxd_testing``: ``Daemon``, and its bare protocol ``Client`` rather than
+``sandboxd_client``): one blocking socket, no threads, no retries, so that what
 is timed is the daemon and the protocol, not a client library's conveniences.
+Every bench script imports this module first; it puts the repository's root on
+``sys.path`` so that ``sandboxd_testing`` (not installed) imports.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+# sandboxd_testing is not installed: it imports from the repository's root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import sandboxd_protocol as proto
+from sandboxd.isolation import identity
+from sandboxd_testing import leftovers
+from sandboxd_testing.daemon import Client as BareClient
+from sandboxd_testing.daemon import Daemon
 
 COMMANDS = {"true": ["/bin/true"], "py": ["/usr/bin/python3", "-c", "pass"]}
 BWRAP = [shutil.which("bwrap") or "/usr/bin/bwrap", "--unshare-all", "--die-with-parent",
@@ -58,42 +66,14 @@ def pct(values: list[float], q: float) -> float:
 # ------------------------------------------------------------------ the daemon
 
 
-class Client:
-    """One connection to the daemon, one job at a time, over the bare protocol."""
+class Client(BareClient):
+    """One connection to the daemon, one job at a time, over the bare protocol; no read
+    timeout (the socket stays blocking, so that no poll() is timed with each job)."""
 
     def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
-        self.conn = proto.Connection(proto.CLIENT)
-        self.sock.sendall(self.conn.send(proto.Hello(client="bench")))
-        assert isinstance(self.next(), proto.Welcome)
-        self.n = 0
+        super().__init__(path, name="bench", timeout=None)
 
-    def close(self) -> None:
-        self.sock.close()
-
-    def next(self) -> object:
-        while True:
-            ev = self.conn.next_event()
-            if ev is not proto.NEED_DATA:
-                return ev
-            data = self.sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("the daemon closed the connection")
-            self.conn.receive_data(data)
-
-    def job(self, **fields: object) -> proto.JobResult:
-        """Submit one job (``JobSubmission`` fields but the id) and wait for its result."""
-        self.n += 1
-        self.sock.sendall(self.conn.send(proto.JobSubmission(id=str(self.n), **fields)))
-        while True:
-            ev = self.next()
-            if isinstance(ev, proto.JobResult):
-                return ev
-            if isinstance(ev, proto.ErrorReport):
-                raise RuntimeError(f"job {fields}: {ev}")
-
-    def run(self, argv: list[str]) -> proto.JobResult:
+    def run_command(self, argv: list[str]) -> proto.JobResult:
         """Run ``argv`` in a container of the ``bash`` profile; raises unless it was ``ok``."""
         result = self.job(profile="bash", argv=tuple(argv), limits=proto.JobLimits(
             memory=MEMORY_LIMIT, pids=PIDS_LIMIT))
@@ -101,59 +81,21 @@ class Client:
             raise RuntimeError(f"{argv}: {result.steps[0]}")
         return result
 
-    def stats(self) -> proto.ServerStats:
-        self.sock.sendall(self.conn.send(proto.StatsRequest()))
-        ev = self.next()
-        assert isinstance(ev, proto.ServerStats), ev
-        return ev
-
 
 def start_daemon(tmp: Path, pool_size: int, concurrency: int, *, name: str = "",
                  pool_profiles: tuple[str, ...] = ("bash",),
-                 cgroup: str | None = None) -> tuple[subprocess.Popen, str]:
-    """A daemon of its own in ``tmp`` (socket, state, log), answering once it is warm.
+                 cgroup: str | None = None) -> Daemon:
+    """A daemon of its own below ``tmp`` (socket, state, log), answering once it is warm;
+    stop it with ``stop(timeout=60)``.
 
     ``name`` tells several daemons of one benchmark apart (their cgroups are
     ``sandboxd-bench-<pid><name>``). With ``cgroup`` (a v1 cgroup directory), the
     daemon starts in it, before it makes anything, so that everything it runs is
-    counted there.
+    counted there. It logs warnings only: a line per job would be supervisor CPU.
     """
-    tmp.mkdir(parents=True, exist_ok=True)
-    sock = str(tmp / "sandboxd.sock")
-    cfg = tmp / "sandboxd.toml"
-    profiles = ", ".join(f'"{p}"' for p in pool_profiles)
-    cfg.write_text(f'socket = "{sock}"\nstate_dir = "{tmp}/state"\n'
-                   f'instance = "bench-{os.getpid()}{name}"\npool_size = {pool_size}\n'
-                   f"pool_profiles = [{profiles}]\n"
-                   f"concurrency = {concurrency}\nqueue_length = 256\nlog_level = \"warning\"\n")
-    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
-    argv = [sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)]
-    if cgroup is not None:
-        argv = ["/bin/sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
-    proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    for _ in range(600):
-        if proc.poll() is not None:
-            break
-        if os.path.exists(sock):
-            try:
-                Client(sock).close()
-                return proc, sock
-            except OSError:
-                pass
-        time.sleep(0.05)
-    stop_daemon(proc)
-    raise RuntimeError((tmp / "daemon.log").read_text())
-
-
-def stop_daemon(proc: subprocess.Popen) -> None:
-    """SIGTERM (the daemon drains, empties its pool, removes its cgroups), then reap."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return Daemon(tmp, instance=f"bench-{os.getpid()}{name}", pool_size=pool_size,
+                  pool_profiles=list(pool_profiles), concurrency=concurrency,
+                  queue_length=256, log_level="warning").start(cgroup=cgroup)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -165,16 +107,7 @@ def cpu_seconds(pid: int) -> float:
 
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (the supervisor's: its zygote)."""
-    found = []
-    for e in os.listdir("/proc"):
-        if e.isdigit():
-            try:
-                with open(f"/proc/{e}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(e))
-            except OSError:
-                pass
-    return found
+    return [child for child, parent in leftovers.parents().items() if parent == pid]
 
 
 def makers(pid: int) -> list[int]:
@@ -197,28 +130,13 @@ def container_pids(zygotes: list[int] | None = None) -> dict[int, list[int]]:
     With ``zygotes`` (``makers``), only the containers these made (their inits are the
     fork server's children): other daemons on a shared machine have theirs.
     """
-    from sandboxd.isolation import identity
-
-    inits: dict[int, list[int]] = {}
-    procs = []
-    for e in os.listdir("/proc"):
-        if not e.isdigit():
-            continue
-        try:
-            with open(f"/proc/{e}/status") as f:
-                st = f.read()
-        except OSError:
-            continue
-        uid = int(st.split("Uid:")[1].split()[0])
-        ppid = int(st.split("PPid:")[1].split()[0])
-        if identity.INIT_BASE <= uid < identity.INIT_BASE + identity.MAX_SLOTS:
-            if zygotes is None or ppid in zygotes:
-                inits.setdefault(int(e), [int(e)])
-        elif identity.JOB_BASE <= uid < identity.JOB_BASE + identity.MAX_SLOTS:
-            procs.append((int(e), ppid))
-    for pid, ppid in procs:
-        if ppid in inits:
-            inits[ppid].append(pid)
+    ppid = leftovers.parents()
+    listed = leftovers.container_processes()
+    inits = {pid: [pid] for pid, uid, _name in listed
+             if uid < identity.JOB_BASE and (zygotes is None or ppid.get(pid) in zygotes)}
+    for pid, uid, _name in listed:
+        if uid >= identity.JOB_BASE and ppid.get(pid) in inits:
+            inits[ppid[pid]].append(pid)
     return inits
 
 

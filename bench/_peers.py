@@ -6,8 +6,8 @@ host (an OCI bundle, a binary the jobs run) is made under names that carry
 ``sandboxd`` and removed by ``close``: runc's cgroups (a relative
 ``cgroupsPath``, so runc nests them beneath this process's own cgroup in each
 hierarchy, never at the hierarchy's root), runc's state of any container a
-crash left, and the bind mounts firejail leaves in the host's mount table
-(research/baseline.md). This module knows nothing of the daemon.
+crash left, and the bind mounts firejail leaves in the host's mount table.
+docs/benchmarks.md lists each peer's isolation. This module knows nothing of the daemon.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ daemon sees a pool miss: from asking the zygote for a new container to
 holding the job's result (the container's destruction, which happens after
 the result is sent, is reported separately as "cycle").
 
-bubblewrap runs with the isolation of the peers' baseline (research/baseline.md):
+bubblewrap runs with the isolation of the peers' baseline (docs/benchmarks.md):
 ``--unshare-all`` (user, pid, net, ipc, uts, cgroup namespaces), read-only /usr,
 new /proc and /dev, tmpfs /tmp; no cgroup limits, no seccomp. sandboxd adds a
 per-job cgroup with limits, seccomp, Landlock, dropped capabilities and a

@@ -39,7 +39,6 @@ from _common import (
     pct,
     spawn_wait,
     start_daemon,
-    stop_daemon,
     throughput,
     uss,
 )
@@ -54,19 +53,19 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
     ncpu = os.cpu_count() or 1
-    proc, sock = start_daemon(tmp, pool_size=4, concurrency=ncpu)
+    daemon = start_daemon(tmp, pool_size=4, concurrency=ncpu)
     out: dict[str, object] = {"machine": {"cpus": ncpu, "kernel": os.uname().release}}
     try:
-        client = Client(sock)
+        client = Client(daemon.socket)
         for _ in range(20):
-            client.run(["/bin/true"])
+            client.run_command(["/bin/true"])
         lat: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             for name, argv in COMMANDS.items():
                 lat.setdefault(f"bare {name}", []).append(spawn_wait(argv))
                 lat.setdefault(f"bwrap {name}", []).append(spawn_wait(BWRAP + argv))
                 t = time.perf_counter()
-                client.run(argv)
+                client.run_command(argv)
                 lat.setdefault(f"sandboxd-warm {name}", []).append(time.perf_counter() - t)
                 time.sleep(0.005)  # let the pool refill between jobs, as it would between users
         print(f"{'latency':24} {'p50 ms':>8} {'p90':>7} {'p99':>7} {'max':>7} {'vs bare':>8} "
@@ -86,14 +85,14 @@ def main() -> int:
 
         # Costs: USS of waiting containers; supervisor and zygote CPU per job.
         time.sleep(1.0)
-        zyg = makers(proc.pid)
+        zyg = makers(daemon.pid)
         boxes = container_pids(zyg)
         per_box = [sum(uss(p) for p in pids) for pids in boxes.values() if len(pids) == 2]
         n = 300
-        s0, z0 = cpu_seconds(proc.pid), sum(cpu_seconds(z) for z in zyg)
+        s0, z0 = cpu_seconds(daemon.pid), sum(cpu_seconds(z) for z in zyg)
         for _ in range(n):
-            client.run(["/bin/true"])
-        s1, z1 = cpu_seconds(proc.pid), sum(cpu_seconds(z) for z in zyg)
+            client.run_command(["/bin/true"])
+        s1, z1 = cpu_seconds(daemon.pid), sum(cpu_seconds(z) for z in zyg)
         out["costs"] = {"uss_per_warm_container_bytes": per_box,
                         "supervisor_cpu_per_job_ms": (s1 - s0) / n * 1000,
                         "zygote_cpu_per_job_ms": (z1 - z0) / n * 1000}
@@ -106,8 +105,8 @@ def main() -> int:
         print(f"{'throughput jobs/s':24} {'clients':>7} {'sandboxd':>9} {'bwrap':>7} {'ratio':>6}")
         for c in [int(x) for x in args.concurrency.split(",")]:
             def sbx() -> object:
-                cl = Client(sock)
-                return lambda: cl.run(["/bin/true"])
+                cl = Client(daemon.socket)
+                return lambda: cl.run_command(["/bin/true"])
 
             def bw() -> object:
                 return lambda: spawn_wait([*BWRAP, "/bin/true"])
@@ -118,7 +117,7 @@ def main() -> int:
             print(f"{'/bin/true':24} {c:7} {a:9.1f} {b:7.1f} {a / b:6.2f}")
         out["throughput_jobs_s"] = tput
     finally:
-        stop_daemon(proc)
+        daemon.stop(timeout=60)
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -31,9 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit" / "images"))
+# sandboxd_testing is not installed: it imports from the repository's root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from image_helpers import (
+from sandboxd_testing.images import (
     BuiltImage,
     config,
     host_closure,

@@ -52,7 +52,6 @@ from _common import (
     makers,
     spawn_wait,
     start_daemon,
-    stop_daemon,
     throughput,
     uss,
 )
@@ -107,9 +106,9 @@ class Daemon:
         if self.acct:
             os.mkdir(self.acct)
         try:
-            self.proc, self.sock = start_daemon(tmp / name, pool_size, os.cpu_count() or 1,
-                                                name=f"-{name}", pool_profiles=pool_profiles,
-                                                cgroup=self.acct)
+            self.daemon = start_daemon(tmp / name, pool_size, os.cpu_count() or 1,
+                                       name=f"-{name}", pool_profiles=pool_profiles,
+                                       cgroup=self.acct)
         except BaseException:
             self._remove_acct()
             raise
@@ -127,7 +126,7 @@ class Daemon:
         for attempt in range(2):  # an idle connection may have been timed out
             try:
                 if self._stats is None:
-                    self._stats = Client(self.sock)
+                    self._stats = Client(self.daemon.socket)
                 return self._stats.stats()
             except (OSError, ConnectionError):
                 self._stats = None
@@ -150,7 +149,7 @@ class Daemon:
     def close(self) -> None:
         if self._stats is not None:
             self._stats.close()
-        stop_daemon(self.proc)
+        self.daemon.stop(timeout=60)
         self._remove_acct()
 
 
@@ -189,9 +188,9 @@ def peer(name: str, command: Callable[[list[str], int], list[str]]) -> System:
 
 def sandboxd_system(name: str, daemon: Daemon) -> System:
     def make(argv: list[str], _w: int) -> Callable[[], object]:
-        client = Client(daemon.sock)
+        client = Client(daemon.daemon.socket)
         system.clients.append(client)
-        return lambda: client.run(argv)
+        return lambda: client.run_command(argv)
 
     system = System(name, make, settle=daemon.settle)
     return system
@@ -298,22 +297,22 @@ def supervisor_costs(warm: Daemon, plan: Plan, out_dir: Path, profile: bool) -> 
     cause); then, apart, a py-spy profile of the same loop (py-spy stops the process at
     every sample, which would inflate the CPU figures)."""
     warm.settle()
-    zygotes = makers(warm.proc.pid)
+    zygotes = makers(warm.daemon.pid)
     boxes = container_pids(zygotes)
     per_box = [sum(uss(p) for p in pids) for pids in boxes.values() if len(pids) == 2]
-    client = Client(warm.sock)
+    client = Client(warm.daemon.socket)
 
     def loop() -> float:
         t0 = time.perf_counter()
         for _ in range(plan.cpu_jobs):
-            client.run(["/bin/true"])
+            client.run_command(["/bin/true"])
         wall = time.perf_counter() - t0
         warm.settle()
         return wall
 
-    s0, z0, a0 = cpu_seconds(warm.proc.pid), sum(cpu_seconds(z) for z in zygotes), warm.cpu_ns()
+    s0, z0, a0 = cpu_seconds(warm.daemon.pid), sum(cpu_seconds(z) for z in zygotes), warm.cpu_ns()
     wall = loop()
-    s1, z1, a1 = cpu_seconds(warm.proc.pid), sum(cpu_seconds(z) for z in zygotes), warm.cpu_ns()
+    s1, z1, a1 = cpu_seconds(warm.daemon.pid), sum(cpu_seconds(z) for z in zygotes), warm.cpu_ns()
     n = plan.cpu_jobs
     costs: dict[str, object] = {
         "uss_per_warm_container_bytes": per_box,
@@ -325,7 +324,7 @@ def supervisor_costs(warm: Daemon, plan: Plan, out_dir: Path, profile: bool) -> 
     }
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if profile and os.path.exists(pyspy):
-        spy = subprocess.Popen([pyspy, "record", "--gil", "-p", str(warm.proc.pid), "-r", "1000",
+        spy = subprocess.Popen([pyspy, "record", "--gil", "-p", str(warm.daemon.pid), "-r", "1000",
                                 "-f", "raw", "-o", str(out_dir / "supervisor-profile.txt")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # let py-spy attach before the jobs start
@@ -400,9 +399,9 @@ def refill_rate(tmp: Path, plan: Plan) -> dict[str, object]:
     for i in range(plan.refill_reps):
         d = Daemon(tmp, f"refill{i}", plan.refill_pool, pool_profiles=())
         try:
-            client = Client(d.sock)
+            client = Client(d.daemon.socket)
             t0 = time.perf_counter()
-            client.run(["/bin/true"])  # first use of the profile: its pool starts filling
+            client.run_command(["/bin/true"])  # first use of the profile: its pool starts filling
             while True:
                 st = d.stats()
                 if st.pools and all(p.warm >= p.target for p in st.pools):
@@ -459,7 +458,7 @@ def judge_local(prefix: list[str], work: Path) -> float:
 
 def measure_judge(warm: Daemon, tmp: Path, plan: Plan) -> dict[str, list[float]]:
     work = tmp / "judge"
-    client = Client(warm.sock)
+    client = Client(warm.daemon.socket)
     ways: dict[str, Callable[[], float]] = {
         "bare": lambda: judge_local([], work),
         "sandboxd-warm": lambda: judge_sandboxd(client)}

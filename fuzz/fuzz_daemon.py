@@ -33,8 +33,6 @@ import os
 import random
 import shutil
 import socket
-import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,10 +45,15 @@ from typing import Any
 
 import msgpack
 
+# sandboxd_testing is not installed: it imports from the repository's root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import sandboxd_protocol as proto
 from sandboxd_protocol._schema import encode_message  # raw maps, in any state
+from sandboxd_testing.daemon import Daemon, rss_kib
+from sandboxd_testing.daemon import fds_but_cgroup_files as fd_count
+from sandboxd_testing.wire import HEADER, frame, packed
 
-HEADER = struct.Struct(">I")
 KNOWN_CODES = frozenset(proto.ErrorCode)
 # Margin on top of the daemon's own timeouts before a stalled connection is a finding.
 MARGIN = 5.0
@@ -88,14 +91,6 @@ class Report:
 
 
 # ------------------------------------------------------------------ wire helpers
-
-
-def frame(body: bytes) -> bytes:
-    return HEADER.pack(len(body)) + body
-
-
-def packed(msg: dict[str, Any]) -> bytes:
-    return frame(msgpack.packb(msg, use_bin_type=True))
 
 
 def wire(event: proto.Event) -> dict[str, Any]:
@@ -462,32 +457,6 @@ ACTIONS: dict[str, tuple[float, Callable[[Target, random.Random, Report], None]]
 # --------------------------------------------------------------------- the run
 
 
-def rss_kib(pid: int) -> int:
-    """The daemon's resident memory; 0 once it is gone (a zombie has none)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
-    except OSError:
-        return 0
-
-
-def fd_count(pid: int) -> int:
-    """The daemon's descriptors, less the cgroup counter files it keeps open per job
-    cgroup (their number follows the peak concurrency, not the jobs run)."""
-    d = f"/proc/{pid}/fd"
-    try:
-        names = os.listdir(d)
-    except OSError:
-        return 0
-    n = 0
-    for name in names:
-        try:
-            n += not os.readlink(f"{d}/{name}").startswith("/sys/fs/cgroup/")
-        except OSError:
-            pass
-    return n
-
-
 def good_client(t: Target, stop: threading.Event, r: Report, bound: float) -> None:
     """One connection for the whole run, one small job after another, each checked."""
     c = Conn(t)
@@ -566,28 +535,14 @@ def own_daemon(handshake: float, idle: float, max_connections: int,
     directory, log included, is kept if ``FUZZ_KEEP`` is set."""
     d = tempfile.mkdtemp(prefix="sandboxd-fuzz-")
     try:
-        sock = f"{d}/sandboxd.sock"
-        cfg = Path(d, "sandboxd.toml")
-        cfg.write_text(f'socket = "{sock}"\nstate_dir = "{d}/state"\n'
-                       f'instance = "fuzz-{os.getpid()}"\npool_size = 2\n'
-                       f'pool_profiles = ["bash"]\nhandshake_timeout = {handshake}\n'
-                       f"idle_timeout = {idle}\nmax_connections = {max_connections}\n"
-                       f"max_frame = {max_frame}\n")
-        log = Path(d, "daemon.log")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXD_")}
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "sandboxd", "serve", "--config",
-                                     str(cfg)], stdout=out, stderr=subprocess.STDOUT, env=env)
+        daemon = Daemon(Path(d), instance=f"fuzz-{os.getpid()}", pool_size=2,
+                        pool_profiles=["bash"], handshake_timeout=handshake, idle_timeout=idle,
+                        max_connections=max_connections, max_frame=max_frame).start(wait=60)
         try:
-            deadline = time.monotonic() + 60
-            while "event=ready" not in log.read_text():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the daemon did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.05)
-            yield Target(sock, handshake, idle, max_connections, max_frame, proc.pid), log
+            yield Target(daemon.socket, handshake, idle, max_connections, max_frame,
+                         daemon.pid), daemon.log
         finally:
-            proc.terminate()
-            proc.wait(60)
+            daemon.stop(timeout=60)
     finally:
         if not os.environ.get("FUZZ_KEEP"):
             shutil.rmtree(d, ignore_errors=True)

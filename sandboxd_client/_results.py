@@ -8,7 +8,7 @@ names (``Verdict.TIME_LIMIT``). ``JobResult.final`` picks the one step that
 decides a job's outcome, which is what a CLI or a one-call user wants.
 
 The exit-code table is a copy of the one in ``sandboxd/cli.py`` (this
-package may not import ``sandboxd``); ``tests/clients/test_cli.py`` checks
+package may not import ``sandboxd``); ``tests/clients/test_client_cli.py`` checks
 that both give the same code for every verdict, exit code and signal.
 """
 

@@ -35,6 +35,7 @@ if ! { .venv/bin/python -m pip install -q --upgrade pip \
     exit 1
 fi
 rm -f "$PIPLOG"
-# The native helpers (sandboxd/native/init.c and jobexec.c), built once here.
+# The native init (sandboxd/native/: fork server, container init, job process), built
+# once here.
 .venv/bin/python -m sandboxd.native >/dev/null
 echo "install: ok ($(.venv/bin/python --version))" >&2

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
-.venv/bin/ruff check sandboxd sandboxd_protocol sandboxd_client tests bench fuzz
+.venv/bin/ruff check sandboxd sandboxd_protocol sandboxd_client sandboxd_testing tests bench fuzz
 status=0
 .venv/bin/python -m pytest -q "$@" || status=$?
 if [ "$status" -eq 0 ] && [ "${CI:-}" = "true" ] && [ -z "${SANDBOXD_SKIP_V2VM:-}" ] \

@@ -226,7 +226,7 @@ def default_plan(
     extra_binds: Sequence[Bind] = (),
     nr_inodes: int = 65536,
 ) -> MountPlan:
-    """The host-bind root every profile starts from (DESIGN.md section 5, embedded default)."""
+    """The host-bind root every profile starts from (docs/isolation.md, step 4)."""
     steps: list[Step] = [
         *host_root_steps(),
         Tmpfs("/etc", 1 << 20, 0o755),
@@ -261,7 +261,7 @@ def image_plan(
     extra_binds: Sequence[Bind] = (),
     nr_inodes: int = 65536,
 ) -> MountPlan:
-    """An image's root (DESIGN.md section 5, images): its layers, then the same scratch mounts.
+    """An image's root (docs/images.md): its layers, then the same scratch mounts.
 
     Only /etc/hostname and /etc/hosts are generated, as Docker does; the
     image's own passwd and group describe its users.

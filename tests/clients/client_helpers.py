@@ -113,16 +113,6 @@ def next_event(conn: proto.Connection, sock: socket.socket) -> Any:
         conn.receive_data(sock.recv(65536))
 
 
-def raw_frame(message: dict[str, Any]) -> bytes:
-    """A frame holding ``message`` as it is, bypassing every check (to play a bad daemon)."""
-    import struct
-
-    import msgpack
-
-    body = msgpack.packb(message, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
 def run_async(library: str, fn: Callable[[], Any]) -> Any:
     """Run the async function ``fn`` under ``"asyncio"`` or ``"trio"``."""
     if library == "asyncio":

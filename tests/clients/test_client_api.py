@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 from client_helpers import SLEEPER, run_async, shape
-from daemon import Daemon
 
 import sandboxd_client as sc
+from sandboxd_testing.daemon import Daemon
 
 pytestmark = pytest.mark.root
 

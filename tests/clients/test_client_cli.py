@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from client_helpers import SANDBOXCTL, SLEEPER, sandboxctl
-from daemon import Daemon
 
 import sandboxd_client as sc
 from sandboxd import cli as sandboxd_cli
 from sandboxd.config import DEFAULT_SOCKET
 from sandboxd.result import VERDICTS, Result
 from sandboxd_client import cli
+from sandboxd_testing.daemon import Daemon
 
 # -- agreement with sandboxd, no daemon needed ------------------------------------------
 

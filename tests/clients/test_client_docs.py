@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from client_helpers import BIN
-from daemon import Daemon
+
+from sandboxd_testing.daemon import Daemon
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```\n", re.M | re.S)

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from client_helpers import SLEEPER, FakeDaemon, next_event, raw_frame, run_async
-from daemon import Daemon
+from client_helpers import SLEEPER, FakeDaemon, next_event, run_async
 
 import sandboxd_client as sc
 import sandboxd_protocol as proto
+from sandboxd_testing.daemon import Daemon
+from sandboxd_testing.wire import packed
 
 # -- without a daemon -------------------------------------------------------------------
 
@@ -96,7 +97,7 @@ def test_protocol_version_mismatch(tmp_path: Path, how: str, which: str) -> None
                 )
             )
         else:
-            sock.sendall(raw_frame({"type": "welcome", "version": 7}))
+            sock.sendall(packed({"type": "welcome", "version": 7}))
         time.sleep(0.2)
 
     with (
@@ -154,7 +155,7 @@ def test_a_daemon_breaking_the_protocol_is_a_violation(tmp_path: Path) -> None:
         next_event(conn, sock)
         sock.sendall(conn.send(proto.Welcome()))
         sub = next_event(conn, sock)
-        sock.sendall(raw_frame({"type": "result", "id": sub.id, "steps": [{"verdict": "great"}]}))
+        sock.sendall(packed({"type": "result", "id": sub.id, "steps": [{"verdict": "great"}]}))
         time.sleep(0.2)
 
     with FakeDaemon(tmp_path / "s.sock", garbage) as fake, sc.Client(fake.path) as client:

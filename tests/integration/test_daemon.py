@@ -12,11 +12,11 @@ import socket
 import threading
 import time
 
-import leftovers
 import pytest
-from daemon import Client, Daemon
 
 import sandboxd_protocol as proto
+from sandboxd_testing import leftovers
+from sandboxd_testing.daemon import Client, Daemon
 
 pytestmark = pytest.mark.root
 

@@ -12,17 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit" / "images"))
-
-from image_helpers import (
+from sandboxd.images import Store, import_image
+from sandboxd_testing.images import (
     BuiltImage,
     Entry,
     config,
@@ -32,8 +29,6 @@ from image_helpers import (
     write_layer,
     write_oci,
 )
-
-from sandboxd.images import Store, import_image
 
 pytestmark = pytest.mark.root
 

@@ -19,11 +19,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import leftovers
 import pytest
-from daemon import Client, Daemon
 
 import sandboxd_protocol as proto
+from sandboxd_testing import leftovers
+from sandboxd_testing.daemon import Client, Daemon
 
 pytestmark = pytest.mark.root
 

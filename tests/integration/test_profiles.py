@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import Daemon
 
 import sandboxd_protocol as proto
 from sandboxd.limits import Limits, MiB
 from sandboxd.profiles import PLACEHOLDERS, SCHEMA, ProfileError, expand, load_dir, load_file
+from sandboxd_testing.daemon import Daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = load_dir()

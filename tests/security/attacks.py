@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import leftovers
 import pytest
-from daemon import Daemon
 
 import sandboxd_protocol as proto
+from sandboxd_testing import leftovers
+from sandboxd_testing.daemon import Daemon
 
 MiB = 1 << 20
 
@@ -46,12 +46,11 @@ class AttackDaemon:
 
     @property
     def pid(self) -> int:
-        assert self.daemon.proc is not None
-        return self.daemon.proc.pid
+        return self.daemon.pid
 
     @property
     def instance(self) -> str:
-        return str(self.daemon.config["instance"])
+        return self.daemon.instance
 
     def job(self, profile: str, files: dict[str, bytes], **kw: Any) -> proto.JobResult:
         """Submit one job on a fresh connection and return its result (never an error)."""
@@ -84,8 +83,7 @@ class AttackDaemon:
                         **kw)
 
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return self.daemon.rss_kib()
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Until no job runs or waits, every pool is full, and every container of the
@@ -137,25 +135,6 @@ def start_attack_daemon(tmp: Path, **config: Any) -> AttackDaemon:
         d.stop()  # the fixture never yields it, so nothing else would stop it
         raise
     return ad
-
-
-def only_ours(instance: str) -> leftovers.View:
-    """After our daemon stopped: its cgroups (under ``sandboxd-<instance>``), and container
-    processes that no other live supervisor owns and no other daemon's cgroup holds.
-    Other test runs on a shared machine make both meanwhile; whatever our jobs left
-    would hang from PID 1 in our cgroups, or be under our root."""
-    mark = f"sandboxd-{instance}"
-
-    def view(snap: leftovers.Snapshot) -> leftovers.Snapshot:
-        elsewhere = leftovers.supervised_elsewhere() | leftovers.of_other_instances(instance)
-        out = dict(snap)
-        out["procs"] = [p for p in snap["procs"]  # type: ignore[attr-defined]
-                        if p[0] not in elsewhere]
-        out["cgroups"] = {c for c in snap["cgroups"]  # type: ignore[attr-defined]
-                          if mark in c.split("/")}
-        return out
-
-    return view
 
 
 # ------------------------------------------------------------------ the host's state

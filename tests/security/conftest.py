@@ -21,9 +21,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import leftovers
 import pytest
-from attacks import AttackDaemon, Canary, assert_unharmed, only_ours, start_attack_daemon
+from attacks import AttackDaemon, Canary, assert_unharmed, start_attack_daemon
+
+from sandboxd_testing import leftovers
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def attack_daemon(request: pytest.FixtureRequest,
                                                    leftovers.container_processes()}
         code = ad.daemon.stop()
         assert code == 0, f"daemon exited {code}: {ad.daemon.log.read_text()[-3000:]}"
-        left = leftovers.new_leftovers(before, settle=10.0, view=only_ours(ad.instance))
+        left = leftovers.new_leftovers(before, settle=10.0, view=leftovers.only_ours(ad.instance))
         alive = {pid for pid in zygotes if os.path.exists(f"/proc/{pid}")}
         assert not left and not alive, f"the module's daemon left things behind: {left} {alive}"
 

@@ -1,4 +1,4 @@
-"""Dependencies point one way (DESIGN.md section 9), checked from the source.
+"""Dependencies point one way (README.md, "Layout"), checked from the source.
 
 ``sandboxd_protocol`` imports nothing of ours; ``sandboxd_client`` imports only the protocol;
 ``sandboxd`` never imports ``sandboxd_client``; the kernel-facing code (isolation,

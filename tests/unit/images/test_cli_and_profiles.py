@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from image_helpers import BuiltImage, Entry, config, write_docker_save, write_layer
 
 from sandboxd import cli, container
 from sandboxd.container import ContainerSpec
 from sandboxd.images import DEFAULT_STORE, Store, import_image
 from sandboxd.isolation import mounts
 from sandboxd.profiles import ProfileError, load_dir, load_file
+from sandboxd_testing.images import BuiltImage, Entry, config, write_docker_save, write_layer
 
 
 def sandboxd(*args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from image_helpers import (
+
+from sandboxd.images import ImageError, ImportLimits, Store, import_image
+from sandboxd_testing.images import (
     BuiltImage,
     Entry,
     config,
@@ -23,8 +25,6 @@ from image_helpers import (
     write_layer,
     write_oci,
 )
-
-from sandboxd.images import ImageError, ImportLimits, Store, import_image
 
 
 def make_image(work: Path, name: str = "demo:1", gz: bool = False, **cfg) -> BuiltImage:  # type: ignore[no-untyped-def]

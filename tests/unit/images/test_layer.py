@@ -14,7 +14,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from image_helpers import Entry, layer_bytes
 
 from sandboxd.images import ImageError, ImportLimits
 from sandboxd.images._layer import (
@@ -25,6 +24,7 @@ from sandboxd.images._layer import (
     unpack,
     whiteout_of,
 )
+from sandboxd_testing.images import Entry, layer_bytes
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts are device nodes (root)")
 

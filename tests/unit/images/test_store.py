@@ -10,12 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from image_helpers import BuiltImage, Entry, config, write_docker_save, write_layer, write_oci
 
 from sandboxd.images import ImageError, Store, import_image
 from sandboxd.images._store import _label_of
-
-HERE = Path(__file__).resolve().parent
+from sandboxd_testing.images import (
+    BuiltImage,
+    Entry,
+    config,
+    write_docker_save,
+    write_layer,
+    write_oci,
+)
 
 
 def layer(work: Path, name: str, files: dict[str, bytes]) -> Path:
@@ -151,8 +156,7 @@ def test_exception_mid_import_leaves_the_store_as_it_was(store: Store, work: Pat
 
 
 KILLER = """
-import os, signal, sys
-sys.path.insert(0, {helpers!r})
+import os, signal
 from sandboxd.images import Store, import_image
 def kill(done, total, what):
     if what == "layer 2/3":
@@ -164,7 +168,7 @@ import_image(Store({store!r}), {path!r}, progress=kill)
 def test_sigkill_mid_import_leaves_nothing_visible(store: Store, work: Path) -> None:
     big = [layer(work, f"l{i}", {f"f{i}": os.urandom(300_000)}) for i in range(3)]
     path = write_docker_save(work / "big.tar", [BuiltImage("big:1", big, config(big))])
-    code = KILLER.format(helpers=str(HERE), store=store.path, path=str(path))
+    code = KILLER.format(store=store.path, path=str(path))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert store.images() == [] and os.listdir(store.layers_dir) == []

@@ -14,9 +14,10 @@ What it checks, and reports as counts:
 - afterwards: no process, cgroup or mount of ours, no SysV IPC object on the
   host, the daemon's descriptors and memory back near where they started.
 
-    sudo .venv/bin/python bench/soak.py --jobs 3000 --clients 16   # 90 s on 2 CPUs
+    sudo .venv/bin/python tests/soak/soak.py --jobs 3000 --clients 16   # 90 s on 2 CPUs
 
-``soak`` is also called by tests/security/test_soak.py for a bounded run.
+``soak`` is also called by tests/soak/test_soak.py for a bounded run, in every
+run of the suite (it is marked slow, not skipped).
 """
 
 from __future__ import annotations
@@ -27,23 +28,21 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import sandboxd_protocol as proto
+# Run as a script, this needs the repository's root for sandboxd_testing (not installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-import leftovers  # noqa: E402 - the suite's definition of "left behind"
+import sandboxd_protocol as proto
+from sandboxd_testing import leftovers  # the suite's definition of "left behind"
+from sandboxd_testing.daemon import Client, Daemon, fds_but_cgroup_files
 
 MiB = 1 << 20
 
@@ -111,123 +110,39 @@ class Counts:
 # ----------------------------------------------------------------- the daemon
 
 
-class SoakDaemon:
-    """``sandboxd serve`` in a directory of its own; SIGKILL and restart keep the config."""
-
-    def __init__(self, tmp: Path, **config: Any) -> None:
-        self.dir = tmp
-        self.socket = str(tmp / "sandboxd.sock")
-        self.instance = f"soak-{os.getpid()}"
-        self.config = {"socket": self.socket, "state_dir": str(tmp / "state"),
-                       "instance": self.instance, "pool_profiles": ["bash", "python3"],
-                       "pool_size": 2, "queue_length": 256, "idle_timeout": 30.0, **config}
-        self.log = tmp / "daemon.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        cfg = self.dir / "sandboxd.toml"
-        cfg.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in self.config.items()))
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXD_")}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 60
-        while "event=ready" not in self.log.read_text()[offset:]:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon did not start: {self.log.read_text()[-3000:]}")
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(60)
-        return self.proc.returncode
-
-    def stats(self) -> proto.ServerStats:
-        c = Conn(self.socket)
-        try:
-            c.send(proto.StatsRequest())
-            ev = c.next()
-            assert isinstance(ev, proto.ServerStats), ev
-            return ev
-        finally:
-            c.close()
-
-    def wait_idle(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            st = self.stats()
-            if not st.jobs_running and not st.jobs_queued and all(
-                    p.warm >= p.target for p in st.pools) and st.connections <= 1:
-                break
-            time.sleep(0.1)
-        time.sleep(0.5)  # used containers are destroyed just after their results
-
-    def rss_kib(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-    def fds(self) -> int:
-        """Descriptors, less the counter files each job cgroup keeps open (recycled
-        cgroups: their number follows the peak concurrency, not the jobs run)."""
-        d = f"/proc/{self.pid}/fd"
-        targets = []
-        for name in os.listdir(d):
-            with contextlib.suppress(OSError):
-                targets.append(os.readlink(f"{d}/{name}"))
-        return sum(not t.startswith("/sys/fs/cgroup/") for t in targets)
+def soak_daemon(tmp: Path, **config: Any) -> Daemon:
+    """``sandboxd serve`` below ``tmp``, instance ``soak-<pid>``; SIGKILL and restart
+    (``stop(SIGKILL)``, ``start()``) keep the config and the log."""
+    return Daemon(tmp, **{"instance": f"soak-{os.getpid()}",
+                          "pool_profiles": ["bash", "python3"], "pool_size": 2,
+                          "queue_length": 256, "idle_timeout": 30.0, **config})
 
 
-class Conn:
-    """A blocking protocol connection (one per client thread)."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(120)
-        self.sock.connect(path)
-        self.conn = proto.Connection(proto.CLIENT)
-        self.send(proto.Hello(client="soak"))
-        if not isinstance(ev := self.next(), proto.Welcome):
-            raise ConnectionError(f"no welcome: {ev}")
-
-    def send(self, ev: proto.Event) -> None:
-        data = self.conn.send(ev)
-        if data:
-            self.sock.sendall(data)
-
-    def next(self) -> Any:
-        while True:
-            ev = self.conn.next_event()
-            if isinstance(ev, proto.ConnectionClosed):
-                raise ConnectionError("the daemon closed the connection")
-            if ev is not proto.NEED_DATA:
-                return ev
-            data = self.sock.recv(1 << 16)
-            self.conn.receive_data(data)
-
-    def close(self) -> None:
-        self.sock.close()
+def wait_idle(daemon: Daemon, timeout: float = 60.0) -> None:
+    """Until no job runs or waits, every pool is full and only the asking client is
+    connected; then a moment more (used containers are destroyed after their results)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = daemon.stats()
+        if not st.jobs_running and not st.jobs_queued and all(
+                p.warm >= p.target for p in st.pools) and st.connections <= 1:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
 
 
-def connect(path: str, timeout: float = 60.0) -> Conn:
+def fds(daemon: Daemon) -> int:
+    """Descriptors, less the counter files each job cgroup keeps open (recycled cgroups:
+    their number follows the peak concurrency, not the jobs run)."""
+    return fds_but_cgroup_files(daemon.pid)
+
+
+def connect(path: str, timeout: float = 60.0) -> Client:
     """Connect, retrying while the daemon is down (the restart) or busy."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return Conn(path)
+            return Client(path, name="soak", timeout=120)
         except (OSError, ConnectionError, proto.RemoteProtocolError):
             if time.monotonic() > deadline:
                 raise
@@ -241,7 +156,7 @@ class StaleConnection(Exception):
     """The submission could not even be sent: the daemon never saw this job."""
 
 
-def run_one(c: Conn, job_id: str, kind: Kind, counts: Counts, lock: threading.Lock) -> bool:
+def run_one(c: Client, job_id: str, kind: Kind, counts: Counts, lock: threading.Lock) -> bool:
     """Submit, act, and account for one job; False if the connection is gone after it.
 
     Raises ``StaleConnection`` when the connection was already dead (the daemon was
@@ -356,10 +271,10 @@ def soak(tmp: Path, jobs: int, clients: int, seed: int = 1,
     report = Report(jobs, clients)
     counts = report.counts
     before = leftovers.snapshot(ipc=True)
-    daemon = SoakDaemon(tmp, **config)
+    daemon = soak_daemon(tmp, **config)
     t0 = time.monotonic()
-    daemon.start()
-    daemon.wait_idle()
+    daemon.start(60)
+    wait_idle(daemon)
     report.rss_kib["first_start"] = daemon.rss_kib()
     lock = threading.Lock()
     # Between the SIGKILL and the restart, the dying containers' inits may print a
@@ -372,7 +287,7 @@ def soak(tmp: Path, jobs: int, clients: int, seed: int = 1,
 
     def client(k: int) -> None:
         rng = random.Random(seed * 1000 + k)
-        c: Conn | None = None
+        c: Client | None = None
         while True:
             with lock:
                 if counts.submitted >= jobs:
@@ -418,7 +333,7 @@ def soak(tmp: Path, jobs: int, clients: int, seed: int = 1,
         old_zygotes = leftovers.descendants(daemon.pid)
         report.rss_kib["at_kill"] = daemon.rss_kib()
         kill_window[0] = daemon.log.stat().st_size
-        daemon.kill()
+        daemon.stop(signal.SIGKILL)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             mine = _orphans(old_zygotes)
@@ -429,12 +344,12 @@ def soak(tmp: Path, jobs: int, clients: int, seed: int = 1,
         report.kill_survivors = [_describe(p) for p in sorted(survivors)]
         report.containers_left_by_the_kill = len(survivors)
         offset = kill_window[1] = daemon.log.stat().st_size
-        daemon.start()
+        daemon.start(60)
         report.stale_cgroups_removed = "event=removed_stale" in daemon.log.read_text()[offset:]
-        daemon.wait_idle()
+        wait_idle(daemon)
         report.kill_survivors_after_restart = len(_orphans(survivors))
         report.rss_kib["restart"] = daemon.rss_kib()
-        report.fds["restart"] = daemon.fds()
+        report.fds["restart"] = fds(daemon)
         up.set()
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
@@ -445,17 +360,17 @@ def soak(tmp: Path, jobs: int, clients: int, seed: int = 1,
     for th in threads:
         th.join()
     kt.join()
-    daemon.wait_idle()
+    wait_idle(daemon)
     report.rss_kib["end"] = daemon.rss_kib()
-    report.fds["end"] = daemon.fds()
+    report.fds["end"] = fds(daemon)
     report.seconds = time.monotonic() - t0
-    report.exit_code = daemon.stop()
+    report.exit_code = daemon.stop(timeout=60)
     log = daemon.log.read_bytes()
     log = log[:kill_window[0]] + log[kill_window[1]:]
     report.log_errors = [line for line in log.decode(errors="replace").splitlines()
                          if "level=error" in line or "Traceback" in line][:20]
     report.leftovers = leftovers.new_leftovers(before, settle=10.0,
-                                               view=_ours(daemon.instance))
+                                               view=leftovers.only_ours(daemon.instance))
     return report
 
 
@@ -487,22 +402,6 @@ def frozen_explained(survivors: list[str]) -> bool:
 def _orphans(pids: set[int]) -> set[int]:
     """Which of these processes (the killed daemon's tree) still live."""
     return {p for p in pids if os.path.exists(f"/proc/{p}")}
-
-
-def _ours(instance: str) -> Callable[[leftovers.Snapshot], leftovers.Snapshot]:
-    """Our cgroups, and container processes no other live supervisor owns (other runs on
-    a shared machine make theirs meanwhile)."""
-    mark = f"sandboxd-{instance}"
-
-    def view(snap: leftovers.Snapshot) -> leftovers.Snapshot:
-        elsewhere = leftovers.supervised_elsewhere() | leftovers.of_other_instances(instance)
-        out = dict(snap)
-        out["procs"] = [p for p in snap["procs"] if p[0] not in elsewhere]  # type: ignore[attr-defined]
-        out["cgroups"] = {c for c in snap["cgroups"]  # type: ignore[attr-defined]
-                          if mark in c.split("/")}
-        return out
-
-    return view
 
 
 def as_json(report: Report) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """What a test may have left behind: processes, cgroups and mounts of sandboxd.
 
-Used by the autouse fixture in tests/conftest.py and by daemon tests that
-check after a SIGKILL. Every container process runs under a host uid of our
-reserved ranges (sandboxd.isolation.identity), so a leftover process is found
+Used by the autouse fixture in tests/conftest.py, by daemon tests that
+check after a SIGKILL, by the soak (tests/soak/soak.py) and the benchmarks.
+Every container process runs under a host uid of our reserved ranges
+(sandboxd.isolation.identity), so a leftover process is found
 by uid, wherever it was reparented; cgroups and mounts carry "sandboxd" in
 their names. SysV IPC objects of the host are compared only when asked
 (``snapshot(ipc=True)``): other software on a shared machine makes them too.
@@ -17,11 +18,23 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from sandboxd.isolation import identity
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def each_process(file: str) -> Iterator[tuple[int, str]]:
+    """(pid, text of /proc/PID/``file``) of every process, less those gone meanwhile."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/{file}") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            yield int(entry), text
 
 
 def container_processes() -> list[tuple[int, int, str]]:
@@ -29,14 +42,7 @@ def container_processes() -> list[tuple[int, int, str]]:
     lo = identity.INIT_BASE
     hi = identity.JOB_BASE + identity.MAX_SLOTS
     out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                status = f.read()
-        except OSError:
-            continue
+    for pid, status in each_process("status"):
         name = uid = None
         for line in status.splitlines():
             if line.startswith("Name:"):
@@ -45,7 +51,7 @@ def container_processes() -> list[tuple[int, int, str]]:
                 uid = int(line.split()[1])
                 break
         if uid is not None and lo <= uid < hi:
-            out.append((int(entry), uid, name or "?"))
+            out.append((pid, uid, name or "?"))
     return out
 
 
@@ -118,25 +124,16 @@ def new_leftovers(before: Snapshot, settle: float = 2.0, view: View | None = Non
         time.sleep(0.05)
 
 
-def _parents() -> dict[int, int]:
+def parents() -> dict[int, int]:
     """pid -> ppid of every process (read from /proc/PID/stat; the name may hold spaces)."""
-    out: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        out[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
-    return out
+    return {pid: int(stat[stat.rindex(")") + 2:].split()[1])
+            for pid, stat in each_process("stat")}
 
 
 def descendants(pid: int) -> set[int]:
     """Every process below ``pid`` (children, grandchildren...), not ``pid`` itself."""
     children: dict[int, list[int]] = {}
-    for child, parent in _parents().items():
+    for child, parent in parents().items():
         children.setdefault(parent, []).append(child)
     found: set[int] = set()
     todo = [pid]
@@ -157,10 +154,10 @@ def warm_containers(daemon_pid: int) -> set[int]:
     procs = {pid: uid for pid, uid, _name in listed}
     names = {pid: name for pid, _uid, name in listed}
     below = descendants(daemon_pid)
-    parents = _parents()
+    ppid = parents()
     children: dict[int, list[int]] = {}
     for pid in procs:
-        children.setdefault(parents.get(pid, 0), []).append(pid)
+        children.setdefault(ppid.get(pid, 0), []).append(pid)
     warm: set[int] = set()
     for pid, uid in procs.items():
         if pid not in below or not identity.INIT_BASE <= uid < identity.JOB_BASE:
@@ -183,13 +180,13 @@ def supervised_elsewhere(own: int | None = None) -> set[int]:
     at any moment: a module that talks only to its own daemon may ignore them.
     """
     listed = {pid for pid, _uid, _name in container_processes()}
-    parents = _parents()
+    ppid = parents()
     mine = descendants(own) | {own} if own is not None else set()
     found: set[int] = set()
     for pid in listed:
-        up = parents.get(pid, 0)
+        up = ppid.get(pid, 0)
         while up in listed:
-            up = parents.get(up, 0)
+            up = ppid.get(up, 0)
         if up not in (0, 1) and up not in mine:
             found.add(pid)
     return found
@@ -215,10 +212,10 @@ def of_other_instances(instance: str) -> set[int]:
     in its cgroups, and inits whose job process is there. (A leftover of ours is in our
     cgroups; another test run's orphan is in its own.)"""
     listed = {pid: uid for pid, uid, _name in container_processes()}
-    parents = _parents()
+    ppid = parents()
     found = {pid for pid, uid in listed.items()
              if uid >= identity.JOB_BASE and instance_of(pid) not in (None, instance)}
-    found |= {parents[pid] for pid in found if listed.get(parents.get(pid, 0), 0)}
+    found |= {ppid[pid] for pid in found if listed.get(ppid.get(pid, 0), 0)}
     return found
 
 
@@ -238,6 +235,25 @@ def daemon_view(daemon_pid: int, instance: str | None = None) -> View:
         out = dict(snap)
         out["procs"] = [p for p in snap["procs"] if p[0] not in hidden]  # type: ignore[attr-defined]
         out["cgroups"] = set()
+        return out
+
+    return view
+
+
+def only_ours(instance: str) -> View:
+    """After our daemon stopped: its cgroups (under ``sandboxd-<instance>``), and container
+    processes that no other live supervisor owns and no other daemon's cgroup holds.
+    Other test runs on a shared machine make both meanwhile; whatever our jobs left
+    would hang from PID 1 in our cgroups, or be under our root."""
+    mark = f"sandboxd-{instance}"
+
+    def view(snap: Snapshot) -> Snapshot:
+        elsewhere = supervised_elsewhere() | of_other_instances(instance)
+        out = dict(snap)
+        out["procs"] = [p for p in snap["procs"]  # type: ignore[attr-defined]
+                        if p[0] not in elsewhere]
+        out["cgroups"] = {c for c in snap["cgroups"]  # type: ignore[attr-defined]
+                          if mark in c.split("/")}
         return out
 
     return view

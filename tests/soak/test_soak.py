@@ -1,5 +1,5 @@
 """A bounded soak: a few hundred mixed jobs from 8 clients, the daemon SIGKILLed and
-restarted once in the middle (bench/soak.py runs thousands).
+restarted once in the middle (soak.py, run by hand, runs thousands).
 
 Every job the daemon accepted got exactly one answer, or its client saw the
 connection fail; every verdict is the one its kind of job must get; the killed
@@ -11,39 +11,27 @@ daemon's descriptors and memory end near where they started.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
-from typing import Any
 
-import leftovers
 import pytest
-from attacks import only_ours
+import soak
+
+from sandboxd_testing import leftovers
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 @pytest.fixture
 def leftovers_view() -> leftovers.View:
-    """The soak checks its own daemon's leftovers (bench/soak.py, after it stops); the
-    suite-wide check after it need not count other test runs' containers and cgroups."""
-    return only_ours(f"soak-{os.getpid()}")
-
-
-def _load_soak() -> Any:
-    path = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
-    spec = importlib.util.spec_from_file_location("soak", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """The soak checks its own daemon's leftovers (soak.py, after it stops), SysV IPC
+    objects of the host included; the suite-wide check after it need not count other
+    test runs' containers and cgroups."""
+    return leftovers.only_ours(f"soak-{os.getpid()}")
 
 
 @pytest.mark.timeout(240)
 def test_soak_with_a_sigkill_in_the_middle(tmp_path: Path) -> None:
-    soak = _load_soak()
     report = soak.soak(tmp_path, jobs=300, clients=8, seed=7)
     print("\n" + report.summary())
     c = report.counts

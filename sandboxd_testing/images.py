@@ -1,7 +1,8 @@
 """Build test images without a registry: layer tars from entries or host files, written as a
 ``docker save`` tarball (legacy or blobs/ layout) or an OCI image layout (directory or tar).
 
-Used by the unit and integration tests of sandboxd.images and by bench/bench_images.py.
+Used by the unit and integration tests of sandboxd.images (tests/unit/images/,
+tests/integration/test_images.py) and by bench/bench_images.py.
 """
 
 from __future__ import annotations
