@@ -35,6 +35,6 @@ if ! { .venv/bin/python -m pip install -q --upgrade pip \
     exit 1
 fi
 rm -f "$PIPLOG"
-# The native helpers (sandboxd/native/init.c and jobexec.c), built once here.
+# The native helper (sandboxd-init, from the C files in sandboxd/native/), built once here.
 .venv/bin/python -m sandboxd.native >/dev/null
 echo "install: ok ($(.venv/bin/python --version))" >&2
