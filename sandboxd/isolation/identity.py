@@ -6,7 +6,7 @@ unique per pool slot, as isolate gives each box its own uid: two jobs can
 never signal or trace each other, and even the container's root is nobody on
 the host. The maps are written by the host-side parent (real root), which
 may map any host ids; the child waits until they are in place. The drop to
-the job's uid inside is the job process's (native/init.c).
+the job's uid inside is the job process's (native/jobproc.c).
 
 This module knows nothing of jobs, sockets, cgroups or trio.
 """

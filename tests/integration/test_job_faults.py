@@ -16,15 +16,17 @@ import json
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import RunOnce
 from daemon import Daemon
 
 pytestmark = pytest.mark.root
 
 ROOT = Path(__file__).resolve().parents[2]
+RunOnce = Callable[..., dict[str, Any]]  # the suite's run_once fixture (tests/conftest.py)
 
 
 def _run_once_capped(nofile_hard: int, open_files: int) -> tuple[int, dict]:
