@@ -4,10 +4,11 @@ Strategy: each message is a 4-byte big-endian length and a msgpack map; file
 descriptors ride with the first byte of a message (SCM_RIGHTS), and the
 receiver reads the 4-byte header alone with recvmsg, so that the kernel hands
 it exactly that message's descriptors. The blocking functions serve the
-zygote, the container init and the job process (plain single-threaded
-Python); ``AsyncChannel`` serves the trio supervisor. Peers on this channel
-are our own processes, but a container's init could in principle be
-subverted, so the supervisor bounds every frame it reads.
+zygote (plain single-threaded Python); ``AsyncChannel`` serves the trio
+supervisor. The container's init is native code (sandboxd/native/channel.c
+speaks the same framing, msgpack.c the same maps). Peers on this channel are
+our own processes, but a container's init could in principle be subverted,
+so the supervisor bounds every frame it reads.
 
 This is not the client protocol (that is ``sandboxd_protocol``).
 """

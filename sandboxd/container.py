@@ -4,7 +4,7 @@ Strategy. Python decides, C executes. ``spawn`` runs in a single-threaded
 process (the zygote, or ``run-once`` before trio starts); it compiles the
 container's *plan* once per shape (the mount operations, the Landlock rules,
 the seccomp program, the job's ids: ``isolation/initplan.py``) into a sealed
-memfd, and asks the native fork server (``native/init.c --forkserver``, one
+memfd, and asks the native fork server (``sandboxd-init --forkserver``, one
 per process) for a clone into new user, PID, mount, network, IPC, UTS and
 cgroup namespaces; the fork server writes the user namespace's id maps and
 lets the child go. The child, PID 1 of the new PID namespace, becomes the
@@ -14,17 +14,23 @@ capability, uid, no_new_privs, Landlock, seccomp last) and then *waits*: all
 of that is done before any job exists, so a warm container costs a job
 almost nothing. No interpreter runs in a container.
 
-When the job arrives (files, and the job process's message made here:
+When the job arrives (files, and the job process's exec request made here:
 argv, env, working directory, rlimits; with the stdio descriptors), the init
 writes the files into ``/box`` and hands the rest to the job process, which
-applies its rlimits, closes every other descriptor and execs. The init reaps
+applies its rlimits, closes every other descriptor and execs. A failure of
+the job process before its execve (an rlimit, the stdio, the working
+directory) is the sandbox's, not the job's: the init reports it as an
+``error`` (where "job process", with the step and errno) and the job ends as
+``sandbox_error``; the execve failing (no such program, not executable) is the
+job's, exit 127 and a line on its stderr (native/jobproc.c). The init reaps
 every process of the namespace and reports how the job process ended. When
 the init exits, the kernel kills whatever is left in the namespace.
 
 Messages with the supervisor (``sandboxd.channel`` frames), from the init:
 ``ready`` (+ pidfd of the job process), ``started`` (monotonic t0 of the
 hand-over, which starts the wall clock), ``exited`` (wait status, t0 again and
-t1 of the reaping), ``error`` (where, message); to it:
+t1 of the reaping), ``error`` (where, message; and step, errno when the job
+process failed before its execve); to it:
 ``job`` (+ stdin, stdout, stderr descriptors), ``collect`` (the init answers
 ``files``).
 
@@ -183,7 +189,7 @@ def _plan_fd(spec: ContainerSpec) -> int:
 
 
 class _ForkServer:
-    """The native fork server (native/init.c, ``--forkserver``): one per process that makes
+    """The native fork server (native/forkserver.c, ``--forkserver``): one per process that makes
     containers, started at its first container. It clones each init from its own small
     address space instead of this interpreter's, and dies with this process."""
 
@@ -293,19 +299,18 @@ def keep_only_fds(keep: set[int]) -> None:
 
 def job_message(files: dict[str, bytes], argv: list[str], env: dict[str, str], cwd: str,
                 limits: rlimits.Rlimits) -> dict[str, Any]:
-    """The init's job message: the files for /box, and the job process's message
+    """The init's job message: the files for /box, and the job process's exec request
     (which the init passes on untouched, with the job's stdio)."""
     env = {str(k): str(v) for k, v in env.items()}
     env.setdefault("PATH", JOB_PATH)
     return {"t": "job", "files": files,
-            "go": encode_go([str(a) for a in argv], env, str(cwd or "/box"), limits)}
+            "exec": encode_exec([str(a) for a in argv], env, str(cwd or "/box"), limits)}
 
 
-
-
-def encode_go(argv: list[str], env: dict[str, str], cwd: str,
-              limits: rlimits.Rlimits) -> bytes:
-    """The job process's message (native/init.c: little-endian, NUL-terminated strings)."""
+def encode_exec(argv: list[str], env: dict[str, str], cwd: str,
+                limits: rlimits.Rlimits) -> bytes:
+    """The job process's exec request: what to execute, with which environment, where and
+    under which rlimits (native/jobproc.c reads it: little-endian, NUL-terminated strings)."""
     def strv(items: list[str]) -> bytes:
         out = [struct.pack("<I", len(items))]
         for item in items:

@@ -207,6 +207,10 @@ class Container:
                          out: _Capture, err: _Capture,
                          stdin_w: trio.lowlevel.FdStream | None) -> tuple[int, float, float]:
         result: list[tuple[int, float, float]] = []
+        # A SandboxError (the init's "error", say a fault of the job process before its
+        # execve) is raised past the nursery, not from inside it: from inside, trio would
+        # wrap it in an ExceptionGroup that no caller's ``except SandboxError`` catches.
+        fault: list[SandboxError] = []
         async with trio.open_nursery() as nursery:
             readers = trio.CancelScope()
             watch = trio.CancelScope()
@@ -227,19 +231,26 @@ class Container:
 
             self._deadline = t0 + limits.wall_time
             nursery.start_soon(watching)
-            msg = await self._recv("started")  # nothing waits on it but the deadline
-            self._deadline = float(msg["t0"]) + limits.wall_time
-            msg = await self._recv("exited")
-            result.append((int(msg["status"]), float(msg["t0"]), float(msg["t1"])))
-            watch.cancel()
-            # The job process is gone; anything it left behind goes now.
-            await self.kill_rest()
-            # Every writer of the pipes is dead: the readers reach EOF promptly.
-            with trio.move_on_after(2.0):
-                await out.done.wait()
-                await err.done.wait()
-            readers.cancel()
-            nursery.cancel_scope.cancel()
+            try:
+                msg = await self._recv("started")  # nothing waits on it but the deadline
+                self._deadline = float(msg["t0"]) + limits.wall_time
+                msg = await self._recv("exited")
+            except SandboxError as e:
+                fault.append(e)
+                nursery.cancel_scope.cancel()
+            else:
+                result.append((int(msg["status"]), float(msg["t0"]), float(msg["t1"])))
+                watch.cancel()
+                # The job process is gone; anything it left behind goes now.
+                await self.kill_rest()
+                # Every writer of the pipes is dead: the readers reach EOF promptly.
+                with trio.move_on_after(2.0):
+                    await out.done.wait()
+                    await err.done.wait()
+                readers.cancel()
+                nursery.cancel_scope.cancel()
+        if fault:
+            raise fault[0]
         return result[0]
 
     async def kill_rest(self) -> None:

@@ -35,7 +35,6 @@ if ! { .venv/bin/python -m pip install -q --upgrade pip \
     exit 1
 fi
 rm -f "$PIPLOG"
-# The native init (sandboxd/native/: fork server, container init, job process), built
-# once here.
+# The native helper (sandboxd-init, from the C files in sandboxd/native/), built once here.
 .venv/bin/python -m sandboxd.native >/dev/null
 echo "install: ok ($(.venv/bin/python --version))" >&2

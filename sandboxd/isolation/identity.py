@@ -5,9 +5,9 @@ maps to an unprivileged host uid, and whose job user maps to another, both
 unique per pool slot, as isolate gives each box its own uid: two jobs can
 never signal or trace each other, and even the container's root is nobody on
 the host. The maps are written by the host-side parent (real root, the native
-fork server in native/init.c), which may map any host ids; the child waits
-until they are in place. The drop to the job's uid inside is the job
-process's (native/init.c). Which process of the host may use which slot is
+fork server in native/forkserver.c), which may map any host ids; the child
+waits until they are in place. The drop to the job's uid inside is the job
+process's (native/jobproc.c). Which process of the host may use which slot is
 decided by sandboxd/slots.py.
 
 This module knows nothing of jobs, sockets, cgroups or trio.

@@ -6,15 +6,19 @@ the seccomp program); the init only executes them, so that no interpreter
 runs inside a container. The zygote keeps each shape's plan in a sealed
 memfd that every clone of that shape inherits and reads.
 
+Every element of the plan is an op, carried out in order (bubblewrap's shape):
+the mount ops, then ``hostname``, ``loopback``, ``landlock`` and its
+``landlock_rule`` ops (none without Landlock), then ``job_process`` (the fork
+of the job process, with the job's ids and seccomp program), then ``end``.
+
 Layout (little-endian; a string is a u32 length, its bytes and a NUL):
-  u64 magic (``MAGIC``)
+  u64 magic (``MAGIC``: the version in the high half)
   ops, each a u8 code (``OPS``) and its fields (``s`` string, ``i`` u64,
   ``b`` bytes as a string, ``W``/``H`` the error's what and hint strings),
   ending with the ``end`` op
-  string hostname
-  u64 Landlock handled_access_fs (0: no Landlock), u64 scoped, u64 rule count,
-  each rule a string path and a u64 access mask
-  u64 job uid, u64 job gid, string seccomp program (struct sock_filter[])
+
+``OPS`` mirrors ``SANDBOXD_OPS`` in native/sandboxd.h;
+tests/unit/isolation/test_native_contract.py holds the two to each other.
 
 This module knows nothing of jobs, sockets, cgroups or trio.
 """
@@ -27,7 +31,7 @@ from collections.abc import Sequence
 from sandboxd.isolation import landlock
 from sandboxd.isolation.mounts import Op
 
-MAGIC = 1 << 32 | 0x50444253  # version 1, "SBDP"
+MAGIC = 2 << 32 | 0x50444253  # version 2, "SBDP"
 OPS: dict[str, tuple[int, str]] = {
     "end": (0, ""),
     "mkdirs": (1, "s"),
@@ -41,6 +45,11 @@ OPS: dict[str, tuple[int, str]] = {
     "unlock": (9, ""),
     "mkdir": (10, "si"),
     "pivot": (11, "s"),
+    "hostname": (12, "s"),
+    "loopback": (13, ""),
+    "landlock": (14, "ii"),  # handled_access_fs, scoped
+    "landlock_rule": (15, "si"),  # path, access
+    "job_process": (16, "iib"),  # uid, gid, seccomp program (struct sock_filter[])
 }
 
 
@@ -57,6 +66,9 @@ def _u64(value: int) -> bytes:
 
 def encode_op(op: Op) -> bytes:
     code, fields = OPS[op.kind]
+    wanted = sum(kind not in "WH" for kind in fields)
+    if len(op.args) != wanted:
+        raise ValueError(f"op {op.kind} takes {wanted} arguments, not {op.args!r}")
     args = iter(op.args)
     out = [bytes([code])]
     for kind in fields:
@@ -68,22 +80,16 @@ def encode_op(op: Op) -> bytes:
             out.append(_u64(int(next(args))))  # type: ignore[arg-type]
         else:
             out.append(_str(next(args)))  # type: ignore[arg-type]
-    if next(args, None) is not None:
-        raise ValueError(f"{op.kind}: too many arguments {op.args!r}")
     return b"".join(out)
 
 
 def encode(*, ops: Sequence[Op], hostname: str, landlock_rules: landlock.Rules | None,
            uid: int, gid: int, bpf: bytes) -> bytes:
-    """The whole plan (see the module's docstring)."""
-    parts = [_u64(MAGIC), *(encode_op(op) for op in ops), encode_op(Op("end", ())),
-             _str(hostname)]
-    if landlock_rules is None:
-        parts += [_u64(0), _u64(0), _u64(0)]
-    else:
-        parts += [_u64(landlock_rules.handled_fs), _u64(landlock_rules.scoped),
-                  _u64(len(landlock_rules.rules))]
-        for path, access in landlock_rules.rules:
-            parts += [_str(path), _u64(access)]
-    parts += [_u64(uid), _u64(gid), _str(bpf)]
-    return b"".join(parts)
+    """The whole plan (see the module's docstring): ``ops`` (the mount ops), then the
+    container's identity, network, Landlock ruleset and job process as ops of their own."""
+    tail = [Op("hostname", (hostname,)), Op("loopback", ())]
+    if landlock_rules is not None:
+        tail.append(Op("landlock", (landlock_rules.handled_fs, landlock_rules.scoped)))
+        tail += [Op("landlock_rule", (path, access)) for path, access in landlock_rules.rules]
+    tail += [Op("job_process", (uid, gid, bpf)), Op("end", ())]
+    return b"".join([_u64(MAGIC), *(encode_op(op) for op in (*ops, *tail))])

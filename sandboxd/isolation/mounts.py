@@ -306,7 +306,7 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
 
 def _remount_ro(path: str, extra: int = MS_NOSUID | MS_NODEV, what: object = "",
                 hint: str = "") -> Op:
-    """Read-only, keeping the flags the host locked (init.c reads them with statvfs)."""
+    """Read-only, keeping the flags the host locked (native/mounts.c reads them, statvfs)."""
     return Op("remount_ro", (path, extra), repr(what) if what else "read-only remount", hint)
 
 
@@ -413,7 +413,7 @@ def _prepare_upper(step: Step, upper: str) -> list[Op]:
     return [_mkdirs(upper + step.path)]
 
 
-# Per errno (init.c picks the one that matches).
+# Per errno (native/mounts.c picks the one that matches).
 _OVERLAY_HINTS = {
     "ENOENT": "An image layer is missing from the store (removed while in use?): "
               "import the image again.",

@@ -157,4 +157,4 @@ def test_missing_command_is_runtime_error_127(run_once):
     r = run_once(["/no/such/program"])
     assert r["verdict"] == "runtime_error"
     assert r["exit_code"] == 127
-    assert "cannot execute" in r["stderr"]
+    assert r["stderr"] == "sandboxd: program not found: /no/such/program\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 
-from sandboxd.container import encode_go
+from sandboxd.container import encode_exec
 from sandboxd.isolation.rlimits import Rlimits
 
 
@@ -22,10 +22,10 @@ def test_cpu_backstop_is_a_whole_second_past_the_limit():
     assert dict(Rlimits(cpu_seconds=2).pairs())[resource.RLIMIT_CPU] == 3
 
 
-def test_limits_ride_in_the_job_message():
-    """The tail of the job process's message: u32 count, then (u32 resource, u64 value) each."""
+def test_limits_ride_in_the_exec_request():
+    """The tail of the exec request: u32 count, then (u32 resource, u64 value) each."""
     limits = Rlimits(file_size=1 << 20, open_files=64)
-    msg = encode_go(["true"], {}, "/box", limits)
+    msg = encode_exec(["true"], {}, "/box", limits)
     tail = msg[-(4 + 12 * len(limits.pairs())):]
     assert int.from_bytes(tail[:4], "little") == len(limits.pairs()) == 5
     got = {int.from_bytes(tail[4 + 12 * i:8 + 12 * i], "little"):

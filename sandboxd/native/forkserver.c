@@ -1,0 +1,183 @@
+/* The fork server (``sandboxd-init --forkserver``, started by the zygote or by run-once,
+ * one per process that makes containers), the program's entry, and its error helpers.
+ *
+ * One container per request: clone straight into the new namespaces (copying this small
+ * process, not an interpreter), write the child's id maps, let it go. The child becomes
+ * the namespace's root and runs the init (init.c) with no exec. */
+#include "sandboxd.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+
+#define FS_SOCK 3 /* to the process that started us (the zygote, or run-once) */
+#define FS_MAGIC 0x53464253u /* "SBFS" (container._ForkServer) */
+
+/* ------------------------------------------------------------ errors */
+
+char errmsg[4096];
+
+int failf(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errmsg, sizeof errmsg, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+_Noreturn void die(const char *what) {
+    dprintf(2, "sandboxd-init: %s: %s\n", what, strerror(errno));
+    _exit(1);
+}
+
+/* ------------------------------------------------------------ the fork server */
+
+struct fs_request { uint32_t magic, uid_map_len, gid_map_len; };
+struct fs_reply { int32_t pid, err; };
+
+/* Move descriptors into place (via high numbers: any may already sit on the targets),
+ * and close every other one but 0, 1 and 2. */
+static void arrange_fds(const int *from, int n) {
+    int high[4];
+    for (int i = 0; i < n; i++) {
+        high[i] = fcntl(from[i], F_DUPFD_CLOEXEC, 64);
+        if (high[i] < 0) die("F_DUPFD");
+    }
+    for (int i = 0; i < n; i++)
+        if (dup3(high[i], CTRL_FD + i, O_CLOEXEC) < 0) die("dup3");
+    syscall(SYS_close_range, (unsigned)(CTRL_FD + n), ~0u, 0u);
+}
+
+static int write_map(pid_t pid, const char *file, const char *text, size_t len) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t w = write(fd, text, len);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return w == (ssize_t)len ? 0 : -1;
+}
+
+static void fs_reply(int32_t pid, int32_t err, int pidfd) {
+    struct fs_reply rep = {pid, err};
+    struct iovec iov = {&rep, sizeof rep};
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } anc;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (pidfd >= 0) {
+        mh.msg_control = anc.buf;
+        mh.msg_controllen = sizeof anc.buf;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &pidfd, sizeof(int));
+    }
+    if (sendmsg(FS_SOCK, &mh, MSG_NOSIGNAL) != sizeof rep) _exit(0); /* our parent is gone */
+}
+
+static int forkserver(void) {
+    prctl(PR_SET_NAME, "sandboxd-forks", 0, 0, 0);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)) die("death signal");
+    signal(SIGCHLD, SIG_IGN); /* the kernel reaps our inits; the supervisor holds pidfds */
+    signal(SIGPIPE, SIG_IGN);
+    for (;;) {
+        struct fs_request req;
+        int fds[2] = {-1, -1}, nfds = 0;
+        union { struct cmsghdr h; char buf[CMSG_SPACE(2 * sizeof(int))]; } anc;
+        struct iovec iov = {&req, sizeof req};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
+                            .msg_control = anc.buf, .msg_controllen = sizeof anc.buf};
+        ssize_t r;
+        do r = recvmsg(FS_SOCK, &mh, MSG_WAITALL | MSG_CMSG_CLOEXEC); while (r < 0 && errno == EINTR);
+        if (r == 0) return 0;
+        if (r < 0) die("fork server: recvmsg");
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+            nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            memcpy(fds, CMSG_DATA(cm), (size_t)(nfds < 2 ? nfds : 2) * sizeof(int));
+        }
+        char maps[2][256];
+        if (r != sizeof req || req.magic != FS_MAGIC || nfds != 2 ||
+            req.uid_map_len >= sizeof maps[0] || req.gid_map_len >= sizeof maps[1]) {
+            errno = EPROTO;
+            die("fork server: bad request");
+        }
+        for (int i = 0; i < 2; i++) {
+            size_t want = i ? req.gid_map_len : req.uid_map_len, got = 0;
+            while (got < want) {
+                ssize_t k = read(FS_SOCK, maps[i] + got, want - got);
+                if (k < 0 && errno == EINTR) continue;
+                if (k <= 0) die("fork server: reading the id maps");
+                got += (size_t)k;
+            }
+        }
+        /* The child waits on this pipe until its id maps are written. */
+        int mapped[2];
+        if (pipe2(mapped, O_CLOEXEC)) {
+            fs_reply(-1, errno, -1);
+            close(fds[0]);
+            close(fds[1]);
+            continue;
+        }
+        int pidfd = -1;
+        pid_t pid = (pid_t)syscall(SYS_clone, SANDBOXD_CLONE_FLAGS | CLONE_PIDFD | SIGCHLD, NULL,
+                                   &pidfd, NULL, 0UL);
+        if (pid == 0) { /* the container init */
+            close(mapped[1]);
+            char g = 0;
+            ssize_t k;
+            do k = read(mapped[0], &g, 1); while (k < 0 && errno == EINTR);
+            if (k != 1 || g != 'm') _exit(1); /* our maps were never written */
+            if (setresgid(0, 0, 0) || setresuid(0, 0, 0)) die("becoming the namespace's root");
+            int from[2] = {fds[0], fds[1]};
+            arrange_fds(from, 2);
+            _exit(init_main());
+        }
+        int err = pid < 0 ? errno : 0;
+        close(mapped[0]);
+        close(fds[0]);
+        close(fds[1]);
+        if (!err && (write_map(pid, "uid_map", maps[0], req.uid_map_len) ||
+                     write_map(pid, "gid_map", maps[1], req.gid_map_len))) {
+            err = errno;
+            syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+        }
+        if (!err && write(mapped[1], "m", 1) != 1) err = errno;
+        close(mapped[1]);
+        fs_reply(err ? -1 : pid, err, err ? -1 : pidfd);
+        if (pidfd >= 0) close(pidfd);
+    }
+}
+
+/* What the Python side must agree with (tests/unit/isolation/test_native_contract.py). */
+static int contract(void) {
+    printf("plan_magic %#llx\n", (unsigned long long)PLAN_VERSION << 32 | PLAN_MAGIC);
+    printf("clone_flags %#x\n", (unsigned)SANDBOXD_CLONE_FLAGS);
+    printf("job_fault_exit %d\n", JOB_FAULT_EXIT);
+    for (size_t i = 0; i < op_count; i++)
+        if (op_table[i].name)
+            printf("op %u %s %s\n", op_table[i].code, op_table[i].name,
+                   *op_table[i].fields ? op_table[i].fields : "-");
+    return fflush(stdout) ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "--forkserver")) return forkserver();
+    if (argc == 2 && !strcmp(argv[1], "--contract")) return contract();
+    errno = EINVAL;
+    die("usage: sandboxd-init --forkserver (with its socket on fd 3) | --contract");
+}
