@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import Daemon
+
+from sandboxd_testing.daemon import Daemon
 
 pytestmark = pytest.mark.root
 
