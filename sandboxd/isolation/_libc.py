@@ -22,6 +22,8 @@ _syscall.restype = ctypes.c_long
 # x86_64 system call numbers.
 SYS_unshare = 272
 SYS_pidfd_send_signal = 424
+SYS_landlock_create_ruleset = 444  # the same on every architecture (the unified table)
+LANDLOCK_CREATE_RULESET_VERSION = 1
 
 # clone / unshare flags.
 CLONE_NEWTIME = 0x00000080
@@ -72,6 +74,14 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
     ret = _syscall(ctypes.c_long(SYS_pidfd_send_signal), ctypes.c_int(pidfd), ctypes.c_int(sig),
                    ctypes.c_void_p(0), ctypes.c_uint(0))
     _check(ret, "pidfd_send_signal")
+
+
+def landlock_abi_version() -> int:
+    """``landlock_create_ruleset(NULL, 0, VERSION)``: the kernel's Landlock ABI; raises
+    ``OSError`` (ENOSYS, EOPNOTSUPP) without Landlock."""
+    return _check(_syscall(ctypes.c_long(SYS_landlock_create_ruleset), ctypes.c_void_p(None),
+                           ctypes.c_ulong(0), ctypes.c_ulong(LANDLOCK_CREATE_RULESET_VERSION)),
+                  "landlock_create_ruleset")
 
 
 def pidfd_pid(pidfd: int) -> int:

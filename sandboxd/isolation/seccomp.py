@@ -23,14 +23,16 @@ Docker: ioctl unfiltered (the job has no terminal, so TIOCSTI has no target),
 prctl, setsockopt, SysV/POSIX IPC (IPC namespace), the old AIO calls.
 
 The BPF program is built with libseccomp (pyseccomp) once per process and
-per (policy, deny_extra), exported as raw ``struct sock_filter`` bytes, and
-loaded with a bare ``seccomp(2)`` call: no libseccomp work between fork and
-exec. Measured on the development machine (kernel 6.18, x86_64, 423 BPF
-instructions): ``compile_policy`` 3.5-10 ms once per process; ``install``
-0.2-0.25 ms inside the kernel (JIT and the per-syscall action cache, which
-then lets allowed calls skip the filter), about 0.4 ms in all in a freshly
-forked small Python child. A hand-built filter testing the allow-list as
-ranges (38 runs of numbers) would be ~130 instructions and ~0.1 ms faster.
+per (policy, deny_extra), in the zygote, exported as raw ``struct
+sock_filter`` bytes into the container's plan; the job process of the native
+init (native/init.c) loads it with a bare ``seccomp(2)`` call, the last thing
+it does before waiting for its job: no libseccomp in a container. The tests
+run that init (tests/unit/isolation/incontainer.py). Measured on the
+development machine (kernel 6.18, x86_64, 423 BPF instructions):
+``compile_policy`` 3.5-10 ms once per process; loading it 0.2-0.25 ms inside
+the kernel (JIT and the per-syscall action cache, which then lets allowed
+calls skip the filter). A hand-built filter testing the allow-list as ranges
+(38 runs of numbers) would be ~130 instructions and ~0.1 ms faster.
 
 This module knows nothing of jobs, sockets, cgroups or trio. It is only
 meaningful on x86_64, where it is tested; the numbers below are x86_64's.
@@ -38,7 +40,6 @@ meaningful on x86_64, where it is tested; the numbers below are x86_64's.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import os
@@ -48,7 +49,6 @@ from typing import Final
 
 import pyseccomp
 
-from sandboxd.isolation import _syscalls_lsm
 from sandboxd.isolation._libc import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
@@ -65,12 +65,11 @@ __all__ = [
     "SeccompError",
     "allowed_syscalls",
     "compile_policy",
-    "install",
 ]
 
 
 class SeccompError(OSError):
-    """The policy could not be built or installed (our fault, not the job's)."""
+    """The policy could not be built (our fault, not the job's)."""
 
 
 POLICIES: Final[Mapping[str, str]] = MappingProxyType(
@@ -296,37 +295,13 @@ def allowed_syscalls(name: str = "default", *, deny_extra: Iterable[str] = ()) -
 def compile_policy(name: str = "default", *, deny_extra: Iterable[str] = ()) -> bytes:
     """Return the policy as a raw BPF program (``struct sock_filter`` array bytes).
 
-    Built on first use and cached for the life of the process, so the forked
-    child that installs it does no libseccomp work. ``deny_extra`` narrows the
+    Built on first use and cached for the life of the process (the zygote builds its
+    policies before its first container): the plan carries these bytes, and the
+    container's job process loads them (native/init.c). ``deny_extra`` narrows the
     policy further (e.g. a profile that forbids ``fork``); it cannot widen it.
     """
     _check_policy(name)
     return _compile(name, frozenset(deny_extra))
-
-
-def install(bpf: bytes) -> None:
-    """Load a program from ``compile_policy`` into the calling thread with ``seccomp(2)``.
-
-    Needs ``no_new_privs`` already set (the caller sets it after dropping
-    capabilities): without it an unprivileged process would get ``EACCES``, and
-    a privileged one could hand a filter to a setuid program, so we insist.
-    The filter is inherited over fork and exec and cannot be removed.
-    """
-    if not bpf or len(bpf) % ctypes.sizeof(_syscalls_lsm.SockFilter):
-        raise SeccompError(errno.EINVAL, f"seccomp: not a BPF program ({len(bpf)} bytes)")
-    count = len(bpf) // ctypes.sizeof(_syscalls_lsm.SockFilter)
-    if count > 0xFFFF:
-        raise SeccompError(errno.EINVAL, f"seccomp: program too long ({count} instructions)")
-    if not _syscalls_lsm.get_no_new_privs():
-        raise SeccompError(
-            errno.EPERM,
-            "seccomp: no_new_privs is not set; call prctl(PR_SET_NO_NEW_PRIVS, 1) before install()",
-        )
-    fprog = _syscalls_lsm.SockFprog(len=count, filter=bytes(bpf))
-    try:
-        _syscalls_lsm.seccomp_set_mode_filter(fprog)
-    except OSError as exc:
-        raise SeccompError(exc.errno, f"seccomp(SECCOMP_SET_MODE_FILTER): {exc.strerror}") from exc
 
 
 # --- building ---------------------------------------------------------------------------------

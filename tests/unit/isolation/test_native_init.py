@@ -10,14 +10,14 @@ user namespace, whose mounts never propagate back).
 from __future__ import annotations
 
 import os
-import random
 import select
 import socket
 
 import pytest
+from incontainer import plan_for, production_rules
 
-from sandboxd import channel, container
-from sandboxd.isolation import identity, initplan, seccomp
+from sandboxd import channel, container, slots
+from sandboxd.isolation import identity, initplan, mounts, seccomp
 from sandboxd.isolation._libc import MS_BIND
 from sandboxd.isolation.mounts import HINT_TABLE, Op
 
@@ -35,8 +35,10 @@ def _run_plan(data: bytes) -> dict:
     server = container._ForkServer()
     plan = _memfd(data)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    allocator = slots.SlotAllocator()  # a slot no other container of the host uses
+    slot = allocator.take()
     try:
-        _pid, pidfd = server.clone(identity.IdMap(random.randrange(5000, 10000)), theirs, plan)
+        _pid, pidfd = server.clone(identity.IdMap(slot), theirs, plan)
         theirs.close()
         ours.settimeout(10)
         msg, fds = channel.recv(ours)
@@ -51,6 +53,7 @@ def _run_plan(data: bytes) -> dict:
         theirs.close()
         os.close(plan)
         server.close()
+        allocator.give(slot)
 
 
 def _plan(ops: list[Op]) -> bytes:
@@ -86,3 +89,15 @@ def test_a_truncated_plan_is_refused():
     whole = _plan([Op("mkdirs", ("/tmp/sandboxd-test",))])
     msg = _run_plan(whole[:-40])  # cut inside the seccomp program
     assert msg["t"] == "error" and "corrupt" in msg["message"], msg
+
+
+def test_the_tests_default_plan_is_production_s():
+    """incontainer.py (the seccomp and Landlock tests' runner) runs by default the plan the
+    zygote would carry out, byte for byte; its variants change only what they name."""
+    spec = container.ContainerSpec(slot=0, box_size=1 << 20, tmp_size=1 << 20)
+    rebuilt = initplan.encode(ops=mounts.compile_plan(spec.mount_plan()),
+                              hostname=container.HOSTNAME, landlock_rules=production_rules(),
+                              uid=identity.JOB_UID, gid=identity.JOB_GID,
+                              bpf=seccomp.compile_policy())
+    assert plan_for(spec) == rebuilt == container.plan_bytes(spec)
+    assert plan_for(spec, rules=None) != rebuilt
