@@ -21,13 +21,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import leftovers
 import pytest
-from daemon import Daemon
 
 import sandboxd_protocol as proto
 from sandboxd import slots
 from sandboxd.isolation import identity
+from sandboxd_testing import leftovers
+from sandboxd_testing.daemon import Daemon
 
 pytestmark = pytest.mark.root
 

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import Daemon
 
 from sandboxd.isolation import mounts
+from sandboxd_testing.daemon import Daemon
 
 pytestmark = pytest.mark.root
 
