@@ -139,12 +139,15 @@ def test_many_jobs_over_one_blocking_connection(tmp_path: Path) -> None:
             assert handle.result().text == f"job {i}\n"
 
 
+# The pauses after each mark let the daemon read (and stream) what came before it, however
+# loaded the host: without them a fast run could end before the first read, in one chunk.
 STREAMER = r"""
-import sys
+import sys, time
 for i in range(3000):
     print(f"line {i:05d}", flush=(i % 7 == 0))
     if i % 500 == 0:
         print(f"mark {i}", file=sys.stderr, flush=True)
+        time.sleep(0.02)
 """
 
 
