@@ -110,7 +110,7 @@ def front_door(path: Path) -> str:
 
 def test_there_are_front_doors():
     assert any(p.name == "msgpack_api.py" for p in FRONT_DOORS)
-    assert front_door(ROOT / "sandboxd/front/x/y.py") == "sandboxd.front.x"
+    assert front_door(ROOT.joinpath("sandboxd", "front", "x", "y.py")) == "sandboxd.front.x"
     assert front_door(ROOT / "sandboxd/front/msgpack_api.py") == "sandboxd.front.msgpack_api"
 
 
