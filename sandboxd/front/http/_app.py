@@ -288,8 +288,20 @@ class HttpFront:
         finally:
             self.in_flight -= 1
 
+    async def _refuse_body(self, scope: Scope, receive: Receive, send: Send, code: str,
+                           message: str) -> None:
+        """Answer a request whose body is refused, reading and dropping the rest meanwhile.
+
+        Reading on matters: hypercorn hands the body over through a short queue,
+        and closing the connection after the answer waits for room in it (for
+        the disconnect message); a full queue nobody reads would hang the send.
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_linger, receive)
+            await self._refuse(scope, send, code, message, close=True)
+
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
-        """The whole body, or ``None`` once the client is answered (or gone).
+        """The whole body; or ``None`` once the client is answered (or gone).
 
         The bytes count against the shared budget as they arrive; the caller
         gives back ``len(body)`` when the request ends.
@@ -298,10 +310,9 @@ class HttpFront:
         cap = cfg.http_max_body
         length = _headers(scope).get("content-length", "")
         if length.isdigit() and int(length) > cap:
-            await self._refuse(scope, send, ErrorCode.FRAME_TOO_LARGE,
-                               f"the body ({length} bytes) is over http_max_body ({cap} bytes)",
-                               close=True)
-            await _linger(receive)
+            await self._refuse_body(scope, receive, send, ErrorCode.FRAME_TOO_LARGE,
+                                    f"the body ({length} bytes) is over http_max_body ({cap} "
+                                    "bytes)")
             return None
         chunks: list[bytes] = []
         size = 0
@@ -331,12 +342,11 @@ class HttpFront:
                         return body
             if late.cancelled_caught:
                 event("http_body_timeout", logging.WARNING, path=scope["path"], received=size)
-                await self._refuse(scope, send, ErrorCode.TIMEOUT, "the body did not arrive "
-                                   f"within {cfg.http_request_timeout:g} s", close=True)
+                await self._refuse_body(scope, receive, send, ErrorCode.TIMEOUT, "the body did "
+                                        f"not arrive within {cfg.http_request_timeout:g} s")
                 return None
             assert refusal is not None
-            await self._refuse(scope, send, *refusal, close=True)
-            await _linger(receive)
+            await self._refuse_body(scope, receive, send, *refusal)
             return None
         finally:
             self.buffered -= size  # refused or gone: its bytes leave the budget now
@@ -398,7 +408,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _linger(receive: Receive) -> None:
-    """Read and drop what is left of a refused body, for ``LINGER`` seconds at most."""
+    """Read and drop what is left of a refused body, until the client is gone or for
+    ``LINGER`` seconds at most."""
     with trio.move_on_after(LINGER):
         while True:
             message = await receive()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import contextlib
 import json
 import logging
 import math
@@ -56,6 +57,7 @@ from ._common import (
 )
 from ._context import HttpContext
 
+LINGER = 2.0  # seconds a closed WebSocket's client has to send its closing reply
 SIZES = DEFAULT_SIZE_LIMITS  # the msgpack protocol's caps on a job's fields, the same here
 LIMIT_KEYS = tuple(Limits.__dataclass_fields__)
 _SIZE_LIMITS = {"memory", "output", "file_size", "box_size", "tmp_size", "stack"}
@@ -503,24 +505,29 @@ class V1:
         await StreamSession(self, ws).run()
 
 
-class _Overflow(Exception):
-    pass
-
-
 class StreamSession:
     """One WebSocket job: the job as the first message, stdin messages in, output chunks
-    and the result out (docs/http.md). Every message out goes through one queue,
-    bounded in bytes (``http_ws_buffer``): a client that stops reading gets its job
-    cancelled and its socket closed, never an unbounded buffer."""
+    and the result out (docs/http.md).
+
+    Every message out goes through one queue, bounded in bytes
+    (``http_ws_buffer``): a client that stops reading gets its job cancelled and
+    its socket closed, never an unbounded buffer. Every message in is read by
+    one task for the whole session, to the end: hypercorn hands them over
+    through a short queue, and closing the socket waits for room in it.
+    """
 
     def __init__(self, api: V1, ws: WebSocket) -> None:
         self.api = api
         self.ws = ws
         self.cfg = api.ctx.cfg
         self.out_send, self.out_recv = trio.open_memory_channel[str](math.inf)
+        self.first_send, self.first_recv = trio.open_memory_channel[Any](1)
         self.queued = 0
         self.overflowed = False
+        self.gone = trio.Event()  # the client disconnected
+        self.sent = trio.Event()  # every queued message is out
         self.job: Job | None = None
+        self.finished = False  # the job's execution is over
         self.stdin: trio.MemorySendChannel[bytes] | None = None
         self.decoders: dict[tuple[int, bool, str], codecs.IncrementalDecoder] = {}
 
@@ -534,17 +541,12 @@ class StreamSession:
                   queued=self.queued)
             if self.job is not None:
                 self.job.cancel("the client did not read its output")
-            raise _Overflow
+            return
         self.queued += len(text)
         self.out_send.send_nowait(text)
 
     def error(self, code: str, message: str) -> None:
         self.put({"type": "error", **error_body(code, message)})
-
-    async def _sender(self) -> None:
-        async for text in self.out_recv:
-            self.queued -= len(text)
-            await self.ws.send_text(text)
 
     def _output(self, step: int, compile_: bool, stream: str, data: bytes) -> None:
         key = (step, compile_, stream)
@@ -559,51 +561,106 @@ class StreamSession:
             decoder.reset()
             message["data"] = data.decode("utf-8", "replace")
             message["data_b64"] = base64.b64encode(data).decode()
-        try:
-            self.put(message)
-        except _Overflow:
-            pass
+        self.put(message)
 
-    async def _first(self) -> dict[str, Any] | None:
-        with trio.move_on_after(self.cfg.http_request_timeout):
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return None
-            text = message.get("text")
-            if text is None:
-                text = (message.get("bytes") or b"").decode("utf-8", "replace")
-            try:
-                body = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise HttpError(ErrorCode.MALFORMED, f"the job is not valid JSON: {e}") from None
-            if not isinstance(body, dict):
-                raise _invalid("the job", f"must be an object, not {describe(body)}")
-            return body
-        raise HttpError(ErrorCode.TIMEOUT, "no job within http_request_timeout")
+    # -- the tasks -------------------------------------------------------
+
+    async def _sender(self) -> None:
+        try:
+            async for text in self.out_recv:
+                self.queued -= len(text)
+                if not self.overflowed and not self.gone.is_set():
+                    await self.ws.send_text(text)
+        finally:
+            self.sent.set()
+
+    async def _reader(self) -> None:
+        """Every client message until it goes: the job, then stdin, eof, cancel."""
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                if text is None:
+                    text = (message.get("bytes") or b"").decode("utf-8", "replace")
+                if self.first_send is not None:
+                    self.first_send.send_nowait(text)
+                    self.first_send = None  # type: ignore[assignment]
+                elif self.job is not None and not self.finished:
+                    await self._client_text(self.job, text)
+        finally:
+            self.gone.set()
+            if self.job is not None:
+                self.job.cancel("client disconnected")
+
+    async def _client_text(self, job: Job, text: str) -> None:
+        try:
+            await self._client_message(job, json.loads(text))
+        except json.JSONDecodeError as e:
+            self.error(ErrorCode.MALFORMED, f"not valid JSON: {e}")
+        except HttpError as e:
+            self.error(e.code, e.message)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sender)
+            nursery.start_soon(self._reader)
             try:
-                await self._job(nursery)
+                await self._job()
             except HttpError as e:
                 self.error(e.code, e.message)
             except ServiceError as e:
                 self.error(e.code, e.message)
-            except _Overflow:
-                pass
             finally:
                 self.out_send.close()
-            if self.overflowed:
-                nursery.cancel_scope.cancel()
-        code = 1008 if self.overflowed else 1000
-        try:
-            await self.ws.close(code)
-        except Exception:
-            pass  # already gone
+            await self.sent.wait()  # bounded: a client that reads nothing is dropped by
+            # the kernel after http_send_timeout
+            if not self.gone.is_set():
+                with contextlib.suppress(Exception):  # it may have just gone
+                    await self.ws.close(1008 if self.overflowed else 1000)
+            with trio.move_on_after(LINGER):  # its closing reply, read by _reader
+                await self.gone.wait()
+            nursery.cancel_scope.cancel()
 
-    async def _job(self, nursery: trio.Nursery) -> None:
-        body = await self._first()
+    async def _first(self) -> dict[str, Any] | None:
+        text = None
+        with trio.move_on_after(self.cfg.http_request_timeout):
+            try:
+                text = await self.first_recv.receive()
+            except trio.EndOfChannel:  # closed by watch_gone
+                pass
+        if text is None:
+            if self.gone.is_set():
+                return None
+            raise HttpError(ErrorCode.TIMEOUT, "no job within http_request_timeout")
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise HttpError(ErrorCode.MALFORMED, f"the job is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise _invalid("the job", f"must be an object, not {describe(body)}")
+        return body
+
+    async def _job(self) -> None:
+        first = self.first_send
+
+        async def watch_gone() -> None:  # no first message and the client left
+            await self.gone.wait()
+            if first is not None:
+                first.close()
+
+        refused: HttpError | None = None
+        body = None
+        async with trio.open_nursery() as waiting:
+            waiting.start_soon(watch_gone)
+            try:
+                body = await self._first()
+            except HttpError as e:  # raised out of the nursery, it would be in a group
+                refused = e
+            waiting.cancel_scope.cancel()
+        if refused is not None:
+            raise refused
         if body is None:
             return
         interactive = body.pop("interactive", "stdin" not in body and "tests" not in body)
@@ -625,41 +682,18 @@ class StreamSession:
         job = self.job = self.api._admit(self.ws.scope, spec)
         try:
             self.put({"type": "accepted", "id": job.id, "ref": job.ref})
-            receiver = trio.CancelScope()
-
-            async def receive() -> None:
-                with receiver:
-                    await self._receiver(job)
-
-            nursery.start_soon(receive)
+            if self.gone.is_set():
+                job.cancel("client disconnected")
             try:
                 outcome = await self.api.service.execute(job)
             finally:
-                receiver.cancel()
+                self.finished = True
                 if self.stdin is not None:
-                    self.stdin.close()
+                    self.stdin.close()  # also ends a send blocked on a program that is gone
             if not self.overflowed:
                 self.put({"type": "result", **job_json(job.id, outcome)})
         finally:
             self.api.service.release(job)
-
-    async def _receiver(self, job: Job) -> None:
-        """The client's messages while its job runs: stdin, its end, a cancel."""
-        while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                job.cancel("client disconnected")
-                return
-            try:
-                data = json.loads(message.get("text") or (message.get("bytes") or b"{}"))
-                await self._client_message(job, data)
-            except (json.JSONDecodeError, HttpError) as e:
-                code, text = ((e.code, e.message) if isinstance(e, HttpError)
-                              else (ErrorCode.MALFORMED, f"not valid JSON: {e}"))
-                try:
-                    self.error(code, text)
-                except _Overflow:
-                    return
 
     async def _client_message(self, job: Job, data: Any) -> None:
         msg = _object(data, "the message", ("stdin", "stdin_b64", "eof", "cancel"))
