@@ -94,8 +94,9 @@ KEYS: dict[str, tuple[type, str]] = {
                                  "token."),
     "http_max_body": (int, "largest HTTP request body (or WebSocket message), in bytes; "
                            "past it, 413."),
-    "http_max_buffered": (int, "bytes of unfinished request bodies all HTTP requests may hold "
-                               "together (0: 4 x http_max_body); past it, 503."),
+    "http_max_buffered": (int, "bytes of request bodies all HTTP requests in flight may hold "
+                               "together (0: 4 x http_max_body); past it, 503 (a body under "
+                               "256 KiB never is)."),
     "http_max_connections": (int, "HTTP requests and WebSockets served at once; past it, 503."),
     "http_token_concurrency": (int, "HTTP requests, WebSockets and background jobs in flight "
                                     "per token; past it, 429."),

@@ -711,6 +711,8 @@ class StreamSession:
                                                      2 * SIZES.max_chunk), validate=True)
                 except (binascii.Error, ValueError):
                     raise _invalid("stdin_b64", "is not valid base64") from None
+                if len(chunk) > SIZES.max_chunk:
+                    raise _invalid("stdin_b64", f"must be at most {SIZES.max_chunk} bytes")
             try:
                 await self.stdin.send(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
