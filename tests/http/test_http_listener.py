@@ -3,7 +3,11 @@ errors as JSON."""
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,3 +45,33 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path, http_daemon: Daemon):
     d = Daemon(tmp_path, args=("--http", http_daemon.http_address), http_loopback_open=True)
     with pytest.raises(RuntimeError, match="cannot listen for HTTP"):
         d.start()
+
+
+def test_sigterm_lets_a_waiting_request_have_its_result(tmp_path: Path):
+    from conftest import start_http_daemon, wait_idle
+
+    d = start_http_daemon(tmp_path)
+    try:
+        wait_idle(d)
+        base = f"http://{d.http_address}"
+        answer: dict[str, Any] = {}
+
+        def waiting() -> None:
+            r = httpx.post(f"{base}/v1/jobs", timeout=60, json={
+                "profile": "bash", "files": {"main.sh": "sleep 1; echo done"}})
+            answer.update(status=r.status_code, body=r.json())
+
+        t = threading.Thread(target=waiting)
+        t.start()
+        for _ in range(600):
+            if httpx.get(f"{base}/v1/ps", timeout=60).json()["jobs"]:
+                break
+            time.sleep(0.05)
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGTERM)
+        t.join(60)
+        assert answer["status"] == 200 and answer["body"]["steps"][0]["stdout"] == "done\n"
+        assert d.proc.wait(60) == 0
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
