@@ -66,6 +66,7 @@ from ._common import (
 APIS: tuple[str, ...] = ("v1",)
 """The API modules of this package that the listener mounts (each: ``routes(ctx)``)."""
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "WEBSOCKET"})
 # Paths that need no token and take no per-token slot: a load balancer's probe.
 OPEN_PATHS = frozenset({"/v1/health"})
 # A request whose body is below this is never refused for the shared budget.
@@ -220,6 +221,8 @@ class HttpFront:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "GET") if kind == "http" else "WEBSOCKET"
+            if method not in METHODS:  # a label per made-up method would grow for ever
+                method = "other"
             self.requests[label, method, status or "0"] += 1
 
     async def _refuse(self, scope: Scope, send: Send, code: str, message: str,
