@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,7 +35,8 @@ class Daemon:
     overrides) its configuration file: socket, state dir, instance (``t<pid>-<random>``,
     so cgroups carry ``sandboxd-t...``) and ``pool_size = 1`` by default."""
 
-    def __init__(self, tmp: Path, **config: Any) -> None:
+    def __init__(self, tmp: Path, args: tuple[str, ...] = (), **config: Any) -> None:
+        self.args = args  # more `sandboxd serve` options, e.g. ("--http", "127.0.0.1:0")
         self.dir = tmp / f"sandboxd-d-{uuid.uuid4().hex[:6]}"
         self.dir.mkdir(parents=True)
         self.socket = str(self.dir / "sandboxd.sock")
@@ -52,6 +54,14 @@ class Daemon:
     @property
     def instance(self) -> str:
         return str(self.config["instance"])
+
+    @property
+    def http_address(self) -> str:
+        """HOST:PORT of the HTTP front door, as the last ``ready`` line says."""
+        ready = [line for line in self.log.read_text().splitlines() if "event=ready" in line]
+        found = re.search(r" http=(\S+)", ready[-1]) if ready else None
+        assert found and found.group(1) != "off", "the daemon has no HTTP front door"
+        return found.group(1)
 
     def config_text(self) -> str:
         """The configuration as TOML: strings, numbers, booleans and lists of them are
@@ -75,7 +85,7 @@ class Daemon:
         cfg.write_text(self.config_text())
         env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXD_")}
         offset = self.log.stat().st_size if self.log.exists() else 0
-        argv = [sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)]
+        argv = [sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg), *self.args]
         if cgroup is not None:
             argv = ["/bin/sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh",
                     *argv]
