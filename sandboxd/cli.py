@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
     serve.add_argument("--socket", metavar="PATH", help="Unix socket to listen on")
+    serve.add_argument("--http", metavar="HOST:PORT", help="also serve HTTP there (docs/http.md)")
 
     check = sub.add_parser("check-environment", help="report what the kernel offers")
     check.add_argument("--json", action="store_true")
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from sandboxd.daemon import main as serve_main
 
-        return serve_main(config_path=args.config, socket_path=args.socket)
+        return serve_main(config_path=args.config, socket_path=args.socket, http=args.http)
     return _fail(f"unknown command {args.command!r}")
 
 

@@ -11,6 +11,7 @@ written.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -46,6 +47,21 @@ class Config:
     idle_timeout: float = 300.0
     grace_period: float = 10.0
     log_level: str = "info"
+    # The HTTP front door (docs/http.md): off unless `http` names an address.
+    http: str = ""  # "127.0.0.1:8080"
+    http_tokens: tuple[str, ...] = ()
+    http_loopback_open: bool = False
+    http_max_body: int = 64 << 20
+    http_max_buffered: int = 0  # 0: four bodies' worth
+    http_max_connections: int = 256
+    http_token_concurrency: int = 64
+    http_request_timeout: float = 30.0
+    http_keepalive_timeout: float = 5.0
+    http_send_timeout: float = 60.0
+    http_ws_buffer: int = 4 << 20
+    http_results_kept: int = 1000
+    http_result_ttl: float = 600.0
+    metrics_token: str = ""
 
 
 KEYS: dict[str, tuple[type, str]] = {
@@ -70,6 +86,32 @@ KEYS: dict[str, tuple[type, str]] = {
     "idle_timeout": (float, "seconds a connection with no job in flight may stay silent."),
     "grace_period": (float, "seconds running jobs get to finish after SIGTERM."),
     "log_level": (str, "debug, info, warning or error."),
+    "http": (str, "HOST:PORT of the HTTP front door (docs/http.md); port 0 picks a free one. "
+                  "Off when empty."),
+    "http_tokens": (list, "bearer tokens HTTP clients may present; required unless `http` is "
+                          "a loopback address and http_loopback_open is true."),
+    "http_loopback_open": (bool, "on a loopback `http` address, serve requests without a "
+                                 "token."),
+    "http_max_body": (int, "largest HTTP request body (or WebSocket message), in bytes; "
+                           "past it, 413."),
+    "http_max_buffered": (int, "bytes of unfinished request bodies all HTTP requests may hold "
+                               "together (0: 4 x http_max_body); past it, 503."),
+    "http_max_connections": (int, "HTTP requests and WebSockets served at once; past it, 503."),
+    "http_token_concurrency": (int, "HTTP requests, WebSockets and background jobs in flight "
+                                    "per token; past it, 429."),
+    "http_request_timeout": (float, "seconds a request's body (a WebSocket's first message) "
+                                    "has to arrive; past it, 408 and the connection closes."),
+    "http_keepalive_timeout": (float, "seconds an idle HTTP connection stays open, and the "
+                                      "time its request's headers have to arrive."),
+    "http_send_timeout": (float, "seconds sent data may stay unacknowledged by an HTTP client "
+                                 "(TCP_USER_TIMEOUT) before its connection is dropped."),
+    "http_ws_buffer": (int, "bytes of output queued for a WebSocket client that reads too "
+                            "slowly; past it, the job is cancelled and the socket closed."),
+    "http_results_kept": (int, "finished results of background (wait=false) HTTP jobs kept "
+                               "for polling; the oldest go first."),
+    "http_result_ttl": (float, "seconds a finished background job's result is kept."),
+    "metrics_token": (str, "bearer token GET /metrics requires (empty: the http tokens' "
+                           "rules)."),
 }
 
 
@@ -80,8 +122,18 @@ def _line_of(text: str, key: str) -> int:
     return 0
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
 def _coerce(key: str, value: Any, where: str) -> Any:
     kind, _doc = KEYS[key]
+    if kind is bool:
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, not {value!r}")
+        return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if kind is int and isinstance(value, str):
@@ -153,6 +205,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("tcp listening needs a token (set token or SANDBOXD_TOKEN)")
     if cfg.tcp and ":" not in cfg.tcp:
         raise ConfigError(f"tcp must be HOST:PORT, not {cfg.tcp!r}")
+    if cfg.http:
+        _validate_http(cfg)
     if cfg.concurrency < 1:
         raise ConfigError("concurrency must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cfg.instance):
@@ -160,6 +214,46 @@ def _validate(cfg: Config) -> None:
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not "
                           f"{cfg.log_level!r}")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:80`` for IPv6) as ``(host, port)``; ``ConfigError`` if not."""
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"http must be HOST:PORT (port 0-65535), not {address!r}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate_http(cfg: Config) -> None:
+    """Refuse an HTTP front door that anyone could use, or that nobody could."""
+    host, _port = split_address(cfg.http)
+    if any(not t for t in cfg.http_tokens):
+        raise ConfigError("http_tokens must not hold an empty token")
+    if not cfg.http_tokens:
+        if not is_loopback(host):
+            raise ConfigError(f"http on {host}, not a loopback address, needs a token: set "
+                              "http_tokens (or SANDBOXD_HTTP_TOKENS)")
+        if not cfg.http_loopback_open:
+            raise ConfigError("http needs http_tokens, or, on a loopback address, "
+                              "http_loopback_open = true to serve without a token")
+    for key in ("http_max_body", "http_max_connections", "http_token_concurrency",
+                "http_ws_buffer"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1")
+    for key in ("http_request_timeout", "http_keepalive_timeout", "http_send_timeout"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be more than 0 seconds")
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:

@@ -72,6 +72,12 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
     service = JobService(profiles, pool, concurrency=cfg.concurrency,
                          queue_length=cfg.queue_length, versions=versions)
     front = MsgpackFront(cfg, service)
+    http_front = http_sock = None
+    if cfg.http:  # imported only when asked: hypercorn and starlette cost start-up time
+        from sandboxd.front.http import HttpFront, bind_http
+
+        http_front = HttpFront(cfg, service)
+        http_sock = bind_http(cfg.http, cfg.http_send_timeout)
     unix_sock = _bind_unix(cfg.socket, cfg.socket_mode, cfg.socket_group)
     try:
         async with trio.open_nursery() as nursery:
@@ -101,7 +107,10 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
                                     handler_nursery=connections))
 
                 connections.start_soon(accept)
-                event("ready", socket=cfg.socket, tcp=cfg.tcp or "off",
+                http_address = "off"
+                if http_front is not None:
+                    http_address = await connections.start(http_front.serve, http_sock)
+                event("ready", socket=cfg.socket, tcp=cfg.tcp or "off", http=http_address,
                       concurrency=cfg.concurrency, pool_size=cfg.pool_size,
                       cgroup_version=backend.version, profiles=len(profiles))
                 task_status.started(service)
@@ -110,7 +119,12 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
                         event("draining", signal=signal.Signals(signum).name,
                               running=service.in_flight, grace=cfg.grace_period)
                         accepting.cancel()  # no new connections; open ones may finish
+                        if http_front is not None:
+                            http_front.stop()
                         await service.drain(cfg.grace_period)
+                        if http_front is not None:  # the last answers on their way
+                            with trio.move_on_after(2.0):
+                                await http_front.stopped.wait()
                         break
                 connections.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
@@ -122,9 +136,10 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
         event("stopped")
 
 
-def main(config_path: str | None = None, socket_path: str | None = None) -> int:
+def main(config_path: str | None = None, socket_path: str | None = None,
+         http: str | None = None) -> int:
     try:
-        cfg = load(config_path, socket=socket_path)
+        cfg = load(config_path, socket=socket_path, http=http)
     except ConfigError as e:
         sys.stderr.write(f"sandboxd: {e}\n")
         return 2

@@ -8,6 +8,7 @@ socket, state dir and cgroup instance name, so tests never share one; the
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +22,8 @@ import sandboxd_protocol as proto
 
 
 class Daemon:
-    def __init__(self, tmp: Path, **config: Any) -> None:
+    def __init__(self, tmp: Path, args: tuple[str, ...] = (), **config: Any) -> None:
+        self.args = args  # more `sandboxd serve` options, e.g. ("--http", "127.0.0.1:0")
         self.dir = tmp / f"sandboxd-d-{uuid.uuid4().hex[:6]}"
         self.dir.mkdir()
         self.socket = str(self.dir / "sandboxd.sock")
@@ -36,6 +38,8 @@ class Daemon:
         for k, v in self.config.items():
             if isinstance(v, str):
                 lines.append(f'{k} = "{v}"')
+            elif isinstance(v, bool):
+                lines.append(f"{k} = {str(v).lower()}")
             elif isinstance(v, (list, tuple)):
                 lines.append(f"{k} = [{', '.join(repr(x).replace(chr(39), chr(34)) for x in v)}]")
             else:
@@ -49,7 +53,7 @@ class Daemon:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)],
+                [sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg), *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
@@ -59,6 +63,14 @@ class Daemon:
                 return self
             time.sleep(0.02)
         raise RuntimeError(f"daemon not ready in {wait}s: {self.log.read_text()}")
+
+    @property
+    def http_address(self) -> str:
+        """HOST:PORT of the HTTP front door, as the last ``ready`` line says."""
+        ready = [line for line in self.log.read_text().splitlines() if "event=ready" in line]
+        found = re.search(r" http=(\S+)", ready[-1]) if ready else None
+        assert found and found.group(1) != "off", "the daemon has no HTTP front door"
+        return found.group(1)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None

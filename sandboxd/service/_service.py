@@ -36,6 +36,7 @@ from sandboxd.pool import Pool
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
 
+from ._metrics import JobMetrics
 from ._scheduler import Job, Scheduler
 
 
@@ -97,6 +98,7 @@ class JobService:
         self.sched = Scheduler(pool, concurrency, queue_length, cpus)
         self.started = time.monotonic()
         self.draining = False
+        self.metrics = JobMetrics()  # by profile and verdict, histograms: for /metrics
 
     async def run(self, warm: list[str], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -193,6 +195,8 @@ class JobService:
         if outcome.compile is not None and outcome.compile.result.verdict != "ok":
             sched.verdicts[outcome.compile.result.verdict] += 1
         sched.completed += 1
+        elapsed = time.monotonic() - job.submitted
+        self.metrics.record(job.profile, outcome, job.queue_wait, elapsed - job.queue_wait)
         first = steps[0] if steps else (outcome.compile.result if outcome.compile else None)
         event("job", job=job.ref, client=job.client, profile=job.profile,
               verdict=first.verdict if first else "?", steps=len(steps),

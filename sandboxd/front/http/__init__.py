@@ -4,3 +4,8 @@ endpoints, all over the job service (hypercorn with its trio worker, starlette).
 Each API is a module of this package exporting ``routes(ctx) -> list[BaseRoute]``;
 ``_context.HttpContext`` is what they share. docs/http.md describes the APIs.
 """
+
+from ._app import APIS, HttpFront
+from ._app import bind as bind_http
+
+__all__ = ["APIS", "HttpFront", "bind_http"]

@@ -1,0 +1,406 @@
+"""The HTTP listener: hypercorn (trio worker) serving one starlette app of every API.
+
+Strategy: one ASGI callable, ``HttpFront``, wraps the app and applies, before any
+API sees a request, the rules of the transport, so that every API (``/v1``,
+Judge0's, Piston's) gets them alike:
+
+- a route answers with and without a trailing slash (the path is normalized);
+- the token (``Authorization: Bearer``, or ``X-Auth-Token`` as header or query
+  parameter, or ``token`` in the query for WebSocket clients that cannot set
+  headers) unless the listener is open (a loopback address with
+  ``http_loopback_open``): 401 ``unauthorized``;
+- at most ``http_max_connections`` requests and WebSockets at once (503
+  ``server_busy``), and ``http_token_concurrency`` per token (429
+  ``too_many_requests``);
+- the body read whole before the API runs, in chunks, never past
+  ``http_max_body`` (413 ``frame_too_large``) nor past the budget all bodies
+  share (503), within ``http_request_timeout`` (408 ``timeout``, then the
+  connection closes): a slow or huge upload never reaches an API.
+
+What hypercorn bounds itself: headers (their size; their time, the keep-alive
+timeout), idle connections, WebSocket message size. A client that stops
+reading is dropped by the kernel after ``http_send_timeout`` (TCP_USER_TIMEOUT
+on the listening socket, which accepted sockets inherit), since hypercorn's
+sends cannot be cancelled.
+
+APIs are modules of this package listed in ``APIS``, each exporting
+``routes(ctx)``; their routes are written without a trailing slash.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib
+import logging
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
+from typing import Any
+from urllib.parse import parse_qs
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from sandboxd.config import Config, is_loopback, split_address
+from sandboxd.log import event
+from sandboxd.result import SandboxError
+from sandboxd.service import JobService
+from sandboxd_protocol import ErrorCode
+
+from . import _metrics
+from ._common import (
+    TOKEN_SCOPE_KEY,
+    FrontContext,
+    Gate,
+    HttpError,
+    error_response,
+)
+
+APIS: tuple[str, ...] = ("v1",)
+"""The API modules of this package that the listener mounts (each: ``routes(ctx)``)."""
+
+# Paths that need no token and take no per-token slot: a load balancer's probe.
+OPEN_PATHS = frozenset({"/v1/health"})
+# A request whose body is below this is never refused for the shared budget.
+BUDGET_EXEMPT = 256 << 10
+# After refusing a body (413, 408), how long its rest is read and dropped, so that the
+# client reads the answer rather than a reset connection.
+LINGER = 2.0
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def bind(address: str, send_timeout: float) -> socket.socket:
+    """The listening socket for ``HOST:PORT`` (port 0: any free one), or ``SandboxError``.
+
+    Bound here rather than by hypercorn so that the daemon knows the real port
+    before it says ``ready``, and so that every accepted connection inherits
+    TCP_USER_TIMEOUT: hypercorn's sends are shielded from cancellation, and only
+    the kernel can end one to a client that never reads.
+    """
+    host, port = split_address(address)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise SandboxError(f"cannot listen for HTTP on {address}: {e.strerror}") from None
+    family, _type, _proto, _name, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                        max(1, int(send_timeout * 1000)))
+        sock.bind(sockaddr)
+        sock.listen(512)
+    except OSError as e:
+        sock.close()
+        raise SandboxError(f"cannot listen for HTTP on {address}: {e.strerror}") from None
+    return sock
+
+
+def address_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def presented_token(scope: Scope) -> str | None:
+    """The token a request presents, wherever it is allowed to put it; ``None`` if none."""
+    headers = _headers(scope)
+    auth = headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if headers.get("x-auth-token"):
+        return headers["x-auth-token"].strip()
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    for name in ("X-Auth-Token", *(("token",) if scope["type"] == "websocket" else ())):
+        if query.get(name):
+            return query[name][0]
+    return None
+
+
+class HttpFront:
+    """The listener's state (counts, budgets, metrics) and the ASGI callable over the app."""
+
+    def __init__(self, cfg: Config, service: JobService) -> None:
+        self.cfg = cfg
+        self.service = service
+        host, _port = split_address(cfg.http)
+        self.open = cfg.http_loopback_open and is_loopback(host)
+        self.tokens = tuple(t.encode() for t in cfg.http_tokens)
+        self.ctx = FrontContext(service=service, cfg=cfg, gate=Gate(cfg.http_token_concurrency))
+        self.in_flight = 0
+        self.buffered = 0
+        self.budget = cfg.http_max_buffered or 4 * cfg.http_max_body
+        self.requests: Counter[tuple[str, str, str]] = Counter()  # route, method, status
+        self.stopping = trio.Event()
+        self.stopped = trio.Event()
+        self.app = self._build()
+
+    def _build(self) -> Starlette:
+        routes = [Route("/metrics", self._metrics, methods=["GET"])]
+        for name in APIS:
+            routes += importlib.import_module(f"{__package__}.{name}").routes(self.ctx)
+        app = Starlette(routes=routes, exception_handlers={
+            HTTPException: self._http_exception, HttpError: self._http_error,
+            Exception: self._crash})
+        app.router.redirect_slashes = False  # the listener strips them instead
+        return app
+
+    # ------------------------------------------------------------ errors
+
+    @staticmethod
+    async def _http_exception(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return error_response(ErrorCode.UNKNOWN_MESSAGE,
+                                  f"no such route: {request.url.path}", 404)
+        if exc.status_code == 405:
+            return error_response(ErrorCode.UNEXPECTED_MESSAGE,
+                                  f"{request.method} is not allowed on {request.url.path}", 405,
+                                  headers=dict(exc.headers or {}))
+        return error_response(ErrorCode.MALFORMED, str(exc.detail), exc.status_code)
+
+    @staticmethod
+    async def _http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HttpError)
+        return error_response(exc.code, exc.message, exc.status)
+
+    @staticmethod
+    async def _crash(request: Request, exc: Exception) -> Response:
+        event("http_crashed", logging.ERROR, path=request.url.path, error=repr(exc))
+        return error_response(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------ /metrics
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(_metrics.render(self), media_type=_metrics.CONTENT_TYPE)
+
+    # ------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            return await self.app(scope, receive, send)
+        if kind not in ("http", "websocket"):
+            return
+        scope = dict(scope)
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            scope["path"] = path.rstrip("/") or "/"
+        status = ""
+
+        async def sent(message: Message) -> None:
+            nonlocal status
+            t = message["type"]
+            if t in ("http.response.start", "websocket.http.response.start"):
+                status = str(message["status"])
+            elif t == "websocket.accept":
+                status = "101"
+            elif t == "websocket.close" and not status:
+                status = "403"
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, sent)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET") if kind == "http" else "WEBSOCKET"
+            self.requests[label, method, status or "0"] += 1
+
+    async def _refuse(self, scope: Scope, send: Send, code: str, message: str,
+                      status: int | None = None, close: bool = False) -> None:
+        headers = {"Connection": "close"} if close else None
+        response = error_response(code, message, status, headers)
+        if scope["type"] == "websocket":  # the denial response extension, else a close
+            if "websocket.http.response" in scope.get("extensions", {}):
+                await send({"type": "websocket.http.response.start",
+                            "status": response.status_code, "headers": response.raw_headers})
+                await send({"type": "websocket.http.response.body", "body": response.body})
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    def _authorized(self, scope: Scope, token: str | None) -> bool:
+        if scope["path"] == "/metrics" and self.cfg.metrics_token:
+            return token is not None and hmac.compare_digest(
+                token.encode(), self.cfg.metrics_token.encode())
+        if token is None:
+            return self.open
+        return any(hmac.compare_digest(token.encode(), t) for t in self.tokens)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cfg = self.cfg
+        if self.in_flight >= cfg.http_max_connections:
+            return await self._refuse(scope, send, ErrorCode.SERVER_BUSY, "too many requests "
+                                      f"at once (http_max_connections="
+                                      f"{cfg.http_max_connections}); try again later")
+        self.in_flight += 1
+        try:
+            path = scope["path"]
+            token = presented_token(scope)
+            if path not in OPEN_PATHS and not self._authorized(scope, token):
+                what = "a valid token" if token is None or path != "/metrics" or not \
+                    cfg.metrics_token else "the metrics token"
+                return await self._refuse(scope, send, ErrorCode.UNAUTHORIZED,
+                                          f"{what} is required (Authorization: Bearer TOKEN)"
+                                          if token is None else "the token is not valid")
+            key = token or ""
+            gated = path not in OPEN_PATHS and path != "/metrics"
+            if gated and not self.ctx.gate.acquire(key):
+                return await self._refuse(scope, send, ErrorCode.TOO_MANY_REQUESTS,
+                                          "too many requests in flight for this token "
+                                          f"(http_token_concurrency="
+                                          f"{cfg.http_token_concurrency})")
+            try:
+                scope[TOKEN_SCOPE_KEY] = key
+                if scope["type"] == "websocket":
+                    return await self.app(scope, receive, send)
+                held = 0
+                try:
+                    body = await self._read_body(scope, receive, send)
+                    if body is None:
+                        return
+                    held = len(body)
+                    await self.app(scope, _replay(body, receive), send)
+                finally:
+                    self.buffered -= held
+            finally:
+                if gated:
+                    self.ctx.gate.release(key)
+        finally:
+            self.in_flight -= 1
+
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or ``None`` once the client is answered (or gone).
+
+        The bytes count against the shared budget as they arrive; the caller
+        gives back ``len(body)`` when the request ends.
+        """
+        cfg = self.cfg
+        cap = cfg.http_max_body
+        length = _headers(scope).get("content-length", "")
+        if length.isdigit() and int(length) > cap:
+            await self._refuse(scope, send, ErrorCode.FRAME_TOO_LARGE,
+                               f"the body ({length} bytes) is over http_max_body ({cap} bytes)",
+                               close=True)
+            await _linger(receive)
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        refusal: tuple[str, str] | None = None
+        try:
+            with trio.move_on_after(cfg.http_request_timeout) as late:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    if size + len(chunk) > cap:
+                        refusal = (ErrorCode.FRAME_TOO_LARGE,
+                                   f"the body is over http_max_body ({cap} bytes)")
+                        break
+                    if (size + len(chunk) > BUDGET_EXEMPT
+                            and self.buffered + len(chunk) > self.budget):
+                        refusal = (ErrorCode.SERVER_BUSY, "too many request bodies in flight; "
+                                   "send it again later")
+                        break
+                    if chunk:
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        self.buffered += len(chunk)
+                    if not message.get("more_body", False):
+                        body, size = b"".join(chunks), 0  # the caller gives it back
+                        return body
+            if late.cancelled_caught:
+                event("http_body_timeout", logging.WARNING, path=scope["path"], received=size)
+                await self._refuse(scope, send, ErrorCode.TIMEOUT, "the body did not arrive "
+                                   f"within {cfg.http_request_timeout:g} s", close=True)
+                return None
+            assert refusal is not None
+            await self._refuse(scope, send, *refusal, close=True)
+            await _linger(receive)
+            return None
+        finally:
+            self.buffered -= size  # refused or gone: its bytes leave the budget now
+
+    # ------------------------------------------------------------ serving
+
+    def hypercorn_config(self, sock: socket.socket) -> HypercornConfig:
+        cfg = self.cfg
+        hc = HypercornConfig()
+        hc.bind = [f"fd://{sock.detach()}"]  # hypercorn's from now on
+        hc.keep_alive_timeout = cfg.http_keepalive_timeout
+        hc.graceful_timeout = cfg.grace_period + 2.0
+        hc.websocket_max_message_size = cfg.http_max_body
+        hc.h11_max_incomplete_size = 64 << 10
+        hc.max_app_queue_size = 4
+        hc.backlog = 512
+        hc.accesslog = None
+        quiet = logging.getLogger("sandboxd.http.hypercorn")
+        quiet.setLevel(logging.WARNING)
+        hc.errorlog = quiet
+        return hc
+
+    async def serve(self, sock: socket.socket, *,
+                    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve on ``sock`` until ``stop()``; ``task_status.started`` with the address.
+
+        After ``stop()``: no new connections, idle ones closed, requests in
+        flight get the grace period; background jobs run on until they end (the
+        daemon's drain bounds them, and its cancellation ends them).
+        """
+        address = address_of(sock)
+        config = self.hypercorn_config(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.ctx.nursery = nursery
+                await nursery.start(partial(hypercorn_serve, self, config,
+                                            shutdown_trigger=self.stopping.wait))
+                task_status.started(address)
+        finally:
+            self.stopped.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the body once, then the client's own messages (the
+    disconnect an API may watch for)."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _linger(receive: Receive) -> None:
+    """Read and drop what is left of a refused body, for ``LINGER`` seconds at most."""
+    with trio.move_on_after(LINGER):
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
