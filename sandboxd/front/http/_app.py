@@ -63,7 +63,7 @@ from ._common import (
     error_response,
 )
 
-APIS: tuple[str, ...] = ("v1",)
+APIS: tuple[str, ...] = ("v1", "judge0", "piston")
 """The API modules of this package that the listener mounts (each: ``routes(ctx)``)."""
 
 # Paths that need no token and take no per-token slot: a load balancer's probe.

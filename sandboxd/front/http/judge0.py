@@ -27,7 +27,6 @@ import base64
 import binascii
 import contextlib
 import datetime
-import hmac
 import ipaddress
 import json
 import logging
@@ -57,6 +56,7 @@ from sandboxd.profiles import Profile
 from sandboxd.result import Result
 from sandboxd.service import Job, JobService, ServiceError
 
+from ._common import FrontContext, token_of
 from ._context import HttpContext
 
 VERSION = "1.13.1"
@@ -601,17 +601,24 @@ class Submission:
         return {name: self.attribute(name, encoded) for name in fields}
 
 
-class Store:
-    """Submissions by token, in memory: at most ``max_count`` and about ``max_bytes``.
+KEPT_BYTES = 256 << 20
+"""About how many bytes of submissions (sources, inputs, outputs) the store keeps."""
 
-    Past either bound the oldest finished submissions are forgotten (their
-    tokens then answer 404, as an expired one would). Unfinished ones are
-    never dropped: there are at most as many as the service admits.
+
+class Store:
+    """Submissions by token, in memory: at most ``max_count``, about ``max_bytes``, each
+    finished one for ``ttl`` seconds.
+
+    Past a bound the oldest finished submissions are forgotten first (their
+    tokens then answer 404, as an unknown one does). Unfinished ones are never
+    dropped: there are at most as many as the service admits.
     """
 
-    def __init__(self, max_count: int = 10000, max_bytes: int = 256 << 20) -> None:
+    def __init__(self, max_count: int = 1000, max_bytes: int = KEPT_BYTES,
+                 ttl: float = 600.0) -> None:
         self.max_count = max_count
         self.max_bytes = max_bytes
+        self.ttl = ttl
         self.items: OrderedDict[str, Submission] = OrderedDict()
         self.bytes = 0
         self.created = 0
@@ -624,21 +631,24 @@ class Store:
 
     def finished(self, sub: Submission, before: int) -> None:
         """``sub`` grew from ``before`` bytes to its final size."""
-        self.bytes += sub.size() - before
+        if sub.token in self.items:
+            self.bytes += sub.size() - before
         self.trim()
 
-    def trim(self) -> None:
-        if len(self.items) <= self.max_count and self.bytes <= self.max_bytes:
-            return
+    def trim(self, now: float | None = None) -> None:
+        expired = (now if now is not None else time.time()) - self.ttl
         for token in list(self.items):
-            if len(self.items) <= self.max_count and self.bytes <= self.max_bytes:
-                break
             sub = self.items[token]
-            if sub.finished_at is not None:
-                del self.items[token]
-                self.bytes -= sub.size()
+            over = len(self.items) > self.max_count or self.bytes > self.max_bytes
+            if sub.finished_at is None:
+                continue
+            if not over and sub.finished_at > expired:
+                break
+            del self.items[token]
+            self.bytes -= sub.size()
 
     def get(self, token: str) -> Submission | None:
+        self.trim()
         return self.items.get(token)
 
 
@@ -707,11 +717,10 @@ class Judge0:
     def __init__(self, ctx: HttpContext) -> None:
         self.ctx = ctx
         self.service: JobService = ctx.service
-        self.store = Store(getattr(ctx.cfg, "judge0_keep", 10000),
-                           getattr(ctx.cfg, "judge0_keep_bytes", 256 << 20))
-        self.batch_size: int = getattr(ctx.cfg, "judge0_batch_size", MAX_SUBMISSION_BATCH_SIZE)
-        self.callbacks: tuple[str, ...] = tuple(getattr(ctx.cfg, "judge0_callbacks", ()))
-        self.tokens: tuple[str, ...] = tuple(getattr(ctx.cfg, "http_tokens", ()))
+        cfg = ctx.cfg
+        self.store = Store(cfg.http_results_kept, KEPT_BYTES, cfg.http_result_ttl)
+        self.batch_size = cfg.judge0_batch_size
+        self.callbacks = cfg.judge0_callbacks
         self.available: dict[int, Profile] = {}
         self.names: dict[int, str] = {}
         for lang_id, name, label in LANGUAGES:
@@ -721,24 +730,16 @@ class Judge0:
             self.available[lang_id] = profile
             self.names[lang_id] = language_name(label, ctx.service.versions.get(name, ""))
 
-    # -- authentication, as Judge0's SessionsController --------------------
-
-    def authenticated(self, request: Request) -> bool:
-        """``X-Auth-Token`` in a header or the query, one of the configured tokens."""
-        if not self.tokens:
-            return True
-        given = request.headers.get("x-auth-token") or request.query_params.get("X-Auth-Token")
-        if given is None:
-            auth = request.headers.get("authorization", "")
-            given = auth[7:] if auth.lower().startswith("bearer ") else None
-        if not given:
-            return False
-        return any(hmac.compare_digest(given.encode(), t.encode()) for t in self.tokens)
+    # -- errors -------------------------------------------------------------
 
     def guarded(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """``handler`` with Judge0's ``{"error": ...}`` answers for what it refuses.
+
+        The token (``X-Auth-Token`` as header or query, as Judge0 takes it, or a
+        bearer token) is the listener's to check: a request without a valid one
+        never gets here (401).
+        """
         async def endpoint(request: Request) -> Response:
-            if not self.authenticated(request):
-                return Response(status_code=401)
             try:
                 return await handler(request)
             except Invalid as e:
@@ -882,15 +883,41 @@ class Judge0:
             if s.params.callback_url:
                 await self.callback(s)
 
-    def start(self, job: Job, items: list[Submission], outputs: dict[str, Any]) -> None:
-        """Run a group in the background (``wait=false`` and batches)."""
+    def start(self, job: Job, items: list[Submission], outputs: dict[str, Any],
+              token: str) -> None:
+        """Run a group in the listener's nursery (``wait=false`` and batches); it holds a
+        place of its token's (the listener's per-token bound) until it ends."""
+        ctx = self.ctx
+        assert isinstance(ctx, FrontContext) and ctx.nursery is not None
+
         async def task() -> None:
             try:
                 await self.run(job, items, outputs)
             except Exception as e:  # our bug: logged; the daemon and the other jobs live on
                 event("judge0_job_crashed", logging.ERROR, job=job.ref, error=repr(e))
+            finally:
+                ctx.gate.release(token)
 
-        trio.lowlevel.spawn_system_task(task, name=f"judge0 {job.ref}")
+        ctx.nursery.start_soon(task, name=f"judge0 {job.ref}")
+
+    def reserve(self, request: Request, n: int) -> str:
+        """``n`` places of the request's token for background groups, or ``Invalid`` (429)."""
+        ctx = self.ctx
+        assert isinstance(ctx, FrontContext)
+        token = token_of(request.scope)
+        for i in range(n):
+            if not ctx.gate.acquire(token):
+                self.unreserve(token, i)
+                raise Invalid("too many submissions in flight for this token "
+                              f"(http_token_concurrency={ctx.cfg.http_token_concurrency})", 429)
+        return token
+
+    def unreserve(self, token: str | None, n: int) -> None:
+        ctx = self.ctx
+        assert isinstance(ctx, FrontContext)
+        if token is not None:
+            for _ in range(n):
+                ctx.gate.release(token)
 
     async def callback(self, sub: Submission) -> None:
         """PUT the result to the submission's ``callback_url``: 3 tries, 5 s each."""
@@ -929,13 +956,15 @@ class Judge0:
         if params is None:
             return _json(errors, 422)
         sub = self.new_submission(params)
+        token = None if wait else self.reserve(request, 1)
         try:
             job, outputs = self.admit([sub])
         except ServiceError as e:
+            self.unreserve(token, 1)
             return self.refused(e)
         self.store.add(sub)
-        if not wait:
-            self.start(job, [sub], outputs)
+        if token is not None:
+            self.start(job, [sub], outputs, token)
             return _json({"token": sub.token}, 201)
         await self.run(job, [sub], outputs)
         try:
@@ -985,22 +1014,25 @@ class Judge0:
             sub = self.new_submission(params)
             groups.setdefault(group_key(params), []).append(sub)
             answers.append({"token": sub.token})
+        token = self.reserve(request, len(groups))
         admitted: list[tuple[Job, list[Submission], dict[str, Any]]] = []
-        try:
-            for group in groups.values():
+        refusal: ServiceError | None = None
+        for group in groups.values():
+            try:
                 job, outputs = self.admit(group)
-                admitted.append((job, group, outputs))
-        except ServiceError as e:
-            for job, group, outputs in admitted:  # all or nothing, as Judge0's queue check
-                job.cancel("the batch was refused")
-                for s in group:
-                    self.store.add(s)
-                self.start(job, group, outputs)
-            return self.refused(e)
+            except ServiceError as e:
+                refusal = e
+                break
+            admitted.append((job, group, outputs))
+        self.unreserve(token, len(groups) - len(admitted))
         for job, group, outputs in admitted:
+            if refusal is not None:  # all or nothing, as Judge0's queue check
+                job.cancel("the rest of the batch was refused")
             for s in group:
                 self.store.add(s)
-            self.start(job, group, outputs)
+            self.start(job, group, outputs, token)
+        if refusal is not None:
+            return self.refused(refusal)
         return _json(answers, 201 if groups else 422)
 
     async def batch_show(self, request: Request) -> Response:
