@@ -9,6 +9,7 @@ and every test a timeout.
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 TOKEN = "sandboxd-judge0-token"
 DAEMON_CONFIG = {"http_tokens": [TOKEN], "pool_profiles": ["python3", "c"],
-                 "judge0_batch_size": 5}
+                 "judge0_batch_size": 5, "judge0_callbacks": ["127.0.0.1"]}
 
 HELLO_C = '#include <stdio.h>\nint main(void) { puts("hello, C"); return 0; }\n'
 ECHO_DOUBLE = "print(int(input()) * 2)\n"
@@ -257,7 +258,9 @@ def test_submission_fields_base64_and_errors(api: httpx.Client) -> None:
 
 
 def test_wait_false_then_poll_and_redirect_stderr(api: httpx.Client) -> None:
-    code = "import sys; print('a', flush=True); print('b', file=sys.stderr, flush=True)"
+    # Two pipes: their order is the order the supervisor read them, hence the pause.
+    code = ("import sys, time; print('a', flush=True); time.sleep(0.3); "
+            "print('b', file=sys.stderr, flush=True)")
     r = api.post("/submissions", json={"source_code": code, "language_id": 71,
                                        "redirect_stderr_to_stdout": True})
     assert r.status_code == 201 and set(r.json()) == {"token"}
@@ -309,3 +312,41 @@ def test_refused_without_the_token(base_url: str) -> None:
         assert r.status_code == 401
     r = httpx.get(f"{base_url}/about", params={"X-Auth-Token": TOKEN})
     assert r.status_code == 200
+
+
+def test_callback_put_to_an_allowed_address_only(api: httpx.Client) -> None:
+    import http.server
+    import threading
+
+    got: list[tuple[str, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            got.append((self.command, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/done"
+        r = api.post("/submissions", json={"source_code": "print(7)", "language_id": 71,
+                                           "callback_url": url})
+        token = r.json()["token"]
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got and got[0][0] == "PUT"
+        body = json.loads(got[0][1])
+        assert body["token"] == token and base64.b64decode(body["stdout"]) == b"7\n"
+        assert body["status"]["id"] == 3
+    finally:
+        server.shutdown()
+    r = api.post("/submissions", json={"source_code": "print(7)", "language_id": 71,
+                                       "callback_url": "http://10.1.2.3/x"})
+    assert r.status_code == 422 and r.json() == {
+        "callback_url": ["setting callback is not allowed"]}

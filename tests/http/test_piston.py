@@ -138,7 +138,9 @@ def test_runtimes_and_packages(api: httpx.Client) -> None:
 
 
 def test_execute_stage_fields_and_output_order(api: httpx.Client) -> None:
-    code = ("import sys\nprint('a', flush=True)\nprint('b', file=sys.stderr, flush=True)\n"
+    # Two pipes: their order is the order the supervisor read them, hence the pauses.
+    code = ("import sys, time\nprint('a', flush=True)\ntime.sleep(0.3)\n"
+            "print('b', file=sys.stderr, flush=True)\ntime.sleep(0.3)\n"
             "print('c', flush=True)\nsys.exit(2)")
     out = execute(api, files=[{"content": code}])
     run = out["run"]
