@@ -62,6 +62,9 @@ class Config:
     http_results_kept: int = 1000
     http_result_ttl: float = 600.0
     metrics_token: str = ""
+    # The Judge0-compatible API (docs/http.md).
+    judge0_batch_size: int = 20
+    judge0_callbacks: tuple[str, ...] = ()
 
 
 KEYS: dict[str, tuple[type, str]] = {
@@ -113,6 +116,10 @@ KEYS: dict[str, tuple[type, str]] = {
     "http_result_ttl": (float, "seconds a finished background job's result is kept."),
     "metrics_token": (str, "bearer token GET /metrics requires (empty: the http tokens' "
                            "rules)."),
+    "judge0_batch_size": (int, "most submissions in one Judge0 batch (POST or GET "
+                               "/submissions/batch)."),
+    "judge0_callbacks": (list, "hosts (names, addresses or networks such as 10.0.0.0/8) a "
+                               "Judge0 callback_url may name; none by default."),
 }
 
 

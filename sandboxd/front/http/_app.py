@@ -5,10 +5,10 @@ API sees a request, the rules of the transport, so that every API (``/v1``,
 Judge0's, Piston's) gets them alike:
 
 - a route answers with and without a trailing slash (the path is normalized);
-- the token (``Authorization: Bearer``, or ``X-Auth-Token`` as header or query
-  parameter, or ``token`` in the query for WebSocket clients that cannot set
-  headers) unless the listener is open (a loopback address with
-  ``http_loopback_open``): 401 ``unauthorized``;
+- the token (``Authorization: Bearer``, a bare ``Authorization: TOKEN`` as
+  Piston's clients send it, or ``X-Auth-Token`` as header or query parameter,
+  or ``token`` in the query for WebSocket clients that cannot set headers) unless
+  the listener is open (a loopback address with ``http_loopback_open``): 401 ``unauthorized``;
 - at most ``http_max_connections`` requests and WebSockets at once (503
   ``server_busy``), and ``http_token_concurrency`` per token (429
   ``too_many_requests``);
@@ -63,7 +63,7 @@ from ._common import (
     error_response,
 )
 
-APIS: tuple[str, ...] = ("v1",)
+APIS: tuple[str, ...] = ("v1", "judge0", "piston")
 """The API modules of this package that the listener mounts (each: ``routes(ctx)``)."""
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "WEBSOCKET"})
@@ -124,6 +124,8 @@ def presented_token(scope: Scope) -> str | None:
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
+    if auth.strip() and not value.strip():  # a bare key, as Piston's clients send theirs
+        return auth.strip()
     if headers.get("x-auth-token"):
         return headers["x-auth-token"].strip()
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
