@@ -10,49 +10,16 @@ the view hides is checked once the module's daemon has stopped.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from http_helpers import start_http_daemon, wait_idle
 
 from sandboxd_testing import leftovers
 from sandboxd_testing.daemon import Daemon
 
 pytestmark = pytest.mark.root
-
-BASE_CONFIG: dict[str, Any] = {"pool_profiles": ["bash", "python3"], "pool_size": 1,
-                               "concurrency": 2}
-
-
-def start_http_daemon(tmp: Path, **config: Any) -> Daemon:
-    """A daemon with the HTTP front door on a free loopback port (open unless tokens)."""
-    config = {**BASE_CONFIG, **config}
-    if not config.get("http_tokens"):
-        config.setdefault("http_loopback_open", True)
-    return Daemon(tmp, args=("--http", "127.0.0.1:0"), **config).start()
-
-
-def wait_idle(d: Daemon, timeout: float = 30.0) -> None:
-    """Until no job runs or waits, every pool is full and every container is a warm one."""
-    assert d.proc is not None
-    deadline = time.monotonic() + timeout
-    while True:
-        st = d.stats()
-        busy = st.jobs_running + st.jobs_queued
-        cold = [p for p in st.pools if p.warm < p.target]
-        below = leftovers.descendants(d.proc.pid)
-        mine = {pid for pid, _uid, _name in leftovers.container_processes() if pid in below}
-        stray = mine - leftovers.warm_containers(d.proc.pid)
-        if not busy and not cold and not stray:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"daemon not idle after {timeout}s: {busy} jobs, cold "
-                                 f"pools {cold}, stray container processes {stray}")
-        time.sleep(0.05)
-
 
 @pytest.fixture(scope="module")
 def http_daemon(request: pytest.FixtureRequest,

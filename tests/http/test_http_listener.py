@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from http_helpers import start_http_daemon, wait_idle
 
 from sandboxd_testing.daemon import Daemon
 
@@ -49,8 +50,6 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path, http_daemon: Daemon):
 
 
 def test_sigterm_lets_a_waiting_request_have_its_result(tmp_path: Path):
-    from conftest import start_http_daemon, wait_idle
-
     d = start_http_daemon(tmp_path)
     try:
         wait_idle(d)
