@@ -520,7 +520,7 @@ def measure_cpu_spread(warm: Daemon, tmp: Path, plan: Plan) -> dict[str, list[fl
     n0 = 100_000_000
     calib = sorted(bare_cpu_time(exe, n0, cpu) for _ in range(3))[1]
     n = max(1, round(n0 * plan.spread_cpu_s / calib))
-    client = Client(warm.socket)
+    client = Client(warm.daemon.socket)
     out: dict[str, list[float]] = {"sandboxd-warm": [], "bare": []}
     try:
         for r in range(plan.spread_rounds):
