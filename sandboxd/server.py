@@ -45,7 +45,6 @@ from sandboxd.config import Config, ConfigError, load
 from sandboxd.container import ContainerSpec
 from sandboxd.executor import Container, RunStep
 from sandboxd.jobs import JobError, JobOutcome, JobSpec, TestSpec, default_spec
-from sandboxd.limits import Limits
 from sandboxd.pool import Pool
 from sandboxd.profiles import Profile, ProfileError, load_dir
 from sandboxd.result import Result, SandboxError
@@ -208,22 +207,6 @@ class Scheduler:
 # ----------------------------------------------------------------- mapping
 
 
-def _limits_dict(lim: proto.JobLimits | None) -> dict[str, Any] | None:
-    if lim is None:
-        return None
-    out = {k: getattr(lim, k) for k in ("cpu_time", "wall_time", "memory", "pids", "output",
-                                        "file_size", "box_size", "tmp_size", "open_files",
-                                        "stack")}
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def _wire_limits(lim: Limits) -> proto.JobLimits:
-    return proto.JobLimits(cpu_time=lim.cpu_time, wall_time=lim.wall_time, memory=lim.memory,
-                           pids=lim.pids, output=lim.output, file_size=lim.file_size,
-                           box_size=lim.box_size, tmp_size=lim.tmp_size,
-                           open_files=lim.open_files, stack=lim.stack)
-
-
 def _step_result(outcome: jobs.StepOutcome) -> proto.StepResult:
     r = outcome.result
     repeat = None
@@ -312,7 +295,7 @@ class Server:
         for p in self.profiles.values():
             out.append(proto.ProfileInfo(
                 name=p.name, description=p.description, compiled=p.compile is not None,
-                default_limits=_wire_limits(p.limits), max_limits=_wire_limits(p.max_limits),
+                default_limits=p.limits.to_wire(), max_limits=p.max_limits.to_wire(),
                 entry=p.entry, version=self.versions.get(p.name) or None,
                 available=not p.unavailable, unavailable_reason=p.unavailable or None))
         return tuple(out)
@@ -628,11 +611,11 @@ class Session:
         spec = JobSpec(
             profile=profile, files=dict(sub.files), stdin=sub.stdin,
             argv=list(sub.argv) if sub.argv else None, env=dict(sub.env or {}),
-            limits=_limits_dict(sub.limits),
+            limits=sub.limits,
             compile_argv=list(sub.compile.argv) if sub.compile and sub.compile.argv else None,
-            compile_limits=_limits_dict(sub.compile.limits) if sub.compile else None,
+            compile_limits=sub.compile.limits if sub.compile else None,
             tests=[TestSpec(stdin=t.stdin, expected_output=t.expected_output,
-                            limits=_limits_dict(t.limits), repeat=t.repeat)
+                            limits=t.limits, repeat=t.repeat)
                    for t in sub.tests] if sub.tests is not None else None,
             expected_output=sub.expected_output, compare=sub.compare,
             float_tolerance=sub.float_tolerance, stop_on_failure=sub.stop_on_failure,

@@ -92,7 +92,8 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     for args, message in (
         (["run"], "the following arguments are required: FILE"),
         (["run", "--memory", "lots", "a.py"], "--memory must be a size"),
-        (["run", "--pids", "2.5", "a.py"], "--pids must be a number"),
+        (["run", "--pids", "2.5", "a.py"], "--pids must be an integer"),
+        (["run", "--compile-memory", "lots", "a.py"], "--compile-memory must be a size"),
         (["run", "-i", "--stdin", "a.py", "a.py"], "choose one"),
         (["run", "a.py", "--"], "nothing after --"),
         (["ps", "--", "x"], "takes nothing after --"),
