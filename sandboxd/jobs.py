@@ -130,7 +130,10 @@ def validate(job: JobSpec) -> None:
     run_limits = _limits(profile.limits, job.limits, profile.max_limits)
     if job.compile_limits is not None:
         base = profile.compile.limits if profile.compile else run_limits
-        _limits(base, job.compile_limits, profile.max_limits)
+        try:
+            _limits(base, job.compile_limits, profile.max_limits)
+        except JobError as e:
+            raise JobError(f"compile: {e}") from None
     for i, test in enumerate(job.tests or []):
         try:
             _limits(run_limits, test.limits, profile.max_limits)
