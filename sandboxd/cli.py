@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 from sandboxd.limits import DEFAULT, LimitError, Limits
+from sandboxd_protocol import LIMITS, JobLimits, LimitValueError
 
 EXIT_USAGE = 2
 _STORE = "/var/lib/sandboxd-images"  # sandboxd.images.DEFAULT_STORE, without importing it
@@ -47,35 +48,25 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_limit_flags(p: argparse.ArgumentParser) -> None:
-    """The limit flags, spelled the same in ``sandboxd run-once`` and ``sandboxctl run``."""
+    """The limit flags, one per row of the table of limits, as ``sandboxctl run`` has them."""
     g = p.add_argument_group("limits (sizes take K, M, G suffixes)")
-    g.add_argument("--cpu-time", metavar="S", help=f"CPU seconds (default {DEFAULT.cpu_time:g})")
-    g.add_argument("--wall-time", metavar="S", help=f"wall seconds (default {DEFAULT.wall_time:g})")
-    g.add_argument("--memory", metavar="SIZE", help="memory incl. swap (default 256M)")
-    g.add_argument("--pids", metavar="N", help=f"processes+threads (default {DEFAULT.pids})")
-    g.add_argument("--output", metavar="SIZE", help="bytes kept per stream (default 16M)")
-    g.add_argument("--file-size", metavar="SIZE", help="largest file (default 64M)")
-    g.add_argument("--box-size", metavar="SIZE", help="size of /box (default 64M)")
-    g.add_argument("--tmp-size", metavar="SIZE", help="size of /tmp (default 64M)")
-    g.add_argument("--open-files", metavar="N", help=f"open files (default {DEFAULT.open_files})")
-    g.add_argument("--stack", metavar="SIZE", help="stack size (default 64M)")
+    for spec in LIMITS:
+        g.add_argument(spec.flag(), dest=spec.name, metavar=spec.metavar,
+                       help=f"{spec.help} (default {spec.show(getattr(DEFAULT, spec.name))})")
 
 
-def limit_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in ("cpu_time", "wall_time", "memory", "pids", "output", "file_size", "box_size",
-                "tmp_size", "open_files", "stack"):
-        raw = getattr(args, key, None)
-        if raw is None:
-            continue
-        if key in ("pids", "open_files"):
+def limit_overrides(args: argparse.Namespace) -> JobLimits:
+    """The limits given as flags (the others unset); a value that cannot be read names
+    its flag. Ranges are ``Limits.merged``'s to check."""
+    values: dict[str, float | int] = {}
+    for spec in LIMITS:
+        raw = getattr(args, spec.name, None)
+        if raw is not None:
             try:
-                raw = int(raw)
-            except ValueError:
-                raise LimitError(f"--{key.replace('_', '-')} must be an integer, "
-                                 f"not {raw!r}") from None
-        out[key] = raw
-    return out
+                values[spec.name] = spec.parse(raw)
+            except LimitValueError as e:
+                raise LimitError(f"{spec.flag()} {e.reason}") from None
+    return JobLimits(**values)
 
 
 def _parser() -> argparse.ArgumentParser:

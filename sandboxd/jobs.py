@@ -12,7 +12,9 @@ test is reported ``cancelled`` whether it had finished or not, so the
 result never depends on timing. Every verdict is decided in ``sandboxd.result``; the summary of
 repeated runs is a pure function (``summarize``), unit-tested without a kernel.
 
-This module knows nothing of sockets or the wire protocol.
+This module knows nothing of sockets or the wire protocol's messages; it
+takes limits in the protocol's typed ``JobLimits``, built from the table of
+limits, so that they reach ``Limits.merged`` with no dict in between.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
@@ -31,6 +33,7 @@ from sandboxd.executor import RunStep
 from sandboxd.limits import LimitError, Limits
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
+from sandboxd_protocol import JobLimits
 
 
 class StepRunner(Protocol):
@@ -45,22 +48,26 @@ class StepRunner(Protocol):
 class TestSpec:
     stdin: bytes = b""
     expected_output: bytes | None = None
-    limits: dict[str, Any] | None = None
+    limits: JobLimits | None = None  # this test's own, over the job's
     repeat: int = 1
 
 
 @dataclass(slots=True)
 class JobSpec:
-    """A validated job, in our own terms (the server maps the wire's JobSubmission to it)."""
+    """A validated job, in our own terms (the server maps the wire's JobSubmission to it).
+
+    Its limits are the protocol's typed ``JobLimits`` as they came off the wire:
+    ``Limits.merged`` applies and checks them, once (the only validation).
+    """
 
     profile: Profile
     files: dict[str, bytes]
     stdin: bytes = b""
     argv: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
-    limits: dict[str, Any] | None = None
+    limits: JobLimits | None = None  # over the profile's; None (or a field None) = its default
     compile_argv: list[str] | None = None
-    compile_limits: dict[str, Any] | None = None
+    compile_limits: JobLimits | None = None
     tests: list[TestSpec] | None = None
     expected_output: bytes | None = None
     compare: str = "trailing_ws"
@@ -97,7 +104,7 @@ class JobError(ValueError):
     """The job cannot run as asked (a limit out of range, a missing compile step...)."""
 
 
-def _limits(base: Limits, overrides: dict[str, Any] | None, ceiling: Limits) -> Limits:
+def _limits(base: Limits, overrides: JobLimits | None, ceiling: Limits) -> Limits:
     try:
         return base.merged(overrides, ceiling)
     except LimitError as e:
@@ -121,7 +128,10 @@ def validate(job: JobSpec) -> None:
     run_limits = _limits(profile.limits, job.limits, profile.max_limits)
     if job.compile_limits is not None:
         base = profile.compile.limits if profile.compile else run_limits
-        _limits(base, job.compile_limits, profile.max_limits)
+        try:
+            _limits(base, job.compile_limits, profile.max_limits)
+        except JobError as e:
+            raise JobError(f"compile: {e}") from None
     for i, test in enumerate(job.tests or []):
         try:
             _limits(run_limits, test.limits, profile.max_limits)

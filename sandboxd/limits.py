@@ -1,19 +1,54 @@
-"""A job's limits: one record, its defaults, the ceilings nobody may exceed, and size parsing.
+"""A job's limits: the daemon's policy for each, and the record every step runs under.
 
-Strategy: every entry point (``run-once`` flags, the daemon's job messages,
-profiles) produces a ``Limits`` through ``Limits.merged`` so that validation
-is written once: an absurd value is refused with a message that names the
-limit and the allowed range, never clamped in silence.
+Strategy: the limits themselves (names, units, wire ranges, parsing) are one
+table in the protocol package, ``sandboxd_protocol.LIMITS``. This module adds
+sandboxd's policy, one row per limit in ``POLICY``: the default, the least
+and the most a job may ask for, and the mechanism that enforces it (a test
+checks the mechanism is the one the executor and the native init use).
+``Limits``, the full record of one step, is built from both tables.
+
+Every entry point (``run-once`` flags, the daemon's job messages, profiles)
+produces a ``Limits`` through ``Limits.merged``, which takes the protocol's
+typed ``JobLimits`` (``None`` = not set) straight from the socket, so that
+validation is written and done once: an absurd value is refused with a
+message that names the limit and the allowed range, never clamped in
+silence.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import math
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
+
+from sandboxd_protocol import (
+    LIMITS,
+    JobLimits,
+    LimitValueError,
+    format_size,
+    parse_limits,
+    parse_size,
+)
+
+__all__ = [
+    "DEFAULT",
+    "MAXIMUM",
+    "POLICY",
+    "GiB",
+    "KiB",
+    "LimitError",
+    "Limits",
+    "Mechanism",
+    "MiB",
+    "Policy",
+    "format_size",
+    "parse_size",
+]
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -24,148 +59,132 @@ class LimitError(ValueError):
     """A limit is malformed or outside its allowed range; the message says which and why."""
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
-_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1 << 40}
+class Mechanism(enum.Enum):
+    """What stops a job at a limit (tests/unit/test_limits_and_verdicts.py checks each)."""
 
-
-def parse_size(text: str | int) -> int:
-    """'64M' -> 67108864. Suffixes K, M, G, T are powers of 1024, as in isolate and docker."""
-    if isinstance(text, int):
-        return text
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise LimitError(f"not a size: {text!r} (use a number with an optional K, M or G suffix)")
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    return int(value)
-
-
-def format_size(n: int) -> str:
-    for unit, size in (("G", GiB), ("M", MiB), ("K", KiB)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    return str(n)
+    CGROUP = "cgroup"
+    """The job's cgroup (memory.max or memory.limit_in_bytes with swap, pids.max),
+    set by the executor before the job starts: it holds the whole process tree."""
+    RLIMIT = "rlimit"
+    """setrlimit in the job process just before execve (native/init.c), soft =
+    hard, from the ``Rlimits`` the executor sends: per process."""
+    MOUNT_SIZE = "mount size"
+    """The ``size=`` of a tmpfs the container mounts (``ContainerSpec``)."""
+    OUTPUT_CAP = "output cap"
+    """The supervisor keeps that many bytes of a stream and kills the job past them."""
+    WATCHDOG = "watchdog"
+    """The supervisor's watch (``Container._watchdog``) kills the cgroup when the
+    CPU time read from it, or the wall clock, runs out."""
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
-    """Every limit of one run step. Times in seconds, sizes in bytes."""
+class Policy:
+    """sandboxd's rule for one limit: what a job gets, may ask for, and what enforces it."""
 
-    cpu_time: float = 5.0
-    wall_time: float = 10.0
-    memory: int = 256 * MiB
-    pids: int = 64
-    output: int = 16 * MiB  # per stream
-    file_size: int = 64 * MiB
-    box_size: int = 64 * MiB
-    tmp_size: int = 64 * MiB
-    open_files: int = 256
-    stack: int = 64 * MiB
+    default: float | int
+    minimum: float | int
+    maximum: float | int
+    """The ceiling unless an operator's profile says less: generous enough for a
+    JVM build, small enough that one job cannot take this machine."""
+    enforced_by: tuple[Mechanism, ...]
 
-    def merged(self, overrides: dict[str, Any] | None, ceiling: Limits | None = None) -> Limits:
-        """These limits with ``overrides`` applied, each checked against range and ceiling.
 
-        Clients send the same overrides job after job: the result is cached (every
-        input is immutable), since merging and checking cost ~0.1 ms of the
-        supervisor's CPU per job.
-        """
-        if not overrides:
-            return self
+_M = Mechanism
+POLICY: Mapping[str, Policy] = MappingProxyType({
+    # The rlimit is a backstop of ceil(cpu_time) + 1 s: the watchdog is the limit.
+    "cpu_time": Policy(5.0, 0.001, 600.0, (_M.WATCHDOG, _M.RLIMIT)),
+    "wall_time": Policy(10.0, 0.001, 1200.0, (_M.WATCHDOG,)),
+    "memory": Policy(256 * MiB, 4 * MiB, 16 * GiB, (_M.CGROUP,)),
+    "pids": Policy(64, 1, 4096, (_M.CGROUP,)),
+    "output": Policy(16 * MiB, 0, 1 * GiB, (_M.OUTPUT_CAP,)),
+    "file_size": Policy(64 * MiB, 0, 4 * GiB, (_M.RLIMIT,)),
+    "box_size": Policy(64 * MiB, 64 * KiB, 4 * GiB, (_M.MOUNT_SIZE,)),
+    "tmp_size": Policy(64 * MiB, 64 * KiB, 4 * GiB, (_M.MOUNT_SIZE,)),
+    "open_files": Policy(256, 4, 65536, (_M.RLIMIT,)),
+    "stack": Policy(64 * MiB, 64 * KiB, 1 * GiB, (_M.RLIMIT,)),
+})
+"""One row per row of ``sandboxd_protocol.LIMITS`` (a test checks they match)."""
+
+
+def _merged(self: Any, overrides: JobLimits | Mapping[str, Any] | None,
+            ceiling: Any = None) -> Any:
+    """These limits with ``overrides`` applied, each checked against range and ceiling.
+
+    ``overrides`` is the protocol's ``JobLimits`` (unset fields keep ours), or a
+    mapping of names to values as people write them (a profile's TOML table).
+    Clients send the same overrides job after job: the result is cached (every
+    input is immutable), since merging and checking cost ~0.1 ms of the
+    supervisor's CPU per job.
+    """
+    if overrides is None:
+        return self
+    if not isinstance(overrides, JobLimits):
         try:
-            # The type too: True == 1 and 1.0 == 1, but they need not coerce alike.
-            key = (self, tuple(sorted((k, type(v).__name__, v) for k, v in overrides.items())),
-                   ceiling)
-            hash(key)
-        except TypeError:  # an unhashable value: certainly refused below
-            return self._merged(overrides, ceiling)
-        return _merged_cached(*key)
-
-    def _merged(self, overrides: dict[str, Any], ceiling: Limits | None) -> Limits:
-        known = {f.name for f in dataclasses.fields(self)}
-        changes: dict[str, Any] = {}
-        for key, raw in overrides.items():
-            if raw is None:
-                continue
-            if key not in known:
-                raise LimitError(f"unknown limit {key!r} (known: {', '.join(sorted(known))})")
-            changes[key] = _coerce(key, raw)
-        result = dataclasses.replace(self, **changes)
-        result.check(ceiling or MAXIMUM)
-        return result
-
-    def check(self, ceiling: Limits) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            top = getattr(ceiling, f.name)
-            low = _MINIMUM[f.name]
-            if not (isinstance(value, int | float) and math.isfinite(value)):
-                raise LimitError(f"limit {f.name} must be a finite number, not {value!r}")
-            if value < low or value > top:
-                raise LimitError(f"limit {f.name}={_show(f.name, value)} is outside the allowed "
-                                 f"range [{_show(f.name, low)}, {_show(f.name, top)}]")
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+            overrides = parse_limits(overrides)
+        except LimitValueError as e:
+            raise LimitError(str(e)) from None
+    values = tuple(getattr(overrides, spec.name) for spec in LIMITS)
+    if values.count(None) == len(values):
+        return self
+    # The types too: True == 1 and 1 == 1.0, but they need not be accepted alike.
+    key = (self, overrides, tuple(map(type, values)), ceiling)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable value: certainly refused
+        return _merged_cached.__wrapped__(*key)
+    return _merged_cached(*key)
 
 
 @functools.lru_cache(maxsize=256)
-def _merged_cached(base: Limits, overrides: tuple[tuple[str, str, Any], ...],
-                   ceiling: Limits | None) -> Limits:
-    return base._merged({k: v for k, _type, v in overrides}, ceiling)
+def _merged_cached(base: Any, overrides: JobLimits, _types: tuple[type, ...],
+                   ceiling: Any) -> Any:
+    changes: dict[str, float | int] = {}
+    for spec in LIMITS:
+        raw = getattr(overrides, spec.name)
+        if raw is not None:
+            try:
+                changes[spec.name] = spec.parse(raw)
+            except LimitValueError as e:
+                raise LimitError(str(e)) from None
+    result = dataclasses.replace(base, **changes)
+    result.check(ceiling or MAXIMUM)
+    return result
 
 
-_FLOAT_KEYS = {"cpu_time", "wall_time"}
-_SIZE_KEYS = {"memory", "output", "file_size", "box_size", "tmp_size", "stack"}
+def _check(self: Any, ceiling: Any) -> None:
+    """Refuse a value that is not a finite number within [minimum, ``ceiling``]."""
+    for spec in LIMITS:
+        value = getattr(self, spec.name)
+        top = getattr(ceiling, spec.name)
+        low = POLICY[spec.name].minimum
+        if not (isinstance(value, int | float) and math.isfinite(value)):
+            raise LimitError(f"limit {spec.name} must be a finite number, not {value!r}")
+        if value < low or value > top:
+            raise LimitError(f"limit {spec.name}={spec.show(value)} is outside the allowed "
+                             f"range [{spec.show(low)}, {spec.show(top)}]")
 
 
-def _coerce(key: str, raw: Any) -> float | int:
-    if isinstance(raw, bool):
-        raise LimitError(f"limit {key} must be a number, not a boolean")
-    if key in _FLOAT_KEYS:
-        try:
-            return float(raw)
-        except (TypeError, ValueError):
-            raise LimitError(f"limit {key} must be a number of seconds, not {raw!r}") from None
-    if key in _SIZE_KEYS and isinstance(raw, str):
-        return parse_size(raw)
-    if isinstance(raw, float) and raw.is_integer():
-        return int(raw)
-    if not isinstance(raw, int):
-        raise LimitError(f"limit {key} must be an integer, not {raw!r}")
-    return raw
+def _as_dict(self: Any) -> dict[str, Any]:
+    return dataclasses.asdict(self)
 
 
-def _show(key: str, value: float) -> str:
-    if key in _SIZE_KEYS:
-        return format_size(int(value))
-    return f"{value:g}"
+def _to_wire(self: Any) -> JobLimits:
+    """The protocol's record of these limits, every field set (a profile's defaults)."""
+    return JobLimits(**{spec.name: getattr(self, spec.name) for spec in LIMITS})
 
 
-_MINIMUM = {
-    "cpu_time": 0.001,
-    "wall_time": 0.001,
-    "memory": 4 * MiB,
-    "pids": 1,
-    "output": 0,
-    "file_size": 0,
-    "box_size": 64 * KiB,
-    "tmp_size": 64 * KiB,
-    "open_files": 4,
-    "stack": 64 * KiB,
-}
-
-# The ceiling a job may ask for unless an operator's profile says less. Generous
-# enough for a JVM build, small enough that one job cannot take this machine.
-MAXIMUM = Limits(
-    cpu_time=600.0,
-    wall_time=1200.0,
-    memory=16 * GiB,
-    pids=4096,
-    output=1 * GiB,
-    file_size=4 * GiB,
-    box_size=4 * GiB,
-    tmp_size=4 * GiB,
-    open_files=65536,
-    stack=1 * GiB,
+Limits: Any = dataclasses.make_dataclass(
+    "Limits",
+    [(spec.name, spec.type.__name__, dataclasses.field(default=POLICY[spec.name].default))
+     for spec in LIMITS],
+    frozen=True,
+    slots=True,
+    namespace={"__module__": __name__, "merged": _merged, "check": _check,
+               "as_dict": _as_dict, "to_wire": _to_wire},
 )
+Limits.__doc__ = """Every limit of one step: one field per row of ``sandboxd_protocol.LIMITS``,
+with ``POLICY``'s default. Times in seconds (float), sizes in bytes, counts (int)."""
 
+# The ceiling a job may ask for unless an operator's profile says less.
+MAXIMUM = Limits(**{name: policy.maximum for name, policy in POLICY.items()})
 DEFAULT = Limits()

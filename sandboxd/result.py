@@ -13,14 +13,17 @@ failure, a cancellation, a test skipped after a failure).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import signal as _signal
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandboxd.compare import compare
-from sandboxd.limits import Limits
+
+if TYPE_CHECKING:  # the zygote imports this module: it needs no limits
+    from sandboxd.limits import Limits
 
 VERDICTS = ("ok", "runtime_error", "time_limit", "memory_limit", "output_limit",
             "compile_error", "wrong_answer", "sandbox_error", "cancelled")
@@ -73,9 +76,20 @@ class Result:
         return dataclasses.asdict(self)
 
     def as_json(self) -> dict[str, Any]:
+        """The fields of ``run-once --json``: outputs as text, exact bytes when they are not.
+
+        ``stdout``/``stderr`` are the output decoded as UTF-8; when the bytes are
+        not valid UTF-8 (binary output), undecodable bytes are U+FFFD there and
+        ``stdout_b64``/``stderr_b64`` carry the exact bytes in base64.
+        """
         d = self.as_dict()
-        d["stdout"] = self.stdout.decode("utf-8", "replace")
-        d["stderr"] = self.stderr.decode("utf-8", "replace")
+        for stream in ("stdout", "stderr"):
+            data: bytes = d[stream]
+            try:
+                d[stream] = data.decode("utf-8")
+            except UnicodeDecodeError:
+                d[stream] = data.decode("utf-8", "replace")
+                d[f"{stream}_b64"] = base64.b64encode(data).decode("ascii")
         return d
 
     @classmethod

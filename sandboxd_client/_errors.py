@@ -216,16 +216,18 @@ class ServerError(SandboxdError):
 # From the daemon's error messages
 # --------------------------------------------------------------------------------
 
-_LIMIT_RE = re.compile(r"^(?:(tests\[\d+\]): )?(?:unknown )?limit '?([a-z_]+)'?")
+_LIMIT_RE = re.compile(r"^(?:(tests\[\d+\]|compile): )?(?:unknown )?limit '?([a-z_]+)'?")
 
 
 def limit_field(message: str) -> str | None:
     """The field a ``limit_exceeded`` message is about, e.g. ``"tests[1].limits.cpu_time"``.
 
-    sandboxd writes ``"[tests[i]: ]limit NAME=VALUE is outside ..."``.
+    sandboxd writes ``"[tests[i]: |compile: ]limit NAME=VALUE is outside ..."``.
 
         >>> limit_field("tests[1]: limit cpu_time=900 is outside the allowed range [0.001, 600]")
         'tests[1].limits.cpu_time'
+        >>> limit_field("compile: limit memory=1024G is outside the allowed range [4M, 16G]")
+        'compile.limits.memory'
     """
     m = _LIMIT_RE.match(message)
     if m is None:

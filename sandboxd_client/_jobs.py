@@ -11,9 +11,8 @@ anything is sent (a refused ``send`` would break the whole connection).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, TypeAlias, TypedDict
 
 import sandboxd_protocol as proto
@@ -25,24 +24,7 @@ __all__ = ["Compile", "JobOptions", "Limits", "Test", "build_submission", "parse
 Data: TypeAlias = bytes | bytearray | memoryview | str
 """Bytes, or text sent as UTF-8."""
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE_FIELDS = frozenset({"memory", "output", "file_size", "box_size", "tmp_size", "stack"})
-_SECONDS_FIELDS = frozenset({"cpu_time", "wall_time"})
-
-
-def parse_size(text: str | int) -> int:
-    """``"64M"`` → 67108864. K, M, G, T are powers of 1024, as in ``sandboxd run-once``.
-
-    >>> parse_size("256M"), parse_size("1.5K"), parse_size(100)
-    (268435456, 1536, 100)
-    """
-    if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise ValueError(f"not a size: {text!r} (a number with an optional K, M or G suffix)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+parse_size = proto.parse_size  # one parser for the daemon, run-once and the clients
 
 
 def _bytes(value: Data, where: str) -> bytes:
@@ -57,69 +39,63 @@ def _bytes(value: Data, where: str) -> bytes:
     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Limits:
-    """Resource limits of a job, a compile step or a test; ``None`` keeps the profile's.
+def _coerce(cls: Any, value: Limits | Mapping[str, Any] | None, where: str) -> Limits | None:
+    """A ``Limits`` from itself, a mapping of the same names, or ``None``."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        unknown = sorted(str(k) for k in value if k not in proto.LIMITS_BY_NAME)
+        if unknown:
+            raise JobRejected(
+                f"job rejected: {where}.{unknown[0]}: no such limit",
+                hint=f"known limits: {', '.join(sorted(proto.LIMITS_BY_NAME))}",
+                field=f"{where}.{unknown[0]}",
+            )
+        return cls(**value)  # type: ignore[no-any-return]
+    raise JobRejected(
+        f"job rejected: {where}: must be a Limits or a dict, not {type(value).__name__}",
+        field=where,
+    )
 
-    Seconds are numbers; sizes are bytes or strings with K/M/G suffixes.
+
+def _to_wire(self: Any, where: str = "limits") -> proto.JobLimits:
+    """The protocol's record, with sizes parsed and types checked."""
+    out: dict[str, float | int] = {}
+    for spec in proto.LIMITS:
+        value = getattr(self, spec.name)
+        if value is None:
+            continue
+        try:
+            out[spec.name] = spec.parse(value)
+        except proto.LimitValueError as e:
+            raise JobRejected(
+                f"job rejected: {where}.{spec.name}: {e.reason}", field=f"{where}.{spec.name}"
+            ) from None
+    return proto.JobLimits(**out)
+
+
+def _field_type(spec: proto.LimitSpec) -> str:
+    if spec.unit is proto.Unit.BYTES:
+        return "int | str | None"
+    return f"{spec.type.__name__} | None"
+
+
+Limits: Any = make_dataclass(
+    "Limits",
+    [(spec.name, _field_type(spec), field(default=None)) for spec in proto.LIMITS],
+    frozen=True,
+    slots=True,
+    kw_only=True,
+    namespace={"__module__": __name__, "coerce": classmethod(_coerce), "to_wire": _to_wire},
+)
+Limits.__doc__ = """Limits of a job, a compile step or a test; ``None`` keeps the profile's.
+
+    One keyword per limit of ``sandboxd_protocol.LIMITS`` (``cpu_time``, ``memory``,
+    ...). Seconds are numbers; sizes are bytes or strings with K/M/G suffixes.
 
         >>> Limits(cpu_time=2, memory="512M").to_wire().memory
         536870912
     """
-
-    cpu_time: float | None = None
-    wall_time: float | None = None
-    memory: int | str | None = None
-    pids: int | None = None
-    output: int | str | None = None
-    file_size: int | str | None = None
-    box_size: int | str | None = None
-    tmp_size: int | str | None = None
-    open_files: int | None = None
-    stack: int | str | None = None
-
-    @classmethod
-    def coerce(cls, value: Limits | Mapping[str, Any] | None, where: str) -> Limits | None:
-        """A ``Limits`` from itself, a mapping of the same names, or ``None``."""
-        if value is None or isinstance(value, Limits):
-            return value
-        if isinstance(value, Mapping):
-            known = {f.name for f in fields(cls)}
-            unknown = sorted(set(value) - known)
-            if unknown:
-                raise JobRejected(
-                    f"job rejected: {where}.{unknown[0]}: no such limit",
-                    hint=f"known limits: {', '.join(sorted(known))}",
-                    field=f"{where}.{unknown[0]}",
-                )
-            return cls(**value)
-        raise JobRejected(
-            f"job rejected: {where}: must be a Limits or a dict, not {type(value).__name__}",
-            field=where,
-        )
-
-    def to_wire(self, where: str = "limits") -> proto.JobLimits:
-        """The protocol's record, with sizes parsed and types checked."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            try:
-                if f.name in _SIZE_FIELDS:
-                    value = parse_size(value)
-                elif f.name in _SECONDS_FIELDS:
-                    if isinstance(value, bool):
-                        raise ValueError("a boolean is not a number of seconds")
-                    value = float(value)
-                elif isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"must be an integer, not {value!r}")
-            except (TypeError, ValueError) as e:
-                raise JobRejected(
-                    f"job rejected: {where}.{f.name}: {e}", field=f"{where}.{f.name}"
-                ) from None
-            out[f.name] = value
-        return proto.JobLimits(**out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,6 +14,7 @@ that both give the same code for every verdict, exit code and signal.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -149,7 +150,9 @@ class StepResult:
         """The fields of ``sandboxd run-once --json``, outputs decoded as UTF-8 text.
 
         ``repeat`` is added only when present, so that a single run has exactly
-        run-once's fields.
+        run-once's fields. An output that is not valid UTF-8 has its
+        undecodable bytes as U+FFFD, and its exact bytes in base64 beside it
+        (``stdout_b64``, ``stderr_b64``), as run-once does.
         """
         out: dict[str, Any] = {}
         for f in fields(self):
@@ -158,11 +161,18 @@ class StepResult:
                 if value is not None:
                     out["repeat"] = {g.name: getattr(value, g.name) for g in fields(value)}
                 continue
+            exact = None
             if isinstance(value, bytes):
-                value = value.decode("utf-8", "replace")
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    exact = base64.b64encode(value).decode("ascii")
+                    value = value.decode("utf-8", "replace")
             elif isinstance(value, Verdict):
                 value = value.value
             out[f.name] = value
+            if exact is not None:
+                out[f"{f.name}_b64"] = exact
         return out
 
 

@@ -47,7 +47,7 @@ from ._errors import (
     ServerBusy,
     ServerError,
 )
-from ._jobs import Limits, parse_size
+from ._jobs import Compile, Limits
 from ._results import EXIT_MEMORY, EXIT_OUTPUT, EXIT_SANDBOX, EXIT_TIME, JobResult
 from ._sync import Client
 
@@ -120,25 +120,6 @@ ENTRY_BY_PROFILE = {
     "go": "main.go",
     "rust": "main.rs",
 }
-
-# The limit flags of ``sandboxd run-once``, all of which the protocol carries;
-# tests/clients checks the spellings agree.
-LIMIT_FLAGS: dict[str, tuple[str, str]] = {
-    "cpu_time": ("S", "CPU seconds"),
-    "wall_time": ("S", "wall-clock seconds"),
-    "memory": ("SIZE", "memory incl. swap"),
-    "pids": ("N", "processes+threads"),
-    "output": ("SIZE", "bytes kept per stream"),
-    "file_size": ("SIZE", "largest file"),
-    "box_size": ("SIZE", "size of /box"),
-    "tmp_size": ("SIZE", "size of /tmp"),
-    "open_files": ("N", "open files"),
-    "stack": ("SIZE", "stack size"),
-}
-
-
-_SIZE_KEYS = frozenset({"memory", "output", "file_size", "box_size", "tmp_size", "stack"})
-
 
 class UsageError(Exception):
     """A bad argument: exit 2 with this message."""
@@ -222,8 +203,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--profile", "-p", metavar="P", help="profile (default: from the suffix)")
     g = run.add_argument_group("limits (sizes take K, M, G suffixes)")
-    for key, (metavar, what) in LIMIT_FLAGS.items():
-        g.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=metavar, help=what)
+    for spec in proto.LIMITS:  # as ``sandboxd run-once`` spells them
+        g.add_argument(spec.flag(), dest=spec.name, metavar=spec.metavar, help=spec.help)
+    g = run.add_argument_group(
+        "compile-step limits (profiles that compile; default: the profile's)"
+    )
+    for spec in proto.LIMITS:
+        g.add_argument(
+            spec.flag(_COMPILE.replace("_", "-")),
+            dest=_COMPILE + spec.name,
+            metavar=spec.metavar,
+            help=spec.help,
+        )
     run.add_argument("--stdin", metavar="FILE", help="file to use as the job's stdin ('-': ours)")
     run.add_argument(
         "-i",
@@ -272,23 +263,21 @@ def _client(args: argparse.Namespace, **kw: Any) -> Client:
     return Client(args.socket, token=args.token, timeout=timeout, **kw)
 
 
-def _limits(args: argparse.Namespace) -> Limits | None:
-    values: dict[str, Any] = {}
-    for key in LIMIT_FLAGS:
-        raw = getattr(args, key, None)
+_COMPILE = "compile_"
+"""The prefix of the compile-step limits' ``dest`` (``--compile-memory``: ``compile_memory``)."""
+
+
+def _limits(args: argparse.Namespace, prefix: str = "") -> Limits | None:
+    """The limits given as flags (``prefix``: ``_COMPILE`` for the compile step's), or None."""
+    values: dict[str, float | int] = {}
+    for spec in proto.LIMITS:
+        raw = getattr(args, prefix + spec.name, None)
         if raw is None:
             continue
-        flag = f"--{key.replace('_', '-')}"
         try:
-            if key in ("cpu_time", "wall_time"):
-                values[key] = float(raw)
-            elif key in ("pids", "open_files"):
-                values[key] = int(raw)
-            else:
-                values[key] = parse_size(raw)
-        except ValueError:
-            kind = "a number" if key not in _SIZE_KEYS else "a size (a number, K, M or G suffix)"
-            raise UsageError(f"{flag} must be {kind}, not {raw!r}") from None
+            values[spec.name] = spec.parse(raw)
+        except proto.LimitValueError as e:
+            raise UsageError(f"{spec.flag(prefix.replace('_', '-'))} {e.reason}") from None
     return Limits(**values) if values else None
 
 
@@ -352,14 +341,20 @@ def _cmd_run(args: argparse.Namespace, argv: list[str] | None, out: _Out) -> int
             raise UsageError(f"--env wants K=V, not {item!r}")
         env[k] = v
     limits = _limits(args)
+    compile_limits = _limits(args, _COMPILE)
     stdin = _read(args.stdin, "--stdin") if args.stdin else b""
     with _client(args, busy_retries=max(0, args.busy_retries)) as client:
         profile, files = _profile_and_files(args, argv, client)
+        if compile_limits is not None:
+            info = next((p for p in client.profiles() if p.name == profile), None)
+            if info is not None and not info.compiled:
+                raise UsageError(f"--compile-* limits: profile {profile!r} has no compile step")
         job_args: dict[str, Any] = {
             "stdin": stdin,
             "argv": argv,
             "env": env or None,
             "limits": limits,
+            "compile": Compile(limits=compile_limits) if compile_limits is not None else None,
         }
         interrupted = threading.Event()
         installed = threading.current_thread() is threading.main_thread()

@@ -63,6 +63,16 @@ from ._events import (
     TestCase,
     Welcome,
 )
+from ._job_limits import (
+    LIMITS,
+    LIMITS_BY_NAME,
+    LimitSpec,
+    LimitValueError,
+    Unit,
+    format_size,
+    parse_limits,
+    parse_size,
+)
 from ._limits import DEFAULT_SIZE_LIMITS, SizeLimits
 from ._schema import MESSAGE_TYPES, TYPE_NAMES
 from ._state import JobState, Role, State
@@ -77,6 +87,8 @@ __all__ = [
     "DEFAULT_SIZE_LIMITS",
     "ERROR_CODES",
     "JOB_STATES",
+    "LIMITS",
+    "LIMITS_BY_NAME",
     "MESSAGE_TYPES",
     "NEED_DATA",
     "PROTOCOL_ERROR_CODES",
@@ -106,6 +118,8 @@ __all__ = [
     "JobSubmission",
     "KillRequest",
     "KillResult",
+    "LimitSpec",
+    "LimitValueError",
     "LocalProtocolError",
     "NeedData",
     "OutputChunk",
@@ -124,5 +138,9 @@ __all__ = [
     "StdinChunk",
     "StepResult",
     "TestCase",
+    "Unit",
     "Welcome",
+    "format_size",
+    "parse_limits",
+    "parse_size",
 ]

@@ -8,7 +8,9 @@ so the two sides can never disagree. Sequences given as lists are stored as
 tuples so that an event compares equal to its decoded copy.
 
 Records that are parts of messages (``JobLimits``, ``StepResult``...) are
-frozen dataclasses too. This module knows nothing of bytes or state.
+frozen dataclasses too; ``JobLimits`` is built from the table of limits
+(``_job_limits.py``), the one place their names are listed.
+This module knows nothing of bytes or state.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ._errors import PROTOCOL_ERROR_CODES
+from ._job_limits import JobLimits  # built from the table of limits, LIMITS
 from ._limits import DEFAULT_SIZE_LIMITS, SizeLimits
 
 __all__ = [
@@ -89,22 +92,6 @@ def _tuple(obj: object, name: str) -> None:
 # --------------------------------------------------------------------------
 # Parts of messages
 # --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobLimits:
-    """Resource limits of a job or step; ``None`` means "the profile's default"."""
-
-    cpu_time: float | None = None
-    wall_time: float | None = None
-    memory: int | None = None
-    pids: int | None = None
-    output: int | None = None
-    file_size: int | None = None
-    box_size: int | None = None
-    tmp_size: int | None = None
-    open_files: int | None = None
-    stack: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

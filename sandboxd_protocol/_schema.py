@@ -51,6 +51,7 @@ from ._events import (
     TestCase,
     Welcome,
 )
+from ._job_limits import LIMITS, LimitSpec, Unit
 from ._kinds import (
     INT32_MAX,
     INT64_MAX,
@@ -98,23 +99,14 @@ BYTE_COUNT = Int(0, INT64_MAX)
 COUNT = Int(0, INT64_MAX)
 ARGV = Array(Str("max_arg_length"), "max_argv", min_len=1)
 
-LIMIT_SECONDS = Float(0.0, 1e6, lo_open=True)
+def _limit_kind(spec: LimitSpec) -> Float | Int:
+    """The wire check of one limit: its row's unit and range."""
+    if spec.unit is Unit.SECONDS:
+        return Float(spec.lo, spec.hi, lo_open=spec.lo_open)
+    return Int(int(spec.lo), int(spec.hi))
 
-JOB_LIMITS = Record(
-    JobLimits,
-    (
-        ("cpu_time", LIMIT_SECONDS, False),
-        ("wall_time", LIMIT_SECONDS, False),
-        ("memory", Int(1, INT64_MAX), False),
-        ("pids", Int(1, INT64_MAX), False),
-        ("output", BYTE_COUNT, False),
-        ("file_size", BYTE_COUNT, False),
-        ("box_size", BYTE_COUNT, False),
-        ("tmp_size", BYTE_COUNT, False),
-        ("open_files", Int(1, INT64_MAX), False),
-        ("stack", BYTE_COUNT, False),
-    ),
-)
+
+JOB_LIMITS = Record(JobLimits, tuple((spec.name, _limit_kind(spec), False) for spec in LIMITS))
 
 COMPILE_STEP = Record(CompileStep, (("argv", ARGV, False), ("limits", JOB_LIMITS, False)))
 

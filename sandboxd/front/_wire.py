@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import sandboxd_protocol as proto
 from sandboxd import jobs
@@ -28,11 +27,11 @@ def job_spec(sub: proto.JobSubmission, profile: Profile, *,
     return JobSpec(
         profile=profile, files=dict(sub.files), stdin=sub.stdin,
         argv=list(sub.argv) if sub.argv else None, env=dict(sub.env or {}),
-        limits=_limits_dict(sub.limits),
+        limits=sub.limits,
         compile_argv=list(sub.compile.argv) if sub.compile and sub.compile.argv else None,
-        compile_limits=_limits_dict(sub.compile.limits) if sub.compile else None,
+        compile_limits=sub.compile.limits if sub.compile else None,
         tests=[TestSpec(stdin=t.stdin, expected_output=t.expected_output,
-                        limits=_limits_dict(t.limits), repeat=t.repeat)
+                        limits=t.limits, repeat=t.repeat)
                for t in sub.tests] if sub.tests is not None else None,
         expected_output=sub.expected_output, compare=sub.compare,
         float_tolerance=sub.float_tolerance, stop_on_failure=sub.stop_on_failure,
@@ -48,20 +47,8 @@ def job_result(id: str, outcome: JobOutcome, max_frame: int) -> proto.JobResult:
     return proto.JobResult(id=id, compile=compile_result, steps=steps)
 
 
-def _limits_dict(lim: proto.JobLimits | None) -> dict[str, Any] | None:
-    if lim is None:
-        return None
-    out = {k: getattr(lim, k) for k in ("cpu_time", "wall_time", "memory", "pids", "output",
-                                        "file_size", "box_size", "tmp_size", "open_files",
-                                        "stack")}
-    return {k: v for k, v in out.items() if v is not None}
-
-
 def wire_limits(lim: Limits) -> proto.JobLimits:
-    return proto.JobLimits(cpu_time=lim.cpu_time, wall_time=lim.wall_time, memory=lim.memory,
-                           pids=lim.pids, output=lim.output, file_size=lim.file_size,
-                           box_size=lim.box_size, tmp_size=lim.tmp_size,
-                           open_files=lim.open_files, stack=lim.stack)
+    return lim.to_wire()
 
 
 RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(Result))

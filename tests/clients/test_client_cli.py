@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import json
 import re
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from client_helpers import SANDBOXCTL, SLEEPER, sandboxctl
@@ -21,6 +23,8 @@ from sandboxd.config import DEFAULT_SOCKET
 from sandboxd.result import VERDICTS, Result
 from sandboxd_client import cli
 from sandboxd_testing.daemon import Daemon
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 # -- agreement with sandboxd, no daemon needed ------------------------------------------
 
@@ -92,7 +96,8 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     for args, message in (
         (["run"], "the following arguments are required: FILE"),
         (["run", "--memory", "lots", "a.py"], "--memory must be a size"),
-        (["run", "--pids", "2.5", "a.py"], "--pids must be a number"),
+        (["run", "--pids", "2.5", "a.py"], "--pids must be an integer"),
+        (["run", "--compile-memory", "lots", "a.py"], "--compile-memory must be a size"),
         (["run", "-i", "--stdin", "a.py", "a.py"], "choose one"),
         (["run", "a.py", "--"], "nothing after --"),
         (["ps", "--", "x"], "takes nothing after --"),
@@ -231,6 +236,53 @@ def test_run_json_files_and_argv(tmp_path: Path) -> None:
         p = sandboxctl("run", "--env", "WHO=you", "main.sh", "--", "bash", "-c", "echo $WHO",
                        socket=d.socket, cwd=tmp_path)  # fmt: skip
         assert p.stdout == b"you\n"
+
+
+BINARY = bytes(range(256))
+"""Every byte value: not valid UTF-8, so ``--json`` must carry it in base64 to be exact."""
+
+
+@pytest.mark.root
+def test_json_carries_the_exact_bytes(tmp_path: Path, run_once: Any) -> None:
+    """``sandboxctl run --json`` and ``sandboxd run-once --json`` give output that is not
+    UTF-8 exactly in ``stdout_b64`` (``stdout`` keeps the text with U+FFFD, for people);
+    output that is UTF-8 has no ``_b64`` field."""
+    code = "import sys; sys.stdout.buffer.write(bytes(range(256))); print('é', file=sys.stderr)"
+    once = run_once(["/usr/bin/python3", "-c", code], expect_exit=0)
+    _files(tmp_path, binary__py=code)
+    with Daemon(tmp_path, pool_profiles=["python3"]) as d:
+        p = sandboxctl("run", "--json", "binary.py", socket=d.socket, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    ctl = json.loads(p.stdout)
+    for doc in (once, ctl):
+        assert base64.b64decode(doc["stdout_b64"], validate=True) == BINARY
+        assert doc["stdout"] == BINARY.decode("utf-8", "replace")
+        assert doc["stderr"] == "é\n" and "stderr_b64" not in doc
+    assert set(ctl) - {"compile"} == set(once) - {"_exit", "_stderr"}
+
+
+@pytest.mark.root
+def test_compile_limit_flags_reach_the_compile_step(tmp_path: Path) -> None:
+    """--compile-* flags travel as the submission's compile.limits: a CPU limit no
+    compiler can meet ends the compile as compile_error, naming the limit; one above
+    the profile's maximum is refused naming compile.limits; the run step keeps its own."""
+    (tmp_path / "sum.c").write_bytes((EXAMPLES / "sum.c").read_bytes())
+    (tmp_path / "in.txt").write_text("2 40\n")
+    with Daemon(tmp_path, pool_profiles=["c"]) as d:
+        p = sandboxctl("run", "--json", "--compile-cpu-time", "0.001", "sum.c",
+                       socket=d.socket, cwd=tmp_path)  # fmt: skip
+        doc = json.loads(p.stdout)
+        assert doc["compile"]["verdict"] == "compile_error", doc["compile"]
+        assert doc["compile"]["reason"] == "time_limit (cpu)"
+        p = sandboxctl("run", "--compile-memory", "1T", "sum.c", socket=d.socket, cwd=tmp_path)
+        assert p.returncode == 65 and b"compile.limits.memory" in p.stderr, p.stderr
+        # both together: each step runs under its own
+        p = sandboxctl("run", "--cpu-time", "0.05", "--compile-cpu-time", "30",
+                       "--stdin", "in.txt", "sum.c", socket=d.socket, cwd=tmp_path)  # fmt: skip
+        assert p.returncode == 0 and p.stdout == b"42\n", p.stderr[-2000:]
+        p = sandboxctl("run", "--compile-memory", "64M", "--profile", "python3", "sum.c",
+                       socket=d.socket, cwd=tmp_path)  # fmt: skip
+        assert p.returncode == 2 and b"has no compile step" in p.stderr
 
 
 @pytest.mark.root

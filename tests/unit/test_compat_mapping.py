@@ -8,6 +8,7 @@ import signal
 
 import pytest
 
+import sandboxd_protocol as proto
 from sandboxd.front.http import judge0, piston
 from sandboxd.profiles import load_dir
 from sandboxd.result import Result
@@ -138,13 +139,13 @@ def test_limits_in_sandboxd_units_and_a_jvm_keeps_its_memory_without_a_request()
                   "cpu_time_limit": 2, "max_file_size": 10})
     assert isinstance(p, judge0.Params)
     lim = judge0.job_limits(p, PROFILES["python3"])
-    assert lim["memory"] == 64 << 20 and lim["cpu_time"] == 2.0 and lim["output"] == 10240
-    assert lim["stack"] == 64000 * 1024 and lim["wall_time"] == 10.0
+    assert lim.memory == 64 << 20 and lim.cpu_time == 2.0 and lim.output == 10240
+    assert lim.stack == 64000 * 1024 and lim.wall_time == 10.0
     java = PROFILES["java"]
     p, _ = parse({"source_code": "x", "language_id": 71})
     assert isinstance(p, judge0.Params)
-    assert judge0.job_limits(p, java)["memory"] == java.limits.memory
-    assert judge0.job_limits(p, java)["pids"] == java.limits.pids
+    assert judge0.job_limits(p, java).memory == java.limits.memory
+    assert judge0.job_limits(p, java).pids == java.limits.pids
 
 
 def test_batch_items_with_the_same_source_share_a_group() -> None:
@@ -290,7 +291,7 @@ def test_piston_files_limits_and_stdin() -> None:
     assert req.stdin == b"abc\n" and req.args == ["1", "2"]
     assert req.limits == {"run_timeout": 1500, "compile_timeout": 10000,
                           "compile_cpu_time": 10000, "run_cpu_time": 3000}
-    assert piston.job_limits(req.limits, "run") == {"wall_time": 1.5, "cpu_time": 3.0}
+    assert piston.job_limits(req.limits, "run") == proto.JobLimits(wall_time=1.5, cpu_time=3.0)
     with pytest.raises(piston.BadRequest, match="escape"):
         piston.parse_execute({"language": "py", "version": "*",
                               "files": [{"content": ""}, {"name": "../x", "content": ""}]},

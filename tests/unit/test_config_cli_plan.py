@@ -76,7 +76,7 @@ def run_once(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(("args", "match"), [
     (["--memory", "1T", "--", "true"], "memory=1024G is outside the allowed range"),
-    (["--cpu-time", "soon", "--", "true"], "cpu_time must be a number"),
+    (["--cpu-time", "soon", "--", "true"], "--cpu-time must be a number of seconds, not 'soon'"),
     (["--pids", "lots", "--", "true"], "--pids must be an integer"),
     (["--file", "noequals", "--", "true"], "--file wants NAME=PATH"),
     (["--file", "../x=/etc/hostname", "--", "true"], "must be relative and stay inside"),

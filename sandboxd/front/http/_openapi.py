@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import sandboxd_protocol as proto
 from sandboxd import __version__
 from sandboxd.compare import COMPARE_MODES
 from sandboxd.limits import Limits
@@ -32,7 +33,7 @@ def _error(description: str) -> dict[str, Any]:
 
 
 NULLABLE_STRING = {"type": ["string", "null"]}
-_SIZES = {"memory", "output", "file_size", "box_size", "tmp_size", "stack"}
+_SIZES = {s.name for s in proto.LIMITS if s.unit is proto.Unit.BYTES}
 
 LIMITS = {
     "type": "object",

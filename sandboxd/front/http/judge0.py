@@ -49,6 +49,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+import sandboxd_protocol as proto
 from sandboxd import __version__
 from sandboxd.jobs import JobOutcome, JobSpec, StepOutcome, TestSpec
 from sandboxd.limits import Limits
@@ -436,7 +437,7 @@ def parse_submission(body: Any, *, base64_encoded: bool, available: dict[int, Pr
     ), {}
 
 
-def job_limits(p: Params, profile: Profile) -> dict[str, Any]:
+def job_limits(p: Params, profile: Profile) -> proto.JobLimits:
     """The one place Judge0's limits become sandboxd's (the job's limit overrides).
 
     Seconds stay seconds, KB become bytes. A limit of 0 is "none" to isolate:
@@ -454,7 +455,7 @@ def job_limits(p: Params, profile: Profile) -> dict[str, Any]:
     if "max_processes_and_or_threads" not in p.given:
         pids = max(pids, profile.limits.pids)
     file_size = p.max_file_size * 1024
-    return {
+    return proto.parse_limits({
         "cpu_time": p.cpu_time_limit or DEFAULTS["max_cpu_time_limit"],
         "wall_time": p.wall_time_limit,
         "memory": memory,
@@ -462,7 +463,7 @@ def job_limits(p: Params, profile: Profile) -> dict[str, Any]:
         "pids": pids,
         "file_size": file_size or 1024,
         "output": file_size,
-    }
+    })
 
 
 def effective_limits(p: Params, profile: Profile) -> Limits:

@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+import sandboxd_protocol as proto
 from sandboxd.jobs import JobOutcome, JobSpec, TestSpec
 from sandboxd.limits import Limits
 from sandboxd.profiles import Profile
@@ -406,14 +407,14 @@ def max_limits(profile: Profile) -> dict[str, float | int]:
             "compile_memory_limit": top.memory, "run_memory_limit": top.memory}
 
 
-def job_limits(limits: dict[str, float | int], kind: str) -> dict[str, Any]:
+def job_limits(limits: dict[str, float | int], kind: str) -> proto.JobLimits:
     """The one place Piston's limits become sandboxd's: ms to seconds, bytes stay bytes."""
     out: dict[str, Any] = {"wall_time": limits[f"{kind}_timeout"] / 1000,
                            "cpu_time": limits[f"{kind}_cpu_time"] / 1000}
     memory = limits.get(f"{kind}_memory_limit")
     if memory:
         out["memory"] = int(memory)
-    return out
+    return proto.parse_limits(out)
 
 
 def job_spec(req: Request_, outputs: dict[str, bytearray], *,

@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+import sandboxd_protocol as proto
 from sandboxd import __version__
 from sandboxd.compare import COMPARE_MODES
 from sandboxd.jobs import JobOutcome, JobSpec, StepOutcome, TestSpec
@@ -60,7 +61,7 @@ from ._context import HttpContext
 LINGER = 2.0  # seconds a closed WebSocket's client has to send its closing reply
 SIZES = DEFAULT_SIZE_LIMITS  # the msgpack protocol's caps on a job's fields, the same here
 LIMIT_KEYS = tuple(Limits.__dataclass_fields__)
-_SIZE_LIMITS = {"memory", "output", "file_size", "box_size", "tmp_size", "stack"}
+_SIZE_LIMITS = {s.name for s in proto.LIMITS if s.unit is proto.Unit.BYTES}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 JOB_FIELDS = ("profile", "files", "stdin", "argv", "env", "limits", "compile", "tests",
               "expected_output", "compare", "float_tolerance", "stop_on_failure", "cpuset_pin")
@@ -175,7 +176,7 @@ def _env(value: Any, where: str) -> dict[str, str]:
     return out
 
 
-def job_limits(value: Any, where: str) -> dict[str, Any] | None:
+def job_limits(value: Any, where: str) -> proto.JobLimits | None:
     """A job's (or a test's, or a compile step's) limits as ``JobSpec`` takes them.
 
     The one place that builds them: seconds as numbers, sizes as bytes or
@@ -191,7 +192,12 @@ def job_limits(value: Any, where: str) -> dict[str, Any] | None:
             kind = "bytes (a number or a string like \"64M\")" if key in _SIZE_LIMITS else \
                 "a number"
             raise _invalid(f"{where}.{key}", f"must be {kind}, not {describe(v)}")
-    return dict(limits) or None
+    if not limits:
+        return None
+    try:
+        return proto.parse_limits(limits)
+    except proto.LimitValueError as e:
+        raise _invalid(f"{where}.{e.limit}", e.reason) from None
 
 
 def job_spec(service: JobService, body: Any, **streams: Any) -> JobSpec:
