@@ -40,9 +40,9 @@ def main() -> int:
     zproc = zygote.start()  # before trio: this process is single-threaded here
     import trio
 
-    from sandboxd.container import ContainerSpec
-    from sandboxd.executor import Container, RunStep
+    from sandboxd.container import Container, RunStep
     from sandboxd.limits import DEFAULT
+    from sandboxd.spawn import ContainerSpec
 
     samples: dict[str, list[float]] = {}
     have_bwrap = shutil.which("bwrap") is not None

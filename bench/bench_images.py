@@ -128,9 +128,9 @@ def creation(store_dir: str, rounds: int) -> dict[str, float]:
     zproc = zygote.start()
     import trio
 
-    from sandboxd.container import ContainerSpec
-    from sandboxd.executor import Container, RunStep
+    from sandboxd.container import Container, RunStep
     from sandboxd.limits import DEFAULT
+    from sandboxd.spawn import ContainerSpec
 
     samples: dict[str, list[float]] = {}
     kinds = {"host root": {}, "image root": {"image": image.id, "image_store": store_dir}}
@@ -209,10 +209,10 @@ def fifty(store_dir: str) -> dict[str, float]:
     import trio
 
     from sandboxd import cgroups, zygote
-    from sandboxd.container import ContainerSpec
-    from sandboxd.executor import Container, RunStep
+    from sandboxd.container import Container, RunStep
     from sandboxd.images import Store
     from sandboxd.limits import DEFAULT
+    from sandboxd.spawn import ContainerSpec
 
     store = Store(store_dir)
     image = store.resolve("bench:1")

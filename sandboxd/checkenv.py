@@ -26,8 +26,8 @@ class Finding:
 
 
 def _try_namespaces() -> Finding:
-    from sandboxd.container import CLONE_FLAGS
     from sandboxd.isolation import _libc
+    from sandboxd.spawn import CLONE_FLAGS
 
     pid = os.fork()
     if pid == 0:

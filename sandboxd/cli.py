@@ -122,8 +122,8 @@ def _fail(message: str) -> int:
 
 
 def _cmd_run_once(args: argparse.Namespace) -> int:
-    from sandboxd.executor import RunStep
-    from sandboxd.runonce import Once, run_once
+    from sandboxd.container import RunStep
+    from sandboxd.runonce import OneOffJob, run_once
 
     argv = list(args.argv)
     if argv and argv[0] == "--":
@@ -165,7 +165,7 @@ def _cmd_run_once(args: argparse.Namespace) -> int:
         return _fail(f"unknown seccomp policy {args.seccomp!r} "
                      f"(known: {', '.join(sorted(seccomp.POLICIES))})")
     step = RunStep(argv=argv, limits=limits, files=files, stdin=stdin, env=env)
-    once = Once(step=step, seccomp_policy=args.seccomp)
+    job = OneOffJob(step=step, seccomp_policy=args.seccomp)
     if args.image:
         from sandboxd.images import ImageError, Store
 
@@ -176,10 +176,10 @@ def _cmd_run_once(args: argparse.Namespace) -> int:
         step.argv = step.argv or list(image.config.argv())
         step.env = {**image.config.environ(), **env}
         step.cwd = image.config.workdir or step.cwd
-        once.image, once.image_store = image.id, args.image_store or ""
+        job.image, job.image_store = image.id, args.image_store or ""
     if not step.argv:
         return _fail("run-once needs a command after -- (the image has no Entrypoint or Cmd)")
-    result = run_once(once)
+    result = run_once(job)
     if args.json:
         sys.stdout.write(json.dumps(result.as_json()) + "\n")
     else:

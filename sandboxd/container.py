@@ -1,329 +1,358 @@
-"""One single-use container: made by ``spawn`` (host side), run by its init (inside).
+"""The supervisor's side of one container: hand it a job, watch it, measure it, destroy it.
 
-Strategy. Python decides, C executes. ``spawn`` runs in a single-threaded
-process (the zygote, or ``run-once`` before trio starts); it compiles the
-container's *plan* once per shape (the mount operations, the Landlock rules,
-the seccomp program, the job's ids: ``isolation/initplan.py``) into a sealed
-memfd, and asks the native fork server (``sandboxd-init --forkserver``, one
-per process) for a clone into new user, PID, mount, network, IPC, UTS and
-cgroup namespaces; the fork server writes the user namespace's id maps and
-lets the child go. The child, PID 1 of the new PID namespace, becomes the
-namespace's root and runs the native init, which carries out the plan and
-forks the job process, which drops everything it will never need again (every
-capability, uid, no_new_privs, Landlock, seccomp last) and then *waits*: all
-of that is done before any job exists, so a warm container costs a job
-almost nothing. No interpreter runs in a container.
+Strategy: a ``Container`` wraps what ``spawn.spawn`` returned (the init's
+pid, pidfd and control channel; sandboxd/spawn.py makes containers) plus
+the job cgroup the job process was
+placed in as soon as it reported ready. ``run`` writes the step's limits to
+the cgroup, sends files, argv and the stdio descriptors, then watches three
+things at once: the output pipes (capped; optionally streamed), a watchdog
+that reads the cgroup's CPU counter on a schedule that shrinks as the limit
+nears (so that no job runs more than a few ms of CPU past it), and the init's
+report of the job's exit. Any limit kills the whole cgroup with the freezer.
 
-When the job arrives (files, and the job process's exec request made here:
-argv, env, working directory, rlimits; with the stdio descriptors), the init
-writes the files into ``/box`` and hands the rest to the job process, which
-applies its rlimits, closes every other descriptor and execs. A failure of
-the job process before its execve (an rlimit, the stdio, the working
-directory) is the sandbox's, not the job's: the init reports it as an
-``error`` (where "job process", with the step and errno) and the job ends as
-``sandbox_error``; the execve failing (no such program, not executable) is the
-job's, exit 127 and a line on its stderr (native/jobproc.c). The init reaps
-every process of the namespace and reports how the job process ended. When
-the init exits, the kernel kills whatever is left in the namespace.
-
-Messages with the supervisor (``sandboxd.channel`` frames), from the init:
-``ready`` (+ pidfd of the job process), ``started`` (monotonic t0 of the
-hand-over, which starts the wall clock), ``exited`` (wait status, t0 again and
-t1 of the reaping), ``error`` (where, message; and step, errno when the job
-process failed before its execve); to it:
-``job`` (+ stdin, stdout, stderr descriptors), ``collect`` (the init answers
-``files``).
-
-The user namespace: the container's root maps to an unprivileged host uid
-of its slot, and the job user to another, so even a process that became
-"root" in the container is nobody on the host; mounts, the hostname and
-``lo`` are configured by that namespaced root. See docs/isolation.md.
+Wall time runs from the moment the init handed the job over (its monotonic
+clock, which is ours too: no time namespace) to the moment it reaped the job
+process. CPU time, user/system split and peak memory come from the cgroup,
+so children and threads count.
 """
 
 from __future__ import annotations
 
-import atexit
-import collections
 import contextlib
-import dataclasses
-import errno
-import fcntl
-import functools
 import os
-import select
-import signal
-import socket
-import struct
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from sandboxd.isolation import identity, initplan, landlock, mounts, rlimits, seccomp
-from sandboxd.isolation._libc import (
-    CLONE_NEWCGROUP,
-    CLONE_NEWIPC,
-    CLONE_NEWNET,
-    CLONE_NEWNS,
-    CLONE_NEWPID,
-    CLONE_NEWUSER,
-    CLONE_NEWUTS,
-)
+import trio
 
-CLONE_FLAGS = (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC
-               | CLONE_NEWUTS | CLONE_NEWCGROUP)
+from sandboxd import channel
+from sandboxd.cgroups import CgroupLimits, CgroupStats, JobCgroup
+from sandboxd.isolation import _libc, rlimits
+from sandboxd.limits import Limits
+from sandboxd.result import Measured, Result, SandboxError, decide
+from sandboxd.spawn import Spawned, job_message
 
-HOSTNAME = "sandboxd"
-JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
-WRITABLE_DIRS = ("/box", "/tmp", "/dev/shm")
-WRITABLE_FILES = ("/dev/null", "/dev/zero", "/dev/full")
+OutputCallback = Callable[[str, bytes], Awaitable[None]]
 
-
-@dataclass(frozen=True, slots=True)
-class ContainerSpec:
-    """What is fixed when a container is made (before any job): its slot and filesystem."""
-
-    slot: int
-    box_size: int
-    tmp_size: int
-    seccomp_policy: str = "default"
-    extra_binds: tuple[tuple[str, str], ...] = ()  # (host path, container path), read-only
-    landlock: bool = True
-    # An image root instead of the host's files: the image's id (never a name, which
-    # may move: plans are cached per shape) and its store. See docs/images.md.
-    image: str = ""
-    image_store: str = ""
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"slot": self.slot, "box_size": self.box_size, "tmp_size": self.tmp_size,
-                "seccomp_policy": self.seccomp_policy, "landlock": self.landlock,
-                "extra_binds": [list(b) for b in self.extra_binds],
-                "image": self.image, "image_store": self.image_store}
-
-    @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> ContainerSpec:
-        return cls(slot=int(d["slot"]), box_size=int(d["box_size"]),
-                   tmp_size=int(d["tmp_size"]), seccomp_policy=str(d["seccomp_policy"]),
-                   landlock=bool(d["landlock"]),
-                   extra_binds=tuple((str(a), str(b)) for a, b in d["extra_binds"]),
-                   image=str(d.get("image", "")), image_store=str(d.get("image_store", "")))
-
-    def mount_plan(self) -> mounts.MountPlan:
-        return _mount_plan(self.box_size, self.tmp_size, self.extra_binds, self.image,
-                           self.image_store)
-
-
-@functools.lru_cache(maxsize=64)
-def _mount_plan(box_size: int, tmp_size: int, extra_binds: tuple[tuple[str, str], ...],
-                image: str = "", image_store: str = "") -> mounts.MountPlan:
-    """Built once per shape (globbing /etc is not free); its compiled form, the plan's
-    memfd, is cached apart (``_plan_fd``)."""
-    binds = [mounts.Bind(src, dst, optional=True) for src, dst in extra_binds]
-    if image:
-        from sandboxd.images import Store
-
-        return mounts.image_plan(
-            overlay=Store(image_store or None).overlay_root(image),
-            uid=identity.JOB_UID, gid=identity.JOB_GID, hostname=HOSTNAME,
-            box_size=box_size, tmp_size=tmp_size, extra_binds=binds,
-        )
-    return mounts.default_plan(
-        uid=identity.JOB_UID, gid=identity.JOB_GID, hostname=HOSTNAME,
-        box_size=box_size, tmp_size=tmp_size, extra_binds=binds,
-    )
+# The watchdog never sleeps less than this near the CPU limit, nor more than
+# WATCH_MAX far from it (a job may gain CPUs when others finish).
+WATCH_MIN = 0.001
+WATCH_MAX = 0.25
+READ_CHUNK = 1 << 16
+NCPU = os.cpu_count() or 1
 
 
 @dataclass(slots=True)
-class Spawned:
-    """The host side's handles on a new container's init."""
+class RunStep:
+    """One execution in one container: what to run and under which limits."""
 
-    pid: int
-    pidfd: int
-    sock: socket.socket  # control channel to the init
-    created: float = field(default_factory=time.monotonic)
-
-
-def _init_path() -> str:
-    from sandboxd import native
-
-    return str(native.init_path())
-
-
-# The plan of each shape, in a sealed memfd every clone of that shape reads (the zygote
-# makes few shapes; the oldest is closed past this many).
-_PLANS: collections.OrderedDict[ContainerSpec, int] = collections.OrderedDict()
-_MAX_PLANS = 64
+    argv: list[str]
+    limits: Limits
+    files: dict[str, bytes] = field(default_factory=dict)
+    stdin: bytes = b""
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/box"
+    on_output: OutputCallback | None = None  # streaming: called with each chunk
+    stdin_stream: AsyncIterator[bytes] | None = None  # interactive stdin instead of ``stdin``
+    cpuset: str | None = None  # CPUs the job may run on (e.g. "1": pinned), None: any
 
 
-def plan_bytes(spec: ContainerSpec) -> bytes:
-    """What the init of a container of ``spec``'s shape carries out (isolation/initplan.py)."""
-    rules = None
-    if spec.landlock:
-        rules = landlock.plan_rules(read_dirs=["/"], write_dirs=WRITABLE_DIRS,
-                                    write_files=WRITABLE_FILES)
-    return initplan.encode(ops=mounts.compile_plan(spec.mount_plan()), hostname=HOSTNAME,
-                           landlock_rules=rules, uid=identity.JOB_UID, gid=identity.JOB_GID,
-                           bpf=seccomp.compile_policy(spec.seccomp_policy))
+class Container:
+    """One single-use container, seen from the supervisor.
 
+    Cancellation: if ``run`` is cancelled, the job's cgroup is killed (shielded)
+    before the cancellation propagates; ``destroy`` must still be called.
+    """
 
-def _plan_fd(spec: ContainerSpec) -> int:
-    shape = dataclasses.replace(spec, slot=0)
-    fd = _PLANS.get(shape)
-    if fd is not None:
-        _PLANS.move_to_end(shape)
-        return fd
-    data = plan_bytes(spec)
-    fd = os.memfd_create("sandboxd-plan", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
-                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
-    except BaseException:
-        os.close(fd)
-        raise
-    _PLANS[shape] = fd
-    if len(_PLANS) > _MAX_PLANS:
-        os.close(_PLANS.popitem(last=False)[1])
-    return fd
+    def __init__(self, spawned: Spawned, cgroup: JobCgroup) -> None:
+        self.init_pid = spawned.pid
+        self.pidfd = spawned.pidfd
+        self.created = spawned.created
+        self.cgroup = cgroup
+        self.chan = channel.AsyncChannel(spawned.sock)
+        self.job_pid: int | None = None
+        self.slot = -1  # the uid slot, when a pool allocated one
+        self.used = False
+        self._base: CgroupStats | None = None
+        self._deadline = 0.0
+        self.destroyed = False
+        self._killed_for: str | None = None
+        self._kill_lock = trio.Lock()
 
-
-class _ForkServer:
-    """The native fork server (native/forkserver.c, ``--forkserver``): one per process that makes
-    containers, started at its first container. It clones each init from its own small
-    address space instead of this interpreter's, and dies with this process."""
-
-    _MAGIC = 0x53464253  # "SBFS"
-
-    def __init__(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    async def wait_ready(self) -> None:
+        """Wait until the init has built the container and the job process waits for a job."""
+        msg, fds = await self.chan.recv()
+        if msg.get("t") != "ready" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise SandboxError(f"container setup failed: {msg.get('where', '?')}: "
+                               f"{msg.get('message', msg)}")
         try:
-            self.pid = os.posix_spawn(
-                _init_path(), ["sandboxd-init", "--forkserver"], {},
-                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
-                setsigdef=_DEFAULT_SIGNALS, setsigmask=())
+            self.job_pid = _libc.pidfd_pid(fds[0])
+        finally:
+            os.close(fds[0])
+        if self.job_pid <= 0:
+            raise SandboxError("container setup failed: the job process died before its job")
+        # Moving a process between cgroups waits for an RCU grace period on v1
+        # (~8 ms here, sleeping, not CPU): never on the event loop. Concurrent
+        # moves share one grace period, so pool refills overlap well in threads.
+        await trio.to_thread.run_sync(self.cgroup.add_pid, self.job_pid)
+
+    # ------------------------------------------------------------------ run
+
+    async def kill(self, reason: str) -> None:
+        """Kill every process of the job (freezer first) and remember why. Idempotent."""
+        if self._killed_for is None:
+            self._killed_for = reason
+        await self.kill_rest()
+
+    async def run(self, step: RunStep) -> Result:
+        if self.used:
+            raise SandboxError("a container runs one job only")
+        self.used = True
+        limits = step.limits
+        # The job process is already in the cgroup: a new cpuset moves it (and all it
+        # will fork) onto those CPUs before it execs the job.
+        self.cgroup.set_limits(CgroupLimits(memory=limits.memory, pids=limits.pids,
+                                            cpuset=step.cpuset))
+        # Made at the pool's low priority; the job, and the init that relays it,
+        # run at the normal one, ahead of the refills that run meanwhile.
+        for pid in (self.init_pid, self.job_pid):
+            if pid:
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, pid, 0)
+        base = self._base = self.cgroup.stats()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if step.stdin_stream is not None:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        else:
+            in_r, in_w = os.memfd_create("sandboxd-stdin", os.MFD_CLOEXEC), -1
+            if step.stdin:
+                os.write(in_r, step.stdin)
+                os.lseek(in_r, 0, os.SEEK_SET)
+        rl = rlimits.Rlimits(cpu_seconds=limits.cpu_time, file_size=limits.file_size,
+                             open_files=limits.open_files, stack=limits.stack)
+        try:
+            try:
+                msg = job_message(step.files, step.argv, step.env, step.cwd, rl)
+            except ValueError as e:
+                raise SandboxError(f"job delivery: ValueError: {e}") from e
+            await self.chan.send(msg, [in_r, out_w, err_w])
         except BaseException:
-            ours.close()
+            # Cancelled (the client hung up) or the init gone: our ends were not yet
+            # handed to anything that closes them (a leak per job, found by fuzzing).
+            for fd in (out_r, err_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
             raise
         finally:
-            theirs.close()
-        self.sock = ours
-        # Reaped by us, not left to PID 1: an orphan would be a zombie until PID 1 reaps it
-        # (some container PID 1s never do).
-        atexit.register(self.close)
-
-    def clone(self, ids: identity.IdMap, ctrl: socket.socket, plan_fd: int) -> tuple[int, int]:
-        """A new container init with ``ctrl`` as its channel: its pid and a pidfd."""
-        uid_map, gid_map = ids.uid_map().encode(), ids.gid_map().encode()
-        head = struct.pack("=III", self._MAGIC, len(uid_map), len(gid_map))
-        self.sock.sendmsg([head + uid_map + gid_map], [(
-            socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", ctrl.fileno(), plan_fd))])
-        data, ancdata, _flags, _addr = self.sock.recvmsg(8, socket.CMSG_SPACE(4))
-        fds = [fd for level, kind, raw in ancdata
-               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-               for fd in struct.unpack(f"{len(raw) // 4}i", raw[:len(raw) // 4 * 4])]
-        if len(data) != 8:
-            for fd in fds:
+            for fd in (in_r, out_w, err_w):
                 os.close(fd)
-            raise OSError(errno.EPIPE, "the container fork server is gone")
-        pid, err = struct.unpack("=ii", data)
-        if pid <= 0 or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise OSError(err or errno.EPROTO, f"the fork server could not clone a container: "
-                          f"{os.strerror(err or errno.EPROTO)}")
-        return pid, fds[0]
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Close its socket (it exits at EOF) and reap it, killing it past ``timeout``."""
-        if self.sock.fileno() < 0:
-            return
-        atexit.unregister(self.close)
+        # The write end of interactive stdin belongs to one object from here on,
+        # which closes it exactly once (the feeder at end of input, or this method).
+        stdin_w = trio.lowlevel.FdStream(in_w) if in_w >= 0 else None
+        out = _Capture("stdout", out_r, limits.output, step.on_output)
+        err = _Capture("stderr", err_r, limits.output, step.on_output)
+        # The wall clock starts at the hand-over, which the init reports ("started");
+        # until that message is in, the deadline counts from here, a little earlier.
+        sent = time.monotonic()
         try:
-            pidfd = os.pidfd_open(self.pid)
-        except ProcessLookupError:
-            pidfd = -1
-        self.sock.close()
-        if pidfd >= 0:
+            status, t0, t1 = await self._supervise(step, limits, base, sent, out, err, stdin_w)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.kill("cancel")
+            raise
+        finally:
+            out.close()
+            err.close()
+            if stdin_w is not None:
+                stdin_w.close()  # idempotent: the feeder may have closed it already
+        stats = self.cgroup.stats()
+        measured = Measured(
+            wait_status=status,
+            cpu_ns=stats.cpu_usage_ns - base.cpu_usage_ns,
+            user_ns=max(0, stats.cpu_user_ns - base.cpu_user_ns),
+            sys_ns=max(0, stats.cpu_system_ns - base.cpu_system_ns),
+            wall_s=t1 - t0,
+            memory_peak=stats.memory_peak,
+            oom_kills=stats.oom_kills - base.oom_kills,
+            killed_for=self._killed_for,
+            stdout=bytes(out.data), stderr=bytes(err.data),
+            stdout_truncated=out.truncated, stderr_truncated=err.truncated,
+        )
+        return decide(measured, limits)
+
+    def live_usage(self) -> tuple[float, int]:
+        """(CPU seconds, peak memory bytes) of the running step so far, for ``ps``: counted
+        from the step's start, since a recycled cgroup's counters may include earlier jobs."""
+        now = self.cgroup.stats()
+        base = self._base or now
+        return (now.cpu_usage_ns - base.cpu_usage_ns) / 1e9, now.memory_peak
+
+    async def _recv(self, kind: str) -> dict:
+        try:
+            msg, fds = await self.chan.recv()
+        except (channel.ChannelClosed, OSError) as e:
+            raise SandboxError(f"container init died while waiting for {kind!r}: {e}") from e
+        for fd in fds:
+            os.close(fd)
+        if msg.get("t") == "error":
+            raise SandboxError(f"{msg.get('where')}: {msg.get('message')}")
+        if msg.get("t") != kind:
+            raise SandboxError(f"container init sent {msg.get('t')!r}, expected {kind!r}")
+        return msg
+
+    async def _supervise(self, step: RunStep, limits: Limits, base: CgroupStats, t0: float,
+                         out: _Capture, err: _Capture,
+                         stdin_w: trio.lowlevel.FdStream | None) -> tuple[int, float, float]:
+        result: list[tuple[int, float, float]] = []
+        # A SandboxError (the init's "error", say a fault of the job process before its
+        # execve) is raised past the nursery, not from inside it: from inside, trio would
+        # wrap it in an ExceptionGroup that no caller's ``except SandboxError`` catches.
+        fault: list[SandboxError] = []
+        async with trio.open_nursery() as nursery:
+            readers = trio.CancelScope()
+            watch = trio.CancelScope()
+
+            async def reading() -> None:
+                with readers:
+                    async with trio.open_nursery() as rn:
+                        rn.start_soon(out.pump, self)
+                        rn.start_soon(err.pump, self)
+
+            nursery.start_soon(reading)
+            if stdin_w is not None:
+                nursery.start_soon(_feed_stdin, step.stdin_stream, stdin_w)
+
+            async def watching() -> None:
+                with watch:
+                    await self._watchdog(limits, base.cpu_usage_ns)
+
+            self._deadline = t0 + limits.wall_time
+            nursery.start_soon(watching)
             try:
-                poller = select.poll()
-                poller.register(pidfd, select.POLLIN)
-                if not poller.poll(int(timeout * 1000)):
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                    poller.poll(int(timeout * 1000))
-            finally:
-                os.close(pidfd)
-        with contextlib.suppress(ChildProcessError):  # ours to reap, unless SIGCHLD is ignored
-            os.waitpid(self.pid, os.WNOHANG)
+                msg = await self._recv("started")  # nothing waits on it but the deadline
+                self._deadline = float(msg["t0"]) + limits.wall_time
+                msg = await self._recv("exited")
+            except SandboxError as e:
+                fault.append(e)
+                nursery.cancel_scope.cancel()
+            else:
+                result.append((int(msg["status"]), float(msg["t0"]), float(msg["t1"])))
+                watch.cancel()
+                # The job process is gone; anything it left behind goes now.
+                await self.kill_rest()
+                # Every writer of the pipes is dead: the readers reach EOF promptly.
+                with trio.move_on_after(2.0):
+                    await out.done.wait()
+                    await err.done.wait()
+                readers.cancel()
+                nursery.cancel_scope.cancel()
+        if fault:
+            raise fault[0]
+        return result[0]
 
+    async def kill_rest(self) -> None:
+        """Kill whatever is left in the job's cgroup (freezer first), without a verdict."""
+        async with self._kill_lock:
+            if self.cgroup.pids():
+                await trio.to_thread.run_sync(self.cgroup.kill_all)
 
-_FORKSERVER: _ForkServer | None = None
-# Every signal a process we start begins with at its default action: the zygote ignores
-# SIGCHLD, Python ignores SIGPIPE and SIGXFSZ, and ignored dispositions survive execve.
-_DEFAULT_SIGNALS = frozenset(range(1, signal.NSIG)) - {signal.SIGKILL, signal.SIGSTOP, 32, 33}
+    async def _watchdog(self, limits: Limits, base_ns: int) -> None:
+        limit_ns = int(limits.cpu_time * 1e9)
+        while True:
+            deadline = self._deadline  # moves once, when the init reports the hand-over
+            used = self.cgroup.cpu_usage_ns() - base_ns
+            if used >= limit_ns:
+                await self.kill("cpu")
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                await self.kill("wall")
+                return
+            # The job can burn at most NCPU seconds of CPU per second.
+            cpu_left = (limit_ns - used) / 1e9 / NCPU
+            await trio.sleep(min(max(cpu_left, WATCH_MIN), WATCH_MAX, deadline - now))
 
+    async def collect(self, max_bytes: int = 256 << 20, max_files: int = 10000) -> dict[str, bytes]:
+        """The regular files the job left in /box (a compile step's output)."""
+        await self.chan.send({"t": "collect", "max_bytes": max_bytes, "max_files": max_files})
+        msg = await self._recv("files")
+        return {str(k): bytes(v) for k, v in msg["files"].items()}
 
-def spawn(spec: ContainerSpec) -> Spawned:
-    """Start a new container init. Call only from a single-threaded process (no trio).
+    # -------------------------------------------------------------- destroy
 
-    The native fork server clones it straight into its namespaces and writes its
-    id maps; it then carries out the shape's plan (native/init.c).
-    """
-    global _FORKSERVER
-    plan_fd = _plan_fd(spec)
-    if _FORKSERVER is None:
-        _FORKSERVER = _ForkServer()
-    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        pid, pidfd = _FORKSERVER.clone(identity.IdMap(spec.slot), child_sock, plan_fd)
-    except OSError:
-        parent_sock.close()
-        _FORKSERVER.close()  # a fresh one next time
-        _FORKSERVER = None
-        raise
-    finally:
-        child_sock.close()
-    return Spawned(pid, pidfd, parent_sock)
+    async def destroy(self, remove_cgroup: bool = True) -> None:
+        """Kill everything and reap the init; remove the cgroup unless the caller recycles it.
 
-
-def keep_only_fds(keep: set[int]) -> None:
-    """Close every descriptor but 0, 1, 2 and ``keep`` (the zygote, at its start)."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
+        Idempotent; never raises.
+        """
+        if self.destroyed:
+            return
+        self.destroyed = True
+        with trio.CancelScope(shield=True):
             try:
-                os.close(fd)
-            except OSError:
+                await self.kill_rest()
+            except Exception:
                 pass
+            with contextlib.suppress(OSError):
+                _libc.pidfd_send_signal(self.pidfd, 9)
+            with trio.move_on_after(5.0):
+                await trio.lowlevel.wait_readable(self.pidfd)
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+            os.close(self.pidfd)
+            self.chan.close()
+            if remove_cgroup:
+                await trio.to_thread.run_sync(self.cgroup.remove)
 
 
-def job_message(files: dict[str, bytes], argv: list[str], env: dict[str, str], cwd: str,
-                limits: rlimits.Rlimits) -> dict[str, Any]:
-    """The init's job message: the files for /box, and the job process's exec request
-    (which the init passes on untouched, with the job's stdio)."""
-    env = {str(k): str(v) for k, v in env.items()}
-    env.setdefault("PATH", JOB_PATH)
-    return {"t": "job", "files": files,
-            "exec": encode_exec([str(a) for a in argv], env, str(cwd or "/box"), limits)}
+async def _feed_stdin(source: AsyncIterator[bytes] | None,
+                      stream: trio.lowlevel.FdStream) -> None:
+    """Copy interactive stdin into the job; closing the stream is the job's end of input."""
+    try:
+        if source is not None:
+            async for chunk in source:
+                await stream.send_all(chunk)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await stream.aclose()
 
 
-def encode_exec(argv: list[str], env: dict[str, str], cwd: str,
-                limits: rlimits.Rlimits) -> bytes:
-    """The job process's exec request: what to execute, with which environment, where and
-    under which rlimits (native/jobproc.c reads it: little-endian, NUL-terminated strings)."""
-    def strv(items: list[str]) -> bytes:
-        out = [struct.pack("<I", len(items))]
-        for item in items:
-            raw = item.encode()
-            if b"\0" in raw:
-                raise ValueError(f"NUL byte in {item!r}")
-            out.append(raw + b"\0")
-        return b"".join(out)
+class _Capture:
+    """One output pipe: keeps at most ``cap`` bytes; one byte more means output_limit."""
 
-    pairs = limits.pairs()
-    body = b"".join([
-        strv(argv), strv([f"{k}={v}" for k, v in env.items()]), cwd.encode() + b"\0",
-        struct.pack("<I", len(pairs)),
-        *(struct.pack("<IQ", res, value) for res, value in pairs),
-    ])
-    return struct.pack("<I", len(body)) + body
+    def __init__(self, name: str, fd: int, cap: int, on_output: OutputCallback | None) -> None:
+        self.name = name
+        self.stream = trio.lowlevel.FdStream(fd)
+        self.cap = cap
+        self.on_output = on_output
+        self.data = bytearray()
+        self.truncated = False
+        self.done = trio.Event()  # set at EOF, or when the cap ended the reading
+
+    async def pump(self, container: Container) -> None:
+        while True:
+            chunk = await self.stream.receive_some(READ_CHUNK)
+            if not chunk:
+                self.done.set()
+                return
+            room = self.cap - len(self.data)
+            if len(chunk) > room:
+                chunk = chunk[:room]
+                self.truncated = True
+            if chunk:
+                self.data += chunk
+                if self.on_output is not None:
+                    await self.on_output(self.name, bytes(chunk))
+            if self.truncated:
+                await container.kill("output")
+                self.done.set()
+                return
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stream.close()

@@ -28,11 +28,11 @@ import trio
 
 from sandboxd import result as result_mod
 from sandboxd.compare import COMPARE_MODES
-from sandboxd.container import ContainerSpec
-from sandboxd.executor import RunStep
+from sandboxd.container import RunStep
 from sandboxd.limits import LimitError, Limits
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
+from sandboxd.spawn import ContainerSpec
 from sandboxd_protocol import JobLimits
 
 

@@ -4,7 +4,7 @@ Strategy: the limits themselves (names, units, wire ranges, parsing) are one
 table in the protocol package, ``sandboxd_protocol.LIMITS``. This module adds
 sandboxd's policy, one row per limit in ``POLICY``: the default, the least
 and the most a job may ask for, and the mechanism that enforces it (a test
-checks the mechanism is the one the executor and the native init use).
+checks the mechanism is the one the supervisor's container side and the native init use).
 ``Limits``, the full record of one step, is built from both tables.
 
 Every entry point (``run-once`` flags, the daemon's job messages, profiles)
@@ -64,10 +64,10 @@ class Mechanism(enum.Enum):
 
     CGROUP = "cgroup"
     """The job's cgroup (memory.max or memory.limit_in_bytes with swap, pids.max),
-    set by the executor before the job starts: it holds the whole process tree."""
+    set by the supervisor (container.py) before the job starts: it holds the whole process tree."""
     RLIMIT = "rlimit"
     """setrlimit in the job process just before execve (native/init.c), soft =
-    hard, from the ``Rlimits`` the executor sends: per process."""
+    hard, from the ``Rlimits`` the supervisor sends: per process."""
     MOUNT_SIZE = "mount size"
     """The ``size=`` of a tmpfs the container mounts (``ContainerSpec``)."""
     OUTPUT_CAP = "output cap"

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 import trio
 
 from sandboxd.cgroups import CgroupBackend, CgroupError, JobCgroup
-from sandboxd.container import ContainerSpec
-from sandboxd.executor import Container
+from sandboxd.container import Container
 from sandboxd.result import SandboxError
 from sandboxd.slots import SlotAllocator
+from sandboxd.spawn import ContainerSpec
 from sandboxd.zygote import ZygoteClient
 
 log = logging.getLogger("sandboxd.pool")

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandboxd.container import JOB_PATH
 from sandboxd.limits import DEFAULT, MAXIMUM, LimitError, Limits, MiB
+from sandboxd.spawn import JOB_PATH
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
 

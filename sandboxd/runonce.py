@@ -3,7 +3,7 @@
 Strategy: the same pieces the daemon uses, in the order the daemon uses them,
 in one process: the container is spawned *before* trio starts (this process
 acts as its own zygote: it is single-threaded until then), then trio runs the
-same ``executor.Container`` the supervisor runs. Whatever happens, the
+same ``container.Container`` the supervisor runs. Whatever happens, the
 container, its cgroup and our cgroup root are removed before we exit.
 
 The container's slot (its host uids) is locked host-wide like a daemon's
@@ -20,13 +20,15 @@ from dataclasses import dataclass
 import trio
 
 from sandboxd import cgroups, slots
-from sandboxd.container import ContainerSpec, spawn
-from sandboxd.executor import Container, RunStep
+from sandboxd.container import Container, RunStep
 from sandboxd.result import Result, SandboxError
+from sandboxd.spawn import ContainerSpec, spawn
 
 
 @dataclass(slots=True)
-class Once:
+class OneOffJob:
+    """A step and the container it asks for, for ``run_once`` (``sandboxd run-once``)."""
+
     step: RunStep
     seccomp_policy: str = "default"
     landlock: bool = True
@@ -34,21 +36,21 @@ class Once:
     image_store: str = ""
 
 
-def run_once(once: Once) -> Result:
+def run_once(job: OneOffJob) -> Result:
     """Run one step in one fresh container; our own failures become ``sandbox_error``."""
-    limits = once.step.limits
+    limits = job.step.limits
     backend = cgroups.open_backend(f"once-{os.getpid()}")
     spawned = None
     try:
         cg = backend.create(f"sandboxd-job-{os.getpid()}")
         spec = ContainerSpec(slot=slots.SlotAllocator().take(), box_size=limits.box_size,
-                             tmp_size=limits.tmp_size, seccomp_policy=once.seccomp_policy,
-                             landlock=once.landlock, image=once.image,
-                             image_store=once.image_store)
+                             tmp_size=limits.tmp_size, seccomp_policy=job.seccomp_policy,
+                             landlock=job.landlock, image=job.image,
+                             image_store=job.image_store)
         # SIGCHLD at its default: the native fork server is our child, reaped at exit.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         spawned = spawn(spec)
-        return trio.run(_run, spawned, cg, once.step)
+        return trio.run(_run, spawned, cg, job.step)
     except SandboxError as e:
         return Result.sandbox_error(e.reason)
     except OSError as e:

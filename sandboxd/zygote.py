@@ -28,9 +28,9 @@ import sys
 from dataclasses import dataclass
 
 from sandboxd import channel, slots
-from sandboxd.container import ContainerSpec, Spawned, keep_only_fds, spawn
 from sandboxd.isolation import _libc
 from sandboxd.result import SandboxError
+from sandboxd.spawn import ContainerSpec, Spawned, keep_only_fds, spawn
 
 
 @dataclass(slots=True)
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
 
 # Containers are made at this niceness, so that refilling the pool yields the
 # CPU to jobs that run; the supervisor sets each job process back to 0 when it
-# hands it a job (executor.Container.run).
+# hands it a job (container.Container.run).
 POOL_NICE = 10
 
 

@@ -24,7 +24,7 @@
  * - the job process (jobproc.c): the init's fork; it drops everything and waits for
  *   the job, then execs it (the first exec since the fork server's).
  *
- * Messages, as container.py documents them: to the supervisor "ready" (+ the job
+ * Messages, as spawn.py documents them: to the supervisor "ready" (+ the job
  * process's pidfd), "started", "exited", "files", "error" (where, message; from the job
  * process's own faults also step and errno); from it "job" (files, the job process's
  * exec request, + stdin, stdout, stderr) and "collect".

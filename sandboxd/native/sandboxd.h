@@ -15,7 +15,7 @@
  *
  * The contract with the Python side: the op table (``SANDBOXD_OPS``, mirrored by
  * sandboxd/isolation/initplan.py's ``OPS``), the plan's magic and the clone flags
- * (sandboxd/container.py's ``CLONE_FLAGS``). ``sandboxd-init --contract`` prints them
+ * (sandboxd/spawn.py's ``CLONE_FLAGS``). ``sandboxd-init --contract`` prints them
  * and tests/unit/isolation/test_native_contract.py holds both sides to each other.
  */
 #ifndef SANDBOXD_H

@@ -25,10 +25,10 @@ import trio
 
 from sandboxd import jobs
 from sandboxd.cgroups import CgroupError
-from sandboxd.container import ContainerSpec
-from sandboxd.executor import Container, RunStep
+from sandboxd.container import Container, RunStep
 from sandboxd.pool import Pool
 from sandboxd.result import Result, SandboxError
+from sandboxd.spawn import ContainerSpec
 
 
 @dataclass(eq=False)

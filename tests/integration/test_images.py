@@ -4,7 +4,7 @@ The images are made here (no registry): a base layer of /bin/sh, coreutils
 and find with the libraries ldd names, plus data; a second layer that deletes
 a file of the first and makes a directory opaque. Each test runs jobs through
 ``sandboxd run-once --image`` or, for many containers at once, the zygote and
-the executor, exactly as the daemon would.
+the supervisor's Container, exactly as the daemon would.
 """
 
 from __future__ import annotations
@@ -216,9 +216,9 @@ async def test_fifty_containers_share_one_copy_of_the_layers(images, zygote_proc
     import trio
 
     from sandboxd import cgroups, zygote
-    from sandboxd.container import ContainerSpec
-    from sandboxd.executor import Container, RunStep
+    from sandboxd.container import Container, RunStep
     from sandboxd.limits import DEFAULT
+    from sandboxd.spawn import ContainerSpec
 
     store: Store = images["stores"]["docker"]
     image = store.resolve("it:1")
@@ -292,9 +292,9 @@ async def test_rm_is_refused_while_a_container_runs(images, zygote_proc) -> None
     import trio
 
     from sandboxd import cgroups, zygote
-    from sandboxd.container import ContainerSpec
-    from sandboxd.executor import Container
+    from sandboxd.container import Container
     from sandboxd.images import ImageError
+    from sandboxd.spawn import ContainerSpec
 
     # A store of its own: this test removes the image.
     store = Store(images["stores"]["docker"].path + "-rm")

@@ -339,7 +339,7 @@ def own_fds(ad: AttackDaemon) -> int:
 def test_random_fuzzing_keeps_the_daemon_serving(attack_daemon: AttackDaemon) -> None:
     """Two rounds of fuzz_daemon.run (hostile clients on 4 threads, a good client
     throughout): no finding, no error in the daemon's log, descriptors back where they
-    were (a leak of two per hung-up job was fixed in sandboxd/executor.py), memory
+    were (a leak of two per hung-up job was fixed in sandboxd/container.py), memory
     bounded."""
     seed = int(os.environ.get("FUZZ_SEED", "0")) or int.from_bytes(os.urandom(3), "big")
     log_start = attack_daemon.daemon.log.stat().st_size

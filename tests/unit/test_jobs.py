@@ -17,13 +17,13 @@ import trio.testing
 
 from sandboxd import jobs
 from sandboxd.compare import CompareError, compare
-from sandboxd.container import ContainerSpec
-from sandboxd.executor import RunStep
+from sandboxd.container import RunStep
 from sandboxd.jobs import JobError, JobSpec, summarize
 from sandboxd.jobs import TestSpec as Case  # not "Test*": pytest would collect it
 from sandboxd.limits import Limits, MiB
 from sandboxd.profiles import CompileSpec, Profile
 from sandboxd.result import Result, compile_failed, judged
+from sandboxd.spawn import ContainerSpec
 
 
 def res(verdict: str = "ok", cpu: float = 0.1, wall: float = 0.2, stdout: bytes = b"",

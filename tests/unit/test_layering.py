@@ -49,7 +49,7 @@ def test_daemon_never_imports_clients(path: Path):
 
 
 KERNEL_FACING = [*files("sandboxd", "isolation"), *files("sandboxd", "cgroups"),
-                 *files("sandboxd", "native"), ROOT / "sandboxd" / "container.py",
+                 *files("sandboxd", "native"), ROOT / "sandboxd" / "spawn.py",
                  ROOT / "sandboxd" / "zygote.py", ROOT / "sandboxd" / "channel.py"]
 
 

@@ -206,13 +206,13 @@ def test_protocol_md_lists_the_table() -> None:
 # Where each mechanism takes its values: a call (its arguments) or a function (its body)
 # in which the step's ``limits.<name>`` is read.
 LEVERS: dict[Mechanism, list[tuple[str, str, str]]] = {
-    Mechanism.CGROUP: [("sandboxd/executor.py", "call", "CgroupLimits")],
-    Mechanism.RLIMIT: [("sandboxd/executor.py", "call", "Rlimits")],
+    Mechanism.CGROUP: [("sandboxd/container.py", "call", "CgroupLimits")],
+    Mechanism.RLIMIT: [("sandboxd/container.py", "call", "Rlimits")],
     Mechanism.MOUNT_SIZE: [("sandboxd/jobs.py", "call", "ContainerSpec"),
                            ("sandboxd/runonce.py", "call", "ContainerSpec")],
-    Mechanism.OUTPUT_CAP: [("sandboxd/executor.py", "call", "_Capture")],
-    Mechanism.WATCHDOG: [("sandboxd/executor.py", "def", "_watchdog"),
-                         ("sandboxd/executor.py", "def", "_supervise")],
+    Mechanism.OUTPUT_CAP: [("sandboxd/container.py", "call", "_Capture")],
+    Mechanism.WATCHDOG: [("sandboxd/container.py", "def", "_watchdog"),
+                         ("sandboxd/container.py", "def", "_supervise")],
 }
 
 
@@ -245,9 +245,9 @@ def test_each_mechanism_enforces_exactly_the_limits_said(mechanism: Mechanism) -
 
 
 def test_rlimits_reach_setrlimit() -> None:
-    """Each rlimit the executor builds becomes a (resource, value) pair, and the native
-    init applies the pairs with setrlimit before execve."""
-    source = (ROOT / "sandboxd" / "executor.py").read_text(encoding="utf-8")
+    """Each rlimit the supervisor builds (container.py) becomes a (resource, value) pair,
+    and the native job process applies the pairs with setrlimit before execve."""
+    source = (ROOT / "sandboxd" / "container.py").read_text(encoding="utf-8")
     call = re.search(r"rlimits\.Rlimits\(([^)]*)\)", source)
     assert call
     for keyword, attr in re.findall(r"(\w+)=limits\.(\w+)", call.group(1)):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd import cli, container
-from sandboxd.container import ContainerSpec
+from sandboxd import cli, spawn
 from sandboxd.images import DEFAULT_STORE, Store, import_image
 from sandboxd.isolation import mounts
 from sandboxd.profiles import ProfileError, load_dir, load_file
+from sandboxd.spawn import ContainerSpec
 from sandboxd_testing.images import BuiltImage, Entry, config, write_docker_save, write_layer
 
 
@@ -164,7 +164,7 @@ def test_image_plan(store_dir: Path, image_file: Path) -> None:
     assert kinds == [("File", "/etc/hostname"), ("File", "/etc/hosts"), ("Bind", "/x"),
                      ("Tmpfs", "/box"), ("Tmpfs", "/tmp"), ("Dev", "/dev"), ("Proc", "/proc")]
     host = ContainerSpec(slot=0, box_size=1 << 20, tmp_size=2 << 20).mount_plan()
-    assert host.overlay is None and container._mount_plan.cache_info().currsize >= 2
+    assert host.overlay is None and spawn._mount_plan.cache_info().currsize >= 2
     assert plan.steps[-4:] == host.steps[-4:]
 
 

@@ -2,12 +2,12 @@
 Landlock tests' runner; conftest.py makes it a fixture).
 
 Production: the zygote compiles a container shape into a plan (mounts, Landlock rules,
-the seccomp program, the job's ids: ``container.plan_bytes``), the native fork server
+the seccomp program, the job's ids: ``spawn.plan_bytes``), the native fork server
 clones an init on it, and the native init (native/init.c) applies it; the job process
 drops its capabilities and uid, sets no_new_privs, enforces the Landlock ruleset and
 installs the seccomp program last, then waits for its job, which
-``executor.Container`` hands it. ``in_container`` does exactly that, from
-``container.plan_bytes`` by default; a test that needs another policy (a ``deny_extra``,
+``container.Container`` hands it. ``in_container`` does exactly that, from
+``spawn.plan_bytes`` by default; a test that needs another policy (a ``deny_extra``,
 Landlock rules of its own, a control without a layer) changes only that element of the
 same plan (``initplan.encode``), so what enforces it is still the production init.
 
@@ -29,8 +29,8 @@ from typing import Any
 
 import trio
 
-from sandboxd import container, slots
-from sandboxd.executor import Container, RunStep
+from sandboxd import slots, spawn
+from sandboxd.container import Container, RunStep
 from sandboxd.isolation import identity, initplan, landlock, mounts, seccomp
 from sandboxd.limits import DEFAULT
 from sandboxd.result import Result
@@ -56,26 +56,26 @@ def mark_denials(bpf: bytes) -> bytes:
     return bytes(out)
 
 
-_PRODUCTION = object()  # "what container.plan_bytes puts there"
+_PRODUCTION = object()  # "what spawn.plan_bytes puts there"
 
 
 def production_rules() -> landlock.Rules | None:
-    """The Landlock rules every container gets (container.plan_bytes)."""
-    return landlock.plan_rules(read_dirs=["/"], write_dirs=container.WRITABLE_DIRS,
-                               write_files=container.WRITABLE_FILES)
+    """The Landlock rules every container gets (spawn.plan_bytes)."""
+    return landlock.plan_rules(read_dirs=["/"], write_dirs=spawn.WRITABLE_DIRS,
+                               write_files=spawn.WRITABLE_FILES)
 
 
-def plan_for(spec: container.ContainerSpec, *, rules: Any = _PRODUCTION,
+def plan_for(spec: spawn.ContainerSpec, *, rules: Any = _PRODUCTION,
              bpf: bytes | None = None, uid: int = identity.JOB_UID,
              gid: int = identity.JOB_GID) -> bytes:
     """The plan production makes for ``spec``, with only the named elements changed."""
     if rules is _PRODUCTION and bpf is None and (uid, gid) == (identity.JOB_UID,
                                                                identity.JOB_GID):
-        return container.plan_bytes(spec)
+        return spawn.plan_bytes(spec)
     if rules is _PRODUCTION:
         rules = production_rules() if spec.landlock else None
     return initplan.encode(ops=mounts.compile_plan(spec.mount_plan()),
-                           hostname=container.HOSTNAME, landlock_rules=rules, uid=uid, gid=gid,
+                           hostname=spawn.HOSTNAME, landlock_rules=rules, uid=uid, gid=gid,
                            bpf=bpf if bpf is not None else
                            seccomp.compile_policy(spec.seccomp_policy))
 
@@ -101,14 +101,14 @@ def in_container(argv: Sequence[str], *, policy: str = "default",
     step_limits = dataclasses.replace(DEFAULT, **limits)
     allocator = slots.SlotAllocator()
     slot = allocator.take()
-    spec = container.ContainerSpec(slot=slot, box_size=step_limits.box_size,
+    spec = spawn.ContainerSpec(slot=slot, box_size=step_limits.box_size,
                                    tmp_size=step_limits.tmp_size, seccomp_policy=policy,
                                    extra_binds=tuple(binds))
     plan = plan_for(spec, rules=rules, bpf=bpf, uid=uid, gid=gid)
     from sandboxd import cgroups
 
     backend = cgroups.open_backend(f"lsm-{os.getpid()}")
-    server = container._ForkServer()
+    server = spawn._ForkServer()
     plan_fd = os.memfd_create("sandboxd-test-plan", os.MFD_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -120,7 +120,7 @@ def in_container(argv: Sequence[str], *, policy: str = "default",
         cg = backend.create(f"sandboxd-lsm-{os.getpid()}-{slot}")
         step = RunStep(argv=list(argv), limits=step_limits, files=dict(files or {}),
                        env=dict(env or {}), cwd=cwd)
-        return trio.run(_run, container.Spawned(pid, pidfd, ours), cg, step)
+        return trio.run(_run, spawn.Spawned(pid, pidfd, ours), cg, step)
     finally:
         ours.close()
         os.close(plan_fd)
@@ -129,7 +129,7 @@ def in_container(argv: Sequence[str], *, policy: str = "default",
         allocator.give(slot)
 
 
-async def _run(spawned: container.Spawned, cg: Any, step: RunStep) -> Result:
+async def _run(spawned: spawn.Spawned, cg: Any, step: RunStep) -> Result:
     box = Container(spawned, cg)
     try:
         await box.wait_ready()

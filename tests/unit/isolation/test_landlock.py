@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from incontainer import production_rules
 
-from sandboxd import container
+from sandboxd import spawn
 from sandboxd.isolation import landlock
 
 Runner = Any  # incontainer.in_container
@@ -30,7 +30,7 @@ needs_landlock = pytest.mark.skipif(ABI == 0, reason="Landlock is not available"
 needs_scopes = pytest.mark.skipif(ABI < 6, reason="Landlock scopes need ABI 6")
 root = pytest.mark.root
 
-DEV_FILES = list(container.WRITABLE_FILES)
+DEV_FILES = list(spawn.WRITABLE_FILES)
 
 # Run as the job: attempts given as Python expressions, the errno of each printed as JSON.
 # -I -S: no site (Debian's sitecustomize lives in /etc, which some rules below do not grant).
@@ -89,7 +89,7 @@ def test_production_rules() -> None:
     handled = landlock.handled_access_fs(ABI)
     read = landlock.ACCESS_FS_EXECUTE | landlock.ACCESS_FS_READ_FILE | landlock.ACCESS_FS_READ_DIR
     assert rules.handled_fs == handled
-    assert dict(rules.rules) == {"/": read, **{d: handled for d in container.WRITABLE_DIRS},
+    assert dict(rules.rules) == {"/": read, **{d: handled for d in spawn.WRITABLE_DIRS},
                                  **{f: rules.rules[-1][1] for f in DEV_FILES}}
     assert not rules.rules[-1][1] & (landlock.ACCESS_FS_MAKE_REG | landlock.ACCESS_FS_EXECUTE)
     if ABI >= 6:
@@ -200,7 +200,7 @@ SIGNAL_TRIES = {
 @needs_scopes
 @pytest.mark.parametrize("scope", [True, False])
 def test_signals_stay_inside_the_domain(run_in_container: Runner, scope: bool) -> None:
-    rules = landlock.plan_rules(read_dirs=["/"], write_dirs=container.WRITABLE_DIRS,
+    rules = landlock.plan_rules(read_dirs=["/"], write_dirs=spawn.WRITABLE_DIRS,
                                 write_files=DEV_FILES, scope_signals=scope)
     got = attempts(run_in_container, SIGNAL_TRIES, rules=rules, uid=0, gid=0)
     assert got == {"init, signal 0": errno.EPERM if scope else 0, "own child": 0}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import subprocess
 
-from sandboxd import container, native
+from sandboxd import native, spawn
 from sandboxd.isolation import _libc, initplan
 
 
@@ -54,10 +54,10 @@ def test_python_and_c_agree_on_ops_magic_and_clone_flags() -> None:
     expected_flags = (_libc.CLONE_NEWUSER | _libc.CLONE_NEWPID | _libc.CLONE_NEWNS
                       | _libc.CLONE_NEWNET | _libc.CLONE_NEWIPC | _libc.CLONE_NEWUTS
                       | _libc.CLONE_NEWCGROUP)
-    assert values["clone_flags"] == container.CLONE_FLAGS == expected_flags
+    assert values["clone_flags"] == spawn.CLONE_FLAGS == expected_flags
     # Every element of a real plan (the host root, with Landlock where the kernel has it)
     # is an op of the table, in the order the init needs them.
-    names = _walk(container.plan_bytes(container.ContainerSpec(slot=0, box_size=1 << 20,
+    names = _walk(spawn.plan_bytes(spawn.ContainerSpec(slot=0, box_size=1 << 20,
                                                                tmp_size=1 << 20)))
     assert names[-2:] == ["job_process", "end"] and names.count("job_process") == 1
     assert names.index("pivot") < names.index("hostname") < names.index("loopback")

@@ -16,7 +16,7 @@ import socket
 import pytest
 from incontainer import plan_for, production_rules
 
-from sandboxd import channel, container, slots
+from sandboxd import channel, slots, spawn
 from sandboxd.isolation import identity, initplan, mounts, seccomp
 from sandboxd.isolation._libc import MS_BIND
 from sandboxd.isolation.mounts import HINT_TABLE, Op
@@ -32,7 +32,7 @@ def _memfd(data: bytes) -> int:
 
 def _run_plan(data: bytes) -> dict:
     """Clone one init on ``data`` (a plan) and return its first message."""
-    server = container._ForkServer()
+    server = spawn._ForkServer()
     plan = _memfd(data)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     allocator = slots.SlotAllocator()  # a slot no other container of the host uses
@@ -94,10 +94,10 @@ def test_a_truncated_plan_is_refused():
 def test_the_tests_default_plan_is_production_s():
     """incontainer.py (the seccomp and Landlock tests' runner) runs by default the plan the
     zygote would carry out, byte for byte; its variants change only what they name."""
-    spec = container.ContainerSpec(slot=0, box_size=1 << 20, tmp_size=1 << 20)
+    spec = spawn.ContainerSpec(slot=0, box_size=1 << 20, tmp_size=1 << 20)
     rebuilt = initplan.encode(ops=mounts.compile_plan(spec.mount_plan()),
-                              hostname=container.HOSTNAME, landlock_rules=production_rules(),
+                              hostname=spawn.HOSTNAME, landlock_rules=production_rules(),
                               uid=identity.JOB_UID, gid=identity.JOB_GID,
                               bpf=seccomp.compile_policy())
-    assert plan_for(spec) == rebuilt == container.plan_bytes(spec)
+    assert plan_for(spec) == rebuilt == spawn.plan_bytes(spec)
     assert plan_for(spec, rules=None) != rebuilt

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import resource
 
-from sandboxd.container import encode_exec
 from sandboxd.isolation.rlimits import Rlimits
+from sandboxd.spawn import encode_exec
 
 
 def test_hardening_limits_are_always_sent():

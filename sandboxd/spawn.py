@@ -1,0 +1,329 @@
+"""Making one single-use container: ``spawn`` (host side); its init runs it (inside).
+
+Strategy. Python decides, C executes. ``spawn`` runs in a single-threaded
+process (the zygote, or ``run-once`` before trio starts); it compiles the
+container's *plan* once per shape (the mount operations, the Landlock rules,
+the seccomp program, the job's ids: ``isolation/initplan.py``) into a sealed
+memfd, and asks the native fork server (``sandboxd-init --forkserver``, one
+per process) for a clone into new user, PID, mount, network, IPC, UTS and
+cgroup namespaces; the fork server writes the user namespace's id maps and
+lets the child go. The child, PID 1 of the new PID namespace, becomes the
+namespace's root and runs the native init, which carries out the plan and
+forks the job process, which drops everything it will never need again (every
+capability, uid, no_new_privs, Landlock, seccomp last) and then *waits*: all
+of that is done before any job exists, so a warm container costs a job
+almost nothing. No interpreter runs in a container.
+
+When the job arrives (files, and the job process's exec request made here:
+argv, env, working directory, rlimits; with the stdio descriptors), the init
+writes the files into ``/box`` and hands the rest to the job process, which
+applies its rlimits, closes every other descriptor and execs. A failure of
+the job process before its execve (an rlimit, the stdio, the working
+directory) is the sandbox's, not the job's: the init reports it as an
+``error`` (where "job process", with the step and errno) and the job ends as
+``sandbox_error``; the execve failing (no such program, not executable) is the
+job's, exit 127 and a line on its stderr (native/jobproc.c). The init reaps
+every process of the namespace and reports how the job process ended. When
+the init exits, the kernel kills whatever is left in the namespace.
+
+Messages with the supervisor (``sandboxd.channel`` frames), from the init:
+``ready`` (+ pidfd of the job process), ``started`` (monotonic t0 of the
+hand-over, which starts the wall clock), ``exited`` (wait status, t0 again and
+t1 of the reaping), ``error`` (where, message; and step, errno when the job
+process failed before its execve); to it:
+``job`` (+ stdin, stdout, stderr descriptors), ``collect`` (the init answers
+``files``).
+
+The user namespace: the container's root maps to an unprivileged host uid
+of its slot, and the job user to another, so even a process that became
+"root" in the container is nobody on the host; mounts, the hostname and
+``lo`` are configured by that namespaced root. See docs/isolation.md.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import functools
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandboxd.isolation import identity, initplan, landlock, mounts, rlimits, seccomp
+from sandboxd.isolation._libc import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUSER,
+    CLONE_NEWUTS,
+)
+
+CLONE_FLAGS = (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC
+               | CLONE_NEWUTS | CLONE_NEWCGROUP)
+
+HOSTNAME = "sandboxd"
+JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
+WRITABLE_DIRS = ("/box", "/tmp", "/dev/shm")
+WRITABLE_FILES = ("/dev/null", "/dev/zero", "/dev/full")
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """What is fixed when a container is made (before any job): its slot and filesystem."""
+
+    slot: int
+    box_size: int
+    tmp_size: int
+    seccomp_policy: str = "default"
+    extra_binds: tuple[tuple[str, str], ...] = ()  # (host path, container path), read-only
+    landlock: bool = True
+    # An image root instead of the host's files: the image's id (never a name, which
+    # may move: plans are cached per shape) and its store. See docs/images.md.
+    image: str = ""
+    image_store: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"slot": self.slot, "box_size": self.box_size, "tmp_size": self.tmp_size,
+                "seccomp_policy": self.seccomp_policy, "landlock": self.landlock,
+                "extra_binds": [list(b) for b in self.extra_binds],
+                "image": self.image, "image_store": self.image_store}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> ContainerSpec:
+        return cls(slot=int(d["slot"]), box_size=int(d["box_size"]),
+                   tmp_size=int(d["tmp_size"]), seccomp_policy=str(d["seccomp_policy"]),
+                   landlock=bool(d["landlock"]),
+                   extra_binds=tuple((str(a), str(b)) for a, b in d["extra_binds"]),
+                   image=str(d.get("image", "")), image_store=str(d.get("image_store", "")))
+
+    def mount_plan(self) -> mounts.MountPlan:
+        return _mount_plan(self.box_size, self.tmp_size, self.extra_binds, self.image,
+                           self.image_store)
+
+
+@functools.lru_cache(maxsize=64)
+def _mount_plan(box_size: int, tmp_size: int, extra_binds: tuple[tuple[str, str], ...],
+                image: str = "", image_store: str = "") -> mounts.MountPlan:
+    """Built once per shape (globbing /etc is not free); its compiled form, the plan's
+    memfd, is cached apart (``_plan_fd``)."""
+    binds = [mounts.Bind(src, dst, optional=True) for src, dst in extra_binds]
+    if image:
+        from sandboxd.images import Store
+
+        return mounts.image_plan(
+            overlay=Store(image_store or None).overlay_root(image),
+            uid=identity.JOB_UID, gid=identity.JOB_GID, hostname=HOSTNAME,
+            box_size=box_size, tmp_size=tmp_size, extra_binds=binds,
+        )
+    return mounts.default_plan(
+        uid=identity.JOB_UID, gid=identity.JOB_GID, hostname=HOSTNAME,
+        box_size=box_size, tmp_size=tmp_size, extra_binds=binds,
+    )
+
+
+@dataclass(slots=True)
+class Spawned:
+    """The host side's handles on a new container's init."""
+
+    pid: int
+    pidfd: int
+    sock: socket.socket  # control channel to the init
+    created: float = field(default_factory=time.monotonic)
+
+
+def _init_path() -> str:
+    from sandboxd import native
+
+    return str(native.init_path())
+
+
+# The plan of each shape, in a sealed memfd every clone of that shape reads (the zygote
+# makes few shapes; the oldest is closed past this many).
+_PLANS: collections.OrderedDict[ContainerSpec, int] = collections.OrderedDict()
+_MAX_PLANS = 64
+
+
+def plan_bytes(spec: ContainerSpec) -> bytes:
+    """What the init of a container of ``spec``'s shape carries out (isolation/initplan.py)."""
+    rules = None
+    if spec.landlock:
+        rules = landlock.plan_rules(read_dirs=["/"], write_dirs=WRITABLE_DIRS,
+                                    write_files=WRITABLE_FILES)
+    return initplan.encode(ops=mounts.compile_plan(spec.mount_plan()), hostname=HOSTNAME,
+                           landlock_rules=rules, uid=identity.JOB_UID, gid=identity.JOB_GID,
+                           bpf=seccomp.compile_policy(spec.seccomp_policy))
+
+
+def _plan_fd(spec: ContainerSpec) -> int:
+    shape = dataclasses.replace(spec, slot=0)
+    fd = _PLANS.get(shape)
+    if fd is not None:
+        _PLANS.move_to_end(shape)
+        return fd
+    data = plan_bytes(spec)
+    fd = os.memfd_create("sandboxd-plan", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    _PLANS[shape] = fd
+    if len(_PLANS) > _MAX_PLANS:
+        os.close(_PLANS.popitem(last=False)[1])
+    return fd
+
+
+class _ForkServer:
+    """The native fork server (native/forkserver.c, ``--forkserver``): one per process that makes
+    containers, started at its first container. It clones each init from its own small
+    address space instead of this interpreter's, and dies with this process."""
+
+    _MAGIC = 0x53464253  # "SBFS"
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.pid = os.posix_spawn(
+                _init_path(), ["sandboxd-init", "--forkserver"], {},
+                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
+                setsigdef=_DEFAULT_SIGNALS, setsigmask=())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        # Reaped by us, not left to PID 1: an orphan would be a zombie until PID 1 reaps it
+        # (some container PID 1s never do).
+        atexit.register(self.close)
+
+    def clone(self, ids: identity.IdMap, ctrl: socket.socket, plan_fd: int) -> tuple[int, int]:
+        """A new container init with ``ctrl`` as its channel: its pid and a pidfd."""
+        uid_map, gid_map = ids.uid_map().encode(), ids.gid_map().encode()
+        head = struct.pack("=III", self._MAGIC, len(uid_map), len(gid_map))
+        self.sock.sendmsg([head + uid_map + gid_map], [(
+            socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", ctrl.fileno(), plan_fd))])
+        data, ancdata, _flags, _addr = self.sock.recvmsg(8, socket.CMSG_SPACE(4))
+        fds = [fd for level, kind, raw in ancdata
+               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+               for fd in struct.unpack(f"{len(raw) // 4}i", raw[:len(raw) // 4 * 4])]
+        if len(data) != 8:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(errno.EPIPE, "the container fork server is gone")
+        pid, err = struct.unpack("=ii", data)
+        if pid <= 0 or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(err or errno.EPROTO, f"the fork server could not clone a container: "
+                          f"{os.strerror(err or errno.EPROTO)}")
+        return pid, fds[0]
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Close its socket (it exits at EOF) and reap it, killing it past ``timeout``."""
+        if self.sock.fileno() < 0:
+            return
+        atexit.unregister(self.close)
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            pidfd = -1
+        self.sock.close()
+        if pidfd >= 0:
+            try:
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                if not poller.poll(int(timeout * 1000)):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    poller.poll(int(timeout * 1000))
+            finally:
+                os.close(pidfd)
+        with contextlib.suppress(ChildProcessError):  # ours to reap, unless SIGCHLD is ignored
+            os.waitpid(self.pid, os.WNOHANG)
+
+
+_FORKSERVER: _ForkServer | None = None
+# Every signal a process we start begins with at its default action: the zygote ignores
+# SIGCHLD, Python ignores SIGPIPE and SIGXFSZ, and ignored dispositions survive execve.
+_DEFAULT_SIGNALS = frozenset(range(1, signal.NSIG)) - {signal.SIGKILL, signal.SIGSTOP, 32, 33}
+
+
+def spawn(spec: ContainerSpec) -> Spawned:
+    """Start a new container init. Call only from a single-threaded process (no trio).
+
+    The native fork server clones it straight into its namespaces and writes its
+    id maps; it then carries out the shape's plan (native/init.c, plan.c).
+    """
+    global _FORKSERVER
+    plan_fd = _plan_fd(spec)
+    if _FORKSERVER is None:
+        _FORKSERVER = _ForkServer()
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        pid, pidfd = _FORKSERVER.clone(identity.IdMap(spec.slot), child_sock, plan_fd)
+    except OSError:
+        parent_sock.close()
+        _FORKSERVER.close()  # a fresh one next time
+        _FORKSERVER = None
+        raise
+    finally:
+        child_sock.close()
+    return Spawned(pid, pidfd, parent_sock)
+
+
+def keep_only_fds(keep: set[int]) -> None:
+    """Close every descriptor but 0, 1, 2 and ``keep`` (the zygote, at its start)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def job_message(files: dict[str, bytes], argv: list[str], env: dict[str, str], cwd: str,
+                limits: rlimits.Rlimits) -> dict[str, Any]:
+    """The init's job message: the files for /box, and the job process's exec request
+    (which the init passes on untouched, with the job's stdio)."""
+    env = {str(k): str(v) for k, v in env.items()}
+    env.setdefault("PATH", JOB_PATH)
+    return {"t": "job", "files": files,
+            "exec": encode_exec([str(a) for a in argv], env, str(cwd or "/box"), limits)}
+
+
+def encode_exec(argv: list[str], env: dict[str, str], cwd: str,
+                limits: rlimits.Rlimits) -> bytes:
+    """The job process's exec request: what to execute, with which environment, where and
+    under which rlimits (native/jobproc.c reads it: little-endian, NUL-terminated strings)."""
+    def strv(items: list[str]) -> bytes:
+        out = [struct.pack("<I", len(items))]
+        for item in items:
+            raw = item.encode()
+            if b"\0" in raw:
+                raise ValueError(f"NUL byte in {item!r}")
+            out.append(raw + b"\0")
+        return b"".join(out)
+
+    pairs = limits.pairs()
+    body = b"".join([
+        strv(argv), strv([f"{k}={v}" for k, v in env.items()]), cwd.encode() + b"\0",
+        struct.pack("<I", len(pairs)),
+        *(struct.pack("<IQ", res, value) for res, value in pairs),
+    ])
+    return struct.pack("<I", len(body)) + body
