@@ -183,7 +183,8 @@ def test_proc_self_exe_leads_only_back_to_an_unwritable_helper(
     before = _sha(helper), _sha(interpreter)
     step = attack_daemon.run("bash", {"main.sh": b"true"}, argv=["/proc/self/exe"])
     assert step.verdict == "runtime_error" and step.exit_code == 127, step
-    assert b"program not executable: /proc/self/exe (Permission denied)" in step.stderr, step
+    assert step.stderr == (b"sandboxd: program not executable: /proc/self/exe "
+                           b"(Permission denied)\n"), step
     for attempt in ("proc-exe-init", "proc-exe-write", "self-exe-write"):
         got = attack_daemon.probe(probes["escape"], attempt, str(host_canary.path))
         refused(got)
