@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
     serve.add_argument("--socket", metavar="PATH", help="Unix socket to listen on")
+    serve.add_argument("--redis", metavar="URL", help="also run jobs from the cluster's queue "
+                       "at URL (redis://HOST:PORT/DB; docs/cluster.md)")
 
     check = sub.add_parser("check-environment", help="report what the kernel offers")
     check.add_argument("--json", action="store_true")
@@ -306,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from sandboxd.daemon import main as serve_main
 
-        return serve_main(config_path=args.config, socket_path=args.socket)
+        return serve_main(config_path=args.config, socket_path=args.socket, redis=args.redis)
     return _fail(f"unknown command {args.command!r}")
 
 

@@ -76,6 +76,9 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run, list(cfg.pool_profiles))
+            if cfg.redis:  # a node of a cluster too (coredis: the `cluster` extra)
+                from sandboxd.front.redis_queue import RedisNode
+                await nursery.start(RedisNode(cfg, service).run)
             async with trio.open_nursery() as connections:
                 accepting = trio.CancelScope()
                 listeners: list[trio.abc.Listener[Any]] = [
@@ -122,9 +125,10 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
         event("stopped")
 
 
-def main(config_path: str | None = None, socket_path: str | None = None) -> int:
+def main(config_path: str | None = None, socket_path: str | None = None,
+         redis: str | None = None) -> int:
     try:
-        cfg = load(config_path, socket=socket_path)
+        cfg = load(config_path, socket=socket_path, redis=redis)
     except ConfigError as e:
         sys.stderr.write(f"sandboxd: {e}\n")
         return 2
