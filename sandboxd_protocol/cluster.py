@@ -16,6 +16,7 @@ same checks as one from its socket.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
@@ -26,14 +27,13 @@ from ._limits import DEFAULT_SIZE_LIMITS, SizeLimits
 from ._schema import check_job_id, decode_message, encode_message
 
 __all__ = [
-    "DONE",
     "GROUP",
     "JOBS",
     "NODES",
     "cancel_key",
     "node_key",
-    "output_key",
     "pack",
+    "reply_key",
     "result_key",
     "unpack",
 ]
@@ -41,7 +41,8 @@ __all__ = [
 PREFIX = "sandboxd:"
 
 JOBS = PREFIX + "jobs"
-"""The job stream. Entry fields: ``job`` (a packed ``JobSubmission``)."""
+"""The job stream. Entry fields: ``job`` (a packed ``JobSubmission``) and ``reply`` (the
+submitter's id, see ``reply_key``; optional: without it, poll ``result_key``)."""
 
 GROUP = "sandboxd"
 """The consumer group every node reads ``JOBS`` in; a node's consumer name is its node id."""
@@ -49,8 +50,8 @@ GROUP = "sandboxd"
 NODES = PREFIX + "nodes"
 """A set of node ids that have announced themselves (see ``node_key``)."""
 
-DONE = b"done"
-"""The field of the entry on a job's output stream that says its answer is stored."""
+SUBMITTER_ID = re.compile(r"[0-9a-f]{32}")
+"""What a ``reply`` field must be (a uuid4's hex): a node builds the key from it."""
 
 
 def result_key(job_id: str) -> str:
@@ -58,10 +59,11 @@ def result_key(job_id: str) -> str:
     return f"{PREFIX}result:{job_id}"
 
 
-def output_key(job_id: str) -> str:
-    """A stream per job: ``chunk`` entries (packed ``OutputChunk``, with the ``attempt`` that
-    wrote it) in order, then one with ``done`` once the answer is in ``result_key``."""
-    return f"{PREFIX}out:{job_id}"
+def reply_key(submitter: str) -> str:
+    """A stream per submitter (a client, a gateway), read by it alone. Each entry names its
+    ``job``; ``chunk`` entries (a packed ``OutputChunk`` and the ``attempt`` that wrote it)
+    come in order, and one ``done`` entry once the job's answer is in ``result_key``."""
+    return f"{PREFIX}reply:{submitter}"
 
 
 def cancel_key(job_id: str) -> str:

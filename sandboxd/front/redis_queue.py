@@ -6,7 +6,7 @@ consumer group under its node id, taking only as many entries as it has free
 slots (so load balances itself: a busy node takes nothing), and runs each
 job through the ``JobService`` exactly as a local one. The answer is stored
 once, with ``SET ... NX``, under the job's id (the id its submitter chose),
-a ``done`` entry on the job's output stream wakes the submitter, and only
+a ``done`` entry on the submitter's reply stream wakes it, and only
 then is the entry acknowledged and deleted. So execution is at least once
 and the answer exactly once: a job run again after a redelivery finds its
 answer there, or loses the ``NX`` race, and never overwrites it.
@@ -73,6 +73,7 @@ class _Entry:
     """One stream entry this node holds: pending on it until acknowledged."""
 
     entry_id: bytes
+    reply: str | None = None  # the submitter's reply stream
     job_id: str = ""
     job: Job | None = None
 
@@ -167,7 +168,7 @@ class RedisNode:
             got = await r.xreadgroup(cluster.GROUP, self.node, streams={cluster.JOBS: ">"},
                                      count=n, block=1000)
             for entry in (got or {}).get(cluster.JOBS.encode(), ()):
-                self._start(entry.identifier, entry.field_values.get(b"job"), 1)
+                self._start(entry.identifier, entry.field_values, 1)
 
     async def _claim(self) -> None:
         """Take over entries a dead node left (idle past the claim time)."""
@@ -192,7 +193,7 @@ class RedisNode:
                 self.claimed += 1
                 event("job_claimed", node=self.node, entry=entry.identifier.decode(),
                       delivered=delivered)
-                self._start(entry.identifier, entry.field_values.get(b"job"), delivered)
+                self._start(entry.identifier, entry.field_values, delivered)
 
     async def _heartbeat(self) -> None:
         """Renew our entries, look for cancels, and announce this node."""
@@ -244,10 +245,12 @@ class RedisNode:
 
     # -- one job ----------------------------------------------------------
 
-    def _start(self, entry_id: bytes, data: bytes | None, delivered: int) -> None:
+    def _start(self, entry_id: bytes, fields: Any, delivered: int) -> None:
         if entry_id in self.entries:
             return  # ours already (claimed back after Redis was away): it runs
-        entry = _Entry(entry_id)
+        reply = (fields.get(b"reply") or b"").decode("ascii", "replace")
+        entry = _Entry(entry_id, reply if cluster.SUBMITTER_ID.fullmatch(reply) else None)
+        data = fields.get(b"job")
         self.entries[entry_id] = entry
         self.unanswered.add(entry_id)
         assert self._jobs is not None
@@ -321,11 +324,11 @@ class RedisNode:
         seq = itertools.count()
 
         async def on_output(step: int, stream: str, data: bytes) -> None:
-            await self._output(sub.id, proto.OutputChunk(
+            await self._output(entry, proto.OutputChunk(
                 id=sub.id, stream=stream, data=data, seq=next(seq), step=step), attempt)
 
         async def on_compile_output(stream: str, data: bytes) -> None:
-            await self._output(sub.id, proto.OutputChunk(
+            await self._output(entry, proto.OutputChunk(
                 id=sub.id, stream=stream, data=data, seq=next(seq), compile=True), attempt)
 
         while True:
@@ -355,15 +358,19 @@ class RedisNode:
         return job_result(job_id, JobOutcome(None, [StepOutcome(
             Result.without_run(verdict, reason))]), self.limits.max_frame_size)
 
-    async def _output(self, job_id: str, chunk: proto.OutputChunk, attempt: int) -> None:
-        """One chunk on the job's output stream; lost (the result has it) if Redis is away."""
-        key = cluster.output_key(job_id)
+    async def _output(self, entry: _Entry, chunk: proto.OutputChunk, attempt: int) -> None:
+        """One chunk on the submitter's reply stream; lost (the result has it all) if Redis
+        is away or the submitter named no reply stream."""
+        if entry.reply is None:
+            return
+        key = cluster.reply_key(entry.reply)
         try:
             async with self.r.pipeline(transaction=False) as p:
-                p.xadd(key, {"chunk": cluster.pack(chunk, self.limits), "attempt": str(attempt)})
+                p.xadd(key, {"job": chunk.id, "chunk": cluster.pack(chunk, self.limits),
+                             "attempt": str(attempt)})
                 p.expire(key, self.ttl)
         except (RedisError, OSError) as e:
-            event("cluster_output_lost", logging.WARNING, job=job_id, error=str(e))
+            event("cluster_output_lost", logging.WARNING, job=chunk.id, error=str(e))
 
     async def _answer(self, entry: _Entry, job_id: str | None,
                       answer: proto.JobResult | proto.ErrorReport | None) -> None:
@@ -379,11 +386,12 @@ class RedisNode:
             try:
                 async with self.r.pipeline(transaction=True) as p:
                     if record is not None and job_id is not None:
-                        out = cluster.output_key(job_id)
                         p.set(cluster.result_key(job_id), record,
                               condition=coredis.PureToken.NX, ex=self.ttl)
-                        p.xadd(out, {"done": "1"})
-                        p.expire(out, self.ttl)
+                        if entry.reply is not None:  # a second "done" (a rerun's) is harmless
+                            out = cluster.reply_key(entry.reply)
+                            p.xadd(out, {"job": job_id, "done": "1"})
+                            p.expire(out, self.ttl)
                     p.xack(cluster.JOBS, cluster.GROUP, [entry.entry_id])
                     p.xdel(cluster.JOBS, [entry.entry_id])
                 break
