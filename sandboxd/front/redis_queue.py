@@ -287,8 +287,11 @@ class RedisNode:
                 await self._answer(entry, None, None)  # nobody to tell: drop it
             return
         entry.job_id = sub.id
-        r = self.r
-        if await r.exists([cluster.result_key(sub.id)]):
+        async with self.r.pipeline(transaction=False) as p:  # one round trip for both
+            answered_q = p.exists([cluster.result_key(sub.id)])
+            cancelled_q = p.exists([cluster.cancel_key(sub.id)])
+        answered, cancelled = await answered_q, await cancelled_q
+        if answered:
             await self._answer(entry, None, None)  # answered before a crash: acknowledge
             return
         if delivered > self.cfg.redis_max_deliveries:
@@ -298,7 +301,7 @@ class RedisNode:
             event("job_poison", logging.WARNING, node=self.node, job=sub.id, delivered=delivered)
             await self._answer(entry, sub.id, self._outcome(sub.id, "sandbox_error", reason))
             return
-        if await r.exists([cluster.cancel_key(sub.id)]):
+        if cancelled:
             await self._answer(entry, sub.id,
                                self._outcome(sub.id, "cancelled", "cancelled by the client"))
             return
