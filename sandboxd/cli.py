@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
     serve.add_argument("--socket", metavar="PATH", help="Unix socket to listen on")
     serve.add_argument("--http", metavar="HOST:PORT", help="also serve HTTP there (docs/http.md)")
+    serve.add_argument("--redis", metavar="URL", help="also run jobs from the cluster's queue "
+                       "at URL (redis://HOST:PORT/DB; docs/cluster.md)")
 
     check = sub.add_parser("check-environment", help="report what the kernel offers")
     check.add_argument("--json", action="store_true")
@@ -298,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from sandboxd.daemon import main as serve_main
 
-        return serve_main(config_path=args.config, socket_path=args.socket, http=args.http)
+        return serve_main(config_path=args.config, socket_path=args.socket, http=args.http,
+                          redis=args.redis)
     return _fail(f"unknown command {args.command!r}")
 
 

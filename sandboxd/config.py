@@ -65,6 +65,11 @@ class Config:
     # The Judge0-compatible API (docs/http.md).
     judge0_batch_size: int = 20
     judge0_callbacks: tuple[str, ...] = ()
+    redis: str = ""  # "redis://HOST:PORT/DB": also take jobs from the cluster's queue
+    node_id: str = ""  # "": <hostname>-<instance>
+    redis_claim_idle: float = 30.0
+    redis_max_deliveries: int = 3
+    redis_result_ttl: float = 3600.0
 
 
 KEYS: dict[str, tuple[type, str]] = {
@@ -120,6 +125,14 @@ KEYS: dict[str, tuple[type, str]] = {
                                "/submissions/batch)."),
     "judge0_callbacks": (list, "hosts (names, addresses or networks such as 10.0.0.0/8) a "
                                "Judge0 callback_url may name; none by default."),
+    "redis": (str, "redis://[USER:PASSWORD@]HOST:PORT/DB (or rediss:// for TLS): also run "
+                   "jobs from the cluster's queue there (docs/cluster.md). Off when empty."),
+    "node_id": (str, "this node's name in the cluster (default: <hostname>-<instance>)."),
+    "redis_claim_idle": (float, "seconds a job may stay unacknowledged by a node that "
+                                "stopped renewing it before a live node claims and reruns it."),
+    "redis_max_deliveries": (int, "times a cluster job may be handed to a node; past it, it "
+                                  "ends as sandbox_error instead of running again."),
+    "redis_result_ttl": (float, "seconds a cluster job's result and output stay in Redis."),
 }
 
 
@@ -219,6 +232,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("concurrency must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cfg.instance):
         raise ConfigError(f"instance must be 1-64 of [A-Za-z0-9_.-], not {cfg.instance!r}")
+    if cfg.redis and not cfg.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis must be a redis://, rediss:// or unix:// URL, not "
+                          f"{cfg.redis!r}")
+    if cfg.node_id and not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", cfg.node_id):
+        raise ConfigError(f"node_id must be 1-128 of [A-Za-z0-9_.-], not {cfg.node_id!r}")
+    if cfg.redis_max_deliveries < 1:
+        raise ConfigError("redis_max_deliveries must be at least 1")
+    if cfg.redis_claim_idle < 1 or cfg.redis_result_ttl < 1:
+        raise ConfigError("redis_claim_idle and redis_result_ttl must be at least 1 second")
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not "
                           f"{cfg.log_level!r}")

@@ -82,6 +82,9 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run, list(cfg.pool_profiles))
+            if cfg.redis:  # a node of a cluster too (coredis: the `cluster` extra)
+                from sandboxd.front.redis_queue import RedisNode
+                await nursery.start(RedisNode(cfg, service).run)
             async with trio.open_nursery() as connections:
                 accepting = trio.CancelScope()
                 listeners: list[trio.abc.Listener[Any]] = [
@@ -137,9 +140,9 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
 
 
 def main(config_path: str | None = None, socket_path: str | None = None,
-         http: str | None = None) -> int:
+         http: str | None = None, redis: str | None = None) -> int:
     try:
-        cfg = load(config_path, socket=socket_path, http=http)
+        cfg = load(config_path, socket=socket_path, http=http, redis=redis)
     except ConfigError as e:
         sys.stderr.write(f"sandboxd: {e}\n")
         return 2

@@ -37,6 +37,7 @@ from typing import Any, TypeVar, Unpack
 
 import sandboxd_protocol as proto
 
+from ._cluster import RedisBridge
 from ._core import (
     CLIENT_NAME,
     Address,
@@ -134,7 +135,10 @@ class _TrioIO(_IO):
 
     async def open(self, address: Address) -> None:
         trio = self.trio
-        if address.path is not None:
+        if address.url is not None:
+            sock = await _open_bridge(address, self.sleep)
+            self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        elif address.path is not None:
             self.stream = await trio.open_unix_socket(address.path)
         else:
             assert address.host is not None and address.port is not None
@@ -220,6 +224,13 @@ class _AsyncioIO(_IO):
     async def open(self, address: Address) -> None:
         loop = self.asyncio.get_running_loop()
         targets: list[tuple[int, int, int, Any]]
+        if address.url is not None:
+            sock = await _open_bridge(address, self.sleep)
+            sock.setblocking(False)
+            self.sock = sock
+            self.pending = self.asyncio.Event()
+            self.spawn(self._writer)
+            return
         if address.path is not None:
             targets = [(socket.AF_UNIX, socket.SOCK_STREAM, 0, address.path)]
         else:
@@ -316,6 +327,29 @@ class _AsyncioIO(_IO):
                 await task
         if self.sock is not None:
             self.sock.close()
+
+
+async def _open_bridge(address: Address, sleep: Callable[[float], Any]) -> socket.socket:
+    """The client's end of a ``RedisBridge``, waited for without blocking the event loop."""
+    assert address.url is not None
+    bridge = RedisBridge(address.url)
+    result: list[Any] = []
+
+    def opener() -> None:
+        try:
+            result.append(bridge.open(None))
+        except BaseException as e:
+            result.append(e)
+
+    import threading
+
+    threading.Thread(target=opener, daemon=True).start()
+    while not result:  # the caller's fail_after bounds this
+        await sleep(0.002)
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    sock: socket.socket = result[0]
+    return sock
 
 
 def _retrieve(future: Any) -> None:

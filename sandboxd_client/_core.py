@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import sandboxd_protocol as proto
 
+from ._cluster import is_redis_url
 from ._errors import (
     ConnectError,
     ConnectionLost,
@@ -72,14 +73,20 @@ BUSY_MAX_DELAY = 2.0
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """A Unix socket path, or a TCP host and port (with the daemon's token)."""
+    """A Unix socket path, a TCP host and port (with the daemon's token), or the
+    ``redis://`` URL of a cluster's queue (``_cluster.py``)."""
 
     path: str | None = None
     host: str | None = None
     port: int | None = None
     token: str | None = None
+    url: str | None = None
 
     def __str__(self) -> str:
+        if self.url is not None:
+            from ._cluster import redacted
+
+            return redacted(self.url)
         return self.path if self.path is not None else f"{self.host}:{self.port}"
 
 
@@ -90,7 +97,8 @@ def resolve_address(
     token: str | None = None,
 ) -> Address:
     """Where to connect: TCP if ``host``/``port`` are given, else the Unix socket
-    ``socket``, ``$SANDBOXD_SOCKET`` or the daemon's default, in that order.
+    ``socket``, ``$SANDBOXD_SOCKET`` or the daemon's default, in that order. A
+    ``socket`` that is a ``redis://`` (``rediss://``, ``unix://``) URL is a cluster's queue.
 
     The token defaults to ``$SANDBOXD_TOKEN`` (the variable that configures the
     daemon's own token), and is sent over TCP only.
@@ -106,6 +114,8 @@ def resolve_address(
         return Address(host=host, port=int(port), token=token)
     if socket is None:
         socket = os.environ.get("SANDBOXD_SOCKET") or DEFAULT_SOCKET
+    if is_redis_url(socket):
+        return Address(url=str(socket))
     return Address(path=os.fspath(socket))
 
 
@@ -114,6 +124,14 @@ def connect_error(
 ) -> ConnectError:
     """A ``ConnectError`` that says why ``address`` could not be reached and what to do."""
     where = str(address)
+    if address.url is not None:
+        reason = "no answer" if exc is None else (str(exc) or type(exc).__name__)
+        return ConnectError(
+            f"cannot reach the cluster's Redis at {where}: {reason}",
+            address=where,
+            hint="is redis-server running there? check the URL, its password or ACL user, "
+            "and rediss:// for TLS (docs/cluster.md)",
+        )
     if exc is None or isinstance(exc, TimeoutError):
         return ConnectError(
             f"cannot connect to sandboxd at {where}: no answer in {timeout} s",
@@ -257,7 +275,7 @@ class Core:
 
     def hello(self) -> bytes:
         """The first bytes to write; the token only goes over TCP."""
-        token = self.address.token if self.address.path is None else None
+        token = self.address.token if self.address.host is not None else None
         return self.conn.send(proto.Hello(client=self.name, token=token))
 
     def raise_if_broken(self) -> None:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar, Unpack
 
 import sandboxd_protocol as proto
 
+from ._cluster import RedisBridge
 from ._core import (
     CLIENT_NAME,
     Core,
@@ -84,6 +85,7 @@ class Client:
         self._cv = threading.Condition(threading.Lock())
         self._send_lock = threading.Lock()
         self._reading = False
+        self._bridge: RedisBridge | None = None
         self._sock = self._connect()
         try:
             self._write(self._core.hello())
@@ -97,7 +99,10 @@ class Client:
     def _connect(self) -> _socket.socket:
         addr = self.address
         try:
-            if addr.path is not None:
+            if addr.url is not None:
+                self._bridge = RedisBridge(addr.url)
+                sock = self._bridge.open(self.timeout)
+            elif addr.path is not None:
                 sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
                 try:
                     sock.settimeout(self.timeout)
@@ -109,7 +114,7 @@ class Client:
                 assert addr.host is not None and addr.port is not None
                 sock = _socket.create_connection((addr.host, addr.port), self.timeout)
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        except OSError as e:
+        except (OSError, TimeoutError) as e:
             raise connect_error(addr, e, self.timeout) from None
         sock.settimeout(None)  # waits use select() with their own timeouts
         return sock
@@ -131,6 +136,8 @@ class Client:
                 self._send_event(proto.Goodbye())
         with contextlib.suppress(OSError):
             self._sock.close()
+        if self._bridge is not None:  # it cancels our unfinished jobs in Redis first
+            self._bridge.join(2.0)
 
     # -- what the daemon said in its welcome ---------------------------------------
 

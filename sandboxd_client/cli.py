@@ -175,6 +175,13 @@ def _connection_flags(p: argparse.ArgumentParser, default: Any) -> None:
         "--token", metavar="TOKEN", default=default, help="TCP token (default: $SANDBOXD_TOKEN)"
     )
     g.add_argument(
+        "--redis",
+        metavar="URL",
+        default=default,
+        help="submit through a cluster's queue instead: redis://[USER:PASS@]HOST:PORT/DB "
+        "(or rediss://); needs sandboxd[cluster]",
+    )
+    g.add_argument(
         "--timeout",
         metavar="S",
         type=float,
@@ -254,6 +261,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _client(args: argparse.Namespace, **kw: Any) -> Client:
     timeout = args.timeout if args.timeout is not None else 30.0
+    redis = getattr(args, "redis", None)
+    if redis:
+        if args.tcp:
+            raise UsageError("--redis and --tcp exclude each other")
+        if not redis.startswith(("redis://", "rediss://", "unix://")):
+            raise UsageError(f"--redis wants a redis:// or rediss:// URL, not {redis!r}")
+        return Client(redis, timeout=timeout, **kw)
     if args.tcp:
         host, sep, port = args.tcp.rpartition(":")
         if not sep or not host or not port.isdigit():

@@ -73,7 +73,7 @@ def test_zygote_process_stays_free_of_trio():
 # service and never another front door.
 
 TRANSPORTS = {"sandboxd_protocol", "socket", "msgpack", "hypercorn", "starlette", "redis",
-              "h11", "wsproto"}
+              "coredis", "h11", "wsproto"}
 
 
 def modules(path: Path) -> set[str]:

@@ -1,0 +1,412 @@
+"""A ``redis://`` address: the client talks to a cluster's queue instead of one daemon.
+
+Strategy: the client keeps its one engine (``Core`` over a socket speaking
+the msgpack protocol), and a *bridge* plays the daemon's side of that
+socket: a thread with its own event loop (anyio, which coredis needs
+anyway) holds one end of a ``socketpair`` and serves the protocol on it,
+carrying each job through Redis. So ``Client``, ``AsyncClient`` and
+``sandboxctl`` get the same API, errors and results over a cluster as over a
+socket, with no second implementation of any of them.
+
+What the bridge does with each message (``sandboxd_protocol.cluster`` has the
+keys; docs/cluster.md the design):
+
+- a job: a fresh uuid becomes its id in the cluster (so ids never collide
+  between submitters), the packed submission is added to the job stream with
+  this bridge's reply stream, and the job is accepted; a queue longer than
+  ``max_queue`` answers ``server_busy`` instead;
+- one task reads this bridge's reply stream: output chunks (of the latest
+  attempt, if a node died and another reran the job) and ``done`` entries,
+  after which the stored answer is read and passed on under the caller's id;
+- a cancel sets the job's cancel key (the node polls it), as does a client
+  that goes away with jobs unfinished;
+- ``ps``, ``stats`` and ``kill`` gather what the live nodes announce;
+  ``ping`` measures a round trip to Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import sandboxd_protocol as proto
+from sandboxd_protocol import cluster
+
+__all__ = ["DEFAULT_MAX_QUEUE", "RedisBridge", "is_redis_url"]
+
+DEFAULT_MAX_QUEUE = 10_000
+"""Jobs waiting or running in the cluster past which a submission is refused as busy."""
+
+_SCHEMES = ("redis://", "rediss://", "unix://")
+_REPLY_TTL = 24 * 3600  # the reply stream outlives any job we wait for; refreshed by nodes
+
+
+def is_redis_url(address: object) -> bool:
+    return isinstance(address, str) and address.startswith(_SCHEMES)
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password: for messages."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest
+
+
+class RedisBridge:
+    """The daemon's side of the client's socket, played against Redis, in a thread."""
+
+    def __init__(self, url: str, *, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+        self.url = url
+        self.where = redacted(url)
+        self.max_queue = max_queue
+        self.submitter = uuid.uuid4().hex
+        self.reply = cluster.reply_key(self.submitter)
+        self.conn = proto.Connection(proto.SERVER)
+        self.jobs: dict[str, tuple[str, bool]] = {}  # cluster id -> (caller's id, stream)
+        self.ids: dict[str, str] = {}  # caller's id -> cluster id
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._seq: Counter[str] = Counter()
+        self._attempt: dict[str, int] = {}
+
+    # -- the thread -------------------------------------------------------
+
+    def open(self, timeout: float | None) -> socket.socket:
+        """Start the bridge; the client's end of the socket once Redis answered a ping.
+
+        Raises ``OSError`` (or ``TimeoutError``) when Redis cannot be reached:
+        the caller reports it as a ``ConnectError``.
+        """
+        try:
+            import anyio  # noqa: F401
+            import coredis  # noqa: F401
+        except ImportError as e:
+            raise OSError(f"redis:// addresses need the Redis client: pip install "
+                          f"'sandboxd[cluster]' ({e})") from None
+        ours, theirs = socket.socketpair()
+        self._thread = threading.Thread(target=self._main, args=(theirs,), daemon=True,
+                                        name=f"sandboxd-redis-{self.submitter[:8]}")
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            ours.close()
+            raise TimeoutError(f"no answer from Redis at {self.where} in {timeout} s")
+        if self._error is not None:
+            ours.close()
+            err = self._error
+            raise OSError(str(err) or type(err).__name__) from err
+        return ours
+
+    def join(self, timeout: float) -> None:
+        """Wait (a little) for the bridge to finish after the client closed its end."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _main(self, sock: socket.socket) -> None:
+        import anyio
+
+        try:
+            anyio.run(self._serve, sock)
+        except BaseException as e:  # the client sees its socket close
+            if not self._ready.is_set():
+                self._error = e
+        finally:
+            self._ready.set()
+            sock.close()
+
+    async def _serve(self, sock: socket.socket) -> None:
+        import anyio
+        import coredis
+
+        stream = await anyio.abc.UNIXSocketStream.from_socket(sock)
+        self._lock = anyio.Lock()
+        self._stream = stream
+        failure: BaseException | None = None
+        async with coredis.Redis.from_url(self.url, stream_timeout=None) as r:
+            self.r = r
+            try:
+                try:
+                    await r.ping()
+                except Exception as e:
+                    self._error = e
+                    self._ready.set()
+                    return
+                self._ready.set()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._read_replies)
+                    try:
+                        await self._serve_client()
+                    finally:
+                        tg.cancel_scope.cancel()
+            except Exception as e:  # never out of `async with r` (it would wrap it)
+                failure = e
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await self._abandon()
+        if failure is not None:
+            raise failure
+
+    async def _serve_client(self) -> None:
+        import anyio
+
+        conn = self.conn
+        while True:
+            ev = conn.next_event()
+            if ev is proto.NEED_DATA:
+                try:
+                    data = await self._stream.receive(1 << 16)
+                except (anyio.EndOfStream, anyio.BrokenResourceError,
+                        anyio.ClosedResourceError):
+                    data = b""
+                conn.receive_data(data)
+                continue
+            if isinstance(ev, (proto.ConnectionClosed, proto.Goodbye)):
+                return
+            await self._dispatch(ev)
+
+    async def _send(self, ev: Any) -> None:
+        import anyio
+
+        async with self._lock:
+            data = self.conn.send(ev)
+            if data:
+                with anyio.CancelScope(shield=True):
+                    await self._stream.send(data)
+
+    # -- the client's messages --------------------------------------------
+
+    async def _dispatch(self, ev: Any) -> None:
+        if isinstance(ev, proto.Hello):
+            await self._send(proto.Welcome(server=await self._server_name(),
+                                           limits=self.conn.limits,
+                                           profiles=await self._profiles()))
+        elif isinstance(ev, proto.JobSubmission):
+            await self._submit(ev)
+        elif isinstance(ev, proto.Cancellation):
+            cid = self.ids.get(ev.id)
+            if cid is not None:
+                await self.r.set(cluster.cancel_key(cid), b"1", ex=_REPLY_TTL)
+        elif isinstance(ev, (proto.StdinChunk, proto.EndOfStdin)):
+            pass  # refused at submission: the cluster carries no interactive stdin
+        elif isinstance(ev, proto.Ping):
+            await self.r.ping()
+            await self._send(proto.Pong(nonce=ev.nonce))
+        elif isinstance(ev, proto.JobListRequest):
+            nodes = await self._nodes()
+            jobs = [j for n in nodes for j in _unpack(n.get("jobs"), proto.JobList, _NO_JOBS).jobs]
+            await self._send(proto.JobList(jobs=tuple(jobs)))
+        elif isinstance(ev, proto.KillRequest):
+            await self._send(proto.KillResult(job=ev.job, found=await self._kill(ev.job)))
+        elif isinstance(ev, proto.StatsRequest):
+            await self._send(await self._stats())
+
+    async def _submit(self, sub: proto.JobSubmission) -> None:
+        def refuse(code: str, message: str) -> proto.ErrorReport:
+            return proto.ErrorReport(code=code, message=message, id=sub.id)
+
+        if sub.interactive_stdin:
+            await self._send(refuse("invalid_job", "interactive stdin is not carried over "
+                                    "the cluster: give the whole stdin with the job"))
+            return
+        cid = uuid.uuid4().hex
+        try:
+            waiting = await self.r.xlen(cluster.JOBS)
+            if waiting >= self.max_queue:
+                await self._send(refuse("server_busy", f"the cluster's queue holds {waiting} "
+                                        f"jobs (max_queue={self.max_queue})"))
+                return
+            self.jobs[cid] = (sub.id, sub.stream)
+            self.ids[sub.id] = cid
+            await self.r.xadd(cluster.JOBS, {"job": cluster.pack(dataclasses.replace(sub, id=cid)),
+                                             "reply": self.submitter})
+        except Exception as e:
+            self.jobs.pop(cid, None)
+            self.ids.pop(sub.id, None)
+            await self._send(refuse("internal_error", f"cannot queue the job in Redis at "
+                                    f"{self.where}: {e}"))
+            return
+        await self._send(proto.JobAcceptance(id=sub.id))
+
+    async def _abandon(self) -> None:
+        """The client went away: its unfinished jobs are cancelled, as a daemon would."""
+        if self.jobs:
+            with contextlib.suppress(Exception):
+                async with self.r.pipeline(transaction=False) as p:
+                    for cid in self.jobs:
+                        p.set(cluster.cancel_key(cid), b"1", ex=_REPLY_TTL)
+        with contextlib.suppress(Exception):
+            await self.r.delete([self.reply])
+
+    # -- answers ----------------------------------------------------------
+
+    async def _read_replies(self) -> None:
+        """Read this bridge's reply stream for ever (Redis may come and go)."""
+        import anyio
+        import coredis
+
+        last = "0-0"
+        delay = 0.05
+        while True:
+            try:
+                got = await self.r.xread(streams={self.reply: last}, count=256, block=10_000)
+                delay = 0.05
+            except Exception:
+                await anyio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            entries = (got or {}).get(self.reply.encode(), ())
+            for entry in entries:
+                last = entry.identifier
+                await self._reply(entry.field_values)
+            if entries:
+                with contextlib.suppress(Exception):
+                    await self.r.xtrim(self.reply, coredis.PureToken.MINID, last)
+
+    async def _reply(self, fields: Any) -> None:
+        cid = (fields.get(b"job") or b"").decode("ascii", "replace")
+        mine = self.jobs.get(cid)
+        if mine is None:
+            return  # ended already (a rerun's second "done"), or never ours
+        caller_id, streaming = mine
+        if b"done" in fields:
+            await self._answer(cid, caller_id)
+        elif streaming and b"chunk" in fields:
+            attempt = int(fields.get(b"attempt") or 1)
+            if attempt < self._attempt.get(cid, 0):
+                return  # a node that was given up on, still writing
+            self._attempt[cid] = attempt
+            try:
+                chunk = cluster.unpack(fields[b"chunk"])
+            except proto.RemoteProtocolError:
+                return
+            if isinstance(chunk, proto.OutputChunk):
+                seq = self._seq[cid]
+                self._seq[cid] += 1
+                await self._send(dataclasses.replace(chunk, id=caller_id, seq=seq))
+
+    async def _answer(self, cid: str, caller_id: str) -> None:
+        import anyio
+
+        data = None
+        for _ in range(50):  # Redis away for a moment: the answer is there, durably
+            try:
+                data = await self.r.get(cluster.result_key(cid))
+                break
+            except Exception:
+                await anyio.sleep(0.1)
+        self.jobs.pop(cid, None)
+        self.ids.pop(caller_id, None)
+        self._seq.pop(cid, None)
+        self._attempt.pop(cid, None)
+        try:
+            answer = cluster.unpack(data) if data is not None else None
+        except proto.RemoteProtocolError as e:
+            answer = proto.ErrorReport(code="internal_error", id=caller_id,
+                                       message=f"a node stored an unreadable answer: {e}")
+        if not isinstance(answer, (proto.JobResult, proto.ErrorReport)):
+            answer = proto.ErrorReport(code="internal_error", id=caller_id,
+                                       message="the job's answer is gone from Redis (expired?)")
+        await self._send(dataclasses.replace(answer, id=caller_id))
+
+    # -- what the nodes announce ------------------------------------------
+
+    async def _nodes(self) -> list[dict[str, Any]]:
+        import msgpack  # type: ignore[import-untyped]
+
+        names = sorted(n.decode() for n in await self.r.smembers(cluster.NODES))
+        if not names:
+            return []
+        records = await self.r.mget([cluster.node_key(n) for n in names])
+        out = []
+        for name, rec in zip(names, records, strict=True):
+            if rec is None:
+                with contextlib.suppress(Exception):
+                    await self.r.srem(cluster.NODES, [name])  # gone: its record expired
+                continue
+            with contextlib.suppress(Exception):
+                out.append(msgpack.unpackb(rec, raw=False))
+        return out
+
+    async def _server_name(self) -> str:
+        for node in await self._nodes():
+            welcome = _unpack(node.get("welcome"), proto.Welcome, None)
+            if welcome is not None:
+                return f"{welcome.server} (cluster at {self.where})"[:256]
+        return f"sandboxd cluster at {self.where}"[:256]
+
+    async def _profiles(self) -> tuple[proto.ProfileInfo, ...]:
+        for node in await self._nodes():
+            welcome = _unpack(node.get("welcome"), proto.Welcome, None)
+            if welcome is not None:
+                return welcome.profiles
+        return ()
+
+    async def _kill(self, ref: str) -> bool:
+        """``ps`` lists a cluster job as ``<node>/cluster/<id>``: its cancel key stops it."""
+        _node, _, rest = ref.partition("/")
+        owner, _, cid = rest.partition("/")
+        if owner != "cluster" or not cid:
+            return False
+        listed = any(j.id == ref for n in await self._nodes()
+                     for j in _unpack(n.get("jobs"), proto.JobList, _NO_JOBS).jobs)
+        if listed:
+            await self.r.set(cluster.cancel_key(cid), b"1", ex=_REPLY_TTL)
+        return listed
+
+    async def _stats(self) -> proto.ServerStats:
+        """Every live node's counters added up, with the queue's length and oldest job."""
+        nodes = await self._nodes()
+        stats = [s for n in nodes if (s := _unpack(n.get("stats"), proto.ServerStats, None))]
+        counters: Counter[str] = Counter()
+        pools: dict[str, list[int]] = {}
+        for s in stats:
+            for k, v in s.counters.items():
+                counters[k] += v
+            for p in s.pools:
+                w = pools.setdefault(p.profile, [0, 0])
+                w[0] += p.warm
+                w[1] += p.target
+        queue = await self.r.xlen(cluster.JOBS)
+        oldest = await self.r.xrange(cluster.JOBS, start="-", end="+", count=1)
+        age = 0.0
+        if oldest:
+            ms = int(oldest[0].identifier.split(b"-")[0])
+            age = max(0.0, time.time() - ms / 1000)
+        now = time.time()
+        counters.update(cluster_nodes=len(nodes), cluster_queue_length=queue)
+        extra: dict[str, int | float] = {"cluster_oldest_job_age_s": round(age, 3)}
+        for n in nodes:
+            name = re.sub(r"[^A-Za-z0-9_]", "_", str(n.get("node", "?")))[:36]
+            extra[f"node.{name}.capacity"] = int(n.get("capacity", 0))
+            extra[f"node.{name}.running"] = int(n.get("running", 0))
+            extra[f"node.{name}.done"] = int(n.get("done", 0))
+            extra[f"node.{name}.last_seen_s"] = round(now - float(n.get("last_seen", now)), 3)
+        return proto.ServerStats(
+            uptime=max((s.uptime for s in stats), default=0.0), connections=0,
+            jobs_queued=sum(s.jobs_queued for s in stats),
+            jobs_running=sum(s.jobs_running for s in stats),
+            jobs_completed=sum(s.jobs_completed for s in stats),
+            pools=tuple(proto.PoolStats(profile=k, warm=v[0], target=v[1])
+                        for k, v in sorted(pools.items())),
+            counters={**dict(counters), **extra})
+
+
+_NO_JOBS = proto.JobList(jobs=())
+
+
+def _unpack(data: Any, kind: type, default: Any) -> Any:
+    if not isinstance(data, bytes):
+        return default
+    try:
+        ev = cluster.unpack(data)
+    except proto.RemoteProtocolError:
+        return default
+    return ev if isinstance(ev, kind) else default

@@ -1,0 +1,110 @@
+"""The cluster's layout in Redis: key names, and the msgpack records stored under them.
+
+Strategy: many sandboxd nodes take jobs from one Redis stream (a consumer
+group: each entry goes to one node, and stays *pending* until that node
+acknowledges it), and submitters wait for each job's answer under keys named
+after the job's id. Nodes and submitters are different programs
+(``sandboxd.front.redis_queue`` and ``sandboxd_client``) that must agree on
+every name and record, so both take them from here; this module does no I/O
+and imports no Redis client. docs/cluster.md explains the design.
+
+A record is one protocol message (``JobSubmission``, ``JobResult``,
+``OutputChunk``, ``ErrorReport``...) packed as the body of a socket frame,
+without the length prefix: a node decodes a job from the stream with the
+same checks as one from its socket.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+
+from ._errors import ErrorCode, Invalid, LocalProtocolError, RemoteProtocolError
+from ._framing import unpack_body
+from ._limits import DEFAULT_SIZE_LIMITS, SizeLimits
+from ._schema import check_job_id, decode_message, encode_message
+
+__all__ = [
+    "GROUP",
+    "JOBS",
+    "NODES",
+    "cancel_key",
+    "node_key",
+    "pack",
+    "reply_key",
+    "result_key",
+    "unpack",
+]
+
+PREFIX = "sandboxd:"
+
+JOBS = PREFIX + "jobs"
+"""The job stream. Entry fields: ``job`` (a packed ``JobSubmission``) and ``reply`` (the
+submitter's id, see ``reply_key``; optional: without it, poll ``result_key``)."""
+
+GROUP = "sandboxd"
+"""The consumer group every node reads ``JOBS`` in; a node's consumer name is its node id."""
+
+NODES = PREFIX + "nodes"
+"""A set of node ids that have announced themselves (see ``node_key``)."""
+
+SUBMITTER_ID = re.compile(r"[0-9a-f]{32}")
+"""What a ``reply`` field must be (a uuid4's hex): a node builds the key from it."""
+
+
+def result_key(job_id: str) -> str:
+    """The job's answer: a packed ``JobResult`` or job-scoped ``ErrorReport``, set once (NX)."""
+    return f"{PREFIX}result:{job_id}"
+
+
+def reply_key(submitter: str) -> str:
+    """A stream per submitter (a client, a gateway), read by it alone. Each entry names its
+    ``job``; ``chunk`` entries (a packed ``OutputChunk`` and the ``attempt`` that wrote it)
+    come in order, and one ``done`` entry once the job's answer is in ``result_key``."""
+    return f"{PREFIX}reply:{submitter}"
+
+
+def cancel_key(job_id: str) -> str:
+    """Set by a submitter that cancels the job; the node running it polls it."""
+    return f"{PREFIX}cancel:{job_id}"
+
+
+def node_key(node_id: str) -> str:
+    """A node's announcement (a msgpack map: its capacity, jobs, stats and profiles),
+    refreshed while it lives and expiring when it stops."""
+    return f"{PREFIX}node:{node_id}"
+
+
+_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+
+
+def pack(event: Any, limits: SizeLimits = DEFAULT_SIZE_LIMITS) -> bytes:
+    """A protocol message as stored bytes; ``LocalProtocolError`` names a bad field."""
+    try:
+        body: bytes = _packer.pack(encode_message(event, limits))
+    except Invalid as exc:
+        raise LocalProtocolError(str(exc), code=exc.code) from None
+    if len(body) > limits.max_frame_size:
+        raise LocalProtocolError(f"record of {len(body)} bytes exceeds the maximum of "
+                                 f"{limits.max_frame_size}", code=ErrorCode.FRAME_TOO_LARGE)
+    return body
+
+
+def unpack(data: bytes, limits: SizeLimits = DEFAULT_SIZE_LIMITS) -> Any:
+    """Stored bytes as a protocol message, checked as a frame from a socket is.
+
+    Raises ``RemoteProtocolError`` (with the job id, when the record names a
+    well-formed one) for a record that is not a valid message.
+    """
+    msg: Any = None
+    try:
+        if len(data) > limits.max_frame_size:
+            raise Invalid("", f"record of {len(data)} bytes exceeds the maximum of "
+                          f"{limits.max_frame_size}", ErrorCode.FRAME_TOO_LARGE)
+        msg = unpack_body(data)
+        return decode_message(msg, limits)
+    except Invalid as exc:
+        job_id = check_job_id(msg.get("id")) if type(msg) is dict else None
+        raise RemoteProtocolError(str(exc), code=exc.code, job_id=job_id) from None
