@@ -17,13 +17,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import leftovers
 import pytest
-from daemon import Daemon
 from redis_helpers import RedisServer, free_port
 
 from sandboxd_client import Client, ConnectError
 from sandboxd_protocol import cluster
+from sandboxd_testing import leftovers
+from sandboxd_testing.daemon import Daemon
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
