@@ -23,9 +23,9 @@ fi
 # --- Languages (issue 17) ---------------------------------------------------------
 # The compilers and runtimes of every shipped profile (profiles/*.toml), from Debian's
 # packages: with --languages or SANDBOXD_LANGUAGES=all only (CI passes it, through
-# scripts/test.sh), since they are 320 MB to download and 2.5 GB on disk; without
+# scripts/test.sh), since they are 320 MB to download and 2 GB on disk; without
 # them a profile is listed as unavailable and its tests skip. Measured on the
-# development VM: 3 s to download, 45 s to unpack and set up.
+# development VM (which had a JDK and Node.js): 3 s to download, 45 s to set up.
 LANGUAGES=${SANDBOXD_LANGUAGES:-}
 for arg in "$@"; do
     case "$arg" in
