@@ -90,7 +90,8 @@ def test_placeholders_expand_per_step_limits() -> None:
 
 
 def test_every_shipped_profile_loads_and_names_a_version_command() -> None:
-    assert {"python3", "c", "cpp", "bash", "javascript", "java", "rust", "go"} <= set(SHIPPED)
+    assert {"python3", "c", "cpp", "bash", "javascript", "java", "rust", "go", "pypy3", "pascal",
+            "csharp", "asm", "ruby", "php", "kotlin", "haskell", "lua", "perl"} <= set(SHIPPED)
     for p in SHIPPED.values():
         assert p.version_argv and p.needs and p.description, p.name
         assert p.limits.memory <= p.max_limits.memory, p.name
@@ -122,6 +123,18 @@ def c_like(header: str, hello: str, rt: str, tle: str, mle: str) -> dict[str, by
 def java(body: str) -> bytes:
     return ("import java.util.*;\npublic class Main {\n  public static void main(String[] a) "
             f"{{ {body} }}\n}}\n").encode()
+
+
+def csharp(body: str) -> bytes:
+    return ("using System;\nusing System.Collections.Generic;\n"
+            f"class Program {{\n  static void Main() {{ {body} }}\n}}\n").encode()
+
+
+def asm_start(body: str, data: str = "") -> bytes:
+    """A NASM program with _start (linked by ld alone) that runs ``body`` then exits 0."""
+    head = f"section .data\n{data}\n" if data else ""
+    return (f"{head}section .text\nglobal _start\n_start:\n    {body}\n"
+            "    mov rax, 60\n    xor edi, edi\n    syscall\n").encode()
 
 
 #: scenario -> the source of the entry file; "ce" only where there is a compiler.
@@ -184,6 +197,94 @@ SOURCES: dict[str, dict[str, bytes]] = {
         "tle": b"package main\nfunc main() { x := 0; for { x++ } }\n",
         "mle": b"package main\nfunc main() { b := make([]byte, 1<<30); for i := range b "
                b"{ b[i] = 1 }; println(b[4095]) }\n",
+    },
+    "pypy3": {
+        "hello": b'print("hello, world")\n',
+        "re": b"print(1 // 0)\n",
+        "wa": b'print("goodbye")\n',
+        "tle": b"x = 0\nwhile True:\n    x += 1\n",
+        "mle": b"l = []\nwhile True:\n    l.append([7] * (1 << 17))\n",
+    },
+    "pascal": {
+        "hello": b"begin\n  writeln('hello, world');\nend.\n",
+        "ce": b"begin\n  x := 1;\nend.\n",
+        "re": b"var i: integer;\nbegin\n  i := 0;\n  writeln(10 div i);\nend.\n",
+        "wa": b"begin\n  writeln('goodbye');\nend.\n",
+        "tle": b"var x: qword;\nbegin\n  x := 0;\n  while true do inc(x);\nend.\n",
+        "mle": b"var p: PByte; i: longint;\nbegin\n  GetMem(p, 1 shl 30);\n  i := 0;\n"
+               b"  while i < (1 shl 30) do begin p[i] := 1; inc(i, 4096); end;\n"
+               b"  writeln(p[4096]);\nend.\n",
+    },
+    "csharp": {
+        "hello": csharp('Console.WriteLine("hello, world");'),
+        "ce": csharp('int x = "not an int";'),
+        "re": csharp('throw new Exception("boom");'),
+        "wa": csharp('Console.WriteLine("goodbye");'),
+        "tle": csharp("long x = 0; while (true) { x++; }"),
+        "mle": csharp("var l = new List<long[]>(); while (true) l.Add(new long[1 << 20]);"),
+    },
+    "asm": {
+        "hello": asm_start('mov rax, 1\n    mov rdi, 1\n    lea rsi, [rel msg]\n    mov rdx, 13\n'
+                           '    syscall', data='msg: db "hello, world", 10'),
+        "ce": asm_start("movx rax, 1"),
+        "re": asm_start("xor eax, eax\n    mov byte [rax], 1"),
+        "wa": asm_start('mov rax, 1\n    mov rdi, 1\n    lea rsi, [rel msg]\n    mov rdx, 8\n'
+                        '    syscall', data='msg: db "goodbye", 10'),
+        "tle": asm_start("spin: jmp spin"),
+        # mmap 1 GiB and touch every page of it
+        "mle": asm_start("mov rax, 9\n    xor edi, edi\n    mov rsi, 1 << 30\n    mov rdx, 3\n"
+                         "    mov r10, 0x22\n    mov r8, -1\n    xor r9, r9\n    syscall\n"
+                         "    mov rcx, 1 << 30\n"
+                         "touch: mov byte [rax], 1\n    add rax, 4096\n    sub rcx, 4096\n"
+                         "    jnz touch"),
+    },
+    "ruby": {
+        "hello": b'puts "hello, world"\n',
+        "re": b'raise "boom"\n',
+        "wa": b'puts "goodbye"\n',
+        "tle": b"x = 0\nloop { x += 1 }\n",
+        "mle": b'a = []\nloop { a << "x" * (1 << 20) }\n',
+    },
+    "php": {
+        "hello": b'<?php\necho "hello, world\\n";\n',
+        "re": b'<?php\nthrow new Exception("boom");\n',
+        "wa": b'<?php\necho "goodbye\\n";\n',
+        "tle": b"<?php\n$x = 0;\nwhile (true) $x++;\n",
+        "mle": b'<?php\n$a = [];\nwhile (true) $a[] = str_repeat("x", 1 << 20);\n',
+    },
+    "kotlin": {
+        "hello": b'fun main() { println("hello, world") }\n',
+        "ce": b'fun main() { val x: Int = "not an int" }\n',
+        "re": b'fun main() { throw RuntimeException("boom") }\n',
+        "wa": b'fun main() { println("goodbye") }\n',
+        "tle": b"fun main() { var x = 0L; while (true) { x++ } }\n",
+        "mle": b"fun main() { val l = ArrayList<LongArray>(); "
+               b"while (true) l.add(LongArray(1 shl 20)) }\n",
+    },
+    "haskell": {
+        "hello": b'main :: IO ()\nmain = putStrLn "hello, world"\n',
+        "ce": b"main :: IO ()\nmain = putStrLn (1 :: Int)\n",
+        "re": b"main :: IO ()\nmain = print (head ([] :: [Int]))\n",
+        "wa": b'main :: IO ()\nmain = putStrLn "goodbye"\n',
+        "tle": b"loop :: Int -> Int\nloop n = if n < 0 then n else loop (n + 1)\n"
+               b"main :: IO ()\nmain = print (loop 0)\n",
+        "mle": b"import qualified Data.Map.Strict as M\nmain :: IO ()\n"
+               b"main = print (M.size (M.fromList [(i, i) | i <- [1 :: Int ..]]))\n",
+    },
+    "lua": {
+        "hello": b'print("hello, world")\n',
+        "re": b'error("boom")\n',
+        "wa": b'print("goodbye")\n',
+        "tle": b"local x = 0\nwhile true do x = x + 1 end\n",
+        "mle": b"local t = {}\nlocal i = 0\n"
+               b'while true do i = i + 1; t[i] = string.rep("x", 1 << 20) .. i end\n',
+    },
+    "perl": {
+        "hello": b'print "hello, world\\n";\n',
+        "re": b'die "boom";\n',
+        "wa": b'print "goodbye\\n";\n',
+        "tle": b"my $x = 0;\nwhile (1) { $x++ }\n",
+        "mle": b'my @a;\nwhile (1) { push @a, "x" x (1 << 20) }\n',
     },
 }
 
