@@ -9,7 +9,7 @@ does I/O.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
 import sandboxd_protocol as proto
 from sandboxd import jobs
@@ -99,3 +99,14 @@ def _fit(steps: tuple[proto.StepResult, ...], compile_result: proto.StepResult |
             stderr_truncated=s.stderr_truncated or err < len(s.stderr))
 
     return tuple(cut(s) for s in steps), cut(compile_result) if compile_result else None
+
+
+def profile_infos(profiles: Iterable[Profile],
+                  versions: Mapping[str, str]) -> tuple[proto.ProfileInfo, ...]:
+    """What ``welcome`` lists: every profile, unavailable ones with their reason."""
+    return tuple(proto.ProfileInfo(
+        name=p.name, description=p.description, compiled=p.compile is not None,
+        default_limits=wire_limits(p.limits), max_limits=wire_limits(p.max_limits),
+        entry=p.entry, version=versions.get(p.name) or None,
+        available=not p.unavailable, unavailable_reason=p.unavailable or None)
+        for p in profiles)

@@ -29,7 +29,7 @@ from sandboxd.jobs import JobOutcome, JobSpec
 from sandboxd.log import event
 from sandboxd.service import Job, JobService, ServiceError
 
-from ._wire import job_result, job_spec, wire_limits
+from ._wire import job_result, job_spec, profile_infos
 
 # ------------------------------------------------------------------ the listener
 
@@ -53,14 +53,7 @@ class MsgpackFront:
         return sum(s.conn.buffered for s in self.sessions) > self.buffer_budget
 
     def profile_infos(self) -> tuple[proto.ProfileInfo, ...]:
-        """What ``welcome`` lists: every profile, unavailable ones with their reason."""
-        versions = self.service.versions
-        return tuple(proto.ProfileInfo(
-            name=p.name, description=p.description, compiled=p.compile is not None,
-            default_limits=wire_limits(p.limits), max_limits=wire_limits(p.max_limits),
-            entry=p.entry, version=versions.get(p.name) or None,
-            available=not p.unavailable, unavailable_reason=p.unavailable or None)
-            for p in self.service.profiles.values())
+        return profile_infos(self.service.profiles.values(), self.service.versions)
 
     async def handle(self, stream: trio.abc.Stream, tcp: bool = False) -> None:
         """Serve one connection until it ends; past ``max_connections``, busy at once."""

@@ -49,7 +49,7 @@ from sandboxd.result import Result
 from sandboxd.service import Job, JobService, ServiceError
 from sandboxd_protocol import cluster
 
-from ._wire import job_result, job_spec, wire_limits
+from ._wire import job_result, job_spec, profile_infos
 
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
@@ -235,13 +235,7 @@ class RedisNode:
             "jobs": cluster.pack(jobs)}, use_bin_type=True)
 
     def _profile_infos(self) -> tuple[proto.ProfileInfo, ...]:
-        versions = self.service.versions
-        return tuple(proto.ProfileInfo(
-            name=p.name, description=p.description, compiled=p.compile is not None,
-            default_limits=wire_limits(p.limits), max_limits=wire_limits(p.max_limits),
-            entry=p.entry, version=versions.get(p.name) or None,
-            available=not p.unavailable, unavailable_reason=p.unavailable or None)
-            for p in self.service.profiles.values())
+        return profile_infos(self.service.profiles.values(), self.service.versions)
 
     # -- one job ----------------------------------------------------------
 
