@@ -35,6 +35,7 @@ from sandboxd.log import event
 from sandboxd.pool import Pool
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
+from sandboxd.spawn import ContainerSpec
 
 from ._metrics import JobMetrics
 from ._scheduler import Job, Scheduler
@@ -98,6 +99,7 @@ class JobService:
         self.sched = Scheduler(pool, concurrency, queue_length, cpus)
         self.started = time.monotonic()
         self.draining = False
+        self._named: dict[ContainerSpec, str] = {}  # pool shape -> the profile it shows as
         self.metrics = JobMetrics()  # by profile and verdict, histograms: for /metrics
 
     async def run(self, warm: list[str], *,
@@ -109,11 +111,22 @@ class JobService:
 
         Cancellation: the pool is emptied (every waiting container destroyed).
         """
-        shapes = [default_spec(self.profiles[name]) for name in warm
+        shapes = [self._shape(self.profiles[name]) for name in warm
                   if name in self.profiles and not self.profiles[name].unavailable]
         await self.pool.run(shapes, task_status=task_status)
 
     # -- profiles ---------------------------------------------------------
+
+    def _shape(self, profile: Profile) -> ContainerSpec:
+        """The pool shape of ``profile``'s default limits, remembering who first used it.
+
+        Profiles whose defaults make the same container share a pool (bash, perl and
+        lua do); ``stats`` names it after the first profile that asked for it (the
+        configured warm ones first), not whichever comes first in the profile list.
+        """
+        shape = default_spec(profile)
+        self._named.setdefault(shape, profile.name)
+        return shape
 
     def profile(self, name: str) -> Profile:
         """The profile ``name``, available here; else ``ServiceError(unknown_profile)``."""
@@ -154,7 +167,7 @@ class JobService:
             raise ServiceError("duplicate_job", f"job {id!r} is already in flight")
         job = Job(ref=ref, id=id, profile=spec.profile.name, client=client, spec=spec)
         sched.jobs[ref] = job
-        self.pool.ensure(default_spec(spec.profile))
+        self.pool.ensure(self._shape(spec.profile))
         return job
 
     async def execute(self, job: Job) -> JobOutcome:
@@ -261,8 +274,7 @@ class JobService:
         )
         pools = []
         for spec, warm, target in self.pool.shapes():
-            name = next((p.name for p in self.profiles.values()
-                         if default_spec(p) == spec), "custom")
+            name = self._named.get(spec, "custom")
             pools.append(PoolInfo(profile=name, warm=warm, target=target))
         return Statistics(uptime=time.monotonic() - self.started, jobs_queued=sched.queued,
                           jobs_running=sched.running, jobs_completed=sched.completed,
