@@ -96,7 +96,8 @@ class Daemon:
     """A daemon of the suite, and a stats connection to wait on it with."""
 
     def __init__(self, tmp: Path, name: str, pool_size: int,
-                 pool_profiles: tuple[str, ...] = ("bash",), accounted: bool = False) -> None:
+                 pool_profiles: tuple[str, ...] = ("bash",), accounted: bool = False,
+                 args: tuple[str, ...] = (), **config: object) -> None:
         # ``accounted``: the daemon runs in a v1 cpuacct cgroup of its own, beneath which its
         # job cgroups nest, so that cpu_ns() is everything it runs: supervisor, zygote, fork
         # server, the containers' inits and job processes (the fork server's children are
@@ -108,7 +109,7 @@ class Daemon:
         try:
             self.daemon = start_daemon(tmp / name, pool_size, os.cpu_count() or 1,
                                        name=f"-{name}", pool_profiles=pool_profiles,
-                                       cgroup=self.acct)
+                                       cgroup=self.acct, args=args, **config)
         except BaseException:
             self._remove_acct()
             raise
