@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sandboxd.jobs import JobOutcome, JobSpec, TestSpec
-from sandboxd.limits import Limits
+from sandboxd.limits import LimitError, Limits
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
 from sandboxd.service import JobService, ServiceError
@@ -503,6 +503,8 @@ class Piston:
                                       owner=self.ctx.owner("piston"), client="piston")
         except ServiceError as e:
             return self.refused(e)
+        except LimitError as e:  # e.g. run_memory_limit 3 (bytes): a 500 until the fuzzer
+            return _message(str(e), 400)
         try:
             outcome = await self.service.execute(job)
         except ServiceError as e:
