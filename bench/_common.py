@@ -84,7 +84,8 @@ class Client(BareClient):
 
 def start_daemon(tmp: Path, pool_size: int, concurrency: int, *, name: str = "",
                  pool_profiles: tuple[str, ...] = ("bash",),
-                 cgroup: str | None = None) -> Daemon:
+                 cgroup: str | None = None, args: tuple[str, ...] = (),
+                 **config: object) -> Daemon:
     """A daemon of its own below ``tmp`` (socket, state, log), answering once it is warm;
     stop it with ``stop(timeout=60)``.
 
@@ -92,10 +93,12 @@ def start_daemon(tmp: Path, pool_size: int, concurrency: int, *, name: str = "",
     ``sandboxd-bench-<pid><name>``). With ``cgroup`` (a v1 cgroup directory), the
     daemon starts in it, before it makes anything, so that everything it runs is
     counted there. It logs warnings only: a line per job would be supervisor CPU.
+    ``args`` (more ``sandboxd serve`` options) and ``config`` (more configuration keys)
+    are for the HTTP front door's benchmark.
     """
-    return Daemon(tmp, instance=f"bench-{os.getpid()}{name}", pool_size=pool_size,
+    return Daemon(tmp, args, instance=f"bench-{os.getpid()}{name}", pool_size=pool_size,
                   pool_profiles=list(pool_profiles), concurrency=concurrency,
-                  queue_length=256, log_level="warning").start(cgroup=cgroup)
+                  queue_length=256, log_level="warning", **config).start(cgroup=cgroup)
 
 
 def cpu_seconds(pid: int) -> float:

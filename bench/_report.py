@@ -87,6 +87,10 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                      "figure": f"median {statistics.median(boxes) / MiB:.2f} MiB, max "
                                f"{worst:.2f} MiB ({len(boxes)} containers)",
                      "met": worst < 2.0, "margin": f"{2.0 - worst:+.2f} MiB"})
+    if r.get("http_summary"):
+        import bench_http
+
+        rows += bench_http.targets(r["http_summary"])
     spread = r.get("cpu_spread_s") or {}
     if len(spread.get("sandboxd-warm", ())) > 1 and len(spread.get("bare", ())) > 1:
         ours, bare = cpu_spread(spread["sandboxd-warm"]), cpu_spread(spread["bare"])
@@ -236,6 +240,12 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {st:.1%} | `{ft}` | | {sf:.1%} | `{ff}` |")
         lines.append("")
 
+    if r.get("http_summary"):
+        import bench_http
+
+        lines += bench_http.markdown(r["http"], r["http_summary"], plan["seconds"],
+                                     plan["reps"])
+
     lines += ["## Isolation of each system", "", "| system | isolation |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in r["isolation"].items()]
     if r["unavailable"] or r["failures"] or r["leftovers_removed"]:
@@ -312,6 +322,10 @@ def write_outputs(r: dict[str, Any], out: Path) -> None:
     """results.json (samples and derived figures), results.md, latency.png, throughput.png."""
     r["latency_summary_ms"] = latency_summary(r["latency_s"])
     r["throughput_summary"] = throughput_summary(r["throughput_jobs_s"])
+    if r.get("http"):
+        import bench_http
+
+        r["http_summary"] = bench_http.summary(r["http"])
     r["targets"] = targets(r)
     (out / "results.json").write_text(json.dumps(r, indent=1))
     (out / "results.md").write_text(markdown(r))

@@ -19,7 +19,10 @@ What it measures (docs/benchmarks.md says how to read it):
 - the judge path: one compile and 50 tests, sandboxd against bubblewrap one
   process at a time (and bare, the floor);
 - the spread of CPU time of a fixed workload run pinned, each run in a fresh
-  container, against the same binary run bare and pinned, interleaved.
+  container, against the same binary run bare and pinned, interleaved;
+- the HTTP front door (Judge0, Piston, /v1) against the msgpack socket of the
+  same daemon: latency of a Python and a C hello world, throughput at 1, 8 and
+  32 clients (``bench_http.py``).
 
 Writes ``results.json`` (every sample and the machine), ``results.md``
 (medians, ratios to the floor, the targets), ``latency.png`` and
@@ -85,18 +88,21 @@ class Plan:
     judge_rounds: int = 5
     spread_rounds: int = 20
     spread_cpu_s: float = 0.2
+    http_rounds: int = 100
+    http_concurrency: tuple[int, ...] = (1, 8, 32)
 
 
 QUICK = Plan(rounds=3, warmup=1, seconds=0.25, reps=1, throughput_commands=("true",),
              cpu_jobs=30, refill_reps=1, refill_pool=4, protocol_jobs=200, protocol_repeat=3,
-             judge_rounds=1, spread_rounds=2, spread_cpu_s=0.02)
+             judge_rounds=1, spread_rounds=2, spread_cpu_s=0.02, http_rounds=2)
 
 
 class Daemon:
     """A daemon of the suite, and a stats connection to wait on it with."""
 
     def __init__(self, tmp: Path, name: str, pool_size: int,
-                 pool_profiles: tuple[str, ...] = ("bash",), accounted: bool = False) -> None:
+                 pool_profiles: tuple[str, ...] = ("bash",), accounted: bool = False,
+                 args: tuple[str, ...] = (), **config: object) -> None:
         # ``accounted``: the daemon runs in a v1 cpuacct cgroup of its own, beneath which its
         # job cgroups nest, so that cpu_ns() is everything it runs: supervisor, zygote, fork
         # server, the containers' inits and job processes (the fork server's children are
@@ -108,7 +114,7 @@ class Daemon:
         try:
             self.daemon = start_daemon(tmp / name, pool_size, os.cpu_count() or 1,
                                        name=f"-{name}", pool_profiles=pool_profiles,
-                                       cgroup=self.acct)
+                                       cgroup=self.acct, args=args, **config)
         except BaseException:
             self._remove_acct()
             raise
@@ -539,6 +545,25 @@ def measure_cpu_spread(warm: Daemon, tmp: Path, plan: Plan) -> dict[str, list[fl
     return out
 
 
+# ------------------------------------------------------------------ the HTTP front door
+
+
+def measure_http(tmp: Path, plan: Plan, daemons: list[Daemon]) -> dict[str, object]:
+    """bench_http's run: a daemon of its own with ``--http`` and warm ``python3`` and ``c``
+    pools; a Python and a C hello world through Judge0, Piston, /v1 and the msgpack
+    socket, interleaved; throughput at ``plan.http_concurrency`` clients."""
+    import bench_http
+
+    args = bench_http.http_args()
+    web = Daemon(tmp, "http", 4, pool_profiles=bench_http.POOL_PROFILES, args=args,
+                 **bench_http.CONFIG)
+    daemons.append(web)
+    return bench_http.measure(web, args, rounds=plan.http_rounds, warmup=plan.warmup,
+                              seconds=plan.seconds, reps=plan.reps,
+                              concurrency=plan.http_concurrency,
+                              throughput_programs=("py",), log=log)
+
+
 # ------------------------------------------------------------------ the run
 
 
@@ -597,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
             costs.update(protocol_cost(plan))
             costs["peer_cpu_per_job_ms"] = peer_cpu(systems, commands, plan.cpu_jobs // 5)
             results["costs"] = costs
+            log("the HTTP front door against the msgpack socket")
+            results["http"] = measure_http(tmp, plan, daemons)
             for d in daemons:
                 d.close()
             daemons.clear()

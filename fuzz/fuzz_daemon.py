@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
+import json
 import os
 import random
 import shutil
@@ -525,22 +527,639 @@ def run(target: Target, seconds: float, seed: int, workers: int = 4,
     return report
 
 
+# ======================================================================== HTTP
+
+# The HTTP front door (docs/http.md), fuzzed the same way: hostile clients on threads,
+# a good client throughout. Every answer must be a status the front door documents,
+# never 500 (``internal_error``); a client that stalls is cut off after the listener's
+# timeouts; a connection past ``http_max_connections`` is answered 503.
+
+HTTP_STATUSES = frozenset({200, 201, 202, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415,
+                           422, 429, 503})
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """The daemon's HTTP listener (open on loopback: no token), and its configured bounds."""
+
+    host: str
+    port: int
+    request_timeout: float
+    keepalive_timeout: float
+    send_timeout: float
+    max_connections: int
+    max_body: int
+    pid: int | None = None
+    socket: str | None = None  # its msgpack socket, for a good client there too
+
+
+class Raw(str):
+    """JSON text put into a document as it is (NaN, 1e999, a lone surrogate's escape)."""
+
+
+def dumps(value: Any) -> str:
+    """JSON text of ``value``, ``Raw`` parts verbatim: what a careless client may send."""
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{dumps(str(k))}:{dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(dumps(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+NASTY_JSON = ("NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1e-400", "-0", "2147483648",
+              "9223372036854775808", "1" * 5000, '"\\ud800"', '"a\\udfffb"', '"\\u0000"',
+              '"' + "x" * 70000 + '"', "[" * 5000 + "]" * 5000, '{"a":' * 3000 + "1" + "}" * 3000,
+              '"é"', '""', "true", "null", "[]", "{}", "0.5", "-1", "0")
+
+
+def random_json(rng: random.Random, depth: int = 0) -> Any:
+    """A random JSON value; often one that parsers or validators trip on."""
+    roll = rng.random()
+    if roll < 0.35:
+        return Raw(rng.choice(NASTY_JSON))
+    if roll < 0.7 or depth >= 3:
+        return rng.choice((None, True, False, 0, 1, -1, 3.5, "", "x", "bash", "python", "*",
+                           "main.sh", "../x", "/etc/passwd", "a" * 300, 71, 46, "71", "1e3"))
+    if roll < 0.85:
+        return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(("profile", "files", "limits", "argv", "name", "content", "x", "",
+                        "language_id", "source_code", "stdin", "version")):
+            random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+
+
+# What a valid request of each API looks like: (method, path, body); the fuzzer mutates them.
+def http_templates() -> list[tuple[str, str, Any]]:
+    job = {"profile": "bash", "files": {"main.sh": "echo hi; cat"}, "stdin": "x",
+           "limits": {"wall_time": 2, "cpu_time": 1, "memory": "64M"}, "env": {"A": "b"},
+           "argv": ["/bin/bash", "main.sh"], "compare": "exact", "expected_output": "hi\nx"}
+    tests = {"profile": "bash", "files": {"main.sh": "cat"}, "limits": {"wall_time": 2},
+             "tests": [{"stdin": "1", "expected_output": "1"}, {"stdin": {"base64": "Mg=="}}]}
+    sub = {"source_code": "echo hi", "language_id": 46, "stdin": "x", "expected_output": "hi",
+           "cpu_time_limit": 1, "wall_time_limit": 2, "memory_limit": 128000,
+           "number_of_runs": 1, "command_line_arguments": "a b", "max_file_size": 1024}
+    execute = {"language": "bash", "version": "*", "files": [{"name": "main.sh",
+                                                              "content": "echo hi"}],
+               "stdin": "x", "args": ["a"], "run_timeout": 2000, "run_memory_limit": -1}
+    return [("POST", "/v1/jobs", job), ("POST", "/v1/jobs", tests),
+            ("POST", "/v1/jobs?wait=false", job),
+            ("POST", "/submissions?wait=true", sub),
+            ("POST", "/submissions?base64_encoded=true&wait=true",
+             {**sub, "source_code": "ZWNobyBoaQ==", "stdin": "eA=="}),
+            ("POST", "/submissions", sub),
+            ("POST", "/submissions/batch", {"submissions": [sub, {**sub, "stdin": "y"}]}),
+            ("POST", "/api/v2/execute", execute), ("POST", "/api/v2/piston/execute", execute)]
+
+
+def mutate_json(rng: random.Random, body: Any) -> Any:
+    """A valid body with fields dropped, retyped or added, or replaced whole."""
+    if rng.random() < 0.1:
+        return random_json(rng)
+    body = json_copy(body)
+    for _ in range(rng.randint(1, 3)):
+        node = body
+        while isinstance(node, dict | list) and node and rng.random() < 0.4:
+            child = node[rng.choice(list(node))] if isinstance(node, dict) else rng.choice(node)
+            if not isinstance(child, dict | list) or not child:
+                break
+            node = child
+        if isinstance(node, list):
+            if node and rng.random() < 0.5:
+                node[rng.randrange(len(node))] = random_json(rng)
+            else:
+                node.append(random_json(rng))
+            continue
+        if not isinstance(node, dict):
+            continue
+        op = rng.choice(("drop", "set", "set", "add"))
+        if op == "drop" and node:
+            del node[rng.choice(list(node))]
+        elif op == "set" and node:
+            node[rng.choice(list(node))] = random_json(rng)
+        else:
+            node[rng.choice(("zz", "unknown", "files", "limits", "tests", "interactive"))] = \
+                random_json(rng)
+    return body
+
+
+def json_copy(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: json_copy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [json_copy(x) for x in v]
+    return v
+
+
+class HttpConn:
+    """A raw TCP connection to the listener: sends any bytes, reads one response, or sees
+    whether the daemon closed it."""
+
+    def __init__(self, t: HttpTarget, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(10)
+        self.sock.connect((t.host, t.port))
+        self.buf = b""
+        self.closed_by_peer = False
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self.sock.sendall(data)
+            return True
+        except (BrokenPipeError, ConnectionResetError):
+            self.closed_by_peer = True
+            return False
+
+    def _fill(self, until: float) -> bool:
+        left = until - time.monotonic()
+        if left <= 0 or self.closed_by_peer:
+            return False
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(1 << 16)
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.closed_by_peer = True
+            return False
+        self.buf += data
+        return True
+
+    def response(self, until: float) -> tuple[int, dict[str, str], bytes] | None:
+        """The next response (status, headers, body), or ``None`` if none came in time or
+        the daemon closed first."""
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill(until):
+                return None
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            status = int(lines[0].split()[1])
+        except (IndexError, ValueError):
+            return -1, {}, head
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers.get("content-length", "0") or 0)
+        while len(self.buf) < n:
+            if not self._fill(until):
+                break
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return status, headers, body
+
+    def wait_closed(self, until: float) -> bool:
+        """Read (and drop) until the daemon closes; whether it did before ``until``."""
+        while self._fill(until):
+            self.buf = b""
+        return self.closed_by_peer
+
+    def held_by_daemon(self) -> bool:
+        """Whether the daemon still holds its end of this connection (a descriptor of a
+        socket with our addresses, per /proc/net/tcp), seen without reading from it.
+
+        Not the state of our end: a daemon that closes a connection with data unsent
+        to a client that reads nothing leaves it to the kernel (an orphan socket, inode
+        0), whose end the client sees as open until the kernel gives up on it.
+        """
+        def hexaddr(addr: tuple[str, int]) -> str:
+            return f"{socket.inet_aton(addr[0])[::-1].hex().upper()}:{addr[1]:04X}"
+
+        ours, theirs = hexaddr(self.sock.getsockname()), hexaddr(self.sock.getpeername())
+        with open("/proc/net/tcp") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 9 and fields[1] == theirs and fields[2] == ours:
+                    return fields[9] != "0"
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def request_bytes(method: str, path: str, body: bytes | None = None,
+                  headers: dict[str, str] | None = None, close: bool = True) -> bytes:
+    hdrs = {"Host": "fuzz", **({"Content-Type": "application/json"} if body is not None
+                               else {}), **(headers or {})}
+    if body is not None and "Transfer-Encoding" not in hdrs:
+        hdrs.setdefault("Content-Length", str(len(body)))
+    if close:
+        hdrs["Connection"] = "close"
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+    return head.encode("latin-1") + b"\r\n" + (body or b"")
+
+
+def check_answer(r: Report, what: str, got: tuple[int, dict[str, str], bytes] | None,
+                 allowed: frozenset[int] = HTTP_STATUSES) -> int | None:
+    """A finding unless the answer is a documented status (never 500) with, for an error
+    of ours, a JSON body whose ``error`` is a protocol code other than internal_error."""
+    if got is None:
+        r.findings.append(f"http {what}: no answer")
+        return None
+    status, _headers, body = got
+    r.error_codes[f"http {status}"] += 1
+    if status not in allowed:
+        r.findings.append(f"http {what}: status {status}: {body[:300]!r}")
+    if b"internal_error" in body or b"Traceback" in body:
+        r.findings.append(f"http {what}: {body[:300]!r}")
+    return status
+
+
+def http_exchange(t: HttpTarget, r: Report, what: str, data: bytes, within: float,
+                  allowed: frozenset[int] = HTTP_STATUSES) -> int | None:
+    """Send one request (``Connection: close``), check its answer and that the daemon then
+    closes; returns the status."""
+    c = HttpConn(t)
+    try:
+        c.send(data)
+        until = time.monotonic() + within
+        status = check_answer(r, what, c.response(until), allowed)
+        if not c.wait_closed(until + MARGIN):
+            r.findings.append(f"http {what}: still open after the answer")
+        return status
+    finally:
+        c.close()
+
+
+JOB_BOUND = 8 * 2.5  # a fuzzed job may run: at most a few of 2 s each
+
+
+def act_http_bad_json(t: HttpTarget, rng: random.Random, r: Report) -> None:
+    """Malformed JSON, or JSON a parser trips on (deep nesting, a 5000-digit number, NaN,
+    lone surrogates), or bytes that are not UTF-8, to an endpoint that takes a body."""
+    method, path, body = rng.choice(http_templates())
+    roll = rng.random()
+    if roll < 0.3:
+        text = dumps(body).encode()
+        data = text[:rng.randint(0, len(text) - 1)]
+    elif roll < 0.5:
+        data = os.urandom(rng.randint(1, 300))
+    elif roll < 0.6:
+        data = dumps(body).encode().replace(b'"', b"\xff\xfe", 1)
+    else:
+        data = dumps(random_json(rng)).encode()
+    ctype = rng.choice(("application/json", "application/json", "text/plain",
+                        "application/json; charset=utf-16", ""))
+    http_exchange(t, r, f"bad json {path}", request_bytes(
+        method, path, data, {"Content-Type": ctype} if ctype else {}),
+        JOB_BOUND + t.request_timeout + MARGIN)
+
+
+def act_http_mutated(t: HttpTarget, rng: random.Random, r: Report) -> None:
+    """A valid request with fields dropped, retyped (to any JSON, nasty values included)
+    or added: answered with a documented status, or run."""
+    method, path, body = rng.choice(http_templates())
+    data = dumps(mutate_json(rng, body)).encode()
+    http_exchange(t, r, f"mutated {path}", request_bytes(method, path, data),
+                  JOB_BOUND + t.request_timeout + MARGIN)
+
+
+HTTP_PATHS = ("/v1/jobs/{x}", "/submissions/{x}", "/submissions/batch?tokens={x}",
+              "/submissions/{x}?fields={x}&base64_encoded={x}", "/languages/{x}",
+              "/api/v2/runtimes", "/v1/kill/{x}", "/v1/ps", "/v1/stats", "/v1/profiles",
+              "/statuses", "/config_info", "/metrics", "/{x}", "/v1/jobs?wait={x}",
+              "/api/v2/{x}")
+
+
+def act_http_random_request(t: HttpTarget, rng: random.Random, r: Report) -> None:
+    """Any method on any route (or none), with random path parameters and queries."""
+    x = rng.choice(("1", "abc", "%00", "..%2F..%2Fetc", "%ff%fe", "x" * 3000, "-1",
+                    "0" * 40, "9" * 400, "a,b,c," * 50, "%E2%82", "true"))
+    path = rng.choice(HTTP_PATHS).replace("{x}", x)
+    method = rng.choice(("GET", "GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS",
+                         "BREW"))
+    body = dumps(random_json(rng)).encode() if method in ("POST", "PUT", "PATCH") else None
+    status = http_exchange(t, r, f"{method} {path[:60]}", request_bytes(method, path, body),
+                           JOB_BOUND + MARGIN)
+    if method == "HEAD" and status is None:
+        r.findings.pop()  # a HEAD answer has no body to read; its status line sufficed
+
+
+def act_http_garbage(t: HttpTarget, rng: random.Random, r: Report) -> None:
+    """Bytes that are not HTTP (or nearly): answered 400 by the listener, or closed."""
+    c = HttpConn(t)
+    try:
+        data = rng.choice((os.urandom(rng.randint(1, 2000)),
+                           b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+                           b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+                           b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n",
+                           b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 5000 + b"\r\n",
+                           b"GET / HTTP/9.9\r\n\r\n", b"\r\n\r\n\r\n"))
+        c.send(data)
+        until = time.monotonic() + t.keepalive_timeout + t.request_timeout + MARGIN
+        got = c.response(until)
+        if got is not None:
+            check_answer(r, "garbage", got)
+        if not c.wait_closed(until):
+            r.findings.append("http garbage: still open")
+    finally:
+        c.close()
+
+
+def act_http_huge_body(t: HttpTarget, rng: random.Random, r: Report) -> None:
+    """A body over http_max_body: declared (refused before it comes) or chunked (refused
+    once past the cap): 413, then the connection closes; or, if we were still sending
+    when the daemon stopped reading the rest (2 s after its answer), cut off (the
+    kernel drops an answer not yet read when the reset comes)."""
+    method, path, _ = rng.choice(http_templates())
+    c = HttpConn(t)
+    try:
+        if rng.random() < 0.5:
+            size = rng.choice((t.max_body + 1, 2**40))
+            c.send(request_bytes(method, path, None, {"Content-Type": "application/json",
+                                                     "Content-Length": str(size)}, close=False)
+                   + b'{"x": "' + b"y" * 1000)
+        else:
+            c.send(request_bytes(method, path, None, {"Content-Type": "application/json",
+                                                     "Transfer-Encoding": "chunked"},
+                                 close=False))
+            chunk = b"y" * (64 << 10)
+            for _ in range(t.max_body // len(chunk) + 2):
+                if not c.send(b"%x\r\n" % len(chunk) + chunk + b"\r\n"):
+                    break
+        until = time.monotonic() + t.request_timeout + MARGIN
+        got = c.response(until)
+        if got is None and c.closed_by_peer:
+            return  # cut off while we still sent: the answer was lost with the reset
+        status = check_answer(r, "huge body", got, frozenset({413, 503}))
+        if status is not None and not c.wait_closed(until + MARGIN):
+            r.findings.append("http huge body: still open after 413")
+    finally:
+        c.close()
+
+
+def act_http_slow(t: HttpTarget, rng: random.Random, r: Report) -> None:
+    """Headers never finished (cut after http_keepalive_timeout), or a body never finished
+    (408 after http_request_timeout), or nothing at all (cut after the keep-alive time)."""
+    c = HttpConn(t)
+    try:
+        roll = rng.random()
+        if roll < 0.4:
+            c.send(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: 1000\r\n\r\n" + b'{"profile": "ba')
+            until = time.monotonic() + t.request_timeout + MARGIN
+            check_answer(r, "slow body", c.response(until), frozenset({408, 503}))
+            if not c.wait_closed(until + MARGIN):
+                r.findings.append("http slow body: still open")
+            return
+        if roll < 0.7:
+            c.send(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        if not c.wait_closed(time.monotonic() + t.keepalive_timeout + MARGIN):
+            r.findings.append(f"http slow {'headers' if roll < 0.7 else 'silence'}: still open")
+    finally:
+        c.close()
+
+
+def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
+    """One masked frame, as a client sends it (RFC 6455 section 5.2)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big") \
+        if n < 65536 else bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return bytes([0x80 | opcode]) + size + mask + bytes(b ^ mask[i % 4]
+                                                        for i, b in enumerate(payload))
+
+
+def ws_open(t: HttpTarget, path: str, rcvbuf: int | None = None) -> HttpConn | None:
+    """A WebSocket handshake on a raw connection; ``None`` if refused (503 when busy)."""
+    c = HttpConn(t, rcvbuf)
+    c.send(f"GET {path} HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+           .encode())
+    got = c.response(time.monotonic() + MARGIN)
+    if got is None or got[0] != 101:
+        c.close()
+        return None
+    return c
+
+
+WS_JOBS = {"/v1/jobs/stream": {"profile": "bash", "files": {"main.sh": "yes hello"},
+                               "limits": {"wall_time": 30, "output": "1G"}},
+           "/api/v2/connect": {"type": "init", "language": "bash", "version": "*",
+                               "files": [{"content": "yes hello"}], "run_timeout": 30000}}
+
+
+def act_ws_never_reads(t: HttpTarget, rng: random.Random, r: Report) -> None:
+    """A WebSocket job that writes without end to a client that never reads: the job is
+    cancelled and the connection cut, after http_send_timeout at most."""
+    path = rng.choice(list(WS_JOBS))
+    c = ws_open(t, path, rcvbuf=4096)
+    if c is None:
+        return
+    try:
+        c.send(ws_frame(dumps(WS_JOBS[path]).encode()))
+        # The job's output fills the buffers within a second; then the daemon's bound on
+        # unread output (v1) or on unacknowledged sends (both) lets the client go.
+        deadline = time.monotonic() + 1 + t.send_timeout + t.request_timeout + MARGIN
+        while c.held_by_daemon() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if c.held_by_daemon():
+            r.findings.append(f"ws never reads {path}: still held by the daemon")
+    finally:
+        c.close()
+
+
+def act_ws_random(t: HttpTarget, rng: random.Random, r: Report) -> None:
+    """A WebSocket with random messages (mutated jobs, nasty JSON, binary, pings, a
+    message over the cap), then it reads until the daemon closes."""
+    path = rng.choice(list(WS_JOBS))
+    c = ws_open(t, path)
+    if c is None:
+        return
+    try:
+        for _ in range(rng.randint(1, 4)):
+            roll = rng.random()
+            if roll < 0.4:
+                payload = dumps(mutate_json(rng, WS_JOBS[path])).encode()
+            elif roll < 0.7:
+                payload = dumps(random_json(rng)).encode()
+            elif roll < 0.8:
+                payload = os.urandom(rng.randint(0, 200))
+            elif roll < 0.9:
+                payload = b"x" * (t.max_body + 1)
+            else:
+                payload = dumps({"stdin": "x", "eof": True, "type": "data", "stream": "stdin",
+                                 "data": "x"}).encode()
+            opcode = rng.choice((1, 1, 1, 2, 9))
+            if not c.send(ws_frame(payload, opcode)):
+                break
+        if not c.wait_closed(time.monotonic() + 30 + t.request_timeout + MARGIN):
+            r.findings.append(f"ws random {path}: still open")
+        if b"internal_error" in c.buf:
+            r.findings.append(f"ws random {path}: internal_error")
+    finally:
+        c.close()
+
+
+def act_http_flood(t: HttpTarget, rng: random.Random, r: Report) -> None:
+    """More requests at once than http_max_connections (each a body that never ends),
+    and as many connections that say nothing: the excess requests are answered 503 at
+    once, the others 408, the silent connections cut after the keep-alive time."""
+    extra = 4
+    held: list[HttpConn] = []
+    silent: list[HttpConn] = []
+    try:
+        for _ in range(t.max_connections + extra):
+            c = HttpConn(t)
+            c.send(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: 100\r\n\r\n{")
+            held.append(c)
+        for _ in range(t.max_connections):
+            silent.append(HttpConn(t))
+        until = time.monotonic() + t.request_timeout + MARGIN
+        busy = 0
+        for c in held:
+            got = c.response(until)
+            status = check_answer(r, "flood", got, frozenset({408, 429, 503}))
+            busy += status in (429, 503)
+        if busy < extra:
+            r.findings.append(f"http flood: only {busy} of {len(held)} refused busy")
+        for c in silent:
+            if not c.wait_closed(time.monotonic() + t.keepalive_timeout + MARGIN):
+                r.findings.append("http flood: a silent connection still open")
+                break
+    finally:
+        for c in held + silent:
+            c.close()
+
+
+HTTP_ACTIONS: dict[str, tuple[float, Callable[[HttpTarget, random.Random, Report], None]]] = {
+    "http_bad_json": (4, act_http_bad_json),
+    "http_mutated": (6, act_http_mutated),
+    "http_random_request": (3, act_http_random_request),
+    "http_garbage": (2, act_http_garbage),
+    "http_huge_body": (1, act_http_huge_body),
+    "http_slow": (1, act_http_slow),
+    "ws_never_reads": (0.5, act_ws_never_reads),
+    "ws_random": (2, act_ws_random),
+    "http_flood": (0.3, act_http_flood),
+}
+
+
+def good_http_client(t: HttpTarget, stop: threading.Event, r: Report, bound: float) -> None:
+    """One keep-alive connection (a new one if the daemon closed it), one small job after
+    another through ``POST /v1/jobs``, each checked; 503 and 429 (a flood holds every
+    place) are retried, as their Retry-After says, within the bound."""
+    conn = http.client.HTTPConnection(t.host, t.port, timeout=bound)
+    n = 0
+    try:
+        while not stop.is_set():
+            n += 1
+            start = time.monotonic()
+            body = json.dumps({"profile": "bash", "files": {"main.sh": f"echo good {n}"}})
+            answer: Any = None
+            while time.monotonic() - start < bound:
+                try:
+                    conn.request("POST", "/v1/jobs", body, {"Content-Type": "application/json"})
+                    resp = conn.getresponse()
+                    status, data = resp.status, resp.read()
+                except (OSError, http.client.HTTPException):
+                    conn.close()  # the keep-alive time passed, or a reset: a new connection
+                    time.sleep(0.05)
+                    continue
+                if status in (429, 503):
+                    time.sleep(0.1)
+                    continue
+                answer = (status, data)
+                break
+            took = time.monotonic() - start
+            r.good_worst_latency = max(r.good_worst_latency, took)
+            ok = answer is not None and answer[0] == 200 and \
+                json.loads(answer[1])["steps"][0]["stdout"] == f"good {n}\n"
+            if not ok:
+                r.findings.append(f"good http client: job {n} answered {answer!r:.300} in "
+                                  f"{took:.1f} s")
+                return
+            r.good_jobs += 1
+    finally:
+        conn.close()
+
+
+def run_http(target: HttpTarget, seconds: float, seed: int, workers: int = 4,
+             good_bound: float = 20.0) -> Report:
+    """Hostile HTTP and WebSocket clients on ``workers`` threads for ``seconds``; a good
+    HTTP client throughout, and a good msgpack client if the target names its socket."""
+    report = Report()
+    if target.pid is not None:
+        report.rss_kib = (rss_kib(target.pid), 0)
+        report.fds = (fd_count(target.pid), 0)
+    stop = threading.Event()
+    goods = [threading.Thread(target=good_http_client, args=(target, stop, report,
+                                                             good_bound))]
+    if target.socket:
+        msgpack_target = Target(target.socket, 10.0, 300.0, 1 << 20, 1 << 20, target.pid)
+        goods.append(threading.Thread(target=good_client, args=(msgpack_target, stop, report,
+                                                                good_bound)))
+    for g in goods:
+        g.start()
+    deadline = time.monotonic() + seconds
+    names = list(HTTP_ACTIONS)
+    weights = [HTTP_ACTIONS[n][0] for n in names]
+
+    def worker(k: int) -> None:
+        rng = random.Random(seed * 1000 + k)
+        while time.monotonic() < deadline and not stop.is_set():
+            name = rng.choices(names, weights)[0]
+            if name == "http_flood" and k != 0:
+                continue  # one flood at a time, or floods would refuse each other
+            report.actions[name] += 1
+            try:
+                HTTP_ACTIONS[name][1](target, rng, report)
+            except OSError as e:
+                report.findings.append(f"{name}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    stop.set()
+    for g in goods:
+        g.join()
+    return report
+
+
 # ---------------------------------------------------------- a daemon of its own
+
+
+HTTP_CONFIG = {"http": "127.0.0.1:0", "http_loopback_open": True, "http_request_timeout": 1.0,
+               "http_keepalive_timeout": 1.0, "http_send_timeout": 2.0,
+               "http_max_connections": 16, "http_max_body": 1 << 20,
+               "http_ws_buffer": 64 << 10}
+"""The HTTP listener's configuration for fuzzing: short timeouts, few places, 1 MiB bodies
+(``http_target`` reads them back)."""
+
+
+def http_target(daemon: Daemon, with_socket: bool = True) -> HttpTarget:
+    """The HTTP target of a daemon started with ``HTTP_CONFIG`` (or like it)."""
+    host, port = daemon.http_address.rsplit(":", 1)
+    c = daemon.config
+    return HttpTarget(host, int(port), float(c["http_request_timeout"]),
+                      float(c["http_keepalive_timeout"]), float(c["http_send_timeout"]),
+                      int(c["http_max_connections"]), int(c["http_max_body"]), daemon.pid,
+                      daemon.socket if with_socket else None)
 
 
 @contextlib.contextmanager
 def own_daemon(handshake: float, idle: float, max_connections: int,
-               max_frame: int) -> Iterator[tuple[Target, Path]]:
-    """Start ``sandboxd serve`` with short timeouts in a temporary directory (root); the
-    directory, log included, is kept if ``FUZZ_KEEP`` is set."""
+               max_frame: int) -> Iterator[tuple[Target, HttpTarget, Path]]:
+    """Start ``sandboxd serve`` with short timeouts, its HTTP listener on a loopback port
+    too, in a temporary directory (root); the directory, log included, is kept if
+    ``FUZZ_KEEP`` is set."""
     d = tempfile.mkdtemp(prefix="sandboxd-fuzz-")
     try:
         daemon = Daemon(Path(d), instance=f"fuzz-{os.getpid()}", pool_size=2,
                         pool_profiles=["bash"], handshake_timeout=handshake, idle_timeout=idle,
-                        max_connections=max_connections, max_frame=max_frame).start(wait=60)
+                        max_connections=max_connections, max_frame=max_frame,
+                        **HTTP_CONFIG).start(wait=60)
         try:
-            yield Target(daemon.socket, handshake, idle, max_connections, max_frame,
-                         daemon.pid), daemon.log
+            yield (Target(daemon.socket, handshake, idle, max_connections, max_frame,
+                          daemon.pid), http_target(daemon), daemon.log)
         finally:
             daemon.stop(timeout=60)
     finally:
@@ -565,18 +1184,35 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--idle-timeout", type=float, default=1.0)
     ap.add_argument("--max-connections", type=int, default=32)
     ap.add_argument("--max-frame", type=int, default=1 << 20)
+    ap.add_argument("--http", action="store_true",
+                    help="fuzz the HTTP front door (and WebSockets) instead of the socket")
+    ap.add_argument("--http-address", help="with --http: a running daemon's HOST:PORT "
+                    "(loopback, open: http_loopback_open), its bounds as below")
+    ap.add_argument("--http-timeouts", default="30,5,60", help="its http_request_timeout, "
+                    "http_keepalive_timeout, http_send_timeout (seconds)")
+    ap.add_argument("--http-max-connections", type=int, default=256)
+    ap.add_argument("--http-max-body", type=int, default=64 << 20)
     a = ap.parse_args(argv)
     print(f"seed {a.seed}")
-    if a.socket:
-        target = Target(a.socket, a.handshake_timeout, a.idle_timeout, a.max_connections,
-                        a.max_frame, a.pid)
-        report = run(target, a.seconds, a.seed, a.workers)
+    if a.socket or a.http_address:
         problems: list[str] = []
+        if a.http_address:
+            host, port = a.http_address.rsplit(":", 1)
+            req, keep, send = (float(x) for x in a.http_timeouts.split(","))
+            target = HttpTarget(host, int(port), req, keep, send, a.http_max_connections,
+                                a.http_max_body, a.pid, a.socket)
+            report = run_http(target, a.seconds, a.seed, a.workers)
+        else:
+            target = Target(a.socket, a.handshake_timeout, a.idle_timeout, a.max_connections,
+                            a.max_frame, a.pid)
+            report = run(target, a.seconds, a.seed, a.workers)
     else:
         with own_daemon(a.handshake_timeout, a.idle_timeout, a.max_connections,
-                        a.max_frame) as (target, log):
-            report = run(target, a.seconds, a.seed, a.workers)
-            time.sleep(a.idle_timeout + 1)
+                        a.max_frame) as (sock_target, web_target, log):
+            target = web_target if a.http else sock_target
+            report = (run_http(web_target, a.seconds, a.seed, a.workers) if a.http else
+                      run(sock_target, a.seconds, a.seed, a.workers))
+            time.sleep(max(a.idle_timeout, web_target.keepalive_timeout) + 1)
             assert target.pid is not None
             report.rss_kib = (report.rss_kib[0], rss_kib(target.pid))
             report.fds = (report.fds[0], fd_count(target.pid))

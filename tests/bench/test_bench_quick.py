@@ -38,8 +38,13 @@ def test_quick_run_writes_its_outputs(tmp_path: Path) -> None:
     assert results["judge_s"]["sandboxd-warm"]
     assert results["cpu_spread_s"]["sandboxd-warm"] and results["cpu_spread_s"]["bare"]
     assert results["costs"]["protocol_us_per_job"]
+    for door in ("msgpack", "v1", "judge0", "piston"):
+        for program in ("py", "c"):
+            assert results["http"]["latency_s"][door][program], (door, program)
+        assert results["http"]["throughput_jobs_s"][door]["py"]["32"], door
 
     md = (out / "results.md").read_text()
     assert "## Latency per job" in md and "## Targets" in md
+    assert "## The HTTP front door against the msgpack socket" in md
     for png in ("latency.png", "throughput.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

@@ -4,13 +4,17 @@ of fuzz/fuzz_daemon.py while a good client keeps working.
 
 The module's daemon has short timeouts (1 s to say hello, 1 s of idleness or of
 a message left half sent), 16 connections at most and 1 MiB frames, so that
-every rule is reached in seconds. Three of the rules here were broken until
+every rule is reached in seconds; its HTTP front door likewise (1 s for a body
+or an idle connection, 2 s for an unread send, 16 requests at once, 1 MiB
+bodies). The HTTP tests at the end check what the fuzzer found there, and run
+``fuzz_daemon.run_http``. Three of the rules here were broken until
 the fuzzer found them (see the docstrings of the tests that name a fix).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import random
 import socket
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from attacks import AttackDaemon, MiB
 
@@ -27,8 +32,6 @@ from sandboxd_testing.daemon import Daemon
 
 pytestmark = pytest.mark.root
 
-DAEMON_CONFIG = {"handshake_timeout": 1.0, "idle_timeout": 1.0, "max_connections": 16,
-                 "max_frame": 1 * MiB, "pool_size": 2, "pool_profiles": ["bash"]}
 MARGIN = 3.0  # on top of a timeout, on a shared machine
 
 
@@ -43,6 +46,11 @@ def _load_fuzzer() -> Any:
 
 
 fz = _load_fuzzer()
+
+# Its HTTP front door too (fz.HTTP_CONFIG): 1 s timeouts, 16 requests at once, 1 MiB bodies.
+DAEMON_CONFIG = {"handshake_timeout": 1.0, "idle_timeout": 1.0, "max_connections": 16,
+                 "max_frame": 1 * MiB, "pool_size": 2, "pool_profiles": ["bash"],
+                 **fz.HTTP_CONFIG}
 
 
 def target(ad: AttackDaemon) -> Any:
@@ -364,3 +372,232 @@ def test_random_fuzzing_keeps_the_daemon_serving(attack_daemon: AttackDaemon) ->
     # measured here, RSS moves between +0 and +20 MiB from round to round, and back
     # (14 rounds in a row: 32-50 MiB, ending at 34). A leak would add up instead.
     assert max(first, second) - start < 48 * 1024, f"RSS {start} -> {first} -> {second} KiB"
+
+
+# ====================================================================== HTTP
+
+
+def http_target(ad: AttackDaemon) -> Any:
+    return fz.http_target(ad.daemon)
+
+
+def http_answer(ad: AttackDaemon, method: str, path: str, body: bytes | None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """One request on a connection of its own: the status and the JSON answered."""
+    c = fz.HttpConn(http_target(ad))
+    try:
+        c.send(fz.request_bytes(method, path, body, headers))
+        got = c.response(time.monotonic() + 30)
+    finally:
+        c.close()
+    assert got is not None, f"{method} {path}: no answer"
+    status, _headers, data = got
+    return status, json.loads(data) if data else None
+
+
+def log_clean(ad: AttackDaemon, start: int) -> None:
+    log = ad.daemon.log.read_text()[start:]
+    assert not fz.log_problems(log), fz.log_problems(log)[:5]
+
+
+BAD_JSON = {
+    "nested 5000 deep": b"[" * 5000 + b"]" * 5000,
+    "a 5000-digit number": b'{"profile": "bash", "x": ' + b"1" * 5000 + b"}",
+    "NaN": b'{"profile": "bash", "limits": {"cpu_time": NaN}}',
+    "Infinity": b'{"language": "bash", "version": "*", "run_timeout": Infinity}',
+    "a lone surrogate escaped": b'{"profile": "bash", "files": {"main.sh": "echo \\udfff"}}',
+    "a lone surrogate's bytes": b'{"source_code": "\xed\xa0\x80", "language_id": 46}',
+    "not UTF-8": b'{"profile": "\xff"}',
+}
+JSON_DOORS = {"v1": "/v1/jobs", "judge0": "/submissions?wait=true", "piston": "/api/v2/execute"}
+
+
+@pytest.mark.parametrize("door", sorted(JSON_DOORS))
+@pytest.mark.parametrize("case", sorted(BAD_JSON))
+def test_http_bodies_that_are_not_json_are_400(attack_daemon: AttackDaemon, door: str,
+                                               case: str) -> None:
+    """Fixed in sandboxd/front/http/_common.py (parse_json): json.loads raised
+    RecursionError and ValueError besides JSONDecodeError (500 internal_error, and an
+    error in the daemon's log), and let NaN and lone surrogates through to validators
+    that then raised."""
+    start = attack_daemon.daemon.log.stat().st_size
+    status, answer = http_answer(attack_daemon, "POST", JSON_DOORS[door], BAD_JSON[case])
+    assert status == 400, (status, answer)
+    assert "internal_error" not in json.dumps(answer)
+    log_clean(attack_daemon, start)
+
+
+@pytest.mark.parametrize("value", ["NaN", "inf", "-Infinity", 1e308 * 10])
+def test_judge0_limits_that_are_no_number_are_422(attack_daemon: AttackDaemon,
+                                                  value: Any) -> None:
+    """Fixed in judge0.py (_number): "NaN" as a limit passed Rails' numericality check
+    as Python reads it, and int(NaN) was a 500."""
+    start = attack_daemon.daemon.log.stat().st_size
+    body = fz.dumps({"source_code": "echo hi", "language_id": 46,
+                     "memory_limit": fz.Raw("1e999") if value == 1e308 * 10 else value})
+    status, answer = http_answer(attack_daemon, "POST", "/submissions?wait=true",
+                                 body.encode())
+    assert status == 422 and "memory_limit" in answer, (status, answer)
+    log_clean(attack_daemon, start)
+
+
+@pytest.mark.parametrize("limit", [{"run_memory_limit": 3}, {"run_timeout": 0.001},
+                                   {"run_cpu_time": 0.0001}])
+def test_piston_limits_out_of_sandboxd_range_are_400(attack_daemon: AttackDaemon,
+                                                     limit: dict[str, float]) -> None:
+    """Fixed in piston.py (Piston.execute): a limit Piston's checks let through but
+    sandboxd's range refuses (3 bytes of memory) raised LimitError: a 500."""
+    start = attack_daemon.daemon.log.stat().st_size
+    body = {"language": "bash", "version": "*", "files": [{"content": "echo hi"}], **limit}
+    status, answer = http_answer(attack_daemon, "POST", "/api/v2/execute",
+                                 json.dumps(body).encode())
+    assert status in (200, 400), (status, answer)
+    assert status == 200 or "message" in answer, answer
+    log_clean(attack_daemon, start)
+
+
+def test_a_request_refused_busy_before_its_body_is_cut_off(attack_daemon: AttackDaemon) -> None:
+    """Fixed in _app.py (_deny): a request refused 503 (too many at once), 401 or 429
+    before its body was read kept its connection open for ever when the body never
+    came: no timeout covers a request whose answer has been sent."""
+    t = http_target(attack_daemon)
+    head = (b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{")
+    held = [fz.HttpConn(t) for _ in range(t.max_connections)]
+    extra = fz.HttpConn(t)
+    try:
+        for c in held:
+            c.send(head)
+        time.sleep(0.2)  # the daemon has taken them all in
+        extra.send(head)
+        got = extra.response(time.monotonic() + MARGIN)
+        assert got is not None and got[0] == 503, got
+        assert json.loads(got[2])["error"] == "server_busy"
+        deadline = time.monotonic() + 2.0 + MARGIN  # the refusal reads on for 2 s at most
+        while extra.held_by_daemon() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not extra.held_by_daemon(), "the refused connection is still held"
+    finally:
+        for c in [*held, extra]:
+            c.close()
+    assert http_answer(attack_daemon, "GET", "/v1/health", None)[0] == 200
+
+
+def test_a_piston_websocket_ends_after_its_close(attack_daemon: AttackDaemon) -> None:
+    """Fixed in piston.py (_Session._end_after_close): after "Job Completed" the session
+    waited for its client to say something, for ever; now the client has 2 s to answer
+    the close. The init comes as a binary message, which crashed the session before
+    (its text is None)."""
+    start = attack_daemon.daemon.log.stat().st_size
+    c = fz.ws_open(http_target(attack_daemon), "/api/v2/connect")
+    assert c is not None
+    try:
+        c.send(fz.ws_frame(fz.dumps({"type": "init", "language": "bash", "version": "*",
+                                     "files": [{"content": "echo hi"}]}).encode(), 2))
+        deadline = time.monotonic() + 10 + MARGIN
+        while b"Job Completed" not in c.buf and c._fill(deadline):
+            pass
+        assert b'"stream": "stdout", "data": "hi\\n"' in c.buf, c.buf[:500]
+        assert b"Job Completed" in c.buf, c.buf[:500]
+        while c.held_by_daemon() and time.monotonic() < deadline:
+            time.sleep(0.05)  # we never answer the close
+        assert not c.held_by_daemon(), "the session still holds its connection"
+    finally:
+        c.close()
+    log_clean(attack_daemon, start)
+
+
+def test_an_oversized_websocket_message_then_a_binary_one_ends_only_its_connection(
+        attack_daemon: AttackDaemon) -> None:
+    """Fixed in _app.py (_ContainedTCPServer): in hypercorn 0.18 the rest of a text
+    message over websocket_max_message_size stays in the connection's buffer, and a
+    binary message after it raised TypeError out of hypercorn's connection handler,
+    which ended every connection and the daemon (exit 1)."""
+    t = http_target(attack_daemon)
+    start = attack_daemon.daemon.log.stat().st_size
+    c = fz.ws_open(t, "/v1/jobs/stream")
+    assert c is not None
+    try:
+        c.send(fz.ws_frame(b"x" * (t.max_body + 1)))
+        time.sleep(0.3)
+        c.send(fz.ws_frame(b"abc", 2))
+        assert c.wait_closed(time.monotonic() + MARGIN)
+    finally:
+        c.close()
+    assert attack_daemon.daemon.proc is not None and attack_daemon.daemon.proc.poll() is None
+    assert http_answer(attack_daemon, "GET", "/v1/health", None)[0] == 200
+    serves(attack_daemon)
+    log_clean(attack_daemon, start)
+
+
+def test_random_http_fuzzing_keeps_the_daemon_serving(attack_daemon: AttackDaemon) -> None:
+    """Two rounds of fuzz_daemon.run_http (hostile HTTP and WebSocket clients on 4
+    threads; a good HTTP client and a good msgpack client throughout): no finding (no
+    500, no internal_error, every stalled client cut off), no error or traceback in the
+    daemon's log, descriptors back where they were, memory bounded."""
+    seed = int(os.environ.get("FUZZ_SEED", "0")) or int.from_bytes(os.urandom(3), "big")
+    t = http_target(attack_daemon)
+    log_start = attack_daemon.daemon.log.stat().st_size
+    start = attack_daemon.rss_kib()
+    fds_start = own_fds(attack_daemon)
+    reports = []
+    for round_ in range(2):
+        report = fz.run_http(t, seconds=8, seed=seed + round_)
+        attack_daemon.wait_idle()
+        time.sleep(t.keepalive_timeout + 0.5)  # the good client's idle connection goes
+        report.rss_kib = (report.rss_kib[0], attack_daemon.rss_kib())
+        report.fds = (report.fds[0], fz.fd_count(attack_daemon.pid))
+        reports.append(report)
+        assert not report.findings, (f"seed {seed + round_}", report.findings[:10])
+        assert report.good_jobs > 0
+        assert own_fds(attack_daemon) <= fds_start + 2, (f"seed {seed + round_}: descriptors "
+                                                         f"{fds_start} -> {own_fds(attack_daemon)}")
+    log_clean(attack_daemon, log_start)
+    print(f"\nseed {seed}: " + "\n".join(r.summary() for r in reports))
+    first, second = reports[0].rss_kib[1], reports[1].rss_kib[1]
+    assert max(first, second) - start < 64 * 1024, f"RSS {start} -> {first} -> {second} KiB"
+
+
+# ------------------------------------------------------------- a full queue
+
+
+def test_a_full_queue_is_503_for_v1_and_judge0(tmp_path: Path) -> None:
+    """concurrency 1 and queue_length 1: with one long job running and one waiting, a
+    third is refused at once: 503 server_busy on /v1, Judge0's 503 "queue is full", and
+    Piston's 429 (docs/http.md); the jobs in flight are untouched and the daemon then
+    serves again."""
+    with Daemon(tmp_path, pool_size=1, pool_profiles=["bash"], concurrency=1,
+                queue_length=1, **fz.HTTP_CONFIG) as d:
+        host, port = d.http_address.rsplit(":", 1)
+        long_job = {"profile": "bash", "files": {"main.sh": "sleep 30"},
+                    "limits": {"wall_time": 60}}
+        with httpx.Client(base_url=f"http://{host}:{port}", timeout=60) as c:
+            ids = [c.post("/v1/jobs?wait=false", json=long_job).json()["id"] for _ in range(2)]
+            try:
+                r = c.post("/v1/jobs", json={"profile": "bash", "files": {"main.sh": "echo"}})
+                assert r.status_code == 503 and r.json()["error"] == "server_busy", r.text
+                assert r.headers["retry-after"]
+                r = c.post("/submissions?wait=true",
+                           json={"source_code": "echo hi", "language_id": 46})
+                assert r.status_code == 503 and r.json() == {"error": "queue is full"}, r.text
+                r = c.post("/api/v2/execute", json={"language": "bash", "version": "*",
+                                                    "files": [{"content": "echo hi"}]})
+                assert r.status_code == 429, r.text
+                assert [c.get(f"/v1/jobs/{i}").json()["state"] for i in ids] == \
+                    ["running", "queued"]
+            finally:
+                for i in ids:
+                    c.delete(f"/v1/jobs/{i}")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                r = c.post("/v1/jobs", json={"profile": "bash", "files": {"main.sh": "echo ok"}})
+                if r.status_code == 200:
+                    break
+                time.sleep(0.1)
+            assert r.status_code == 200 and r.json()["steps"][0]["stdout"] == "ok\n", r.text
+        while time.monotonic() < deadline:  # the cancelled jobs' containers are gone
+            st = d.stats()
+            if not st.jobs_running and not st.jobs_queued and all(
+                    p.warm >= p.target for p in st.pools):
+                break
+            time.sleep(0.05)

@@ -39,9 +39,11 @@ from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
+import hypercorn.trio.run
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -254,9 +256,9 @@ class HttpFront:
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         cfg = self.cfg
         if self.in_flight >= cfg.http_max_connections:
-            return await self._refuse(scope, send, ErrorCode.SERVER_BUSY, "too many requests "
-                                      f"at once (http_max_connections="
-                                      f"{cfg.http_max_connections}); try again later")
+            return await self._deny(scope, receive, send, ErrorCode.SERVER_BUSY,
+                                    "too many requests at once (http_max_connections="
+                                    f"{cfg.http_max_connections}); try again later")
         self.in_flight += 1
         try:
             path = scope["path"]
@@ -264,16 +266,16 @@ class HttpFront:
             if path not in OPEN_PATHS and not self._authorized(scope, token):
                 what = "a valid token" if token is None or path != "/metrics" or not \
                     cfg.metrics_token else "the metrics token"
-                return await self._refuse(scope, send, ErrorCode.UNAUTHORIZED,
-                                          f"{what} is required (Authorization: Bearer TOKEN)"
-                                          if token is None else "the token is not valid")
+                return await self._deny(scope, receive, send, ErrorCode.UNAUTHORIZED,
+                                        f"{what} is required (Authorization: Bearer TOKEN)"
+                                        if token is None else "the token is not valid")
             key = token or ""
             gated = path not in OPEN_PATHS and path != "/metrics"
             if gated and not self.ctx.gate.acquire(key):
-                return await self._refuse(scope, send, ErrorCode.TOO_MANY_REQUESTS,
-                                          "too many requests in flight for this token "
-                                          f"(http_token_concurrency="
-                                          f"{cfg.http_token_concurrency})")
+                return await self._deny(scope, receive, send, ErrorCode.TOO_MANY_REQUESTS,
+                                        "too many requests in flight for this token "
+                                        f"(http_token_concurrency="
+                                        f"{cfg.http_token_concurrency})")
             try:
                 scope[TOKEN_SCOPE_KEY] = key
                 if scope["type"] == "websocket":
@@ -292,6 +294,19 @@ class HttpFront:
                     self.ctx.gate.release(key)
         finally:
             self.in_flight -= 1
+
+    async def _deny(self, scope: Scope, receive: Receive, send: Send, code: str,
+                    message: str) -> None:
+        """Refuse a request before its body is read: a WebSocket gets its denial; an HTTP
+        request its answer and a close, its body read and dropped meanwhile
+        (``_refuse_body``). Answered with the body unread and the connection kept, a
+        request whose body never came held its connection for ever, past every timeout
+        (found by fuzz/fuzz_daemon.py, with a flood of requests past
+        ``http_max_connections``)."""
+        if scope["type"] == "websocket":
+            await self._refuse(scope, send, code, message)
+        else:
+            await self._refuse_body(scope, receive, send, code, message)
 
     async def _refuse_body(self, scope: Scope, receive: Receive, send: Send, code: str,
                            message: str) -> None:
@@ -371,6 +386,8 @@ class HttpFront:
         hc.accesslog = None
         quiet = logging.getLogger("sandboxd.http.hypercorn")
         quiet.setLevel(logging.WARNING)
+        if not any(isinstance(f, _ErrorFields) for f in quiet.filters):
+            quiet.addFilter(_ErrorFields())
         hc.errorlog = quiet
         return hc
 
@@ -395,6 +412,64 @@ class HttpFront:
 
     def stop(self) -> None:
         self.stopping.set()
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]  # the leaf says where; trio's nurseries do not
+    return exc
+
+
+def _where(exc: BaseException) -> str:
+    """``file.py:line`` of the innermost frame of ``exc``'s traceback."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" \
+        if tb is not None else "?"
+
+
+class _ContainedTCPServer(TCPServer):
+    """hypercorn's connection handler, with a failure of its own ending its connection
+    only.
+
+    hypercorn runs every connection's handler in one nursery, beside the
+    listener: an exception out of one (a bug in hypercorn's protocol code, which
+    a client can trigger) ends them all, and the daemon with them. Found by
+    fuzz/fuzz_daemon.py with hypercorn 0.18: a WebSocket text message over
+    ``websocket_max_message_size`` leaves its partial text in the connection's
+    buffer, and a binary message after it is written into that text buffer
+    (``TypeError``). The connection is closed (``TCPServer.run``'s own
+    ``finally``), its app task cancelled (a job of it with it), and the failure
+    logged; errors of the app itself never get here (hypercorn logs them,
+    "Error in ASGI Framework").
+    """
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        except Exception as e:  # a group too, unless it holds a Cancelled
+            leaf = _leaf(e)
+            event("http_connection_failed", logging.WARNING, error=repr(leaf)[:300],
+                  at=_where(leaf))
+
+
+hypercorn.trio.run.TCPServer = _ContainedTCPServer  # type: ignore[misc]
+
+
+class _ErrorFields(logging.Filter):
+    """Puts the exception of a hypercorn error line ("Error in ASGI Framework") into the
+    line's fields: the daemon's one-line format drops ``exc_info``, which left such a
+    line with nothing to say what failed, or where."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = _leaf(record.exc_info[1])
+            record.fields = {**getattr(record, "fields", {}), "error": repr(exc)[:500],
+                             "at": _where(exc)}
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -30,6 +30,7 @@ import datetime
 import ipaddress
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -58,7 +59,7 @@ from sandboxd.profiles import Profile
 from sandboxd.result import Result
 from sandboxd.service import Job, JobService, ServiceError
 
-from ._common import FrontContext, token_of
+from ._common import BadJson, FrontContext, parse_json, token_of
 from ._context import HttpContext
 
 VERSION = "1.13.1"
@@ -274,12 +275,16 @@ def _number(value: Any, integer: bool) -> float | int | None:
     """Rails' numericality: a number, or a string of one; None if it is not one."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, float) and not math.isfinite(value):  # 1e999
+        return None
     if isinstance(value, int | float):
         return int(value) if integer and float(value).is_integer() else value
     if isinstance(value, str):
         try:
             n = float(value.strip())
         except ValueError:
+            return None
+        if not math.isfinite(n):  # "NaN", "inf", "1e999": no limit can be one
             return None
         return int(n) if integer and n.is_integer() else n
     return None
@@ -976,8 +981,8 @@ class Judge0:
 
     async def body(self, request: Request) -> Any:
         try:
-            return json.loads(await request.body() or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return parse_json(await request.body() or b"{}")
+        except BadJson as e:
             raise Invalid(f"malformed JSON: {e}") from None
 
     async def create(self, request: Request) -> Response:

@@ -35,11 +35,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import sandboxd_protocol as proto
 from sandboxd.jobs import JobOutcome, JobSpec, TestSpec
-from sandboxd.limits import Limits
+from sandboxd.limits import LimitError, Limits
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
 from sandboxd.service import JobService, ServiceError
 
+from ._common import BadJson, parse_json
 from ._context import HttpContext
 
 # sandboxd profile -> (Piston language, aliases, runtime): as Piston's packages name them.
@@ -53,6 +54,8 @@ RUNTIMES: dict[str, tuple[str, tuple[str, ...], str | None]] = {
     "python3": ("python", ("py", "py3", "python3"), None),
     "rust": ("rust", ("rs",), None),
 }
+
+LINGER = 2.0  # seconds a closed WebSocket's client has to send its closing reply
 
 # Piston's configuration defaults (api/src/config.js), in its units.
 DEFAULT_LIMITS = {"compile_timeout": 10000, "run_timeout": 3000, "compile_cpu_time": 10000,
@@ -487,8 +490,8 @@ class Piston:
         if not request.headers.get("content-type", "").startswith("application/json"):
             return _message("requests must be of type application/json", 415)
         try:
-            body = json.loads(await request.body() or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = parse_json(await request.body() or b"null")
+        except BadJson:
             return JSONResponse({"stack": "SyntaxError: Unexpected token in JSON"},
                                 status_code=400)
         try:
@@ -501,6 +504,8 @@ class Piston:
                                       owner=self.ctx.owner("piston"), client="piston")
         except ServiceError as e:
             return self.refused(e)
+        except LimitError as e:  # e.g. run_memory_limit 3 (bytes): a 500 until the fuzzer
+            return _message(str(e), 400)
         try:
             outcome = await self.service.execute(job)
         except ServiceError as e:
@@ -533,6 +538,7 @@ class _Session:
         self.job: Any = None
         self.stdin_send, self.stdin_recv = trio.open_memory_channel[bytes](64)
         self.closed = False
+        self.closing = trio.Event()  # set with ``closed``: the session ends LINGER later
         self.compiled = False
         self.run_started = False
 
@@ -544,12 +550,23 @@ class _Session:
     async def close(self, code: int, reason: str) -> None:
         if not self.closed:
             self.closed = True
+            self.closing.set()
             with contextlib.suppress(Exception):
                 await self.ws.close(code, reason)
+
+    async def _end_after_close(self, scope: trio.CancelScope) -> None:
+        """Once we closed, the client has ``LINGER`` seconds to answer with its own close;
+        then the session ends whatever it does. Without this, a client that never spoke
+        again after "Job Completed" (or an initialization timeout) held its connection
+        and this session for ever (found by fuzz/fuzz_daemon.py)."""
+        await self.closing.wait()
+        await trio.sleep(LINGER)
+        scope.cancel()
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._init_timeout)
+            nursery.start_soon(self._end_after_close, nursery.cancel_scope)
             try:
                 await self._receive(nursery)
             finally:
@@ -565,11 +582,18 @@ class _Session:
     async def _receive(self, nursery: trio.Nursery) -> None:
         while not self.closed:
             try:
-                text = await self.ws.receive_text()
-            except (WebSocketDisconnect, RuntimeError, KeyError):
+                message = await self.ws.receive()
+            except (WebSocketDisconnect, RuntimeError):
                 return
+            if message["type"] == "websocket.disconnect":
+                return
+            # A binary message is JSON too, as Piston's server (node's ws) parses either;
+            # it has no text (None), which crashed the session (found by the fuzzer).
+            text = message.get("text")
+            if text is None:
+                text = (message.get("bytes") or b"").decode("utf-8", "replace")
             try:
-                msg = json.loads(text)
+                msg = parse_json(text)
                 if not isinstance(msg, dict):
                     raise ValueError("a message must be a JSON object")
                 kind = msg.get("type")

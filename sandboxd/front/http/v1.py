@@ -46,6 +46,7 @@ from sandboxd_protocol import DEFAULT_SIZE_LIMITS, ErrorCode
 
 from . import _openapi
 from ._common import (
+    BadJson,
     FrontContext,
     HttpError,
     data_field,
@@ -53,6 +54,7 @@ from ._common import (
     error_body,
     error_response,
     output_fields,
+    parse_json,
     read_json,
     token_of,
 )
@@ -602,8 +604,8 @@ class StreamSession:
 
     async def _client_text(self, job: Job, text: str) -> None:
         try:
-            await self._client_message(job, json.loads(text))
-        except json.JSONDecodeError as e:
+            await self._client_message(job, parse_json(text))
+        except BadJson as e:
             self.error(ErrorCode.MALFORMED, f"not valid JSON: {e}")
         except HttpError as e:
             self.error(e.code, e.message)
@@ -641,8 +643,8 @@ class StreamSession:
                 return None
             raise HttpError(ErrorCode.TIMEOUT, "no job within http_request_timeout")
         try:
-            body = json.loads(text)
-        except json.JSONDecodeError as e:
+            body = parse_json(text)
+        except BadJson as e:
             raise HttpError(ErrorCode.MALFORMED, f"the job is not valid JSON: {e}") from None
         if not isinstance(body, dict):
             raise _invalid("the job", f"must be an object, not {describe(body)}")
