@@ -154,7 +154,10 @@ class JobService:
             raise ServiceError("duplicate_job", f"job {id!r} is already in flight")
         job = Job(ref=ref, id=id, profile=spec.profile.name, client=client, spec=spec)
         sched.jobs[ref] = job
-        self.pool.ensure(default_spec(spec.profile))
+        shape = default_spec(spec.profile)
+        self.pool.ensure(shape)
+        if shape.warm is not None and jobs.plain_starts(spec):
+            self.pool.ensure(default_spec(spec.profile, warm=False))  # its plain starts too
         return job
 
     async def execute(self, job: Job) -> JobOutcome:
@@ -262,7 +265,10 @@ class JobService:
         pools = []
         for spec, warm, target in self.pool.shapes():
             name = next((p.name for p in self.profiles.values()
-                         if default_spec(p) == spec), "custom")
+                         if default_spec(p) == spec), "")
+            name = name or next((f"{p.name} (plain start)" for p in self.profiles.values()
+                                 if p.warm_runtime and default_spec(p, warm=False) == spec),
+                                "custom")
             pools.append(PoolInfo(profile=name, warm=warm, target=target))
         return Statistics(uptime=time.monotonic() - self.started, jobs_queued=sched.queued,
                           jobs_running=sched.running, jobs_completed=sched.completed,
