@@ -164,12 +164,14 @@ def _sandboxd_warm():
         namespace.pop("__file__", None)
         namespace.pop("__cached__", None)
 
-    def fail(e):
-        """CPython's PyErr_Print for what escaped the job's code: without our frames."""
-        tb = e.__traceback__
+    def ours_cut(tb):
         while tb is not None and tb.tb_frame.f_code.co_filename == "<string>":
             tb = tb.tb_next
-        e.__traceback__ = tb
+        return tb
+
+    def fail(e):
+        """CPython's PyErr_Print for what escaped the job's code: without our frames."""
+        e.__traceback__ = tb = ours_cut(e.__traceback__)
         sys.last_type, sys.last_value, sys.last_traceback = type(e), e, tb
         hook = getattr(sys, "excepthook", None)
         try:
@@ -182,6 +184,7 @@ def _sandboxd_warm():
             raise
         except BaseException as h:  # CPython's words for a hook that fails
             sys.stderr.write("Error in sys.excepthook:\n")
+            h.__traceback__ = ours_cut(h.__traceback__)
             sys.__excepthook__(type(h), h, h.__traceback__)
             sys.stderr.write("\nOriginal exception was:\n")
             sys.__excepthook__(type(e), e, tb)
@@ -208,10 +211,13 @@ def _sandboxd_warm():
 
 
 _sandboxd_main, _sandboxd_done, _sandboxd_fail = _sandboxd_warm()
+_sandboxd_error = None
 try:
     exec(*_sandboxd_main())
 except SystemExit:
     raise
 except BaseException as _sandboxd_e:
-    _sandboxd_fail(_sandboxd_e)
+    _sandboxd_error = _sandboxd_e
+if _sandboxd_error is not None:  # printed outside the handler, as CPython does (no context)
+    _sandboxd_fail(_sandboxd_error)
 _sandboxd_done()

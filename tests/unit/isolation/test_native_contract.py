@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import subprocess
 
-from sandboxd import container, native
+from sandboxd import container, native, runtimes
 from sandboxd.isolation import _libc, initplan
 
 
@@ -55,6 +55,10 @@ def test_python_and_c_agree_on_ops_magic_and_clone_flags() -> None:
                       | _libc.CLONE_NEWNET | _libc.CLONE_NEWIPC | _libc.CLONE_NEWUTS
                       | _libc.CLONE_NEWCGROUP)
     assert values["clone_flags"] == container.CLONE_FLAGS == expected_flags
+    # A warm runtime's request, and the byte its bootstrap sends once up (runtimes/).
+    assert values["warm_flag"] == container.WARM_FLAG
+    assert values["warm_ready"] == 6
+    assert "os.write(sock, b\"\\x06\")" in runtimes.RUNTIMES["python"].source()
     # Every element of a real plan (the host root, with Landlock where the kernel has it)
     # is an op of the table, in the order the init needs them.
     names = _walk(container.plan_bytes(container.ContainerSpec(slot=0, box_size=1 << 20,
