@@ -205,7 +205,8 @@ class JobService:
               verdict=first.verdict if first else "?", steps=len(steps),
               cpu=sum(r.cpu_time for r in steps), wall=sum(r.wall_time for r in steps),
               memory=max((r.memory_peak for r in steps), default=0),
-              queue_wait=job.queue_wait)
+              queue_wait=job.queue_wait,
+              warm=sum(1 for c in job.used if c.warm is not None))  # steps a warm runtime ran
 
     # -- what runs --------------------------------------------------------
 

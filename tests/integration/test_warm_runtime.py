@@ -189,7 +189,8 @@ def test_the_job_sees_what_a_plain_start_gives_it(daemon: Daemon) -> None:
     "raise KeyboardInterrupt\n",  # CPython exits by SIGINT
     "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n",
     "import sys\nsys.excepthook = lambda *a: 1 / 0\nraise ValueError('x')\n",
-    "import sys\ndef hook(t, v, tb):\n    print('hooked', t.__name__, tb.tb_frame.f_code.co_filename)\n"
+    "import sys\ndef hook(t, v, tb):\n"
+    "    print('hooked', t.__name__, tb.tb_frame.f_code.co_filename)\n"
     "sys.excepthook = hook\nraise ValueError('x')\n",
     "import sys\ndel sys.excepthook\nraise ValueError('x')\n",
     # atexit (in order), a thread joined at exit, __del__ at finalisation, __file__ gone by
