@@ -267,7 +267,7 @@ class JobService:
         for spec, warm, target in self.pool.shapes():
             name = next((p.name for p in self.profiles.values()
                          if default_spec(p) == spec), "")
-            name = name or next((f"{p.name} (plain start)" for p in self.profiles.values()
+            name = name or next((f"{p.name}+plain" for p in self.profiles.values()
                                  if p.warm_runtime and default_spec(p, warm=False) == spec),
                                 "custom")
             pools.append(PoolInfo(profile=name, warm=warm, target=target))

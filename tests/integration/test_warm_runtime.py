@@ -40,11 +40,14 @@ from sandboxd_testing.daemon import Daemon
 
 pytestmark = pytest.mark.root
 
-PROFILE = load_dir()["python3"]
-WARM_MARK = b"_sandboxd_warm"
+PROFILES = load_dir()
+PROFILE = PROFILES["python3"]
+NODE = PROFILES["javascript"]
 IS_WARM = ("import sys\n"
            "print('WARM' if b'_sandboxd_warm' in open('/proc/self/cmdline', 'rb').read() "
            "else 'PLAIN')\n")
+IS_WARM_JS = ("console.log(require('fs').readFileSync('/proc/self/cmdline')"
+              ".includes('_sandboxd_warm') ? 'WARM' : 'PLAIN')\n")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     if PROFILE.unavailable:
         pytest.skip(PROFILE.unavailable)
     before = leftovers.snapshot()
-    d = Daemon(tmp_path_factory.mktemp("warm"), pool_profiles=["python3"], pool_size=1,
+    warm = ["python3", *([] if NODE.unavailable else ["javascript"])]
+    d = Daemon(tmp_path_factory.mktemp("warm"), pool_profiles=warm, pool_size=1,
                concurrency=2).start()
     try:
         d.wait_warm()
@@ -88,35 +92,37 @@ def leftovers_view(request: pytest.FixtureRequest) -> Iterator[leftovers.View | 
 
 
 def run(d: Daemon, source: str | bytes | None = None, *, files: dict[str, bytes] | None = None,
-        **kw: Any) -> proto.StepResult:
+        profile: str = "python3", **kw: Any) -> proto.StepResult:
     if files is None:
-        files = {"main.py": source.encode() if isinstance(source, str) else source or b""}
+        files = {PROFILES[profile].entry: source.encode() if isinstance(source, str)
+                 else source or b""}
     c = d.connect()
     try:
-        res = c.job(profile="python3", files=files, **kw)
+        res = c.job(profile=profile, files=files, **kw)
     finally:
         c.close()
     assert len(res.steps) == 1, res
     return res.steps[0]
 
 
-def both(d: Daemon, source: str | bytes | None = None, **kw: Any
+def both(d: Daemon, source: str | bytes | None = None, profile: str = "python3", **kw: Any
          ) -> tuple[proto.StepResult, proto.StepResult]:
     """The same job handed to a warm runtime and started plainly; each checked to be so."""
     files = kw.pop("files", None)
     if files is None:
-        files = {"main.py": source.encode() if isinstance(source, str) else source or b""}
+        files = {PROFILES[profile].entry: source.encode() if isinstance(source, str)
+                 else source or b""}
     d.wait_warm()  # a miss would start the job plainly
-    warm = run(d, files=files, **kw)
-    plain = run(d, files=files, warm_runtime=False, **kw)
-    assert _started(d, **kw) == "WARM"
+    warm = run(d, files=files, profile=profile, **kw)
+    plain = run(d, files=files, profile=profile, warm_runtime=False, **kw)
+    assert _started(d, profile=profile, **kw) == "WARM"
     return warm, plain
 
 
-def _started(d: Daemon, **kw: Any) -> str:
+def _started(d: Daemon, profile: str = "python3", **kw: Any) -> str:
     """Which start a job with these options gets: WARM or PLAIN."""
     d.wait_warm()
-    step = run(d, IS_WARM, **kw)
+    step = run(d, IS_WARM if profile == "python3" else IS_WARM_JS, profile=profile, **kw)
     assert step.verdict in ("ok", "wrong_answer"), step
     return step.stdout.decode().strip()
 
@@ -295,8 +301,8 @@ def test_the_pool_keeps_warm_and_plain_shapes_apart(daemon: Daemon) -> None:
     daemon.wait_warm()
     # Two shapes: the warm one, and the plain one (which has python3's default limits,
     # and so is the very shape of other profiles with those: it is listed under the first
-    # such profile's name, "python3 (plain start)" if none).
-    pools = daemon.stats().pools
+    # such profile's name, "python3+plain" if none).
+    pools = [p for p in daemon.stats().pools if "javascript" not in p.profile]
     assert len(pools) == 2 and all(p.target == 1 for p in pools), pools
     assert "python3" in {p.profile for p in pools}
     # Both kinds wait side by side, each recognised as unused by the leftovers check.
@@ -405,3 +411,83 @@ def test_sigint_is_what_ends_a_job_with_an_uncaught_keyboardinterrupt(daemon: Da
     warm, plain = both(daemon, "raise KeyboardInterrupt\n")
     assert warm.signal == plain.signal == signal.SIGINT
     assert warm.stderr.startswith(b"Traceback (most recent call last):\n  File \"/box/main.py\"")
+
+
+# ------------------------------------------------------------------ node
+
+NODE_SELF = r"""
+const fs = require("fs");
+const kind = (fd) => { const t = fs.readlinkSync(`/proc/self/fd/${fd}`); return t.split("[")[0]; };
+console.log(JSON.stringify({
+  argv: process.argv, execArgv: process.execArgv, argv0: process.argv0,
+  execPath: process.execPath, cwd: process.cwd(), env: process.env, eval: process._eval,
+  main: require.main === module, filename: __filename, dirname: __dirname,
+  paths: module.paths, globals: Object.keys(globalThis).sort(),
+  fds: fs.readdirSync("/proc/self/fd").sort(), kinds: [0, 1, 2].map(kind),
+  sockets: fs.readdirSync("/proc/self/fd").filter((fd) => {
+    try { return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith("socket:"); }
+    catch (e) { return false; }
+  }),
+  stdin: fs.readFileSync(0, "utf8"), isTTY: [process.stdout.isTTY, process.stderr.isTTY],
+  ids: [process.getuid(), process.getgid(), process.getgroups(), process.pid, process.ppid],
+  title: process.title, exitCode: process.exitCode, heap: require("v8").getHeapStatistics()
+    .heap_size_limit,
+}));
+"""
+
+
+@pytest.fixture
+def node() -> None:
+    if NODE.unavailable:
+        pytest.skip(NODE.unavailable)
+
+
+def test_node_sees_what_a_plain_start_gives_it(daemon: Daemon, node: None) -> None:
+    warm, plain = both(daemon, NODE_SELF, profile="javascript", stdin=b"in\n")
+    assert warm.verdict == plain.verdict == "ok", (warm, plain)
+    w, p = json.loads(warm.stdout), json.loads(plain.stdout)
+    assert w == p
+    assert p["argv"] == ["/usr/bin/node", "/box/main.js"] and p["main"] and p["stdin"] == "in\n"
+    assert "require" not in p["globals"] and p["sockets"] == []  # the init's socket: closed
+
+
+def _frames_of_node(stderr: bytes) -> bytes:
+    """An error's report without node's own frames under the job's (a listed difference:
+    the warm start's end in the bootstrap's -e frames)."""
+    return b"\n".join(line for line in stderr.splitlines()
+                      if not line.strip().startswith(b"at node:internal")
+                      and b"[eval]" not in line and b"runScriptInThisContext" not in line
+                      and b"node:internal/process/execution" not in line)
+
+
+@pytest.mark.parametrize("source", [
+    "function f() { throw new Error('boom'); }\nf();\n",
+    "process.exitCode = 4;\nconsole.log('set');\n",
+    "process.on('exit', (c) => console.log('exit', c));\nprocess.exit(3);\n",
+    "Promise.reject(new Error('nobody catches me'));\n",
+    "setTimeout(() => console.log('later'), 20);\nconsole.log('first');\n",
+    "process.kill(process.pid, 'SIGTERM');\n",
+    "console.log(require('fs').readFileSync(0, 'utf8').split('').reverse().join(''));\n",
+    "console.log(typeof require, typeof module, typeof exports, typeof __filename);\n",
+    "syntax error here\n",
+], ids=lambda s: s.splitlines()[0][:40])
+def test_node_outcomes_match_the_plain_start(daemon: Daemon, node: None, source: str) -> None:
+    warm, plain = both(daemon, source, profile="javascript", stdin=b"abc")
+    assert (warm.verdict, warm.exit_code, warm.signal, warm.stdout) == (
+        plain.verdict, plain.exit_code, plain.signal, plain.stdout)
+    assert _frames_of_node(warm.stderr) == _frames_of_node(plain.stderr)
+
+
+def test_node_runs_an_es_module_entry(daemon: Daemon, node: None) -> None:
+    files = {"main.js": b"import { readFileSync } from 'fs';\n"
+                        b"console.log(typeof require, import.meta.url, readFileSync(0, 'utf8'));\n",
+             "package.json": b'{"type": "module"}\n'}
+    warm, plain = both(daemon, files=files, profile="javascript", stdin=b"x")
+    assert warm.stdout == plain.stdout == b"undefined file:///box/main.js x\n", (warm, plain)
+
+
+def test_node_gets_the_plain_start_when_its_heap_ceiling_would_differ(daemon: Daemon,
+                                                                       node: None) -> None:
+    assert _started(daemon, profile="javascript") == "WARM"
+    assert _started(daemon, profile="javascript",
+                    limits=proto.JobLimits(memory=300 * MiB)) == "PLAIN"

@@ -161,6 +161,13 @@ def warm_limits(profile: str, limits: proto.JobLimits | None) -> proto.JobLimits
     return dataclasses.replace(limits, **keep)
 
 
+def memory_limit(profile: str, limits: proto.JobLimits, start: str | None) -> int:
+    """The memory limit a job of ``profile`` under ``limits`` had, with that start."""
+    if start == "warm":
+        limits = warm_limits(profile, limits) or limits
+    return limits.memory if limits.memory is not None else _profiles()[profile].limits.memory
+
+
 def _starts(name: str) -> list[str]:
     profile = _profiles().get(name)
     return ["warm", "plain"] if profile is not None and profile.warm_runtime else ["plain"]
@@ -186,7 +193,9 @@ def start_attack_daemon(tmp: Path, **config: Any) -> AttackDaemon:
     secret = "HOSTSECRET-" + os.urandom(12).hex()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOST_SECRET", secret)
-        d = Daemon(tmp, **{"pool_profiles": ["bash", "python3"], "pool_size": 1,
+        # Every profile with a warm runtime is kept warm: a warm attack must not miss.
+        warm = [name for name, p in _profiles().items() if p.warm_runtime and not p.unavailable]
+        d = Daemon(tmp, **{"pool_profiles": sorted({"bash", *warm}), "pool_size": 1,
                            "concurrency": 2, **config}).start()
     ad = AttackDaemon(d, secret)
     try:
