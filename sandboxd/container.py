@@ -27,12 +27,13 @@ every process of the namespace and reports how the job process ended. When
 the init exits, the kernel kills whatever is left in the namespace.
 
 Messages with the supervisor (``sandboxd.channel`` frames), from the init:
-``ready`` (+ pidfd of the job process), ``started`` (monotonic t0 of the
-hand-over, which starts the wall clock), ``exited`` (wait status, t0 again and
-t1 of the reaping), ``error`` (where, message; and step, errno when the job
-process failed before its execve); to it:
-``job`` (+ stdin, stdout, stderr descriptors), ``collect`` (the init answers
-``files``).
+``ready`` (+ pidfd of the job process), ``warmed`` (a warm runtime waits for the
+job), ``started`` (monotonic t0 of the hand-over, which starts the wall clock),
+``exited`` (wait status, t0 again and t1 of the reaping), ``error`` (where,
+message; and step, errno when the job process failed before its execve); to it:
+``warm`` (a warm runtime to start, ``WarmStart``, + the job's stdin, stdout,
+stderr descriptors; optional, before the job), ``job`` (+ stdin, stdout, stderr
+descriptors, or none after ``warm``), ``collect`` (the init answers ``files``).
 
 The user namespace: the container's root maps to an unprivileged host uid
 of its slot, and the job user to another, so even a process that became

@@ -25,9 +25,11 @@
  *   the job, then execs it (the first exec since the fork server's).
  *
  * Messages, as container.py documents them: to the supervisor "ready" (+ the job
- * process's pidfd), "started", "exited", "files", "error" (where, message; from the job
- * process's own faults also step and errno); from it "job" (files, the job process's
- * exec request, + stdin, stdout, stderr) and "collect".
+ * process's pidfd), "warmed", "started", "exited", "files", "error" (where, message; from
+ * the job process's own faults also step and errno); from it "warm" (a warm runtime's
+ * request, + stdin, stdout, stderr: optional, once, before the job), "job" (files, the
+ * job process's exec request, + stdin, stdout, stderr, or none after "warm") and
+ * "collect".
  */
 #include "sandboxd.h"
 
