@@ -10,6 +10,13 @@ that reads the cgroup's CPU counter on a schedule that shrinks as the limit
 nears (so that no job runs more than a few ms of CPU past it), and the init's
 report of the job's exit. Any limit kills the whole cgroup with the freezer.
 
+A warm container (``wait_ready`` with a ``WarmStart``: sandboxd/runtimes/)
+has its interpreter started before the job, with the job's stdio made then:
+``run`` writes stdin into the memfd the interpreter already holds, hands the
+bootstrap the exec request without descriptors, and reads the pipes made at
+warm-up. The cgroup's CPU baseline is read at the hand-over, as for every job,
+so the interpreter's start-up is not the job's; its memory is (the peak).
+
 Wall time runs from the moment the init handed the job over (its monotonic
 clock, which is ours too: no time namespace) to the moment it reaped the job
 process. CPU time, user/system split and peak memory come from the cgroup,
@@ -31,7 +38,7 @@ from sandboxd.cgroups import CgroupLimits, CgroupStats, JobCgroup
 from sandboxd.isolation import _libc, rlimits
 from sandboxd.limits import Limits
 from sandboxd.result import Measured, Result, SandboxError, decide
-from sandboxd.spawn import Spawned, job_message
+from sandboxd.spawn import Spawned, WarmStart, job_env, job_message, warm_message
 
 OutputCallback = Callable[[str, bytes], Awaitable[None]]
 
@@ -40,6 +47,7 @@ OutputCallback = Callable[[str, bytes], Awaitable[None]]
 WATCH_MIN = 0.001
 WATCH_MAX = 0.25
 READ_CHUNK = 1 << 16
+WARM_TIMEOUT = 30.0  # seconds an interpreter may take to start in a warm container
 NCPU = os.cpu_count() or 1
 
 
@@ -79,9 +87,12 @@ class Container:
         self.destroyed = False
         self._killed_for: str | None = None
         self._kill_lock = trio.Lock()
+        self.warm: WarmStart | None = None  # the interpreter waiting for the job, if any
+        self._stdio: list[int] = []  # a warm container's: stdin memfd, stdout, stderr read ends
 
-    async def wait_ready(self) -> None:
-        """Wait until the init has built the container and the job process waits for a job."""
+    async def wait_ready(self, warm: WarmStart | None = None) -> None:
+        """Wait until the init has built the container and the job process waits for a job;
+        with ``warm``, until that interpreter has started and waits for it instead."""
         msg, fds = await self.chan.recv()
         if msg.get("t") != "ready" or len(fds) != 1:
             for fd in fds:
@@ -98,6 +109,25 @@ class Container:
         # (~8 ms here, sleeping, not CPU): never on the event loop. Concurrent
         # moves share one grace period, so pool refills overlap well in threads.
         await trio.to_thread.run_sync(self.cgroup.add_pid, self.job_pid)
+        if warm is not None:  # in its cgroup first: what the interpreter holds is the job's
+            await self._warm_up(warm)
+
+    async def _warm_up(self, warm: WarmStart) -> None:
+        """Start ``warm``'s interpreter, with the stdio the job will have (made now)."""
+        stdin = os.memfd_create("sandboxd-stdin", os.MFD_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        self._stdio = [stdin, out_r, err_r]
+        try:
+            await self.chan.send(warm_message(warm), [stdin, out_w, err_w])
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        with trio.move_on_after(WARM_TIMEOUT) as timeout:
+            await self._recv("warmed")
+        if timeout.cancelled_caught:
+            raise SandboxError(f"the warm runtime did not start within {WARM_TIMEOUT:g} s")
+        self.warm = warm
 
     # ------------------------------------------------------------------ run
 
@@ -123,33 +153,12 @@ class Container:
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, pid, 0)
         base = self._base = self.cgroup.stats()
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        if step.stdin_stream is not None:
-            in_r, in_w = os.pipe2(os.O_CLOEXEC)
-        else:
-            in_r, in_w = os.memfd_create("sandboxd-stdin", os.MFD_CLOEXEC), -1
-            if step.stdin:
-                os.write(in_r, step.stdin)
-                os.lseek(in_r, 0, os.SEEK_SET)
         rl = rlimits.Rlimits(cpu_seconds=limits.cpu_time, file_size=limits.file_size,
                              open_files=limits.open_files, stack=limits.stack)
-        try:
-            try:
-                msg = job_message(step.files, step.argv, step.env, step.cwd, rl)
-            except ValueError as e:
-                raise SandboxError(f"job delivery: ValueError: {e}") from e
-            await self.chan.send(msg, [in_r, out_w, err_w])
-        except BaseException:
-            # Cancelled (the client hung up) or the init gone: our ends were not yet
-            # handed to anything that closes them (a leak per job, found by fuzzing).
-            for fd in (out_r, err_r, in_w):
-                if fd >= 0:
-                    os.close(fd)
-            raise
-        finally:
-            for fd in (in_r, out_w, err_w):
-                os.close(fd)
+        if self.warm is not None:
+            out_r, err_r, in_w = await self._hand_to_warm(step, rl)
+        else:
+            out_r, err_r, in_w = await self._hand_over(step, rl)
         # The write end of interactive stdin belongs to one object from here on,
         # which closes it exactly once (the feeder at end of input, or this method).
         stdin_w = trio.lowlevel.FdStream(in_w) if in_w >= 0 else None
@@ -183,6 +192,63 @@ class Container:
             stdout_truncated=out.truncated, stderr_truncated=err.truncated,
         )
         return decide(measured, limits)
+
+    async def _hand_over(self, step: RunStep, rl: rlimits.Rlimits) -> tuple[int, int, int]:
+        """Send the job with new stdio: our ends (stdout, stderr, interactive stdin or -1)."""
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if step.stdin_stream is not None:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        else:
+            in_r, in_w = os.memfd_create("sandboxd-stdin", os.MFD_CLOEXEC), -1
+            if step.stdin:
+                os.write(in_r, step.stdin)
+                os.lseek(in_r, 0, os.SEEK_SET)
+        try:
+            try:
+                msg = job_message(step.files, step.argv, step.env, step.cwd, rl)
+            except ValueError as e:
+                raise SandboxError(f"job delivery: ValueError: {e}") from e
+            await self.chan.send(msg, [in_r, out_w, err_w])
+        except BaseException:
+            # Cancelled (the client hung up) or the init gone: our ends were not yet
+            # handed to anything that closes them (a leak per job, found by fuzzing).
+            for fd in (out_r, err_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        return out_r, err_r, in_w
+
+    async def _hand_to_warm(self, step: RunStep, rl: rlimits.Rlimits) -> tuple[int, int, int]:
+        """Send the job to the waiting interpreter, whose stdio is in place: stdin is
+        written into its memfd first (at offset 0, which it has not moved)."""
+        assert self.warm is not None
+        stdin, out_r, err_r = self._stdio
+        self._stdio = []
+        try:
+            env = job_env(step.env)
+            if step.stdin_stream is not None or not self.warm.accepts(
+                    list(step.argv), env, step.cwd, rl):
+                raise SandboxError("job delivery: this job is not the one the warm runtime "
+                                   "was started for")  # jobs.warm_start's rules say so
+            view = memoryview(step.stdin)
+            while view:
+                view = view[os.pwrite(stdin, view, len(step.stdin) - len(view)):]
+            try:
+                msg = job_message(step.files, step.argv, env, step.cwd, rl)
+            except ValueError as e:
+                raise SandboxError(f"job delivery: ValueError: {e}") from e
+            await self.chan.send(msg)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(stdin)
+        return out_r, err_r, -1
 
     def live_usage(self) -> tuple[float, int]:
         """(CPU seconds, peak memory bytes) of the running step so far, for ``ps``: counted
@@ -305,6 +371,9 @@ class Container:
                 os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
             os.close(self.pidfd)
             self.chan.close()
+            for fd in self._stdio:  # a warm container's, never handed to a job
+                os.close(fd)
+            self._stdio = []
             if remove_cgroup:
                 await trio.to_thread.run_sync(self.cgroup.remove)
 

@@ -27,12 +27,13 @@ from typing import Protocol
 import trio
 
 from sandboxd import result as result_mod
+from sandboxd import runtimes
 from sandboxd.compare import COMPARE_MODES
 from sandboxd.container import RunStep
 from sandboxd.limits import LimitError, Limits
-from sandboxd.profiles import Profile
+from sandboxd.profiles import Profile, expand
 from sandboxd.result import Result
-from sandboxd.spawn import ContainerSpec
+from sandboxd.spawn import ContainerSpec, WarmStart
 from sandboxd_protocol import JobLimits
 
 
@@ -77,6 +78,10 @@ class JobSpec:
     on_output: Callable[[int, str, bytes], Awaitable[None]] | None = None  # test, stream, data
     on_compile_output: Callable[[str, bytes], Awaitable[None]] | None = None
     stdin_stream: AsyncIterator[bytes] | None = None
+    # The profile's warm runtime (sandboxd/runtimes/): None = the server's choice (yes,
+    # unless the job is judged and the profile says no), False = the plain start, True =
+    # whenever the job can have it (its argv, env, stdin and limits allowing), judged too.
+    warm_runtime: bool | None = None
 
 
 @dataclass(slots=True)
@@ -111,15 +116,61 @@ def _limits(base: Limits, overrides: JobLimits | None, ceiling: Limits) -> Limit
         raise JobError(str(e)) from None
 
 
-def container_spec(profile: Profile, limits: Limits) -> ContainerSpec:
+def container_spec(profile: Profile, limits: Limits,
+                   warm: WarmStart | None = None) -> ContainerSpec:
     return ContainerSpec(slot=0, box_size=limits.box_size, tmp_size=limits.tmp_size,
                          seccomp_policy=profile.seccomp, extra_binds=profile.binds,
-                         image=profile.image_id, image_store=profile.image_store)
+                         image=profile.image_id, image_store=profile.image_store, warm=warm)
 
 
-def default_spec(profile: Profile) -> ContainerSpec:
-    """The shape the pool keeps warm for a profile: its default limits."""
-    return container_spec(profile, profile.limits)
+def default_spec(profile: Profile, warm: bool = True) -> ContainerSpec:
+    """The shape the pool keeps warm for a profile: its default limits, with its warm
+    runtime if it has one (unless ``warm`` is false: the shape of its plain starts)."""
+    return container_spec(profile, profile.limits,
+                          _warm_for(profile, profile.limits) if warm else None)
+
+
+def _warm_for(profile: Profile, limits: Limits) -> WarmStart | None:
+    """The interpreter a run step of ``profile`` under ``limits`` would start."""
+    if not profile.warm_runtime:
+        return None
+    at = profile.entry_index()
+    argv = expand(profile.run[:at], profile.entry, [], limits)
+    return runtimes.warm_start(profile.warm_runtime, [*argv, profile.entry], at,
+                               dict(profile.env), profile.workdir, limits)
+
+
+def plain_starts(job: JobSpec) -> bool:
+    """Whether a job whose profile has a warm runtime starts plainly (its run step under
+    the job's own limits; the pool then keeps that shape warm too)."""
+    profile = job.profile
+    return warm_start(job, _limits(profile.limits, job.limits, profile.max_limits)) is None
+
+
+def warm_start(job: JobSpec, limits: Limits) -> WarmStart | None:
+    """The warm runtime a run step of ``job`` under ``limits`` is handed to, or None for
+    the plain start.
+
+    Only a job that would have started that very interpreter: no argv, environment or
+    interactive stdin of its own, and limits that change nothing the interpreter started
+    with (node's heap ceiling follows the memory limit; every runtime's rlimits follow
+    the CPU time, file size, open files and stack), and not too little memory for what
+    it already holds. A judged job (tests, expected output, a pinned CPU) keeps the
+    plain start, so that judges measure what they always measured, unless its profile
+    (``warm_judged``) or the job itself (``warm_runtime``) asks otherwise.
+    """
+    profile = job.profile
+    if not profile.warm_runtime or job.warm_runtime is False:
+        return None
+    if job.argv is not None or job.env or job.stdin_stream is not None:
+        return None
+    judged = job.tests is not None or job.expected_output is not None or job.cpuset_pin
+    if judged and not (profile.warm_judged or job.warm_runtime):
+        return None
+    if limits.memory < runtimes.RUNTIMES[profile.warm_runtime].min_memory:
+        return None
+    warm = _warm_for(profile, limits)
+    return warm if warm == _warm_for(profile, profile.limits) else None
 
 
 def validate(job: JobSpec) -> None:
@@ -181,7 +232,7 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
             async def on_out(stream: str, data: bytes) -> None:
                 await cb(i, stream, data)
 
-        spec = container_spec(profile, limits)
+        spec = container_spec(profile, limits, warm_start(job, limits))
         results: list[Result] = []
         with scopes[i]:
             for _ in range(max(1, test.repeat)):

@@ -5,7 +5,11 @@ Strategy: a *shape* is everything fixed when a container is made (its
 ``size`` containers whose job process already waits for a job (identity,
 capabilities and Landlock already applied), so a pool hit costs a job
 nothing but the hand-over. A taker gets a warm container if one is ready,
-or else makes one on the spot (a cold start, never an error). Every taken
+or else makes one on the spot (a cold start, never an error). A shape may
+include a warm runtime (``ContainerSpec.warm``, sandboxd/runtimes/): its
+containers then also hold the interpreter already started, waiting for the
+job; a miss of such a shape makes a plain container, which starts the job's
+interpreter as any job would. Every taken
 container is single use: ``release`` destroys it in the background, proves
 its cgroup empty and recycles the cgroup (deleted memory cgroups linger in
 the kernel, so we do not churn them), returns its uid slot, and the filler
@@ -145,7 +149,7 @@ class Pool:
             box = Container(spawned, cg)
             box.slot = slot
             self._live.add(box)
-            await box.wait_ready()
+            await box.wait_ready(spec.warm)
             self.counters.created += 1
             return box
         except BaseException:
@@ -199,7 +203,9 @@ class Pool:
                 return box
             self._spawn_destroy(box)
         self.counters.misses += 1
-        return await self._make(spec)
+        # A warm runtime pays off only when started ahead of the job: made now, the
+        # container starts the job plainly (the executor runs either kind).
+        return await self._make(dataclasses.replace(spec, warm=None))
 
     def release(self, box: Container) -> None:
         """Destroy a used (or unwanted) container in the background."""

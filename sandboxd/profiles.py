@@ -66,6 +66,12 @@ class Profile:
     image_id: str = ""  # ... resolved when loaded: what ContainerSpec.image takes
     image_store: str = ""
     out_of_memory: tuple[str, ...] = ()  # stderr markers of the runtime's own heap running out
+    warm_runtime: str = ""  # sandboxd/runtimes/ name: the interpreter started before the job
+    warm_judged: bool = False  # ... also for judged jobs (tests, expected output, pinned)
+
+    def entry_index(self) -> int:
+        """Where the run argv has its entry file (a warm runtime's profile has one)."""
+        return self.run.index("{entry}")
 
     def run_argv(self, sources: list[str], limits: Limits | None = None) -> list[str]:
         """The run step's argv for these sources, under ``limits`` (the profile's default)."""
@@ -158,6 +164,11 @@ SCHEMA: dict[str, tuple[type, bool, str]] = {
     "image": (str, False, "image (NAME:TAG or id) whose layers are the root, instead of the "
               "host's files"),
     "workdir": (str, False, "working directory (default: the image's WorkingDir, else /box)"),
+    "warm_runtime": (str, False, "start this interpreter before the job in warm containers "
+                     "(sandboxd/runtimes/: python, node); run must have {entry} as a whole "
+                     "argument, options before it"),
+    "warm_judged": (bool, False, "a warm runtime for judged jobs too (tests, expected output, "
+                    "pinned CPU); default false: judges measure the plain start"),
 }
 
 
@@ -274,6 +285,17 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
     out_of_memory = _strings(data.get("out_of_memory", []), where("out_of_memory"))
     if not all(out_of_memory):
         raise ProfileError(f"{where('out_of_memory')}: markers must not be empty")
+    warm_runtime = data.get("warm_runtime", "")
+    if warm_runtime:
+        from sandboxd.runtimes import RUNTIMES
+
+        if warm_runtime not in RUNTIMES:
+            raise ProfileError(f"{where('warm_runtime')}: unknown runtime {warm_runtime!r} "
+                               f"(known: {', '.join(sorted(RUNTIMES))})")
+        head = run[:run.index("{entry}")] if run.count("{entry}") == 1 else None
+        if head is None or any("{entry}" in a or "{sources}" in a for a in head):
+            raise ProfileError(f"{where('warm_runtime')}: run must have {{entry}} once, as a "
+                               "whole argument, with no {sources} before it")
     name = data["name"]
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.+-]{0,63}", name):
         raise ProfileError(f"{where('name')}: must be lowercase letters, digits, _ . + -")
@@ -290,6 +312,7 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
         version_argv=_strings(data.get("version", []), where("version")), path=path,
         unavailable=_missing(needs, env.get("PATH", JOB_PATH)), workdir=data.get("workdir", "/box"),
         image=data.get("image", ""), out_of_memory=out_of_memory,
+        warm_runtime=warm_runtime, warm_judged=data.get("warm_judged", False),
     )
     return _with_image(profile, data, image_store) if profile.image else profile
 

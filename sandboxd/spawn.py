@@ -27,12 +27,13 @@ every process of the namespace and reports how the job process ended. When
 the init exits, the kernel kills whatever is left in the namespace.
 
 Messages with the supervisor (``sandboxd.channel`` frames), from the init:
-``ready`` (+ pidfd of the job process), ``started`` (monotonic t0 of the
-hand-over, which starts the wall clock), ``exited`` (wait status, t0 again and
-t1 of the reaping), ``error`` (where, message; and step, errno when the job
-process failed before its execve); to it:
-``job`` (+ stdin, stdout, stderr descriptors), ``collect`` (the init answers
-``files``).
+``ready`` (+ pidfd of the job process), ``warmed`` (a warm runtime waits for the
+job), ``started`` (monotonic t0 of the hand-over, which starts the wall clock),
+``exited`` (wait status, t0 again and t1 of the reaping), ``error`` (where,
+message; and step, errno when the job process failed before its execve); to it:
+``warm`` (a warm runtime to start, ``WarmStart``, + the job's stdin, stdout,
+stderr descriptors; optional, before the job), ``job`` (+ stdin, stdout, stderr
+descriptors, or none after ``warm``), ``collect`` (the init answers ``files``).
 
 The user namespace: the container's root maps to an unprivileged host uid
 of its slot, and the job user to another, so even a process that became
@@ -79,8 +80,38 @@ WRITABLE_FILES = ("/dev/null", "/dev/zero", "/dev/full")
 
 
 @dataclass(frozen=True, slots=True)
+class WarmStart:
+    """An interpreter a warm container starts before its job (sandboxd/runtimes/): the
+    exec request of the job process, and the runtime's name. Part of the pool's shape: a
+    job is handed only to a container whose interpreter started as the job would have."""
+
+    argv: tuple[str, ...]  # the profile's run argv up to its entry, then the bootstrap
+    env: tuple[tuple[str, str], ...]
+    cwd: str
+    rlimits: rlimits.Rlimits
+    runtime: str = ""
+
+    def __repr__(self) -> str:  # the bootstrap's source is long and says nothing here
+        return (f"WarmStart({self.runtime!r}, argv={self.argv[:-1]!r}+[bootstrap], "
+                f"cwd={self.cwd!r}, rlimits={self.rlimits!r})")
+
+    def request(self) -> bytes:
+        return encode_exec(list(self.argv), dict(self.env), self.cwd, self.rlimits, warm=True)
+
+    def accepts(self, argv: list[str], env: dict[str, str], cwd: str,
+                limits: rlimits.Rlimits) -> bool:
+        """Would a job of this exec request have started the same interpreter?"""
+        head = len(self.argv) - 2
+        return (list(self.argv[:head]) == argv[:head] and len(argv) > head
+                and tuple(env.items()) == self.env and cwd == self.cwd
+                and limits == self.rlimits)
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerSpec:
-    """What is fixed when a container is made (before any job): its slot and filesystem."""
+    """What is fixed when a container is made (before any job): its slot and filesystem,
+    and the interpreter it starts before its job, if any (``warm``: the supervisor's
+    business, never sent to the zygote, whose plan does not depend on it)."""
 
     slot: int
     box_size: int
@@ -92,6 +123,7 @@ class ContainerSpec:
     # may move: plans are cached per shape) and its store. See docs/images.md.
     image: str = ""
     image_store: str = ""
+    warm: WarmStart | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {"slot": self.slot, "box_size": self.box_size, "tmp_size": self.tmp_size,
@@ -297,20 +329,37 @@ def keep_only_fds(keep: set[int]) -> None:
                 pass
 
 
+def job_env(env: dict[str, str]) -> dict[str, str]:
+    """A job's environment as the job process gets it (PATH has a default)."""
+    env = {str(k): str(v) for k, v in env.items()}
+    env.setdefault("PATH", JOB_PATH)
+    return env
+
+
 def job_message(files: dict[str, bytes], argv: list[str], env: dict[str, str], cwd: str,
                 limits: rlimits.Rlimits) -> dict[str, Any]:
     """The init's job message: the files for /box, and the job process's exec request
-    (which the init passes on untouched, with the job's stdio)."""
-    env = {str(k): str(v) for k, v in env.items()}
-    env.setdefault("PATH", JOB_PATH)
+    (which the init passes on untouched, with the job's stdio; to a warm container's
+    bootstrap, without)."""
     return {"t": "job", "files": files,
-            "exec": encode_exec([str(a) for a in argv], env, str(cwd or "/box"), limits)}
+            "exec": encode_exec([str(a) for a in argv], job_env(env), str(cwd or "/box"),
+                                limits)}
+
+
+def warm_message(warm: WarmStart) -> dict[str, Any]:
+    """The init's warm message (with the stdio the job will have): start ``warm``'s
+    interpreter now; the init answers ``warmed`` once its bootstrap waits for the job."""
+    return {"t": "warm", "exec": warm.request()}
+
+
+WARM_FLAG = 0x80000000  # native/sandboxd.h: a warm runtime's request, not a job's
 
 
 def encode_exec(argv: list[str], env: dict[str, str], cwd: str,
-                limits: rlimits.Rlimits) -> bytes:
+                limits: rlimits.Rlimits, warm: bool = False) -> bytes:
     """The job process's exec request: what to execute, with which environment, where and
-    under which rlimits (native/jobproc.c reads it: little-endian, NUL-terminated strings)."""
+    under which rlimits (native/jobproc.c reads it: little-endian, NUL-terminated strings;
+    the length's top bit, ``WARM_FLAG``, marks a warm runtime's)."""
     def strv(items: list[str]) -> bytes:
         out = [struct.pack("<I", len(items))]
         for item in items:
@@ -326,4 +375,4 @@ def encode_exec(argv: list[str], env: dict[str, str], cwd: str,
         struct.pack("<I", len(pairs)),
         *(struct.pack("<IQ", res, value) for res, value in pairs),
     ])
-    return struct.pack("<I", len(body)) + body
+    return struct.pack("<I", len(body) | (WARM_FLAG if warm else 0)) + body

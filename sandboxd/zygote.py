@@ -4,7 +4,7 @@ Strategy: forking a process that runs an event loop (and may have threads)
 is unsafe, so the supervisor starts this process once, *before* trio starts,
 with the modules a container needs already imported and the seccomp policies
 already compiled. It then does one thing: on a ``spawn`` request it has a
-container made (``container.spawn``: the plan of its shape, built once, and
+container made (``spawn.spawn``: the plan of its shape, built once, and
 the native fork server's clone) and hands back the init's pid, its pidfd and
 the control socket's other end over SCM_RIGHTS. It never waits for the
 container to become ready; the supervisor does that asynchronously.

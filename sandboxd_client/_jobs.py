@@ -172,6 +172,7 @@ class JobOptions(TypedDict, total=False):
     float_tolerance: float | None
     stop_on_failure: bool
     cpuset_pin: bool | None
+    warm_runtime: bool | None
     busy_retries: int | None
 
 
@@ -205,6 +206,7 @@ def build_submission(
     float_tolerance: float | None = None,
     stop_on_failure: bool = False,
     cpuset_pin: bool | None = None,
+    warm_runtime: bool | None = None,
     stream: bool = False,
     interactive_stdin: bool = False,
 ) -> proto.JobSubmission:
@@ -231,6 +233,7 @@ def build_submission(
         env=dict(env) if env is not None else None,
         limits=lim.to_wire() if lim is not None else None,
         cpuset_pin=cpuset_pin,
+        warm_runtime=warm_runtime,
         compile=compile.to_wire() if compile is not None else None,
         tests=tuple(_test(t, i) for i, t in enumerate(tests)) if tests is not None else None,
         expected_output=_bytes(expected_output, "expected_output")

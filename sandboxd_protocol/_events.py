@@ -252,6 +252,7 @@ class JobSubmission:
     stop_on_failure: bool = False
     stream: bool = False
     interactive_stdin: bool = False
+    warm_runtime: bool | None = None
 
     def __post_init__(self) -> None:
         _tuple(self, "argv")

@@ -161,6 +161,7 @@ JOB_SUBMISSION = Record(
         ("stop_on_failure", BOOL, False),
         ("stream", BOOL, False),
         ("interactive_stdin", BOOL, False),
+        ("warm_runtime", BOOL, False),
     ),
     _check_submission,
     "submit",

@@ -148,8 +148,8 @@ def descendants(pid: int) -> set[int]:
 def warm_containers(daemon_pid: int) -> set[int]:
     """Pids of the daemon's *unused* containers: an init (the container root's uid of its
     slot) whose only child is the job process (sandboxd-jobexec), waiting under the job
-    uid of the same slot. A container that ran a job is destroyed, so any other shape is
-    not warm."""
+    uid of the same slot, or a warm runtime waiting for its job (``waiting_runtime``). A
+    container that ran a job is destroyed, so any other shape is not warm."""
     listed = container_processes()
     procs = {pid: uid for pid, uid, _name in listed}
     names = {pid: name for pid, _uid, name in listed}
@@ -165,9 +165,23 @@ def warm_containers(daemon_pid: int) -> set[int]:
         kids = children.get(pid, [])
         slot = uid - identity.INIT_BASE
         if (len(kids) == 1 and procs[kids[0]] == identity.JOB_BASE + slot
-                and names[kids[0]].startswith("sandboxd-jobexe")):
+                and (names[kids[0]].startswith("sandboxd-jobexe")
+                     or waiting_runtime(kids[0]))):
             warm.update((pid, kids[0]))
     return warm
+
+
+def waiting_runtime(pid: int) -> bool:
+    """A warm runtime's interpreter still waiting for its job (sandboxd/runtimes/): started
+    with a bootstrap, and still holding its socket to the init on descriptor 3, which the
+    bootstrap closes before any of a job's code runs."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        fd3 = os.readlink(f"/proc/{pid}/fd/3")
+    except OSError:
+        return False
+    return b"_sandboxd_warm" in cmdline and fd3.startswith("socket:")
 
 
 def supervised_elsewhere(own: int | None = None) -> set[int]:

@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 # python-prctl compiles against libcap; pyseccomp loads libseccomp.so.2 with ctypes;
 # gcc builds the small probes the security tests run inside containers;
 # bubblewrap is the baseline the benchmarks compare against; tests/cluster start their own
-# redis-server (the cluster's queue, docs/cluster.md).
-PKGS=(python3 python3-venv python3-dev gcc libc6-dev libcap-dev libseccomp2 bubblewrap iproute2 procps util-linux redis-server)
+# redis-server (the cluster's queue, docs/cluster.md); chromium and its driver run the
+# playground page's test in a real browser (tests/http/test_playground.py).
+PKGS=(python3 python3-venv python3-dev gcc libc6-dev libcap-dev libseccomp2 bubblewrap iproute2 procps util-linux
+      redis-server chromium chromium-driver)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

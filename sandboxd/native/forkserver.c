@@ -168,6 +168,8 @@ static int contract(void) {
     printf("plan_magic %#llx\n", (unsigned long long)PLAN_VERSION << 32 | PLAN_MAGIC);
     printf("clone_flags %#x\n", (unsigned)SANDBOXD_CLONE_FLAGS);
     printf("job_fault_exit %d\n", JOB_FAULT_EXIT);
+    printf("warm_flag %#x\n", WARM_FLAG);
+    printf("warm_ready %#x\n", WARM_READY);
     for (size_t i = 0; i < op_count; i++)
         if (op_table[i].name)
             printf("op %u %s %s\n", op_table[i].code, op_table[i].name,

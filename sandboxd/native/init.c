@@ -25,9 +25,11 @@
  *   the job, then execs it (the first exec since the fork server's).
  *
  * Messages, as spawn.py documents them: to the supervisor "ready" (+ the job
- * process's pidfd), "started", "exited", "files", "error" (where, message; from the job
- * process's own faults also step and errno); from it "job" (files, the job process's
- * exec request, + stdin, stdout, stderr) and "collect".
+ * process's pidfd), "warmed", "started", "exited", "files", "error" (where, message; from
+ * the job process's own faults also step and errno); from it "warm" (a warm runtime's
+ * request, + stdin, stdout, stderr: optional, once, before the job), "job" (files, the
+ * job process's exec request, + stdin, stdout, stderr, or none after "warm") and
+ * "collect".
  */
 #include "sandboxd.h"
 
@@ -123,20 +125,44 @@ static int report_job_fault(int sock) {
     return 1;
 }
 
-/* The one job: write its files, hand the job process its exec request and stdio, report
- * the hand-over and the job process's end; then the files, if the supervisor asks. */
-static int serve(struct setup *st) {
+/* A warm runtime was started (its request handed over): wait until its bootstrap says it
+ * waits for the job (WARM_READY), or, if it ended first, pass on why (its fault report, or
+ * its exit status). 0 when it is up. */
+static int await_warm(struct job *job) {
+    unsigned char b = 0;
+    ssize_t n;
+    do n = recv(job->sock, &b, 1, MSG_PEEK); while (n < 0 && errno == EINTR);
+    if (n == 1 && b == WARM_READY) {
+        do n = recv(job->sock, &b, 1, 0); while (n < 0 && errno == EINTR);
+        return 0;
+    }
+    int status = 0;
+    pid_t pid;
+    do pid = waitpid(job->pid, &status, 0); while (pid < 0 && errno == EINTR);
+    if (report_job_fault(job->sock)) return 1;
+    snprintf(errmsg, sizeof errmsg, "OSError: the warm runtime ended before its job "
+             "(wait status %#x)", (unsigned)status);
+    send_error("warm runtime", errmsg);
+    return 1;
+}
+
+/* Receive the next message, "warm" (a warm runtime to start, with its stdio) or "job"
+ * (files, the exec request, and its stdio unless a warm runtime has it already); hand the
+ * request over to the job process. *kind is 'w' or 'j'; 0 on EOF (the supervisor gave up
+ * on this container), 1 when it failed (reported), 2 when handed over (*t0 its time). */
+static int deliver(struct setup *st, int warmed, int *kind, double *t0) {
     struct job *job = &st->job;
     unsigned char *frame = NULL;
     int fds[3], nfds;
     ssize_t len = recv_frame(&frame, fds, 3, &nfds);
-    if (len == 0) return 0; /* the supervisor gave up on this container before using it */
+    if (len == 0) return 0;
     if (len < 0) { send_error("job delivery", strerror(errno)); return 1; }
     struct rd r = {frame, frame + len};
     uint64_t n, count = 0;
     const unsigned char *k, *req = NULL, *files = NULL;
     uint64_t req_len = 0;
-    int is_job = 0, faulted = 0;
+    int faulted = 0;
+    *kind = 0;
     errmsg[0] = 0;
     if (mp_next(&r, &n, &k) != T_MAP) failf("ValueError: the job is not a map");
     for (uint64_t i = 0; i < n && !errmsg[0]; i++) {
@@ -144,7 +170,8 @@ static int serve(struct setup *st) {
         const unsigned char *v;
         if (mp_next(&r, &kl, &k) != T_STR) { failf("ValueError: a key is not a string"); break; }
         if (key_is(k, kl, "t")) {
-            is_job = mp_next(&r, &vl, &v) == T_STR && key_is(v, vl, "job");
+            if (mp_next(&r, &vl, &v) == T_STR)
+                *kind = key_is(v, vl, "job") ? 'j' : key_is(v, vl, "warm") ? 'w' : 0;
         } else if (key_is(k, kl, "exec")) {
             if (mp_next(&r, &req_len, &req) != T_BIN) failf("ValueError: exec is not bytes");
         } else if (key_is(k, kl, "files")) {
@@ -157,25 +184,34 @@ static int serve(struct setup *st) {
             failf("ValueError: undecodable job");
         }
     }
-    if (!errmsg[0] && (!is_job || nfds != 3 || !req))
-        failf("ValueError: expected a job message with its exec request and 3 descriptors");
+    /* A warm runtime's request carries WARM_FLAG, a job's must not: the job process tells
+     * them apart by it. */
+    int flagged = req && req_len >= 4 && (req[3] & 0x80);
+    if (!errmsg[0] && *kind == 'w' && (warmed || nfds != 3 || !req || files || !flagged))
+        failf("ValueError: expected a warm message, once, with its request and 3 descriptors");
+    if (!errmsg[0] && *kind == 'j' && (nfds != (warmed ? 0 : 3) || !req || flagged))
+        failf("ValueError: expected a job message with its exec request and %d descriptors",
+              warmed ? 0 : 3);
+    if (!errmsg[0] && !*kind) failf("ValueError: expected a job or warm message");
     if (!errmsg[0] && files) {
         struct rd fr = {files, frame + len};
         mp_next(&fr, &n, &k);
         write_files(&fr, count, st->uid, st->gid);
     }
-    double t0 = 0;
     if (!errmsg[0]) {
         struct iovec iov = {(void *)req, req_len};
         union { struct cmsghdr h; char buf[CMSG_SPACE(3 * sizeof(int))]; } anc;
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
-                            .msg_control = anc.buf, .msg_controllen = sizeof anc.buf};
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(3 * sizeof(int));
-        memcpy(CMSG_DATA(cm), fds, 3 * sizeof(int));
-        t0 = monotonic();
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+        if (nfds) {
+            mh.msg_control = anc.buf;
+            mh.msg_controllen = sizeof anc.buf;
+            struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+            cm->cmsg_level = SOL_SOCKET;
+            cm->cmsg_type = SCM_RIGHTS;
+            cm->cmsg_len = CMSG_LEN(3 * sizeof(int));
+            memcpy(CMSG_DATA(cm), fds, 3 * sizeof(int));
+        }
+        *t0 = monotonic();
         ssize_t sent = sendmsg(job->sock, &mh, MSG_NOSIGNAL);
         for (size_t done = sent > 0 ? (size_t)sent : 0; sent > 0 && done < req_len;) {
             ssize_t w = send(job->sock, req + done, req_len - done, MSG_NOSIGNAL);
@@ -193,6 +229,29 @@ static int serve(struct setup *st) {
     free(frame);
     if (faulted) return 1;
     if (errmsg[0]) { send_error("job delivery", errmsg); return 1; }
+    return 2;
+}
+
+/* The one job (after a warm runtime, if the supervisor starts one first): write its files,
+ * hand the job process its exec request and stdio, report the hand-over and the job
+ * process's end; then the files, if the supervisor asks. */
+static int serve(struct setup *st) {
+    struct job *job = &st->job;
+    unsigned char *frame = NULL;
+    int fds[3], nfds, kind = 0, warmed = 0;
+    double t0 = 0;
+    for (;;) {
+        int got = deliver(st, warmed, &kind, &t0);
+        if (got != 2) return got;
+        if (kind == 'j') break;
+        if (await_warm(job)) return 1;
+        warmed = 1;
+        struct buf w = {0};
+        mp_map(&w, 1);
+        mp_cstr(&w, "t"); mp_cstr(&w, "warmed");
+        send_frame(&w, NULL, 0);
+        free(w.p);
+    }
     struct buf m = {0};
     mp_map(&m, 2);
     mp_cstr(&m, "t"); mp_cstr(&m, "started");
@@ -223,9 +282,11 @@ static int serve(struct setup *st) {
         }
     }
     /* The supervisor kills what is left, then may ask for the files the job made. */
-    len = recv_frame(&frame, fds, 0, &nfds);
+    ssize_t len = recv_frame(&frame, fds, 0, &nfds);
     if (len <= 0) return 0;
-    r = (struct rd){frame, frame + len};
+    struct rd r = {frame, frame + len};
+    uint64_t n;
+    const unsigned char *k;
     int is_collect = 0;
     uint64_t max_bytes = 0, max_files = 0;
     if (mp_next(&r, &n, &k) == T_MAP) {

@@ -11,6 +11,15 @@
  * It applies the rlimits, takes the stdio, enters the working directory, closes every
  * other descriptor and execs.
  *
+ * A warm runtime (docs/profiles.md): a request whose length has WARM_FLAG set is not the
+ * job but an interpreter to start before it (the profile's, running sandboxd's bootstrap
+ * for it, sandboxd/runtimes/). It is carried out exactly as a job's (every restriction
+ * above already in place, the rlimits, stdio and working directory of the shape's jobs),
+ * except that the socket stays open across that execve: the bootstrap says it is up
+ * (WARM_READY), then reads the job's own request from it (the same encoding, without
+ * descriptors: its stdio is already in place) and closes it before running any of the
+ * job's code. That execve failing is the sandbox's fault, not a job's.
+ *
  * Whose fault a failure is (isolate's rule, sandboxd/result.py):
  * - anything that fails before the execve (dropping privileges, the exec request, an
  *   rlimit, the stdio, the working directory) is the sandbox's: the job process reports
@@ -262,6 +271,8 @@ _Noreturn void job_process_main(uid_t uid, gid_t gid, int ruleset, const char *b
         errno = EPROTO;
         fault("exec request", "with %zu descriptors, not 3 (stdin, stdout, stderr)", got);
     }
+    int warm = (len & WARM_FLAG) != 0;
+    len &= ~WARM_FLAG;
     if (len > MAX_BODY) { errno = E2BIG; fault("exec request", "of %u bytes", len); }
     char *body = malloc(len ? len : 1);
     if (!body) fault("exec request", "allocation of %u bytes", len);
@@ -282,10 +293,17 @@ _Noreturn void job_process_main(uid_t uid, gid_t gid, int ruleset, const char *b
         if (dup2(fds[i], i) < 0) fault("dup2", "onto descriptor %d", i);
     }
     if (chdir(cwd)) fault("chdir", "%s", cwd);
+    const char *path = NULL;
+    if (warm) {
+        /* Every descriptor but the stdio and the socket (which dup2 made without
+         * close-on-exec) goes; the bootstrap closes the socket before the job's code. */
+        syscall(SYS_close_range, JOB_FD + 1u, ~0u, 0u);
+        exec_search(argv, envp, &path);
+        fault("warm runtime", "execve %s", argv[0] && *argv[0] ? argv[0] : "(empty)");
+    }
     /* Every signal disposition is the default and none is blocked: the init set them so
      * before forking us. The socket closes here: nothing after this can report a fault. */
     syscall(SYS_close_range, 3u, ~0u, 0u);
-    const char *path = NULL;
     exec_search(argv, envp, &path);
     exec_failed(argv[0] && *argv[0] ? argv[0] : "(an empty argv[0])", path);
 }

@@ -141,6 +141,10 @@ int loopback_up(void);
  * the job process exited JOB_FAULT_EXIT: three NUL-terminated strings, the step, the
  * errno's name and the message. */
 #define JOB_FAULT_EXIT 126
+/* A warm runtime's request (jobproc.c): its length's top bit; and the byte its bootstrap
+ * sends on the socket once it waits for the job (sandboxd/runtimes/). */
+#define WARM_FLAG 0x80000000u
+#define WARM_READY 0x06
 #define JOB_FAULT_MAX 1024
 _Noreturn void job_process_main(uid_t uid, gid_t gid, int ruleset, const char *bpf,
                                 size_t bpf_len);

@@ -117,15 +117,16 @@ class JobService:
 
     # -- profiles ---------------------------------------------------------
 
-    def _shape(self, profile: Profile) -> ContainerSpec:
+    def _shape(self, profile: Profile, warm: bool = True) -> ContainerSpec:
         """The pool shape of ``profile``'s default limits, remembering who first used it.
 
         Profiles whose defaults make the same container share a pool (bash, perl and
         lua do); ``stats`` names it after the first profile that asked for it (the
         configured warm ones first), not whichever comes first in the profile list.
         """
-        shape = default_spec(profile)
-        self._named.setdefault(shape, profile.name)
+        shape = default_spec(profile, warm)
+        plain = not warm and profile.warm_runtime  # a warm profile's plain starts
+        self._named.setdefault(shape, f"{profile.name}+plain" if plain else profile.name)
         return shape
 
     def profile(self, name: str) -> Profile:
@@ -167,7 +168,10 @@ class JobService:
             raise ServiceError("duplicate_job", f"job {id!r} is already in flight")
         job = Job(ref=ref, id=id, profile=spec.profile.name, client=client, spec=spec)
         sched.jobs[ref] = job
-        self.pool.ensure(self._shape(spec.profile))
+        shape = self._shape(spec.profile)
+        self.pool.ensure(shape)
+        if shape.warm is not None and jobs.plain_starts(spec):
+            self.pool.ensure(self._shape(spec.profile, warm=False))  # its plain starts too
         return job
 
     async def execute(self, job: Job) -> JobOutcome:
@@ -215,7 +219,8 @@ class JobService:
               verdict=first.verdict if first else "?", steps=len(steps),
               cpu=sum(r.cpu_time for r in steps), wall=sum(r.wall_time for r in steps),
               memory=max((r.memory_peak for r in steps), default=0),
-              queue_wait=job.queue_wait)
+              queue_wait=job.queue_wait,
+              warm=sum(1 for c in job.used if c.warm is not None))  # steps a warm runtime ran
 
     # -- what runs --------------------------------------------------------
 

@@ -1,5 +1,13 @@
 """Helpers of the attack suite: a daemon shared by a module, and what "unharmed" means.
 
+A profile with a warm runtime (docs/profiles.md: the interpreter started before the
+job) is attacked both ways: ``start="warm"`` hands the job to the waiting interpreter
+(its limits kept to those the interpreter started with, ``warm_limits``),
+``start="plain"`` starts it as ever, and either is checked in the daemon's log line
+for the job. ``LANGUAGE_STARTS`` lists every language with each start it has;
+``AttackDaemon.start`` sets the start of a module's jobs (conftest's
+``warm_and_plain`` fixture).
+
 The daemon runs with a secret in its environment (``HOST_SECRET``): the
 containers' processes descend from it, so a job that reached another
 process's environment would print it. ``assert_unharmed`` checks that neither
@@ -9,8 +17,10 @@ file (the suite-wide ``canary`` fixture) is as it was, link count included.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +53,9 @@ class AttackDaemon:
     # The current test's canary (conftest's guard sets it): every job's output is
     # searched for its token, whichever attack the job makes.
     canary: Canary | None = None
+    # The start of jobs whose profile has a warm runtime: "warm", "plain", or None (the
+    # server's choice); a job's own ``start`` overrides it.
+    start: str | None = None
 
     @property
     def pid(self) -> int:
@@ -52,8 +65,20 @@ class AttackDaemon:
     def instance(self) -> str:
         return self.daemon.instance
 
-    def job(self, profile: str, files: dict[str, bytes], **kw: Any) -> proto.JobResult:
-        """Submit one job on a fresh connection and return its result (never an error)."""
+    def job(self, profile: str, files: dict[str, bytes], *, start: str | None = None,
+            **kw: Any) -> proto.JobResult:
+        """Submit one job on a fresh connection and return its result (never an error).
+
+        ``start`` ("warm", "plain"), for a profile with a warm runtime: how the job must
+        start (checked in the daemon's log); default ``self.start``."""
+        shipped = _profiles().get(profile)
+        start = (start or self.start) if shipped is not None and shipped.warm_runtime else None
+        if start == "warm":
+            kw["limits"] = warm_limits(profile, kw.get("limits"))
+            kw["warm_runtime"] = True
+            self.wait_idle()  # a pool miss would start it plainly
+        elif start == "plain":
+            kw["warm_runtime"] = False
         self.seq += 1
         c = self.daemon.connect()
         try:
@@ -66,7 +91,20 @@ class AttackDaemon:
         assert self.secret.encode() not in out, "the daemon's environment leaked into an output"
         if self.canary is not None:
             assert self.canary.token.encode() not in out, "the canary's token leaked"
+        if start is not None:
+            assert self.warm_steps(f"attack-{self.seq}") == (start == "warm"), (start, res)
         return res
+
+    def warm_steps(self, job_id: str, timeout: float = 5.0) -> int:
+        """How many steps of the job a warm runtime ran, from the daemon's ``job`` line."""
+        pattern = re.compile(rf"event=job job=\S+/{re.escape(job_id)} .* warm=(\d+)")
+        deadline = time.monotonic() + timeout
+        while True:
+            found = pattern.findall(self.daemon.log.read_text())
+            if found or time.monotonic() > deadline:
+                assert found, f"no job line for {job_id} in the daemon's log"
+                return int(found[-1])
+            time.sleep(0.02)
 
     def run(self, profile: str, files: dict[str, bytes], **kw: Any) -> proto.StepResult:
         """The one run step of a job (a compile error is returned as the compile step)."""
@@ -111,6 +149,36 @@ def _profiles() -> dict[str, Any]:
     return load_dir(None)
 
 
+def warm_limits(profile: str, limits: proto.JobLimits | None) -> proto.JobLimits | None:
+    """``limits`` as a warm runtime takes them: what its interpreter started with (the
+    rlimits' CPU time, file size, open files and stack; node's memory, which sets its heap
+    ceiling) left at the profile's; the rest (wall time, pids, output...) as given."""
+    if limits is None:
+        return None
+    keep = {"cpu_time": None, "file_size": None, "open_files": None, "stack": None}
+    if _profiles()[profile].warm_runtime == "node":
+        keep["memory"] = None
+    return dataclasses.replace(limits, **keep)
+
+
+def memory_limit(profile: str, limits: proto.JobLimits, start: str | None) -> int:
+    """The memory limit a job of ``profile`` under ``limits`` had, with that start."""
+    if start == "warm":
+        limits = warm_limits(profile, limits) or limits
+    return limits.memory if limits.memory is not None else _profiles()[profile].limits.memory
+
+
+def _starts(name: str) -> list[str]:
+    profile = _profiles().get(name)
+    return ["warm", "plain"] if profile is not None and profile.warm_runtime else ["plain"]
+
+
+def language_starts(languages: tuple[str, ...]) -> list[Any]:
+    """``(language, start)`` parameters: every language, warm and plain where it can be."""
+    return [pytest.param(lang, start, id=f"{lang}-{start}") for lang in languages
+            for start in _starts(lang)]
+
+
 def require_profile(name: str) -> None:
     """Skip unless the host has the profile's runtime (the install script installs gcc
     only; Node, a JDK and g++ are the host's own business)."""
@@ -125,7 +193,9 @@ def start_attack_daemon(tmp: Path, **config: Any) -> AttackDaemon:
     secret = "HOSTSECRET-" + os.urandom(12).hex()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOST_SECRET", secret)
-        d = Daemon(tmp, **{"pool_profiles": ["bash", "python3"], "pool_size": 1,
+        # Every profile with a warm runtime is kept warm: a warm attack must not miss.
+        warm = [name for name, p in _profiles().items() if p.warm_runtime and not p.unavailable]
+        d = Daemon(tmp, **{"pool_profiles": sorted({"bash", *warm}), "pool_size": 1,
                            "concurrency": 2, **config}).start()
     ad = AttackDaemon(d, secret)
     try:

@@ -73,6 +73,18 @@ def host_ipc_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not made, f"SysV IPC objects appeared on the host: {sorted(made)}"
 
 
+@pytest.fixture(params=["warm", "plain"])
+def warm_and_plain(request: pytest.FixtureRequest, attack_daemon: AttackDaemon
+                   ) -> Iterator[str]:
+    """Run the test twice: its jobs for profiles with a warm runtime handed to the waiting
+    interpreter, then started plainly (``AttackDaemon.start``)."""
+    attack_daemon.start = request.param
+    try:
+        yield request.param
+    finally:
+        attack_daemon.start = None
+
+
 @pytest.fixture
 def host_canary(canary: tuple[Path, str]) -> Canary:
     """The suite's canary, with how it looked before the attack."""

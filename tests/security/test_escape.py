@@ -22,6 +22,7 @@ from attacks import (
     AttackDaemon,
     Canary,
     assert_unharmed,
+    language_starts,
     lines_of,
     require_profile,
 )
@@ -95,14 +96,14 @@ def test_escape_attempt_is_refused(attack_daemon: AttackDaemon, probes: dict[str
     assert_unharmed(host_canary, attack_daemon, step)
 
 
-@pytest.mark.parametrize("language", programs.LANGUAGES)
+@pytest.mark.parametrize(("language", "start"), language_starts(programs.LANGUAGES))
 def test_every_route_to_a_host_file_is_closed_in_every_language(
-        attack_daemon: AttackDaemon, host_canary: Canary, language: str) -> None:
+        attack_daemon: AttackDaemon, host_canary: Canary, language: str, start: str) -> None:
     """The canary by its path, ``..``, a symlink, a hard link, /proc/1/root and cwd."""
     require_profile(language)
     res = attack_daemon.job(language, programs.source(programs.CANARY, language,
                                                       canary=host_canary.path),
-                            limits=RUNTIME_BOMB)
+                            limits=RUNTIME_BOMB, start=start)
     assert res.compile is None or res.compile.verdict == "ok", res.compile
     (step,) = res.steps
     assert step.verdict == "ok", step
@@ -145,7 +146,8 @@ for p in sorted(set(found)):
 
 
 def test_setuid_binaries_do_not_raise_privileges(attack_daemon: AttackDaemon,
-                                                  host_canary: Canary) -> None:
+                                                  host_canary: Canary,
+                                                  warm_and_plain: str) -> None:
     """Every setuid/setgid binary the container can see runs as the job user (nosuid
     mounts and no_new_privs), and ``su``/``mount`` get nothing from their bits."""
     step = attack_daemon.run("python3", {"main.py": SETUID_PROBE.encode()})

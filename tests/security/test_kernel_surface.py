@@ -105,7 +105,8 @@ print('rtprio-limit', *resource.getrlimit(resource.RLIMIT_RTPRIO))
 """
 
 
-def test_real_time_scheduling_is_refused(attack_daemon: AttackDaemon) -> None:
+def test_real_time_scheduling_is_refused(attack_daemon: AttackDaemon,
+                                         warm_and_plain: str) -> None:
     """SCHED_FIFO, SCHED_RR and SCHED_DEADLINE, a negative nice and the real-time I/O
     class would let a job starve the host's CPUs or disks despite its cgroup: the job
     has no CAP_SYS_NICE, and RLIMIT_RTPRIO is 0."""

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from attacks import AttackDaemon, Canary, assert_unharmed, lines_of
 
-pytestmark = pytest.mark.root
+# Every job here is Python: each test runs handed to the warm runtime, then started plainly.
+pytestmark = [pytest.mark.root, pytest.mark.usefixtures("warm_and_plain")]
 
 
 def py(ad: AttackDaemon, code: str) -> list[str]:

@@ -65,12 +65,13 @@ from ._common import (
     error_response,
 )
 
-APIS: tuple[str, ...] = ("v1", "judge0", "piston")
+APIS: tuple[str, ...] = ("v1", "judge0", "piston", "playground")
 """The API modules of this package that the listener mounts (each: ``routes(ctx)``)."""
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "WEBSOCKET"})
-# Paths that need no token and take no per-token slot: a load balancer's probe.
-OPEN_PATHS = frozenset({"/v1/health"})
+# Paths that need no token and take no per-token slot: a load balancer's probe, and the
+# playground's page (static; the API calls it makes need the token).
+OPEN_PATHS = frozenset({"/v1/health", "/playground"})
 # A request whose body is below this is never refused for the shared budget.
 BUDGET_EXEMPT = 256 << 10
 # After refusing a body (413, 408), how long its rest is read and dropped, so that the

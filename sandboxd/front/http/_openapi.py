@@ -91,6 +91,10 @@ JOB = {
                             "description": "only with compare 'tokens'"},
         "stop_on_failure": {"type": "boolean", "default": False},
         "cpuset_pin": {"type": "boolean", "default": False},
+        "warm_runtime": {"type": ["boolean", "null"], "default": None,
+                         "description": "the profile's warm runtime: false = the plain "
+                                        "start, true = also when judged, null = the "
+                                        "server's choice"},
     },
 }
 

@@ -66,7 +66,8 @@ LIMIT_KEYS = tuple(Limits.__dataclass_fields__)
 _SIZE_LIMITS = {s.name for s in proto.LIMITS if s.unit is proto.Unit.BYTES}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 JOB_FIELDS = ("profile", "files", "stdin", "argv", "env", "limits", "compile", "tests",
-              "expected_output", "compare", "float_tolerance", "stop_on_failure", "cpuset_pin")
+              "expected_output", "compare", "float_tolerance", "stop_on_failure", "cpuset_pin",
+              "warm_runtime")
 
 
 def routes(ctx: HttpContext) -> list[BaseRoute]:
@@ -248,7 +249,9 @@ def job_spec(service: JobService, body: Any, **streams: Any) -> JobSpec:
         expected_output=expected, compare=compare,
         float_tolerance=float(tolerance) if tolerance is not None else None,
         stop_on_failure=_bool(body.get("stop_on_failure", False), "stop_on_failure"),
-        cpuset_pin=_bool(body.get("cpuset_pin", False), "cpuset_pin"), **streams)
+        cpuset_pin=_bool(body.get("cpuset_pin", False), "cpuset_pin"),
+        warm_runtime=(_bool(body["warm_runtime"], "warm_runtime")
+                      if body.get("warm_runtime") is not None else None), **streams)
 
 
 def _test(value: Any, where: str) -> TestSpec:

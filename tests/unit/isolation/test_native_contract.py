@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import subprocess
 
-from sandboxd import native, spawn
+from sandboxd import native, runtimes, spawn
 from sandboxd.isolation import _libc, initplan
 
 
@@ -55,6 +55,10 @@ def test_python_and_c_agree_on_ops_magic_and_clone_flags() -> None:
                       | _libc.CLONE_NEWNET | _libc.CLONE_NEWIPC | _libc.CLONE_NEWUTS
                       | _libc.CLONE_NEWCGROUP)
     assert values["clone_flags"] == spawn.CLONE_FLAGS == expected_flags
+    # A warm runtime's request, and the byte its bootstrap sends once up (runtimes/).
+    assert values["warm_flag"] == spawn.WARM_FLAG
+    assert values["warm_ready"] == 6
+    assert "os.write(sock, b\"\\x06\")" in runtimes.RUNTIMES["python"].source()
     # Every element of a real plan (the host root, with Landlock where the kernel has it)
     # is an op of the table, in the order the init needs them.
     names = _walk(spawn.plan_bytes(spawn.ContainerSpec(slot=0, box_size=1 << 20,

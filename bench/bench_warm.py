@@ -1,0 +1,204 @@
+"""Warm runtimes (issue 18): a Python or JavaScript snippet through the warm pool, side by
+side with the same snippet started bare, under bubblewrap, and on sandboxd started plainly.
+
+Usage (as root): ``.venv/bin/python bench/bench_warm.py [--rounds N] [--seconds S]
+[--json FILE]``
+
+- Latency, client to client: one client sends one job (``print("hello")`` as main.py
+  for the ``python3`` profile, ``console.log("hello")`` as main.js for ``javascript``)
+  and waits for its result; interleaved round by round, in an order that rotates, with
+  bare ``python3 -c 'print("hello")'`` (``node -e``), the same under bubblewrap, and the
+  same job on sandboxd with ``warm_runtime: false`` (its plain start, from a warm pool of
+  plain containers). After each sandboxd job the run waits until the daemon is idle
+  again (pool refilled), as a user arriving at an idle service finds it.
+- Throughput: closed loops of 1, 8 and 32 clients running Python snippets for S seconds,
+  sandboxd (warm) against bubblewrap and sandboxd's plain start.
+- Costs: USS of a waiting warm container (init + the waiting interpreter), per runtime;
+  the refill rate (warm containers made per second while a pool fills from empty, and
+  the mean time to make one); from the USS, how many waiting interpreters 24 GiB holds.
+
+Every sandboxd job here is fully isolated and single use. Ratios matter more than
+absolute figures on a shared machine: every system meets the same noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from _common import BWRAP, Client, container_pids, makers, pct, spawn_wait, uss
+from suite import Daemon
+
+from sandboxd.profiles import load_dir
+
+GiB = 1 << 30
+SNIPPET = b"print(sum(i * i for i in range(1000)))\n"
+LANGS = {
+    # profile: (entry, source, bare argv)
+    "python3": ("main.py", b'print("hello")\n', ["/usr/bin/python3", "-c", 'print("hello")']),
+    "javascript": ("main.js", b'console.log("hello")\n',
+                   [shutil.which("node") or "/usr/bin/node", "-e", 'console.log("hello")']),
+}
+
+
+def job(client: Client, profile: str, files: dict[str, bytes], warm: bool) -> None:
+    res = client.job(profile=profile, files=files, warm_runtime=None if warm else False)
+    step = res.steps[0]
+    if step.verdict != "ok":
+        raise RuntimeError(f"{profile}: {step}")
+
+
+def latency(d: Daemon, profile: str, rounds: int) -> dict[str, list[float]]:
+    entry, source, bare = LANGS[profile]
+    client = Client(d.daemon.socket)
+    systems: dict[str, Callable[[], object]] = {
+        "bare": lambda: spawn_wait(bare),
+        "bwrap": lambda: spawn_wait([*BWRAP, *bare]),
+        "sandboxd warm": lambda: job(client, profile, {entry: source}, True),
+        "sandboxd plain": lambda: job(client, profile, {entry: source}, False),
+    }
+    for fn in systems.values():  # warm-up, and both pools exist
+        for _ in range(3):
+            fn()
+            d.settle()
+    samples: dict[str, list[float]] = {name: [] for name in systems}
+    names = list(systems)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t = time.perf_counter()
+            systems[name]()
+            samples[name].append(time.perf_counter() - t)
+            if name.startswith("sandboxd"):
+                d.settle()
+    client.close()
+    return samples
+
+
+def throughputs(d: Daemon, clients: tuple[int, ...], seconds: float) -> dict[str, dict[int, float]]:
+    from _common import throughput
+
+    def sbx(warm: bool) -> Callable[[], Callable[[], object]]:
+        def make() -> Callable[[], object]:
+            c = Client(d.daemon.socket)
+            return lambda: job(c, "python3", {"main.py": SNIPPET}, warm)
+        return make
+
+    systems: dict[str, Callable[[], Callable[[], object]]] = {
+        "sandboxd warm": sbx(True),
+        "sandboxd plain": sbx(False),
+        "bwrap": lambda: lambda: spawn_wait([*BWRAP, "/usr/bin/python3", "-c",
+                                             SNIPPET.decode()]),
+    }
+    out: dict[str, dict[int, float]] = {name: {} for name in systems}
+    for n in clients:
+        for name, make in systems.items():
+            d.settle(timeout=30)
+            out[name][n] = throughput(make, n, seconds)
+    return out
+
+
+def waiting_uss(d: Daemon) -> dict[str, list[int]]:
+    """USS of each waiting warm container (its init and its waiting interpreter), by the
+    interpreter's name."""
+    from sandboxd_testing import leftovers
+
+    out: dict[str, list[int]] = {}
+    for pids in container_pids(makers(d.daemon.pid)).values():
+        if len(pids) == 2 and leftovers.waiting_runtime(pids[1]):
+            name = Path(f"/proc/{pids[1]}/comm").read_text().strip()
+            out.setdefault(name, []).append(sum(uss(p) for p in pids))
+    return out
+
+
+def refill(tmp: Path, profile: str, pool: int) -> dict[str, float]:
+    """Warm containers made per second while a pool of ``pool`` fills from empty."""
+    d = Daemon(tmp, f"refill-{profile}", pool, pool_profiles=())
+    try:
+        client = Client(d.daemon.socket)
+        entry, source, _bare = LANGS[profile]
+        t0 = time.perf_counter()
+        job(client, profile, {entry: source}, True)  # first use: its pool starts filling
+        while True:
+            st = d.stats()
+            if st.pools and all(p.warm >= p.target for p in st.pools):
+                break
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - t0
+        client.close()
+        return {"containers_per_s": st.counters["containers_created"] / elapsed,
+                "mean_make_s": float(st.counters["refill_mean_s"])}
+    finally:
+        d.close()
+
+
+def summary(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {name: {"p50_ms": statistics.median(v) * 1000, "p90_ms": pct(v, .9) * 1000,
+                   "p99_ms": pct(v, .99) * 1000} for name, v in samples.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=150)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args()
+    profiles = load_dir()
+    langs = [p for p in LANGS if not profiles[p].unavailable and profiles[p].warm_runtime]
+    tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-warm-"))
+    out: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+                              "runtimes": langs}
+    d = Daemon(tmp, "warm", 4, pool_profiles=tuple(langs))
+    try:
+        d.settle(timeout=60)
+        for profile in langs:
+            s = summary(latency(d, profile, args.rounds))
+            out[f"latency {profile}"] = s
+            print(f"\n{profile}: hello world, client to client ({args.rounds} rounds)")
+            print(f"  {'':16} {'p50 ms':>8} {'p90':>7} {'p99':>7} {'vs bare':>8} {'vs bwrap':>9}")
+            for name, v in s.items():
+                print(f"  {name:16} {v['p50_ms']:8.2f} {v['p90_ms']:7.2f} {v['p99_ms']:7.2f} "
+                      f"{v['p50_ms'] / s['bare']['p50_ms']:8.2f} "
+                      f"{v['p50_ms'] / s['bwrap']['p50_ms']:9.2f}")
+        if "python3" in langs:
+            tp = throughputs(d, tuple(int(c) for c in args.clients.split(",")), args.seconds)
+            out["throughput python snippets jobs/s"] = tp
+            print("\nthroughput, Python snippets (jobs/s)")
+            print(f"  {'clients':>7} " + " ".join(f"{name:>15}" for name in tp)
+                  + f" {'warm/bwrap':>11}")
+            for n in tp["bwrap"]:
+                print(f"  {n:7} " + " ".join(f"{tp[name][n]:15.1f}" for name in tp)
+                      + f" {tp['sandboxd warm'][n] / tp['bwrap'][n]:11.2f}")
+        d.settle(timeout=60)
+        time.sleep(0.5)
+        costs: dict[str, object] = {}
+        print()
+        for name, per in waiting_uss(d).items():
+            med = statistics.median(per)
+            costs[f"uss {name}"] = {"bytes": per, "in_24GiB": int(24 * GiB // med)}
+            print(f"USS per waiting warm container ({name}): median {med / (1 << 20):.2f} MiB "
+                  f"({len(per)} containers): {int(24 * GiB // med)} fit in 24 GiB")
+        for profile in langs:
+            r = refill(tmp, profile, 8)
+            costs[f"refill {profile}"] = r
+            print(f"refill {profile}: {r['containers_per_s']:.1f} warm containers/s while a "
+                  f"pool of 8 fills; {r['mean_make_s'] * 1000:.1f} ms to make one")
+        out["costs"] = costs
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

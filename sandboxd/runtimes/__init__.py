@@ -1,0 +1,79 @@
+"""Warm runtimes: an interpreter started in a warm container before its job arrives.
+
+Strategy. Most of a tiny Python or JavaScript job's time is its interpreter
+starting (``python3 -c pass`` ~8 ms here, ``node -e 0`` ~40 ms), not its code.
+A profile that names a runtime here (``warm_runtime = "python"``) has its
+pool's containers start that interpreter *before* the job: the job process,
+once every restriction of a job is in place (native/jobproc.c), executes the
+profile's run argv with ``{entry}`` replaced by the runtime's option for
+inline code and the runtime's bootstrap (``python_boot.py``, ``node_boot.js``
+beside this file), under the rlimits, environment, working directory and
+stdio of the shape's jobs. The bootstrap says it is up, waits for the job's
+exec request on the job process's socket, closes it and runs the entry file
+as the plain start would. The container stays single use.
+
+A job is handed to such a container only when nothing of what the interpreter
+started with differs from what the job would have started with (``WarmStart``
+is that, and is part of the pool's shape): the interpreter and its options
+(node's heap ceiling follows the memory limit), the environment (a job with
+variables of its own gets the plain start: interpreters read some of them when
+they start), the working directory and the rlimits. ``jobs.warm_start`` adds
+the job's own choice and the judge path's rule. docs/profiles.md lists what
+still differs from a plain start.
+
+This module knows nothing of trio, sockets or the pool.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandboxd.isolation.rlimits import Rlimits
+from sandboxd.limits import Limits, MiB
+from sandboxd.spawn import WarmStart, job_env
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """How to start one interpreter before its job."""
+
+    name: str
+    boot: str  # the bootstrap, a file beside this module
+    code_option: str  # the interpreter's option that runs its next argument as code
+    # Below this memory limit a job gets the plain start: the waiting interpreter already
+    # holds memory in the job's cgroup, and a limit under it could not be set.
+    min_memory: int
+
+    def source(self) -> str:
+        return _source(self.boot)
+
+
+RUNTIMES: dict[str, Runtime] = {
+    "python": Runtime("python", "python_boot.py", "-c", 32 * MiB),
+    "node": Runtime("node", "node_boot.js", "-e", 160 * MiB),
+}
+
+
+@functools.cache
+def _source(name: str) -> str:
+    return (HERE / name).read_text()
+
+
+def step_rlimits(limits: Limits) -> Rlimits:
+    """The rlimits of a step under ``limits`` (the executor's and a warm start's alike)."""
+    return Rlimits(cpu_seconds=limits.cpu_time, file_size=limits.file_size,
+                   open_files=limits.open_files, stack=limits.stack)
+
+
+def warm_start(runtime: str, argv: list[str], entry_at: int, env: dict[str, str], cwd: str,
+               limits: Limits) -> WarmStart:
+    """What a warm container starts for a job whose run argv is ``argv`` (its entry file at
+    ``entry_at``), under ``env``, ``cwd`` and ``limits``."""
+    rt = RUNTIMES[runtime]
+    return WarmStart(argv=(*argv[:entry_at], rt.code_option, rt.source()),
+                     env=tuple(job_env(env).items()), cwd=cwd, rlimits=step_rlimits(limits),
+                     runtime=runtime)

@@ -1,0 +1,233 @@
+"""sandboxd's warm start for Python: the interpreter starts before its job, then runs it.
+
+How it runs: ``python3 [the profile's options] -c <this file's text>``, started by the
+job process of a warm container (native/jobproc.c) with every restriction of a job
+already in place and the job's stdio, rlimits, environment and working directory
+(those of the pool's shape; the supervisor hands a job to a warm container only if they
+are the job's). Descriptor 3 is the job process's socket to the container's init.
+
+What it does: say it is up (one byte, WARM_READY), wait on descriptor 3 for the job's
+exec request (the encoding of container.encode_exec: argv, env, cwd, rlimits; no
+descriptors), close the socket, then do what ``python3 [options] main.py [args]`` does
+after its start-up (CPython 3.11's pymain_run_file and _PyRun_SimpleFileObject): set
+``sys.argv``, ``sys.orig_argv`` and ``sys.path[0]``, make a fresh ``__main__`` with
+``__file__`` (the absolute path, unnormalised, as CPython makes it), ``__loader__`` and
+``__cached__``, compile the file (PEP 263 coding cookies, a .pyc, a zip or a directory
+with ``__main__.py`` alike) and run it; an uncaught exception is printed by
+``sys.excepthook`` without this file's frames and exits 1 (KeyboardInterrupt: by
+SIGINT, as CPython does), ``SystemExit`` behaves as ever, and ``atexit``, the threads'
+join and the flushing of stdio are the interpreter's own finalisation.
+
+A failure before the job's code runs (a request it cannot read, a working directory it
+cannot enter) is the sandbox's: reported on the socket as the job process reports its
+own (step, errno name, message) and exit 126. Nothing of the job runs before the socket
+is closed, so the job can neither read nor forge anything on it.
+
+Before it says it is up, it freezes the start-up's objects (``gc.freeze``): the job's
+collections and the interpreter's exit skip them.
+
+Everything of this file lives in its own module (the ``-c`` module), which the job's
+``__main__`` replaces in ``sys.modules``. docs/profiles.md lists what still differs
+from a plain start.
+"""
+
+
+def _sandboxd_warm():
+    import builtins
+    import marshal
+    import os
+    import sys
+
+    sock = 3
+
+    def fault(step, err, detail):
+        import errno as errno_mod
+        name = errno_mod.errorcode.get(err, "?")
+        message = f"{step} {detail}: {os.strerror(err)} ({name})"
+        try:
+            os.write(sock, f"{step}\0{name}\0{message}\0".encode(errors="replace")[:1023])
+        finally:
+            os._exit(126)
+
+    def read_exact(n, what):
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = os.read(sock, n - len(buf))
+            if not chunk:
+                if not buf and what == "header":
+                    os._exit(0)  # the container was destroyed unused
+                fault("exec request", 71, what)  # EPROTO
+            buf += chunk
+        return bytes(buf)
+
+    # The start-up's objects (modules, their functions: they live as long as the
+    # interpreter) go to the collector's permanent generation, as a pre-forking server
+    # does before it forks: its collections, and the one at exit, then skip them (~1 ms
+    # of every job here). gc itself is imported for it only: not left in sys.modules.
+    import gc
+    gc.freeze()
+    del sys.modules["gc"]
+    os.write(sock, b"\x06")  # WARM_READY: up, waiting for the job
+    size = int.from_bytes(read_exact(4, "header"), "little")
+    if size & 0x80000000 or size > 64 << 20:
+        fault("exec request", 71, f"of {size:#x} bytes")
+    body = read_exact(size, f"body of {size} bytes")
+    at = 0
+
+    def u32():
+        nonlocal at
+        if at + 4 > len(body):
+            fault("exec request", 71, "cut short")
+        at += 4
+        return int.from_bytes(body[at - 4:at], "little")
+
+    def string():
+        nonlocal at
+        end = body.find(b"\0", at)
+        if end < 0:
+            fault("exec request", 71, "with an unterminated string")
+        raw, at = body[at:end], end + 1
+        return os.fsdecode(raw)
+
+    argv = [string() for _ in range(u32())]
+    env = [string() for _ in range(u32())]
+    cwd = string()
+    # The rlimits follow: the job process applied these very values before this
+    # interpreter started (the supervisor hands over only jobs whose rlimits they are).
+    wanted = dict(item.partition("=")[::2] for item in env)
+    for key in [k for k in os.environ if k not in wanted]:
+        del os.environ[key]
+    for key, value in wanted.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        fault("chdir", e.errno or 0, cwd)
+    at_script = len(sys.orig_argv) - 2  # started as [interpreter, options..., -c, this]
+    if len(argv) <= at_script or argv[:at_script] != sys.orig_argv[:at_script]:
+        fault("exec request", 22, "for another interpreter or options")  # EINVAL
+    os.close(sock)  # from here on, nothing can report a fault: the job's code may run
+
+    script = argv[at_script]
+    sys.argv[:] = argv[at_script:]
+    sys.orig_argv[:] = argv
+    filename = script if script.startswith("/") else (
+        cwd if cwd.endswith("/") else cwd + "/") + script
+    # CPython asks the path hooks whether the script is a zip or a directory (and so
+    # caches its answer under the absolute path), then computes sys.path[0].
+    cache = sys.path_importer_cache
+    cache.pop("", None)  # the -c start's sys.path[0]
+    importer = cache.get(filename)
+    if filename not in cache:
+        for hook in sys.path_hooks:
+            try:
+                importer = hook(filename)
+                break
+            except ImportError:
+                continue
+        cache[filename] = importer
+    if importer is not None:
+        path0 = filename
+    else:
+        try:
+            path0 = os.path.dirname(os.path.realpath(script, strict=True))
+        except OSError:
+            path0 = os.path.dirname(script)
+    if sys.path and sys.path[0] == "":
+        sys.path[0] = path0
+    else:
+        sys.path.insert(0, path0)
+
+    external = sys.modules["_frozen_importlib_external"]
+    main = type(sys)("__main__")
+    namespace = main.__dict__
+    namespace.update(__annotations__={}, __builtins__=builtins)
+    sys.modules["__main__"] = main
+
+    def main():
+        """The job's code and namespace, ready for exec (its own frame is then the only
+        one of ours below the job's, as close as a -c start gets to CPython's C caller)."""
+        if importer is not None:  # a zip or a directory: runpy, as CPython does
+            return compile("__import__('runpy')._run_module_as_main('__main__', False)",
+                           "<string>", "exec"), {"__builtins__": builtins}
+        try:
+            with open(filename, "rb") as f:
+                source = f.read()
+        except OSError as e:
+            if isinstance(e, IsADirectoryError):
+                sys.stderr.write(f"{sys.orig_argv[0]}: {filename!r} is a directory, "
+                                 "cannot continue\n")
+                raise SystemExit(1) from None
+            sys.stderr.write(f"{sys.orig_argv[0]}: can't open file {filename!r}: "
+                             f"[Errno {e.errno}] {e.strerror}\n")
+            raise SystemExit(2) from None
+        namespace["__file__"] = filename
+        namespace["__cached__"] = None
+        if filename.endswith(".pyc") or source[:2] == external.MAGIC_NUMBER[:2]:
+            namespace["__loader__"] = external.SourcelessFileLoader("__main__", filename)
+            return marshal.loads(source[16:]), namespace
+        namespace["__loader__"] = external.SourceFileLoader("__main__", filename)
+        return compile(source, filename, "exec", dont_inherit=True), namespace
+
+    def done():
+        namespace.pop("__file__", None)
+        namespace.pop("__cached__", None)
+
+    def ours_cut(tb):
+        while tb is not None and tb.tb_frame.f_code.co_filename == "<string>":
+            tb = tb.tb_next
+        return tb
+
+    def fail(e):
+        """CPython's PyErr_Print for what escaped the job's code: without our frames."""
+        e.__traceback__ = tb = ours_cut(e.__traceback__)
+        sys.last_type, sys.last_value, sys.last_traceback = type(e), e, tb
+        hook = getattr(sys, "excepthook", None)
+        try:
+            if hook is None:
+                sys.stderr.write("sys.excepthook is missing\n")
+                sys.__excepthook__(type(e), e, tb)
+            else:
+                hook(type(e), e, tb)
+        except SystemExit:
+            raise
+        except BaseException as h:  # CPython's words for a hook that fails
+            sys.stderr.write("Error in sys.excepthook:\n")
+            h.__traceback__ = ours_cut(h.__traceback__)
+            sys.__excepthook__(type(h), h, h.__traceback__)
+            sys.stderr.write("\nOriginal exception was:\n")
+            sys.__excepthook__(type(e), e, tb)
+        done()
+        if isinstance(e, KeyboardInterrupt):
+            # CPython finalises, then exits by SIGINT (bpo-1054041).
+            threading = sys.modules.get("threading")
+            if threading is not None:
+                threading._shutdown()
+            import atexit
+            atexit._run_exitfuncs()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            import _signal
+            _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+            os.kill(os.getpid(), _signal.SIGINT)
+            os._exit(130)
+        raise SystemExit(1)
+
+    return main, done, fail
+
+
+_sandboxd_main, _sandboxd_done, _sandboxd_fail = _sandboxd_warm()
+_sandboxd_error = None
+try:
+    exec(*_sandboxd_main())
+except SystemExit:
+    raise
+except BaseException as _sandboxd_e:
+    _sandboxd_error = _sandboxd_e
+if _sandboxd_error is not None:  # printed outside the handler, as CPython does (no context)
+    _sandboxd_fail(_sandboxd_error)
+_sandboxd_done()
