@@ -124,7 +124,7 @@ def test_the_scan_finds_references() -> None:
 
 
 def test_a_missing_file_is_found(tmp_path: Path) -> None:
-    assert not exists("DESIGN.md", "README.md")
+    assert not exists("NO_SUCH_PLAN.md", "README.md")
     assert not exists("sandboxd/native/jobexec.c", "pyproject.toml")
     assert not exists("tests/clients/test_cli.py", "docs/clients.md")
     assert exists("isolation/mounts.py", "sandboxd/native/init.c")
