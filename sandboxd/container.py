@@ -78,6 +78,7 @@ class Container:
         self.pidfd = spawned.pidfd
         self.created = spawned.created
         self.cgroup = cgroup
+        self.job_uid = spawned.job_uid
         self.chan = channel.AsyncChannel(spawned.sock)
         self.job_pid: int | None = None
         self.slot = -1  # the uid slot, when a pool allocated one
@@ -118,6 +119,7 @@ class Container:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         self._stdio = [stdin, out_r, err_r]
+        self._give_stdio(out_w, err_w)
         try:
             await self.chan.send(warm_message(warm), [stdin, out_w, err_w])
         finally:
@@ -199,12 +201,14 @@ class Container:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         if step.stdin_stream is not None:
             in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            self._give_stdio(in_r)
         else:
             in_r, in_w = os.memfd_create("sandboxd-stdin", os.MFD_CLOEXEC), -1
             if step.stdin:
                 os.write(in_r, step.stdin)
                 os.lseek(in_r, 0, os.SEEK_SET)
         try:
+            self._give_stdio(out_w, err_w)
             try:
                 msg = job_message(step.files, step.argv, step.env, step.cwd, rl)
             except ValueError as e:
@@ -249,6 +253,25 @@ class Container:
         finally:
             os.close(stdin)
         return out_r, err_r, -1
+
+    def _give_stdio(self, *fds: int) -> None:
+        """Make the job user the owner of its stdio pipes (mode 0600 stays).
+
+        A pipe belongs to its creator, here the supervisor (host root, ``nobody``
+        inside the container), mode 0600: the job could write to its fd 1 but not
+        reopen it, so ``freopen("/dev/stdout", "w", stdout)`` and
+        ``open("/proc/self/fd/1")`` failed with EACCES, as in Docker with a
+        non-root user. Owned by the job's own host uid, the pipe opens for it and
+        for no one else: reaching a pipe by path goes through
+        ``/proc/PID/fd``, which needs ptrace rights on a process holding it, and
+        only the job's processes and the supervisor hold these. Landlock does not
+        stand in the way: pipefs is an internal (``SB_NOUSER``) filesystem, which
+        its path checks pass (docs/isolation.md, "Reopening stdio").
+        """
+        if self.job_uid < 0:
+            return
+        for fd in fds:
+            os.fchown(fd, self.job_uid, self.job_uid)
 
     def live_usage(self) -> tuple[float, int]:
         """(CPU seconds, peak memory bytes) of the running step so far, for ``ps``: counted

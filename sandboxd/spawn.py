@@ -172,6 +172,10 @@ class Spawned:
     pidfd: int
     sock: socket.socket  # control channel to the init
     created: float = field(default_factory=time.monotonic)
+    job_uid: int = -1
+    """The job user's host uid and gid (its slot's), or -1 if unknown: the owner the
+    supervisor gives the job's stdio pipes, so that the job can reopen its own
+    ``/dev/stdout`` (``Container.give_stdio``)."""
 
 
 def _init_path() -> str:
@@ -315,7 +319,7 @@ def spawn(spec: ContainerSpec) -> Spawned:
         raise
     finally:
         child_sock.close()
-    return Spawned(pid, pidfd, parent_sock)
+    return Spawned(pid, pidfd, parent_sock, job_uid=identity.IdMap(spec.slot).host_job)
 
 
 def keep_only_fds(keep: set[int]) -> None:

@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass
 
 from sandboxd import channel, slots
-from sandboxd.isolation import _libc
+from sandboxd.isolation import _libc, identity
 from sandboxd.result import SandboxError
 from sandboxd.spawn import ContainerSpec, Spawned, keep_only_fds, spawn
 
@@ -167,7 +167,8 @@ class ZygoteClient:
                 os.close(fd)
             raise SandboxError(f"zygote could not make a container: {msg.get('message', msg)}")
         pidfd, sock_fd = fds
-        return Spawned(int(msg["pid"]), pidfd, socket.socket(fileno=sock_fd))
+        return Spawned(int(msg["pid"]), pidfd, socket.socket(fileno=sock_fd),
+                       job_uid=identity.IdMap(spec.slot).host_job)
 
     def close(self) -> None:
         """Close the socket: the zygote exits on EOF. Its containers die with it."""
