@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import trio
 
 from sandboxd import channel
-from sandboxd.cgroups import CgroupLimits, CgroupStats, JobCgroup
+from sandboxd.cgroups import CgroupLimits, CgroupStats, JobCgroup, MemoryInUse
 from sandboxd.isolation import _libc, rlimits
 from sandboxd.limits import Limits
 from sandboxd.result import Measured, Result, SandboxError, decide
@@ -146,8 +146,15 @@ class Container:
         limits = step.limits
         # The job process is already in the cgroup: a new cpuset moves it (and all it
         # will fork) onto those CPUs before it execs the job.
-        self.cgroup.set_limits(CgroupLimits(memory=limits.memory, pids=limits.pids,
-                                            cpuset=step.cpuset))
+        try:
+            self.cgroup.set_limits(CgroupLimits(memory=limits.memory, pids=limits.pids,
+                                                cpuset=step.cpuset))
+        except MemoryInUse:
+            # The waiting job process (or its warm interpreter) already holds more than
+            # the limit: it could not run one instruction of the job within it.
+            await self.kill_rest()
+            return _no_room(limits, "the job's process held more than the limit before "
+                                    "the job started")
         # Made at the pool's low priority; the job, and the init that relays it,
         # run at the normal one, ahead of the refills that run meanwhile.
         for pid in (self.init_pid, self.job_pid):
@@ -171,6 +178,16 @@ class Container:
         sent = time.monotonic()
         try:
             status, t0, t1 = await self._supervise(step, limits, base, sent, out, err, stdin_w)
+        except SandboxError as e:
+            # Under a tiny memory limit the job process can die of it before its execve
+            # (reading the exec request, taking its stdio): the OOM killer's victim, or a
+            # failed allocation it reports as a fault. That is the job's memory_limit.
+            with trio.CancelScope(shield=True):
+                await self.kill_rest()
+            if not self._out_of_memory(limits, base):
+                raise
+            return _no_room(limits, f"the job's process ran out of memory before the job "
+                                    f"started ({e})", self.cgroup.stats(), base)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.kill("cancel")
@@ -253,6 +270,12 @@ class Container:
         finally:
             os.close(stdin)
         return out_r, err_r, -1
+
+    def _out_of_memory(self, limits: Limits, base: CgroupStats) -> bool:
+        """Whether the job's cgroup OOM-killed or reached its memory limit in this step."""
+        now = self.cgroup.stats()
+        page = os.sysconf("SC_PAGE_SIZE")
+        return now.oom_kills > base.oom_kills or now.memory_peak >= limits.memory // page * page
 
     def _give_stdio(self, *fds: int) -> None:
         """Make the job user the owner of its stdio pipes (mode 0600 stays).
@@ -412,6 +435,23 @@ async def _feed_stdin(source: AsyncIterator[bytes] | None,
         pass
     finally:
         await stream.aclose()
+
+
+def _no_room(limits: Limits, why: str, stats: CgroupStats | None = None,
+             base: CgroupStats | None = None) -> Result:
+    """``memory_limit`` for a job that could not start within its memory limit.
+
+    The limit is the judge's to set, however small (docs/profiles.md, "Tiny
+    limits"): the verdict is the job's, never ``sandbox_error``. Nothing of the
+    job ran, so there is no exit status and no output; the peak is the cgroup's.
+    """
+    peak = stats.memory_peak if stats is not None else limits.memory
+    cpu_ns = stats.cpu_usage_ns - base.cpu_usage_ns if stats is not None and base else 0
+    return Result(verdict="memory_limit", reason=f"memory: {why}", exit_code=None,
+                  signal=None, cpu_time=round(max(cpu_ns, 0) / 1e9, 6), user_time=0.0,
+                  sys_time=0.0, wall_time=0.0, memory_peak=peak,
+                  oom_killed=bool(stats and base and stats.oom_kills > base.oom_kills),
+                  stdout=b"", stderr=b"", stdout_truncated=False, stderr_truncated=False)
 
 
 class _Capture:

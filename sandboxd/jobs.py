@@ -19,6 +19,7 @@ limits, so that they reach ``Limits.merged`` with no dict in between.
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from sandboxd.profiles import Profile, expand
 from sandboxd.result import Result
 from sandboxd.spawn import ContainerSpec, WarmStart
 from sandboxd_protocol import JobLimits
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class StepRunner(Protocol):
@@ -188,6 +191,12 @@ def validate(job: JobSpec) -> None:
             _limits(run_limits, test.limits, profile.max_limits)
         except JobError as e:
             raise JobError(f"tests[{i}]: {e}") from None
+    # /box is a tmpfs of box_size bytes that first holds the job's own files, a page
+    # at least each: a box smaller than them could not even receive the job.
+    need = sum(-(-len(data) // _PAGE) * _PAGE for data in job.files.values())
+    if need > run_limits.box_size:
+        raise JobError(f"limit box_size={run_limits.box_size} is smaller than the job's "
+                       f"files ({need} bytes in pages of {_PAGE})")
     if job.compare not in COMPARE_MODES:
         raise JobError(f"unknown compare mode {job.compare!r}")
     if job.stdin_stream is not None and job.tests is not None and len(job.tests) != 1:

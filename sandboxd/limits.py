@@ -92,16 +92,19 @@ class Policy:
 _M = Mechanism
 POLICY: Mapping[str, Policy] = MappingProxyType({
     # The rlimit is a backstop of ceil(cpu_time) + 1 s: the watchdog is the limit.
-    "cpu_time": Policy(5.0, 0.001, 600.0, (_M.WATCHDOG, _M.RLIMIT)),
-    "wall_time": Policy(10.0, 0.001, 1200.0, (_M.WATCHDOG,)),
-    "memory": Policy(256 * MiB, 4 * MiB, 16 * GiB, (_M.CGROUP,)),
+    "cpu_time": Policy(5.0, 1e-6, 600.0, (_M.WATCHDOG, _M.RLIMIT)),
+    "wall_time": Policy(10.0, 1e-6, 1200.0, (_M.WATCHDOG,)),
+    # No floor but the kernel's: a limit below what a process needs to start is the
+    # job's memory_limit (docs/profiles.md, "Tiny limits"), never a refusal.
+    "memory": Policy(256 * MiB, 1, 16 * GiB, (_M.CGROUP,)),
     "pids": Policy(64, 1, 4096, (_M.CGROUP,)),
     "output": Policy(16 * MiB, 0, 1 * GiB, (_M.OUTPUT_CAP,)),
     "file_size": Policy(64 * MiB, 0, 4 * GiB, (_M.RLIMIT,)),
-    "box_size": Policy(64 * MiB, 64 * KiB, 4 * GiB, (_M.MOUNT_SIZE,)),
-    "tmp_size": Policy(64 * MiB, 64 * KiB, 4 * GiB, (_M.MOUNT_SIZE,)),
-    "open_files": Policy(256, 4, 65536, (_M.RLIMIT,)),
-    "stack": Policy(64 * MiB, 64 * KiB, 1 * GiB, (_M.RLIMIT,)),
+    # tmpfs reads size=0 as "unlimited": 1 byte (one page) is the least.
+    "box_size": Policy(64 * MiB, 1, 4 * GiB, (_M.MOUNT_SIZE,)),
+    "tmp_size": Policy(64 * MiB, 1, 4 * GiB, (_M.MOUNT_SIZE,)),
+    "open_files": Policy(256, 1, 65536, (_M.RLIMIT,)),
+    "stack": Policy(64 * MiB, 0, 1 * GiB, (_M.RLIMIT,)),
 })
 """One row per row of ``sandboxd_protocol.LIMITS`` (a test checks they match)."""
 

@@ -29,7 +29,14 @@ from __future__ import annotations
 import os
 
 from . import _fs
-from ._base import CgroupBackend, CgroupError, CgroupLimits, CgroupStats, JobCgroup
+from ._base import (
+    CgroupBackend,
+    CgroupError,
+    CgroupLimits,
+    CgroupStats,
+    JobCgroup,
+    MemoryInUse,
+)
 
 __all__ = [
     "CgroupBackend",
@@ -37,6 +44,7 @@ __all__ = [
     "CgroupLimits",
     "CgroupStats",
     "JobCgroup",
+    "MemoryInUse",
     "detect_version",
     "open_backend",
 ]

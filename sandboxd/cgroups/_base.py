@@ -19,6 +19,16 @@ class CgroupError(Exception):
     """A cgroup operation failed: always our fault or the host's, never the job's."""
 
 
+class MemoryInUse(CgroupError):
+    """A memory limit below what the cgroup already holds and cannot give back.
+
+    cgroup v1 refuses such a limit (EBUSY) where v2 takes it and OOM-kills: the
+    job's process, waiting for its job, already uses more than a tiny limit
+    allows. That is the job's ``memory_limit``, not the sandbox's failure
+    (``Container.run``).
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class CgroupLimits:
     """Limits written before a job starts. ``None`` means: leave unlimited."""

@@ -24,12 +24,20 @@ This module must not know about jobs, sockets or trio.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import dataclass
 
 from . import _fs
-from ._base import CgroupBackend, CgroupError, CgroupLimits, CgroupStats, JobCgroup
+from ._base import (
+    CgroupBackend,
+    CgroupError,
+    CgroupLimits,
+    CgroupStats,
+    JobCgroup,
+    MemoryInUse,
+)
 
 #: The hierarchies a job is placed in, in the order they are written.
 CONTROLLERS = ("freezer", "memory", "pids", "cpuacct", "cpu", "cpuset")
@@ -128,14 +136,20 @@ class V1Job(JobCgroup):
             value = _UNLIMITED if limits.memory is None else str(int(limits.memory))
             limit = self._path("memory", "memory.limit_in_bytes")
             memsw = self._path("memory", "memory.memsw.limit_in_bytes")
-            if not self._f.memsw:
-                self._put(limit, value)
-            elif self._written.get(limit) != value or self._written.get(memsw) != value:
-                # The kernel insists limit <= memsw at every step: lift memsw
-                # first, then set the limit, then bring memsw down to it.
-                self._put(memsw, _UNLIMITED)
-                self._put(limit, value)
-                self._put(memsw, value)
+            try:
+                if not self._f.memsw:
+                    self._put(limit, value)
+                elif self._written.get(limit) != value or self._written.get(memsw) != value:
+                    # The kernel insists limit <= memsw at every step: lift memsw
+                    # first, then set the limit, then bring memsw down to it.
+                    self._put(memsw, _UNLIMITED)
+                    self._put(limit, value)
+                    self._put(memsw, value)
+            except CgroupError as e:
+                cause = e.__cause__
+                if isinstance(cause, OSError) and cause.errno == errno.EBUSY:
+                    raise MemoryInUse(str(e)) from cause
+                raise
         elif limits.memory is not None:
             self._need("memory", "a memory limit")
         if "pids" in self._dirs:

@@ -281,6 +281,11 @@ _Noreturn void job_process_main(uid_t uid, gid_t gid, int ruleset, const char *b
     char **argv = get_strv(&c);
     char **envp = get_strv(&c);
     char *cwd = get_str(&c);
+    /* The stdio first: under a judge's tiny open-files limit (1 to 3) dup2 onto 1 or 2
+     * would fail once the limit is set; the limit then binds what the job opens. */
+    for (int i = 0; i < 3; i++) {
+        if (dup2(fds[i], i) < 0) fault("dup2", "onto descriptor %d", i);
+    }
     uint32_t nlim = get_u32(&c);
     for (uint32_t i = 0; i < nlim; i++) {
         uint32_t res = get_u32(&c);
@@ -288,9 +293,6 @@ _Noreturn void job_process_main(uid_t uid, gid_t gid, int ruleset, const char *b
         struct rlimit rl = {val, val};
         if (setrlimit((int)res, &rl))
             fault("setrlimit", "%s=%llu", rlimit_name(res), (unsigned long long)val);
-    }
-    for (int i = 0; i < 3; i++) {
-        if (dup2(fds[i], i) < 0) fault("dup2", "onto descriptor %d", i);
     }
     if (chdir(cwd)) fault("chdir", "%s", cwd);
     const char *path = NULL;

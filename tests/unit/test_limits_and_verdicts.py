@@ -52,7 +52,7 @@ def test_merged_refuses_absurd_values(overrides, match):
 
 def test_ceiling_of_a_profile_wins():
     ceiling = Limits(cpu_time=2.0, memory=MAXIMUM.memory)
-    with pytest.raises(LimitError, match=r"cpu_time=3 .* \[0.001, 2\]"):
+    with pytest.raises(LimitError, match=r"cpu_time=3 .* \[1e-06, 2\]"):
         DEFAULT.merged({"cpu_time": 3}, ceiling)
 
 

@@ -1,0 +1,145 @@
+"""Limits as judges set them: down to what the kernel can enforce, never refused for being small.
+
+A judge's memory limit of 1 KiB, an open-files limit of 1 or a stack of 0 is
+the judge's business: the job gets the verdict the limit deserves
+(``memory_limit``, a runtime error of the program), never a refusal and never
+``sandbox_error``, whatever part of starting the job (the cgroup write, the
+job process reading its exec request, the execve, the interpreter's start)
+the limit hits first. docs/profiles.md, "Tiny limits", has the table these
+tests hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import sandboxd_protocol as proto
+from sandboxd.limits import KiB, MiB
+from sandboxd_testing import leftovers
+from sandboxd_testing.daemon import Client, Daemon
+
+pytestmark = pytest.mark.root
+
+HELLO_PY = b'print("hello")\n'
+HELLO_C = b'#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n'
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    before = leftovers.snapshot()
+    d = Daemon(tmp_path_factory.mktemp("tiny"), pool_profiles=["python3"],
+               concurrency=2).start()
+    try:
+        d.wait_warm()
+        yield d
+    finally:
+        assert d.stop() == 0, d.log.read_text()[-3000:]
+        left = leftovers.new_leftovers(before, settle=10.0, view=leftovers.only_ours(d.instance))
+        assert not left, f"the module's daemon left things behind: {left}"
+
+
+@pytest.fixture
+def leftovers_view(daemon: Daemon) -> Iterator[leftovers.View | None]:
+    """The module's daemon keeps warm containers between tests by design."""
+    yield leftovers.daemon_view(daemon.pid, daemon.instance)
+    daemon.wait_warm()
+
+
+@pytest.fixture(scope="module")
+def client(daemon: Daemon) -> Iterator[Client]:
+    c = daemon.connect()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def only_step(res: proto.JobResult) -> proto.StepResult:
+    assert res.compile is None or res.compile.verdict == "ok", res.compile
+    (step,) = res.steps
+    return step
+
+
+@pytest.mark.parametrize("memory", [1, 1 * KiB, 4 * KiB, 64 * KiB, 256 * KiB, 1 * MiB, 2 * MiB])
+@pytest.mark.parametrize("warm", [True, False])
+def test_python_under_a_tiny_memory_limit_is_memory_limit(client: Client, memory: int,
+                                                          warm: bool) -> None:
+    res = client.job(profile="python3", files={"main.py": HELLO_PY},
+                     limits=proto.JobLimits(memory=memory), warm_runtime=warm)
+    step = only_step(res)
+    assert step.verdict == "memory_limit", step
+    assert step.reason is not None and step.reason.startswith("memory"), step
+    assert b"hello" not in step.stdout
+    assert "/sys/fs/cgroup" not in step.reason, "no host path in a verdict's reason"
+
+
+def test_python_starts_at_a_few_mib(client: Client) -> None:
+    """The other side of the edge: the table in the docs says where the interpreter fits."""
+    step = only_step(client.job(profile="python3", files={"main.py": HELLO_PY},
+                                limits=proto.JobLimits(memory=8 * MiB)))
+    assert step.verdict == "ok" and step.stdout == b"hello\n", step
+
+
+@pytest.mark.parametrize("memory", [1, 1 * KiB, 64 * KiB])
+def test_a_huge_exec_request_under_a_tiny_limit_is_memory_limit(client: Client,
+                                                               memory: int) -> None:
+    """The job process reads its exec request (argv, env) after the limit is set: with a
+    300 KB argv it dies of the limit while reading, before its execve."""
+    step = only_step(client.job(profile="bash", files={}, argv=["/bin/echo", *["x" * 100_000] * 3],
+                                limits=proto.JobLimits(memory=memory)))
+    assert step.verdict == "memory_limit", step
+
+
+def test_c_under_1_kib_is_memory_limit_and_compiles_normally(client: Client) -> None:
+    res = client.job(profile="c", files={"main.c": HELLO_C},
+                     limits=proto.JobLimits(memory=1 * KiB))
+    assert res.compile is not None and res.compile.verdict == "ok", res.compile
+    assert only_step(res).verdict == "memory_limit"
+
+
+@pytest.mark.parametrize(("limits", "verdict", "reason"), [
+    # The dynamic loader cannot open libc: exit 127, EMFILE on stderr.
+    (proto.JobLimits(open_files=1), "runtime_error", "exit code 127"),
+    (proto.JobLimits(open_files=3), "runtime_error", "exit code 127"),
+    # The kernel starts the program with no stack to grow into.
+    (proto.JobLimits(stack=0), "runtime_error", "signal SIGSEGV"),
+    (proto.JobLimits(cpu_time=1e-6), "time_limit", "cpu"),
+    (proto.JobLimits(wall_time=1e-6), "time_limit", "wall"),
+])
+def test_other_tiny_limits_are_the_jobs_verdict(client: Client, limits: proto.JobLimits,
+                                                verdict: str, reason: str) -> None:
+    step = only_step(client.job(profile="bash", files={}, argv=["/bin/echo", "hi"],
+                                limits=limits, warm_runtime=False))
+    assert (step.verdict, step.reason) == (verdict, reason), step
+
+
+def test_a_one_byte_tmp_holds_one_page(client: Client) -> None:
+    """tmpfs rounds size up to a page (size=0 would mean unlimited: 1 is the floor)."""
+    code = (b"import os\nfd = os.open('/tmp/a', os.O_WRONLY | os.O_CREAT)\n"
+            b"os.write(fd, b'x' * 4096)\n"
+            b"try:\n    os.write(fd, b'x')\nexcept OSError as e:\n    print(e.strerror)\n")
+    step = only_step(client.job(profile="python3", files={"main.py": code},
+                                limits=proto.JobLimits(tmp_size=1), warm_runtime=False))
+    assert step.verdict == "ok" and step.stdout == b"No space left on device\n", step
+
+
+def test_a_box_too_small_for_the_jobs_files_is_refused_clearly(client: Client) -> None:
+    """/box holds the job's own files: a box too small for them is a bad job, said so."""
+    client.submit("big-files", "python3", files={"main.py": b"#" * 20_000 + b"\n"},
+                  limits=proto.JobLimits(box_size=1))
+    got, _ = client.result("big-files")
+    assert isinstance(got, proto.ErrorReport), got
+    assert "box_size" in got.message and "files" in got.message, got
+
+
+def test_the_floor_is_the_wire_range() -> None:
+    """No policy minimum above the wire's own range for these limits."""
+    from sandboxd.limits import POLICY
+    from sandboxd_protocol import LIMITS_BY_NAME
+
+    for name in ("memory", "box_size", "tmp_size", "open_files", "stack", "file_size",
+                 "output", "pids"):
+        assert POLICY[name].minimum <= max(LIMITS_BY_NAME[name].lo, 1), name
+    assert POLICY["cpu_time"].minimum <= 1e-6 and POLICY["wall_time"].minimum <= 1e-6
