@@ -109,7 +109,14 @@ class JobOutcome:
 
 
 class JobError(ValueError):
-    """The job cannot run as asked (a limit out of range, a missing compile step...)."""
+    """The job cannot run as asked (a limit out of range, a missing compile step...).
+
+    ``code`` is the protocol's error code the service answers with.
+    """
+
+    def __init__(self, message: str, code: str = "limit_exceeded") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _limits(base: Limits, overrides: JobLimits | None, ceiling: Limits) -> Limits:
@@ -179,26 +186,36 @@ def warm_start(job: JobSpec, limits: Limits) -> WarmStart | None:
 def validate(job: JobSpec) -> None:
     """Refuse, before accepting it, a job whose limits or options cannot be honoured."""
     profile = job.profile
-    run_limits = _limits(profile.limits, job.limits, profile.max_limits)
-    if job.compile_limits is not None:
-        base = profile.compile.limits if profile.compile else run_limits
+    compile_only = job.tests is not None and not job.tests
+    # Compile only: no step runs, so the run limits are not the job's concern (a judge
+    # may send the problem's, whatever they are); but there must be a compile step.
+    if compile_only and not (profile.compile or job.compile_argv):
+        raise JobError(f"tests: [] asks to compile only, and profile {profile.name!r} "
+                           "has no compile step (give compile.argv)", "invalid_field")
+    if job.compile_limits is not None or (job.compile_argv and not profile.compile):
+        # Without a compile step of the profile's, the job's limits are the compile's base.
+        base = (profile.compile.limits if profile.compile
+                else _limits(profile.limits, job.limits, profile.max_limits))
         try:
             _limits(base, job.compile_limits, profile.max_limits)
         except JobError as e:
             raise JobError(f"compile: {e}") from None
-    for i, test in enumerate(job.tests or []):
-        try:
-            _limits(run_limits, test.limits, profile.max_limits)
-        except JobError as e:
-            raise JobError(f"tests[{i}]: {e}") from None
+    if job.compare not in COMPARE_MODES:
+        raise JobError(f"unknown compare mode {job.compare!r}")
+    if compile_only:
+        return
+    run_limits = _limits(profile.limits, job.limits, profile.max_limits)
     # /box is a tmpfs of box_size bytes that first holds the job's own files, a page
     # at least each: a box smaller than them could not even receive the job.
     need = sum(-(-len(data) // _PAGE) * _PAGE for data in job.files.values())
     if need > run_limits.box_size:
         raise JobError(f"limit box_size={run_limits.box_size} is smaller than the job's "
                        f"files ({need} bytes in pages of {_PAGE})")
-    if job.compare not in COMPARE_MODES:
-        raise JobError(f"unknown compare mode {job.compare!r}")
+    for i, test in enumerate(job.tests or []):
+        try:
+            _limits(run_limits, test.limits, profile.max_limits)
+        except JobError as e:
+            raise JobError(f"tests[{i}]: {e}") from None
     if job.stdin_stream is not None and job.tests is not None and len(job.tests) != 1:
         raise JobError("interactive stdin needs a job with a single run step")
 
@@ -207,13 +224,14 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
     profile = job.profile
     if profile.unavailable:
         raise JobError(f"profile {profile.name!r} is unavailable here: {profile.unavailable}")
-    run_limits = _limits(profile.limits, job.limits, profile.max_limits)
+    compile_only = job.tests is not None and not job.tests
     sources = sorted(job.files)
     env = {**profile.env, **job.env}
     files = job.files
     compile_outcome = None
     if job.compile_argv or profile.compile:
-        base = profile.compile.limits if profile.compile else run_limits
+        base = (profile.compile.limits if profile.compile
+                else _limits(profile.limits, job.limits, profile.max_limits))
         climits = _limits(base, job.compile_limits, profile.max_limits)
         compile_argv = job.compile_argv or profile.compile_argv(sources, climits)
         assert compile_argv is not None
@@ -224,6 +242,9 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
             return JobOutcome(StepOutcome(result_mod.compile_failed(result)), [])
         compile_outcome = StepOutcome(result)
         files = built or {}
+    if compile_only:
+        return JobOutcome(compile_outcome, [])
+    run_limits = _limits(profile.limits, job.limits, profile.max_limits)
     tests = job.tests if job.tests is not None else [
         TestSpec(stdin=job.stdin, expected_output=job.expected_output)]
     outcomes: list[StepOutcome | None] = [None] * len(tests)

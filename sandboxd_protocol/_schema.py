@@ -154,7 +154,7 @@ JOB_SUBMISSION = Record(
         ("limits", JOB_LIMITS, False),
         ("cpuset_pin", BOOL, False),
         ("compile", COMPILE_STEP, False),
-        ("tests", Array(TEST_CASE, "max_tests", min_len=1), False),
+        ("tests", Array(TEST_CASE, "max_tests", min_len=0), False),
         ("expected_output", Bytes("max_input"), False),
         ("compare", Choice(COMPARE_MODES), False),
         ("float_tolerance", Float(0.0, 1e9), False),

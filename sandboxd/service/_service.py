@@ -166,7 +166,7 @@ class JobService:
         try:
             jobs.validate(spec)
         except JobError as e:
-            raise ServiceError("limit_exceeded", str(e)) from None
+            raise ServiceError(e.code, str(e)) from None
         ref = f"{owner}/{id}"
         if ref in sched.jobs:
             raise ServiceError("duplicate_job", f"job {id!r} is already in flight")

@@ -143,3 +143,27 @@ def test_the_floor_is_the_wire_range() -> None:
                  "output", "pids"):
         assert POLICY[name].minimum <= max(LIMITS_BY_NAME[name].lo, 1), name
     assert POLICY["cpu_time"].minimum <= 1e-6 and POLICY["wall_time"].minimum <= 1e-6
+
+
+def test_a_compile_only_job_is_not_refused_for_its_run_limits(client: Client) -> None:
+    """``tests: []`` compiles only: limits no step uses (above every ceiling here) are
+    not checked, and the result has the compile step and no steps."""
+    res = client.job(profile="c", files={"main.c": HELLO_C}, tests=[],
+                     limits=proto.JobLimits(memory=1 << 50, cpu_time=1e5))
+    assert res.compile is not None and res.compile.verdict == "ok", res.compile
+    assert res.steps == ()
+    res = client.job(profile="c", files={"main.c": b"int main( {"}, tests=[])
+    assert res.compile is not None and res.compile.verdict == "compile_error", res
+    # The compile step's own limits are still checked: it runs.
+    client.submit("bad-compile", "c", files={"main.c": HELLO_C}, tests=[],
+                  compile=proto.CompileStep(limits=proto.JobLimits(memory=1 << 50)))
+    got, _ = client.result("bad-compile")
+    assert isinstance(got, proto.ErrorReport) and got.code == "limit_exceeded", got
+    assert got.message.startswith("compile: "), got
+
+
+def test_compile_only_needs_a_compile_step(client: Client) -> None:
+    client.submit("nothing-to-do", "python3", files={"main.py": HELLO_PY}, tests=[])
+    got, _ = client.result("nothing-to-do")
+    assert isinstance(got, proto.ErrorReport) and got.code == "invalid_field", got
+    assert "compile only" in got.message, got
