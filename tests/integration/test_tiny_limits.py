@@ -167,3 +167,47 @@ def test_compile_only_needs_a_compile_step(client: Client) -> None:
     got, _ = client.result("nothing-to-do")
     assert isinstance(got, proto.ErrorReport) and got.code == "invalid_field", got
     assert "compile only" in got.message, got
+
+
+# ----------------------------------------------------------------------------- java
+
+def _java(body: str, head: str = "public class Main") -> bytes:
+    return (f'{head} {{ public static void main(String[] a) {{ {body} }} }}\n').encode()
+
+
+@pytest.fixture
+def java(client: Client) -> Client:
+    from sandboxd.profiles import load_dir
+
+    profile = load_dir()["java"]
+    if profile.unavailable:
+        pytest.skip(f"java is unavailable here: {profile.unavailable}")
+    return client
+
+
+def test_a_jvm_that_cannot_start_in_its_heap_is_memory_limit(java: Client) -> None:
+    """-Xmx1m (75 % of 2 MiB, at least 1 MiB): the VM refuses to start. Its message, on
+    stdout by default, comes on stderr (-XX:+DisplayVMOutputToStderr) as a heap marker."""
+    res = java.job(profile="java", files={"Main.java": _java('System.out.println("hi");')},
+                   limits=proto.JobLimits(memory=2 * MiB))
+    step = only_step(res)
+    assert (step.verdict, step.reason) == ("memory_limit", "heap: Too small maximum heap"), step
+    assert step.stdout == b"" and b"Too small maximum heap" in step.stderr
+
+
+@pytest.mark.parametrize("head", ["public class Solution", "public final class Hello",
+                                  "import java.util.*;\n\npublic class Main"])
+def test_the_public_class_may_have_any_name(java: Client, head: str) -> None:
+    res = java.job(profile="java",
+                   files={"Main.java": _java('System.out.println("hello");', head)},
+                   tests=[proto.TestCase(expected_output=b"hello\n")])
+    assert only_step(res).verdict == "ok", res
+
+
+def test_without_a_public_class_main_must_be_called_main(java: Client) -> None:
+    ok = java.job(profile="java", files={"Main.java": _java('System.out.println("x");',
+                                                               "class Main")})
+    assert only_step(ok).stdout == b"x\n"
+    res = java.job(profile="java", files={"Main.java": _java("", "class Foo")})
+    assert res.compile is not None and res.compile.verdict == "compile_error", res
+    assert b"no public class, and no class Main" in res.compile.stderr, res.compile
