@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--stdin", metavar="PATH", help="file to use as the job's stdin")
     once.add_argument("--env", action="append", default=[], metavar="K=V")
     once.add_argument("--seccomp", default="default", metavar="POLICY")
+    once.add_argument("--memory-mode", choices=("peak", "address_space"), default="peak",
+                      help="how --memory counts: peak (the cgroup's touched memory, default) "
+                      "or address_space (also RLIMIT_AS per process, as isolate's --mem)")
     once.add_argument("--json", action="store_true", help="print one JSON object with the result")
     once.add_argument("--image", metavar="NAME", help="run on an image's root instead of the "
                       "host's files; its Env, WorkingDir and Entrypoint+Cmd are the defaults")
@@ -166,7 +169,8 @@ def _cmd_run_once(args: argparse.Namespace) -> int:
     if args.seccomp not in seccomp.POLICIES:
         return _fail(f"unknown seccomp policy {args.seccomp!r} "
                      f"(known: {', '.join(sorted(seccomp.POLICIES))})")
-    step = RunStep(argv=argv, limits=limits, files=files, stdin=stdin, env=env)
+    step = RunStep(argv=argv, limits=limits, files=files, stdin=stdin, env=env,
+                   address_space=limits.memory if args.memory_mode == "address_space" else None)
     job = OneOffJob(step=step, seccomp_policy=args.seccomp)
     if args.image:
         from sandboxd.images import ImageError, Store
@@ -182,6 +186,10 @@ def _cmd_run_once(args: argparse.Namespace) -> int:
     if not step.argv:
         return _fail("run-once needs a command after -- (the image has no Entrypoint or Cmd)")
     result = run_once(job)
+    if step.address_space is not None:
+        from sandboxd.result import judged
+
+        result = judged(result, address_space=True)
     if args.json:
         sys.stdout.write(json.dumps(result.as_json()) + "\n")
     else:

@@ -64,6 +64,7 @@ class RunStep:
     on_output: OutputCallback | None = None  # streaming: called with each chunk
     stdin_stream: AsyncIterator[bytes] | None = None  # interactive stdin instead of ``stdin``
     cpuset: str | None = None  # CPUs the job may run on (e.g. "1": pinned), None: any
+    address_space: int | None = None  # RLIMIT_AS per process (memory_mode "address_space")
 
 
 class Container:
@@ -163,7 +164,8 @@ class Container:
                     os.setpriority(os.PRIO_PROCESS, pid, 0)
         base = self._base = self.cgroup.stats()
         rl = rlimits.Rlimits(cpu_seconds=limits.cpu_time, file_size=limits.file_size,
-                             open_files=limits.open_files, stack=limits.stack)
+                             open_files=limits.open_files, stack=limits.stack,
+                             address_space=step.address_space)
         if self.warm is not None:
             out_r, err_r, in_w = await self._hand_to_warm(step, rl)
         else:

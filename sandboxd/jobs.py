@@ -85,6 +85,8 @@ class JobSpec:
     # unless the job is judged and the profile says no), False = the plain start, True =
     # whenever the job can have it (its argv, env, stdin and limits allowing), judged too.
     warm_runtime: bool | None = None
+    # How the run steps' memory limit counts ("peak", "address_space"); None = the profile's.
+    memory_mode: str | None = None
 
 
 @dataclass(slots=True)
@@ -150,6 +152,11 @@ def _warm_for(profile: Profile, limits: Limits) -> WarmStart | None:
                                dict(profile.env), profile.workdir, limits)
 
 
+def memory_mode(job: JobSpec) -> str:
+    """The run steps' memory mode: the job's, else its profile's."""
+    return job.memory_mode or job.profile.memory_mode
+
+
 def plain_starts(job: JobSpec) -> bool:
     """Whether a job whose profile has a warm runtime starts plainly (its run step under
     the job's own limits; the pool then keeps that shape warm too)."""
@@ -171,6 +178,8 @@ def warm_start(job: JobSpec, limits: Limits) -> WarmStart | None:
     """
     profile = job.profile
     if not profile.warm_runtime or job.warm_runtime is False:
+        return None
+    if memory_mode(job) == "address_space":  # RLIMIT_AS after the interpreter's start: no
         return None
     if job.argv is not None or job.env or job.stdin_stream is not None:
         return None
@@ -202,6 +211,11 @@ def validate(job: JobSpec) -> None:
             raise JobError(f"compile: {e}") from None
     if job.compare not in COMPARE_MODES:
         raise JobError(f"unknown compare mode {job.compare!r}")
+    mode = memory_mode(job)
+    if mode not in profile.memory_modes:
+        raise JobError(f"memory_mode {mode!r}: profile {profile.name!r} counts memory only as "
+                       f"{' or '.join(profile.memory_modes)} (docs/profiles.md: its runtime "
+                       "reserves far more address space than it uses)", "invalid_field")
     if compile_only:
         return
     run_limits = _limits(profile.limits, job.limits, profile.max_limits)
@@ -245,6 +259,7 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
     if compile_only:
         return JobOutcome(compile_outcome, [])
     run_limits = _limits(profile.limits, job.limits, profile.max_limits)
+    address_space = memory_mode(job) == "address_space"
     tests = job.tests if job.tests is not None else [
         TestSpec(stdin=job.stdin, expected_output=job.expected_output)]
     outcomes: list[StepOutcome | None] = [None] * len(tests)
@@ -268,11 +283,13 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
             for _ in range(max(1, test.repeat)):
                 step = RunStep(argv=argv, limits=limits, files=files, stdin=test.stdin,
                                env=env, cwd=profile.workdir, on_output=on_out,
-                               stdin_stream=job.stdin_stream if len(tests) == 1 else None)
+                               stdin_stream=job.stdin_stream if len(tests) == 1 else None,
+                               address_space=limits.memory if address_space else None)
                 result, _ = await runner(spec, step, False, pin=job.cpuset_pin)
                 result = result_mod.judged(result, heap_markers=profile.out_of_memory,
                                            expected=test.expected_output, mode=job.compare,
-                                           tolerance=job.float_tolerance)
+                                           tolerance=job.float_tolerance,
+                                           address_space=address_space)
                 results.append(result)
                 if result.verdict != "ok":
                     break

@@ -31,6 +31,7 @@ from typing import Any
 
 from sandboxd.limits import DEFAULT, MAXIMUM, LimitError, Limits, MiB
 from sandboxd.spawn import JOB_PATH
+from sandboxd_protocol import MEMORY_MODES
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -68,6 +69,8 @@ class Profile:
     out_of_memory: tuple[str, ...] = ()  # stderr markers of the runtime's own heap running out
     warm_runtime: str = ""  # sandboxd/runtimes/ name: the interpreter started before the job
     warm_judged: bool = False  # ... also for judged jobs (tests, expected output, pinned)
+    memory_mode: str = "peak"  # how a run step's memory limit counts unless the job says
+    memory_modes: tuple[str, ...] = ("peak", "address_space")  # the modes a job may ask for
 
     def entry_index(self) -> int:
         """Where the run argv has its entry file (a warm runtime's profile has one)."""
@@ -169,6 +172,10 @@ SCHEMA: dict[str, tuple[type, bool, str]] = {
                      "argument, options before it"),
     "warm_judged": (bool, False, "a warm runtime for judged jobs too (tests, expected output, "
                     "pinned CPU); default false: judges measure the plain start"),
+    "memory_mode": (str, False, "how a run step's memory limit counts unless the job says: "
+                    "'peak' (default: the cgroup) or 'address_space' (also RLIMIT_AS)"),
+    "memory_modes": (list, False, "the modes a job may ask for (default both); a runtime that "
+                     "reserves more address space than it uses allows only 'peak'"),
 }
 
 
@@ -296,6 +303,15 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
         if head is None or any("{entry}" in a or "{sources}" in a for a in head):
             raise ProfileError(f"{where('warm_runtime')}: run must have {{entry}} once, as a "
                                "whole argument, with no {sources} before it")
+    memory_modes = _strings(data.get("memory_modes", list(MEMORY_MODES)),
+                            where("memory_modes"))
+    memory_mode = data.get("memory_mode", memory_modes[0] if memory_modes else "peak")
+    if not memory_modes or any(m not in MEMORY_MODES for m in memory_modes):
+        raise ProfileError(f"{where('memory_modes')}: a non-empty list of "
+                           f"{', '.join(MEMORY_MODES)}")
+    if memory_mode not in memory_modes:
+        raise ProfileError(f"{where('memory_mode')}: must be one of memory_modes "
+                           f"({', '.join(memory_modes)}), not {memory_mode!r}")
     name = data["name"]
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.+-]{0,63}", name):
         raise ProfileError(f"{where('name')}: must be lowercase letters, digits, _ . + -")
@@ -313,6 +329,7 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
         unavailable=_missing(needs, env.get("PATH", JOB_PATH)), workdir=data.get("workdir", "/box"),
         image=data.get("image", ""), out_of_memory=out_of_memory,
         warm_runtime=warm_runtime, warm_judged=data.get("warm_judged", False),
+        memory_mode=memory_mode, memory_modes=memory_modes,
     )
     return _with_image(profile, data, image_store) if profile.image else profile
 

@@ -153,8 +153,21 @@ def decide(m: Measured, limits: Limits) -> Result:
     )
 
 
+# What a program prints when an allocation fails under RLIMIT_AS (memory_mode
+# "address_space"), before it dies: the C++ runtime's uncaught std::bad_alloc (then
+# SIGABRT), Python's MemoryError, PHP's and PyPy's, glibc's and the loader's words for
+# ENOMEM. A C program
+# that dereferences malloc's NULL dies of SIGSEGV, which nothing tells from another bug.
+ADDRESS_SPACE_MARKERS: tuple[str, ...] = (
+    "std::bad_alloc", "MemoryError", "Cannot allocate memory", "cannot allocate memory",
+    "failed to map segment from shared object", "out of memory", "Out of memory",
+    "cannot allocate nursery",
+)
+
+
 def judged(result: Result, *, heap_markers: tuple[str, ...] = (), expected: bytes | None = None,
-           mode: str = "trailing_ws", tolerance: float | None = None) -> Result:
+           mode: str = "trailing_ws", tolerance: float | None = None,
+           address_space: bool = False) -> Result:
     """The verdict of a finished run once its output is read.
 
     A runtime error that is the runtime's own heap running out is a memory
@@ -170,6 +183,11 @@ def judged(result: Result, *, heap_markers: tuple[str, ...] = (), expected: byte
             if marker.encode() in result.stderr:
                 return dataclasses.replace(result, verdict="memory_limit",
                                            reason=f"heap: {marker}")
+        # Under RLIMIT_AS a failed reservation is the memory limit (``address_space``).
+        for marker in ADDRESS_SPACE_MARKERS if address_space else ():
+            if marker.encode() in result.stderr:
+                return dataclasses.replace(result, verdict="memory_limit",
+                                           reason=f"address space: {marker}")
         return result
     if expected is None or result.verdict != "ok":
         return result

@@ -173,6 +173,7 @@ class JobOptions(TypedDict, total=False):
     stop_on_failure: bool
     cpuset_pin: bool | None
     warm_runtime: bool | None
+    memory_mode: str | None
     busy_retries: int | None
 
 
@@ -207,6 +208,7 @@ def build_submission(
     stop_on_failure: bool = False,
     cpuset_pin: bool | None = None,
     warm_runtime: bool | None = None,
+    memory_mode: str | None = None,
     stream: bool = False,
     interactive_stdin: bool = False,
 ) -> proto.JobSubmission:
@@ -234,6 +236,7 @@ def build_submission(
         limits=lim.to_wire() if lim is not None else None,
         cpuset_pin=cpuset_pin,
         warm_runtime=warm_runtime,
+        memory_mode=memory_mode,
         compile=compile.to_wire() if compile is not None else None,
         tests=tuple(_test(t, i) for i, t in enumerate(tests)) if tests is not None else None,
         expected_output=_bytes(expected_output, "expected_output")

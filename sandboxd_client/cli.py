@@ -222,6 +222,12 @@ def _parser() -> argparse.ArgumentParser:
             metavar=spec.metavar,
             help=spec.help,
         )
+    run.add_argument(
+        "--memory-mode",
+        choices=proto.MEMORY_MODES,
+        help="how --memory counts: peak (the cgroup's touched memory) or address_space "
+        "(also RLIMIT_AS per process, as isolate's --mem); default: the profile's",
+    )
     run.add_argument("--stdin", metavar="FILE", help="file to use as the job's stdin ('-': ours)")
     run.add_argument(
         "-i",
@@ -369,6 +375,7 @@ def _cmd_run(args: argparse.Namespace, argv: list[str] | None, out: _Out) -> int
             "env": env or None,
             "limits": limits,
             "compile": Compile(limits=compile_limits) if compile_limits is not None else None,
+            "memory_mode": args.memory_mode,
         }
         interrupted = threading.Event()
         installed = threading.current_thread() is threading.main_thread()

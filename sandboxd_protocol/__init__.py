@@ -29,6 +29,7 @@ from ._errors import (
 from ._events import (
     COMPARE_MODES,
     JOB_STATES,
+    MEMORY_MODES,
     PROTOCOL_VERSION,
     STREAMS,
     SUPPORTED_VERSIONS,
@@ -89,6 +90,7 @@ __all__ = [
     "JOB_STATES",
     "LIMITS",
     "LIMITS_BY_NAME",
+    "MEMORY_MODES",
     "MESSAGE_TYPES",
     "NEED_DATA",
     "PROTOCOL_ERROR_CODES",

@@ -26,6 +26,7 @@ from ._limits import DEFAULT_SIZE_LIMITS, SizeLimits
 __all__ = [
     "COMPARE_MODES",
     "JOB_STATES",
+    "MEMORY_MODES",
     "PROTOCOL_VERSION",
     "STREAMS",
     "SUPPORTED_VERSIONS",
@@ -78,6 +79,10 @@ VERDICTS: tuple[str, ...] = (
     "cancelled",
 )
 COMPARE_MODES: tuple[str, ...] = ("exact", "trailing_ws", "tokens")
+MEMORY_MODES: tuple[str, ...] = ("peak", "address_space")
+"""How a job's ``memory`` limit counts: ``peak`` (the job's cgroup, what it touches,
+children included) or ``address_space`` (also ``RLIMIT_AS`` per process, as isolate's
+``--mem``: a reservation fails even untouched). PROTOCOL.md, §5.7."""
 STREAMS: tuple[str, ...] = ("stdout", "stderr")
 JOB_STATES: tuple[str, ...] = ("queued", "running")
 
@@ -253,6 +258,7 @@ class JobSubmission:
     stream: bool = False
     interactive_stdin: bool = False
     warm_runtime: bool | None = None
+    memory_mode: str | None = None
 
     def __post_init__(self) -> None:
         _tuple(self, "argv")

@@ -21,6 +21,7 @@ from ._errors import ErrorCode, Invalid
 from ._events import (
     COMPARE_MODES,
     JOB_STATES,
+    MEMORY_MODES,
     STREAMS,
     VERDICTS,
     Cancellation,
@@ -162,6 +163,7 @@ JOB_SUBMISSION = Record(
         ("stream", BOOL, False),
         ("interactive_stdin", BOOL, False),
         ("warm_runtime", BOOL, False),
+        ("memory_mode", Choice(MEMORY_MODES), False),
     ),
     _check_submission,
     "submit",

@@ -35,7 +35,8 @@ def job_spec(sub: proto.JobSubmission, profile: Profile, *,
                for t in sub.tests] if sub.tests is not None else None,
         expected_output=sub.expected_output, compare=sub.compare,
         float_tolerance=sub.float_tolerance, stop_on_failure=sub.stop_on_failure,
-        cpuset_pin=bool(sub.cpuset_pin), warm_runtime=sub.warm_runtime, on_output=on_output,
+        cpuset_pin=bool(sub.cpuset_pin), warm_runtime=sub.warm_runtime,
+        memory_mode=sub.memory_mode, on_output=on_output,
         on_compile_output=on_compile_output, stdin_stream=stdin_stream)
 
 

@@ -22,6 +22,7 @@ class Rlimits:
     file_size: int | None = None  # bytes
     open_files: int | None = None
     stack: int | None = None  # bytes
+    address_space: int | None = None  # bytes: RLIMIT_AS, a job's memory_mode "address_space"
     core: int = 0
     # No real-time priority and no raising of priority, whatever the host's defaults:
     # a job must not starve the supervisor or the other jobs' timing (isolate does the
@@ -40,6 +41,8 @@ class Rlimits:
             out.append((resource.RLIMIT_NOFILE, self.open_files))
         if self.stack is not None:
             out.append((resource.RLIMIT_STACK, self.stack))
+        if self.address_space is not None:
+            out.append((resource.RLIMIT_AS, self.address_space))
         return out
 
 

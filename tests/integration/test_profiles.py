@@ -85,7 +85,7 @@ def test_placeholders_expand_per_step_limits() -> None:
     template = ("java", "-Xmx{memory_mb:75%}m", "-m{memory_mb}", "{entry}", "{sources}")
     argv = expand(template, "Main.java", ["A.java", "Main.java"], Limits(memory=1024 * MiB))
     assert argv == ["java", "-Xmx768m", "-m1024", "Main.java", "A.java", "Main.java"]
-    assert SHIPPED["java"].run_argv([], Limits(memory=256 * MiB))[1] == "-Xmx192m"
+    assert SHIPPED["java"].run_argv([], Limits(memory=256 * MiB))[2] == "-Xmx192m"
     assert SHIPPED["javascript"].run_argv(["main.js"])[1] == "--max-old-space-size=384"
 
 

@@ -95,6 +95,10 @@ JOB = {
                          "description": "the profile's warm runtime: false = the plain "
                                         "start, true = also when judged, null = the "
                                         "server's choice"},
+        "memory_mode": {"enum": ["peak", "address_space", None], "default": None,
+                        "description": "how the run steps' memory limit counts: the "
+                                       "cgroup's touched memory (peak) or also RLIMIT_AS "
+                                       "per process (address_space); null = the profile's"},
     },
 }
 

@@ -106,7 +106,7 @@ DEFAULTS: dict[str, Any] = {
     "max_extract_size": 10240,
 }
 # sandboxd's smallest memory limit is 4 MiB (Judge0 accepts 2048 KB).
-MIN_MEMORY_KB = 4096
+MIN_MEMORY_KB = 2048  # Judge0's own least memory_limit; sandboxd has no floor of its own
 MAX_SUBMISSION_BATCH_SIZE = 20
 SUBMISSION_CACHE_DURATION = 1.0
 
@@ -476,10 +476,21 @@ def effective_limits(p: Params, profile: Profile) -> Limits:
     return profile.limits.merged(job_limits(p, profile), profile.max_limits)
 
 
+def memory_mode(p: Params, profile: Profile) -> str:
+    """Judge0 (1.13) gives isolate ``-m`` (``RLIMIT_AS``, per process) when
+    ``enable_per_process_and_thread_memory_limit`` is true, else ``--cg-mem`` (the
+    cgroup): sandboxd's ``address_space`` and ``peak``. A profile whose runtime cannot
+    run under ``RLIMIT_AS`` (the JVM, V8...) keeps ``peak``, as docs/http.md says."""
+    if p.enable_per_process_and_thread_memory_limit and "address_space" in profile.memory_modes:
+        return "address_space"
+    return "peak"
+
+
 def group_key(p: Params) -> tuple[Any, ...]:
     """Items of a batch with the same key are one job, compiled once, one test each."""
     key: tuple[Any, ...] = (p.language_id, p.source_code, p.compiler_options,
-                            p.command_line_arguments, p.redirect_stderr_to_stdout)
+                            p.command_line_arguments, p.redirect_stderr_to_stdout,
+                            p.enable_per_process_and_thread_memory_limit)
     if p.command_line_arguments:  # their argv is built with the item's own limits
         key += (p.memory_limit, "memory_limit" in p.given)
     return key
@@ -880,7 +891,7 @@ class Judge0:
                             expected_output=s.params.expected_output,
                             limits=job_limits(s.params, profile),
                             repeat=s.params.number_of_runs) for s in items],
-            compare="trailing_ws",
+            compare="trailing_ws", memory_mode=memory_mode(first, profile),
             on_output=on_output if first.redirect_stderr_to_stdout else None,
             on_compile_output=on_compile_output)
 

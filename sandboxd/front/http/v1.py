@@ -67,7 +67,7 @@ _SIZE_LIMITS = {s.name for s in proto.LIMITS if s.unit is proto.Unit.BYTES}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 JOB_FIELDS = ("profile", "files", "stdin", "argv", "env", "limits", "compile", "tests",
               "expected_output", "compare", "float_tolerance", "stop_on_failure", "cpuset_pin",
-              "warm_runtime")
+              "warm_runtime", "memory_mode")
 
 
 def routes(ctx: HttpContext) -> list[BaseRoute]:
@@ -251,7 +251,18 @@ def job_spec(service: JobService, body: Any, **streams: Any) -> JobSpec:
         stop_on_failure=_bool(body.get("stop_on_failure", False), "stop_on_failure"),
         cpuset_pin=_bool(body.get("cpuset_pin", False), "cpuset_pin"),
         warm_runtime=(_bool(body["warm_runtime"], "warm_runtime")
-                      if body.get("warm_runtime") is not None else None), **streams)
+                      if body.get("warm_runtime") is not None else None),
+        memory_mode=_memory_mode(body.get("memory_mode")), **streams)
+
+
+def _memory_mode(value: Any) -> str | None:
+    """``memory_mode``: absent or null (the profile's), or one of the protocol's modes."""
+    if value is None:
+        return None
+    if value not in proto.MEMORY_MODES:
+        raise _invalid("memory_mode", f"must be one of {', '.join(proto.MEMORY_MODES)}, "
+                       f"not {describe(value)}")
+    return str(value)
 
 
 def _test(value: Any, where: str) -> TestSpec:
