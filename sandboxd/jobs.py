@@ -200,7 +200,7 @@ def validate(job: JobSpec) -> None:
     # may send the problem's, whatever they are); but there must be a compile step.
     if compile_only and not (profile.compile or job.compile_argv):
         raise JobError(f"tests: [] asks to compile only, and profile {profile.name!r} "
-                           "has no compile step (give compile.argv)", "invalid_field")
+                           "has no compile step (give compile.argv)", "invalid_job")
     if job.compile_limits is not None or (job.compile_argv and not profile.compile):
         # Without a compile step of the profile's, the job's limits are the compile's base.
         base = (profile.compile.limits if profile.compile
@@ -215,7 +215,7 @@ def validate(job: JobSpec) -> None:
     if mode not in profile.memory_modes:
         raise JobError(f"memory_mode {mode!r}: profile {profile.name!r} counts memory only as "
                        f"{' or '.join(profile.memory_modes)} (docs/profiles.md: its runtime "
-                       "reserves far more address space than it uses)", "invalid_field")
+                       "reserves far more address space than it uses)", "invalid_job")
     if compile_only:
         return
     run_limits = _limits(profile.limits, job.limits, profile.max_limits)

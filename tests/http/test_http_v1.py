@@ -140,7 +140,7 @@ def test_size_limits_take_strings(client: httpx.Client):
     ({"profile": "python3", "limits": {"bogus": 1}}, "invalid_field"),
     ({"profile": "python3", "compare": "fuzzy"}, "invalid_field"),
     ({"profile": "python3", "float_tolerance": 0.1}, "invalid_field"),
-    ({"profile": "python3", "tests": []}, "invalid_field"),
+    ({"profile": "python3", "tests": []}, "invalid_job"),  # compile only: nothing to compile
     ({"profile": "python3", "stdin": "x", "tests": [{}]}, "invalid_field"),
     ({"profile": "python3", "tests": [{"repeat": 0}]}, "invalid_field"),
     ({"profile": "python3", "stop_on_failure": "yes"}, "invalid_field"),

@@ -165,7 +165,7 @@ def test_a_compile_only_job_is_not_refused_for_its_run_limits(client: Client) ->
 def test_compile_only_needs_a_compile_step(client: Client) -> None:
     client.submit("nothing-to-do", "python3", files={"main.py": HELLO_PY}, tests=[])
     got, _ = client.result("nothing-to-do")
-    assert isinstance(got, proto.ErrorReport) and got.code == "invalid_field", got
+    assert isinstance(got, proto.ErrorReport) and got.code == "invalid_job", got
     assert "compile only" in got.message, got
 
 
