@@ -48,11 +48,11 @@ from ._errors import (
 )
 from ._jobs import Batch, Compile, JobOptions, Limits, Program, Test, parse_size
 from ._results import (
-    BatchResult,
     EXIT_MEMORY,
     EXIT_OUTPUT,
     EXIT_SANDBOX,
     EXIT_TIME,
+    BatchResult,
     JobResult,
     Output,
     StepResult,

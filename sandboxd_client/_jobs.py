@@ -106,7 +106,7 @@ class Test:
     ``repeat`` > 1 runs it that many times and reports min/median/max times.
 
         >>> Test(stdin="1 2\\n", expected_output="3\\n")
-        Test(stdin='1 2\\n', expected_output='3\\n', limits=None, repeat=1, generator=None, generator_args=None)
+        Test(stdin='1 2\\n', expected_output='3\\n', limits=None, repeat=1, generator=None, ...)
     """
 
     __test__ = False  # not a pytest test class, despite its name

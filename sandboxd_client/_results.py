@@ -23,10 +23,10 @@ import sandboxd_protocol as proto
 
 __all__ = [
     "EXIT_MEMORY",
-    "BatchResult",
     "EXIT_OUTPUT",
     "EXIT_SANDBOX",
     "EXIT_TIME",
+    "BatchResult",
     "JobResult",
     "Output",
     "StepResult",
