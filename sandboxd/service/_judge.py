@@ -150,6 +150,12 @@ def _cap(text: bytes) -> str | None:
         "utf-8", "ignore") + "..."
 
 
+def _reason(text: str, cap: int = 1000) -> str:
+    """A reason that fits the wire's 1 KiB (a compiler's or generator's words may not)."""
+    data = text.encode()
+    return text if len(data) <= cap else data[:cap - 3].decode("utf-8", "ignore") + "..."
+
+
 def _about(run: Result) -> str:
     return f"{run.verdict} ({run.reason})" if run.reason else run.verdict
 
@@ -165,7 +171,7 @@ def checker_verdict(run: Result) -> tuple[str, str | None, float, str | None]:
     """
     message = _cap(run.stderr) or _cap(run.stdout)
     if run.verdict in ("sandbox_error", "cancelled"):
-        return run.verdict, f"checker: {run.reason}", 0.0, message
+        return run.verdict, _reason(f"checker: {run.reason}"), 0.0, message
     code = run.exit_code if run.verdict in ("ok", "runtime_error") else None
     if code == _OK:
         return "ok", None, 1.0, message
@@ -188,7 +194,7 @@ def checker_verdict(run: Result) -> tuple[str, str | None, float, str | None]:
         if score >= 1.0:
             return "ok", None, 1.0, message
         return "wrong_answer", f"partial ({score:g})", score, message
-    return JUDGE_ERROR, f"checker: {_about(run)}", 0.0, message
+    return JUDGE_ERROR, _reason(f"checker: {_about(run)}"), 0.0, message
 
 
 def judged_by_checker(outcome: StepOutcome, run: Result) -> StepOutcome:
@@ -328,8 +334,8 @@ class Judge:
                 assert outcome is not None
                 r = outcome.result
                 detail = _cap(r.stderr) or ""
-                return f"{what} did not compile: {_about(r)}" + (
-                    f": {detail[:600]}" if detail else "")
+                return _reason(f"{what} did not compile: {_about(r)}" + (
+                    f": {detail}" if detail else ""))
             files = built
             if outcome is not None:  # a compiled program: worth keeping
                 self.cache.put(key, files)
@@ -362,8 +368,8 @@ class Judge:
             return
         if run.verdict != "ok":
             detail = _cap(run.stderr)
-            self.steps[i] = _judge_error(f"generator {test.generator}: {_about(run)}"
-                                         + (f": {detail[:600]}" if detail else ""))
+            self.steps[i] = _judge_error(_reason(f"generator {test.generator}: {_about(run)}"
+                                                 + (f": {detail}" if detail else "")))
             return
         answer = (left or {}).get(ANSWER_FILE)
         self.tests[i] = dataclasses.replace(

@@ -211,14 +211,17 @@ MAX = b"import sys\nd = sys.stdin.read().split()\nprint(max(map(int, d[1:])))\n"
 
 def test_generators_make_tests_and_answers(daemon: Daemon, c: Client) -> None:
     gen = proto.Program(profile="python3", files={"main.py": GEN.encode()})
-    bad = proto.Program(profile="python3", files={"main.py": b"import sys\nsys.exit(1)\n"})
+    bad = proto.Program(profile="python3", files={  # its words, cut to fit the wire's reason
+        "main.py": "import sys\nsys.stderr.write('é' * 3000)\nsys.exit(1)\n".encode()})
     tests = (proto.TestCase(generator=0, generator_args=("5", "1")),
              proto.TestCase(generator=0, generator_args=("20000", "2")),
              proto.TestCase(stdin=b"2\n3 9\n", expected_output=b"9\n"),
              proto.TestCase(generator=1))
     r = c.run("gen", "python3", files={"main.py": MAX}, tests=tests, generators=(gen, bad))
     assert [s.verdict for s in r.steps] == ["ok", "ok", "ok", "judge_error"], r.steps
-    assert r.steps[3].reason == "generator 1: runtime_error (exit code 1)"
+    reason = r.steps[3].reason
+    assert reason is not None and reason.startswith("generator 1: runtime_error (exit code 1): éé")
+    assert len(reason.encode()) <= 1024
     assert r.score == 3.0
     # the generated answer is what a wrong solution is held to
     r = c.run("gen2", "python3", files={"main.py": b"print(1)\n"}, tests=tests[:1],

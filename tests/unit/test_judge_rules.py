@@ -10,6 +10,7 @@ from sandboxd.profiles import load_dir
 from sandboxd.result import Result
 from sandboxd.service._judge import (
     ProgramCache,
+    _reason,
     batch_order,
     batch_result,
     checker_verdict,
@@ -52,6 +53,14 @@ def test_checker_exit_codes_as_testlib(ran: Result, want: tuple[object, ...]) ->
 def test_a_checker_message_is_capped() -> None:
     _, _, _, message = checker_verdict(run(exit_code=1, stderr="é".encode() * 5000))
     assert message is not None and len(message.encode()) <= 4096 and message.endswith("...")
+
+
+def test_reasons_fit_the_wire() -> None:
+    """A reason carries a compiler's or generator's words: cut to the wire's 1 KiB."""
+    long = run("sandbox_error", None, reason="ü" * 2000)
+    _, reason, _, _ = checker_verdict(long)
+    assert reason is not None and len(reason.encode()) <= 1024 and reason.endswith("...")
+    assert len(_reason("é" * 999).encode()) <= 1000
 
 
 def step(verdict: str, score: float | None) -> StepOutcome:
