@@ -298,3 +298,40 @@ def test_a_cycle_of_batches_is_refused(c: Client) -> None:
     res, _ = c.result("refused")
     assert isinstance(res, proto.ErrorReport), res
     assert res.code == "invalid_job" and "cycle: a -> b -> a" in res.message, res
+
+
+PROBE = """import os, socket, sys
+facts = []
+facts.append(f"uid={os.getuid()}")
+facts.append(f"procs={len([p for p in os.listdir('/proc') if p.isdigit()])}")
+try:
+    open("/etc/passwd-sandboxd-probe", "w")
+    facts.append("wrote /etc")
+except OSError:
+    facts.append("/etc read-only")
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=1)
+    facts.append("network")
+except OSError:
+    facts.append("no network")
+facts.append(f"caps={open('/proc/self/status').read().split('CapEff:')[1].split()[0]}")
+facts.append(f"seccomp={open('/proc/self/status').read().split('Seccomp:')[1].split()[0]}")
+print(" ".join(f for f in facts if not f.startswith("uid=")), file=sys.stderr)
+print(" ".join(facts))
+"""
+
+
+def test_the_checker_is_as_isolated_as_the_solution(c: Client) -> None:
+    """The same probe as solution and as checker: the same walls (a uid of its own that
+    is not root, its own pid namespace, a read-only /etc, no network, no capabilities,
+    seccomp)."""
+    r = c.run("iso", "python3", files={"main.py": PROBE.encode()}, tests=squares(1),
+              checker=py_checker(PROBE))
+    s = r.steps[0]
+    assert s.verdict == "ok", s
+    solution = s.stdout.decode().split()
+    checker = (s.checker_message or "").split()
+    assert solution[1:] == checker, (solution, checker)
+    uid = int(solution[0].removeprefix("uid="))
+    assert uid != 0 and checker == ["procs=2", "/etc", "read-only", "no", "network",
+                                    "caps=0000000000000000", "seccomp=2"], checker
