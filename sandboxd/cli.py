@@ -34,7 +34,8 @@ EXIT_OUTPUT = 153
 
 
 def exit_code_for(verdict: str, exit_code: int | None, signal: int | None) -> int:
-    if verdict in ("ok", "runtime_error", "wrong_answer", "compile_error"):
+    if verdict in ("ok", "runtime_error", "wrong_answer", "compile_error",
+                   "presentation_error"):
         if signal:
             return 128 + signal
         return exit_code or (1 if verdict != "ok" else 0)

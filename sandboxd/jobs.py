@@ -54,6 +54,30 @@ class TestSpec:
     expected_output: bytes | None = None
     limits: JobLimits | None = None  # this test's own, over the job's
     repeat: int = 1
+    generator: int | None = None  # index in JobSpec.generators: its run makes stdin
+    generator_args: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ProgramSpec:
+    """A program of the problem's (a checker, a generator): its own profile, files,
+    argv and limits; compiled like a solution, run in containers of its own."""
+
+    profile: Profile
+    files: dict[str, bytes]
+    argv: list[str] | None = None
+    limits: JobLimits | None = None  # run limits over its profile's
+
+
+@dataclass(slots=True)
+class BatchSpec:
+    """A subtask: tests scored together (DMOJ's batch)."""
+
+    name: str
+    tests: list[int]
+    points: float = 1.0
+    stop_on_failure: bool = False
+    depends: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -87,6 +111,17 @@ class JobSpec:
     warm_runtime: bool | None = None
     # How the run steps' memory limit counts ("peak", "address_space"); None = the profile's.
     memory_mode: str | None = None
+    # A judge's job (sandboxd/service/_judge.py runs it): a checker instead of compare,
+    # programs that make tests, subtasks.
+    checker: ProgramSpec | None = None
+    generators: list[ProgramSpec] = field(default_factory=list)
+    batches: list[BatchSpec] | None = None
+
+    @property
+    def judged_by_programs(self) -> bool:
+        """Whether the judge loop (checker, generators, batches) runs this job."""
+        return (self.checker is not None or bool(self.generators)
+                or self.batches is not None)
 
 
 @dataclass(slots=True)
@@ -102,12 +137,25 @@ class RepeatSummary:
 class StepOutcome:
     result: Result
     repeat: RepeatSummary | None = None
+    score: float | None = None  # judged jobs: the fraction of the test's points
+    checker_message: str | None = None
+    checker: Result | None = None  # the checker's own run
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    name: str
+    verdict: str
+    score: float  # points earned
+    points: float  # points at stake
 
 
 @dataclass(slots=True)
 class JobOutcome:
     compile: StepOutcome | None
     steps: list[StepOutcome]
+    batches: list[BatchOutcome] | None = None
+    score: float | None = None  # judged jobs: points earned in all
 
 
 class JobError(ValueError):
@@ -234,32 +282,74 @@ def validate(job: JobSpec) -> None:
         raise JobError("interactive stdin needs a job with a single run step")
 
 
-async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
+async def compile_job(job: JobSpec, runner: StepRunner
+                      ) -> tuple[StepOutcome | None, dict[str, bytes] | None]:
+    """The job's compile step, if it has one: (its outcome, the files the tests run
+    with); the files are None when the compile did not end ``ok`` (the outcome says
+    why, already as ``compile_error`` when it was the source's fault)."""
     profile = job.profile
     if profile.unavailable:
         raise JobError(f"profile {profile.name!r} is unavailable here: {profile.unavailable}")
-    compile_only = job.tests is not None and not job.tests
-    sources = sorted(job.files)
-    env = {**profile.env, **job.env}
     files = job.files
-    compile_outcome = None
-    if job.compile_argv or profile.compile:
-        base = (profile.compile.limits if profile.compile
-                else _limits(profile.limits, job.limits, profile.max_limits))
-        climits = _limits(base, job.compile_limits, profile.max_limits)
-        compile_argv = job.compile_argv or profile.compile_argv(sources, climits)
-        assert compile_argv is not None
-        step = RunStep(argv=compile_argv, limits=climits, files=files, env=env,
-                       cwd=profile.workdir, on_output=job.on_compile_output)
-        result, built = await runner(container_spec(profile, climits), step, True)
-        if result.verdict != "ok":  # ours (sandbox_error, cancelled) or the source's
-            return JobOutcome(StepOutcome(result_mod.compile_failed(result)), [])
-        compile_outcome = StepOutcome(result)
-        files = built or {}
-    if compile_only:
-        return JobOutcome(compile_outcome, [])
+    if not (job.compile_argv or profile.compile):
+        return None, files
+    base = (profile.compile.limits if profile.compile
+            else _limits(profile.limits, job.limits, profile.max_limits))
+    climits = _limits(base, job.compile_limits, profile.max_limits)
+    compile_argv = job.compile_argv or profile.compile_argv(sorted(job.files), climits)
+    assert compile_argv is not None
+    step = RunStep(argv=compile_argv, limits=climits, files=files,
+                   env={**profile.env, **job.env}, cwd=profile.workdir,
+                   on_output=job.on_compile_output)
+    result, built = await runner(container_spec(profile, climits), step, True)
+    if result.verdict != "ok":  # ours (sandbox_error, cancelled) or the source's
+        return StepOutcome(result_mod.compile_failed(result)), None
+    return StepOutcome(result), built or {}
+
+
+async def run_test(job: JobSpec, i: int, test: TestSpec, files: dict[str, bytes],
+                   runner: StepRunner, *, single: bool) -> StepOutcome:
+    """Test ``i`` of ``job`` (``repeat`` times, up to the first failing run), with its
+    verdict judged against its expected output, if it has one. ``single``: the job's
+    only run step (the one an interactive stdin feeds)."""
+    profile = job.profile
     run_limits = _limits(profile.limits, job.limits, profile.max_limits)
+    limits = _limits(run_limits, test.limits, profile.max_limits)
+    argv = job.argv or profile.run_argv(sorted(job.files), limits)  # {memory_mb} is per test
+    on_out = None
+    if job.on_output is not None:
+        cb = job.on_output
+
+        async def on_out(stream: str, data: bytes) -> None:
+            await cb(i, stream, data)
+
+    spec = container_spec(profile, limits, warm_start(job, limits))
+    env = {**profile.env, **job.env}
     address_space = memory_mode(job) == "address_space"
+    results: list[Result] = []
+    for _ in range(max(1, test.repeat)):
+        step = RunStep(argv=argv, limits=limits, files=files, stdin=test.stdin,
+                       env=env, cwd=profile.workdir, on_output=on_out,
+                       stdin_stream=job.stdin_stream if single else None,
+                       address_space=limits.memory if address_space else None)
+        result, _ = await runner(spec, step, False, pin=job.cpuset_pin)
+        result = result_mod.judged(result, heap_markers=profile.out_of_memory,
+                                   expected=test.expected_output, mode=job.compare,
+                                   tolerance=job.float_tolerance,
+                                   address_space=address_space)
+        results.append(result)
+        if result.verdict != "ok":
+            break
+    return summarize(results)
+
+
+async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
+    compile_outcome, files = await compile_job(job, runner)
+    if files is None:
+        assert compile_outcome is not None
+        return JobOutcome(compile_outcome, [])
+    if job.tests is not None and not job.tests:  # compile only
+        return JobOutcome(compile_outcome, [])
     tests = job.tests if job.tests is not None else [
         TestSpec(stdin=job.stdin, expected_output=job.expected_output)]
     outcomes: list[StepOutcome | None] = [None] * len(tests)
@@ -268,34 +358,13 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
 
     async def one(i: int, test: TestSpec) -> None:
         nonlocal first_failure
-        limits = _limits(run_limits, test.limits, profile.max_limits)
-        argv = job.argv or profile.run_argv(sources, limits)  # {memory_mb} is per test
-        on_out = None
-        if job.on_output is not None:
-            cb = job.on_output
-
-            async def on_out(stream: str, data: bytes) -> None:
-                await cb(i, stream, data)
-
-        spec = container_spec(profile, limits, warm_start(job, limits))
-        results: list[Result] = []
+        assert files is not None
+        outcome = None
         with scopes[i]:
-            for _ in range(max(1, test.repeat)):
-                step = RunStep(argv=argv, limits=limits, files=files, stdin=test.stdin,
-                               env=env, cwd=profile.workdir, on_output=on_out,
-                               stdin_stream=job.stdin_stream if len(tests) == 1 else None,
-                               address_space=limits.memory if address_space else None)
-                result, _ = await runner(spec, step, False, pin=job.cpuset_pin)
-                result = result_mod.judged(result, heap_markers=profile.out_of_memory,
-                                           expected=test.expected_output, mode=job.compare,
-                                           tolerance=job.float_tolerance,
-                                           address_space=address_space)
-                results.append(result)
-                if result.verdict != "ok":
-                    break
-        if scopes[i].cancelled_caught or not results:
+            outcome = await run_test(job, i, test, files, runner, single=len(tests) == 1)
+        if scopes[i].cancelled_caught or outcome is None:
             return
-        outcome = outcomes[i] = summarize(results)
+        outcomes[i] = outcome
         if job.stop_on_failure and outcome.result.verdict != "ok" and i < first_failure:
             first_failure = i
             for later in scopes[i + 1:]:

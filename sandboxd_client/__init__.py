@@ -46,12 +46,13 @@ from ._errors import (
     ServerError,
     UnknownProfile,
 )
-from ._jobs import Compile, JobOptions, Limits, Test, parse_size
+from ._jobs import Batch, Compile, JobOptions, Limits, Program, Test, parse_size
 from ._results import (
     EXIT_MEMORY,
     EXIT_OUTPUT,
     EXIT_SANDBOX,
     EXIT_TIME,
+    BatchResult,
     JobResult,
     Output,
     StepResult,
@@ -69,6 +70,8 @@ __all__ = [
     "AsyncClient",
     "AsyncJob",
     "AuthenticationError",
+    "Batch",
+    "BatchResult",
     "Client",
     "Compile",
     "ConnectError",
@@ -83,6 +86,7 @@ __all__ = [
     "Output",
     "PoolStats",
     "ProfileInfo",
+    "Program",
     "ProtocolVersionError",
     "ProtocolViolation",
     "RepeatStats",

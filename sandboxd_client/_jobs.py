@@ -19,7 +19,8 @@ import sandboxd_protocol as proto
 
 from ._errors import JobRejected
 
-__all__ = ["Compile", "JobOptions", "Limits", "Test", "build_submission", "parse_size"]
+__all__ = ["Batch", "Compile", "JobOptions", "Limits", "Program", "Test", "build_submission",
+           "parse_size"]
 
 Data: TypeAlias = bytes | bytearray | memoryview | str
 """Bytes, or text sent as UTF-8."""
@@ -105,7 +106,7 @@ class Test:
     ``repeat`` > 1 runs it that many times and reports min/median/max times.
 
         >>> Test(stdin="1 2\\n", expected_output="3\\n")
-        Test(stdin='1 2\\n', expected_output='3\\n', limits=None, repeat=1)
+        Test(stdin='1 2\\n', expected_output='3\\n', limits=None, repeat=1, generator=None, ...)
     """
 
     __test__ = False  # not a pytest test class, despite its name
@@ -114,6 +115,10 @@ class Test:
     expected_output: Data | None = None
     limits: Limits | Mapping[str, Any] | None = None
     repeat: int = 1
+    generator: int | None = None
+    """Index in the job's ``generators``: that program's stdout becomes this test's stdin
+    (and a file ``answer`` it leaves, the expected output)."""
+    generator_args: Sequence[str] | None = None
 
     def to_wire(self, i: int) -> proto.TestCase:
         """The protocol's record for test number ``i``."""
@@ -126,7 +131,91 @@ class Test:
             else _bytes(self.expected_output, f"{where}.expected_output"),
             limits=limits.to_wire(f"{where}.limits") if limits is not None else None,
             repeat=self.repeat,
+            generator=self.generator,
+            generator_args=tuple(self.generator_args) if self.generator_args is not None
+            else None,
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Program:
+    """A problem's own program: a checker, a generator (or an interactor). Compiled
+    like a solution in its own ``profile``, run in containers of its own under its own
+    ``limits`` (over its profile's defaults); ``argv`` overrides its profile's run
+    command (its arguments are appended).
+
+    A checker speaks testlib's protocol: it runs as ``argv input.txt output.txt
+    answer.txt`` and exits 0 (ok), 1 (wrong answer), 2 (presentation error), 3 (its own
+    failure) or 7 with ``points X`` on stderr (partial points, X in [0, 1]).
+
+        >>> Program(profile="cpp", files={"checker.cpp": "int main() {}"}).to_wire("c").profile
+        'cpp'
+    """
+
+    profile: str
+    files: Mapping[str, Data] = field(default_factory=dict)
+    argv: Sequence[str] | None = None
+    limits: Limits | Mapping[str, Any] | None = None
+
+    def to_wire(self, where: str) -> proto.Program:
+        """The protocol's record (``where`` names it in errors: ``checker``...)."""
+        limits = Limits.coerce(self.limits, f"{where}.limits")
+        return proto.Program(
+            profile=self.profile,
+            files={n: _bytes(d, f"{where}.files[{n!r}]") for n, d in self.files.items()},
+            argv=tuple(self.argv) if self.argv is not None else None,
+            limits=limits.to_wire(f"{where}.limits") if limits is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Batch:
+    """A subtask of a judged job (DMOJ's batch): tests (indices) scored together.
+
+    It passes when all its tests do and earns ``points`` times its tests' lowest
+    score; with ``stop_on_failure`` its tests after the first failure are
+    ``skipped``; it runs only if every batch it ``depends`` on passed.
+
+        >>> Batch(name="small", tests=[0, 1], points=40).to_wire().tests
+        (0, 1)
+    """
+
+    name: str
+    tests: Sequence[int]
+    points: float = 1.0
+    stop_on_failure: bool = False
+    depends: Sequence[str] = ()
+
+    def to_wire(self) -> proto.Batch:
+        """The protocol's record."""
+        return proto.Batch(name=self.name, tests=tuple(self.tests), points=float(self.points),
+                           stop_on_failure=self.stop_on_failure,
+                           depends=tuple(self.depends) or None)
+
+
+def _program(value: Program | Mapping[str, Any], where: str) -> proto.Program:
+    if isinstance(value, Mapping):
+        try:
+            value = Program(**value)
+        except TypeError as e:
+            raise JobRejected(f"job rejected: {where}: {e}", field=where) from None
+    if not isinstance(value, Program):
+        raise JobRejected(f"job rejected: {where}: must be a Program or a dict, not "
+                          f"{type(value).__name__}", field=where)
+    return value.to_wire(where)
+
+
+def _batch(value: Batch | Mapping[str, Any], i: int) -> proto.Batch:
+    where = f"batches[{i}]"
+    if isinstance(value, Mapping):
+        try:
+            value = Batch(**value)
+        except TypeError as e:
+            raise JobRejected(f"job rejected: {where}: {e}", field=where) from None
+    if not isinstance(value, Batch):
+        raise JobRejected(f"job rejected: {where}: must be a Batch or a dict, not "
+                          f"{type(value).__name__}", field=where)
+    return value.to_wire()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,7 +247,8 @@ class JobOptions(TypedDict, total=False):
     test its own (``tests``). ``compare`` is ``"exact"``, ``"trailing_ws"``
     (the default) or ``"tokens"`` (with an optional ``float_tolerance``).
     ``busy_retries`` overrides the client's: how often to resubmit, with
-    backoff, while the daemon answers busy.
+    backoff, while the daemon answers busy. ``checker``, ``generators`` and
+    ``batches`` make a judged job (``Program``, ``Batch``; PROTOCOL.md §4.1).
     """
 
     stdin: Data
@@ -174,6 +264,9 @@ class JobOptions(TypedDict, total=False):
     cpuset_pin: bool | None
     warm_runtime: bool | None
     memory_mode: str | None
+    checker: Program | Mapping[str, Any] | None
+    generators: Sequence[Program | Mapping[str, Any]] | None
+    batches: Sequence[Batch | Mapping[str, Any]] | None
     busy_retries: int | None
 
 
@@ -211,6 +304,9 @@ def build_submission(
     memory_mode: str | None = None,
     stream: bool = False,
     interactive_stdin: bool = False,
+    checker: Program | Mapping[str, Any] | None = None,
+    generators: Sequence[Program | Mapping[str, Any]] | None = None,
+    batches: Sequence[Batch | Mapping[str, Any]] | None = None,
 ) -> proto.JobSubmission:
     """The protocol's ``JobSubmission`` for a job written as keyword arguments.
 
@@ -247,4 +343,9 @@ def build_submission(
         stop_on_failure=stop_on_failure,
         stream=stream,
         interactive_stdin=interactive_stdin,
+        checker=_program(checker, "checker") if checker is not None else None,
+        generators=tuple(_program(g, f"generators[{i}]") for i, g in enumerate(generators))
+        if generators is not None else None,
+        batches=tuple(_batch(b, i) for i, b in enumerate(batches))
+        if batches is not None else None,
     )

@@ -26,6 +26,7 @@ __all__ = [
     "EXIT_OUTPUT",
     "EXIT_SANDBOX",
     "EXIT_TIME",
+    "BatchResult",
     "JobResult",
     "Output",
     "StepResult",
@@ -54,7 +55,8 @@ def exit_status(verdict: str, exit_code: int | None, signal: int | None) -> int:
         >>> exit_status("runtime_error", 3, None), exit_status("time_limit", None, 9)
         (3, 124)
     """
-    if verdict in ("ok", "runtime_error", "wrong_answer", "compile_error"):
+    if verdict in ("ok", "runtime_error", "wrong_answer", "compile_error",
+                   "presentation_error"):
         if signal:
             return 128 + signal
         return exit_code or (1 if verdict != "ok" else 0)
@@ -79,6 +81,11 @@ class Verdict(StrEnum):
     WRONG_ANSWER = "wrong_answer"
     SANDBOX_ERROR = "sandbox_error"
     CANCELLED = "cancelled"
+    JUDGE_ERROR = "judge_error"
+    """The problem's own program (checker, generator) failed: never the contestant's."""
+    PRESENTATION_ERROR = "presentation_error"
+    SKIPPED = "skipped"
+    """Not run: an earlier test of its batch failed, or a batch it depends on did."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,6 +116,11 @@ class StepResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     repeat: proto.RepeatStats | None = None
+    score: float | None = None
+    """Judged jobs: the fraction of the test's points earned (a checker's partial points)."""
+    checker_message: str | None = None
+    checker: StepResult | None = None
+    """The checker's own run (its verdict and accounting; no outputs)."""
 
     @classmethod
     def from_wire(cls, r: proto.StepResult) -> StepResult:
@@ -129,6 +141,9 @@ class StepResult:
             stdout_truncated=r.stdout_truncated,
             stderr_truncated=r.stderr_truncated,
             repeat=r.repeat,
+            score=r.score,
+            checker_message=r.checker_message,
+            checker=StepResult.from_wire(r.checker) if r.checker is not None else None,
         )
 
     @property
@@ -161,6 +176,10 @@ class StepResult:
                 if value is not None:
                     out["repeat"] = {g.name: getattr(value, g.name) for g in fields(value)}
                 continue
+            if f.name in ("score", "checker_message", "checker"):  # judged jobs only
+                if value is not None:
+                    out[f.name] = value.as_json() if f.name == "checker" else value
+                continue
             exact = None
             if isinstance(value, bytes):
                 try:
@@ -174,6 +193,25 @@ class StepResult:
             if exact is not None:
                 out[f"{f.name}_b64"] = exact
         return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchResult:
+    """A batch (subtask) of a judged job: ``ok`` when all its tests are, ``skipped``
+    when a batch it depends on failed; ``score`` of its ``points`` earned.
+
+        >>> BatchResult(name="small", verdict=Verdict.OK, score=40.0, points=40.0).verdict
+        <Verdict.OK: 'ok'>
+    """
+
+    name: str
+    verdict: Verdict
+    score: float = 0.0
+    points: float = 0.0
+
+    @classmethod
+    def from_wire(cls, r: proto.BatchResult) -> BatchResult:
+        return cls(name=r.name, verdict=Verdict(r.verdict), score=r.score, points=r.points)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,6 +231,10 @@ class JobResult:
     id: str
     compile: StepResult | None = None
     steps: tuple[StepResult, ...] = ()
+    batches: tuple[BatchResult, ...] | None = None
+    """Judged jobs with batches: one per batch, in the job's order."""
+    score: float | None = None
+    """Judged jobs: points earned (the batches', or without batches the tests' scores)."""
 
     @classmethod
     def from_wire(cls, r: proto.JobResult) -> JobResult:
@@ -201,6 +243,9 @@ class JobResult:
             id=r.id,
             compile=StepResult.from_wire(r.compile) if r.compile is not None else None,
             steps=tuple(StepResult.from_wire(s) for s in r.steps),
+            batches=tuple(BatchResult.from_wire(b) for b in r.batches)
+            if r.batches is not None else None,
+            score=r.score,
         )
 
     @property

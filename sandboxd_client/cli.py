@@ -5,6 +5,7 @@
     sandboxctl run -i repl.py                    # forward this terminal's stdin
     sandboxctl run util.sh main.sh -- bash main.sh x y   # ARGV after -- replaces the command
     sandboxctl ps | kill REF... | profiles | stats | ping   # --json for programs
+    sandboxctl judge examples/problems/sum-batches solution.py   # a problem directory
 
 Strategy: a thin layer on the blocking ``Client``: parse flags (limit flags
 spelled as ``sandboxd run-once``'s), call the client, print a table for
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
 import signal
@@ -47,7 +49,8 @@ from ._errors import (
     ServerBusy,
     ServerError,
 )
-from ._jobs import Compile, Limits
+from ._jobs import Compile, Limits, build_submission
+from ._problem import ProblemError, load_problem
 from ._results import EXIT_MEMORY, EXIT_OUTPUT, EXIT_SANDBOX, EXIT_TIME, JobResult
 from ._sync import Client
 
@@ -75,11 +78,16 @@ EXIT_AUTH = 77
 """EX_NOPERM: the daemon refused the token."""
 EXIT_INTERRUPTED = 130
 """Ctrl-C: the job was cancelled."""
+EXIT_NOT_ACCEPTED = 1
+"""``judge``: the solution was not accepted (a test not ``ok``, or it did not compile)."""
+EXIT_JUDGE_ERROR = 3
+"""``judge``: the problem's own program failed (``judge_error``): fix the problem."""
 
 EXIT_CODES: dict[int, str] = {
     0: "the job exited 0 (run); the command succeeded (others)",
-    1: "kill: no such job (run: the job's own exit code 1)",
+    1: "kill: no such job; judge: not accepted (run: the job's own exit code 1)",
     EXIT_USAGE: "bad flags or arguments",
+    EXIT_JUDGE_ERROR: "judge: the problem's checker or generator failed (judge_error)",
     EXIT_REJECTED: "the daemon rejected the job (unknown profile, limit too high, bad file name)",
     EXIT_UNAVAILABLE: "cannot connect to the daemon",
     EXIT_SERVER: "the daemon failed (internal error)",
@@ -257,6 +265,18 @@ def _parser() -> argparse.ArgumentParser:
     kill = sub.add_parser("kill", help="stop jobs by their ID from `ps`", description="stop jobs")
     kill.add_argument("refs", nargs="+", metavar="ID", help="a job ID as `ps` shows it")
     kill.add_argument("--json", action="store_true", help="print JSON for programs")
+    judge = sub.add_parser(
+        "judge",
+        help="judge a solution against a problem directory (tests, checker, batches)",
+        description="Judge SOLUTION against the problem in PROBLEM_DIR (problem.toml and "
+        "tests/NAME.in, NAME.ans; docs/judge.md). Prints a table of the tests and batches "
+        "and the score; exits 0 if accepted, 1 if not, 3 if the problem's own program "
+        "failed.",
+    )
+    judge.add_argument("problem", metavar="PROBLEM_DIR")
+    judge.add_argument("solution", metavar="SOLUTION_FILE")
+    judge.add_argument("--profile", "-p", metavar="P", help="profile (default: from the suffix)")
+    judge.add_argument("--json", action="store_true", help="print one JSON object")
     ping = sub.add_parser("ping", help="check that the daemon answers", description="ping")
     ping.add_argument("-c", "--count", type=int, default=1, metavar="N", help="pings to send")
     ping.add_argument("--json", action="store_true", help="print JSON for programs")
@@ -595,6 +615,76 @@ def _cmd_ping(args: argparse.Namespace, out: _Out) -> int:
 # --------------------------------------------------------------------------------
 # Output and main
 # --------------------------------------------------------------------------------
+# judge
+# --------------------------------------------------------------------------------
+
+
+def _cmd_judge(args: argparse.Namespace, out: _Out) -> int:
+    try:
+        problem = load_problem(args.problem)
+    except ProblemError as e:
+        raise UsageError(f"{args.problem}: {e}") from None
+    args.files = [args.solution]
+    with _client(args) as client:
+        profile, files = _profile_and_files(args, None, client)
+        entries = {p.name: p.entry for p in client.profiles() if p.entry}
+        job = problem.job({**ENTRY_BY_PROFILE, **entries})
+        if "interactor" in job and "interactor" not in inspect.signature(
+                build_submission).parameters:
+            raise UsageError("this problem is interactive ([interactor]); this sandboxctl "
+                             "cannot send interactors yet")
+        result = client.run(profile, files, **job)
+    steps = result.steps
+    accepted = bool(steps) and all(s.ok for s in steps) and (
+        result.compile is None or result.compile.ok)
+    score = result.score if result.score is not None else float(sum(s.ok for s in steps))
+    batch_of = {t: b.name for b in problem.batches or [] for t in b.tests}
+    if args.json:
+        out.json({
+            "problem": problem.name, "accepted": accepted, "score": score,
+            "max_score": problem.max_score,
+            "compile": result.compile.as_json() if result.compile is not None else None,
+            "tests": [{"name": problem.test_names[i], "batch": batch_of.get(i),
+                       **s.as_json()} for i, s in enumerate(steps)],
+            "batches": [{"name": b.name, "verdict": b.verdict.value, "score": b.score,
+                         "points": b.points} for b in result.batches or ()],
+        })
+    else:
+        if result.compile is not None and not result.compile.ok:
+            out.line(f"compile: {result.compile.verdict.value}"
+                     + (f" ({result.compile.reason})" if result.compile.reason else ""))
+            out.job_output("stdout", result.compile.stdout + result.compile.stderr)
+        if steps:
+            rows = []
+            for i, s in enumerate(steps):
+                why = s.reason or ""
+                if s.checker_message:
+                    why = f"{why}: {s.checker_message}" if why else s.checker_message
+                why = why.replace("\n", " ")
+                rows.append([problem.test_names[i], batch_of.get(i, "-"), s.verdict.value,
+                             f"{s.score:g}" if s.score is not None else "-",
+                             _seconds(s.cpu_time), _size(s.memory_peak),
+                             why[:70] + ("..." if len(why) > 70 else "")])
+            _table(out, ["TEST", "BATCH", "VERDICT", "SCORE", "CPU", "MEMORY", "DETAIL"],
+                   rows)
+        if result.batches:
+            out.line("")
+            _table(out, ["BATCH", "VERDICT", "SCORE"],
+                   [[b.name, b.verdict.value, f"{b.score:g}/{b.points:g}"]
+                    for b in result.batches])
+        out.line("")
+        out.line(f"{problem.name}: {'accepted' if accepted else 'not accepted'}, score "
+                 f"{score:g}/{problem.max_score:g}")
+    if accepted:
+        return 0
+    if any(s.verdict == "judge_error" for s in steps):
+        return EXIT_JUDGE_ERROR
+    if any(s.verdict in ("sandbox_error", "cancelled") for s in steps):
+        return EXIT_SANDBOX
+    return EXIT_NOT_ACCEPTED
+
+
+# --------------------------------------------------------------------------------
 
 
 class _Out:
@@ -642,6 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profiles": _cmd_profiles,
         "stats": _cmd_stats,
         "ping": _cmd_ping,
+        "judge": _cmd_judge,
     }
     try:
         if args.command == "run":

@@ -31,6 +31,8 @@ __all__ = [
     "STREAMS",
     "SUPPORTED_VERSIONS",
     "VERDICTS",
+    "Batch",
+    "BatchResult",
     "Cancellation",
     "CompileStep",
     "ConnectionClosed",
@@ -53,6 +55,7 @@ __all__ = [
     "Pong",
     "PoolStats",
     "ProfileInfo",
+    "Program",
     "RepeatStats",
     "ServerStats",
     "StatsRequest",
@@ -77,6 +80,9 @@ VERDICTS: tuple[str, ...] = (
     "wrong_answer",
     "sandbox_error",
     "cancelled",
+    "judge_error",
+    "presentation_error",
+    "skipped",
 )
 COMPARE_MODES: tuple[str, ...] = ("exact", "trailing_ws", "tokens")
 MEMORY_MODES: tuple[str, ...] = ("peak", "address_space")
@@ -120,6 +126,52 @@ class TestCase:
     expected_output: bytes | None = None
     limits: JobLimits | None = None
     repeat: int = 1
+    generator: int | None = None
+    """Index in the job's ``generators``: that program's stdout becomes this test's stdin."""
+    generator_args: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _tuple(self, "generator_args")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Program:
+    """A problem's own program (a checker, a generator, an interactor): its profile,
+    files, run argv (nil = the profile's) and run limits (nil = the profile's)."""
+
+    profile: str
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    argv: tuple[str, ...] | None = None
+    limits: JobLimits | None = None
+
+    def __post_init__(self) -> None:
+        _tuple(self, "argv")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Batch:
+    """A subtask: tests (indices) scored together, DMOJ-style."""
+
+    name: str
+    tests: tuple[int, ...]
+    points: float = 1.0
+    stop_on_failure: bool = False
+    depends: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _tuple(self, "tests")
+        _tuple(self, "depends")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchResult:
+    """How a batch went: ``ok`` when every test is, ``skipped`` when a dependency
+    failed, else its first failing test's verdict; ``score`` of ``points`` earned."""
+
+    name: str
+    verdict: str
+    score: float = 0.0
+    points: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,6 +210,12 @@ class StepResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     repeat: RepeatStats | None = None
+    score: float | None = None
+    """Judged jobs: the fraction of the test's points earned (1.0 ok, a checker's
+    partial points, 0 otherwise); nil for jobs without checker, generators or batches."""
+    checker_message: str | None = None
+    checker: StepResult | None = None
+    """The checker's own run (its accounting; its outputs are not carried)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -259,10 +317,15 @@ class JobSubmission:
     interactive_stdin: bool = False
     warm_runtime: bool | None = None
     memory_mode: str | None = None
+    checker: Program | None = None
+    generators: tuple[Program, ...] | None = None
+    batches: tuple[Batch, ...] | None = None
 
     def __post_init__(self) -> None:
         _tuple(self, "argv")
         _tuple(self, "tests")
+        _tuple(self, "generators")
+        _tuple(self, "batches")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -311,9 +374,13 @@ class JobResult:
     id: str
     compile: StepResult | None = None
     steps: tuple[StepResult, ...] = ()
+    batches: tuple[BatchResult, ...] | None = None
+    score: float | None = None
+    """Judged jobs: points earned (the batches' scores, or without batches the tests')."""
 
     def __post_init__(self) -> None:
         _tuple(self, "steps")
+        _tuple(self, "batches")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,8 @@ from ._events import (
     MEMORY_MODES,
     STREAMS,
     VERDICTS,
+    Batch,
+    BatchResult,
     Cancellation,
     CompileStep,
     EndOfStdin,
@@ -44,6 +46,7 @@ from ._events import (
     Pong,
     PoolStats,
     ProfileInfo,
+    Program,
     RepeatStats,
     ServerStats,
     StatsRequest,
@@ -65,6 +68,7 @@ from ._kinds import (
     Float,
     Int,
     JobId,
+    Kind,
     MapOf,
     Number,
     Record,
@@ -118,7 +122,42 @@ TEST_CASE = Record(
         ("expected_output", Bytes("max_input"), False),
         ("limits", JOB_LIMITS, False),
         ("repeat", Int(1, 1000), False),
+        ("generator", Int(0, 1023), False),
+        ("generator_args", Array(Str("max_arg_length"), "max_argv"), False),
     ),
+)
+
+PROGRAM = Record(
+    Program,
+    (
+        ("profile", PROFILE, True),
+        ("files", Files(), False),
+        ("argv", ARGV, False),
+        ("limits", JOB_LIMITS, False),
+    ),
+)
+"""A problem's program (checker, generator, interactor): one schema for all."""
+
+BATCH_NAME = Str(64, r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", "be a batch name [A-Za-z0-9._+-]")
+POINTS = Float(0.0, 1e9)
+
+
+def _check_batch(b: Batch, here: str, lim: SizeLimits) -> None:
+    """A batch names each of its tests once."""
+    if len(set(b.tests)) != len(b.tests):
+        raise Invalid(f"{here}.tests", "must not name a test twice")
+
+
+BATCH = Record(
+    Batch,
+    (
+        ("name", BATCH_NAME, True),
+        ("tests", Array(Int(0, INT32_MAX), "max_tests", min_len=1), True),
+        ("points", POINTS, False),
+        ("stop_on_failure", BOOL, False),
+        ("depends", Array(BATCH_NAME, 1024), False),
+    ),
+    _check_batch,
 )
 
 
@@ -133,6 +172,38 @@ def _check_submission(s: JobSubmission, here: str, lim: SizeLimits) -> None:
             raise Invalid(f"{here}.interactive_stdin", "must be false when tests are given")
     if s.float_tolerance is not None and s.compare != "tokens":
         raise Invalid(f"{here}.float_tolerance", "is only allowed with compare 'tokens'")
+    n = len(s.tests) if s.tests is not None else 1
+    gens = len(s.generators or ())
+    for i, t in enumerate(s.tests or ()):
+        if t.generator is not None and t.generator >= gens:
+            raise Invalid(f"{here}.tests[{i}].generator",
+                          f"must name one of the job's {gens} generators")
+        if t.generator is None and t.generator_args:
+            raise Invalid(f"{here}.tests[{i}].generator_args", "needs a generator")
+    if s.batches is not None:
+        if s.stop_on_failure:
+            raise Invalid(f"{here}.stop_on_failure", "must be false with batches (each batch "
+                          "has its own)")
+        names = {b.name for b in s.batches}
+        if len(names) != len(s.batches):
+            raise Invalid(f"{here}.batches", "must not name a batch twice")
+        owner: dict[int, int] = {}
+        for k, b in enumerate(s.batches):
+            for t in b.tests:
+                if t >= n:
+                    raise Invalid(f"{here}.batches[{k}].tests", f"must be below {n} (the "
+                                  f"job's tests), got {t}")
+                if t in owner:
+                    raise Invalid(f"{here}.batches[{k}].tests", f"test {t} is already in "
+                                  f"batches[{owner[t]}]")
+                owner[t] = k
+            for d in b.depends or ():
+                if d not in names:
+                    raise Invalid(f"{here}.batches[{k}].depends", f"no batch {d!r}")
+        if len(owner) != n:
+            missing = min(set(range(n)) - set(owner))
+            raise Invalid(f"{here}.batches", f"test {missing} is in no batch (every test "
+                          "must be in one)")
 
 
 JOB_SUBMISSION = Record(
@@ -164,6 +235,9 @@ JOB_SUBMISSION = Record(
         ("interactive_stdin", BOOL, False),
         ("warm_runtime", BOOL, False),
         ("memory_mode", Choice(MEMORY_MODES), False),
+        ("checker", PROGRAM, False),
+        ("generators", Array(PROGRAM, 1024), False),
+        ("batches", Array(BATCH, "max_tests"), False),
     ),
     _check_submission,
     "submit",
@@ -202,11 +276,11 @@ def _check_step(r: StepResult, here: str, lim: SizeLimits) -> None:
         raise Invalid(f"{here}.reason", f"must be 'cpu' or 'wall' for time_limit, got {r.reason!r}")
     if r.verdict == "sandbox_error" and not r.reason:
         raise Invalid(f"{here}.reason", "must say what failed for sandbox_error")
+    if r.verdict == "judge_error" and not r.reason:
+        raise Invalid(f"{here}.reason", "must say what failed for judge_error")
 
 
-STEP_RESULT = Record(
-    StepResult,
-    (
+_STEP_FIELDS = (
         ("verdict", Choice(VERDICTS), True),
         ("reason", Str(1024), False),
         ("exit_code", Int(0, 255), False),
@@ -222,8 +296,31 @@ STEP_RESULT = Record(
         ("stdout_truncated", BOOL, False),
         ("stderr_truncated", BOOL, False),
         ("repeat", REPEAT_STATS, False),
+        ("score", Float(0.0, 1.0), False),
+        ("checker_message", Str(4096), False),
+)
+
+
+class _Nil(Kind):
+    """A field that must be absent here (a checker's own run has no checker)."""
+
+    def decode(self, v: Any, path: str, name: str | int, lim: SizeLimits) -> Any:
+        raise Invalid(f"{path}.{name}" if path else str(name), "must be absent here")
+
+    encode = decode
+
+
+CHECKER_RUN = Record(StepResult, (*_STEP_FIELDS, ("checker", _Nil(), False)), _check_step)
+STEP_RESULT = Record(StepResult, (*_STEP_FIELDS, ("checker", CHECKER_RUN, False)), _check_step)
+
+BATCH_RESULT = Record(
+    BatchResult,
+    (
+        ("name", BATCH_NAME, True),
+        ("verdict", Choice(VERDICTS), True),
+        ("score", POINTS, False),
+        ("points", POINTS, False),
     ),
-    _check_step,
 )
 
 SIZE_LIMITS = Record(
@@ -319,6 +416,8 @@ MESSAGES: tuple[Record, ...] = (
             ("id", JOB_ID, True),
             ("compile", STEP_RESULT, False),
             ("steps", Array(STEP_RESULT, "max_tests"), False),
+            ("batches", Array(BATCH_RESULT, "max_tests"), False),
+            ("score", Float(0.0, 1e18), False),
         ),
         type_name="result",
     ),

@@ -13,17 +13,37 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 
 import sandboxd_protocol as proto
 from sandboxd import jobs
-from sandboxd.jobs import JobOutcome, JobSpec, TestSpec
+from sandboxd.jobs import BatchSpec, JobOutcome, JobSpec, ProgramSpec, TestSpec
 from sandboxd.limits import Limits
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
 
 
+def program_spec(p: proto.Program, profiles: Callable[[str], Profile]) -> ProgramSpec:
+    """A problem's program (checker, generator) in the service's terms; ``profiles``
+    looks its profile up (``JobService.profile``: an unknown one is refused there)."""
+    return ProgramSpec(profile=profiles(p.profile), files=dict(p.files),
+                       argv=list(p.argv) if p.argv else None, limits=p.limits)
+
+
 def job_spec(sub: proto.JobSubmission, profile: Profile, *,
              on_output: Callable[[int, str, bytes], Awaitable[None]] | None = None,
              on_compile_output: Callable[[str, bytes], Awaitable[None]] | None = None,
-             stdin_stream: AsyncIterator[bytes] | None = None) -> JobSpec:
-    """A submission as the service runs it (its streams are the front door's own)."""
+             stdin_stream: AsyncIterator[bytes] | None = None,
+             profiles: Callable[[str], Profile] | None = None) -> JobSpec:
+    """A submission as the service runs it (its streams are the front door's own).
+
+    ``profiles`` finds the profiles of the job's checker and generators (the
+    service's lookup); without it, they must be the job's own profile.
+    """
+    def lookup(name: str) -> Profile:
+        if profiles is not None:
+            return profiles(name)
+        if name != profile.name:
+            raise jobs.JobError(f"profile {name!r}: this front door runs problem programs "
+                                "only in the job's own profile")
+        return profile
+
     return JobSpec(
         profile=profile, files=dict(sub.files), stdin=sub.stdin,
         argv=list(sub.argv) if sub.argv else None, env=dict(sub.env or {}),
@@ -31,13 +51,19 @@ def job_spec(sub: proto.JobSubmission, profile: Profile, *,
         compile_argv=list(sub.compile.argv) if sub.compile and sub.compile.argv else None,
         compile_limits=sub.compile.limits if sub.compile else None,
         tests=[TestSpec(stdin=t.stdin, expected_output=t.expected_output,
-                        limits=t.limits, repeat=t.repeat)
+                        limits=t.limits, repeat=t.repeat, generator=t.generator,
+                        generator_args=list(t.generator_args or ()))
                for t in sub.tests] if sub.tests is not None else None,
         expected_output=sub.expected_output, compare=sub.compare,
         float_tolerance=sub.float_tolerance, stop_on_failure=sub.stop_on_failure,
         cpuset_pin=bool(sub.cpuset_pin), warm_runtime=sub.warm_runtime,
         memory_mode=sub.memory_mode, on_output=on_output,
-        on_compile_output=on_compile_output, stdin_stream=stdin_stream)
+        on_compile_output=on_compile_output, stdin_stream=stdin_stream,
+        checker=program_spec(sub.checker, lookup) if sub.checker is not None else None,
+        generators=[program_spec(g, lookup) for g in sub.generators or ()],
+        batches=[BatchSpec(name=b.name, tests=list(b.tests), points=b.points,
+                           stop_on_failure=b.stop_on_failure, depends=list(b.depends or ()))
+                 for b in sub.batches] if sub.batches is not None else None)
 
 
 def job_result(id: str, outcome: JobOutcome, max_frame: int) -> proto.JobResult:
@@ -45,7 +71,11 @@ def job_result(id: str, outcome: JobOutcome, max_frame: int) -> proto.JobResult:
     steps = tuple(step_result(o) for o in outcome.steps)
     compile_result = step_result(outcome.compile) if outcome.compile else None
     steps, compile_result = _fit(steps, compile_result, max_frame)
-    return proto.JobResult(id=id, compile=compile_result, steps=steps)
+    batches = tuple(proto.BatchResult(name=b.name, verdict=b.verdict, score=b.score,
+                                      points=b.points)
+                    for b in outcome.batches) if outcome.batches is not None else None
+    return proto.JobResult(id=id, compile=compile_result, steps=steps, batches=batches,
+                           score=outcome.score)
 
 
 def wire_limits(lim: Limits) -> proto.JobLimits:
@@ -66,8 +96,16 @@ def step_result(outcome: jobs.StepOutcome) -> proto.StepResult:
                                    wall_time_min=rp.wall[0], wall_time_median=rp.wall[1],
                                    wall_time_max=rp.wall[2], memory_peak_max=rp.memory_peak_max,
                                    chosen=rp.chosen)
+    checker = None
+    if outcome.checker is not None:  # its accounting; its words are checker_message
+        c = outcome.checker
+        checker = proto.StepResult(**{name: getattr(c, name) for name in RESULT_FIELDS
+                                      if not name.startswith(("stdout", "stderr"))},
+                                   stdout_truncated=bool(c.stdout) or c.stdout_truncated,
+                                   stderr_truncated=bool(c.stderr) or c.stderr_truncated)
     return proto.StepResult(**{name: getattr(r, name) for name in RESULT_FIELDS},
-                            repeat=repeat)
+                            repeat=repeat, score=outcome.score,
+                            checker_message=outcome.checker_message, checker=checker)
 
 
 # What a step result holds besides its outputs, at most (reason <= 1 KiB, numbers, flags,

@@ -37,6 +37,8 @@ from sandboxd.profiles import Profile
 from sandboxd.result import Result
 from sandboxd.spawn import ContainerSpec
 
+from ._judge import ProgramCache, run_judged
+from ._judge import validate as validate_judged
 from ._metrics import JobMetrics
 from ._scheduler import Job, Scheduler
 
@@ -102,6 +104,7 @@ class JobService:
         self._named: dict[ContainerSpec, str] = {}  # pool shape -> the profile it shows as
         self._shapes: dict[tuple[str, bool], ContainerSpec] = {}  # (profile, warm) -> shape
         self.metrics = JobMetrics()  # by profile and verdict, histograms: for /metrics
+        self.programs = ProgramCache()  # checkers and generators built, by content hash
 
     async def run(self, warm: list[str], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -167,6 +170,11 @@ class JobService:
             jobs.validate(spec)
         except JobError as e:
             raise ServiceError(e.code, str(e)) from None
+        if spec.judged_by_programs:
+            try:
+                validate_judged(spec)
+            except JobError as e:
+                raise ServiceError("invalid_job", str(e)) from None
         ref = f"{owner}/{id}"
         if ref in sched.jobs:
             raise ServiceError("duplicate_job", f"job {id!r} is already in flight")
@@ -176,6 +184,8 @@ class JobService:
         self.pool.ensure(shape)
         if shape.warm is not None and jobs.plain_starts(spec):
             self.pool.ensure(self._shape(spec.profile, warm=False))  # its plain starts too
+        for program in ([spec.checker] if spec.checker else []) + spec.generators:
+            self.pool.ensure(self._shape(program.profile, warm=False))  # runs take argv
         return job
 
     async def execute(self, job: Job) -> JobOutcome:
@@ -190,7 +200,11 @@ class JobService:
         outcome: JobOutcome | None = None
         try:
             with job.scope:
-                outcome = await jobs.run_job(job.spec, self.sched.runner(job))
+                runner = self.sched.runner(job)
+                if job.spec.judged_by_programs:
+                    outcome = await run_judged(job.spec, runner, self.programs)
+                else:
+                    outcome = await jobs.run_job(job.spec, runner)
         except JobError as e:
             raise ServiceError("invalid_job", str(e)) from None
         except Exception as e:  # our bug: the job gets a typed error, the daemon lives on
@@ -278,6 +292,8 @@ class JobService:
             cgroups_recycled=c.cgroups_recycled, cgroups=self.pool.cgroup_count(),
             busy_refusals=sched.busy_refusals, compiles=sched.compiles,
             pinned_steps=sched.pinned_steps,
+            programs_cached=len(self.programs), program_cache_hits=self.programs.hits,
+            program_cache_misses=self.programs.misses,
             refill_mean_s=(c.refill_seconds / c.refills) if c.refills else 0.0,
             queue_wait_p50_s=pct(0.5), queue_wait_p90_s=pct(0.9), queue_wait_p99_s=pct(0.99),
         )

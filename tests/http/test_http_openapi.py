@@ -88,6 +88,39 @@ def test_real_responses_match_the_document(spec: dict[str, Any], client: httpx.C
     check(spec, "/v1/jobs/{id}", client.get(f"/v1/jobs/{job_id}"))
 
 
+def test_a_judged_job_matches_the_document(spec: dict[str, Any], client: httpx.Client):
+    """A checker (partial points), a generator and batches over /v1 (PROTOCOL.md 4.1)."""
+    checker = ("import sys\n"
+               "got = open(sys.argv[2]).read().split()\n"
+               "want = open(sys.argv[1]).read().split()\n"
+               "if got == want: sys.exit(0)\n"
+               "print('points 0.5 half', file=sys.stderr); sys.exit(7)\n")
+    job = {
+        "profile": "bash", "files": {"main.sh": "read x; [ \"$x\" = 2 ] && echo no || "
+                                                 "echo $x"},
+        "checker": {"profile": "python3", "files": {"main.py": checker},
+                    "limits": {"cpu_time": 2}},
+        "generators": [{"profile": "bash", "files": {"main.sh": "echo $1"}}],
+        "tests": [{"stdin": "1\n"}, {"generator": 0, "generator_args": ["2"]},
+                  {"stdin": "3\n"}],
+        "batches": [{"name": "a", "tests": [0, 1], "points": 10},
+                    {"name": "b", "tests": [2], "points": 5, "depends": ["a"]}],
+    }
+    r = client.post("/v1/jobs", json=job)
+    check(spec, "/v1/jobs", r)
+    body = r.json()
+    assert [s["verdict"] for s in body["steps"]] == ["ok", "wrong_answer", "skipped"], body
+    assert [s["score"] for s in body["steps"]] == [1.0, 0.5, 0.0]
+    assert body["steps"][1]["checker_message"] == "points 0.5 half"
+    assert body["steps"][0]["checker"]["verdict"] == "ok"
+    assert body["score"] == 5.0 and body["batches"] == [
+        {"name": "a", "verdict": "wrong_answer", "score": 5.0, "points": 10.0},
+        {"name": "b", "verdict": "skipped", "score": 0.0, "points": 5.0}]
+    bad = client.post("/v1/jobs", json={**job, "batches": [{"name": "a", "tests": [0]}]})
+    check(spec, "/v1/jobs", bad)
+    assert bad.status_code == 422 and "test 1 is in none" in bad.json()["message"]
+
+
 def test_websocket_result_matches_the_job_result_schema(spec: dict[str, Any],
                                                         http_daemon: Daemon):
     with connect(f"ws://{http_daemon.http_address}/v1/jobs/stream", open_timeout=30) as c:

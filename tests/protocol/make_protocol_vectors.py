@@ -27,6 +27,8 @@ import msgpack
 from sandboxd_protocol import (
     CLIENT,
     SERVER,
+    Batch,
+    BatchResult,
     Cancellation,
     CompileStep,
     Connection,
@@ -49,6 +51,7 @@ from sandboxd_protocol import (
     Pong,
     PoolStats,
     ProfileInfo,
+    Program,
     RemoteProtocolError,
     RepeatStats,
     Role,
@@ -455,6 +458,57 @@ def build() -> list[Conversation]:
     ).send(CLIENT, KillRequest(job=long_ref)).send(CLIENT, KillRequest(job="3/gone")).send(
         SERVER, KillResult(job=long_ref, found=True)
     ).send(SERVER, KillResult(job="3/gone", found=False))
+
+    checker_run = StepResult(verdict="runtime_error", reason="exit code 7", exit_code=7,
+                             cpu_time=0.002, wall_time=0.004, memory_peak=1_048_576,
+                             stderr_truncated=True)
+    new(
+        "judged-job",
+        "A checker (testlib's protocol), a generator and two batches, the second depending on "
+        "the first; partial points, a presentation error, a generator's failure, skipped tests.",
+    ).handshake().send(
+        CLIENT,
+        JobSubmission(
+            id="p1",
+            profile="python3",
+            files={"main.py": b"print(1)\n"},
+            tests=(
+                TestCase(stdin=b"4\n"),
+                TestCase(generator=0, generator_args=("100", "7")),
+                TestCase(stdin=b"9\n"),
+                TestCase(stdin=b"16\n"),
+            ),
+            checker=Program(profile="cpp", files={"checker.cpp": b"int main() {}\n"},
+                            limits=JobLimits(cpu_time=2.0)),
+            generators=(Program(profile="python3", files={"main.py": b"print(4)\n"},
+                                argv=("python3", "main.py")),),
+            batches=(
+                Batch(name="small", tests=(0, 1), points=40.0, stop_on_failure=True),
+                Batch(name="large", tests=(2, 3), points=60.0, depends=("small",)),
+            ),
+        ),
+    ).send(SERVER, JobAcceptance(id="p1")).send(
+        SERVER,
+        JobResult(
+            id="p1",
+            steps=(
+                StepResult(verdict="wrong_answer", reason="partial (0.5)", exit_code=0,
+                           stdout=b"1\n", score=0.5,
+                           checker_message="points 0.5 1 of 2 right", checker=checker_run),
+                StepResult(verdict="judge_error", reason="generator 0: runtime_error "
+                           "(exit code 1)", score=0.0),
+                StepResult(verdict="skipped", reason="batch 'small', which batch 'large' "
+                           "depends on, failed", score=0.0),
+                StepResult(verdict="skipped", reason="batch 'small', which batch 'large' "
+                           "depends on, failed", score=0.0),
+            ),
+            batches=(
+                BatchResult(name="small", verdict="wrong_answer", score=0.0, points=40.0),
+                BatchResult(name="large", verdict="skipped", score=0.0, points=60.0),
+            ),
+            score=0.0,
+        ),
+    )
     return out
 
 

@@ -20,6 +20,8 @@ from sandboxd_protocol import (
     SERVER,
     STREAMS,
     VERDICTS,
+    Batch,
+    BatchResult,
     Cancellation,
     CompileStep,
     Connection,
@@ -43,6 +45,7 @@ from sandboxd_protocol import (
     Pong,
     PoolStats,
     ProfileInfo,
+    Program,
     RepeatStats,
     ServerStats,
     SizeLimits,
@@ -251,6 +254,37 @@ test_cases = st.builds(
     limits=_opt(job_limits),
     repeat=st.integers(1, 1000),
 )
+programs = st.builds(Program, profile=profiles, files=files, argv=_opt(argvs),
+                     limits=_opt(job_limits))
+batch_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,10}", fullmatch=True)
+
+
+@st.composite
+def judging(draw: st.DrawFn, tests: tuple[TestCase, ...] | None) -> dict[str, Any]:
+    """A checker, generators (and tests that use them) and batches, consistent with
+    ``tests``: each test in one batch, dependencies only on earlier batches."""
+    out: dict[str, Any] = {"checker": draw(_opt(programs))}
+    gens = draw(_opt(st.lists(programs, min_size=1, max_size=2).map(tuple)))
+    out["generators"] = gens
+    if tests is None:
+        return out
+    if gens:
+        tests = tuple(dataclasses.replace(t, generator=draw(_opt(st.integers(0, len(gens) - 1))))
+                      for t in tests)
+        tests = tuple(dataclasses.replace(t, generator_args=draw(_opt(argvs)))
+                      if t.generator is not None else t for t in tests)
+    out["tests"] = tests
+    if draw(st.booleans()):
+        names = draw(st.lists(batch_names, min_size=1, max_size=len(tests), unique=True))
+        owner = [draw(st.integers(0, len(names) - 1)) for _ in tests]
+        owner[: len(names)] = range(len(names))[: len(tests)]
+        out["batches"] = tuple(
+            Batch(name=n, tests=tuple(i for i, o in enumerate(owner) if o == k),
+                  points=draw(st.floats(0, 1e9)), stop_on_failure=draw(st.booleans()),
+                  depends=tuple(names[:k]) if k and draw(st.booleans()) else None)
+            for k, n in enumerate(names))
+        out["stop_on_failure"] = False
+    return out
 
 
 @st.composite
@@ -258,7 +292,7 @@ def submissions(draw: st.DrawFn, job_id: st.SearchStrategy[str] = job_ids) -> Jo
     tests = draw(_opt(st.lists(test_cases, min_size=1, max_size=3).map(tuple)))
     batch = tests is not None
     compare = draw(st.sampled_from(COMPARE_MODES))
-    return JobSubmission(
+    sub = JobSubmission(
         id=draw(job_id),
         profile=draw(profiles),
         files=draw(files),
@@ -276,6 +310,7 @@ def submissions(draw: st.DrawFn, job_id: st.SearchStrategy[str] = job_ids) -> Jo
         stream=draw(st.booleans()),
         interactive_stdin=False if batch else draw(st.booleans()),
     )
+    return dataclasses.replace(sub, **draw(judging(tests)))
 
 
 repeat_stats = st.builds(
@@ -292,11 +327,11 @@ repeat_stats = st.builds(
 
 
 @st.composite
-def step_results(draw: st.DrawFn) -> StepResult:
+def step_results(draw: st.DrawFn, nested: bool = True) -> StepResult:
     verdict = draw(st.sampled_from(VERDICTS))
     if verdict == "time_limit":
         reason: str | None = draw(st.sampled_from(["cpu", "wall"]))
-    elif verdict == "sandbox_error":
+    elif verdict in ("sandbox_error", "judge_error"):
         reason = draw(text.filter(bool))
     else:
         reason = draw(_opt(text))
@@ -316,6 +351,9 @@ def step_results(draw: st.DrawFn) -> StepResult:
         stdout_truncated=draw(st.booleans()),
         stderr_truncated=draw(st.booleans()),
         repeat=draw(_opt(repeat_stats)),
+        score=draw(_opt(st.floats(0, 1))),
+        checker_message=draw(_opt(text)),
+        checker=draw(_opt(step_results(nested=False))) if nested else None,
     )
 
 
@@ -374,6 +412,11 @@ events: st.SearchStrategy[Event] = st.one_of(
         id=job_ids,
         compile=_opt(step_results()),
         steps=st.lists(step_results(), max_size=3).map(tuple),
+        batches=_opt(st.lists(st.builds(BatchResult, name=batch_names,
+                                        verdict=st.sampled_from(VERDICTS),
+                                        score=st.floats(0, 1e9), points=st.floats(0, 1e9)),
+                              max_size=3).map(tuple)),
+        score=_opt(st.floats(0, 1e18)),
     ),
     st.builds(Cancellation, id=job_ids),
     st.builds(JobListRequest),

@@ -42,7 +42,8 @@ CHECKED_BARE = re.compile(r"[A-Z][A-Z0-9_-]*\.md|[\w.-]+\.[ch]")
 
 # C names that are not the repository's files: what jobs and examples call theirs,
 # and the C library's headers.
-NOT_FILES = frozenset({"main.c", "hello.c", "prog.c", "bad.c", "a.c", "sysexits.h"})
+NOT_FILES = frozenset({"main.c", "hello.c", "prog.c", "bad.c", "a.c", "sysexits.h",
+                       "testlib.h"})  # a problem setter's, never shipped (docs/judge.md)
 
 # Paths given as examples of what a job may upload (or may not), never the repository's.
 EXAMPLE_PATHS = frozenset({

@@ -4,7 +4,8 @@ The daemon's ``Result`` (sandboxd/result.py), the wire's ``StepResult`` and its
 schema (sandboxd_protocol), the client's ``StepResult`` and the msgpack front
 door's mapping are declared apart (each layer may import only what lies
 below it); this test is what keeps them one shape. The wire adds ``repeat``
-(the summary of a repeated test), which the daemon keeps beside the result.
+(the summary of a repeated test), which the daemon keeps beside the result, and a
+judged job's ``score``, ``checker_message`` and ``checker`` (its own run).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def names(cls: type) -> tuple[str, ...]:
 
 
 def test_the_wire_record_has_the_daemons_fields_and_repeat():
-    assert names(proto.StepResult) == (*DAEMON, "repeat")
+    assert names(proto.StepResult) == (*DAEMON, "repeat", "score", "checker_message",
+                                       "checker")
 
 
 def test_the_schema_has_the_wire_records_fields():

@@ -99,13 +99,53 @@ JOB = {
                         "description": "how the run steps' memory limit counts: the "
                                        "cgroup's touched memory (peak) or also RLIMIT_AS "
                                        "per process (address_space); null = the profile's"},
+        "checker": {"oneOf": [_ref("Program"), {"type": "null"}],
+                    "description": "judges each test's output instead of compare, as "
+                                   "testlib's checkers do (PROTOCOL.md 4.1)"},
+        "generators": {"type": ["array", "null"], "maxItems": 1024, "items": _ref("Program"),
+                       "description": "programs that make tests (a test's generator)"},
+        "batches": {"type": ["array", "null"], "minItems": 1, "items": _ref("Batch"),
+                    "description": "subtasks: every test in exactly one"},
     },
+}
+
+PROGRAM = {
+    "type": "object", "required": ["profile"], "additionalProperties": False,
+    "description": "A problem's own program (checker, generator): compiled in its profile, "
+                   "run in containers of its own under its own limits.",
+    "properties": {
+        "profile": {"type": "string"},
+        "files": {"type": "object", "additionalProperties": _ref("Data")},
+        "argv": {"oneOf": [ARGV, {"type": "null"}]},
+        "limits": _ref("Limits"),
+    },
+}
+
+BATCH = {
+    "type": "object", "required": ["name", "tests"], "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"},
+        "tests": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
+        "points": {"type": "number", "minimum": 0, "default": 1.0},
+        "stop_on_failure": {"type": "boolean", "default": False},
+        "depends": {"type": ["array", "null"], "items": {"type": "string"}},
+    },
+}
+
+BATCH_RESULT = {
+    "type": "object", "additionalProperties": False,
+    "required": ["name", "verdict", "score", "points"],
+    "properties": {"name": {"type": "string"}, "verdict": {"enum": list(VERDICTS)},
+                   "score": {"type": "number"}, "points": {"type": "number"}},
 }
 
 TEST = {
     "type": "object", "additionalProperties": False, "properties": {
         "stdin": _ref("Data"), "expected_output": {"oneOf": [_ref("Data"), {"type": "null"}]},
         "limits": _ref("Limits"), "repeat": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "generator": {"type": ["integer", "null"], "minimum": 0,
+                      "description": "index in generators: its stdout is this test's stdin"},
+        "generator_args": {"oneOf": [ARGV, {"type": "null"}]},
     },
 }
 
@@ -142,7 +182,20 @@ STEP = {
         "stderr": {"type": "string"}, "stderr_b64": {"type": "string"},
         "stdout_truncated": {"type": "boolean"}, "stderr_truncated": {"type": "boolean"},
         "repeat": {"oneOf": [_ref("Repeat"), {"type": "null"}]},
+        "score": {"type": ["number", "null"],
+                  "description": "judged jobs: the fraction of the test's points earned"},
+        "checker_message": NULLABLE_STRING,
+        "checker": {"oneOf": [_ref("CheckerRun"), {"type": "null"}]},
     },
+}
+
+_RUN_FIELDS = ["verdict", "reason", "exit_code", "signal", "cpu_time", "user_time",
+               "sys_time", "wall_time", "memory_peak", "oom_killed"]
+CHECKER_RUN = {
+    "type": "object", "additionalProperties": False, "required": _RUN_FIELDS,
+    "description": "The checker's own run: its verdict and accounting (its words are the "
+                   "step's checker_message).",
+    "properties": {k: v for k, v in STEP["properties"].items() if k in _RUN_FIELDS},
 }
 
 JOB_RESULT = {
@@ -157,6 +210,8 @@ JOB_RESULT = {
         "steps": {"type": "array", "items": _ref("StepResult"),
                   "description": "one per test (one for a job without tests); empty when "
                                  "the compile failed"},
+        "score": {"type": "number", "description": "judged jobs: points earned"},
+        "batches": {"type": ["array", "null"], "items": _ref("BatchResult")},
     },
 }
 
@@ -324,6 +379,8 @@ SPEC: dict[str, Any] = {
         "schemas": {
             "Error": ERROR, "Data": DATA, "Limits": LIMITS, "LimitValues": LIMIT_VALUES,
             "Job": JOB, "Test": TEST, "Repeat": REPEAT, "StepResult": STEP,
+            "Program": PROGRAM, "Batch": BATCH, "BatchResult": BATCH_RESULT,
+            "CheckerRun": CHECKER_RUN,
             "JobResult": JOB_RESULT, "JobPending": JOB_PENDING, "JobFailed": JOB_FAILED,
             "Profile": PROFILE, "Stats": STATS, "Ps": PS,
             "Health": {"type": "object", "additionalProperties": False,

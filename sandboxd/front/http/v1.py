@@ -37,7 +37,7 @@ from starlette.websockets import WebSocket
 import sandboxd_protocol as proto
 from sandboxd import __version__
 from sandboxd.compare import COMPARE_MODES
-from sandboxd.jobs import JobOutcome, JobSpec, StepOutcome, TestSpec
+from sandboxd.jobs import BatchSpec, JobOutcome, JobSpec, ProgramSpec, StepOutcome, TestSpec
 from sandboxd.limits import Limits
 from sandboxd.log import event
 from sandboxd.result import Result
@@ -67,7 +67,10 @@ _SIZE_LIMITS = {s.name for s in proto.LIMITS if s.unit is proto.Unit.BYTES}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 JOB_FIELDS = ("profile", "files", "stdin", "argv", "env", "limits", "compile", "tests",
               "expected_output", "compare", "float_tolerance", "stop_on_failure", "cpuset_pin",
-              "warm_runtime", "memory_mode")
+              "warm_runtime", "memory_mode", "checker", "generators", "batches")
+PROGRAM_FIELDS = ("profile", "files", "argv", "limits")
+BATCH_FIELDS = ("name", "tests", "points", "stop_on_failure", "depends")
+_BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
 def routes(ctx: HttpContext) -> list[BaseRoute]:
@@ -252,7 +255,82 @@ def job_spec(service: JobService, body: Any, **streams: Any) -> JobSpec:
         cpuset_pin=_bool(body.get("cpuset_pin", False), "cpuset_pin"),
         warm_runtime=(_bool(body["warm_runtime"], "warm_runtime")
                       if body.get("warm_runtime") is not None else None),
-        memory_mode=_memory_mode(body.get("memory_mode")), **streams)
+        memory_mode=_memory_mode(body.get("memory_mode")),
+        checker=(_program(service, body["checker"], "checker")
+                 if body.get("checker") is not None else None),
+        generators=_generators(service, body.get("generators"), tests),
+        batches=_batches(body.get("batches"), len(tests) if tests is not None else 1,
+                         body.get("stop_on_failure", False)),
+        **streams)
+
+
+def _program(service: JobService, value: Any, where: str) -> ProgramSpec:
+    """A checker's or generator's program record (PROTOCOL.md §4.1), as JSON."""
+    p = _object(value, where, PROGRAM_FIELDS)
+    if "profile" not in p:
+        raise _invalid(f"{where}.profile", "is required")
+    return ProgramSpec(
+        profile=service.profile(_string(p["profile"], f"{where}.profile", 64)),
+        files=_files(p.get("files", {}), f"{where}.files"),
+        argv=_argv(p["argv"], f"{where}.argv") if p.get("argv") is not None else None,
+        limits=job_limits(p.get("limits"), f"{where}.limits"))
+
+
+def _generators(service: JobService, value: Any, tests: list[TestSpec] | None
+                ) -> list[ProgramSpec]:
+    gens: list[ProgramSpec] = []
+    if value is not None:
+        if not isinstance(value, list) or len(value) > 1024:
+            raise _invalid("generators", "must be an array of at most 1024 programs")
+        gens = [_program(service, g, f"generators[{i}]") for i, g in enumerate(value)]
+    for i, t in enumerate(tests or []):
+        if t.generator is not None and t.generator >= len(gens):
+            raise _invalid(f"tests[{i}].generator", f"must name one of the job's {len(gens)} "
+                           "generators")
+    return gens
+
+
+def _batches(value: Any, n: int, stop_on_failure: Any) -> list[BatchSpec] | None:
+    """Batches as PROTOCOL.md §4.1 has them: each test in exactly one."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or len(value) > SIZES.max_tests:
+        raise _invalid("batches", f"must be a non-empty array, not {describe(value)}")
+    if stop_on_failure:
+        raise _invalid("stop_on_failure", "must be false with batches (each batch has its own)")
+    out: list[BatchSpec] = []
+    owner: dict[int, str] = {}
+    for k, raw in enumerate(value):
+        where = f"batches[{k}]"
+        b = _object(raw, where, BATCH_FIELDS)
+        name = b.get("name")
+        if not isinstance(name, str) or not _BATCH_NAME.fullmatch(name):
+            raise _invalid(f"{where}.name", "must be a batch name [A-Za-z0-9._+-]")
+        tests = b.get("tests")
+        if not isinstance(tests, list) or not tests or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in tests):
+            raise _invalid(f"{where}.tests", "must be a non-empty array of test indices")
+        for t in tests:
+            if not 0 <= t < n:
+                raise _invalid(f"{where}.tests", f"must be below {n} (the job's tests), got {t}")
+            if t in owner:
+                raise _invalid(f"{where}.tests", f"test {t} is already in batch {owner[t]!r}")
+            owner[t] = name
+        points = b.get("points", 1.0)
+        if isinstance(points, bool) or not isinstance(points, int | float) or not (
+                0 <= points <= 1e9):
+            raise _invalid(f"{where}.points", "must be a number from 0 to 1e9")
+        depends = b.get("depends") or []
+        if not isinstance(depends, list) or not all(isinstance(d, str) for d in depends):
+            raise _invalid(f"{where}.depends", "must be an array of batch names")
+        out.append(BatchSpec(name=name, tests=list(tests), points=float(points),
+                             stop_on_failure=_bool(b.get("stop_on_failure", False),
+                                                   f"{where}.stop_on_failure"),
+                             depends=list(depends)))
+    if len(owner) != n:
+        missing = min(set(range(n)) - set(owner))
+        raise _invalid("batches", f"must hold every test: test {missing} is in none")
+    return out
 
 
 def _memory_mode(value: Any) -> str | None:
@@ -266,16 +344,26 @@ def _memory_mode(value: Any) -> str | None:
 
 
 def _test(value: Any, where: str) -> TestSpec:
-    t = _object(value, where, ("stdin", "expected_output", "limits", "repeat"))
+    t = _object(value, where, ("stdin", "expected_output", "limits", "repeat", "generator",
+                               "generator_args"))
     repeat = t.get("repeat", 1)
     if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= 1000:
         raise _invalid(f"{where}.repeat", "must be an integer from 1 to 1000")
+    generator = t.get("generator")
+    if generator is not None and (isinstance(generator, bool) or not isinstance(generator, int)
+                                  or not 0 <= generator <= 1023):
+        raise _invalid(f"{where}.generator", "must be an index into generators (0 to 1023)")
+    args = t.get("generator_args")
+    if args is not None and generator is None:
+        raise _invalid(f"{where}.generator_args", "needs a generator")
     return TestSpec(
         stdin=data_field(t["stdin"], f"{where}.stdin", SIZES.max_input) if "stdin" in t else b"",
         expected_output=(data_field(t["expected_output"], f"{where}.expected_output",
                                     SIZES.max_input)
                          if t.get("expected_output") is not None else None),
-        limits=job_limits(t.get("limits"), f"{where}.limits"), repeat=repeat)
+        limits=job_limits(t.get("limits"), f"{where}.limits"), repeat=repeat,
+        generator=generator,
+        generator_args=_argv(args, f"{where}.generator_args") if args else [])
 
 
 # ------------------------------------------------------------------ encoding
@@ -299,13 +387,26 @@ def step_json(outcome: StepOutcome) -> dict[str, Any]:
         "cpu_time_max": rp.cpu[2], "wall_time_min": rp.wall[0], "wall_time_median": rp.wall[1],
         "wall_time_max": rp.wall[2], "memory_peak_max": rp.memory_peak_max,
         "chosen": rp.chosen}
+    if outcome.score is not None or outcome.checker is not None:  # a judged job's
+        out["score"] = outcome.score
+        out["checker_message"] = outcome.checker_message
+        c = outcome.checker
+        out["checker"] = None if c is None else {
+            name: getattr(c, name) for name in _RESULT_FIELDS
+            if not name.startswith(("stdout", "stderr"))}
     return out
 
 
 def job_json(job_id: str, outcome: JobOutcome) -> dict[str, Any]:
-    return {"id": job_id, "state": "done", "verdict": final_verdict(outcome),
-            "compile": step_json(outcome.compile) if outcome.compile else None,
-            "steps": [step_json(s) for s in outcome.steps]}
+    out = {"id": job_id, "state": "done", "verdict": final_verdict(outcome),
+           "compile": step_json(outcome.compile) if outcome.compile else None,
+           "steps": [step_json(s) for s in outcome.steps]}
+    if outcome.score is not None:  # a judged job (PROTOCOL.md §4.1)
+        out["score"] = outcome.score
+        out["batches"] = None if outcome.batches is None else [
+            {"name": b.name, "verdict": b.verdict, "score": b.score, "points": b.points}
+            for b in outcome.batches]
+    return out
 
 
 def _limits_json(lim: Limits) -> dict[str, Any]:

@@ -1,0 +1,4 @@
+import sys
+
+data = sys.stdin.buffer.read().split()
+print(max(map(int, data[1:])))

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs pytest (arguments as given) on a shared development machine where other test runs
+# of sandboxd are going on: the run gets a cgroup of its own in every v1 hierarchy
+# (sandboxd-run-PID beneath the current one, removed at the end), and the leftovers check
+# counts only what this run made (SANDBOXD_LEFTOVERS=mine, sandboxd_testing/leftovers.py).
+# CI does not use it: there the check is host-wide.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+made=()
+while IFS=: read -r _ ctrls path; do
+    [ -n "$ctrls" ] || continue
+    first=${ctrls%%,*}; first=${first#name=}
+    dir=/sys/fs/cgroup/$first$path/sandboxd-run-$$
+    [ -d "/sys/fs/cgroup/$first" ] || continue
+    mkdir -p "$dir" && made+=("$dir")
+    [ -f "$dir/cpuset.cpus" ] && cat "/sys/fs/cgroup/$first$path/cpuset.cpus" >"$dir/cpuset.cpus" \
+        && cat "/sys/fs/cgroup/$first$path/cpuset.mems" >"$dir/cpuset.mems"
+    echo $$ >"$dir/cgroup.procs"
+done </proc/self/cgroup
+cleanup() {
+    for d in "${made[@]}"; do
+        parent=$(dirname "$d")
+        echo $$ >"$parent/cgroup.procs" 2>/dev/null || true
+        # the run's last processes may still be exiting: give them a moment
+        for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$d" 2>/dev/null && break; sleep 0.2; done
+    done
+}
+trap cleanup EXIT
+status=0
+SANDBOXD_LEFTOVERS=mine .venv/bin/python -m pytest "$@" || status=$?
+exit "$status"
