@@ -54,6 +54,17 @@ class TestSpec:
 
 
 @dataclass(slots=True)
+class ProgramSpec:
+    """A program of the problem's (an interactor): its own profile, files, argv and
+    limits; compiled like a solution, run in containers of its own."""
+
+    profile: Profile
+    files: dict[str, bytes]
+    argv: list[str] | None = None
+    limits: JobLimits | None = None  # run limits over its profile's
+
+
+@dataclass(slots=True)
 class JobSpec:
     """A validated job, in our own terms (the server maps the wire's JobSubmission to it).
 
@@ -82,6 +93,9 @@ class JobSpec:
     # unless the job is judged and the profile says no), False = the plain start, True =
     # whenever the job can have it (its argv, env, stdin and limits allowing), judged too.
     warm_runtime: bool | None = None
+    # An interactive problem (sandboxd/service/_interactive.py runs it): each test runs
+    # the solution and this program together, wired stdout to stdin both ways.
+    interactor: ProgramSpec | None = None
 
 
 @dataclass(slots=True)
@@ -97,6 +111,9 @@ class RepeatSummary:
 class StepOutcome:
     result: Result
     repeat: RepeatSummary | None = None
+    score: float | None = None  # judged by a program: the fraction of the test's points
+    checker_message: str | None = None  # what the interactor said (its stderr)
+    interactor: Result | None = None  # the interactor's own run
 
 
 @dataclass(slots=True)
@@ -192,6 +209,30 @@ def validate(job: JobSpec) -> None:
         raise JobError(f"unknown compare mode {job.compare!r}")
     if job.stdin_stream is not None and job.tests is not None and len(job.tests) != 1:
         raise JobError("interactive stdin needs a job with a single run step")
+    if job.interactor is not None:
+        validate_interactor(job, run_limits)
+
+
+def validate_interactor(job: JobSpec, run_limits: Limits) -> None:
+    """An interactive problem's own rules: the interactor's limits, and no field that
+    would fight the wiring (the solution's stdin and stdout are the interactor's)."""
+    inter = job.interactor
+    assert inter is not None
+    iprofile = inter.profile
+    if iprofile.unavailable:
+        raise JobError(f"interactor: profile {iprofile.name!r} is unavailable here: "
+                       f"{iprofile.unavailable}")
+    try:
+        _limits(iprofile.limits, inter.limits, iprofile.max_limits)
+    except JobError as e:
+        raise JobError(f"interactor: {e}") from None
+    if not inter.files and not inter.argv:
+        raise JobError("interactor: needs files or an argv")
+    if job.stdin_stream is not None:
+        raise JobError("an interactive problem cannot take interactive stdin: the "
+                       "interactor is the solution's stdin")
+    if any(t.repeat > 1 for t in job.tests or []):
+        raise JobError("an interactive problem's tests run once each (repeat is 1)")
 
 
 async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:

@@ -46,7 +46,7 @@ from ._errors import (
     ServerError,
     UnknownProfile,
 )
-from ._jobs import Compile, JobOptions, Limits, Test, parse_size
+from ._jobs import Compile, Interactor, JobOptions, Limits, Program, Test, parse_size
 from ._results import (
     EXIT_MEMORY,
     EXIT_OUTPUT,
@@ -71,6 +71,7 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "Compile",
+    "Interactor",
     "ConnectError",
     "ConnectionLost",
     "Job",
@@ -91,6 +92,7 @@ __all__ = [
     "ServerError",
     "ServerStats",
     "StepResult",
+    "Program",
     "Test",
     "UnknownProfile",
     "Verdict",

@@ -151,6 +151,51 @@ class Compile:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Program:
+    """A program of the problem's, run beside the solution in containers of its own (an
+    interactive problem's interactor): its profile, files, argv (None: the profile's run
+    command) and limits.
+
+        >>> Program(profile="python3", files={"main.py": "print(1)"}).to_wire("i").profile
+        'python3'
+    """
+
+    profile: str
+    files: Mapping[str, Data] | None = None
+    argv: Sequence[str] | None = None
+    limits: Limits | Mapping[str, Any] | None = None
+
+    def to_wire(self, where: str) -> proto.Program:
+        """The protocol's record (``where`` names the field in errors)."""
+        if isinstance(self.argv, str):
+            raise JobRejected(f"job rejected: {where}.argv: must be a list of strings, "
+                              "not one string", field=f"{where}.argv")
+        limits = Limits.coerce(self.limits, f"{where}.limits")
+        return proto.Program(
+            profile=self.profile,
+            files={n: _bytes(d, f"{where}.files[{n!r}]") for n, d in (self.files or {}).items()},
+            argv=tuple(self.argv) if self.argv is not None else None,
+            limits=limits.to_wire(f"{where}.limits") if limits is not None else None,
+        )
+
+    @classmethod
+    def coerce(cls, value: Program | Mapping[str, Any], where: str) -> Program:
+        if isinstance(value, Mapping):
+            try:
+                return cls(**value)
+            except TypeError as e:
+                raise JobRejected(f"job rejected: {where}: {e}", field=where) from None
+        if not isinstance(value, Program):
+            raise JobRejected(f"job rejected: {where}: must be a Program or a dict, not "
+                              f"{type(value).__name__}", field=where)
+        return value
+
+
+Interactor = Program
+"""An interactive problem's interactor: ``run(..., interactor=Interactor(...))``."""
+
+
 class JobOptions(TypedDict, total=False):
     """Everything a job can carry besides its profile and files (``run``'s keywords).
 
@@ -173,6 +218,7 @@ class JobOptions(TypedDict, total=False):
     stop_on_failure: bool
     cpuset_pin: bool | None
     warm_runtime: bool | None
+    interactor: Program | Mapping[str, Any] | None
     busy_retries: int | None
 
 
@@ -209,6 +255,7 @@ def build_submission(
     warm_runtime: bool | None = None,
     stream: bool = False,
     interactive_stdin: bool = False,
+    interactor: Program | Mapping[str, Any] | None = None,
 ) -> proto.JobSubmission:
     """The protocol's ``JobSubmission`` for a job written as keyword arguments.
 
@@ -244,4 +291,7 @@ def build_submission(
         stop_on_failure=stop_on_failure,
         stream=stream,
         interactive_stdin=interactive_stdin,
+        interactor=Program.coerce(interactor, "interactor").to_wire("interactor")
+        if interactor is not None
+        else None,
     )

@@ -79,6 +79,8 @@ class Verdict(StrEnum):
     WRONG_ANSWER = "wrong_answer"
     SANDBOX_ERROR = "sandbox_error"
     CANCELLED = "cancelled"
+    JUDGE_ERROR = "judge_error"
+    PRESENTATION_ERROR = "presentation_error"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,6 +111,12 @@ class StepResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     repeat: proto.RepeatStats | None = None
+    score: float | None = None
+    """Judged by a program (an interactor): the fraction of the test's points."""
+    checker_message: str | None = None
+    """What the interactor said (its stderr)."""
+    interactor: StepResult | None = None
+    """An interactive test: the interactor's own run."""
 
     @classmethod
     def from_wire(cls, r: proto.StepResult) -> StepResult:
@@ -129,6 +137,9 @@ class StepResult:
             stdout_truncated=r.stdout_truncated,
             stderr_truncated=r.stderr_truncated,
             repeat=r.repeat,
+            score=r.score,
+            checker_message=r.checker_message,
+            interactor=cls.from_wire(r.interactor) if r.interactor is not None else None,
         )
 
     @property
@@ -160,6 +171,10 @@ class StepResult:
             if f.name == "repeat":
                 if value is not None:
                     out["repeat"] = {g.name: getattr(value, g.name) for g in fields(value)}
+                continue
+            if f.name in ("score", "checker_message", "interactor"):  # judged steps only
+                if value is not None:
+                    out[f.name] = value.as_json() if f.name == "interactor" else value
                 continue
             exact = None
             if isinstance(value, bytes):

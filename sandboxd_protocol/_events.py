@@ -52,6 +52,7 @@ __all__ = [
     "Pong",
     "PoolStats",
     "ProfileInfo",
+    "Program",
     "RepeatStats",
     "ServerStats",
     "StatsRequest",
@@ -76,6 +77,9 @@ VERDICTS: tuple[str, ...] = (
     "wrong_answer",
     "sandbox_error",
     "cancelled",
+    # a judge's: the problem's own programs' fault; testlib's presentation error
+    "judge_error",
+    "presentation_error",
 )
 COMPARE_MODES: tuple[str, ...] = ("exact", "trailing_ws", "tokens")
 STREAMS: tuple[str, ...] = ("stdout", "stderr")
@@ -118,6 +122,20 @@ class TestCase:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Program:
+    """A program of the problem's (an interactor): run in containers of its own, under
+    its own profile and limits; ``argv`` nil = its profile's run command."""
+
+    profile: str
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    argv: tuple[str, ...] | None = None
+    limits: JobLimits | None = None
+
+    def __post_init__(self) -> None:
+        _tuple(self, "argv")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RepeatStats:
     """Spread of a step run ``repeat`` times: judges want min and median, not one sample."""
 
@@ -153,6 +171,12 @@ class StepResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     repeat: RepeatStats | None = None
+    score: float | None = None
+    """Judged by a program (an interactor): the fraction of the test's points, 0 to 1."""
+    checker_message: str | None = None
+    """What the interactor said about the test (its stderr, at most 4 KiB)."""
+    interactor: StepResult | None = None
+    """An interactive test: the interactor's own run (its own ``interactor`` is nil)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,6 +277,7 @@ class JobSubmission:
     stream: bool = False
     interactive_stdin: bool = False
     warm_runtime: bool | None = None
+    interactor: Program | None = None
 
     def __post_init__(self) -> None:
         _tuple(self, "argv")

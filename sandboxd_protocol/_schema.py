@@ -43,6 +43,7 @@ from ._events import (
     Pong,
     PoolStats,
     ProfileInfo,
+    Program,
     RepeatStats,
     ServerStats,
     StatsRequest,
@@ -64,10 +65,12 @@ from ._kinds import (
     Float,
     Int,
     JobId,
+    Kind,
     MapOf,
     Number,
     Record,
     Str,
+    _where,
     describe,
 )
 from ._limits import MAX_FRAME_SIZE_CEILING, SizeLimits
@@ -120,6 +123,16 @@ TEST_CASE = Record(
     ),
 )
 
+PROGRAM = Record(
+    Program,
+    (
+        ("profile", PROFILE, True),
+        ("files", Files(), False),
+        ("argv", ARGV, False),
+        ("limits", JOB_LIMITS, False),
+    ),
+)
+
 
 def _check_submission(s: JobSubmission, here: str, lim: SizeLimits) -> None:
     """Rules that tie fields together: a batch has no job-level stdin, and so on."""
@@ -162,6 +175,7 @@ JOB_SUBMISSION = Record(
         ("stream", BOOL, False),
         ("interactive_stdin", BOOL, False),
         ("warm_runtime", BOOL, False),
+        ("interactor", PROGRAM, False),
     ),
     _check_submission,
     "submit",
@@ -191,6 +205,27 @@ REPEAT_STATS = Record(
 )
 
 
+class _InteractorResult(Kind):
+    """A step result inside a step result (an interactive test's interactor's run): the
+    same record, one level deep only."""
+
+    __slots__ = ()
+
+    def decode(self, v: Any, path: str, name: str | int, lim: SizeLimits) -> Any:
+        return self._one_deep(STEP_RESULT.decode(v, path, name, lim), path, name)
+
+    def encode(self, v: Any, path: str, name: str | int, lim: SizeLimits) -> Any:
+        self._one_deep(v, path, name)
+        return STEP_RESULT.encode(v, path, name, lim)
+
+    @staticmethod
+    def _one_deep(r: Any, path: str, name: str | int) -> Any:
+        if getattr(r, "interactor", None) is not None:
+            raise Invalid(f"{_where(path, name)}.interactor", "must be nil in an "
+                          "interactor's own result")
+        return r
+
+
 def _check_step(r: StepResult, here: str, lim: SizeLimits) -> None:
     """A verdict that needs a reason has one.
 
@@ -200,6 +235,8 @@ def _check_step(r: StepResult, here: str, lim: SizeLimits) -> None:
         raise Invalid(f"{here}.reason", f"must be 'cpu' or 'wall' for time_limit, got {r.reason!r}")
     if r.verdict == "sandbox_error" and not r.reason:
         raise Invalid(f"{here}.reason", "must say what failed for sandbox_error")
+    if r.verdict == "judge_error" and not r.reason:
+        raise Invalid(f"{here}.reason", "must say what failed for judge_error")
 
 
 STEP_RESULT = Record(
@@ -220,6 +257,9 @@ STEP_RESULT = Record(
         ("stdout_truncated", BOOL, False),
         ("stderr_truncated", BOOL, False),
         ("repeat", REPEAT_STATS, False),
+        ("score", Float(0.0, 1.0), False),
+        ("checker_message", Str(8192), False),
+        ("interactor", _InteractorResult(), False),
     ),
     _check_step,
 )

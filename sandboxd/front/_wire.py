@@ -22,9 +22,19 @@ from sandboxd.result import Result
 def job_spec(sub: proto.JobSubmission, profile: Profile, *,
              on_output: Callable[[int, str, bytes], Awaitable[None]] | None = None,
              on_compile_output: Callable[[str, bytes], Awaitable[None]] | None = None,
-             stdin_stream: AsyncIterator[bytes] | None = None) -> JobSpec:
-    """A submission as the service runs it (its streams are the front door's own)."""
-    return JobSpec(
+             stdin_stream: AsyncIterator[bytes] | None = None,
+             profiles: Callable[[str], Profile] | None = None) -> JobSpec:
+    """A submission as the service runs it (its streams are the front door's own);
+    ``profiles`` finds the profile an interactor names (the service's ``profile``,
+    which raises its ``unknown_profile``)."""
+    interactor = None
+    if sub.interactor is not None:
+        if profiles is None:
+            raise ValueError("a job with an interactor needs the profiles to look it up")
+        p = sub.interactor
+        interactor = jobs.ProgramSpec(profile=profiles(p.profile), files=dict(p.files),
+                                      argv=list(p.argv) if p.argv else None, limits=p.limits)
+    return JobSpec(interactor=interactor,
         profile=profile, files=dict(sub.files), stdin=sub.stdin,
         argv=list(sub.argv) if sub.argv else None, env=dict(sub.env or {}),
         limits=sub.limits,
@@ -65,8 +75,12 @@ def step_result(outcome: jobs.StepOutcome) -> proto.StepResult:
                                    wall_time_min=rp.wall[0], wall_time_median=rp.wall[1],
                                    wall_time_max=rp.wall[2], memory_peak_max=rp.memory_peak_max,
                                    chosen=rp.chosen)
+    inter = None
+    if outcome.interactor is not None:
+        inter = step_result(jobs.StepOutcome(outcome.interactor))
     return proto.StepResult(**{name: getattr(r, name) for name in RESULT_FIELDS},
-                            repeat=repeat)
+                            repeat=repeat, score=outcome.score,
+                            checker_message=outcome.checker_message, interactor=inter)
 
 
 # What a step result holds besides its outputs, at most (reason <= 1 KiB, numbers, flags,
@@ -85,8 +99,11 @@ def _fit(steps: tuple[proto.StepResult, ...], compile_result: proto.StepResult |
     share of the room instead (a cut one says so, as at its output limit).
     """
     everything = [*steps, *([compile_result] if compile_result else [])]
-    total = sum(len(s.stdout) + len(s.stderr) for s in everything)
-    room = max_frame - _RESULT_OVERHEAD - _STEP_OVERHEAD * len(everything)
+    # An interactive test's interactor run is one more step inside it, with a message.
+    inner = [s.interactor for s in everything if s.interactor is not None]
+    total = sum(len(s.stdout) + len(s.stderr) for s in [*everything, *inner])
+    room = max_frame - _RESULT_OVERHEAD - _STEP_OVERHEAD * (len(everything) + len(inner)) \
+        - sum(len((s.checker_message or "").encode()) for s in everything)
     if total <= room:
         return steps, compile_result
     keep = max(0, room) / total
@@ -96,7 +113,8 @@ def _fit(steps: tuple[proto.StepResult, ...], compile_result: proto.StepResult |
         return dataclasses.replace(
             s, stdout=s.stdout[:out], stderr=s.stderr[:err],
             stdout_truncated=s.stdout_truncated or out < len(s.stdout),
-            stderr_truncated=s.stderr_truncated or err < len(s.stderr))
+            stderr_truncated=s.stderr_truncated or err < len(s.stderr),
+            interactor=cut(s.interactor) if s.interactor is not None else None)
 
     return tuple(cut(s) for s in steps), cut(compile_result) if compile_result else None
 

@@ -320,7 +320,7 @@ class Session:
 
         return job_spec(sub, profile, on_output=on_output if sub.stream else None,
                         on_compile_output=on_compile_output if sub.stream else None,
-                        stdin_stream=stdin_stream)
+                        stdin_stream=stdin_stream, profiles=self.service.profile)
 
     async def _run_job(self, job: Job) -> None:
         outcome: JobOutcome | None = None

@@ -335,7 +335,8 @@ class RedisNode:
                                        "the cluster; submit the whole stdin with the job")
                 spec = job_spec(sub, self.service.profile(sub.profile),
                                 on_output=on_output if sub.stream else None,
-                                on_compile_output=on_compile_output if sub.stream else None)
+                                on_compile_output=on_compile_output if sub.stream else None,
+                                profiles=self.service.profile)
                 return self.service.submit(spec, id=sub.id, owner="cluster",
                                            client=f"cluster@{self.node}")
             except ServiceError as e:

@@ -37,6 +37,7 @@ from sandboxd.profiles import Profile
 from sandboxd.result import Result
 from sandboxd.spawn import ContainerSpec
 
+from ._interactive import run_interactive_job
 from ._metrics import JobMetrics
 from ._scheduler import Job, Scheduler
 
@@ -176,6 +177,9 @@ class JobService:
         self.pool.ensure(shape)
         if shape.warm is not None and jobs.plain_starts(spec):
             self.pool.ensure(self._shape(spec.profile, warm=False))  # its plain starts too
+        if spec.interactor is not None:  # both sides of a wired test start plainly
+            self.pool.ensure(self._shape(spec.profile, warm=False))
+            self.pool.ensure(self._shape(spec.interactor.profile, warm=False))
         return job
 
     async def execute(self, job: Job) -> JobOutcome:
@@ -190,7 +194,11 @@ class JobService:
         outcome: JobOutcome | None = None
         try:
             with job.scope:
-                outcome = await jobs.run_job(job.spec, self.sched.runner(job))
+                if job.spec.interactor is not None:
+                    outcome = await run_interactive_job(job.spec, self.sched.runner(job),
+                                                        self.sched.pair_runner(job))
+                else:
+                    outcome = await jobs.run_job(job.spec, self.sched.runner(job))
         except JobError as e:
             raise ServiceError("invalid_job", str(e)) from None
         except Exception as e:  # our bug: the job gets a typed error, the daemon lives on
