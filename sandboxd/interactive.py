@@ -45,10 +45,12 @@ mostly waits for the solution.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import re
+import select
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -81,11 +83,13 @@ PEER_KILL = "peer"
 
 @dataclass(frozen=True, slots=True)
 class Ran:
-    """One side of a wired test: its result and when it ended (the supervisor's monotonic
-    clock; None when it never ran)."""
+    """One side of a wired test: its result, when it ended (the supervisor's monotonic
+    clock; None when it never ran) and whether it was the first of the two to end
+    (None when the kernel's order was not seen: the times decide)."""
 
     result: Result
     ended: float | None
+    first: bool | None = None
 
 
 class PairRunner(Protocol):
@@ -140,6 +144,7 @@ async def run_wired(solution: Container, interactor: Container, sol_step: RunSte
     sol_step = dataclasses.replace(sol_step, stdin_fd=to_sol_r, stdout_fd=to_int_w)
     int_step = dataclasses.replace(int_step, stdin_fd=to_int_r, stdout_fd=to_sol_w)
     out: dict[str, Ran] = {}
+    order = _Order(solution, interactor, to_int_r, to_sol_r)
 
     async def run_solution() -> None:
         try:
@@ -154,15 +159,92 @@ async def run_wired(solution: Container, interactor: Container, sol_step: RunSte
         except SandboxError as e:
             result = Result.sandbox_error(f"interactor: {e.reason}")
         out["interactor"] = Ran(result, _end(interactor))
-        if result.verdict != "ok" or result.exit_code not in (_OK, _POINTS):
+        if result.verdict not in ("ok", "runtime_error") or \
+                result.exit_code not in (_OK, _POINTS):
             # The test is decided (or the interactor is gone): nothing reads the
             # solution any more. A solution that already failed keeps its first reason.
             await solution.kill(PEER_KILL)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_solution)
-        nursery.start_soon(run_interactor)
-    return out["solution"], out["interactor"]
+    try:
+        async with trio.open_nursery() as nursery:
+            watching = trio.CancelScope()
+
+            async def watch() -> None:
+                with watching:
+                    await order.wait()
+
+            async def both() -> None:
+                async with trio.open_nursery() as runs:
+                    runs.start_soon(run_solution)
+                    runs.start_soon(run_interactor)
+                watching.cancel()
+
+            nursery.start_soon(watch)
+            nursery.start_soon(both)
+    finally:
+        order.close()
+    first = order.first
+    sol, inter = out["solution"], out["interactor"]
+    if first is not None:
+        sol = dataclasses.replace(sol, first=first == "solution")
+        inter = dataclasses.replace(inter, first=first == "interactor")
+    return sol, inter
+
+
+class _Order:
+    """Which side ended first, in the kernel's order, not as the supervisor heard of it.
+
+    The two inits' reports come at times that depend on scheduling: a solution that
+    dies of reading EOF a few microseconds after its interactor exited can be reaped
+    first. One epoll set watches, for each side, its process (its pidfd turns readable
+    when it has exited) and its stdout (a read end held here reports HUP once the
+    side's last writer has exited or closed it: the other side sees EOF at that very
+    moment). epoll lists descriptors in the order they became ready, so the first
+    event names the side that ended (or stopped talking) first, even when both had
+    happened before the supervisor looked.
+
+    Held only until that first event: a read end kept here would otherwise let a side
+    write into a pipe nobody reads any more (no ``SIGPIPE``) after the other has gone.
+    """
+
+    def __init__(self, solution: Container, interactor: Container, sol_stdout: int,
+                 int_stdout: int) -> None:
+        self.first: str | None = None
+        self._ep: select.epoll | None = None
+        self._side: dict[int, str] = {}
+        try:
+            self._ep = select.epoll()
+            for side, box, out in (("solution", solution, sol_stdout),
+                                   ("interactor", interactor, int_stdout)):
+                held = os.dup(out)  # non-inheritable, as every descriptor here
+                self._side[held] = side
+                self._ep.register(held, 0)  # EPOLLHUP and EPOLLERR only, always reported
+                if box.job_pid:
+                    pidfd = os.pidfd_open(box.job_pid)
+                    self._side[pidfd] = side
+                    self._ep.register(pidfd, select.EPOLLIN)
+        except OSError:  # no order then: the reap times decide
+            self.close()
+
+    async def wait(self) -> None:
+        if self._ep is None:
+            return
+        while True:
+            await trio.lowlevel.wait_readable(self._ep.fileno())
+            events = self._ep.poll(0)
+            if events:
+                self.first = self._side[events[0][0]]
+                self.close()
+                return
+
+    def close(self) -> None:
+        if self._ep is not None:
+            self._ep.close()
+            self._ep = None
+        for fd in self._side:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._side = {}
 
 
 def _end(box: Container) -> float | None:
@@ -230,8 +312,16 @@ def interactive_verdict(solution: Ran, interactor: Ran
                 0.0, message
     said, reason, score = interactor_says(inter)
     if sol.verdict != "ok":
-        first = (solution.ended is None or interactor.ended is None
-                 or solution.ended <= interactor.ended) and sol.signal != signal.SIGPIPE
+        if solution.first is not None:
+            first = solution.first
+        else:
+            first = (solution.ended is None or interactor.ended is None
+                     or solution.ended <= interactor.ended)
+        first = first and sol.signal != signal.SIGPIPE
         if first or said == "ok" or (said == "wrong_answer" and score > 0.0):
             return sol.verdict, sol.reason, 0.0, message
+    elif inter.signal == signal.SIGPIPE:
+        # The interactor wrote to a solution that had ended well but too soon.
+        return "wrong_answer", "the solution ended before the interactor was done", \
+            0.0, message
     return said, reason, score, message

@@ -140,8 +140,8 @@ async def run_interactive_job(job: JobSpec, runner: StepRunner, pair: PairRunner
             sol, itr = await pair(container_spec(profile, limits),
                                   container_spec(iprofile, ilimits), body, pin=job.cpuset_pin)
             # The runtime's own out-of-memory error is a memory limit, as for any run.
-            sol = Ran(result_mod.judged(sol.result, heap_markers=profile.out_of_memory),
-                      sol.ended)
+            sol = dataclasses.replace(sol, result=result_mod.judged(
+                sol.result, heap_markers=profile.out_of_memory))
             verdict, reason, score, message = interactive.interactive_verdict(sol, itr)
             result = dataclasses.replace(sol.result, verdict=verdict, reason=reason)
             outcome = outcomes[i] = StepOutcome(result, score=score, checker_message=message,
