@@ -43,6 +43,7 @@ from sandboxd_protocol import (
     Pong,
     PoolStats,
     ProfileInfo,
+    Program,
     RepeatStats,
     ServerStats,
     SizeLimits,
@@ -275,6 +276,8 @@ def submissions(draw: st.DrawFn, job_id: st.SearchStrategy[str] = job_ids) -> Jo
         stop_on_failure=draw(st.booleans()),
         stream=draw(st.booleans()),
         interactive_stdin=False if batch else draw(st.booleans()),
+        interactor=draw(_opt(st.builds(Program, profile=profiles, files=files,
+                                       argv=_opt(argvs), limits=_opt(job_limits)))),
     )
 
 
@@ -292,11 +295,11 @@ repeat_stats = st.builds(
 
 
 @st.composite
-def step_results(draw: st.DrawFn) -> StepResult:
+def step_results(draw: st.DrawFn, inner: bool = False) -> StepResult:
     verdict = draw(st.sampled_from(VERDICTS))
     if verdict == "time_limit":
         reason: str | None = draw(st.sampled_from(["cpu", "wall"]))
-    elif verdict == "sandbox_error":
+    elif verdict in ("sandbox_error", "judge_error"):
         reason = draw(text.filter(bool))
     else:
         reason = draw(_opt(text))
@@ -316,6 +319,9 @@ def step_results(draw: st.DrawFn) -> StepResult:
         stdout_truncated=draw(st.booleans()),
         stderr_truncated=draw(st.booleans()),
         repeat=draw(_opt(repeat_stats)),
+        score=draw(_opt(st.floats(0.0, 1.0))),
+        checker_message=draw(_opt(text)),
+        interactor=None if inner else draw(_opt(step_results(inner=True))),
     )
 
 
