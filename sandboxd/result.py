@@ -26,7 +26,10 @@ if TYPE_CHECKING:  # the zygote imports this module: it needs no limits
     from sandboxd.limits import Limits
 
 VERDICTS = ("ok", "runtime_error", "time_limit", "memory_limit", "output_limit",
-            "compile_error", "wrong_answer", "sandbox_error", "cancelled")
+            "compile_error", "wrong_answer", "sandbox_error", "cancelled",
+            # a judge's: the problem's own programs' fault (an interactor's), testlib's
+            # presentation error (exit code 2)
+            "judge_error", "presentation_error")
 
 
 class SandboxError(Exception):

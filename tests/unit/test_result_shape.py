@@ -25,8 +25,12 @@ def names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
+# A step judged by a program (an interactive test) carries these besides (jobs.StepOutcome).
+JUDGED = ("score", "checker_message", "interactor")
+
+
 def test_the_wire_record_has_the_daemons_fields_and_repeat():
-    assert names(proto.StepResult) == (*DAEMON, "repeat")
+    assert names(proto.StepResult) == (*DAEMON, "repeat", *JUDGED)
 
 
 def test_the_schema_has_the_wire_records_fields():

@@ -95,6 +95,25 @@ JOB = {
                          "description": "the profile's warm runtime: false = the plain "
                                         "start, true = also when judged, null = the "
                                         "server's choice"},
+        "interactor": {"oneOf": [_ref("Program"), {"type": "null"}],
+                       "description": "an interactive problem: each test runs this program "
+                                      "beside the job's, stdout wired to stdin both ways; "
+                                      "the test's stdin and expected_output are its files "
+                                      "input.txt and answer.txt; its exit code (testlib's) "
+                                      "decides"},
+    },
+}
+
+PROGRAM = {
+    "type": "object", "required": ["profile"], "additionalProperties": False,
+    "description": "A program of the problem's (an interactor), in containers of its own.",
+    "properties": {
+        "profile": {"type": "string"},
+        "files": {"type": "object", "additionalProperties": _ref("Data")},
+        "argv": {"oneOf": [ARGV, {"type": "null"}],
+                 "description": "default: the profile's run command; the server appends "
+                                "input.txt output.txt [answer.txt]"},
+        "limits": _ref("Limits"),
     },
 }
 
@@ -138,6 +157,13 @@ STEP = {
         "stderr": {"type": "string"}, "stderr_b64": {"type": "string"},
         "stdout_truncated": {"type": "boolean"}, "stderr_truncated": {"type": "boolean"},
         "repeat": {"oneOf": [_ref("Repeat"), {"type": "null"}]},
+        "score": {"type": "number", "minimum": 0, "maximum": 1,
+                  "description": "judged by a program: the fraction of the test's points"},
+        "checker_message": {"type": "string",
+                            "description": "what the judging program said (an interactor's "
+                                           "stderr)"},
+        "interactor": {"$ref": "#/components/schemas/StepResult",
+                       "description": "an interactive test: the interactor's own run"},
     },
 }
 
@@ -319,7 +345,7 @@ SPEC: dict[str, Any] = {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
             "Error": ERROR, "Data": DATA, "Limits": LIMITS, "LimitValues": LIMIT_VALUES,
-            "Job": JOB, "Test": TEST, "Repeat": REPEAT, "StepResult": STEP,
+            "Job": JOB, "Test": TEST, "Repeat": REPEAT, "StepResult": STEP, "Program": PROGRAM,
             "JobResult": JOB_RESULT, "JobPending": JOB_PENDING, "JobFailed": JOB_FAILED,
             "Profile": PROFILE, "Stats": STATS, "Ps": PS,
             "Health": {"type": "object", "additionalProperties": False,

@@ -37,7 +37,7 @@ from starlette.websockets import WebSocket
 import sandboxd_protocol as proto
 from sandboxd import __version__
 from sandboxd.compare import COMPARE_MODES
-from sandboxd.jobs import JobOutcome, JobSpec, StepOutcome, TestSpec
+from sandboxd.jobs import JobOutcome, JobSpec, ProgramSpec, StepOutcome, TestSpec
 from sandboxd.limits import Limits
 from sandboxd.log import event
 from sandboxd.result import Result
@@ -67,7 +67,7 @@ _SIZE_LIMITS = {s.name for s in proto.LIMITS if s.unit is proto.Unit.BYTES}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 JOB_FIELDS = ("profile", "files", "stdin", "argv", "env", "limits", "compile", "tests",
               "expected_output", "compare", "float_tolerance", "stop_on_failure", "cpuset_pin",
-              "warm_runtime")
+              "warm_runtime", "interactor")
 
 
 def routes(ctx: HttpContext) -> list[BaseRoute]:
@@ -251,7 +251,21 @@ def job_spec(service: JobService, body: Any, **streams: Any) -> JobSpec:
         stop_on_failure=_bool(body.get("stop_on_failure", False), "stop_on_failure"),
         cpuset_pin=_bool(body.get("cpuset_pin", False), "cpuset_pin"),
         warm_runtime=(_bool(body["warm_runtime"], "warm_runtime")
-                      if body.get("warm_runtime") is not None else None), **streams)
+                      if body.get("warm_runtime") is not None else None),
+        interactor=(_program(service, body["interactor"], "interactor")
+                    if body.get("interactor") is not None else None), **streams)
+
+
+def _program(service: JobService, value: Any, where: str) -> ProgramSpec:
+    """A program record of the problem's (an interactor): its profile, files, argv, limits."""
+    p = _object(value, where, ("profile", "files", "argv", "limits"))
+    if "profile" not in p:
+        raise _invalid(f"{where}.profile", "is required")
+    return ProgramSpec(
+        profile=service.profile(_string(p["profile"], f"{where}.profile", 64)),
+        files=_files(p.get("files", {}), f"{where}.files"),
+        argv=_argv(p["argv"], f"{where}.argv") if p.get("argv") is not None else None,
+        limits=job_limits(p.get("limits"), f"{where}.limits"))
 
 
 def _test(value: Any, where: str) -> TestSpec:
@@ -288,6 +302,12 @@ def step_json(outcome: StepOutcome) -> dict[str, Any]:
         "cpu_time_max": rp.cpu[2], "wall_time_min": rp.wall[0], "wall_time_median": rp.wall[1],
         "wall_time_max": rp.wall[2], "memory_peak_max": rp.memory_peak_max,
         "chosen": rp.chosen}
+    if outcome.score is not None:  # judged by a program (an interactor)
+        out["score"] = outcome.score
+    if outcome.checker_message is not None:
+        out["checker_message"] = outcome.checker_message
+    if outcome.interactor is not None:
+        out["interactor"] = step_json(StepOutcome(outcome.interactor))
     return out
 
 
