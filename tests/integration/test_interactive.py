@@ -309,3 +309,21 @@ def test_refused_interactive_jobs(daemon: Daemon) -> None:
         assert isinstance(res, proto.ErrorReport) and res.code == "unknown_profile", res
     finally:
         c.close()
+
+
+def test_through_the_python_client(daemon: Daemon) -> None:
+    """The client's ``Interactor`` and the step fields it decodes."""
+    import sandboxd_client as sc
+
+    with sc.Client(daemon.socket) as client:
+        r = client.run("python3", {"main.py": LINEAR},
+                       tests=[sc.Test(stdin="8 3\n"), sc.Test(stdin="8 7\n")],
+                       limits={"cpu_time": 2, "wall_time": 10},
+                       interactor=sc.Interactor(profile="c", files={
+                           "main.c": (GUESS / "interactor.c").read_bytes()}))
+    ok, partial = r.steps
+    assert ok.verdict is sc.Verdict.OK and ok.score == 1.0
+    assert partial.verdict is sc.Verdict.WRONG_ANSWER and partial.score == 0.5
+    assert partial.interactor is not None and partial.interactor.exit_code == 7
+    assert partial.checker_message and partial.checker_message.startswith("points 0.5")
+    assert partial.as_json()["interactor"]["exit_code"] == 7
