@@ -219,11 +219,15 @@ class Container:
     async def _hand_over(self, step: RunStep, rl: rlimits.Rlimits) -> tuple[int, int, int]:
         """Send the job with new stdio: our ends (stdout or -1 when wired, stderr,
         interactive stdin or -1)."""
-        if step.stdout_fd is not None:
-            out_r, out_w = -1, step.stdout_fd
-        else:
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            if step.stdout_fd is not None:
+                out_r, out_w = -1, step.stdout_fd
+            else:
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        except OSError:  # out of descriptors: the wired ones are still ours to close
+            _close_wired(step)
+            raise
         if step.stdin_fd is not None:
             in_r, in_w = step.stdin_fd, -1
         elif step.stdin_stream is not None:

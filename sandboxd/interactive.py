@@ -253,11 +253,16 @@ def _end(box: Container) -> float | None:
     return box.ended_at
 
 
-def _cap(data: bytes) -> str | None:
+def message_of(data: bytes) -> str | None:
+    """A program's output as the step's message: text, at most ``MESSAGE_CAP`` bytes of
+    UTF-8 (the wire's field holds twice that), None when blank."""
     text = data.decode("utf-8", "replace").strip()
     if not text:
         return None
-    return text if len(text) <= MESSAGE_CAP else text[:MESSAGE_CAP] + "..."
+    raw = text.encode()
+    if len(raw) <= MESSAGE_CAP:
+        return text
+    return raw[:MESSAGE_CAP].decode("utf-8", "ignore") + "..."
 
 
 def _about(run: Result) -> str:
@@ -303,7 +308,7 @@ def interactive_verdict(solution: Ran, interactor: Ran
     ok; then the interactor's word, by testlib's codes.
     """
     sol, inter = solution.result, interactor.result
-    message = _cap(inter.stderr)
+    message = message_of(inter.stderr)
     for side, run in (("solution", sol), ("interactor", inter)):
         if run.verdict in ("sandbox_error", "cancelled"):
             reason = run.reason or run.verdict

@@ -103,7 +103,8 @@ async def run_interactive_job(job: JobSpec, runner: StepRunner, pair: PairRunner
         else:
             failed = Result.without_run(interactive.JUDGE_ERROR, reason)
         return JobOutcome(compile_outcome, [
-            StepOutcome(failed, score=0.0, checker_message=_text(int_compile.stderr),
+            StepOutcome(failed, score=0.0,
+                        checker_message=interactive.message_of(int_compile.stderr),
                         interactor=int_compile) for _ in tests])
 
     outcomes: list[StepOutcome | None] = [None] * len(tests)
@@ -162,6 +163,3 @@ async def run_interactive_job(job: JobSpec, runner: StepRunner, pair: PairRunner
              for i, o in enumerate(outcomes)]
     return JobOutcome(compile_outcome, steps)
 
-
-def _text(data: bytes) -> str | None:
-    return data.decode("utf-8", "replace").strip()[:interactive.MESSAGE_CAP] or None

@@ -11,6 +11,7 @@ once it stops.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -327,3 +328,34 @@ def test_through_the_python_client(daemon: Daemon) -> None:
     assert partial.interactor is not None and partial.interactor.exit_code == 7
     assert partial.checker_message and partial.checker_message.startswith("points 0.5")
     assert partial.as_json()["interactor"]["exit_code"] == 7
+
+
+def test_stop_on_failure_and_a_pinned_solution(daemon: Daemon) -> None:
+    r = judge(daemon, WRONG, [b"10 1\n", b"10 7\n", b"10 1\n"], stop_on_failure=True,
+              cpuset_pin=True)
+    assert verdicts(r) == ["ok", "wrong_answer", "cancelled"], r
+    assert r.steps[2].reason == "skipped after an earlier test failed"
+
+
+def test_cancelling_an_interactive_job_leaves_nothing(daemon: Daemon) -> None:
+    """A deadlocked pair, cancelled by its client: both containers are killed at once
+    (the leftovers check after the test proves nothing of either remains)."""
+    waits = b"import sys\nsys.stdin.read()\n"
+    reads = py_interactor("import sys\nsys.stdin.read()\n")
+    c = daemon.connect()
+    try:
+        c.submit("x", "python3", files={"main.py": waits}, interactor=reads,
+                 limits=proto.JobLimits(cpu_time=5.0, wall_time=60.0),
+                 tests=(proto.TestCase(stdin=b""),))
+        deadline = time.monotonic() + 30
+        while daemon.stats().jobs_running == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # both sides started and blocked
+        t = time.monotonic()
+        c.send(proto.Cancellation(id="x"))
+        res, _ = c.result("x")
+        assert time.monotonic() - t < 10
+    finally:
+        c.close()
+    assert isinstance(res, proto.JobResult), res
+    assert [s.verdict for s in res.steps] == ["cancelled"], res

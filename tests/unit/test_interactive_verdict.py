@@ -118,6 +118,9 @@ def test_the_message_is_the_interactors_stderr_capped() -> None:
     assert message is not None and len(message) == 4096 + 3
     _, _, _, message = interactive_verdict(Ran(OK, 1.0), Ran(code(0, b" \n"), 2.0))
     assert message is None
+    wide = "\u00e9".encode() * 5000  # 2 bytes each: the cap is in bytes of UTF-8
+    _, _, _, message = interactive_verdict(Ran(OK, 1.0), Ran(code(1, wide), 2.0))
+    assert message is not None and len(message.encode()) <= 4096 + 3
 
 
 def test_files_argv_and_limits() -> None:
