@@ -58,6 +58,7 @@ from typing import Protocol
 
 import trio
 
+from sandboxd.cgroups import CgroupError
 from sandboxd.container import Container, RunStep
 from sandboxd.limits import Limits
 from sandboxd.result import Result, SandboxError
@@ -90,6 +91,9 @@ class Ran:
     result: Result
     ended: float | None
     first: bool | None = None
+    # Killed because the other side had ended (the solution after its interactor's
+    # verdict): whatever it came to then, even a hand-over that failed, is not its own.
+    by_peer: bool = False
 
 
 class PairRunner(Protocol):
@@ -138,7 +142,12 @@ async def run_wired(solution: Container, interactor: Container, sol_step: RunSte
     Cancellation: both containers' jobs are killed (``Container.run`` does it).
     """
     to_int_r, to_int_w = os.pipe2(os.O_CLOEXEC)  # solution stdout -> interactor stdin
-    to_sol_r, to_sol_w = os.pipe2(os.O_CLOEXEC)  # interactor stdout -> solution stdin
+    try:
+        to_sol_r, to_sol_w = os.pipe2(os.O_CLOEXEC)  # interactor stdout -> solution stdin
+    except OSError:
+        os.close(to_int_r)
+        os.close(to_int_w)
+        raise
     # From here each descriptor belongs to one ``run``, which closes it after the
     # hand-over: then the only holders of each pipe are the two jobs.
     sol_step = dataclasses.replace(sol_step, stdin_fd=to_sol_r, stdout_fd=to_int_w)
@@ -149,15 +158,16 @@ async def run_wired(solution: Container, interactor: Container, sol_step: RunSte
     async def run_solution() -> None:
         try:
             result = await solution.run(sol_step)
-        except SandboxError as e:
-            result = Result.sandbox_error(f"solution: {e.reason}")
-        out["solution"] = Ran(result, _end(solution))
+        except (SandboxError, CgroupError) as e:  # ours: a result, not a crash of the pair
+            result = Result.sandbox_error(f"solution: {getattr(e, 'reason', e)}")
+        out["solution"] = Ran(result, _end(solution),
+                              by_peer=solution.killed_for == PEER_KILL)
 
     async def run_interactor() -> None:
         try:
             result = await interactor.run(int_step)
-        except SandboxError as e:
-            result = Result.sandbox_error(f"interactor: {e.reason}")
+        except (SandboxError, CgroupError) as e:
+            result = Result.sandbox_error(f"interactor: {getattr(e, 'reason', e)}")
         out["interactor"] = Ran(result, _end(interactor))
         if result.verdict not in ("ok", "runtime_error") or \
                 result.exit_code not in (_OK, _POINTS):
@@ -309,8 +319,9 @@ def interactive_verdict(solution: Ran, interactor: Ran
     """
     sol, inter = solution.result, interactor.result
     message = message_of(inter.stderr)
-    for side, run in (("solution", sol), ("interactor", inter)):
-        if run.verdict in ("sandbox_error", "cancelled"):
+    for side, run, ours in (("solution", sol, not solution.by_peer),
+                            ("interactor", inter, True)):
+        if ours and run.verdict in ("sandbox_error", "cancelled"):
             reason = run.reason or run.verdict
             prefix = f"{side}: "
             return run.verdict, reason if reason.startswith(prefix) else prefix + reason, \

@@ -113,6 +113,16 @@ def test_sandbox_errors_and_cancellations_say_whose() -> None:
     assert decide(OK, run("cancelled", None, reason="cancelled by the client"))[0] == "cancelled"
 
 
+def test_a_solution_killed_for_its_interactor_is_not_blamed_for_how_it_ended() -> None:
+    """The interactor decided before the solution was even handed over: the hand-over
+    then fails (sandbox_error), but the interactor's word stands."""
+    lost = run("sandbox_error", None, reason="solution: job delivery: the job process died")
+    s = Ran(lost, 2.0, first=False, by_peer=True)
+    assert interactive_verdict(s, Ran(code(3), 1.0, first=True))[0] == "judge_error"
+    assert interactive_verdict(s, Ran(code(1), 1.0, first=True))[0] == "wrong_answer"
+    assert interactive_verdict(Ran(lost, 2.0), Ran(code(1), 1.0))[0] == "sandbox_error"
+
+
 def test_the_message_is_the_interactors_stderr_capped() -> None:
     _, _, _, message = interactive_verdict(Ran(OK, 1.0), Ran(code(1, b"x" * 10000), 2.0))
     assert message is not None and len(message) == 4096 + 3
