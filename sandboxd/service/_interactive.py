@@ -17,7 +17,6 @@ test is ``judge_error`` with the reason.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -38,20 +37,21 @@ from sandboxd.jobs import (
 from sandboxd.limits import Limits
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
-from sandboxd_protocol import JobLimits
 
 
 async def _compile(profile: Profile, files: dict[str, bytes], run_limits: Limits,
-                   env: dict[str, str], runner: StepRunner, compile_argv: list[str] | None = None,
-                   climits_over: JobLimits | None = None,
-                   on_output: Callable[[str, bytes], Awaitable[None]] | None = None
+                   env: dict[str, str], runner: StepRunner, job: JobSpec | None = None
                    ) -> tuple[Result | None, dict[str, bytes]]:
     """(the compile step's result or None when the profile compiles nothing, the files the
-    runs get); a result that is not ``ok`` leaves the files as they were."""
+    runs get); a result that is not ``ok`` leaves the files as they were. ``job``: the
+    solution's, whose own compile argv, limits and output stream apply."""
+    compile_argv = job.compile_argv if job is not None else None
+    on_output = job.on_compile_output if job is not None else None
     if not (compile_argv or profile.compile):
         return None, files
     base = profile.compile.limits if profile.compile else run_limits
-    climits = _limits(base, climits_over, profile.max_limits)
+    climits = _limits(base, job.compile_limits if job is not None else None,
+                      profile.max_limits)
     argv = compile_argv or profile.compile_argv(sorted(files), climits)
     assert argv is not None
     step = RunStep(argv=argv, limits=climits, files=files, env=env, cwd=profile.workdir,
@@ -77,9 +77,7 @@ async def run_interactive_job(job: JobSpec, runner: StepRunner, pair: PairRunner
     compiled: dict[str, tuple[Result | None, dict[str, bytes]]] = {}
 
     async def build_solution() -> None:
-        compiled["solution"] = await _compile(
-            profile, job.files, run_limits, env, runner, job.compile_argv, job.compile_limits,
-            job.on_compile_output)
+        compiled["solution"] = await _compile(profile, job.files, run_limits, env, runner, job)
 
     async def build_interactor() -> None:
         compiled["interactor"] = await _compile(iprofile, inter.files, ilimits_own, ienv,
