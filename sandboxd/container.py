@@ -65,6 +65,12 @@ class RunStep:
     stdin_stream: AsyncIterator[bytes] | None = None  # interactive stdin instead of ``stdin``
     cpuset: str | None = None  # CPUs the job may run on (e.g. "1": pinned), None: any
     address_space: int | None = None  # RLIMIT_AS per process (memory_mode "address_space")
+    # Wired stdio (an interactive problem: sandboxd/interactive.py): descriptors the
+    # caller made (a pipe's end each) that become the job's stdin / stdout instead of
+    # ``stdin`` and a captured pipe. ``run`` owns them from the call on: it closes them
+    # once handed over (or on failure), so that the other end sees EOF when the job ends.
+    stdin_fd: int | None = None
+    stdout_fd: int | None = None
 
 
 class Container:
@@ -91,6 +97,8 @@ class Container:
         self._kill_lock = trio.Lock()
         self.warm: WarmStart | None = None  # the interpreter waiting for the job, if any
         self._stdio: list[int] = []  # a warm container's: stdin memfd, stdout, stderr read ends
+        self.ended_at: float | None = None  # monotonic: the job process reaped (``run``)
+        self.killed_at: float | None = None  # monotonic: when ``kill`` first ended it
 
     async def wait_ready(self, warm: WarmStart | None = None) -> None:
         """Wait until the init has built the container and the job process waits for a job;
@@ -134,15 +142,24 @@ class Container:
 
     # ------------------------------------------------------------------ run
 
+    @property
+    def killed_for(self) -> str | None:
+        """Why ``kill`` first ended the job ("cpu", "wall", "output", "cancel"...), if it did."""
+        return self._killed_for
+
     async def kill(self, reason: str) -> None:
         """Kill every process of the job (freezer first) and remember why. Idempotent."""
         if self._killed_for is None:
             self._killed_for = reason
+            self.killed_at = time.monotonic()
         await self.kill_rest()
 
     async def run(self, step: RunStep) -> Result:
-        if self.used:
-            raise SandboxError("a container runs one job only")
+        if self.used or (self.warm is not None and (step.stdin_fd is not None
+                                                   or step.stdout_fd is not None)):
+            _close_wired(step)
+            raise SandboxError("a container runs one job only" if self.used else
+                               "wired stdio needs a plain start, not a warm runtime")
         self.used = True
         limits = step.limits
         # The job process is already in the cgroup: a new cpuset moves it (and all it
@@ -150,19 +167,23 @@ class Container:
         try:
             self.cgroup.set_limits(CgroupLimits(memory=limits.memory, pids=limits.pids,
                                                 cpuset=step.cpuset))
+            base = self._base = self.cgroup.stats()
         except MemoryInUse:
             # The waiting job process (or its warm interpreter) already holds more than
             # the limit: it could not run one instruction of the job within it.
+            _close_wired(step)
             await self.kill_rest()
             return _no_room(limits, "the job's process held more than the limit before "
                                     "the job started")
+        except BaseException:
+            _close_wired(step)  # not yet handed over: nothing else closes them
+            raise
         # Made at the pool's low priority; the job, and the init that relays it,
         # run at the normal one, ahead of the refills that run meanwhile.
         for pid in (self.init_pid, self.job_pid):
             if pid:
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, pid, 0)
-        base = self._base = self.cgroup.stats()
         rl = rlimits.Rlimits(cpu_seconds=limits.cpu_time, file_size=limits.file_size,
                              open_files=limits.open_files, stack=limits.stack,
                              address_space=step.address_space)
@@ -173,13 +194,15 @@ class Container:
         # The write end of interactive stdin belongs to one object from here on,
         # which closes it exactly once (the feeder at end of input, or this method).
         stdin_w = trio.lowlevel.FdStream(in_w) if in_w >= 0 else None
-        out = _Capture("stdout", out_r, limits.output, step.on_output)
+        out = _Capture("stdout", out_r, limits.output, step.on_output) if out_r >= 0 \
+            else _Capture.absent("stdout")
         err = _Capture("stderr", err_r, limits.output, step.on_output)
         # The wall clock starts at the hand-over, which the init reports ("started");
         # until that message is in, the deadline counts from here, a little earlier.
         sent = time.monotonic()
         try:
             status, t0, t1 = await self._supervise(step, limits, base, sent, out, err, stdin_w)
+            self.ended_at = t1
         except SandboxError as e:
             # Under a tiny memory limit the job process can die of it before its execve
             # (reading the exec request, taking its stdio): the OOM killer's victim, or a
@@ -215,10 +238,20 @@ class Container:
         return decide(measured, limits)
 
     async def _hand_over(self, step: RunStep, rl: rlimits.Rlimits) -> tuple[int, int, int]:
-        """Send the job with new stdio: our ends (stdout, stderr, interactive stdin or -1)."""
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        if step.stdin_stream is not None:
+        """Send the job with new stdio: our ends (stdout or -1 when wired, stderr,
+        interactive stdin or -1)."""
+        try:
+            if step.stdout_fd is not None:
+                out_r, out_w = -1, step.stdout_fd
+            else:
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        except OSError:  # out of descriptors: the wired ones are still ours to close
+            _close_wired(step)
+            raise
+        if step.stdin_fd is not None:
+            in_r, in_w = step.stdin_fd, -1
+        elif step.stdin_stream is not None:
             in_r, in_w = os.pipe2(os.O_CLOEXEC)
             self._give_stdio(in_r)
         else:
@@ -456,8 +489,26 @@ def _no_room(limits: Limits, why: str, stats: CgroupStats | None = None,
                   stdout=b"", stderr=b"", stdout_truncated=False, stderr_truncated=False)
 
 
+def _close_wired(step: RunStep) -> None:
+    """Close a step's wired descriptors that ``run`` will not hand over."""
+    for fd in (step.stdin_fd, step.stdout_fd):
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class _Capture:
     """One output pipe: keeps at most ``cap`` bytes; one byte more means output_limit."""
+
+    @classmethod
+    def absent(cls, name: str) -> _Capture:
+        """A stream wired elsewhere (to the other program of an interactive test):
+        nothing to read, already at its end."""
+        cap = cls.__new__(cls)
+        cap.name, cap.stream, cap.cap, cap.on_output = name, None, 0, None
+        cap.data, cap.truncated, cap.done = bytearray(), False, trio.Event()
+        cap.done.set()
+        return cap
 
     def __init__(self, name: str, fd: int, cap: int, on_output: OutputCallback | None) -> None:
         self.name = name
@@ -469,6 +520,8 @@ class _Capture:
         self.done = trio.Event()  # set at EOF, or when the cap ended the reading
 
     async def pump(self, container: Container) -> None:
+        if self.stream is None:
+            return
         while True:
             chunk = await self.stream.receive_some(READ_CHUNK)
             if not chunk:
@@ -488,5 +541,6 @@ class _Capture:
                 return
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.stream.close()
+        if self.stream is not None:
+            with contextlib.suppress(Exception):
+                self.stream.close()

@@ -60,7 +60,7 @@ class TestSpec:
 
 @dataclass(slots=True)
 class ProgramSpec:
-    """A program of the problem's (a checker, a generator): its own profile, files,
+    """A program of the problem's (a checker, a generator, an interactor): its own profile, files,
     argv and limits; compiled like a solution, run in containers of its own."""
 
     profile: Profile
@@ -117,6 +117,10 @@ class JobSpec:
     generators: list[ProgramSpec] = field(default_factory=list)
     batches: list[BatchSpec] | None = None
 
+    # An interactive problem (sandboxd/service/_interactive.py runs it): each test runs
+    # the solution and this program together, wired stdout to stdin both ways.
+    interactor: ProgramSpec | None = None
+
     @property
     def judged_by_programs(self) -> bool:
         """Whether the judge loop (checker, generators, batches) runs this job."""
@@ -140,6 +144,7 @@ class StepOutcome:
     score: float | None = None  # judged jobs: the fraction of the test's points
     checker_message: str | None = None
     checker: Result | None = None  # the checker's own run
+    interactor: Result | None = None  # an interactive test: the interactor's own run
 
 
 @dataclass(slots=True)
@@ -280,6 +285,33 @@ def validate(job: JobSpec) -> None:
             raise JobError(f"tests[{i}]: {e}") from None
     if job.stdin_stream is not None and job.tests is not None and len(job.tests) != 1:
         raise JobError("interactive stdin needs a job with a single run step")
+    if job.interactor is not None:
+        validate_interactor(job, run_limits)
+        if job.judged_by_programs:
+            raise JobError("an interactive problem takes no checker, generators or batches "
+                           "yet: its interactor judges each test", "invalid_job")
+
+
+def validate_interactor(job: JobSpec, run_limits: Limits) -> None:
+    """An interactive problem's own rules: the interactor's limits, and no field that
+    would fight the wiring (the solution's stdin and stdout are the interactor's)."""
+    inter = job.interactor
+    assert inter is not None
+    iprofile = inter.profile
+    if iprofile.unavailable:
+        raise JobError(f"interactor: profile {iprofile.name!r} is unavailable here: "
+                       f"{iprofile.unavailable}")
+    try:
+        _limits(iprofile.limits, inter.limits, iprofile.max_limits)
+    except JobError as e:
+        raise JobError(f"interactor: {e}") from None
+    if not inter.files and not inter.argv:
+        raise JobError("interactor: needs files or an argv")
+    if job.stdin_stream is not None:
+        raise JobError("an interactive problem cannot take interactive stdin: the "
+                       "interactor is the solution's stdin")
+    if any(t.repeat > 1 for t in job.tests or []):
+        raise JobError("an interactive problem's tests run once each (repeat is 1)")
 
 
 async def compile_job(job: JobSpec, runner: StepRunner

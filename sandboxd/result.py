@@ -27,8 +27,8 @@ if TYPE_CHECKING:  # the zygote imports this module: it needs no limits
 
 VERDICTS = ("ok", "runtime_error", "time_limit", "memory_limit", "output_limit",
             "compile_error", "wrong_answer", "sandbox_error", "cancelled",
-            # a judge's (sandboxd/service/_judge.py): the problem's programs' fault, a
-            # checker's testlib exit 2, a test not run because of an earlier failure
+            # a judge's (sandboxd/service/): the problem's programs' fault (a checker's, an
+            # interactor's), testlib's exit 2, a test not run because of an earlier failure
             "judge_error", "presentation_error", "skipped")
 
 

@@ -46,7 +46,7 @@ from ._errors import (
     ServerError,
     UnknownProfile,
 )
-from ._jobs import Batch, Compile, JobOptions, Limits, Program, Test, parse_size
+from ._jobs import Batch, Compile, Interactor, JobOptions, Limits, Program, Test, parse_size
 from ._results import (
     EXIT_MEMORY,
     EXIT_OUTPUT,
@@ -76,6 +76,7 @@ __all__ = [
     "Compile",
     "ConnectError",
     "ConnectionLost",
+    "Interactor",
     "Job",
     "JobInfo",
     "JobOptions",

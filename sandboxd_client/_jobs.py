@@ -240,6 +240,10 @@ class Compile:
         )
 
 
+Interactor = Program
+"""An interactive problem's interactor: ``run(..., interactor=Interactor(...))``."""
+
+
 class JobOptions(TypedDict, total=False):
     """Everything a job can carry besides its profile and files (``run``'s keywords).
 
@@ -267,6 +271,7 @@ class JobOptions(TypedDict, total=False):
     checker: Program | Mapping[str, Any] | None
     generators: Sequence[Program | Mapping[str, Any]] | None
     batches: Sequence[Batch | Mapping[str, Any]] | None
+    interactor: Program | Mapping[str, Any] | None
     busy_retries: int | None
 
 
@@ -307,6 +312,7 @@ def build_submission(
     checker: Program | Mapping[str, Any] | None = None,
     generators: Sequence[Program | Mapping[str, Any]] | None = None,
     batches: Sequence[Batch | Mapping[str, Any]] | None = None,
+    interactor: Program | Mapping[str, Any] | None = None,
 ) -> proto.JobSubmission:
     """The protocol's ``JobSubmission`` for a job written as keyword arguments.
 
@@ -348,4 +354,5 @@ def build_submission(
         if generators is not None else None,
         batches=tuple(_batch(b, i) for i, b in enumerate(batches))
         if batches is not None else None,
+        interactor=_program(interactor, "interactor") if interactor is not None else None,
     )

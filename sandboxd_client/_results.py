@@ -82,7 +82,7 @@ class Verdict(StrEnum):
     SANDBOX_ERROR = "sandbox_error"
     CANCELLED = "cancelled"
     JUDGE_ERROR = "judge_error"
-    """The problem's own program (checker, generator) failed: never the contestant's."""
+    """The problem's own program (checker, generator, interactor) failed: never the contestant's."""
     PRESENTATION_ERROR = "presentation_error"
     SKIPPED = "skipped"
     """Not run: an earlier test of its batch failed, or a batch it depends on did."""
@@ -121,6 +121,8 @@ class StepResult:
     checker_message: str | None = None
     checker: StepResult | None = None
     """The checker's own run (its verdict and accounting; no outputs)."""
+    interactor: StepResult | None = None
+    """An interactive test: the interactor's own run."""
 
     @classmethod
     def from_wire(cls, r: proto.StepResult) -> StepResult:
@@ -144,6 +146,7 @@ class StepResult:
             score=r.score,
             checker_message=r.checker_message,
             checker=StepResult.from_wire(r.checker) if r.checker is not None else None,
+            interactor=cls.from_wire(r.interactor) if r.interactor is not None else None,
         )
 
     @property
@@ -176,9 +179,9 @@ class StepResult:
                 if value is not None:
                     out["repeat"] = {g.name: getattr(value, g.name) for g in fields(value)}
                 continue
-            if f.name in ("score", "checker_message", "checker"):  # judged jobs only
+            if f.name in ("score", "checker_message", "checker", "interactor"):  # judged jobs only
                 if value is not None:
-                    out[f.name] = value.as_json() if f.name == "checker" else value
+                    out[f.name] = value.as_json() if f.name in ("checker", "interactor") else value
                 continue
             exact = None
             if isinstance(value, bytes):

@@ -216,6 +216,8 @@ class StepResult:
     checker_message: str | None = None
     checker: StepResult | None = None
     """The checker's own run (its accounting; its outputs are not carried)."""
+    interactor: StepResult | None = None
+    """An interactive test: the interactor's own run (its own ``interactor`` is nil)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -320,6 +322,7 @@ class JobSubmission:
     checker: Program | None = None
     generators: tuple[Program, ...] | None = None
     batches: tuple[Batch, ...] | None = None
+    interactor: Program | None = None
 
     def __post_init__(self) -> None:
         _tuple(self, "argv")

@@ -238,6 +238,7 @@ JOB_SUBMISSION = Record(
         ("checker", PROGRAM, False),
         ("generators", Array(PROGRAM, 1024), False),
         ("batches", Array(BATCH, "max_tests"), False),
+        ("interactor", PROGRAM, False),
     ),
     _check_submission,
     "submit",
@@ -297,12 +298,12 @@ _STEP_FIELDS = (
         ("stderr_truncated", BOOL, False),
         ("repeat", REPEAT_STATS, False),
         ("score", Float(0.0, 1.0), False),
-        ("checker_message", Str(4096), False),
+        ("checker_message", Str(8192), False),
 )
 
 
 class _Nil(Kind):
-    """A field that must be absent here (a checker's own run has no checker)."""
+    """A field that must be absent here (a checker's or interactor's own run has neither)."""
 
     def decode(self, v: Any, path: str, name: str | int, lim: SizeLimits) -> Any:
         raise Invalid(f"{path}.{name}" if path else str(name), "must be absent here")
@@ -310,8 +311,11 @@ class _Nil(Kind):
     encode = decode
 
 
-CHECKER_RUN = Record(StepResult, (*_STEP_FIELDS, ("checker", _Nil(), False)), _check_step)
-STEP_RESULT = Record(StepResult, (*_STEP_FIELDS, ("checker", CHECKER_RUN, False)), _check_step)
+# A checker's or an interactor's own run: a step result one level deep only.
+CHECKER_RUN = Record(StepResult, (*_STEP_FIELDS, ("checker", _Nil(), False),
+                                  ("interactor", _Nil(), False)), _check_step)
+STEP_RESULT = Record(StepResult, (*_STEP_FIELDS, ("checker", CHECKER_RUN, False),
+                                  ("interactor", CHECKER_RUN, False)), _check_step)
 
 BATCH_RESULT = Record(
     BatchResult,

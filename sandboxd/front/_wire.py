@@ -20,7 +20,7 @@ from sandboxd.result import Result
 
 
 def program_spec(p: proto.Program, profiles: Callable[[str], Profile]) -> ProgramSpec:
-    """A problem's program (checker, generator) in the service's terms; ``profiles``
+    """A problem's program (checker, generator, interactor) in the service's terms; ``profiles``
     looks its profile up (``JobService.profile``: an unknown one is refused there)."""
     return ProgramSpec(profile=profiles(p.profile), files=dict(p.files),
                        argv=list(p.argv) if p.argv else None, limits=p.limits)
@@ -33,7 +33,7 @@ def job_spec(sub: proto.JobSubmission, profile: Profile, *,
              profiles: Callable[[str], Profile] | None = None) -> JobSpec:
     """A submission as the service runs it (its streams are the front door's own).
 
-    ``profiles`` finds the profiles of the job's checker and generators (the
+    ``profiles`` finds the profiles of the job's checker, generators and interactor (the
     service's lookup); without it, they must be the job's own profile.
     """
     def lookup(name: str) -> Profile:
@@ -103,9 +103,13 @@ def step_result(outcome: jobs.StepOutcome) -> proto.StepResult:
                                       if not name.startswith(("stdout", "stderr"))},
                                    stdout_truncated=bool(c.stdout) or c.stdout_truncated,
                                    stderr_truncated=bool(c.stderr) or c.stderr_truncated)
+    inter = None
+    if outcome.interactor is not None:  # its run, outputs and all
+        inter = step_result(jobs.StepOutcome(outcome.interactor))
     return proto.StepResult(**{name: getattr(r, name) for name in RESULT_FIELDS},
                             repeat=repeat, score=outcome.score,
-                            checker_message=outcome.checker_message, checker=checker)
+                            checker_message=outcome.checker_message, checker=checker,
+                            interactor=inter)
 
 
 # What a step result holds besides its outputs, at most (reason <= 1 KiB, numbers, flags,
@@ -124,8 +128,11 @@ def _fit(steps: tuple[proto.StepResult, ...], compile_result: proto.StepResult |
     share of the room instead (a cut one says so, as at its output limit).
     """
     everything = [*steps, *([compile_result] if compile_result else [])]
-    total = sum(len(s.stdout) + len(s.stderr) for s in everything)
-    room = max_frame - _RESULT_OVERHEAD - _STEP_OVERHEAD * len(everything)
+    # An interactive test's interactor run is one more step inside it, with a message.
+    inner = [s.interactor for s in everything if s.interactor is not None]
+    total = sum(len(s.stdout) + len(s.stderr) for s in [*everything, *inner])
+    room = max_frame - _RESULT_OVERHEAD - _STEP_OVERHEAD * (len(everything) + len(inner)) \
+        - sum(len((s.checker_message or "").encode()) for s in everything)
     if total <= room:
         return steps, compile_result
     keep = max(0, room) / total
@@ -135,7 +142,8 @@ def _fit(steps: tuple[proto.StepResult, ...], compile_result: proto.StepResult |
         return dataclasses.replace(
             s, stdout=s.stdout[:out], stderr=s.stderr[:err],
             stdout_truncated=s.stdout_truncated or out < len(s.stdout),
-            stderr_truncated=s.stderr_truncated or err < len(s.stderr))
+            stderr_truncated=s.stderr_truncated or err < len(s.stderr),
+            interactor=cut(s.interactor) if s.interactor is not None else None)
 
     return tuple(cut(s) for s in steps), cut(compile_result) if compile_result else None
 

@@ -18,7 +18,7 @@ import dataclasses
 import os
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -26,6 +26,7 @@ import trio
 from sandboxd import jobs
 from sandboxd.cgroups import CgroupError
 from sandboxd.container import Container, RunStep
+from sandboxd.interactive import PairRunner, Ran
 from sandboxd.pool import Pool
 from sandboxd.result import Result, SandboxError
 from sandboxd.spawn import ContainerSpec
@@ -160,3 +161,35 @@ class Scheduler:
             return result, files
 
         return run_step
+
+    def pair_runner(self, job: Job) -> PairRunner:
+        """The ``interactive.PairRunner`` of one job: two containers, one concurrency slot
+        (the interactor mostly waits for the solution), the solution pinned if asked."""
+        async def run_pair(solution: ContainerSpec, interactor: ContainerSpec,
+                           body: Callable[[Container, Container, str | None],
+                                          Awaitable[tuple[Ran, Ran]]],
+                           pin: bool = False) -> tuple[Ran, Ran]:
+            t = time.monotonic()
+            async with self.limiter, contextlib.AsyncExitStack() as stack:
+                cpuset = None
+                if pin:
+                    cpuset = str(await stack.enter_async_context(self.cpus.cpu()))
+                    self.pinned_steps += 1
+                if job.state == "queued":
+                    job.queue_wait = time.monotonic() - t
+                    self.queue_waits.append(job.queue_wait)
+                job.state = "running"
+                sol_box = await self.pool.take(solution)
+                job.used.append(sol_box)  # released with the job's, however this ends
+                int_box = await self.pool.take(interactor)
+                job.used.append(int_box)
+                job.container = sol_box
+                try:
+                    return await body(sol_box, int_box, cpuset)
+                except CgroupError as e:  # the host's, not the job's
+                    failed = Ran(Result.sandbox_error(str(e)), None)
+                    return failed, failed
+                finally:
+                    job.container = None
+
+        return run_pair

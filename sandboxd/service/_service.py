@@ -37,6 +37,7 @@ from sandboxd.profiles import Profile
 from sandboxd.result import Result
 from sandboxd.spawn import ContainerSpec
 
+from ._interactive import run_interactive_job
 from ._judge import ProgramCache, run_judged
 from ._judge import validate as validate_judged
 from ._metrics import JobMetrics
@@ -186,6 +187,9 @@ class JobService:
             self.pool.ensure(self._shape(spec.profile, warm=False))  # its plain starts too
         for program in ([spec.checker] if spec.checker else []) + spec.generators:
             self.pool.ensure(self._shape(program.profile, warm=False))  # runs take argv
+        if spec.interactor is not None:  # both sides of a wired test start plainly
+            self.pool.ensure(self._shape(spec.profile, warm=False))
+            self.pool.ensure(self._shape(spec.interactor.profile, warm=False))
         return job
 
     async def execute(self, job: Job) -> JobOutcome:
@@ -201,7 +205,10 @@ class JobService:
         try:
             with job.scope:
                 runner = self.sched.runner(job)
-                if job.spec.judged_by_programs:
+                if job.spec.interactor is not None:
+                    outcome = await run_interactive_job(job.spec, runner,
+                                                        self.sched.pair_runner(job))
+                elif job.spec.judged_by_programs:
                     outcome = await run_judged(job.spec, runner, self.programs)
                 else:
                     outcome = await jobs.run_job(job.spec, runner)

@@ -509,6 +509,58 @@ def build() -> list[Conversation]:
             score=0.0,
         ),
     )
+
+    new(
+        "interactive",
+        "An interactive problem: the job names an interactor (a program record); each step "
+        "carries the interactor's own run, its message and the test's score: accepted, "
+        "partial points, and the interactor's failure (judge_error).",
+    ).handshake().send(
+        CLIENT,
+        JobSubmission(
+            id="guess",
+            profile="python3",
+            files={"main.py": b"n = int(input())\n"},
+            limits=JobLimits(cpu_time=1.0, wall_time=3.0),
+            tests=(
+                TestCase(stdin=b"10 7\n"),
+                TestCase(stdin=b"8 7\n"),
+                TestCase(stdin=b"0 0\n", expected_output=b"0\n"),
+            ),
+            interactor=Program(
+                profile="c",
+                files={"main.c": b"int main(void) { return 0; }\n"},
+                argv=("./main",),
+                limits=JobLimits(cpu_time=2.0),
+            ),
+        ),
+    ).send(SERVER, JobAcceptance(id="guess")).send(
+        SERVER,
+        JobResult(
+            id="guess",
+            steps=(
+                StepResult(
+                    verdict="ok", exit_code=0, cpu_time=0.012, wall_time=0.05, score=1.0,
+                    checker_message="found in 3 questions",
+                    interactor=StepResult(verdict="ok", exit_code=0, cpu_time=0.001,
+                                          wall_time=0.05, stderr=b"found in 3 questions\n"),
+                ),
+                StepResult(
+                    verdict="wrong_answer", reason="partial (0.5)", exit_code=0, score=0.5,
+                    checker_message="points 0.5 found in 7 questions (limit 4)",
+                    interactor=StepResult(verdict="runtime_error", reason="exit code 7",
+                                          exit_code=7,
+                                          stderr=b"points 0.5 found in 7 questions (limit 4)\n"),
+                ),
+                StepResult(
+                    verdict="judge_error", reason="interactor failed (exit code 3)", exit_code=0,
+                    score=0.0, checker_message="bad test input (0)",
+                    interactor=StepResult(verdict="runtime_error", reason="exit code 3",
+                                          exit_code=3, stderr=b"bad test input (0)\n"),
+                ),
+            ),
+        ),
+    )
     return out
 
 

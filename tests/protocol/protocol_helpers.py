@@ -309,6 +309,8 @@ def submissions(draw: st.DrawFn, job_id: st.SearchStrategy[str] = job_ids) -> Jo
         stop_on_failure=draw(st.booleans()),
         stream=draw(st.booleans()),
         interactive_stdin=False if batch else draw(st.booleans()),
+        interactor=draw(_opt(st.builds(Program, profile=profiles, files=files,
+                                       argv=_opt(argvs), limits=_opt(job_limits)))),
     )
     return dataclasses.replace(sub, **draw(judging(tests)))
 
@@ -354,6 +356,7 @@ def step_results(draw: st.DrawFn, nested: bool = True) -> StepResult:
         score=draw(_opt(st.floats(0, 1))),
         checker_message=draw(_opt(text)),
         checker=draw(_opt(step_results(nested=False))) if nested else None,
+        interactor=draw(_opt(step_results(nested=False))) if nested else None,
     )
 
 

@@ -26,9 +26,13 @@ def names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
+# A step judged by a program (a checker, an interactor) carries these besides (jobs.StepOutcome).
+JUDGED = ("score", "checker_message", "checker", "interactor")
+
+
 def test_the_wire_record_has_the_daemons_fields_and_repeat():
     assert names(proto.StepResult) == (*DAEMON, "repeat", "score", "checker_message",
-                                       "checker")
+                                       "checker", "interactor")
 
 
 def test_the_schema_has_the_wire_records_fields():

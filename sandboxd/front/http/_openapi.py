@@ -106,13 +106,19 @@ JOB = {
                        "description": "programs that make tests (a test's generator)"},
         "batches": {"type": ["array", "null"], "minItems": 1, "items": _ref("Batch"),
                     "description": "subtasks: every test in exactly one"},
+        "interactor": {"oneOf": [_ref("Program"), {"type": "null"}],
+                       "description": "an interactive problem: each test runs this program "
+                                      "beside the job's, stdout wired to stdin both ways; "
+                                      "the test's stdin and expected_output are its files "
+                                      "input.txt and answer.txt; its exit code (testlib's) "
+                                      "decides"},
     },
 }
 
 PROGRAM = {
     "type": "object", "required": ["profile"], "additionalProperties": False,
-    "description": "A problem's own program (checker, generator): compiled in its profile, "
-                   "run in containers of its own under its own limits.",
+    "description": "A problem's own program (checker, generator, interactor): compiled "
+                   "in its profile, run in containers of its own under its own limits.",
     "properties": {
         "profile": {"type": "string"},
         "files": {"type": "object", "additionalProperties": _ref("Data")},
@@ -186,6 +192,8 @@ STEP = {
                   "description": "judged jobs: the fraction of the test's points earned"},
         "checker_message": NULLABLE_STRING,
         "checker": {"oneOf": [_ref("CheckerRun"), {"type": "null"}]},
+        "interactor": {"oneOf": [_ref("StepResult"), {"type": "null"}],
+                       "description": "an interactive test: the interactor's own run"},
     },
 }
 

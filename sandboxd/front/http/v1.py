@@ -67,7 +67,7 @@ _SIZE_LIMITS = {s.name for s in proto.LIMITS if s.unit is proto.Unit.BYTES}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 JOB_FIELDS = ("profile", "files", "stdin", "argv", "env", "limits", "compile", "tests",
               "expected_output", "compare", "float_tolerance", "stop_on_failure", "cpuset_pin",
-              "warm_runtime", "memory_mode", "checker", "generators", "batches")
+              "warm_runtime", "memory_mode", "checker", "generators", "batches", "interactor")
 PROGRAM_FIELDS = ("profile", "files", "argv", "limits")
 BATCH_FIELDS = ("name", "tests", "points", "stop_on_failure", "depends")
 _BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -261,11 +261,13 @@ def job_spec(service: JobService, body: Any, **streams: Any) -> JobSpec:
         generators=_generators(service, body.get("generators"), tests),
         batches=_batches(body.get("batches"), len(tests) if tests is not None else 1,
                          body.get("stop_on_failure", False)),
+        interactor=(_program(service, body["interactor"], "interactor")
+                    if body.get("interactor") is not None else None),
         **streams)
 
 
 def _program(service: JobService, value: Any, where: str) -> ProgramSpec:
-    """A checker's or generator's program record (PROTOCOL.md §4.1), as JSON."""
+    """A checker's, generator's or interactor's program record (PROTOCOL.md §4.1), as JSON."""
     p = _object(value, where, PROGRAM_FIELDS)
     if "profile" not in p:
         raise _invalid(f"{where}.profile", "is required")
@@ -394,6 +396,8 @@ def step_json(outcome: StepOutcome) -> dict[str, Any]:
         out["checker"] = None if c is None else {
             name: getattr(c, name) for name in _RESULT_FIELDS
             if not name.startswith(("stdout", "stderr"))}
+    if outcome.interactor is not None:  # an interactive test: the interactor's own run
+        out["interactor"] = step_json(StepOutcome(outcome.interactor))
     return out
 
 
