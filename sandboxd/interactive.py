@@ -35,7 +35,9 @@ problem sets it, is the solution's plus ``INTERACTOR_WALL_MARGIN``, so that the
 solution's clock runs out first; once the solution is gone the interactor reads
 end of file and exits. An interactor that sleeps without reading looks exactly
 like a deadlock from outside and gives the same verdict; one that spins runs
-out of its own CPU limit: ``judge_error``. A solution that forks and leaves a
+out of its own CPU limit: ``judge_error``. Once the solution has failed by
+itself (its verdict then stands), the interactor gets ``INTERACTOR_GRACE`` to
+finish and is killed. A solution that forks and leaves a
 child holding the pipe: when the solution's process ends, its container's
 cgroup is killed (as for every job), so the interactor sees end of file.
 
@@ -69,6 +71,9 @@ INTERACTOR_FILES = ("input.txt", "output.txt", "answer.txt")
 only when the test has an expected answer)."""
 INTERACTOR_WALL_MARGIN = 1.0
 """Seconds the interactor's default wall limit exceeds the solution's."""
+INTERACTOR_GRACE = 1.0
+"""Seconds an interactor may still run once the solution has failed by itself (its
+verdict is then the solution's): time to write its message, then it is killed."""
 MESSAGE_CAP = 4096
 """The longest interactor message a step result carries."""
 JUDGE_ERROR = "judge_error"
@@ -155,13 +160,25 @@ async def run_wired(solution: Container, interactor: Container, sol_step: RunSte
     out: dict[str, Ran] = {}
     order = _Order(solution, interactor, to_int_r, to_sol_r)
 
+    solution_failed = trio.Event()
+
     async def run_solution() -> None:
         try:
             result = await solution.run(sol_step)
         except (SandboxError, CgroupError) as e:  # ours: a result, not a crash of the pair
             result = Result.sandbox_error(f"solution: {getattr(e, 'reason', e)}")
-        out["solution"] = Ran(result, _end(solution),
-                              by_peer=solution.killed_for == PEER_KILL)
+        by_peer = solution.killed_for == PEER_KILL
+        out["solution"] = Ran(result, _end(solution), by_peer=by_peer)
+        if result.verdict != "ok" and not by_peer and result.signal != signal.SIGPIPE:
+            solution_failed.set()
+
+    async def reap_interactor() -> None:
+        """A solution that failed by itself decides the test: its interactor gets
+        ``INTERACTOR_GRACE`` to finish (it usually reads EOF and exits at once), then
+        goes, instead of waiting for limits set for a live partner."""
+        await solution_failed.wait()
+        await trio.sleep(INTERACTOR_GRACE)
+        await interactor.kill(PEER_KILL)
 
     async def run_interactor() -> None:
         try:
@@ -177,17 +194,19 @@ async def run_wired(solution: Container, interactor: Container, sol_step: RunSte
 
     try:
         async with trio.open_nursery() as nursery:
-            watching = trio.CancelScope()
+            helpers = trio.CancelScope()
 
             async def watch() -> None:
-                with watching:
-                    await order.wait()
+                with helpers:
+                    async with trio.open_nursery() as aside:
+                        aside.start_soon(order.wait)
+                        aside.start_soon(reap_interactor)
 
             async def both() -> None:
                 async with trio.open_nursery() as runs:
                     runs.start_soon(run_solution)
                     runs.start_soon(run_interactor)
-                watching.cancel()
+                helpers.cancel()
 
             nursery.start_soon(watch)
             nursery.start_soon(both)

@@ -227,6 +227,8 @@ def test_a_flood_reaches_a_defined_verdict(daemon: Daemon) -> None:
     r = judge(daemon, flood, [b"10 7\n"], interactor=deaf,
               limits=proto.JobLimits(cpu_time=1.0, wall_time=1.0))
     assert (r.steps[0].verdict, r.steps[0].reason) == ("time_limit", "wall"), r
+    # The deaf interactor did not sleep on: the solution's failure decided the test.
+    assert r.steps[0].interactor is not None and r.steps[0].interactor.wall_time < 10, r
     # An interactor that reads everything: the solution's own CPU limit.
     sink = py_interactor("import sys\nwhile sys.stdin.buffer.read(1 << 16): pass\n")
     blind = b"import sys\nb = b'?' * 65536\nwhile True: sys.stdout.buffer.write(b)\n"
