@@ -561,6 +561,31 @@ def build() -> list[Conversation]:
             ),
         ),
     )
+
+    new(
+        "judge-limits",
+        "Limits as judges set them: a compile-only job (tests: []) answered with its compile "
+        "step and no steps, then a run whose memory limit counts address space (RLIMIT_AS) "
+        "and whose tiny memory limit is its verdict, not a refusal.",
+    ).handshake().send(
+        CLIENT,
+        JobSubmission(id="build", profile="cpp", files={"main.cpp": b"int main(){}\n"},
+                      limits=JobLimits(memory=1024), tests=()),
+    ).send(CLIENT, JobSubmission(
+        id="as", profile="cpp", files={"main.cpp": b"int main(){ new int[512][512][512]; }\n"},
+        limits=JobLimits(memory=268_435_456), memory_mode="address_space",
+    )).send(SERVER, JobAcceptance(id="build")).send(SERVER, JobAcceptance(id="as")).send(
+        SERVER,
+        JobResult(id="build", compile=StepResult(verdict="ok", exit_code=0, cpu_time=0.3)),
+    ).send(
+        SERVER,
+        JobResult(id="as", compile=StepResult(verdict="ok", exit_code=0, cpu_time=0.3), steps=(
+            StepResult(verdict="memory_limit", reason="address space: std::bad_alloc",
+                       signal=6, memory_peak=524_288,
+                       stderr=b"terminate called after throwing an instance of "
+                              b"'std::bad_alloc'\n"),
+        )),
+    )
     return out
 
 
