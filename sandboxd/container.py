@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -168,7 +169,11 @@ class Container:
         # until that message is in, the deadline counts from here, a little earlier.
         sent = time.monotonic()
         try:
-            status, t0, t1 = await self._supervise(step, limits, base, sent, out, err, stdin_w)
+            if step.on_output is None and stdin_w is None:
+                status, t0, t1 = await self._supervise_one(limits, base, sent, out, err)
+            else:
+                status, t0, t1 = await self._supervise(step, limits, base, sent, out, err,
+                                                       stdin_w)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.kill("cancel")
@@ -268,6 +273,97 @@ class Container:
             raise SandboxError(f"{msg.get('where')}: {msg.get('message')}")
         if msg.get("t") != kind:
             raise SandboxError(f"container init sent {msg.get('t')!r}, expected {kind!r}")
+        return msg
+
+    async def _supervise_one(self, limits: Limits, base: CgroupStats, t0: float,
+                             out: _Capture, err: _Capture) -> tuple[int, float, float]:
+        """Watch a job that neither streams nor reads interactive stdin, in this one task.
+
+        The two output pipes and the control channel sit in a private epoll whose
+        descriptor trio waits on: one wait per wake-up, however many of them are
+        ready, and no task, nursery or cancel scope per pipe. The watchdog's checks
+        are that wait's timeout, on the schedule ``_watchdog`` keeps (the CPU counter
+        is not read before the job could have used a tenth of its limit...; see
+        ``_next_check``). Streaming and interactive jobs keep ``_supervise``, whose
+        watchdog must not wait behind a slow reader of the output.
+        """
+        limit_ns = int(limits.cpu_time * 1e9)
+        deadline = t0 + limits.wall_time
+        chan_fd = self.chan.fileno()
+        pipes = {out.fd: out, err.fd: err}
+        ep = select.epoll(3)
+        exited: tuple[int, float, float] | None = None
+        drain_until = 0.0  # once exited: how long the pipes may take to reach EOF
+        try:
+            for fd in (out.fd, err.fd, chan_fd):
+                ep.register(fd, select.EPOLLIN)
+            # CPU used so far is 0 (the baseline was just read): the first check can
+            # wait as long as the job needs to use its whole limit on every CPU.
+            check = t0 + min(max(limits.cpu_time / NCPU, WATCH_MIN), WATCH_MAX)
+            watching = True
+            while True:
+                for fd, _ev in ep.poll(0):
+                    if fd == chan_fd:
+                        while exited is None and (got := await self._recv_nowait()):
+                            msg = self._checked(got, "exited")
+                            if msg["t"] == "started":
+                                deadline = float(msg["t0"]) + limits.wall_time
+                                continue
+                            exited = (int(msg["status"]), float(msg["t0"]), float(msg["t1"]))
+                            ep.unregister(chan_fd)
+                            watching = False
+                            # The job process is gone; anything it left behind goes now.
+                            await self.kill_rest()
+                            # Every writer of the pipes is dead: EOF comes promptly.
+                            drain_until = time.monotonic() + 2.0
+                    else:
+                        cap = pipes[fd]
+                        if not await cap.take_available(self):
+                            ep.unregister(fd)
+                            del pipes[fd]
+                if exited is not None and not pipes:
+                    return exited
+                now = time.monotonic()
+                if watching and now >= check:
+                    used = self.cgroup.cpu_usage_ns() - base.cpu_usage_ns
+                    if used >= limit_ns or now >= deadline:
+                        await self.kill("cpu" if used >= limit_ns else "wall")
+                        watching = False
+                    else:
+                        cpu_left = (limit_ns - used) / 1e9 / NCPU
+                        check = now + min(max(cpu_left, WATCH_MIN), WATCH_MAX)
+                elif watching and now >= deadline:
+                    await self.kill("wall")
+                    watching = False
+                if exited is not None:
+                    wake = drain_until
+                    if now >= wake:
+                        return exited  # a pipe held open past its writers: give up on it
+                elif watching:
+                    wake = min(check, deadline)
+                else:
+                    wake = now + WATCH_MAX  # killed: the init's "exited" is on its way
+                with trio.move_on_after(max(0.0, wake - now)):  # trio's clock is not ours
+                    await trio.lowlevel.wait_readable(ep.fileno())
+        finally:
+            ep.close()
+
+    async def _recv_nowait(self) -> tuple[dict, list[int]] | None:
+        try:
+            return await self.chan.recv_nowait()
+        except (channel.ChannelClosed, OSError) as e:
+            raise SandboxError(f"container init died while waiting for 'exited': {e}") from e
+
+    def _checked(self, got: tuple[dict, list[int]], kind: str) -> dict:
+        """A message of the init's while a job runs: "started" or ``kind``, else a fault."""
+        msg, fds = got
+        for fd in fds:
+            os.close(fd)
+        t = msg.get("t")
+        if t == "error":
+            raise SandboxError(f"{msg.get('where')}: {msg.get('message')}")
+        if t != "started" and t != kind:
+            raise SandboxError(f"container init sent {t!r}, expected {kind!r}")
         return msg
 
     async def _supervise(self, step: RunStep, limits: Limits, base: CgroupStats, t0: float,
@@ -396,16 +492,39 @@ class _Capture:
 
     def __init__(self, name: str, fd: int, cap: int, on_output: OutputCallback | None) -> None:
         self.name = name
-        self.stream = trio.lowlevel.FdStream(fd)
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self._stream: trio.lowlevel.FdStream | None = None  # made for ``pump`` only
         self.cap = cap
         self.on_output = on_output
         self.data = bytearray()
         self.truncated = False
         self.done = trio.Event()  # set at EOF, or when the cap ended the reading
 
-    async def pump(self, container: Container) -> None:
+    async def take_available(self, container: Container) -> bool:
+        """Read what the pipe holds now (``_supervise_one``'s loop); False at EOF, or
+        once the cap ended the reading (the job is then killed for its output)."""
         while True:
-            chunk = await self.stream.receive_some(READ_CHUNK)
+            try:
+                chunk = os.read(self.fd, READ_CHUNK)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                return False
+            room = self.cap - len(self.data)
+            if len(chunk) > room:
+                self.data += chunk[:room]
+                self.truncated = True
+                await container.kill("output")
+                return False
+            self.data += chunk
+            if len(chunk) < READ_CHUNK:
+                return True  # drained: the next chunk is the next wake-up's
+
+    async def pump(self, container: Container) -> None:
+        self._stream = trio.lowlevel.FdStream(self.fd)
+        while True:
+            chunk = await self._stream.receive_some(READ_CHUNK)
             if not chunk:
                 self.done.set()
                 return
@@ -424,4 +543,9 @@ class _Capture:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.stream.close()
+            if self._stream is not None:
+                self._stream.close()
+            elif self.fd >= 0:
+                os.close(self.fd)
+        self.fd = -1
+
