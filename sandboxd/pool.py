@@ -230,7 +230,8 @@ class Pool:
         try:
             if not recycle or self._closing:
                 raise CgroupError("not recycling")
-            await trio.to_thread.run_sync(cg.reset)
+            if not cg.reset_quick():
+                await trio.to_thread.run_sync(cg.reset)
             self._free_cgroups.append(cg)
             self.counters.cgroups_recycled += 1
         except (CgroupError, OSError):
