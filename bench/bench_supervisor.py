@@ -61,7 +61,6 @@ def child(tree: Path, jobs: int, clients: int, cpus: str | None) -> dict[str, fl
         Path(cpuset, "cpuset.mems").write_text(Path(cpuset, "..", "cpuset.mems").read_text())
         Path(cpuset, "cpuset.cpus").write_text(cpus)
     tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-sup-"))
-    both = acct if cpuset is None else f"{acct} {cpuset}"
     daemon = None
     try:
         # The daemon enters both cgroups before it makes anything (start(cgroup=) writes
