@@ -47,6 +47,13 @@ ISOLATION = {
             "/usr; new /proc (masked and ro paths), tmpfs /dev, /tmp; no capabilities; "
             "no_new_privs; cgroup v1 memory 256 MiB, pids 64 at a relative cgroupsPath; "
             "no seccomp",
+    "isolate": "isolate 1.x --cg on a ready box (--init once per worker, --run per job, as "
+               "judges run tests): its mount, pid, net, ipc, uts namespaces; own uid; "
+               "cgroup v1 memory 256 MiB (--cg-mem), --processes=64, --time=5, "
+               "--wall-time=10; rlimits. No seccomp, no user namespace",
+    "nsjail": "nsjail -Mo --chroot / (read-only): user, pid, net, ipc, uts, mount, cgroup "
+              "namespaces; cgroup v1 memory 256 MiB, pids 64; --rlimit_cpu 5, "
+              "--time_limit 10; capabilities dropped. No seccomp policy given",
     "crun": "the runc bundle, run by crun (only where Debian's crun accepts the cgroup layout)",
     "firejail": "Debian's firejail as root (server.profile: seccomp, caps dropped, nonewprivs, "
                 "private /dev, /tmp, home, blacklists) + --net=none, --read-only=/, "
@@ -278,3 +285,165 @@ def rmdir_cgroup(path: str, deadline: float) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+# ------------------------------------------------------------------ isolate and nsjail
+#
+# Neither is packaged in Debian: bench/run takes their binaries (--isolate PATH,
+# --nsjail PATH), built by whoever runs it, and leaves them out of the run, named
+# in the report, when not given. Both are run as judges run them, with the limits
+# sandboxd's jobs have (memory 256 MiB, 64 processes) enforced by their cgroups,
+# which are made beneath this process's own cgroup in each v1 hierarchy and removed.
+
+
+def own_cgroup_dir(controller: str) -> str | None:
+    """This process's cgroup directory in the v1 hierarchy holding ``controller``."""
+    from sandboxd.cgroups import _fs
+
+    mount = next((m for m in _fs.mounts() if m.fstype == "cgroup"
+                  and controller in m.options), None)
+    own = next((p for k, p in _fs.own_cgroups().items() if controller in k.split(",")), None)
+    return None if mount is None or own is None else _fs.on_disk(mount, own)
+
+
+def _make_cgroup(path: str) -> list[str]:
+    """mkdir ``path`` and any missing parents; returns those made, deepest last."""
+    made: list[str] = []
+    missing = []
+    p = Path(path)
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir()
+        made.append(str(d))
+        if (d / "cpuset.cpus").exists():  # a new v1 cpuset is empty: inherit its parent's
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                (d / f).write_text((d.parent / f).read_text())
+    return made
+
+
+def _isolate_config_path(binary: str) -> str | None:
+    """Where ``binary`` reads its configuration: the path isolate's build compiles in
+    (``make CONFIG=...``; default /usr/local/etc/isolate), found among its strings."""
+    import re
+
+    data = Path(binary).read_bytes()
+    found = [s.decode() for s in re.findall(rb"(/[A-Za-z0-9_./+-]+)\x00", data)]
+    for s in found:
+        if s.endswith(".cf") or s.rstrip("/").endswith("etc/isolate"):
+            return s
+    return None
+
+
+class Isolate:
+    """ioi/isolate 1.x (cgroup v1) with ready boxes: a box per closed-loop worker, made
+    once (``--init``), then ``--run`` per job, which is how judges use it per test.
+
+    Its configuration file is compiled into the binary; the one there (if any) is kept
+    and put back by ``close``.
+    """
+
+    CONTROLLERS = ("memory", "cpuacct", "cpuset")
+
+    def __init__(self, binary: str, tmp: Path) -> None:
+        self.bin = binary
+        config = _isolate_config_path(binary)
+        if config is None:
+            raise RuntimeError(f"{binary}: cannot tell where it reads its configuration")
+        self.config = Path(config)
+        self._saved = self.config.read_bytes() if self.config.exists() else None
+        self._made: list[str] = []
+        self._boxes: set[int] = set()
+        self._lock = threading.Lock()
+        mem = own_cgroup_dir("memory")
+        if mem is None:
+            raise RuntimeError("isolate 1.x needs the cgroup v1 memory hierarchy")
+        root = CGROUP_ROOT
+        # One parent path that lies beneath our own cgroup in every hierarchy it uses.
+        own = max((os.path.relpath(own_cgroup_dir(c) or root, f"{root}/{c}")
+                   for c in self.CONTROLLERS), key=len).strip(".").strip("/")
+        self.cg_parent = f"{own}/sandboxd-bench-isolate-{os.getpid()}".lstrip("/")
+        for c in self.CONTROLLERS:
+            self._made += _make_cgroup(f"{root}/{c}/{self.cg_parent}")
+        boxes = tmp / "isolate-boxes"
+        boxes.mkdir()
+        self.config.parent.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(f"box_root = {boxes}\ncg_root = {root}\n"
+                               f"cg_parent = {self.cg_parent}\nfirst_uid = 60000\n"
+                               "first_gid = 60000\nnum_boxes = 100\n")
+
+    def accounting_dir(self) -> str:
+        """The cpuacct directory every box's cgroup lies beneath."""
+        return f"{CGROUP_ROOT}/cpuacct/{self.cg_parent}"
+
+    def argv(self, argv: list[str], worker: int = 0) -> list[str]:
+        with self._lock:
+            if worker not in self._boxes:
+                subprocess.run([self.bin, "--cg", f"--box-id={worker}", "--init"],
+                               check=True, capture_output=True)
+                self._boxes.add(worker)
+        return [self.bin, "--cg", f"--box-id={worker}", f"--cg-mem={MEMORY_LIMIT >> 10}",
+                f"--processes={PIDS_LIMIT}", "--time=5", "--wall-time=10", "--run", "--",
+                *argv]
+
+    def close(self) -> list[str]:
+        left = []
+        for box in sorted(self._boxes):
+            run = subprocess.run([self.bin, "--cg", f"--box-id={box}", "--cleanup"],
+                                 capture_output=True, text=True, check=False)
+            if run.returncode:
+                left.append(f"isolate box {box}: {run.stderr.strip()}")
+        self._boxes.clear()
+        deadline = time.monotonic() + 5
+        for c in self.CONTROLLERS:
+            d = f"{CGROUP_ROOT}/{c}/{self.cg_parent}"
+            if os.path.isdir(d):
+                for sub in os.listdir(d):
+                    if os.path.isdir(f"{d}/{sub}"):
+                        left.append(f"{d}/{sub}")
+                        rmdir_cgroup(f"{d}/{sub}", deadline)
+        for d in reversed(self._made):
+            rmdir_cgroup(d, deadline)
+        self._made.clear()
+        if self._saved is None:
+            self.config.unlink(missing_ok=True)
+        else:
+            self.config.write_bytes(self._saved)
+        return left
+
+
+class Nsjail:
+    """google/nsjail in its one-shot mode (``-Mo``), / as its read-only root, with cgroup
+    v1 memory and pids limits beneath a parent of ours in each hierarchy."""
+
+    def __init__(self, binary: str) -> None:
+        self.bin = binary
+        self._made: list[str] = []
+        self.args: list[str] = []
+        for c, flag in (("memory", "mem"), ("pids", "pids")):
+            own = own_cgroup_dir(c)
+            if own is None:
+                raise RuntimeError(f"nsjail's {c} limit needs the cgroup v1 {c} hierarchy")
+            mount = f"{CGROUP_ROOT}/{c}"
+            parent = f"{own}/sandboxd-bench-nsjail-{os.getpid()}"
+            self._made += _make_cgroup(parent)
+            self.args += [f"--cgroup_{flag}_mount", mount,
+                          f"--cgroup_{flag}_parent", os.path.relpath(parent, mount)]
+
+    def argv(self, argv: list[str], _worker: int = 0) -> list[str]:
+        return [self.bin, "-Mo", "-Q", "--chroot", "/", "--time_limit", "10",
+                "--rlimit_cpu", "5", "--cgroup_mem_max", str(MEMORY_LIMIT),
+                "--cgroup_pids_max", str(PIDS_LIMIT), *self.args, "--", *argv]
+
+    def close(self) -> list[str]:
+        left = []
+        deadline = time.monotonic() + 5
+        for d in reversed(self._made):
+            for sub in os.listdir(d) if os.path.isdir(d) else []:
+                if os.path.isdir(f"{d}/{sub}"):
+                    left.append(f"{d}/{sub}")
+                    rmdir_cgroup(f"{d}/{sub}", deadline)
+            rmdir_cgroup(d, deadline)
+        self._made.clear()
+        return left

@@ -186,6 +186,11 @@ def markdown(r: dict[str, Any]) -> str:
     if peers:
         lines += ["| CPU per `/bin/true` job of the others (wait4 rusage) | " + ", ".join(
             f"{k} {v:.3f} ms" for k, v in peers.items()) + " |"]
+    peers_cg = c.get("peer_cpu_cgroup_per_job_ms") or {}
+    if peers_cg:
+        lines += ["| CPU per `/bin/true` job of the others (a cpuacct cgroup around each, "
+                  "its launcher loop included: see bare) | " + ", ".join(
+                      f"{k} {v:.3f} ms" for k, v in peers_cg.items()) + " |"]
     lines += [
 
               "| USS per warm container (init + job process) | " + (

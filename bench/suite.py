@@ -58,7 +58,7 @@ from _common import (
     throughput,
     uss,
 )
-from _peers import ISOLATION, Peers, machine, rmdir_cgroup, steal_and_busy
+from _peers import ISOLATION, Isolate, Nsjail, Peers, machine, rmdir_cgroup, steal_and_busy
 
 import sandboxd_protocol as proto
 
@@ -202,10 +202,14 @@ def sandboxd_system(name: str, daemon: Daemon) -> System:
     return system
 
 
-def systems_for(peers: Peers, warm: Daemon, cold: Daemon, only: set[str] | None) -> list[System]:
-    """Every system this machine has, in the order of the report."""
+def systems_for(peers: Peers, warm: Daemon, cold: Daemon, only: set[str] | None,
+                given: dict[str, Isolate | Nsjail] | None = None) -> list[System]:
+    """Every system this machine has, in the order of the report; ``given``: the peers
+    whose binaries bench/run was handed (isolate, nsjail)."""
     found = [peer("bare", lambda argv, _w: argv), sandboxd_system("sandboxd-warm", warm),
              sandboxd_system("sandboxd-cold", cold)]
+    for name, tool in (given or {}).items():
+        found.append(peer(name, tool.argv))
     if shutil.which("bwrap"):
         found.append(peer("bwrap", lambda argv, _w: BWRAP + argv))
     for tool in ("runc", "crun"):
@@ -341,6 +345,55 @@ def supervisor_costs(warm: Daemon, plan: Plan, out_dir: Path, profile: bool) -> 
         costs["profile"] = summarize_profile(out_dir / "supervisor-profile.txt")
     client.close()
     return costs
+
+
+_LAUNCHER = '''
+import os, sys
+acct, n, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+with open(acct + "/cgroup.procs", "w") as f:
+    f.write(str(os.getpid()))
+def usage():
+    with open(acct + "/cpuacct.usage") as f:
+        return int(f.read())
+null = [(os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDWR, 0) for fd in (0, 1, 2)]
+u0 = usage()
+for _ in range(n):
+    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=null)
+    os.waitpid(pid, 0)
+print(usage() - u0)
+'''
+
+
+def peer_cpu_cgroup(systems: list[System], commands: dict[str, list[str]], n: int,
+                    acct_dirs: dict[str, str]) -> dict[str, float]:
+    """CPU per ``/bin/true`` job of each one-process-per-job system (ms), from a v1
+    cpuacct cgroup around it: a launcher joins the cgroup, then spawns and reaps ``n``
+    jobs, so that everything the system runs for a job counts, kernel work done on its
+    behalf and processes its outer process never reaps (bubblewrap's init) included.
+    The launcher's own loop counts too, alike for every system: see ``bare``. A peer
+    that puts its jobs in cgroups of its own (isolate) is given a directory above them
+    (``acct_dirs``); the others get a new one beneath this process's cgroup."""
+    own = cpuacct_dir()
+    if own is None:
+        return {}
+    out = {}
+    for s in systems:
+        if s.command is None or "true" in s.unavailable:
+            continue
+        acct = acct_dirs.get(s.name)
+        made = None
+        if acct is None:
+            acct = made = f"{own}/sandboxd-bench-peeracct-{os.getpid()}-{s.name}"
+            os.mkdir(made)
+        try:
+            run = subprocess.run([sys.executable, "-c", _LAUNCHER, acct, str(n),
+                                  *s.command(commands["true"])],
+                                 capture_output=True, text=True, check=True)
+            out[s.name] = int(run.stdout.split()[-1]) / n / 1e6
+        finally:
+            if made:
+                rmdir_cgroup(made, time.monotonic() + 10)
+    return out
 
 
 def peer_cpu(systems: list[System], commands: dict[str, list[str]], n: int,
@@ -567,6 +620,29 @@ def measure_http(tmp: Path, plan: Plan, daemons: list[Daemon]) -> dict[str, obje
 # ------------------------------------------------------------------ the run
 
 
+def given_peers(args: argparse.Namespace, tmp: Path,
+                closing: list[Callable[[], list[str]]],
+                ) -> tuple[dict[str, Isolate | Nsjail], dict[str, str]]:
+    """The peers whose binaries were given (set up; their ``close`` queued on ``closing``),
+    and why each other one is left out of the run."""
+    given: dict[str, Isolate | Nsjail] = {}
+    left_out: dict[str, str] = {}
+    for name, path, make in (("isolate", args.isolate, lambda p: Isolate(p, tmp)),
+                             ("nsjail", args.nsjail, Nsjail)):
+        if not path:
+            left_out[name] = f"not given (bench/run --{name} PATH; not packaged in Debian)"
+            continue
+        try:
+            tool = make(path)
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+            left_out[name] = f"{path}: {e}"
+            continue
+        closing.append(tool.close)
+        given[name] = tool
+    return given, left_out
+
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
@@ -577,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="py-spy the supervisor while its CPU per job is measured")
     ap.add_argument("--systems", help="comma-separated subset of systems (debugging)")
+    ap.add_argument("--isolate", metavar="PATH",
+                    help="an isolate 1.x binary (ioi/isolate; cgroup v1), run on ready boxes")
+    ap.add_argument("--nsjail", metavar="PATH", help="an nsjail binary (google/nsjail)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/run needs root (namespaces, cgroups, runc)", file=sys.stderr)
@@ -592,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     steal0, busy0, t_start = *steal_and_busy(), time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
     daemons: list[Daemon] = []
+    peers_closing: list[Callable[[], list[str]]] = []
     try:
         # Peers first: its snapshot of the mount table must predate any firejail call
         # (even `firejail --version`, in machine(), mounts its /run/firejail files).
@@ -600,13 +680,14 @@ def main(argv: list[str] | None = None) -> int:
                                           "quick": args.quick, "started": time.time()}
             commands = {**COMMANDS, "hello": peers.hello()}
             results["commands"] = commands
+            given, left_out = given_peers(args, tmp, peers_closing)
             warm = Daemon(tmp, "warm", 4, accounted=True)
             daemons.append(warm)
             cold = Daemon(tmp, "cold", 0)
             daemons.append(cold)
-            systems = systems_for(peers, warm, cold, only)
+            systems = systems_for(peers, warm, cold, only, given)
             results["isolation"] = {s.name: ISOLATION[s.name] for s in systems}
-            results["unavailable"] = probe(systems, commands)
+            results["unavailable"] = {**left_out, **probe(systems, commands)}
             log(f"systems: {[s.name for s in systems]}; left out: {results['unavailable']}")
             log(f"latency: {plan.rounds} rounds")
             results["latency_s"], results["failures"] = measure_latency(systems, commands, plan)
@@ -621,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
             costs.update(refill_rate(tmp, plan))
             costs.update(protocol_cost(plan))
             costs["peer_cpu_per_job_ms"] = peer_cpu(systems, commands, plan.cpu_jobs // 5)
+            costs["peer_cpu_cgroup_per_job_ms"] = peer_cpu_cgroup(
+                systems, commands, plan.cpu_jobs // 5,
+                {n: t.accounting_dir() for n, t in given.items() if isinstance(t, Isolate)})
             results["costs"] = costs
             log("the HTTP front door against the msgpack socket")
             results["http"] = measure_http(tmp, plan, daemons)
@@ -628,7 +712,12 @@ def main(argv: list[str] | None = None) -> int:
                 d.close()
             daemons.clear()
             results["leftovers_removed"] = peers.close()
+            for close in peers_closing:
+                results["leftovers_removed"] += close()
+            peers_closing.clear()
     finally:
+        for close in peers_closing:
+            close()
         for d in daemons:
             d.close()
         shutil.rmtree(tmp, ignore_errors=True)

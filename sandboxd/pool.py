@@ -221,21 +221,31 @@ class Pool:
         self._live.discard(box)
         await box.destroy(remove_cgroup=False)
         self.counters.destroyed += 1
-        # Refill once a job is over rather than when it starts: making a container
-        # costs a few ms of CPU, which would otherwise compete with the job itself.
-        for shape in self._shapes.values():
-            shape.kick.set()
         self.slots.give(box.slot)
         cg = box.cgroup
         try:
             if not recycle or self._closing:
                 raise CgroupError("not recycling")
-            await trio.to_thread.run_sync(cg.reset)
+            if not cg.reset_quick():
+                await trio.to_thread.run_sync(cg.reset)
             self._free_cgroups.append(cg)
             self.counters.cgroups_recycled += 1
         except (CgroupError, OSError):
             with contextlib.suppress(CgroupError, OSError):
                 await trio.to_thread.run_sync(cg.remove)
+        # Refill once a job is over rather than when it starts: making a container
+        # costs a few ms of CPU, which would otherwise compete with the job itself.
+        # This task makes the first missing container itself (its slot and cgroup are
+        # free now), which saves a task and a wake-up of the filler per job; the filler
+        # makes any others.
+        mine = next((s for s in self._shapes.values()
+                     if s.target > 0 and len(s.warm) + s.making < s.target), None)
+        for shape in self._shapes.values():
+            if shape is not mine:
+                shape.kick.set()
+        if mine is not None and not self._closing:
+            mine.making += 1
+            await self._fill_one(mine)
 
     # ----------------------------------------------------------------- stats
 

@@ -96,6 +96,15 @@ class JobCgroup(abc.ABC):
         proven empty).
         """
 
+    def reset_quick(self) -> bool:
+        """``reset`` now if it cannot block (no reclaim, no directory to remake): True;
+        False, having done nothing, if the caller should run ``reset`` in a thread.
+
+        A job's used cgroup is reset on the event loop when it takes a few syscalls:
+        a hand-off to a worker thread costs the supervisor more CPU than they do.
+        """
+        return False
+
     @abc.abstractmethod
     def remove(self) -> None:
         """Kill what is left and delete the cgroup directories. Idempotent."""
