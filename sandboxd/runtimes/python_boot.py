@@ -7,8 +7,9 @@ already in place and the job's stdio, rlimits, environment and working directory
 are the job's). Descriptor 3 is the job process's socket to the container's init.
 
 What it does: say it is up (one byte, WARM_READY), wait on descriptor 3 for the job's
-exec request (the encoding of container.encode_exec: argv, env, cwd, rlimits; no
-descriptors), close the socket, then do what ``python3 [options] main.py [args]`` does
+exec request (the encoding of spawn.encode_exec: argv, env, cwd, rlimits; no
+descriptors), lower its rlimits to the job's where they are lower, close the socket,
+then do what ``python3 [options] main.py [args]`` does
 after its start-up (CPython 3.11's pymain_run_file and _PyRun_SimpleFileObject): set
 ``sys.argv``, ``sys.orig_argv`` and ``sys.path[0]``, make a fresh ``__main__`` with
 ``__file__`` (the absolute path, unnormalised, as CPython makes it), ``__loader__`` and
@@ -65,8 +66,9 @@ def _sandboxd_warm():
     # does before it forks: its collections, and the one at exit, then skip them (~1 ms
     # of every job here). gc itself is imported for it only: not left in sys.modules.
     import gc
+    import resource  # for a job's lower rlimits (below); imported now, off its clock
     gc.freeze()
-    del sys.modules["gc"]
+    del sys.modules["gc"], sys.modules["resource"]
     os.write(sock, b"\x06")  # WARM_READY: up, waiting for the job
     size = int.from_bytes(read_exact(4, "header"), "little")
     if size & 0x80000000 or size > 64 << 20:
@@ -92,8 +94,13 @@ def _sandboxd_warm():
     argv = [string() for _ in range(u32())]
     env = [string() for _ in range(u32())]
     cwd = string()
-    # The rlimits follow: the job process applied these very values before this
-    # interpreter started (the supervisor hands over only jobs whose rlimits they are).
+    # The rlimits follow: the job process applied the pool shape's before this
+    # interpreter started; a job's may be lower (never higher: the supervisor hands over
+    # only such jobs), and are lowered here, soft = hard as the job process sets them.
+    rlimits = []
+    for _ in range(u32()):
+        which = u32()
+        rlimits.append((which, u32() | u32() << 32))
     wanted = dict(item.partition("=")[::2] for item in env)
     for key in [k for k in os.environ if k not in wanted]:
         del os.environ[key]
@@ -107,6 +114,12 @@ def _sandboxd_warm():
     at_script = len(sys.orig_argv) - 2  # started as [interpreter, options..., -c, this]
     if len(argv) <= at_script or argv[:at_script] != sys.orig_argv[:at_script]:
         fault("exec request", 22, "for another interpreter or options")  # EINVAL
+    for which, value in rlimits:
+        if resource.getrlimit(which) != (value, value):
+            try:
+                resource.setrlimit(which, (value, value))
+            except (OSError, ValueError) as e:  # higher than the start's: never sent
+                fault("setrlimit", getattr(e, "errno", None) or 1, f"{which} to {value}")
     os.close(sock)  # from here on, nothing can report a fault: the job's code may run
 
     script = argv[at_script]
