@@ -512,6 +512,7 @@ class _ContainedTCPServer(TCPServer):
         try:
             await super()._read_data()
         finally:  # the client's side is at its end (or broken): say so to its requests
+            self.idle_task.end()  # type: ignore[attr-defined]
             self.connection.close()
 
     async def run(self) -> None:
@@ -544,6 +545,7 @@ class _IdleTimer:
         self.scope: trio.CancelScope | None = None
         self.idle = False
         self.terminated = False
+        self.ended = False
 
     async def restart(self, task_group: Any, action: Any) -> None:
         self.idle = True
@@ -558,6 +560,15 @@ class _IdleTimer:
         if self.scope is not None:
             self.scope.deadline = inf
 
+    def end(self) -> None:
+        """The connection's reading is over (the client closed it, or it broke): nothing
+        is left to time, and the connection closes on its own way out. (hypercorn's
+        timer, stopped while a request runs, is never started again after such an end;
+        one that runs ends at its deadline.)"""
+        self.ended = True
+        if self.scope is not None:
+            self.scope.cancel()
+
     async def _watch(self) -> None:
         assert self.scope is not None
         with self.scope:  # ends at the deadline, while idle
@@ -565,8 +576,9 @@ class _IdleTimer:
             self.terminated = True
             if not self.idle:
                 await trio.sleep_forever()  # until idle: restart() ends it at once
-        with trio.CancelScope(shield=True):
-            await self.server._initiate_server_close()
+        if not self.ended:
+            with trio.CancelScope(shield=True):
+                await self.server._initiate_server_close()
 
 
 class _CoalescingH11Protocol(H11Protocol):
