@@ -61,6 +61,16 @@ def _sandboxd_warm():
             buf += chunk
         return bytes(buf)
 
+    def real_dir(script):
+        """``os.path.dirname(os.path.realpath(script, strict=True))``, CPython's
+        sys.path[0]: for a bare name that is no symlink, the working directory as the
+        kernel spells it (``getcwd``: no symlinks in it), at a fraction of the cost."""
+        if "/" not in script and script not in (".", ".."):
+            st = os.lstat(script)  # OSError as realpath's, for a missing file
+            if st.st_mode & 0o170000 != 0o120000:  # not a symlink
+                return os.getcwd()
+        return os.path.dirname(os.path.realpath(script, strict=True))
+
     def maybe_importable(path):
         """Whether a path hook could take ``path``: unless it is a regular file without
         a zip's end record in its last 64 KiB (what zipimport looks for; the other hook,
@@ -88,6 +98,9 @@ def _sandboxd_warm():
     # here: ~1.2 ms, then ~40 us for a one-line main.py); a throw-away one now takes
     # that off the job's clock. It leaves nothing behind (a code object, dropped).
     compile("pass", "<sandboxd warm-up>", "exec", dont_inherit=True)
+    # The environment as the exec request spells it ("KEY=value", in order): what this
+    # interpreter started with, which a job handed over has too (below).
+    start_env = [key + b"=" + value for key, value in os.environb.items()]
     import gc
     import resource  # for a job's lower rlimits (below); imported now, off its clock
     gc.freeze()
@@ -128,9 +141,9 @@ def _sandboxd_warm():
         which = u32()
         rlimits.append((which, u32() | u32() << 32))
     # The environment is the one the interpreter started with (the supervisor hands
-    # over only such jobs): compared as bytes, at no cost; set only if not.
-    wanted = dict(item.partition(b"=")[::2] for item in env)
-    if wanted != dict(os.environb):
+    # over only such jobs): compared as the request's bytes; set only if not.
+    if env != start_env:
+        wanted = dict(item.partition(b"=")[::2] for item in env)
         for key in [k for k in os.environb if k not in wanted]:
             del os.environb[key]
         for key, value in wanted.items():
@@ -174,7 +187,7 @@ def _sandboxd_warm():
         path0 = filename
     else:
         try:
-            path0 = os.path.dirname(os.path.realpath(script, strict=True))
+            path0 = real_dir(script)
         except OSError:
             path0 = os.path.dirname(script)
     if sys.path and sys.path[0] == "":
