@@ -16,7 +16,9 @@ doors:
 
 Latency: every round runs every door once per program, in an order that
 rotates, each sample taken with the daemon idle (pools refilled, containers
-destroyed), as ``suite.measure_latency`` does. Throughput: closed loops of 1, 8
+destroyed), as ``suite.measure_latency`` does; with each sample, the daemon's CPU
+time during it (all its threads, ``schedstat``), the door's cost that a loaded
+machine leaves as it is where it blurs latency. Throughput: closed loops of 1, 8
 and 32 clients per door for a window each, windows of the doors interleaved.
 
 Every client keeps its connection for all its jobs (HTTP/1.1 keep-alive with
@@ -150,6 +152,18 @@ def runner(door: str, prog: Program, socket_path: str, address: tuple[str, int],
     return piston
 
 
+def cpu_ns(pid: int) -> int:
+    """CPU time (ns) of process ``pid`` so far, all its threads (``schedstat``: finer than
+    ``stat``'s clock ticks, enough for one request)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total
+
+
 def close_all(opened: list[Any]) -> None:
     for c in opened:
         c.close()
@@ -166,6 +180,10 @@ def measure(daemon: Any, args: tuple[str, ...], *, rounds: int, warmup: int, sec
     address = _address(args)
     opened: list[Any] = []
     lat: dict[str, dict[str, list[float]]] = {d: {p: [] for p in PROGRAMS} for d in DOORS}
+    # The daemon's CPU during each latency sample: what a door costs the daemon, which a
+    # loaded machine leaves as it is (its latency it does not).
+    cpu: dict[str, dict[str, list[float]]] = {d: {p: [] for p in PROGRAMS} for d in DOORS}
+    pid = daemon.daemon.pid
     failures: dict[str, int] = {}
     runs = {(d, p): runner(d, prog, sock, address, opened)
             for d in DOORS for p, prog in PROGRAMS.items()}
@@ -178,16 +196,17 @@ def measure(daemon: Any, args: tuple[str, ...], *, rounds: int, warmup: int, sec
         k = r % len(order)
         for d in order[k:] + order[:k]:
             for p in PROGRAMS:
-                t = time.perf_counter()
+                c0, t = cpu_ns(pid), time.perf_counter()
                 try:
                     runs[d, p]()
                 except Exception:
                     failures[f"{d} {p}"] = failures.get(f"{d} {p}", 0) + 1
                     continue
-                dt = time.perf_counter() - t
+                dt, c1 = time.perf_counter() - t, cpu_ns(pid)
                 daemon.settle()
                 if r >= warmup:
                     lat[d][p].append(dt)
+                    cpu[d][p].append((c1 - c0) / 1e9)
     close_all(opened)
     log(f"http: throughput at {concurrency} clients")
     tput: dict[str, dict[str, dict[str, list[float]]]] = {d: {} for d in DOORS}
@@ -203,7 +222,8 @@ def measure(daemon: Any, args: tuple[str, ...], *, rounds: int, warmup: int, sec
                     close_all(opened)
                     daemon.settle()
                     tput[d].setdefault(p, {}).setdefault(str(conc), []).append(rate)
-    return {"latency_s": lat, "throughput_jobs_s": tput, "failures": failures,
+    return {"latency_s": lat, "daemon_cpu_s": cpu, "throughput_jobs_s": tput,
+            "failures": failures,
             "programs": {p: LABELS[p] for p in PROGRAMS}}
 
 
@@ -220,10 +240,17 @@ def summary(http: dict[str, Any]) -> dict[str, Any]:
                 lat.setdefault(d, {})[p] = {"p50": statistics.median(v) * 1000,
                                             "p90": pct(v, .9) * 1000, "p99": pct(v, .99) * 1000,
                                             "n": len(v)}
+    for d, per in http.get("daemon_cpu_s", {}).items():
+        for p, v in per.items():
+            if v and p in lat.get(d, {}):
+                lat[d][p]["cpu_p50"] = statistics.median(v) * 1000
     for per in lat.values():
         for p, s in per.items():
             base = lat.get("msgpack", {}).get(p)
             s["over_msgpack_ms"] = s["p50"] - base["p50"] if base else None
+            s["cpu_over_msgpack_ms"] = (s["cpu_p50"] - base["cpu_p50"]
+                                        if base and "cpu_p50" in s and "cpu_p50" in base
+                                        else None)
     tput: dict[str, dict[str, dict[str, dict[str, float | None]]]] = {}
     for d, per in http["throughput_jobs_s"].items():
         for p, per_c in per.items():
@@ -268,14 +295,19 @@ def markdown(http: dict[str, Any], s: dict[str, Any], seconds: float, reps: int)
              "One daemon (warm pools of `python3` and `c`), both doors open; every door once "
              "per program per round, rotating, each sample with the daemon idle; keep-alive "
              "HTTP/1.1 (`http.client`), the bare protocol client for msgpack.", "",
-             "| door | program | p50 ms | p90 | p99 | n | p50 over msgpack |",
-             "|---|---|---|---|---|---|---|"]
+             "| door | program | p50 ms | p90 | p99 | n | p50 over msgpack | daemon CPU ms "
+             "(p50) | CPU over msgpack |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for d in DOORS:
         for p, st in s["latency_ms"].get(d, {}).items():
-            over = st["over_msgpack_ms"]
+            over, cpu_over = st["over_msgpack_ms"], st.get("cpu_over_msgpack_ms")
+            cpu = f"{st['cpu_p50']:.2f}" if "cpu_p50" in st else "-"
             lines.append(f"| {d} | {LABELS[p]} | {st['p50']:.2f} | {st['p90']:.2f} | "
                          f"{st['p99']:.2f} | {int(st['n'])} | "
-                         f"{'-' if d == 'msgpack' or over is None else f'{over:+.2f} ms'} |")
+                         f"{'-' if d == 'msgpack' or over is None else f'{over:+.2f} ms'} | "
+                         f"{cpu} | "
+                         f"{'-' if d == 'msgpack' or cpu_over is None else f'{cpu_over:+.2f} ms'}"
+                         " |")
     conc = sorted({c for per in s["throughput"].values() for per_c in per.values()
                    for c in per_c}, key=int)
     lines += ["", f"Throughput (jobs/s, median of {reps} windows of {seconds:g} s; in brackets "

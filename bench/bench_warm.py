@@ -144,15 +144,42 @@ def summary(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
                    "p99_ms": pct(v, .99) * 1000} for name, v in samples.items()}
 
 
+def targets(out: dict[str, object]) -> list[dict[str, object]]:
+    """Issue 18's, each against a baseline of the same run: Python's hello world through
+    the warm pool at most 3 ms at p50 client to client (with bare python3's p50 beside it),
+    and Python snippets' throughput at least 3x bubblewrap's at every client count."""
+    rows: list[dict[str, object]] = []
+    lat = out.get("latency python3")
+    if isinstance(lat, dict):
+        warm, bare = lat["sandboxd warm"]["p50_ms"], lat["bare"]["p50_ms"]
+        rows.append({"target": "Python hello world, warm, p50 at most 3 ms client to client",
+                     "figure": f"{warm:.2f} ms (bare python3 {bare:.2f} ms, "
+                               f"{warm / bare:.2f}x)",
+                     "met": warm <= 3.0, "margin": f"{3.0 - warm:+.2f} ms"})
+    tp = out.get("throughput python snippets jobs/s")
+    if isinstance(tp, dict):
+        for n, rate in tp["sandboxd warm"].items():
+            ratio = rate / tp["bwrap"][n]
+            rows.append({"target": f"Python snippets' throughput at least 3x bubblewrap's "
+                                   f"({n} client{'s' if n != 1 else ''})",
+                         "figure": f"{rate:.1f} vs {tp['bwrap'][n]:.1f} jobs/s ({ratio:.2f}x)",
+                         "met": ratio >= 3.0, "margin": f"{ratio - 3.0:+.2f}"})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=150)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--runtimes", default=",".join(LANGS),
+                    help="the profiles to measure (default: python3,javascript)")
+    ap.add_argument("--no-costs", action="store_true", help="skip USS and refill")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     profiles = load_dir()
-    langs = [p for p in LANGS if not profiles[p].unavailable and profiles[p].warm_runtime]
+    langs = [p for p in LANGS if not profiles[p].unavailable and profiles[p].warm_runtime
+             and p in args.runtimes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-warm-"))
     out: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
                               "runtimes": langs}
@@ -181,12 +208,12 @@ def main() -> int:
         time.sleep(0.5)
         costs: dict[str, object] = {}
         print()
-        for name, per in waiting_uss(d).items():
+        for name, per in ({} if args.no_costs else waiting_uss(d)).items():
             med = statistics.median(per)
             costs[f"uss {name}"] = {"bytes": per, "in_24GiB": int(24 * GiB // med)}
             print(f"USS per waiting warm container ({name}): median {med / (1 << 20):.2f} MiB "
                   f"({len(per)} containers): {int(24 * GiB // med)} fit in 24 GiB")
-        for profile in langs:
+        for profile in [] if args.no_costs else langs:
             r = refill(tmp, profile, 8)
             costs[f"refill {profile}"] = r
             print(f"refill {profile}: {r['containers_per_s']:.1f} warm containers/s while a "
@@ -195,6 +222,9 @@ def main() -> int:
     finally:
         d.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    out["targets"] = targets(out)
+    for t in out["targets"]:
+        print(f"{'met ' if t['met'] else 'MISS'} {t['target']}: {t['figure']}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

@@ -20,6 +20,7 @@ limits, so that they reach ``Limits.merged`` with no dict in between.
 from __future__ import annotations
 
 import os
+import dataclasses
 import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from sandboxd import result as result_mod
 from sandboxd import runtimes
 from sandboxd.compare import COMPARE_MODES
 from sandboxd.container import RunStep
+from sandboxd.isolation import rlimits
 from sandboxd.limits import LimitError, Limits
 from sandboxd.profiles import Profile, expand
 from sandboxd.result import Result
@@ -225,9 +227,11 @@ def warm_start(job: JobSpec, limits: Limits) -> WarmStart | None:
     interactive stdin of its own, and limits that change nothing the interpreter started
     with (node's heap ceiling follows the memory limit; every runtime's rlimits follow
     the CPU time, file size, open files and stack), and not too little memory for what
-    it already holds. A judged job (tests, expected output, a pinned CPU) keeps the
-    plain start, so that judges measure what they always measured, unless its profile
-    (``warm_judged``) or the job itself (``warm_runtime``) asks otherwise.
+    it already holds. Rlimits lower than the shape's are no obstacle for a runtime
+    that lowers its own at the hand-over (``Runtime.lowers_rlimits``). A judged job
+    (tests, expected output, a pinned CPU) keeps the plain start, so that judges measure
+    what they always measured, unless its profile (``warm_judged``) or the job itself
+    (``warm_runtime``) asks otherwise.
     """
     profile = job.profile
     if not profile.warm_runtime or job.warm_runtime is False:
@@ -241,8 +245,15 @@ def warm_start(job: JobSpec, limits: Limits) -> WarmStart | None:
         return None
     if limits.memory < runtimes.RUNTIMES[profile.warm_runtime].min_memory:
         return None
-    warm = _warm_for(profile, limits)
-    return warm if warm == _warm_for(profile, profile.limits) else None
+    warm, shape = _warm_for(profile, limits), _warm_for(profile, profile.limits)
+    if warm == shape:
+        return warm
+    # Only the rlimits lower than the shape's: a bootstrap that lowers its own takes it.
+    if (warm is not None and shape is not None and shape.lowers_rlimits
+            and dataclasses.replace(warm, rlimits=shape.rlimits) == shape
+            and rlimits.lower_or_equal(warm.rlimits, shape.rlimits)):
+        return shape
+    return None
 
 
 def validate(job: JobSpec) -> None:

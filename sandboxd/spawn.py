@@ -90,6 +90,9 @@ class WarmStart:
     cwd: str
     rlimits: rlimits.Rlimits
     runtime: str = ""
+    # The bootstrap lowers its own rlimits to a job's lower ones at the hand-over (Python
+    # does; node cannot): such a job is handed over too (sandboxd/runtimes/).
+    lowers_rlimits: bool = False
 
     def __repr__(self) -> str:  # the bootstrap's source is long and says nothing here
         return (f"WarmStart({self.runtime!r}, argv={self.argv[:-1]!r}+[bootstrap], "
@@ -104,7 +107,8 @@ class WarmStart:
         head = len(self.argv) - 2
         return (list(self.argv[:head]) == argv[:head] and len(argv) > head
                 and tuple(env.items()) == self.env and cwd == self.cwd
-                and limits == self.rlimits)
+                and (limits == self.rlimits
+                     or (self.lowers_rlimits and rlimits.lower_or_equal(limits, self.rlimits))))
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,13 @@ class Rlimits:
         return out
 
 
+def lower_or_equal(limits: Rlimits, than: Rlimits) -> bool:
+    """Whether a process under ``than`` reaches ``limits`` by lowering alone (what an
+    unprivileged process may do to itself): the same limits set, none of them higher."""
+    mine, theirs = dict(limits.pairs()), dict(than.pairs())
+    return mine.keys() == theirs.keys() and all(v <= theirs[k] for k, v in mine.items())
+
+
 def apply(limits: Rlimits) -> None:
     """Set soft and hard limit alike, so the job cannot raise them back."""
     for which, value in limits.pairs():

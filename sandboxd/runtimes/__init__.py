@@ -18,7 +18,9 @@ is that, and is part of the pool's shape): the interpreter and its options
 (node's heap ceiling follows the memory limit), the environment (a job with
 variables of its own gets the plain start: interpreters read some of them when
 they start), the working directory and the rlimits. ``jobs.warm_start`` adds
-the job's own choice and the judge path's rule. docs/profiles.md lists what
+the job's own choice and the judge path's rule. A runtime whose bootstrap can
+lower its own rlimits (Python) also takes a job whose rlimits are lower than
+the shape's: it sets them at the hand-over, before the job's code runs. docs/profiles.md lists what
 still differs from a plain start.
 
 This module knows nothing of trio, sockets or the pool.
@@ -47,13 +49,18 @@ class Runtime:
     # Below this memory limit a job gets the plain start: the waiting interpreter already
     # holds memory in the job's cgroup, and a limit under it could not be set.
     min_memory: int
+    # Whether its bootstrap lowers its own rlimits to a job's lower ones at the hand-over
+    # (Python's ``resource.setrlimit``; node has no such call): a job with a lower CPU
+    # time, file size, open files or stack limit than the pool's shape still gets the
+    # warm start (a Judge0 or Piston job with their defaults, for one).
+    lowers_rlimits: bool = False
 
     def source(self) -> str:
         return _source(self.boot)
 
 
 RUNTIMES: dict[str, Runtime] = {
-    "python": Runtime("python", "python_boot.py", "-c", 32 * MiB),
+    "python": Runtime("python", "python_boot.py", "-c", 32 * MiB, lowers_rlimits=True),
     "node": Runtime("node", "node_boot.js", "-e", 160 * MiB),
 }
 
@@ -76,4 +83,4 @@ def warm_start(runtime: str, argv: list[str], entry_at: int, env: dict[str, str]
     rt = RUNTIMES[runtime]
     return WarmStart(argv=(*argv[:entry_at], rt.code_option, rt.source()),
                      env=tuple(job_env(env).items()), cwd=cwd, rlimits=step_rlimits(limits),
-                     runtime=runtime)
+                     runtime=runtime, lowers_rlimits=rt.lowers_rlimits)

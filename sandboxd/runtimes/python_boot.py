@@ -7,8 +7,9 @@ already in place and the job's stdio, rlimits, environment and working directory
 are the job's). Descriptor 3 is the job process's socket to the container's init.
 
 What it does: say it is up (one byte, WARM_READY), wait on descriptor 3 for the job's
-exec request (the encoding of container.encode_exec: argv, env, cwd, rlimits; no
-descriptors), close the socket, then do what ``python3 [options] main.py [args]`` does
+exec request (the encoding of spawn.encode_exec: argv, env, cwd, rlimits; no
+descriptors), lower its rlimits to the job's where they are lower, close the socket,
+then do what ``python3 [options] main.py [args]`` does
 after its start-up (CPython 3.11's pymain_run_file and _PyRun_SimpleFileObject): set
 ``sys.argv``, ``sys.orig_argv`` and ``sys.path[0]``, make a fresh ``__main__`` with
 ``__file__`` (the absolute path, unnormalised, as CPython makes it), ``__loader__`` and
@@ -60,13 +61,50 @@ def _sandboxd_warm():
             buf += chunk
         return bytes(buf)
 
+    def real_dir(script):
+        """``os.path.dirname(os.path.realpath(script, strict=True))``, CPython's
+        sys.path[0]: for a bare name that is no symlink, the working directory as the
+        kernel spells it (``getcwd``: no symlinks in it), at a fraction of the cost."""
+        if "/" not in script and script not in (".", ".."):
+            st = os.lstat(script)  # OSError as realpath's, for a missing file
+            if st.st_mode & 0o170000 != 0o120000:  # not a symlink
+                return os.getcwd()
+        return os.path.dirname(os.path.realpath(script, strict=True))
+
+    def maybe_importable(path):
+        """Whether a path hook could take ``path``: unless it is a regular file without
+        a zip's end record in its last 64 KiB (what zipimport looks for; the other hook,
+        FileFinder's, takes only directories), say yes and let the hooks answer."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return True  # missing, or a path through a zip: the hooks know
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o170000 != 0o100000:  # not a regular file
+                return True
+            span = min(st.st_size, 22 + 65535)  # the end record and its longest comment
+            return b"PK\x05\x06" in os.pread(fd, span, st.st_size - span)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+
     # The start-up's objects (modules, their functions: they live as long as the
     # interpreter) go to the collector's permanent generation, as a pre-forking server
     # does before it forks: its collections, and the one at exit, then skip them (~1 ms
     # of every job here). gc itself is imported for it only: not left in sys.modules.
+    # The interpreter's first compile() costs ~1 ms more than any later one (measured
+    # here: ~1.2 ms, then ~40 us for a one-line main.py); a throw-away one now takes
+    # that off the job's clock. It leaves nothing behind (a code object, dropped).
+    compile("pass", "<sandboxd warm-up>", "exec", dont_inherit=True)
+    # The environment as the exec request spells it ("KEY=value", in order): what this
+    # interpreter started with, which a job handed over has too (below).
+    start_env = [key + b"=" + value for key, value in os.environb.items()]
     import gc
+    import resource  # for a job's lower rlimits (below); imported now, off its clock
     gc.freeze()
-    del sys.modules["gc"]
+    del sys.modules["gc"], sys.modules["resource"]
     os.write(sock, b"\x06")  # WARM_READY: up, waiting for the job
     size = int.from_bytes(read_exact(4, "header"), "little")
     if size & 0x80000000 or size > 64 << 20:
@@ -81,25 +119,36 @@ def _sandboxd_warm():
         at += 4
         return int.from_bytes(body[at - 4:at], "little")
 
-    def string():
+    def raw():
         nonlocal at
         end = body.find(b"\0", at)
         if end < 0:
             fault("exec request", 71, "with an unterminated string")
-        raw, at = body[at:end], end + 1
-        return os.fsdecode(raw)
+        item, at = body[at:end], end + 1
+        return item
+
+    def string():
+        return os.fsdecode(raw())
 
     argv = [string() for _ in range(u32())]
-    env = [string() for _ in range(u32())]
+    env = [raw() for _ in range(u32())]
     cwd = string()
-    # The rlimits follow: the job process applied these very values before this
-    # interpreter started (the supervisor hands over only jobs whose rlimits they are).
-    wanted = dict(item.partition("=")[::2] for item in env)
-    for key in [k for k in os.environ if k not in wanted]:
-        del os.environ[key]
-    for key, value in wanted.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
+    # The rlimits follow: the job process applied the pool shape's before this
+    # interpreter started; a job's may be lower (never higher: the supervisor hands over
+    # only such jobs), and are lowered here, soft = hard as the job process sets them.
+    rlimits = []
+    for _ in range(u32()):
+        which = u32()
+        rlimits.append((which, u32() | u32() << 32))
+    # The environment is the one the interpreter started with (the supervisor hands
+    # over only such jobs): compared as the request's bytes; set only if not.
+    if env != start_env:
+        wanted = dict(item.partition(b"=")[::2] for item in env)
+        for key in [k for k in os.environb if k not in wanted]:
+            del os.environb[key]
+        for key, value in wanted.items():
+            if os.environb.get(key) != value:
+                os.environb[key] = value
     try:
         os.chdir(cwd)
     except OSError as e:
@@ -107,6 +156,12 @@ def _sandboxd_warm():
     at_script = len(sys.orig_argv) - 2  # started as [interpreter, options..., -c, this]
     if len(argv) <= at_script or argv[:at_script] != sys.orig_argv[:at_script]:
         fault("exec request", 22, "for another interpreter or options")  # EINVAL
+    for which, value in rlimits:
+        if resource.getrlimit(which) != (value, value):
+            try:
+                resource.setrlimit(which, (value, value))
+            except (OSError, ValueError) as e:  # higher than the start's: never sent
+                fault("setrlimit", getattr(e, "errno", None) or 1, f"{which} to {value}")
     os.close(sock)  # from here on, nothing can report a fault: the job's code may run
 
     script = argv[at_script]
@@ -120,18 +175,19 @@ def _sandboxd_warm():
     cache.pop("", None)  # the -c start's sys.path[0]
     importer = cache.get(filename)
     if filename not in cache:
-        for hook in sys.path_hooks:
-            try:
-                importer = hook(filename)
-                break
-            except ImportError:
-                continue
+        if maybe_importable(filename):  # else no hook takes it: known at ~1/8 the cost
+            for hook in sys.path_hooks:
+                try:
+                    importer = hook(filename)
+                    break
+                except ImportError:
+                    continue
         cache[filename] = importer
     if importer is not None:
         path0 = filename
     else:
         try:
-            path0 = os.path.dirname(os.path.realpath(script, strict=True))
+            path0 = real_dir(script)
         except OSError:
             path0 = os.path.dirname(script)
     if sys.path and sys.path[0] == "":

@@ -20,6 +20,7 @@ import judge0_client
 import judge0api
 import pytest
 import requests
+from http_helpers import wait_idle
 from judge0api import submission as j0api_submission
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -350,3 +351,32 @@ def test_callback_put_to_an_allowed_address_only(api: httpx.Client) -> None:
                                        "callback_url": "http://10.1.2.3/x"})
     assert r.status_code == 422 and r.json() == {
         "callback_url": ["setting callback is not allowed"]}
+
+
+# Which start a submission got (the bootstrap is on a warm interpreter's command line),
+# and the rlimits it runs under: Judge0's defaults (stack 64000 KB, files 1024 KB) are
+# lowered to at the hand-over, exactly.
+SAYS_START = ("import resource\n"
+              "warm = b'_sandboxd_warm' in open('/proc/self/cmdline', 'rb').read()\n"
+              "print('WARM' if warm else 'PLAIN', resource.getrlimit(resource.RLIMIT_CPU)[0],"
+              " resource.getrlimit(resource.RLIMIT_FSIZE)[0],"
+              " resource.getrlimit(resource.RLIMIT_STACK)[0])\n")
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ({}, "WARM 6 1048576 65536000"),
+    ({"cpu_time_limit": 2, "max_file_size": 2048, "stack_limit": 32000},
+     "WARM 3 2097152 32768000"),
+    # higher than the pool's interpreter has: the plain start, with exactly those
+    ({"cpu_time_limit": 8}, "PLAIN 9 1048576 65536000"),
+    # judged (an expected output) or measured (several runs): the plain start
+    ({"expected_output": "x"}, "PLAIN 6 1048576 65536000"),
+    ({"number_of_runs": 2}, "PLAIN 6 1048576 65536000"),
+])
+def test_a_run_with_judge0_defaults_gets_the_warm_start(
+        http_daemon: Any, api: httpx.Client, extra: dict[str, Any], expected: str) -> None:
+    wait_idle(http_daemon)  # a pool miss would start the job plainly
+    r = api.post("/submissions?wait=true", json={"source_code": SAYS_START,
+                                                  "language_id": 71, **extra})
+    assert r.status_code == 201, r.text
+    assert r.json()["stdout"] == expected + "\n", r.json()

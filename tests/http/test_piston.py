@@ -16,6 +16,7 @@ import httpx
 import pistonapi
 import pyston
 import pytest
+from http_helpers import wait_idle
 from pistonapi.exceptions import PistonError
 from ultra_piston import File, PistonClient
 from ultra_piston.errors import BadRequestError, UnexpectedStatusError
@@ -238,3 +239,30 @@ def test_connect_close_codes(base_url: str) -> None:
                                            "message": "cobol-* runtime is unknown"}
         with pytest.raises(Exception, match="4002"):
             ws.recv(10)
+
+
+# A job that says which start it got: the bootstrap's source is on a warm interpreter's
+# command line (tests/integration/test_warm_runtime.py checks the same way), and the
+# rlimits it runs under.
+SAYS_START = ("import resource\n"
+              "warm = b'_sandboxd_warm' in open('/proc/self/cmdline', 'rb').read()\n"
+              "print('WARM' if warm else 'PLAIN', resource.getrlimit(resource.RLIMIT_CPU)[0],"
+              " resource.getrlimit(resource.RLIMIT_FSIZE)[0])\n")
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    # Piston's defaults (run_cpu_time 3000): the warm start, its RLIMIT_CPU lowered to
+    # the very value a plain start with them gets (ceil(3 s) + 1)
+    ({}, "WARM 4 67108864"),
+    ({"run_cpu_time": 1500, "run_timeout": 2000}, "WARM 3 67108864"),
+    ({"run_memory_limit": 100_000_000}, "WARM 4 67108864"),
+    # args are the job's own argv: the plain start
+    ({"args": ["x"]}, "PLAIN 4 67108864"),
+])
+def test_execute_with_piston_defaults_gets_the_warm_start(
+        http_daemon: Any, api: httpx.Client, extra: dict[str, Any], expected: str) -> None:
+    wait_idle(http_daemon)  # a pool miss would start the job plainly
+    r = api.post("/execute", json={"language": "python", "version": "*",
+                                   "files": [{"content": SAYS_START}], **extra})
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["stdout"] == expected + "\n", r.json()

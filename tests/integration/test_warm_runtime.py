@@ -276,7 +276,11 @@ def test_a_module_beside_the_entry_is_importable(daemon: Daemon) -> None:
     # what the interpreter started with must be the job's
     ({"argv": ("/usr/bin/python3", "-B", "main.py")}, "PLAIN"),
     ({"env": {"X": "1"}}, "PLAIN"),
-    ({"limits": proto.JobLimits(cpu_time=2.0)}, "PLAIN"),  # its RLIMIT_CPU differs
+    # rlimits lower than the interpreter's: Python lowers its own at the hand-over
+    ({"limits": proto.JobLimits(cpu_time=2.0)}, "WARM"),
+    ({"limits": proto.JobLimits(file_size=MiB, open_files=64, stack=8 * MiB)}, "WARM"),
+    ({"limits": proto.JobLimits(cpu_time=9.0)}, "PLAIN"),  # higher: it could not raise it
+    ({"limits": proto.JobLimits(cpu_time=2.0, open_files=1024)}, "PLAIN"),
     ({"limits": proto.JobLimits(memory=16 * MiB)}, "PLAIN"),  # under the runtime's floor
     ({"limits": proto.JobLimits(wall_time=3.0, memory=200 * MiB, pids=20)}, "WARM"),
     ({"interactive_stdin": True}, "PLAIN"),
@@ -294,6 +298,36 @@ def test_which_jobs_are_handed_to_the_warm_runtime(daemon: Daemon, options: dict
         c.close()
     assert isinstance(res, proto.JobResult), res
     assert res.steps[0].stdout.decode().strip() == expected, res
+
+
+LOWER = proto.JobLimits(cpu_time=2.0, file_size=MiB, open_files=64, stack=8 * MiB)
+
+
+def test_lower_rlimits_are_the_jobs_exactly(daemon: Daemon) -> None:
+    source = ("import resource as r\nprint([r.getrlimit(getattr(r, 'RLIMIT_' + n)) for n in"
+              " ('CPU', 'FSIZE', 'NOFILE', 'STACK', 'CORE', 'NICE', 'RTPRIO')])\n")
+    warm, plain = both(daemon, source, limits=LOWER)
+    same(warm, plain)
+    assert warm.stdout == (b"[(3, 3), (1048576, 1048576), (64, 64), (8388608, 8388608),"
+                           b" (0, 0), (0, 0), (0, 0)]\n"), warm
+
+
+@pytest.mark.parametrize("source", [
+    # past the lowered file size: SIGXFSZ, as a plain start gets
+    "open('big', 'wb').write(b'x' * (2 << 20))\n",
+    # past the lowered open files
+    "fs = [open('/dev/null') for _ in range(100)]\n",
+    # raising a lowered limit back is refused
+    "import resource as r\nr.setrlimit(r.RLIMIT_CPU, (5, 5))\n",
+    # past the lowered CPU time: the watch or SIGXCPU ends it, as a plain start's
+    "while True: pass\n",
+])
+def test_lowered_rlimits_hold_as_a_plain_starts(daemon: Daemon, source: str) -> None:
+    limits = LOWER if "while" not in source else proto.JobLimits(cpu_time=0.3, wall_time=5.0,
+                                                                  file_size=MiB)
+    warm, plain = both(daemon, source, limits=limits)
+    assert warm.verdict == plain.verdict != "ok", (warm, plain)
+    assert (warm.exit_code, warm.signal) == (plain.exit_code, plain.signal), (warm, plain)
 
 
 def test_the_pool_keeps_warm_and_plain_shapes_apart(daemon: Daemon) -> None:
@@ -491,3 +525,6 @@ def test_node_gets_the_plain_start_when_its_heap_ceiling_would_differ(daemon: Da
     assert _started(daemon, profile="javascript") == "WARM"
     assert _started(daemon, profile="javascript",
                     limits=proto.JobLimits(memory=300 * MiB)) == "PLAIN"
+    # node cannot lower its own rlimits: a lower CPU time is the plain start's too
+    assert _started(daemon, profile="javascript",
+                    limits=proto.JobLimits(cpu_time=2.0)) == "PLAIN"

@@ -36,12 +36,20 @@ import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
+from itertools import chain
+from math import inf
 from typing import Any
 from urllib.parse import parse_qs
 
+import h11
+import hypercorn.protocol
 import hypercorn.trio.run
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import RawData
+from hypercorn.protocol.events import Body, EndBody
+from hypercorn.protocol.events import Response as ResponseEvent
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
 from starlette.applications import Starlette
@@ -58,7 +66,9 @@ from sandboxd_protocol import ErrorCode
 
 from . import _metrics
 from ._common import (
+    CONNECTION,
     TOKEN_SCOPE_KEY,
+    Connection,
     FrontContext,
     Gate,
     HttpError,
@@ -120,9 +130,11 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-def presented_token(scope: Scope) -> str | None:
-    """The token a request presents, wherever it is allowed to put it; ``None`` if none."""
-    headers = _headers(scope)
+def presented_token(scope: Scope, headers: dict[str, str] | None = None) -> str | None:
+    """The token a request presents, wherever it is allowed to put it; ``None`` if none
+    (``headers``: the request's, as ``_headers`` gives them, if already at hand)."""
+    if headers is None:
+        headers = _headers(scope)
     auth = headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
@@ -164,7 +176,50 @@ class HttpFront:
             HTTPException: self._http_exception, HttpError: self._http_error,
             Exception: self._crash})
         app.router.redirect_slashes = False  # the listener strips them instead
+        # The routes of a fixed path (every API's busy ones: /v1/jobs, /submissions), by
+        # path and method, for _dispatch; and the handlers Starlette's ExceptionMiddleware
+        # would give them.
+        self._direct: dict[tuple[str, str], Route] = {}
+        for r in routes:
+            if isinstance(r, Route) and not r.param_convertors:
+                for method in r.methods or ():
+                    self._direct.setdefault((r.path, method), r)
+        self._handlers: dict[Any, Any] = {HTTPException: self._http_exception,
+                                          HttpError: self._http_error}
         return app
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app for an HTTP request, past Starlette's own layers where the route is
+        known from the path alone.
+
+        Starlette runs every request through ServerErrorMiddleware, ExceptionMiddleware
+        and its router, a coroutine and a closure or two each, ~60 us of every job's CPU
+        here. Here: the route's own handler, with what those layers put in the scope
+        (the exception handlers; app, router, route, endpoint, path parameters) and
+        what ServerErrorMiddleware does with an exception (``_crash``'s answer if
+        nothing was sent yet, then raised again for hypercorn's log), so that the
+        answer is the same either way.
+        """
+        route = self._direct.get((scope["path"], scope["method"]))
+        if route is None:
+            return await self.app(scope, receive, send)
+        scope.update(app=self.app, router=self.app.router, route=route,
+                     endpoint=route.endpoint, path_params={})
+        scope["starlette.exception_handlers"] = (self._handlers, {})
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await route.app(scope, receive, sending)
+        except Exception as exc:
+            if not started:
+                response = await self._crash(Request(scope), exc)
+                await response(scope, receive, send)
+            raise
 
     # ------------------------------------------------------------ errors
 
@@ -263,7 +318,8 @@ class HttpFront:
         self.in_flight += 1
         try:
             path = scope["path"]
-            token = presented_token(scope)
+            headers = _headers(scope)  # once: the body's length is read from them too
+            token = presented_token(scope, headers)
             if path not in OPEN_PATHS and not self._authorized(scope, token):
                 what = "a valid token" if token is None or path != "/metrics" or not \
                     cfg.metrics_token else "the metrics token"
@@ -283,11 +339,11 @@ class HttpFront:
                     return await self.app(scope, receive, send)
                 held = 0
                 try:
-                    body = await self._read_body(scope, receive, send)
+                    body = await self._read_body(scope, receive, send, headers)
                     if body is None:
                         return
                     held = len(body)
-                    await self.app(scope, _replay(body, receive), send)
+                    await self._dispatch(scope, _replay(body, receive), send)
                 finally:
                     self.buffered -= held
             finally:
@@ -321,7 +377,8 @@ class HttpFront:
             nursery.start_soon(_linger, receive)
             await self._refuse(scope, send, code, message, close=True)
 
-    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send,
+                         headers: dict[str, str]) -> bytes | None:
         """The whole body; or ``None`` once the client is answered (or gone).
 
         The bytes count against the shared budget as they arrive; the caller
@@ -329,7 +386,7 @@ class HttpFront:
         """
         cfg = self.cfg
         cap = cfg.http_max_body
-        length = _headers(scope).get("content-length", "")
+        length = headers.get("content-length", "")
         if length.isdigit() and int(length) > cap:
             await self._refuse_body(scope, receive, send, ErrorCode.FRAME_TOO_LARGE,
                                     f"the body ({length} bytes) is over http_max_body ({cap} "
@@ -446,7 +503,20 @@ class _ContainedTCPServer(TCPServer):
     "Error in ASGI Framework").
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle_task = _IdleTimer(self)  # type: ignore[assignment]
+        self.connection = Connection()
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:  # the client's side is at its end (or broken): say so to its requests
+            self.idle_task.end()  # type: ignore[attr-defined]
+            self.connection.close()
+
     async def run(self) -> None:
+        CONNECTION.set(self.connection)  # this task's context, which its requests' copy
         try:
             await super().run()
         except Exception as e:  # a group too, unless it holds a Cancelled
@@ -456,6 +526,100 @@ class _ContainedTCPServer(TCPServer):
 
 
 hypercorn.trio.run.TCPServer = _ContainedTCPServer  # type: ignore[misc]
+
+
+class _IdleTimer:
+    """hypercorn's keep-alive timer (its ``TrioSingleTask`` running
+    ``TCPServer._idle_timeout``), as one task per connection whose deadline moves.
+
+    hypercorn stops the timer when a request comes and starts it again when the
+    connection is idle, each time a task cancelled and a new one started: ~90 us
+    of every request's CPU here (py-spy, bench/bench_http.py), about a tenth of
+    what HTTP adds to a job. The behaviour is the same: the connection closes
+    after ``keep_alive_timeout`` idle, or once idle after the server's shutdown
+    began; never while a request is in progress.
+    """
+
+    def __init__(self, server: TCPServer) -> None:
+        self.server = server
+        self.scope: trio.CancelScope | None = None
+        self.idle = False
+        self.terminated = False
+        self.ended = False
+
+    async def restart(self, task_group: Any, action: Any) -> None:
+        self.idle = True
+        if self.scope is None:
+            self.scope = trio.CancelScope()
+            task_group._nursery.start_soon(self._watch)
+        self.scope.deadline = -inf if self.terminated else \
+            trio.current_time() + self.server.config.keep_alive_timeout
+
+    async def stop(self) -> None:
+        self.idle = False
+        if self.scope is not None:
+            self.scope.deadline = inf
+
+    def end(self) -> None:
+        """The connection's reading is over (the client closed it, or it broke): nothing
+        is left to time, and the connection closes on its own way out. (hypercorn's
+        timer, stopped while a request runs, is never started again after such an end;
+        one that runs ends at its deadline.)"""
+        self.ended = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def _watch(self) -> None:
+        assert self.scope is not None
+        with self.scope:  # ends at the deadline, while idle
+            await self.server.context.terminated.wait()
+            self.terminated = True
+            if not self.idle:
+                await trio.sleep_forever()  # until idle: restart() ends it at once
+        if not self.ended:
+            with trio.CancelScope(shield=True):
+                await self.server._initiate_server_close()
+
+
+class _CoalescingH11Protocol(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol, writing a response's head together with its first
+    body bytes, and not writing the empty end of a response with a length.
+
+    hypercorn writes the head, the body and the end each on its own: three sends
+    (one empty) for a JSON answer, a system call and a wake-up of the client apiece.
+    The bytes on the wire are the same; hypercorn (``HTTPStream``) sends the head
+    only when the first body message (or the end) is there, so holding it back
+    delays nothing.
+    """
+
+    _head: bytes | None = None
+
+    def _bytes(self, event: Any) -> bytes:
+        try:
+            return self.connection.send(event) or b""
+        except h11.LocalProtocolError:  # as hypercorn's _send_h11_event
+            if self.connection.their_state != h11.ERROR:
+                raise
+            return b""
+
+    async def stream_send(self, event: Any) -> None:
+        if isinstance(event, ResponseEvent) and event.status_code >= 200:
+            headers = list(chain(event.headers, self.config.response_headers("h11")))
+            if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+                headers.append((b"connection", b"close"))
+            self._head = self._bytes(h11.Response(headers=headers,
+                                                  status_code=event.status_code))
+        elif isinstance(event, Body | EndBody):
+            head, self._head = self._head or b"", None
+            data = head + self._bytes(h11.Data(data=event.data) if isinstance(event, Body)
+                                      else h11.EndOfMessage())
+            if data:
+                await self.send(RawData(data=data))
+        else:
+            await super().stream_send(event)
+
+
+hypercorn.protocol.H11Protocol = _CoalescingH11Protocol  # type: ignore[misc]
 
 
 class _ErrorFields(logging.Filter):

@@ -893,7 +893,13 @@ class Judge0:
                             repeat=s.params.number_of_runs) for s in items],
             compare="trailing_ws", memory_mode=memory_mode(first, profile),
             on_output=on_output if first.redirect_stderr_to_stdout else None,
-            on_compile_output=on_compile_output)
+            on_compile_output=on_compile_output,
+            # Items with no expected output, run once, are runs, not judgements: a
+            # profile's warm runtime takes them (a playground's hello world in ~4 ms, not
+            # ~13); judged ones keep the plain start judges measure (jobs.warm_start).
+            warm_runtime=None if any(s.params.expected_output is not None
+                                     or s.params.number_of_runs != 1 for s in items)
+            else True)
 
     def admit(self, items: list[Submission]) -> tuple[Job, dict[str, Any]]:
         outputs: dict[str, Any] = {}

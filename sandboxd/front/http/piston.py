@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import sandboxd_protocol as proto
-from sandboxd.jobs import JobOutcome, JobSpec, TestSpec
+from sandboxd.jobs import JobOutcome, JobSpec
 from sandboxd.limits import LimitError, Limits
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
@@ -444,9 +444,12 @@ def job_spec(req: Request_, outputs: dict[str, bytearray], *,
         if stream is not None:
             await stream("compile", name, data)
 
-    return JobSpec(profile=profile, files=req.files, argv=argv,
+    # A run without args is the profile's own argv (None: the service builds the same
+    # one) and a single untested run, not a test: a profile with a warm runtime then
+    # hands it to a waiting interpreter (jobs.warm_start), as a playground wants.
+    return JobSpec(profile=profile, files=req.files, argv=argv if req.args else None,
+                   limits=run, stdin=b"" if stdin_stream else req.stdin,
                    compile_limits=job_limits(req.limits, "compile") if profile.compile else None,
-                   tests=[TestSpec(stdin=b"" if stdin_stream else req.stdin, limits=run)],
                    on_output=on_output, on_compile_output=on_compile_output,
                    stdin_stream=stdin_stream)
 

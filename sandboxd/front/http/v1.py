@@ -46,6 +46,7 @@ from sandboxd_protocol import DEFAULT_SIZE_LIMITS, ErrorCode
 
 from . import _openapi
 from ._common import (
+    CONNECTION,
     BadJson,
     FrontContext,
     HttpError,
@@ -559,7 +560,20 @@ class V1:
 
     async def _execute_watching(self, job: Job,
                                 receive: Callable[[], Awaitable[Any]]) -> JobOutcome:
-        """``execute``, cancelling the job if the client goes away meanwhile."""
+        """``execute``, cancelling the job if the client goes away meanwhile: told by the
+        listener's connection (``Connection``), or else by a task waiting on ``receive``."""
+        conn = CONNECTION.get()
+        if conn is not None:
+            def gone() -> None:
+                job.cancel("client disconnected")
+
+            if conn.closed:
+                gone()
+            conn.on_close.append(gone)
+            try:
+                return await self.service.execute(job)
+            finally:
+                conn.on_close.remove(gone)
         outcome: JobOutcome | None = None
         error: ServiceError | None = None
 

@@ -32,3 +32,22 @@ def test_limits_ride_in_the_exec_request():
            int.from_bytes(tail[8 + 12 * i:16 + 12 * i], "little") for i in range(5)}
     assert got[resource.RLIMIT_FSIZE] == 1 << 20 and got[resource.RLIMIT_NOFILE] == 64
     assert got[resource.RLIMIT_RTPRIO] == 0 and got[resource.RLIMIT_NICE] == 0
+
+
+def test_lower_or_equal_is_what_lowering_alone_reaches():
+    """A warm Python interpreter started under one set of rlimits takes a job whose own
+    are reachable by lowering only (runtimes: lowers_rlimits): none higher, none added."""
+    from sandboxd.isolation.rlimits import lower_or_equal
+
+    shape = Rlimits(cpu_seconds=5, file_size=64 << 20, open_files=256, stack=64 << 20)
+    assert lower_or_equal(shape, shape)
+    assert lower_or_equal(Rlimits(cpu_seconds=3, file_size=1 << 20, open_files=64,
+                                  stack=8 << 20), shape)
+    assert not lower_or_equal(Rlimits(cpu_seconds=9, file_size=64 << 20, open_files=256,
+                                      stack=64 << 20), shape)
+    assert not lower_or_equal(Rlimits(cpu_seconds=5, file_size=64 << 20, open_files=257,
+                                      stack=64 << 20), shape)
+    # a limit the shape does not set (unlimited there) is not "lower": it is added
+    assert not lower_or_equal(shape, Rlimits(cpu_seconds=5, file_size=64 << 20,
+                                             open_files=256))
+    assert not lower_or_equal(Rlimits(cpu_seconds=5), shape)
