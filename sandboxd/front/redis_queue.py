@@ -148,7 +148,11 @@ class RedisNode:
         """Slots no job holds, local or cluster: what this node may take now."""
         if self.service.draining:
             return 0
-        return max(0, self.cfg.concurrency - self.service.in_flight)
+        # Entries read but not yet admitted by the service hold a slot too: without them a
+        # node would read again before its first jobs reached the service, and take more
+        # than it can run (they would wait here while another node sat idle).
+        admitting = sum(1 for e in self.entries.values() if e.job is None)
+        return max(0, self.cfg.concurrency - self.service.in_flight - admitting)
 
     async def _wait_for_room(self) -> int:
         while (n := self.free()) <= 0:
@@ -403,19 +407,22 @@ class RedisNode:
 
     async def _hand_back(self) -> None:
         """Put the entries we hold and have not answered back on the queue, for others."""
-        if not self.unanswered or self.r is None:
+        if not self.unanswered:
             return
         try:
-            ids = list(self.unanswered)
-            entries = []
-            for i in ids:
-                got = await self.r.xrange(cluster.JOBS, start=i, end=i, count=1)
-                entries.extend(got)
-            async with self.r.pipeline(transaction=True) as p:
-                for e in entries:
-                    p.xadd(cluster.JOBS, dict(e.field_values))
-                p.xack(cluster.JOBS, cluster.GROUP, ids)
-                p.xdel(cluster.JOBS, ids)
+            # A client of its own: the loops' was cut off mid-command by the cancellation
+            # (a blocked XREADGROUP), and coredis drops such a connection.
+            async with coredis.Redis.from_url(self.cfg.redis, stream_timeout=None) as r:
+                ids = list(self.unanswered)
+                async with r.pipeline(transaction=False) as p:
+                    ranges = [p.xrange(cluster.JOBS, start=i, end=i, count=1) for i in ids]
+                entries = [e for q in ranges for e in await q]
+                async with r.pipeline(transaction=True) as p:
+                    for e in entries:
+                        p.xadd(cluster.JOBS, dict(e.field_values))
+                    p.xack(cluster.JOBS, cluster.GROUP, ids)
+                    p.xdel(cluster.JOBS, ids)
+            self.unanswered.clear()
             event("cluster_handed_back", node=self.node, jobs=len(entries))
         except (RedisError, OSError) as e:
             event("cluster_hand_back_failed", logging.WARNING, node=self.node, error=str(e))
