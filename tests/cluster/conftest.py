@@ -1,4 +1,4 @@
-"""The cluster tests' fixture: a real redis-server per test (``redis_helpers``)."""
+"""The cluster tests' fixture: a real redis-server per test (``sandboxd_testing.redis_server``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis_helpers import RedisServer
+
+from sandboxd_testing.redis_server import RedisServer
 
 
 @pytest.fixture

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
-from redis_helpers import RedisServer, free_port
 
 from sandboxd_client import Client, ConnectError
 from sandboxd_protocol import cluster
 from sandboxd_testing import leftovers
 from sandboxd_testing.daemon import Daemon
+from sandboxd_testing.redis_server import RedisServer, free_port
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
