@@ -96,6 +96,8 @@ class RedisNode:
         self.done = 0
         self.claimed = 0
         self.r: Any = None
+        self._cancel_last: bytes | str = "$"  # the cancel stream from when we joined
+        self._early_cancels: set[str] = set()
         self._jobs: trio.Nursery | None = None
 
     # -- the loops --------------------------------------------------------
@@ -110,6 +112,7 @@ class RedisNode:
         r = coredis.Redis.from_url(self.cfg.redis, stream_timeout=None)
         async with r:
             self.r = r
+            self._answer_script = r.register_script(cluster.ANSWER_SCRIPT)
             try:
                 async with trio.open_nursery() as jobs:
                     self._jobs = jobs
@@ -121,6 +124,7 @@ class RedisNode:
                         loops.start_soon(self._retrying, "read", self._read)
                         loops.start_soon(self._retrying, "claim", self._claim)
                         loops.start_soon(self._retrying, "heartbeat", self._heartbeat)
+                        loops.start_soon(self._retrying, "cancels", self._cancels)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self._hand_back()
@@ -198,6 +202,23 @@ class RedisNode:
                 event("job_claimed", node=self.node, entry=entry.identifier.decode(),
                       delivered=delivered)
                 self._start(entry.identifier, entry.field_values, delivered)
+
+    async def _cancels(self) -> None:
+        """Cancels as submitters send them (``XREAD BLOCK`` on the cancel stream), so a
+        running job stops at once; the heartbeat's poll of cancel keys is the fallback for
+        any missed while Redis was away."""
+        while True:
+            got = await self.r.xread(streams={cluster.CANCELS: self._cancel_last}, count=256,
+                                     block=5000)
+            for entry in (got or {}).get(cluster.CANCELS.encode(), ()):
+                self._cancel_last = entry.identifier
+                job_id = (entry.field_values.get(b"job") or b"").decode("ascii", "replace")
+                for e in list(self.entries.values()):
+                    if e.job_id == job_id:
+                        if e.job is not None:
+                            e.job.cancel("cancelled by the client")
+                        else:  # being admitted: cancelled once it is
+                            self._early_cancels.add(job_id)
 
     async def _heartbeat(self) -> None:
         """Renew our entries, look for cancels, and announce this node."""
@@ -307,6 +328,9 @@ class RedisNode:
         if job is None:
             return
         entry.job = job
+        if sub.id in self._early_cancels:
+            self._early_cancels.discard(sub.id)
+            job.cancel("cancelled by the client")
         try:
             try:
                 outcome = await self.service.execute(job)
@@ -385,16 +409,19 @@ class RedisNode:
         delay = _BACKOFF_FIRST
         while True:
             try:
-                async with self.r.pipeline(transaction=True) as p:
-                    if record is not None and job_id is not None:
-                        p.set(cluster.result_key(job_id), record,
-                              condition=coredis.PureToken.NX, ex=self.ttl)
-                        if entry.reply is not None:  # a second "done" (a rerun's) is harmless
-                            out = cluster.reply_key(entry.reply)
-                            p.xadd(out, {"job": job_id, "done": "1"})
-                            p.expire(out, self.ttl)
-                    p.xack(cluster.JOBS, cluster.GROUP, [entry.entry_id])
-                    p.xdel(cluster.JOBS, [entry.entry_id])
+                if record is not None and job_id is not None:
+                    # One script, one round trip: stored once, `done` (the answer inline
+                    # when small) posted by the first answer only, the entry acknowledged.
+                    reply = cluster.reply_key(entry.reply) if entry.reply else cluster.JOBS
+                    await self._answer_script(
+                        keys=[cluster.result_key(job_id), reply, cluster.JOBS],
+                        args=[record, self.ttl, job_id, cluster.GROUP, entry.reply or "",
+                              "1" if len(record) <= cluster.INLINE_ANSWER else "0",
+                              entry.entry_id])
+                else:
+                    async with self.r.pipeline(transaction=True) as p:
+                        p.xack(cluster.JOBS, cluster.GROUP, [entry.entry_id])
+                        p.xdel(cluster.JOBS, [entry.entry_id])
                 break
             except (RedisError, OSError) as e:
                 event("redis_unreachable", logging.WARNING, node=self.node, loop="answer",
