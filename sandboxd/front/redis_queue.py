@@ -96,7 +96,10 @@ class RedisNode:
         self.done = 0
         self.claimed = 0
         self.r: Any = None
-        self._cancel_last: bytes | str = "$"  # the cancel stream from when we joined
+        # The cancel stream from its start (it is capped): every cancel still listed is
+        # known here, so a fresh entry needs no look-up of its cancel key.
+        self._cancel_last: bytes | str = "0-0"
+        self._cancelled: dict[str, None] = {}  # recent cancels' job ids, oldest first
         self._early_cancels: set[str] = set()
         self._jobs: trio.Nursery | None = None
 
@@ -213,6 +216,9 @@ class RedisNode:
             for entry in (got or {}).get(cluster.CANCELS.encode(), ()):
                 self._cancel_last = entry.identifier
                 job_id = (entry.field_values.get(b"job") or b"").decode("ascii", "replace")
+                self._cancelled[job_id] = None
+                if len(self._cancelled) > 2 * cluster.CANCELS_MAXLEN:
+                    del self._cancelled[next(iter(self._cancelled))]
                 for e in list(self.entries.values()):
                     if e.job_id == job_id:
                         if e.job is not None:
@@ -306,10 +312,14 @@ class RedisNode:
                 await self._answer(entry, None, None)  # nobody to tell: drop it
             return
         entry.job_id = sub.id
-        async with self.r.pipeline(transaction=False) as p:  # one round trip for both
-            answered_q = p.exists([cluster.result_key(sub.id)])
-            cancelled_q = p.exists([cluster.cancel_key(sub.id)])
-        answered, cancelled = await answered_q, await cancelled_q
+        if delivered > 1:  # a rerun: answered meanwhile, or cancelled while we were away?
+            async with self.r.pipeline(transaction=False) as p:  # one round trip for both
+                answered_q = p.exists([cluster.result_key(sub.id)])
+                cancelled_q = p.exists([cluster.cancel_key(sub.id)])
+            answered, cancelled = await answered_q, await cancelled_q
+        else:  # fresh: not answered; a cancel is on the stream we read (the heartbeat's poll
+            # of cancel keys catches one sent while Redis was away from us)
+            answered, cancelled = 0, sub.id in self._cancelled
         if answered:
             await self._answer(entry, None, None)  # answered before a crash: acknowledge
             return
