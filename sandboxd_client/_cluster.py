@@ -197,7 +197,9 @@ class RedisBridge:
             if cid is not None:
                 await self._cancel([cid])
         elif isinstance(ev, (proto.StdinChunk, proto.EndOfStdin)):
-            pass  # refused at submission: the cluster carries no interactive stdin
+            cid = self.ids.get(ev.id)
+            if cid is not None:
+                await self._stdin(cid, ev.data if isinstance(ev, proto.StdinChunk) else None)
         elif isinstance(ev, proto.Ping):
             await self.r.ping()
             await self._send(proto.Pong(nonce=ev.nonce))
@@ -214,10 +216,6 @@ class RedisBridge:
         def refuse(code: str, message: str) -> proto.ErrorReport:
             return proto.ErrorReport(code=code, message=message, id=sub.id)
 
-        if sub.interactive_stdin:
-            await self._send(refuse("invalid_job", "interactive stdin is not carried over "
-                                    "the cluster: give the whole stdin with the job"))
-            return
         cid = uuid.uuid4().hex
         try:
             record = cluster.pack(dataclasses.replace(sub, id=cid))
@@ -239,6 +237,14 @@ class RedisBridge:
                                     f"{self.where}: {e}"))
             return
         await self._send(proto.JobAcceptance(id=sub.id))
+
+    async def _stdin(self, cid: str, data: bytes | None) -> None:
+        """More of an interactive job's stdin (``None``: its end) on its stdin stream, which
+        the node running it reads; sent in order, as the client gave it."""
+        key = cluster.stdin_key(cid)
+        async with self.r.pipeline(transaction=False) as p:
+            p.xadd(key, {"data": data} if data is not None else {"eof": "1"})
+            p.expire(key, _REPLY_TTL)
 
     async def _cancel(self, cids: list[str]) -> None:
         """The cancel key (for a node that takes the job later) and a notice on the cancel

@@ -39,6 +39,7 @@ __all__ = [
     "pack",
     "reply_key",
     "result_key",
+    "stdin_key",
     "unpack",
 ]
 
@@ -110,6 +111,13 @@ def reply_key(submitter: str) -> str:
     ``job``; ``chunk`` entries (a packed ``OutputChunk`` and the ``attempt`` that wrote it)
     come in order, and one ``done`` entry once the job's answer is in ``result_key``."""
     return f"{PREFIX}reply:{submitter}"
+
+
+def stdin_key(job_id: str) -> str:
+    """An ``interactive_stdin`` job's input: a stream its submitter writes (``data``
+    entries: bytes, in order; then one ``eof`` entry) and the node running it reads from
+    the start (a rerun after a node died reads it all again); it expires."""
+    return f"{PREFIX}stdin:{job_id}"
 
 
 def cancel_key(job_id: str) -> str:

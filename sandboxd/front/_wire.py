@@ -116,8 +116,8 @@ def profile_infos(profiles: Iterable[Profile],
 
 
 def job_submission(id: str, spec: JobSpec, *, stream: bool) -> proto.JobSubmission:
-    """``spec`` as the wire's submission (``job_spec``'s inverse, but for its callbacks
-    and interactive stdin, which a queue does not carry)."""
+    """``spec`` as the wire's submission (``job_spec``'s inverse; its callbacks and its
+    stdin stream are the caller's to carry)."""
     compiled = spec.compile_argv is not None or spec.compile_limits is not None
     return proto.JobSubmission(
         id=id, profile=spec.profile.name, files=dict(spec.files), stdin=spec.stdin,
@@ -130,7 +130,8 @@ def job_submission(id: str, spec: JobSpec, *, stream: bool) -> proto.JobSubmissi
                     for t in spec.tests) if spec.tests is not None else None,
         expected_output=spec.expected_output, compare=spec.compare,
         float_tolerance=spec.float_tolerance, stop_on_failure=spec.stop_on_failure,
-        stream=stream, warm_runtime=spec.warm_runtime)
+        stream=stream, interactive_stdin=spec.stdin_stream is not None,
+        warm_runtime=spec.warm_runtime)
 
 
 def step_outcome(s: proto.StepResult) -> jobs.StepOutcome:

@@ -15,7 +15,7 @@ What a gateway knows of the cluster comes from the nodes' announcements,
 read every second: which profiles some node can run (and their versions),
 ``ps`` (every node's jobs), ``stats`` (summed, with the queue's length and
 age). ``kill`` cancels a cluster job by its ``ps`` reference. Interactive
-stdin is refused (the queue does not carry it), as by the client.
+stdin goes on the job's stdin stream as its client sends it, as the client's does.
 """
 
 from __future__ import annotations
@@ -186,9 +186,6 @@ class ClusterService:
         the cluster by ``execute``, where a full queue is ``server_busy``."""
         if self.draining:
             raise ServiceError("shutting_down", "the gateway is shutting down")
-        if spec.stdin_stream is not None:
-            raise ServiceError("invalid_job", "interactive stdin is not carried over the "
-                               "cluster; submit the whole stdin with the job")
         if spec.profile.unavailable:
             raise ServiceError("unknown_profile", f"profile {spec.profile.name!r} is "
                                f"unavailable: {spec.profile.unavailable}")
@@ -218,18 +215,22 @@ class ClusterService:
             with job.scope:
                 await b._submit(job_submission(
                     wire_id, spec, stream=bool(spec.on_output or spec.on_compile_output)))
-                async for ev in receive:
-                    if isinstance(ev, proto.JobAcceptance):
-                        continue
-                    if isinstance(ev, proto.OutputChunk):
-                        job.state = "running"
-                        if ev.compile and spec.on_compile_output is not None:
-                            await spec.on_compile_output(ev.stream, ev.data)
-                        elif not ev.compile and spec.on_output is not None:
-                            await spec.on_output(ev.step, ev.stream, ev.data)
-                    else:
-                        answer = ev
-                        break
+                async with trio.open_nursery() as pump:
+                    if spec.stdin_stream is not None:
+                        pump.start_soon(self._pump_stdin, spec.stdin_stream, wire_id)
+                    async for ev in receive:
+                        if isinstance(ev, proto.JobAcceptance):
+                            continue
+                        if isinstance(ev, proto.OutputChunk):
+                            job.state = "running"
+                            if ev.compile and spec.on_compile_output is not None:
+                                await spec.on_compile_output(ev.stream, ev.data)
+                            elif not ev.compile and spec.on_output is not None:
+                                await spec.on_output(ev.step, ev.stream, ev.data)
+                        else:
+                            answer = ev
+                            break
+                    pump.cancel_scope.cancel()
         finally:
             b.waiters.pop(wire_id, None)
             self._wire.pop(job.ref, None)
@@ -249,6 +250,15 @@ class ClusterService:
                 "cancelled", job.cancel_reason or "cancelled"))])
         self._account(job, outcome)
         return outcome
+
+    async def _pump_stdin(self, stdin: Any, wire_id: str) -> None:
+        """An interactive job's stdin, as its client sends it, onto its stdin stream."""
+        cid = self.bridge.ids.get(wire_id)
+        if cid is None:
+            return  # refused, or answered already
+        async for data in stdin:
+            await self.bridge._stdin(cid, data)
+        await self.bridge._stdin(cid, None)
 
     def release(self, job: Job) -> None:
         self.jobs.pop(job.ref, None)

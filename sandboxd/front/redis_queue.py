@@ -27,11 +27,12 @@ keys, the guarantees and the deployment.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -351,6 +352,9 @@ class RedisNode:
             with trio.CancelScope(shield=True):
                 await self._answer(entry, sub.id, job_result(sub.id, outcome,
                                                              self.limits.max_frame_size))
+                if sub.interactive_stdin:  # answered: no rerun will read it again
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.r.delete([cluster.stdin_key(sub.id)])
         finally:
             self.service.release(job)
 
@@ -368,12 +372,11 @@ class RedisNode:
 
         while True:
             try:
-                if sub.interactive_stdin:
-                    raise ServiceError("invalid_job", "interactive stdin is not carried over "
-                                       "the cluster; submit the whole stdin with the job")
                 spec = job_spec(sub, self.service.profile(sub.profile),
                                 on_output=on_output if sub.stream else None,
-                                on_compile_output=on_compile_output if sub.stream else None)
+                                on_compile_output=on_compile_output if sub.stream else None,
+                                stdin_stream=self._stdin(sub.id) if sub.interactive_stdin
+                                else None)
                 return self.service.submit(spec, id=sub.id, owner="cluster",
                                            client=f"cluster@{self.node}")
             except ServiceError as e:
@@ -388,6 +391,30 @@ class RedisNode:
                 await self._answer(entry, sub.id, proto.ErrorReport(
                     code=e.code, message=e.message, id=sub.id))
                 return None
+
+    async def _stdin(self, job_id: str) -> AsyncIterator[bytes]:
+        """An interactive job's stdin: its stdin stream from the start, until ``eof``.
+        Redis away: it waits (retrying) as a program waits for input."""
+        key = cluster.stdin_key(job_id)
+        last: bytes | str = "0-0"
+        delay = _BACKOFF_FIRST
+        while True:
+            try:
+                got = await self.r.xread(streams={key: last}, count=64, block=5000)
+            except (RedisError, OSError) as e:
+                event("redis_unreachable", logging.WARNING, node=self.node, loop="stdin",
+                      job=job_id, error=str(e) or type(e).__name__, retry_in=round(delay, 2))
+                await trio.sleep(delay)
+                delay = min(_BACKOFF_MAX, delay * 2)
+                continue
+            delay = _BACKOFF_FIRST
+            for entry in (got or {}).get(key.encode(), ()):
+                last = entry.identifier
+                if b"eof" in entry.field_values:
+                    return
+                data = entry.field_values.get(b"data")
+                if data:
+                    yield data
 
     def _outcome(self, job_id: str, verdict: str, reason: str) -> proto.JobResult:
         return job_result(job_id, JobOutcome(None, [StepOutcome(

@@ -195,3 +195,21 @@ def test_a_node_given_sigterm_hands_its_jobs_back(tmp_path, redis_server):
     finally:
         if a.proc is not None and a.proc.poll() is None:
             a.stop()
+
+
+def test_interactive_stdin_over_the_cluster(tmp_path, redis_server):
+    """stdin goes as the client writes it, output comes back while the job runs."""
+    echo_loop = 'while read line; do echo "got $line"; done; echo bye'
+    with node(tmp_path, redis_server, "n1"), Client(redis_server.url) as c:
+        with c.stream("bash", {"main.sh": echo_loop}, interactive_stdin=True) as job:
+            for word in ("one", "two"):
+                job.write(f"{word}\n")
+                chunk = job.next_output(timeout=30)
+                assert chunk is not None and chunk.text == f"got {word}\n"
+                assert not job.done  # the reply came while the program still reads
+            job.close_stdin()
+            assert [o.text for o in job] == ["bye\n"]
+            assert job.result().ok
+        # Answered: its stdin stream is gone from Redis.
+        wait_until(lambda: cli(redis_server, "KEYS", "sandboxd:stdin:*") == "", 10,
+                   "the stdin stream deleted")

@@ -226,12 +226,23 @@ def test_websocket_streams_through_the_gateway_in_order(cluster):
     assert m["verdict"] == "ok"
 
 
-def test_interactive_stdin_is_refused_clearly(cluster):
+def test_interactive_stdin_through_the_gateway(cluster):
+    """A playground's terminal through the gateway: type a line, read its echo."""
     url = cluster["gateway"].url.replace("http://", "ws://") + "/v1/jobs/stream"
     with connect(url, open_timeout=30, close_timeout=30) as c:
-        c.send(json.dumps({"profile": "bash", "files": {"main.sh": "cat"}}))
-        m = json.loads(c.recv(timeout=60))
-    assert m["type"] == "error" and "interactive stdin" in m["message"], m
+        c.send(json.dumps({"profile": "bash", "files": {
+            "main.sh": 'while read l; do echo "echo: $l"; done; echo bye'}}))
+        assert json.loads(c.recv(timeout=60))["type"] == "accepted"
+        for word in ("first", "second"):
+            c.send(json.dumps({"stdin": f"{word}\n"}))
+            m = json.loads(c.recv(timeout=60))
+            assert m["type"] == "output" and m["data"] == f"echo: {word}\n", m
+        c.send(json.dumps({"eof": True}))
+        rest = []
+        while (m := json.loads(c.recv(timeout=60)))["type"] != "result":
+            rest.append(m)
+    assert "".join(x["data"] for x in rest) == "bye\n"
+    assert m["verdict"] == "ok"
 
 
 def test_the_gateway_runs_nothing_itself(cluster):
