@@ -294,6 +294,7 @@ class RedisNode:
                   error=repr(e))
         finally:
             self.entries.pop(entry.entry_id, None)
+            self._early_cancels.discard(entry.job_id)
             self.slot_freed.set()
 
     async def _run_entry(self, entry: _Entry, data: bytes | None, delivered: int) -> None:
