@@ -48,13 +48,18 @@ def not_foreign(snap: leftovers.Snapshot) -> leftovers.Snapshot:
 
 
 def wait_idle(d: Any, timeout: float = 30.0) -> None:
-    """Until the node runs and queues nothing and its pools are full again."""
+    """Until the node runs and queues nothing, its pools are full again and every used
+    container is gone (as tests/http's)."""
     deadline = time.monotonic() + timeout
     while True:
         st = d.stats()
-        if not st.jobs_running + st.jobs_queued and all(p.warm >= p.target for p in st.pools):
+        below = leftovers.descendants(d.proc.pid)
+        mine = {pid for pid, _uid, _name in leftovers.container_processes() if pid in below}
+        stray = mine - leftovers.warm_containers(d.proc.pid)
+        if (not st.jobs_running + st.jobs_queued and not stray
+                and all(p.warm >= p.target for p in st.pools)):
             return
-        assert time.monotonic() < deadline, "the node is not idle"
+        assert time.monotonic() < deadline, f"the node is not idle: {st}, stray {stray}"
         time.sleep(0.05)
 
 

@@ -180,7 +180,8 @@ def test_ps_stats_and_kill_through_the_gateway(cluster):
     listed: list[dict[str, Any]] = []
 
     def running() -> bool:
-        listed[:] = [j for j in g.get("/v1/ps").json()["jobs"] if j["state"] == "running"]
+        listed[:] = [j for j in g.get("/v1/ps").json()["jobs"]  # (not the node's own jobs)
+                     if j["state"] == "running" and "/cluster/" in j["ref"]]
         return bool(listed)
 
     wait_for(running, "the job in the gateway's ps")
@@ -199,14 +200,15 @@ def test_cancel_through_the_gateway(cluster):
     r = g.post("/v1/jobs?wait=false", json={"profile": "bash",
                                             "files": {"main.sh": "sleep 60"}})
     job_id = r.json()["id"]
-    wait_for(lambda: any(j["state"] == "running" for j in g.get("/v1/ps").json()["jobs"]),
-             "the job running")
+    wait_for(lambda: any(j["state"] == "running" and "/cluster/" in j["ref"]
+                         for j in g.get("/v1/ps").json()["jobs"]), "the job running")
     t0 = time.monotonic()
     assert g.delete(f"/v1/jobs/{job_id}").status_code in (200, 202)
     wait_for(lambda: g.get(f"/v1/jobs/{job_id}").json()["state"] == "done", "the cancel")
     assert g.get(f"/v1/jobs/{job_id}").json()["verdict"] == "cancelled"
     # The node stops it too: nothing of it stays listed, well before its 60 s.
-    wait_for(lambda: not g.get("/v1/ps").json()["jobs"], "the node to drop the job")
+    wait_for(lambda: not [j for j in g.get("/v1/ps").json()["jobs"] if "/cluster/" in j["ref"]],
+             "the node to drop the job")
     assert time.monotonic() - t0 < 50
 
 
