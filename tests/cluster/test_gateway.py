@@ -189,6 +189,8 @@ def test_ps_stats_and_kill_through_the_gateway(cluster):
     stats = g.get("/v1/stats").json()
     assert stats["jobs_running"] >= 1 and stats["counters"]["cluster_nodes"] == 1
     assert stats["counters"]["gateway_jobs_in_flight"] >= 1
+    metrics = g.get("/metrics")
+    assert metrics.status_code == 200 and 'sandboxd_jobs_total{profile="bash"' in metrics.text
     assert g.post(f"/v1/kill/{listed[0]['ref']}").json()["found"] is True
     wait_for(lambda: g.get(f"/v1/jobs/{job_id}").json()["state"] == "done", "the killed job")
     assert g.get(f"/v1/jobs/{job_id}").json()["verdict"] == "cancelled"
