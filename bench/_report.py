@@ -91,6 +91,10 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         import bench_http
 
         rows += bench_http.targets(r["http_summary"])
+    if r.get("cluster_summary"):
+        import bench_cluster
+
+        rows += bench_cluster.targets(r["cluster_summary"])
     spread = r.get("cpu_spread_s") or {}
     if len(spread.get("sandboxd-warm", ())) > 1 and len(spread.get("bare", ())) > 1:
         ours, bare = cpu_spread(spread["sandboxd-warm"]), cpu_spread(spread["bare"])
@@ -250,6 +254,11 @@ def markdown(r: dict[str, Any]) -> str:
 
         lines += bench_http.markdown(r["http"], r["http_summary"], plan["seconds"],
                                      plan["reps"])
+    if r.get("cluster_summary"):
+        import bench_cluster
+
+        lines += bench_cluster.markdown(r["cluster"], r["cluster_summary"], plan["seconds"],
+                                        plan["reps"])
 
     lines += ["## Isolation of each system", "", "| system | isolation |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in r["isolation"].items()]
@@ -331,6 +340,10 @@ def write_outputs(r: dict[str, Any], out: Path) -> None:
         import bench_http
 
         r["http_summary"] = bench_http.summary(r["http"])
+    if r.get("cluster"):
+        import bench_cluster
+
+        r["cluster_summary"] = bench_cluster.summary(r["cluster"])
     r["targets"] = targets(r)
     (out / "results.json").write_text(json.dumps(r, indent=1))
     (out / "results.md").write_text(markdown(r))

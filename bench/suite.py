@@ -22,7 +22,10 @@ What it measures (docs/benchmarks.md says how to read it):
   container, against the same binary run bare and pinned, interleaved;
 - the HTTP front door (Judge0, Piston, /v1) against the msgpack socket of the
   same daemon: latency of a Python and a C hello world, throughput at 1, 8 and
-  32 clients (``bench_http.py``).
+  32 clients (``bench_http.py``);
+- the cluster path (client -> Redis -> node -> Redis -> client) against the
+  same node's local socket: latency, throughput with one and two nodes, and
+  Redis's CPU per job (``bench_cluster.py``).
 
 Writes ``results.json`` (every sample and the machine), ``results.md``
 (medians, ratios to the floor, the targets), ``latency.png`` and
@@ -90,11 +93,14 @@ class Plan:
     spread_cpu_s: float = 0.2
     http_rounds: int = 100
     http_concurrency: tuple[int, ...] = (1, 8, 32)
+    cluster_rounds: int = 200
+    cluster_concurrency: tuple[int, ...] = (1, 8, 32)
 
 
 QUICK = Plan(rounds=3, warmup=1, seconds=0.25, reps=1, throughput_commands=("true",),
              cpu_jobs=30, refill_reps=1, refill_pool=4, protocol_jobs=200, protocol_repeat=3,
-             judge_rounds=1, spread_rounds=2, spread_cpu_s=0.02, http_rounds=2)
+             judge_rounds=1, spread_rounds=2, spread_cpu_s=0.02, http_rounds=2,
+             cluster_rounds=3, cluster_concurrency=(1, 8))
 
 
 class Daemon:
@@ -617,6 +623,27 @@ def measure_http(tmp: Path, plan: Plan, daemons: list[Daemon]) -> dict[str, obje
                               throughput_programs=("py",), log=log)
 
 
+# ------------------------------------------------------------------ the cluster
+
+
+def measure_cluster(tmp: Path, plan: Plan) -> dict[str, object]:
+    """bench_cluster's run: a redis-server and up to two nodes of their own; a trivial job
+    through the cluster against the first node's socket; throughput with one and two
+    nodes; Redis's CPU per job. The nodes are stopped before it returns."""
+    import bench_cluster
+
+    made = [0]
+
+    def make_node(url: str) -> Daemon:
+        made[0] += 1
+        return Daemon(tmp, f"node{made[0]}", 4, redis=url,
+                      node_id=f"bench-{os.getpid()}-node{made[0]}", **bench_cluster.NODE_CONFIG)
+
+    return bench_cluster.measure(tmp / "cluster", make_node, rounds=plan.cluster_rounds,
+                                 warmup=plan.warmup, seconds=plan.seconds, reps=plan.reps,
+                                 concurrency=plan.cluster_concurrency, log=log)
+
+
 # ------------------------------------------------------------------ the run
 
 
@@ -708,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
             results["costs"] = costs
             log("the HTTP front door against the msgpack socket")
             results["http"] = measure_http(tmp, plan, daemons)
+            log("the cluster path against the local socket")
+            results["cluster"] = measure_cluster(tmp, plan)
             for d in daemons:
                 d.close()
             daemons.clear()

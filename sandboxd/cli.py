@@ -97,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis", metavar="URL", help="also run jobs from the cluster's queue "
                        "at URL (redis://HOST:PORT/DB; docs/cluster.md)")
 
+    gateway = sub.add_parser("gateway", help="serve HTTP (/v1, Judge0, Piston) over a cluster, "
+                             "running nothing here (docs/cluster.md)")
+    gateway.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    gateway.add_argument("--redis", metavar="URL", help="the cluster's Redis: "
+                         "redis://HOST:PORT/DB")
+    gateway.add_argument("--http", metavar="HOST:PORT", help="serve HTTP there")
+
     check = sub.add_parser("check-environment", help="report what the kernel offers")
     check.add_argument("--json", action="store_true")
 
@@ -311,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_main(config_path=args.config, socket_path=args.socket, http=args.http,
                           redis=args.redis)
+    if args.command == "gateway":
+        from sandboxd.front.gateway import main as gateway_main
+
+        return gateway_main(config_path=args.config, http=args.http, redis=args.redis)
     return _fail(f"unknown command {args.command!r}")
 
 

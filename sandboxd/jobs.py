@@ -19,8 +19,8 @@ limits, so that they reach ``Limits.merged`` with no dict in between.
 
 from __future__ import annotations
 
-import os
 import dataclasses
+import os
 import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field

@@ -45,6 +45,7 @@ DEFAULT_MAX_QUEUE = 10_000
 """Jobs waiting or running in the cluster past which a submission is refused as busy."""
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
+_TRIM_EVERY = 64
 _REPLY_TTL = 24 * 3600  # the reply stream outlives any job we wait for; refreshed by nodes
 
 
@@ -132,6 +133,7 @@ class RedisBridge:
         failure: BaseException | None = None
         async with coredis.Redis.from_url(self.url, stream_timeout=None) as r:
             self.r = r
+            self._submit_script = r.register_script(cluster.SUBMIT_SCRIPT)
             try:
                 try:
                     await r.ping()
@@ -193,9 +195,11 @@ class RedisBridge:
         elif isinstance(ev, proto.Cancellation):
             cid = self.ids.get(ev.id)
             if cid is not None:
-                await self.r.set(cluster.cancel_key(cid), b"1", ex=_REPLY_TTL)
+                await self._cancel([cid])
         elif isinstance(ev, (proto.StdinChunk, proto.EndOfStdin)):
-            pass  # refused at submission: the cluster carries no interactive stdin
+            cid = self.ids.get(ev.id)
+            if cid is not None:
+                await self._stdin(cid, ev.data if isinstance(ev, proto.StdinChunk) else None)
         elif isinstance(ev, proto.Ping):
             await self.r.ping()
             await self._send(proto.Pong(nonce=ev.nonce))
@@ -212,21 +216,20 @@ class RedisBridge:
         def refuse(code: str, message: str) -> proto.ErrorReport:
             return proto.ErrorReport(code=code, message=message, id=sub.id)
 
-        if sub.interactive_stdin:
-            await self._send(refuse("invalid_job", "interactive stdin is not carried over "
-                                    "the cluster: give the whole stdin with the job"))
-            return
         cid = uuid.uuid4().hex
         try:
-            waiting = await self.r.xlen(cluster.JOBS)
-            if waiting >= self.max_queue:
-                await self._send(refuse("server_busy", f"the cluster's queue holds {waiting} "
-                                        f"jobs (max_queue={self.max_queue})"))
-                return
+            record = cluster.pack(dataclasses.replace(sub, id=cid))
             self.jobs[cid] = (sub.id, sub.stream)
             self.ids[sub.id] = cid
-            await self.r.xadd(cluster.JOBS, {"job": cluster.pack(dataclasses.replace(sub, id=cid)),
-                                             "reply": self.submitter})
+            # The queue's length checked and the job added in one round trip (a script).
+            queued, n = await self._submit_script(
+                keys=[cluster.JOBS], args=[self.max_queue, record, self.submitter])
+            if not queued:
+                self.jobs.pop(cid, None)
+                self.ids.pop(sub.id, None)
+                await self._send(refuse("server_busy", f"the cluster's queue holds {n} "
+                                        f"jobs (max_queue={self.max_queue})"))
+                return
         except Exception as e:
             self.jobs.pop(cid, None)
             self.ids.pop(sub.id, None)
@@ -235,13 +238,31 @@ class RedisBridge:
             return
         await self._send(proto.JobAcceptance(id=sub.id))
 
+    async def _stdin(self, cid: str, data: bytes | None) -> None:
+        """More of an interactive job's stdin (``None``: its end) on its stdin stream, which
+        the node running it reads; sent in order, as the client gave it."""
+        key = cluster.stdin_key(cid)
+        async with self.r.pipeline(transaction=False) as p:
+            p.xadd(key, {"data": data} if data is not None else {"eof": "1"})
+            p.expire(key, _REPLY_TTL)
+
+    async def _cancel(self, cids: list[str]) -> None:
+        """The cancel key (for a node that takes the job later) and a notice on the cancel
+        stream (for the node running it now), in one round trip."""
+        import coredis
+
+        async with self.r.pipeline(transaction=False) as p:
+            for cid in cids:
+                p.set(cluster.cancel_key(cid), b"1", ex=_REPLY_TTL)
+                p.xadd(cluster.CANCELS, {"job": cid}, trim_strategy=coredis.PureToken.MAXLEN,
+                       threshold=cluster.CANCELS_MAXLEN,
+                       trim_operator=coredis.PureToken.APPROXIMATELY)
+
     async def _abandon(self) -> None:
         """The client went away: its unfinished jobs are cancelled, as a daemon would."""
         if self.jobs:
             with contextlib.suppress(Exception):
-                async with self.r.pipeline(transaction=False) as p:
-                    for cid in self.jobs:
-                        p.set(cluster.cancel_key(cid), b"1", ex=_REPLY_TTL)
+                await self._cancel(list(self.jobs))
         with contextlib.suppress(Exception):
             await self.r.delete([self.reply])
 
@@ -253,6 +274,7 @@ class RedisBridge:
         import coredis
 
         last = "0-0"
+        unread = 0
         delay = 0.05
         while True:
             try:
@@ -266,9 +288,13 @@ class RedisBridge:
             for entry in entries:
                 last = entry.identifier
                 await self._reply(entry.field_values)
-            if entries:
+            unread += len(entries)
+            # Trimmed now and then, not after every read: one command less per job. Read
+            # entries wait there meanwhile (at most _TRIM_EVERY; the stream expires anyway).
+            if unread >= _TRIM_EVERY:
                 with contextlib.suppress(Exception):
                     await self.r.xtrim(self.reply, coredis.PureToken.MINID, last)
+                    unread = 0
 
     async def _reply(self, fields: Any) -> None:
         cid = (fields.get(b"job") or b"").decode("ascii", "replace")
@@ -277,7 +303,7 @@ class RedisBridge:
             return  # ended already (a rerun's second "done"), or never ours
         caller_id, streaming = mine
         if b"done" in fields:
-            await self._answer(cid, caller_id)
+            await self._answer(cid, caller_id, fields.get(b"answer"))
         elif streaming and b"chunk" in fields:
             attempt = int(fields.get(b"attempt") or 1)
             if attempt < self._attempt.get(cid, 0):
@@ -292,11 +318,12 @@ class RedisBridge:
                 self._seq[cid] += 1
                 await self._send(dataclasses.replace(chunk, id=caller_id, seq=seq))
 
-    async def _answer(self, cid: str, caller_id: str) -> None:
+    async def _answer(self, cid: str, caller_id: str, data: bytes | None) -> None:
+        """Pass the job's answer on: the one inline in its ``done`` entry, else the stored
+        one (a big answer rides only there)."""
         import anyio
 
-        data = None
-        for _ in range(50):  # Redis away for a moment: the answer is there, durably
+        for _ in range(0 if data is not None else 50):  # Redis away a moment: it is there
             try:
                 data = await self.r.get(cluster.result_key(cid))
                 break
@@ -358,7 +385,7 @@ class RedisBridge:
         listed = any(j.id == ref for n in await self._nodes()
                      for j in _unpack(n.get("jobs"), proto.JobList, _NO_JOBS).jobs)
         if listed:
-            await self.r.set(cluster.cancel_key(cid), b"1", ex=_REPLY_TTL)
+            await self._cancel([cid])
         return listed
 
     async def _stats(self) -> proto.ServerStats:

@@ -27,14 +27,19 @@ from ._limits import DEFAULT_SIZE_LIMITS, SizeLimits
 from ._schema import check_job_id, decode_message, encode_message
 
 __all__ = [
+    "ANSWER_SCRIPT",
+    "CANCELS",
     "GROUP",
+    "INLINE_ANSWER",
     "JOBS",
     "NODES",
+    "SUBMIT_SCRIPT",
     "cancel_key",
     "node_key",
     "pack",
     "reply_key",
     "result_key",
+    "stdin_key",
     "unpack",
 ]
 
@@ -50,6 +55,48 @@ GROUP = "sandboxd"
 NODES = PREFIX + "nodes"
 """A set of node ids that have announced themselves (see ``node_key``)."""
 
+CANCELS = PREFIX + "cancels"
+"""A stream of cancels (field ``job``: a job's id) that every node reads as it comes
+(``XREAD BLOCK``), so a running job stops at once; capped (``MAXLEN ~``). The job's
+``cancel_key`` is set too, for a node that takes the job later."""
+
+CANCELS_MAXLEN = 10_000
+
+INLINE_ANSWER = 64 * 1024
+"""An answer up to this size rides in its ``done`` entry too, so a submitter needs no
+second read (a bigger one is only under ``result_key``)."""
+
+SUBMIT_SCRIPT = """
+local n = redis.call('XLEN', KEYS[1])
+if n >= tonumber(ARGV[1]) then return {0, n} end
+return {1, redis.call('XADD', KEYS[1], '*', 'job', ARGV[2], 'reply', ARGV[3])}
+"""
+"""Queue a job unless the queue is full, in one round trip: KEYS = [JOBS]; ARGV = [max
+queue length, packed JobSubmission, submitter id]. Returns ``[1, entry id]`` or ``[0,
+queue length]`` (refused: busy)."""
+
+ANSWER_SCRIPT = """
+local stored = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
+if stored and ARGV[5] ~= '' then
+  if ARGV[6] == '1' then
+    redis.call('XADD', KEYS[2], '*', 'job', ARGV[3], 'done', '1', 'answer', ARGV[1])
+  else
+    redis.call('XADD', KEYS[2], '*', 'job', ARGV[3], 'done', '1')
+  end
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+redis.call('XACK', KEYS[3], ARGV[4], ARGV[7])
+redis.call('XDEL', KEYS[3], ARGV[7])
+if stored then return 1 end
+return 0
+"""
+"""Answer a job once, atomically: store the answer (``SET NX EX``); only if it was the
+first, post ``done`` (with the answer inline if ``ARGV[6]`` is ``1``) on the
+submitter's reply stream; acknowledge and delete the job's entry either way. KEYS =
+[result key, reply stream (any key when there is none), JOBS]; ARGV = [answer, ttl, job
+id, GROUP, submitter id or '', inline flag, entry id]. Returns 1 if this answer was
+stored, 0 if one was there already."""
+
 SUBMITTER_ID = re.compile(r"[0-9a-f]{32}")
 """What a ``reply`` field must be (a uuid4's hex): a node builds the key from it."""
 
@@ -64,6 +111,13 @@ def reply_key(submitter: str) -> str:
     ``job``; ``chunk`` entries (a packed ``OutputChunk`` and the ``attempt`` that wrote it)
     come in order, and one ``done`` entry once the job's answer is in ``result_key``."""
     return f"{PREFIX}reply:{submitter}"
+
+
+def stdin_key(job_id: str) -> str:
+    """An ``interactive_stdin`` job's input: a stream its submitter writes (``data``
+    entries: bytes, in order; then one ``eof`` entry) and the node running it reads from
+    the start (a rerun after a node died reads it all again); it expires."""
+    return f"{PREFIX}stdin:{job_id}"
 
 
 def cancel_key(job_id: str) -> str:

@@ -157,3 +157,44 @@ def profile_infos(profiles: Iterable[Profile],
         entry=p.entry, version=versions.get(p.name) or None,
         available=not p.unavailable, unavailable_reason=p.unavailable or None)
         for p in profiles)
+
+
+# -- the other way: what a gateway forwards to a cluster (sandboxd/front/gateway.py) ------
+
+
+def job_submission(id: str, spec: JobSpec, *, stream: bool) -> proto.JobSubmission:
+    """``spec`` as the wire's submission (``job_spec``'s inverse; its callbacks and its
+    stdin stream are the caller's to carry)."""
+    compiled = spec.compile_argv is not None or spec.compile_limits is not None
+    return proto.JobSubmission(
+        id=id, profile=spec.profile.name, files=dict(spec.files), stdin=spec.stdin,
+        argv=tuple(spec.argv) if spec.argv else None, env=dict(spec.env) or None,
+        limits=spec.limits, cpuset_pin=spec.cpuset_pin or None,
+        compile=proto.CompileStep(argv=tuple(spec.compile_argv) if spec.compile_argv
+                                  else None, limits=spec.compile_limits) if compiled else None,
+        tests=tuple(proto.TestCase(stdin=t.stdin, expected_output=t.expected_output,
+                                   limits=t.limits, repeat=t.repeat)
+                    for t in spec.tests) if spec.tests is not None else None,
+        expected_output=spec.expected_output, compare=spec.compare,
+        float_tolerance=spec.float_tolerance, stop_on_failure=spec.stop_on_failure,
+        stream=stream, interactive_stdin=spec.stdin_stream is not None,
+        warm_runtime=spec.warm_runtime)
+
+
+def step_outcome(s: proto.StepResult) -> jobs.StepOutcome:
+    """A wire step as the service's (``step_result``'s inverse)."""
+    repeat = None
+    if s.repeat is not None:
+        rp = s.repeat
+        repeat = jobs.RepeatSummary(
+            runs=rp.runs, cpu=(rp.cpu_time_min, rp.cpu_time_median, rp.cpu_time_max),
+            wall=(rp.wall_time_min, rp.wall_time_median, rp.wall_time_max),
+            memory_peak_max=rp.memory_peak_max, chosen=rp.chosen or 0)
+    return jobs.StepOutcome(Result(**{name: getattr(s, name) for name in RESULT_FIELDS}),
+                            repeat)
+
+
+def job_outcome(res: proto.JobResult) -> JobOutcome:
+    """A wire result as the service's outcome (``job_result``'s inverse)."""
+    return JobOutcome(step_outcome(res.compile) if res.compile is not None else None,
+                      [step_outcome(s) for s in res.steps])

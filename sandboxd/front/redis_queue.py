@@ -27,11 +27,12 @@ keys, the guarantees and the deployment.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +97,11 @@ class RedisNode:
         self.done = 0
         self.claimed = 0
         self.r: Any = None
+        # The cancel stream from its start (it is capped): every cancel still listed is
+        # known here, so a fresh entry needs no look-up of its cancel key.
+        self._cancel_last: bytes | str = "0-0"
+        self._cancelled: dict[str, None] = {}  # recent cancels' job ids, oldest first
+        self._early_cancels: set[str] = set()
         self._jobs: trio.Nursery | None = None
 
     # -- the loops --------------------------------------------------------
@@ -110,6 +116,7 @@ class RedisNode:
         r = coredis.Redis.from_url(self.cfg.redis, stream_timeout=None)
         async with r:
             self.r = r
+            self._answer_script = r.register_script(cluster.ANSWER_SCRIPT)
             try:
                 async with trio.open_nursery() as jobs:
                     self._jobs = jobs
@@ -121,6 +128,7 @@ class RedisNode:
                         loops.start_soon(self._retrying, "read", self._read)
                         loops.start_soon(self._retrying, "claim", self._claim)
                         loops.start_soon(self._retrying, "heartbeat", self._heartbeat)
+                        loops.start_soon(self._retrying, "cancels", self._cancels)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self._hand_back()
@@ -148,7 +156,11 @@ class RedisNode:
         """Slots no job holds, local or cluster: what this node may take now."""
         if self.service.draining:
             return 0
-        return max(0, self.cfg.concurrency - self.service.in_flight)
+        # Entries read but not yet admitted by the service hold a slot too: without them a
+        # node would read again before its first jobs reached the service, and take more
+        # than it can run (they would wait here while another node sat idle).
+        admitting = sum(1 for e in self.entries.values() if e.job is None)
+        return max(0, self.cfg.concurrency - self.service.in_flight - admitting)
 
     async def _wait_for_room(self) -> int:
         while (n := self.free()) <= 0:
@@ -194,6 +206,26 @@ class RedisNode:
                 event("job_claimed", node=self.node, entry=entry.identifier.decode(),
                       delivered=delivered)
                 self._start(entry.identifier, entry.field_values, delivered)
+
+    async def _cancels(self) -> None:
+        """Cancels as submitters send them (``XREAD BLOCK`` on the cancel stream), so a
+        running job stops at once; the heartbeat's poll of cancel keys is the fallback for
+        any missed while Redis was away."""
+        while True:
+            got = await self.r.xread(streams={cluster.CANCELS: self._cancel_last}, count=256,
+                                     block=5000)
+            for entry in (got or {}).get(cluster.CANCELS.encode(), ()):
+                self._cancel_last = entry.identifier
+                job_id = (entry.field_values.get(b"job") or b"").decode("ascii", "replace")
+                self._cancelled[job_id] = None
+                if len(self._cancelled) > 2 * cluster.CANCELS_MAXLEN:
+                    del self._cancelled[next(iter(self._cancelled))]
+                for e in list(self.entries.values()):
+                    if e.job_id == job_id:
+                        if e.job is not None:
+                            e.job.cancel("cancelled by the client")
+                        else:  # being admitted: cancelled once it is
+                            self._early_cancels.add(job_id)
 
     async def _heartbeat(self) -> None:
         """Renew our entries, look for cancels, and announce this node."""
@@ -262,6 +294,7 @@ class RedisNode:
                   error=repr(e))
         finally:
             self.entries.pop(entry.entry_id, None)
+            self._early_cancels.discard(entry.job_id)
             self.slot_freed.set()
 
     async def _run_entry(self, entry: _Entry, data: bytes | None, delivered: int) -> None:
@@ -281,10 +314,14 @@ class RedisNode:
                 await self._answer(entry, None, None)  # nobody to tell: drop it
             return
         entry.job_id = sub.id
-        async with self.r.pipeline(transaction=False) as p:  # one round trip for both
-            answered_q = p.exists([cluster.result_key(sub.id)])
-            cancelled_q = p.exists([cluster.cancel_key(sub.id)])
-        answered, cancelled = await answered_q, await cancelled_q
+        if delivered > 1:  # a rerun: answered meanwhile, or cancelled while we were away?
+            async with self.r.pipeline(transaction=False) as p:  # one round trip for both
+                answered_q = p.exists([cluster.result_key(sub.id)])
+                cancelled_q = p.exists([cluster.cancel_key(sub.id)])
+            answered, cancelled = await answered_q, await cancelled_q
+        else:  # fresh: not answered; a cancel is on the stream we read (the heartbeat's poll
+            # of cancel keys catches one sent while Redis was away from us)
+            answered, cancelled = 0, sub.id in self._cancelled
         if answered:
             await self._answer(entry, None, None)  # answered before a crash: acknowledge
             return
@@ -303,6 +340,9 @@ class RedisNode:
         if job is None:
             return
         entry.job = job
+        if sub.id in self._early_cancels:
+            self._early_cancels.discard(sub.id)
+            job.cancel("cancelled by the client")
         try:
             try:
                 outcome = await self.service.execute(job)
@@ -313,6 +353,9 @@ class RedisNode:
             with trio.CancelScope(shield=True):
                 await self._answer(entry, sub.id, job_result(sub.id, outcome,
                                                              self.limits.max_frame_size))
+                if sub.interactive_stdin:  # answered: no rerun will read it again
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.r.delete([cluster.stdin_key(sub.id)])
         finally:
             self.service.release(job)
 
@@ -330,12 +373,11 @@ class RedisNode:
 
         while True:
             try:
-                if sub.interactive_stdin:
-                    raise ServiceError("invalid_job", "interactive stdin is not carried over "
-                                       "the cluster; submit the whole stdin with the job")
                 spec = job_spec(sub, self.service.profile(sub.profile),
                                 on_output=on_output if sub.stream else None,
                                 on_compile_output=on_compile_output if sub.stream else None,
+                                stdin_stream=self._stdin(sub.id) if sub.interactive_stdin
+                                else None,
                                 profiles=self.service.profile)
                 return self.service.submit(spec, id=sub.id, owner="cluster",
                                            client=f"cluster@{self.node}")
@@ -351,6 +393,30 @@ class RedisNode:
                 await self._answer(entry, sub.id, proto.ErrorReport(
                     code=e.code, message=e.message, id=sub.id))
                 return None
+
+    async def _stdin(self, job_id: str) -> AsyncIterator[bytes]:
+        """An interactive job's stdin: its stdin stream from the start, until ``eof``.
+        Redis away: it waits (retrying) as a program waits for input."""
+        key = cluster.stdin_key(job_id)
+        last: bytes | str = "0-0"
+        delay = _BACKOFF_FIRST
+        while True:
+            try:
+                got = await self.r.xread(streams={key: last}, count=64, block=5000)
+            except (RedisError, OSError) as e:
+                event("redis_unreachable", logging.WARNING, node=self.node, loop="stdin",
+                      job=job_id, error=str(e) or type(e).__name__, retry_in=round(delay, 2))
+                await trio.sleep(delay)
+                delay = min(_BACKOFF_MAX, delay * 2)
+                continue
+            delay = _BACKOFF_FIRST
+            for entry in (got or {}).get(key.encode(), ()):
+                last = entry.identifier
+                if b"eof" in entry.field_values:
+                    return
+                data = entry.field_values.get(b"data")
+                if data:
+                    yield data
 
     def _outcome(self, job_id: str, verdict: str, reason: str) -> proto.JobResult:
         return job_result(job_id, JobOutcome(None, [StepOutcome(
@@ -382,16 +448,19 @@ class RedisNode:
         delay = _BACKOFF_FIRST
         while True:
             try:
-                async with self.r.pipeline(transaction=True) as p:
-                    if record is not None and job_id is not None:
-                        p.set(cluster.result_key(job_id), record,
-                              condition=coredis.PureToken.NX, ex=self.ttl)
-                        if entry.reply is not None:  # a second "done" (a rerun's) is harmless
-                            out = cluster.reply_key(entry.reply)
-                            p.xadd(out, {"job": job_id, "done": "1"})
-                            p.expire(out, self.ttl)
-                    p.xack(cluster.JOBS, cluster.GROUP, [entry.entry_id])
-                    p.xdel(cluster.JOBS, [entry.entry_id])
+                if record is not None and job_id is not None:
+                    # One script, one round trip: stored once, `done` (the answer inline
+                    # when small) posted by the first answer only, the entry acknowledged.
+                    reply = cluster.reply_key(entry.reply) if entry.reply else cluster.JOBS
+                    await self._answer_script(
+                        keys=[cluster.result_key(job_id), reply, cluster.JOBS],
+                        args=[record, self.ttl, job_id, cluster.GROUP, entry.reply or "",
+                              "1" if len(record) <= cluster.INLINE_ANSWER else "0",
+                              entry.entry_id])
+                else:
+                    async with self.r.pipeline(transaction=True) as p:
+                        p.xack(cluster.JOBS, cluster.GROUP, [entry.entry_id])
+                        p.xdel(cluster.JOBS, [entry.entry_id])
                 break
             except (RedisError, OSError) as e:
                 event("redis_unreachable", logging.WARNING, node=self.node, loop="answer",
@@ -404,19 +473,22 @@ class RedisNode:
 
     async def _hand_back(self) -> None:
         """Put the entries we hold and have not answered back on the queue, for others."""
-        if not self.unanswered or self.r is None:
+        if not self.unanswered:
             return
         try:
-            ids = list(self.unanswered)
-            entries = []
-            for i in ids:
-                got = await self.r.xrange(cluster.JOBS, start=i, end=i, count=1)
-                entries.extend(got)
-            async with self.r.pipeline(transaction=True) as p:
-                for e in entries:
-                    p.xadd(cluster.JOBS, dict(e.field_values))
-                p.xack(cluster.JOBS, cluster.GROUP, ids)
-                p.xdel(cluster.JOBS, ids)
+            # A client of its own: the loops' was cut off mid-command by the cancellation
+            # (a blocked XREADGROUP), and coredis drops such a connection.
+            async with coredis.Redis.from_url(self.cfg.redis, stream_timeout=None) as r:
+                ids = list(self.unanswered)
+                async with r.pipeline(transaction=False) as p:
+                    ranges = [p.xrange(cluster.JOBS, start=i, end=i, count=1) for i in ids]
+                entries = [e for q in ranges for e in await q]
+                async with r.pipeline(transaction=True) as p:
+                    for e in entries:
+                        p.xadd(cluster.JOBS, dict(e.field_values))
+                    p.xack(cluster.JOBS, cluster.GROUP, ids)
+                    p.xdel(cluster.JOBS, ids)
+            self.unanswered.clear()
             event("cluster_handed_back", node=self.node, jobs=len(entries))
         except (RedisError, OSError) as e:
             event("cluster_hand_back_failed", logging.WARNING, node=self.node, error=str(e))

@@ -43,10 +43,16 @@ def test_quick_run_writes_its_outputs(tmp_path: Path) -> None:
         for program in ("py", "c"):
             assert results["http"]["latency_s"][door][program], (door, program)
         assert results["http"]["throughput_jobs_s"][door]["py"]["32"], door
+    for path in ("local", "cluster"):
+        assert results["cluster"]["latency_s"][path], path
+    for name in ("local", "cluster-1-node", "cluster-2-nodes"):
+        assert results["cluster"]["throughput_jobs_s"][name]["8"], name
+    assert results["cluster"]["redis_cpu_per_job_s"]["cluster-1-node"]
 
     md = (out / "results.md").read_text()
     assert "## Latency per job" in md and "## Targets" in md
     assert "## The HTTP front door against the msgpack socket" in md
+    assert "## The cluster path against the local socket" in md
     for png in ("latency.png", "throughput.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
-from redis_helpers import RedisServer, free_port
 
 from sandboxd_client import Client, ConnectError
 from sandboxd_protocol import cluster
 from sandboxd_testing import leftovers
 from sandboxd_testing.daemon import Daemon
+from sandboxd_testing.redis_server import RedisServer, free_port
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -163,3 +163,53 @@ def test_redis_restarted_mid_run_loses_no_accepted_job(tmp_path, redis_server):
 def test_unreachable_redis_is_a_clear_connect_error():
     with pytest.raises(ConnectError, match="Redis"):
         Client(f"redis://127.0.0.1:{free_port()}/0", timeout=5)
+
+
+def test_a_node_given_sigterm_hands_its_jobs_back(tmp_path, redis_server):
+    """SIGTERM with jobs running past the grace period and more queued: the node stops
+    taking jobs, hands the ones it could not finish back at once (no wait for the claim
+    time), and the other node answers them: every job once, none as cancelled."""
+    claim_idle = 60.0  # far longer than the test: a job comes back only by the hand-back
+    a = node(tmp_path, redis_server, "n1", grace_period=0.5, redis_claim_idle=claim_idle)
+    a.start()
+    try:
+        with node(tmp_path, redis_server, "n2", redis_claim_idle=claim_idle) as b, \
+                Client(redis_server.url) as c:
+            jobs = [c.submit("bash", job_source(i, 3.0)) for i in range(6)]
+            wait_until(lambda: sum(j.id.startswith("n1/") for j in c.jobs()) == 2,
+                       what="n1 running two jobs")
+            t0 = time.monotonic()
+            assert a.stop(signal.SIGTERM) == 0
+            assert time.monotonic() - t0 < 30  # the grace period, far below claim_idle
+            log = a.log.read_text()
+            assert "event=cluster_handed_back" in log and "jobs=2" in log
+            results = [j.result(timeout=120) for j in jobs]
+            assert [r.text for r in results] == [f"job-{i}\n" for i in range(6)]
+            assert {r.verdict for r in results} == {"ok"}
+            assert "event=job_claimed" not in b.log.read_text()  # handed back, not claimed
+            # Nothing doubled: one stored answer per job, nothing left queued or pending.
+            assert len(cli(redis_server, "KEYS", "sandboxd:result:*").split()) == 6
+            assert cli(redis_server, "XLEN", cluster.JOBS) == "0"
+            assert cli(redis_server, "XPENDING", cluster.JOBS, cluster.GROUP).startswith("0")
+            assert ran_on(b) == 6  # n1's two were cut short and rerun on n2
+    finally:
+        if a.proc is not None and a.proc.poll() is None:
+            a.stop()
+
+
+def test_interactive_stdin_over_the_cluster(tmp_path, redis_server):
+    """stdin goes as the client writes it, output comes back while the job runs."""
+    echo_loop = 'while read line; do echo "got $line"; done; echo bye'
+    with node(tmp_path, redis_server, "n1"), Client(redis_server.url) as c:
+        with c.stream("bash", {"main.sh": echo_loop}, interactive_stdin=True) as job:
+            for word in ("one", "two"):
+                job.write(f"{word}\n")
+                chunk = job.next_output(timeout=30)
+                assert chunk is not None and chunk.text == f"got {word}\n"
+                assert not job.done  # the reply came while the program still reads
+            job.close_stdin()
+            assert [o.text for o in job] == ["bye\n"]
+            assert job.result().ok
+        # Answered: its stdin stream is gone from Redis.
+        wait_until(lambda: cli(redis_server, "KEYS", "sandboxd:stdin:*") == "", 10,
+                   "the stdin stream deleted")

@@ -1,4 +1,4 @@
-"""A real ``redis-server`` per test, on a loopback port in the test's own directory.
+"""A real ``redis-server`` for a test or a benchmark, on a loopback port in a directory of its own.
 
 It runs in the foreground as our child (stopped by its pid), with no RDB
 snapshots and the append-only file on, so a test can restart it and find
@@ -29,6 +29,32 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def info(self, section: str) -> dict[str, str]:
+        """``INFO section`` as a dict (RESP by hand: no client library needed)."""
+        with socket.create_connection(("127.0.0.1", self.port), 5) as s:
+            s.sendall(f"INFO {section}\r\n".encode())
+            data = b""
+            while True:
+                more = s.recv(65536)
+                if not more:
+                    raise ConnectionError("redis-server closed the connection")
+                data += more
+                head, _, body = data.partition(b"\r\n")
+                if head.startswith(b"$") and len(body) >= int(head[1:]):
+                    break
+        text = body[:int(head[1:])].decode()
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+    def cpu_seconds(self) -> float:
+        """Redis's own CPU time (user + system, from its getrusage, in microseconds)."""
+        info = self.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
     def start(self) -> RedisServer:
         exe = shutil.which("redis-server")
