@@ -39,6 +39,7 @@ from sandboxd.isolation import _libc, rlimits
 from sandboxd.limits import Limits
 from sandboxd.result import Measured, Result, SandboxError, decide
 from sandboxd.spawn import Spawned, WarmStart, job_env, job_message, warm_message
+from sandboxd.workspace import Artifacts, Upload, collect, unpack
 
 OutputCallback = Callable[[str, bytes], Awaitable[None]]
 
@@ -64,6 +65,19 @@ class RunStep:
     on_output: OutputCallback | None = None  # streaming: called with each chunk
     stdin_stream: AsyncIterator[bytes] | None = None  # interactive stdin instead of ``stdin``
     cpuset: str | None = None  # CPUs the job may run on (e.g. "1": pinned), None: any
+    workspace: Upload | None = None  # an archive to unpack into /box before the hand-over
+    box_caps: tuple[int, int] = (65536, 64 << 20)  # its caps: entries, bytes
+    artifacts: ArtifactRequest | None = None  # globs to collect from /box after the run
+
+
+@dataclass(slots=True)
+class ArtifactRequest:
+    """The job's artifact globs and caps; ``found`` is filled in after the run."""
+
+    globs: tuple[str, ...]
+    max_files: int
+    max_bytes: int
+    found: Artifacts | None = None
 
 
 class Container:
@@ -152,6 +166,12 @@ class Container:
             if pid:
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, pid, 0)
+        if step.workspace is not None:
+            # Before the hand-over, from the host: nothing of the job runs here yet.
+            max_files, max_bytes = step.box_caps
+            await trio.to_thread.run_sync(lambda: unpack(
+                step.workspace.fd, step.workspace.fmt, self.box_path,  # type: ignore[union-attr]
+                max_files=max_files, max_bytes=max_bytes))
         base = self._base = self.cgroup.stats()
         rl = rlimits.Rlimits(cpu_seconds=limits.cpu_time, file_size=limits.file_size,
                              open_files=limits.open_files, stack=limits.stack)
@@ -192,6 +212,16 @@ class Container:
             stdout_truncated=out.truncated, stderr_truncated=err.truncated,
         )
         return decide(measured, limits)
+
+    @property
+    def box_path(self) -> str:
+        """This container's /box, as the host reaches it (through its init's root)."""
+        return f"/proc/{self.init_pid}/root/box"
+
+    async def collect_artifacts(self, req: ArtifactRequest) -> None:
+        """The files ``req``'s globs match in /box, after the run, into ``req.found``."""
+        req.found = await trio.to_thread.run_sync(lambda: collect(
+            self.box_path, req.globs, max_files=req.max_files, max_bytes=req.max_bytes))
 
     async def _hand_over(self, step: RunStep, rl: rlimits.Rlimits) -> tuple[int, int, int]:
         """Send the job with new stdio: our ends (stdout, stderr, interactive stdin or -1)."""

@@ -29,11 +29,12 @@ import trio
 from sandboxd import result as result_mod
 from sandboxd import runtimes
 from sandboxd.compare import COMPARE_MODES
-from sandboxd.container import RunStep
+from sandboxd.container import ArtifactRequest, RunStep
 from sandboxd.limits import LimitError, Limits
 from sandboxd.profiles import Profile, expand
 from sandboxd.result import Result
 from sandboxd.spawn import ContainerSpec, WarmStart
+from sandboxd.workspace import Artifacts, Upload, WorkspaceError, check_globs
 from sandboxd_protocol import JobLimits
 
 
@@ -82,6 +83,16 @@ class JobSpec:
     # unless the job is judged and the profile says no), False = the plain start, True =
     # whenever the job can have it (its argv, env, stdin and limits allowing), judged too.
     warm_runtime: bool | None = None
+    # A CI job (docs/ci.md): an archive unpacked into /box, the operator's read-only
+    # caches (host path, /cache/<name>: the service resolves the names), globs of files
+    # to bring back from /box after each run step, and the caps on both.
+    workspace: Upload | None = None
+    caches: tuple[str, ...] = ()  # names in the job; the service fills cache_binds
+    cache_binds: tuple[tuple[str, str], ...] = ()
+    artifacts: tuple[str, ...] | None = None
+    workspace_max_files: int = 100_000
+    artifacts_max_files: int = 1000
+    artifacts_max_bytes: int = 16 << 20
 
 
 @dataclass(slots=True)
@@ -97,6 +108,7 @@ class RepeatSummary:
 class StepOutcome:
     result: Result
     repeat: RepeatSummary | None = None
+    artifacts: Artifacts | None = None  # with the job's ``artifacts`` globs
 
 
 @dataclass(slots=True)
@@ -117,9 +129,11 @@ def _limits(base: Limits, overrides: JobLimits | None, ceiling: Limits) -> Limit
 
 
 def container_spec(profile: Profile, limits: Limits,
-                   warm: WarmStart | None = None) -> ContainerSpec:
+                   warm: WarmStart | None = None,
+                   cache_binds: tuple[tuple[str, str], ...] = ()) -> ContainerSpec:
     return ContainerSpec(slot=0, box_size=limits.box_size, tmp_size=limits.tmp_size,
-                         seccomp_policy=profile.seccomp, extra_binds=profile.binds,
+                         seccomp_policy=profile.seccomp,
+                         extra_binds=profile.binds + cache_binds,
                          image=profile.image_id, image_store=profile.image_store, warm=warm)
 
 
@@ -164,6 +178,8 @@ def warm_start(job: JobSpec, limits: Limits) -> WarmStart | None:
         return None
     if job.argv is not None or job.env or job.stdin_stream is not None:
         return None
+    if job.workspace is not None or job.cache_binds:
+        return None  # a CI job: the plain start, its /box filled before the hand-over
     judged = job.tests is not None or job.expected_output is not None or job.cpuset_pin
     if judged and not (profile.warm_judged or job.warm_runtime):
         return None
@@ -192,6 +208,13 @@ def validate(job: JobSpec) -> None:
         raise JobError(f"unknown compare mode {job.compare!r}")
     if job.stdin_stream is not None and job.tests is not None and len(job.tests) != 1:
         raise JobError("interactive stdin needs a job with a single run step")
+    if job.workspace is not None and job.stdin_stream is not None:
+        raise JobError("a workspace job cannot have interactive stdin")
+    if job.artifacts is not None:
+        try:
+            check_globs(job.artifacts)
+        except WorkspaceError as e:
+            raise JobError(str(e)) from None
 
 
 async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
@@ -203,14 +226,23 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
     env = {**profile.env, **job.env}
     files = job.files
     compile_outcome = None
-    if job.compile_argv or profile.compile:
+    if job.workspace is not None:  # the job runs once its whole archive is in
+        try:
+            await job.workspace.wait()
+        except WorkspaceError as e:
+            raise JobError(str(e)) from None
+    compiled = bool(job.compile_argv or profile.compile)
+    if compiled:
         base = profile.compile.limits if profile.compile else run_limits
         climits = _limits(base, job.compile_limits, profile.max_limits)
         compile_argv = job.compile_argv or profile.compile_argv(sources, climits)
         assert compile_argv is not None
         step = RunStep(argv=compile_argv, limits=climits, files=files, env=env,
-                       cwd=profile.workdir, on_output=job.on_compile_output)
-        result, built = await runner(container_spec(profile, climits), step, True)
+                       cwd=profile.workdir, on_output=job.on_compile_output,
+                       workspace=job.workspace,
+                       box_caps=(job.workspace_max_files, climits.box_size))
+        result, built = await runner(container_spec(profile, climits,
+                                                    cache_binds=job.cache_binds), step, True)
         if result.verdict != "ok":  # ours (sandbox_error, cancelled) or the source's
             return JobOutcome(StepOutcome(result_mod.compile_failed(result)), [])
         compile_outcome = StepOutcome(result)
@@ -232,14 +264,21 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
             async def on_out(stream: str, data: bytes) -> None:
                 await cb(i, stream, data)
 
-        spec = container_spec(profile, limits, warm_start(job, limits))
+        spec = container_spec(profile, limits, warm_start(job, limits), job.cache_binds)
         results: list[Result] = []
+        found: list[Artifacts | None] = []
         with scopes[i]:
             for _ in range(max(1, test.repeat)):
+                wanted = None if job.artifacts is None else ArtifactRequest(
+                    job.artifacts, job.artifacts_max_files, job.artifacts_max_bytes)
                 step = RunStep(argv=argv, limits=limits, files=files, stdin=test.stdin,
                                env=env, cwd=profile.workdir, on_output=on_out,
-                               stdin_stream=job.stdin_stream if len(tests) == 1 else None)
+                               stdin_stream=job.stdin_stream if len(tests) == 1 else None,
+                               workspace=None if compiled else job.workspace,
+                               box_caps=(job.workspace_max_files, limits.box_size),
+                               artifacts=wanted)
                 result, _ = await runner(spec, step, False, pin=job.cpuset_pin)
+                found.append(wanted.found if wanted is not None else None)
                 result = result_mod.judged(result, heap_markers=profile.out_of_memory,
                                            expected=test.expected_output, mode=job.compare,
                                            tolerance=job.float_tolerance)
@@ -249,6 +288,9 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
         if scopes[i].cancelled_caught or not results:
             return
         outcome = outcomes[i] = summarize(results)
+        if job.artifacts is not None:  # the chosen run's, or none found (it never ran)
+            outcome.artifacts = found[outcome.repeat.chosen if outcome.repeat else 0] \
+                or Artifacts()
         if job.stop_on_failure and outcome.result.verdict != "ok" and i < first_failure:
             first_failure = i
             for later in scopes[i + 1:]:

@@ -15,6 +15,7 @@ that both give the same code for every verdict, exit code and signal.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -109,6 +110,9 @@ class StepResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     repeat: proto.RepeatStats | None = None
+    artifacts: Mapping[str, bytes] | None = None
+    """The files the job's ``artifacts`` globs matched in /box (None: it named none)."""
+    artifacts_truncated: bool = False
 
     @classmethod
     def from_wire(cls, r: proto.StepResult) -> StepResult:
@@ -129,6 +133,8 @@ class StepResult:
             stdout_truncated=r.stdout_truncated,
             stderr_truncated=r.stderr_truncated,
             repeat=r.repeat,
+            artifacts=dict(r.artifacts) if r.artifacts is not None else None,
+            artifacts_truncated=bool(r.artifacts_truncated),
         )
 
     @property

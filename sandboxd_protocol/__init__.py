@@ -37,6 +37,7 @@ from ._events import (
     CompileStep,
     ConnectionClosed,
     EndOfStdin,
+    EndOfWorkspace,
     ErrorReport,
     Event,
     Goodbye,
@@ -62,6 +63,7 @@ from ._events import (
     StepResult,
     TestCase,
     Welcome,
+    WorkspaceChunk,
 )
 from ._job_limits import (
     LIMITS,
@@ -103,6 +105,7 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "EndOfStdin",
+    "EndOfWorkspace",
     "ErrorCode",
     "ErrorReport",
     "Event",
@@ -140,6 +143,7 @@ __all__ = [
     "TestCase",
     "Unit",
     "Welcome",
+    "WorkspaceChunk",
     "format_size",
     "parse_limits",
     "parse_size",

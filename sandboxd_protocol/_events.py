@@ -34,6 +34,7 @@ __all__ = [
     "CompileStep",
     "ConnectionClosed",
     "EndOfStdin",
+    "EndOfWorkspace",
     "ErrorReport",
     "Event",
     "Goodbye",
@@ -59,6 +60,7 @@ __all__ = [
     "StepResult",
     "TestCase",
     "Welcome",
+    "WorkspaceChunk",
 ]
 
 PROTOCOL_VERSION = 1
@@ -153,6 +155,11 @@ class StepResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     repeat: RepeatStats | None = None
+    artifacts: Mapping[str, bytes] | None = None
+    """Files the job's ``artifacts`` globs matched in /box after the step (path → bytes);
+    nil when the job named none (and so absent from the frame: older peers see no change)."""
+    artifacts_truncated: bool | None = None
+    """More matched than the server's caps let through (files left out or cut short)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,10 +260,19 @@ class JobSubmission:
     stream: bool = False
     interactive_stdin: bool = False
     warm_runtime: bool | None = None
+    workspace: str | None = None
+    """A tar archive comes in ``workspace`` chunks (this says its compression: ``tar`` or
+    ``gzip``), closed by ``workspace_end``; it is unpacked into /box."""
+    caches: tuple[str, ...] | None = None
+    """Names of the operator's read-only cache directories, mounted at /cache/<name>."""
+    artifacts: tuple[str, ...] | None = None
+    """Globs relative to /box: the matching files come back in each step's result."""
 
     def __post_init__(self) -> None:
         _tuple(self, "argv")
         _tuple(self, "tests")
+        _tuple(self, "caches")
+        _tuple(self, "artifacts")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -289,6 +305,21 @@ class StdinChunk:
 
     id: str
     data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkspaceChunk:
+    """Client → server, jobs submitted with ``workspace``: the next bytes of the archive."""
+
+    id: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndOfWorkspace:
+    """Client → server: the workspace archive is complete; the job may run."""
+
+    id: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -426,6 +457,8 @@ Event = (
     | OutputChunk
     | StdinChunk
     | EndOfStdin
+    | WorkspaceChunk
+    | EndOfWorkspace
     | JobResult
     | Cancellation
     | JobListRequest

@@ -26,6 +26,7 @@ from ._events import (
     Cancellation,
     CompileStep,
     EndOfStdin,
+    EndOfWorkspace,
     ErrorReport,
     Goodbye,
     Hello,
@@ -50,6 +51,7 @@ from ._events import (
     StepResult,
     TestCase,
     Welcome,
+    WorkspaceChunk,
 )
 from ._job_limits import LIMITS, LimitSpec, Unit
 from ._kinds import (
@@ -121,6 +123,10 @@ TEST_CASE = Record(
 )
 
 
+WORKSPACE_FORMATS = ("tar", "gzip")
+CACHE_NAME = Str(64, r"[a-z][a-z0-9_-]{0,63}", "be a cache name [a-z][a-z0-9_-]*")
+
+
 def _check_submission(s: JobSubmission, here: str, lim: SizeLimits) -> None:
     """Rules that tie fields together: a batch has no job-level stdin, and so on."""
     if s.tests is not None:
@@ -132,6 +138,12 @@ def _check_submission(s: JobSubmission, here: str, lim: SizeLimits) -> None:
             raise Invalid(f"{here}.interactive_stdin", "must be false when tests are given")
     if s.float_tolerance is not None and s.compare != "tokens":
         raise Invalid(f"{here}.float_tolerance", "is only allowed with compare 'tokens'")
+    if s.workspace is not None and s.interactive_stdin:
+        raise Invalid(f"{here}.workspace", "cannot be combined with interactive_stdin")
+    for i, glob in enumerate(s.artifacts or ()):
+        if not glob or glob.startswith("/") or ".." in glob.split("/") or "\\" in glob:
+            raise Invalid(f"{here}.artifacts[{i}]",
+                          "must be a glob relative to /box, with no '..' component")
 
 
 JOB_SUBMISSION = Record(
@@ -162,6 +174,9 @@ JOB_SUBMISSION = Record(
         ("stream", BOOL, False),
         ("interactive_stdin", BOOL, False),
         ("warm_runtime", BOOL, False),
+        ("workspace", Choice(WORKSPACE_FORMATS), False),
+        ("caches", Array(CACHE_NAME, 16), False),
+        ("artifacts", Array(Str(1024), 64), False),
     ),
     _check_submission,
     "submit",
@@ -220,6 +235,8 @@ STEP_RESULT = Record(
         ("stdout_truncated", BOOL, False),
         ("stderr_truncated", BOOL, False),
         ("repeat", REPEAT_STATS, False),
+        ("artifacts", MapOf(Str(4096), Bytes(None), 100_000), False),
+        ("artifacts_truncated", BOOL, False),
     ),
     _check_step,
 )
@@ -311,6 +328,12 @@ MESSAGES: tuple[Record, ...] = (
         type_name="stdin",
     ),
     Record(EndOfStdin, (("id", JOB_ID, True),), type_name="stdin_end"),
+    Record(
+        WorkspaceChunk,
+        (("id", JOB_ID, True), ("data", Bytes("max_chunk"), True)),
+        type_name="workspace",
+    ),
+    Record(EndOfWorkspace, (("id", JOB_ID, True),), type_name="workspace_end"),
     Record(
         JobResult,
         (

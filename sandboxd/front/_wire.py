@@ -17,14 +17,18 @@ from sandboxd.jobs import JobOutcome, JobSpec, TestSpec
 from sandboxd.limits import Limits
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
+from sandboxd.workspace import Upload
 
 
 def job_spec(sub: proto.JobSubmission, profile: Profile, *,
              on_output: Callable[[int, str, bytes], Awaitable[None]] | None = None,
              on_compile_output: Callable[[str, bytes], Awaitable[None]] | None = None,
-             stdin_stream: AsyncIterator[bytes] | None = None) -> JobSpec:
+             stdin_stream: AsyncIterator[bytes] | None = None,
+             workspace: Upload | None = None) -> JobSpec:
     """A submission as the service runs it (its streams are the front door's own)."""
     return JobSpec(
+        workspace=workspace, caches=tuple(sub.caches or ()),
+        artifacts=tuple(sub.artifacts) if sub.artifacts is not None else None,
         profile=profile, files=dict(sub.files), stdin=sub.stdin,
         argv=list(sub.argv) if sub.argv else None, env=dict(sub.env or {}),
         limits=sub.limits,
@@ -65,8 +69,11 @@ def step_result(outcome: jobs.StepOutcome) -> proto.StepResult:
                                    wall_time_min=rp.wall[0], wall_time_median=rp.wall[1],
                                    wall_time_max=rp.wall[2], memory_peak_max=rp.memory_peak_max,
                                    chosen=rp.chosen)
+    found = outcome.artifacts
     return proto.StepResult(**{name: getattr(r, name) for name in RESULT_FIELDS},
-                            repeat=repeat)
+                            repeat=repeat,
+                            artifacts=found.files if found is not None else None,
+                            artifacts_truncated=found.truncated if found is not None else None)
 
 
 # What a step result holds besides its outputs, at most (reason <= 1 KiB, numbers, flags,
@@ -85,8 +92,15 @@ def _fit(steps: tuple[proto.StepResult, ...], compile_result: proto.StepResult |
     share of the room instead (a cut one says so, as at its output limit).
     """
     everything = [*steps, *([compile_result] if compile_result else [])]
-    total = sum(len(s.stdout) + len(s.stderr) for s in everything)
     room = max_frame - _RESULT_OVERHEAD - _STEP_OVERHEAD * len(everything)
+    found = sum(len(k) + len(v) + 16 for st in everything for k, v in (st.artifacts or {}).items())
+    if found > room // 2:  # artifacts never crowd out the outputs: past half, none come
+        steps = tuple(dataclasses.replace(st, artifacts={}, artifacts_truncated=True)
+                      if st.artifacts else st for st in steps)
+        everything = [*steps, *([compile_result] if compile_result else [])]
+        found = 0
+    room -= found
+    total = sum(len(s.stdout) + len(s.stderr) for s in everything)
     if total <= room:
         return steps, compile_result
     keep = max(0, room) / total

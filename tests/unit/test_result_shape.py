@@ -26,7 +26,7 @@ def names(cls: type) -> tuple[str, ...]:
 
 
 def test_the_wire_record_has_the_daemons_fields_and_repeat():
-    assert names(proto.StepResult) == (*DAEMON, "repeat")
+    assert names(proto.StepResult) == (*DAEMON, "repeat", "artifacts", "artifacts_truncated")
 
 
 def test_the_schema_has_the_wire_records_fields():
