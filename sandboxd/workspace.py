@@ -222,7 +222,7 @@ def _unpack(fd: int, fmt: str, root: int, max_files: int, max_bytes: int) -> Unp
         src = gzip.GzipFile(fileobj=raw, mode="rb") if fmt == "gzip" else raw
         tar: tarfile.TarFile | None = None
         try:
-            tar = tarfile.open(fileobj=src, mode="r|")  # type: ignore[arg-type]
+            tar = tarfile.open(fileobj=src, mode="r|")  # type: ignore[arg-type]  # noqa: SIM115
             for m in tar:
                 done.files += 1
                 if done.files > max_files:

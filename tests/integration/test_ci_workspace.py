@@ -36,6 +36,9 @@ def cache_dir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="sandboxd-cache-", dir="/var/tmp"))
     try:
         (d / "wheel.txt").write_text("from the cache\n")
+        # Open to everyone: only the read-only mount may stop the job's writes.
+        d.chmod(0o777)
+        (d / "wheel.txt").chmod(0o666)
         yield d
     finally:
         shutil.rmtree(d)
@@ -231,6 +234,7 @@ def test_a_cache_is_mounted_read_only(client: Client) -> None:
     assert r.ok, r
     out = r.stdout.decode()
     assert out.startswith("from the cache\n") and out.count("refused") == 2, out
+    assert out.count("Read-only file system") == 2, out
 
 
 def test_the_cache_is_unchanged_after_an_attack(client: Client, cache_dir: Path) -> None:
@@ -281,7 +285,12 @@ def test_artifacts_over_the_caps_are_truncated_and_say_so(client: Client) -> Non
 
 
 def test_a_job_that_fills_box_still_gets_its_artifacts(client: Client) -> None:
-    r = sh(client, "echo keep > keep.txt; head -c 10M /dev/zero > fill; echo $? > status",
-           artifacts=["keep.txt", "status"], limits={"box_size": "1M"})
-    assert r.ok, r
-    assert r.steps[0].artifacts["keep.txt"] == b"keep\n"
+    r = sh(client, "echo keep > keep.txt; head -c 10M /dev/zero > fill; echo $?",
+           artifacts=["keep.txt", "f*"], limits={"box_size": "1M"})
+    assert r.ok and r.stdout == b"1\n", r  # head hit the full /box
+    found = r.steps[0].artifacts
+    # Sorted by path, "fill" comes first and takes the whole 64 KiB: said so.
+    assert found == {"fill": b"\0" * (64 << 10)} and r.steps[0].artifacts_truncated
+    r = sh(client, "echo keep > keep.txt; head -c 10M /dev/zero > fill; echo $?",
+           artifacts=["keep.txt"], limits={"box_size": "1M"})
+    assert r.steps[0].artifacts == {"keep.txt": b"keep\n"}, r
