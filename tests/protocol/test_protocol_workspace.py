@@ -28,7 +28,8 @@ OK = StepResult(verdict="ok", exit_code=0)
 def test_chunks_then_the_end_then_nothing_more() -> None:
     client, server = handshake()
     submit(client, server, "w", workspace="gzip", accept=False)
-    assert transfer(client, server, WorkspaceChunk(id="w", data=b"x")) is not None  # before accepted
+    chunk = WorkspaceChunk(id="w", data=b"x")
+    assert transfer(client, server, chunk) == chunk  # before accepted: fine
     assert transfer(client, server, EndOfWorkspace(id="w")) == EndOfWorkspace(id="w")
     with pytest.raises(LocalProtocolError):
         client.send(WorkspaceChunk(id="w", data=b"late"))
