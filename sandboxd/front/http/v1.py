@@ -42,6 +42,7 @@ from sandboxd.limits import Limits
 from sandboxd.log import event
 from sandboxd.result import Result
 from sandboxd.service import Job, JobService, ServiceError, final_verdict
+from sandboxd.workspace import WorkspaceError, check_globs
 from sandboxd_protocol import DEFAULT_SIZE_LIMITS, ErrorCode
 
 from . import _openapi
@@ -59,6 +60,7 @@ from ._common import (
     token_of,
 )
 from ._context import HttpContext
+from ._workspaces import Workspaces
 
 LINGER = 2.0  # seconds a closed WebSocket's client has to send its closing reply
 SIZES = DEFAULT_SIZE_LIMITS  # the msgpack protocol's caps on a job's fields, the same here
@@ -67,12 +69,13 @@ _SIZE_LIMITS = {s.name for s in proto.LIMITS if s.unit is proto.Unit.BYTES}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 JOB_FIELDS = ("profile", "files", "stdin", "argv", "env", "limits", "compile", "tests",
               "expected_output", "compare", "float_tolerance", "stop_on_failure", "cpuset_pin",
-              "warm_runtime")
+              "warm_runtime", "workspace", "caches", "artifacts")
 
 
 def routes(ctx: HttpContext) -> list[BaseRoute]:
     api = V1(ctx)
     return [
+        Route("/v1/workspaces", api.workspaces, methods=["POST"]),
         Route("/v1/health", api.health, methods=["GET"]),
         Route("/v1/openapi.json", api.openapi, methods=["GET"]),
         Route("/v1/profiles", api.profiles, methods=["GET"]),
@@ -203,9 +206,11 @@ def job_limits(value: Any, where: str) -> proto.JobLimits | None:
         raise _invalid(f"{where}.{e.limit}", e.reason) from None
 
 
-def job_spec(service: JobService, body: Any, **streams: Any) -> JobSpec:
+def job_spec(service: JobService, body: Any, workspaces: Workspaces | None = None,
+             token: str = "", **streams: Any) -> JobSpec:
     """A ``POST /v1/jobs`` body as the service's ``JobSpec`` (``streams``: its
-    ``on_output``, ``on_compile_output`` and ``stdin_stream``, for a WebSocket)."""
+    ``on_output``, ``on_compile_output`` and ``stdin_stream``, for a WebSocket; with
+    ``workspaces``, a ``workspace`` id names an uploaded archive of ``token``'s)."""
     body = _object(body, "the job", JOB_FIELDS)
     if "profile" not in body:
         raise _invalid("profile", "is required")
@@ -240,7 +245,20 @@ def job_spec(service: JobService, body: Any, **streams: Any) -> JobSpec:
             raise _invalid("float_tolerance", "must be a number from 0 to 1e9")
         if compare != "tokens":
             raise _invalid("float_tolerance", "is only allowed with compare 'tokens'")
+    caches = tuple(_names(body.get("caches"), "caches", 16, 64))
+    artifacts = (tuple(_names(body["artifacts"], "artifacts", 64, 1024))
+                 if body.get("artifacts") is not None else None)
+    if artifacts is not None:
+        try:
+            check_globs(artifacts)
+        except WorkspaceError as e:
+            raise _invalid("artifacts", str(e)) from None
+    if body.get("workspace") is not None:  # last: the archive is claimed (used once)
+        if workspaces is None:
+            raise _invalid("workspace", "is only for POST /v1/jobs")
+        streams["workspace"] = workspaces.claim(body["workspace"], token)
     return JobSpec(
+        caches=caches, artifacts=artifacts,
         profile=profile, files=files, stdin=stdin,
         argv=_argv(body["argv"], "argv") if body.get("argv") is not None else None,
         env=_env(body.get("env") or {}, "env"),
@@ -252,6 +270,14 @@ def job_spec(service: JobService, body: Any, **streams: Any) -> JobSpec:
         cpuset_pin=_bool(body.get("cpuset_pin", False), "cpuset_pin"),
         warm_runtime=(_bool(body["warm_runtime"], "warm_runtime")
                       if body.get("warm_runtime") is not None else None), **streams)
+
+
+def _names(value: Any, where: str, most: int, cap: int) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > most:
+        raise _invalid(where, f"must be an array of at most {most} strings")
+    return [_string(v, f"{where}[{i}]", cap) for i, v in enumerate(value)]
 
 
 def _test(value: Any, where: str) -> TestSpec:
@@ -288,6 +314,10 @@ def step_json(outcome: StepOutcome) -> dict[str, Any]:
         "cpu_time_max": rp.cpu[2], "wall_time_min": rp.wall[0], "wall_time_median": rp.wall[1],
         "wall_time_max": rp.wall[2], "memory_peak_max": rp.memory_peak_max,
         "chosen": rp.chosen}
+    if outcome.artifacts is not None:  # the job named artifacts: path -> base64
+        out["artifacts"] = {k: base64.b64encode(v).decode()
+                            for k, v in outcome.artifacts.files.items()}
+        out["artifacts_truncated"] = outcome.artifacts.truncated
     return out
 
 
@@ -361,6 +391,7 @@ class V1:
         self.ctx = ctx
         self.service = ctx.service
         self.results = Results(ctx.cfg.http_results_kept, ctx.cfg.http_result_ttl)
+        self.workspaces = Workspaces(ctx)  # POST /v1/workspaces: archives for CI jobs
 
     # -- small routes ----------------------------------------------------
 
@@ -422,10 +453,13 @@ class V1:
             return error_response(ErrorCode.TOO_MANY_REQUESTS, "too many requests and "
                                   "background jobs in flight for this token "
                                   "(http_token_concurrency)")
+        spec = None
         try:
-            spec = job_spec(self.service, body)
+            spec = job_spec(self.service, body, self.workspaces, token)
             job = self._admit(request.scope, spec)
         except BaseException as e:
+            if spec is not None and spec.workspace is not None:
+                spec.workspace.close()
             if not wait:
                 ctx.gate.release(token)
             if isinstance(e, ServiceError):
@@ -439,6 +473,8 @@ class V1:
             return error_response(e.code, e.message)
         finally:
             self.service.release(job)
+            if spec.workspace is not None:
+                spec.workspace.close()
         return JSONResponse(job_json(job.id, outcome))
 
     async def _execute_watching(self, job: Job,
@@ -484,6 +520,8 @@ class V1:
                 finally:
                     entry.finished = time.monotonic()
                     self.service.release(job)
+                    if job.spec.workspace is not None:
+                        job.spec.workspace.close()
             finally:
                 ctx.gate.release(token)
 
