@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandboxd.limits import DEFAULT, MAXIMUM, LimitError, Limits, MiB
+from sandboxd.limits import DEFAULT, MAXIMUM, PROFILE_CEILING, LimitError, Limits, MiB
 from sandboxd.spawn import JOB_PATH
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
@@ -255,7 +255,8 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
             raise ProfileError(f"{where(key)}: must not be empty")
     if "workdir" in data and not data["workdir"].startswith("/"):
         raise ProfileError(f"{where('workdir')}: must be an absolute path")
-    max_limits = _limits(MAXIMUM, data.get("max_limits", {}), where("max_limits"))
+    max_limits = _limits(MAXIMUM, data.get("max_limits", {}), where("max_limits"),
+                         PROFILE_CEILING)
     limits = _limits(DEFAULT, data.get("limits", {}), where("limits"), max_limits)
     compile_spec = None
     if "compile" in data:

@@ -9,6 +9,7 @@ import base64
 import io
 import os
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,3 +121,31 @@ def test_the_spool_holds_no_named_file(http_daemon: Daemon) -> None:
     spool = spool_of(http_daemon)
     assert not spool.exists() or list(spool.iterdir()) == []
     assert os.stat(http_daemon.config["state_dir"]).st_mode & 0o002 == 0
+
+
+def test_reattach_to_a_background_jobs_log_from_an_offset(client: httpx.Client,
+                                                          base_url: str) -> None:
+    script = "for i in 1 2 3 4 5; do echo line$i; sleep 0.3; done"
+    r = client.post("/v1/jobs", params={"wait": "false"},
+                    json={"profile": "bash", "files": {"run.sh": script},
+                          "argv": ["/bin/bash", "run.sh"]})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    # A first client reads what there is, then goes away.
+    first = b""
+    for _ in range(200):
+        got = client.get(f"/v1/jobs/{job_id}/log")
+        assert got.status_code == 200
+        first = got.content
+        if first:
+            break
+        time.sleep(0.05)
+    assert first.startswith(b"line1\n")
+    # Another connection re-attaches from that offset and follows to the end.
+    with httpx.Client(base_url=base_url, timeout=60) as other:
+        with other.stream("GET", f"/v1/jobs/{job_id}/log",
+                          params={"offset": len(first), "follow": "true"}) as s:
+            rest = b"".join(s.iter_bytes())
+    assert first + rest == b"".join(b"line%d\n" % i for i in range(1, 6))
+    assert client.get(f"/v1/jobs/{job_id}/log", params={"offset": "x"}).status_code == 422
+    assert client.get("/v1/jobs/nope/log").status_code == 404

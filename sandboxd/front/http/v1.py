@@ -24,13 +24,13 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -84,6 +84,7 @@ def routes(ctx: HttpContext) -> list[BaseRoute]:
         Route("/v1/kill/{ref:path}", api.kill, methods=["POST"]),
         WebSocketRoute("/v1/jobs/stream", api.stream),
         Route("/v1/jobs", api.submit, methods=["POST"]),
+        Route("/v1/jobs/{id}/log", api.log, methods=["GET"]),
         Route("/v1/jobs/{id}", api.poll, methods=["GET"]),
         Route("/v1/jobs/{id}", api.cancel, methods=["DELETE"]),
     ]
@@ -342,6 +343,15 @@ class Entry:
     job: Job
     answer: dict[str, Any] | None = None
     finished: float | None = None  # monotonic
+    # Its output as it comes, stdout and stderr interleaved (compile output first), for
+    # GET /v1/jobs/{id}/log: bounded by its output limits, kept as long as its answer.
+    log: bytearray = field(default_factory=bytearray)
+    grew: trio.Event = field(default_factory=trio.Event)
+
+    def append(self, data: bytes) -> None:
+        self.log += data
+        self.grew.set()
+        self.grew = trio.Event()
 
     def view(self) -> dict[str, Any]:
         if self.answer is not None:
@@ -508,6 +518,16 @@ class V1:
         entry = Entry(job.id, job)
         self.results.prune()
         self.results.entries[job.id] = entry
+        spec = job.spec  # its output, kept for re-attaching clients (GET .../log)
+
+        async def on_output(step: int, stream: str, data: bytes) -> None:
+            entry.append(data)
+
+        async def on_compile_output(stream: str, data: bytes) -> None:
+            entry.append(data)
+
+        if spec.on_output is None and spec.on_compile_output is None:
+            spec.on_output, spec.on_compile_output = on_output, on_compile_output
 
         async def run() -> None:
             try:
@@ -519,6 +539,7 @@ class V1:
                                                                                   e.message)}
                 finally:
                     entry.finished = time.monotonic()
+                    entry.grew.set()  # wakes the followers: the log is complete
                     self.service.release(job)
                     if job.spec.workspace is not None:
                         job.spec.workspace.close()
@@ -528,6 +549,39 @@ class V1:
         ctx.nursery.start_soon(run)
         return JSONResponse({"id": job.id, "state": "queued"}, status_code=202,
                             headers={"Location": f"/v1/jobs/{job.id}"})
+
+    async def log(self, request: Request) -> Response:
+        """A background job's output from byte ``offset``: what there is now, or with
+        ``follow=true`` streamed as it comes until the job ends (a client that lost its
+        connection re-attaches by id from the last byte it had)."""
+        entry = self.results.get(request.path_params["id"])
+        if entry is None:
+            raise HttpError(ErrorCode.UNKNOWN_JOB, f"no job {request.path_params['id']!r} "
+                            "(finished results are kept for http_result_ttl seconds)")
+        raw = request.query_params.get("offset", "0")
+        if not raw.isdigit():
+            raise _invalid("?offset", f"must be a byte offset (0 or more), not {raw!r}")
+        offset = int(raw)
+        if not _query_flag(request, "follow", False):
+            return Response(bytes(entry.log[offset:]), media_type="application/octet-stream",
+                            headers={"X-Log-Size": str(len(entry.log)),
+                                     "X-Job-State": "done" if entry.finished else
+                                     entry.job.state})
+
+        async def follow() -> AsyncIterator[bytes]:
+            pos = offset
+            while True:
+                grew = entry.grew
+                if pos < len(entry.log):
+                    chunk = bytes(entry.log[pos:])
+                    pos += len(chunk)
+                    yield chunk
+                    continue
+                if entry.finished is not None:
+                    return
+                await grew.wait()
+
+        return StreamingResponse(follow(), media_type="application/octet-stream")
 
     async def poll(self, request: Request) -> Response:
         entry = self.results.get(request.path_params["id"])
