@@ -142,10 +142,10 @@ def test_reattach_to_a_background_jobs_log_from_an_offset(client: httpx.Client,
         time.sleep(0.05)
     assert first.startswith(b"line1\n")
     # Another connection re-attaches from that offset and follows to the end.
-    with httpx.Client(base_url=base_url, timeout=60) as other:
-        with other.stream("GET", f"/v1/jobs/{job_id}/log",
-                          params={"offset": len(first), "follow": "true"}) as s:
-            rest = b"".join(s.iter_bytes())
+    with httpx.Client(base_url=base_url, timeout=60) as other, other.stream(
+            "GET", f"/v1/jobs/{job_id}/log",
+            params={"offset": len(first), "follow": "true"}) as s:
+        rest = b"".join(s.iter_bytes())
     assert first + rest == b"".join(b"line%d\n" % i for i in range(1, 6))
     assert client.get(f"/v1/jobs/{job_id}/log", params={"offset": "x"}).status_code == 422
     assert client.get("/v1/jobs/nope/log").status_code == 404
