@@ -294,3 +294,19 @@ def test_a_job_that_fills_box_still_gets_its_artifacts(client: Client) -> None:
     r = sh(client, "echo keep > keep.txt; head -c 10M /dev/zero > fill; echo $?",
            artifacts=["keep.txt"], limits={"box_size": "1M"})
     assert r.steps[0].artifacts == {"keep.txt": b"keep\n"}, r
+
+
+def test_the_async_client_sends_a_workspace_too(daemon: Daemon) -> None:
+    import trio
+
+    from sandboxd_client import AsyncClient
+
+    archive = tar_of([("data.txt", b"async\n")], gz=True)
+
+    async def main() -> bytes:
+        async with AsyncClient(daemon.socket) as c:
+            r = await c.run("bash", {"run.sh": "cat data.txt"}, argv=["/bin/bash", "run.sh"],
+                            workspace=io.BytesIO(archive))
+            return r.stdout
+
+    assert trio.run(main) == b"async\n"
