@@ -45,6 +45,7 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import trio
 
@@ -204,21 +205,23 @@ class _Tree:
 def unpack(fd: int, fmt: str, box: str, *, max_files: int, max_bytes: int) -> Unpacked:
     """Unpack the spooled archive ``fd`` into the directory ``box`` (a container's /box,
     seen from the host). Blocking: run it in a thread. ``WorkspaceError`` on any rule."""
-    root = os.open(box, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        with as_owner_of(root):
-            return _unpack(fd, fmt, root, max_files, max_bytes)
-    finally:
-        os.close(root)
+    # A file description of its own (its own offset): the tests of one job unpack the
+    # same spooled archive into their containers at the same time. Opened as root,
+    # before the thread takes the job user's filesystem ids.
+    with open(f"/proc/self/fd/{fd}", "rb") as raw:
+        root = os.open(box, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            with as_owner_of(root):
+                return _unpack(raw, fmt, root, max_files, max_bytes)
+        finally:
+            os.close(root)
 
 
-def _unpack(fd: int, fmt: str, root: int, max_files: int, max_bytes: int) -> Unpacked:
+def _unpack(raw: BinaryIO, fmt: str, root: int, max_files: int, max_bytes: int) -> Unpacked:
     tree = _Tree(root)
     done = Unpacked()
     regular: set[tuple[str, ...]] = set()
-    raw = os.fdopen(os.dup(fd), "rb")
     try:
-        raw.seek(0)
         src = gzip.GzipFile(fileobj=raw, mode="rb") if fmt == "gzip" else raw
         tar: tarfile.TarFile | None = None
         try:
@@ -240,7 +243,6 @@ def _unpack(fd: int, fmt: str, root: int, max_files: int, max_bytes: int) -> Unp
             if tar is not None:
                 tar.close()
     finally:
-        raw.close()
         tree.close()
     return done
 

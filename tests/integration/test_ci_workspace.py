@@ -310,3 +310,13 @@ def test_the_async_client_sends_a_workspace_too(daemon: Daemon) -> None:
             return r.stdout
 
     assert trio.run(main) == b"async\n"
+
+
+def test_every_test_of_a_batch_gets_the_whole_workspace(client: Client) -> None:
+    # The tests' containers unpack the one spooled archive at the same time.
+    archive = tar_of([(f"d/f{i}", bytes([65 + i % 26]) * 50_000) for i in range(40)], gz=True)
+    r = sh(client, "cat d/* | md5sum", archive, tests=[{}, {}, {}, {}])
+    import hashlib
+    want = hashlib.md5(b"".join(bytes([65 + i % 26]) * 50_000
+                                for i in sorted(range(40), key=lambda i: f"f{i}"))).hexdigest()
+    assert [s.stdout.decode().split()[0] for s in r.steps] == [want] * 4, r
