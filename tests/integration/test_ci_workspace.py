@@ -108,11 +108,11 @@ def sh(client: Client, script: str, archive: bytes | None = None, **kw: object):
 
 
 def test_a_gzip_workspace_is_unpacked_into_box_owned_by_the_job(client: Client) -> None:
-    archive = tar_of([("src/pkg/mod.py", b"X = 1\n"), ("README", b"hi\n"),
-                      info("src/link", tarfile.SYMTYPE, linkname="pkg/mod.py"),
+    archive = tar_of([("src/pkg/mod.txt", b"X = 1\n"), ("README", b"hi\n"),
+                      info("src/link", tarfile.SYMTYPE, linkname="pkg/mod.txt"),
                       info("src/hard", tarfile.LNKTYPE, linkname="README"),
                       ("tool.sh", b"#!/bin/sh\necho tool\n")], gz=True)
-    r = sh(client, "cat src/pkg/mod.py src/link README src/hard; stat -c '%U %a' src/pkg/mod.py;"
+    r = sh(client, "cat src/pkg/mod.txt src/link README src/hard; stat -c '%U %a' src/pkg/mod.txt;"
            " touch src/pkg/new && echo writable", archive)
     assert r.ok, r
     assert r.stdout.decode().splitlines() == ["X = 1", "X = 1", "hi", "hi", "sandbox 644",
