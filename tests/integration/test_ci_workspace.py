@@ -320,3 +320,42 @@ def test_every_test_of_a_batch_gets_the_whole_workspace(client: Client) -> None:
     want = hashlib.md5(b"".join(bytes([65 + i % 26]) * 50_000
                                 for i in sorted(range(40), key=lambda i: f"f{i}"))).hexdigest()
     assert [s.stdout.decode().split()[0] for s in r.steps] == [want] * 4, r
+
+
+def _million_empty_files() -> Iterator[bytes]:
+    """A gzip tar of 10^6 empty files, made as it is sent: one header template whose name
+    and checksum are patched per entry (tarfile would take a minute for a million)."""
+    import zlib
+
+    base = bytearray(tarfile.TarInfo("d000/f000").tobuf(format=tarfile.USTAR_FORMAT))
+    base[148:156] = b" " * 8
+    base_sum = sum(base)
+    old = sum(base[:9])
+    gz = zlib.compressobj(6, zlib.DEFLATED, 31)
+    out = []
+    for i in range(10**6):
+        name = b"d%03d/f%03d" % (i // 1000, i % 1000)
+        base[:9] = name
+        base[148:156] = b"%06o\0 " % (base_sum - old + sum(name))
+        out.append(gz.compress(bytes(base)))
+        if len(out) == 4096:
+            yield b"".join(out)
+            out = []
+    out.append(gz.compress(b"\0" * 1024))
+    out.append(gz.flush())
+    yield b"".join(out)
+
+
+@pytest.mark.slow
+def test_a_million_empty_files_are_refused_in_bounded_time(tmp_path: Path) -> None:
+    # The default caps (100000 entries, 1 GiB): /box's 65536 inodes run out first.
+    d = Daemon(tmp_path, pool_size=1).start()
+    try:
+        t = time.monotonic()
+        with Client(d.socket) as c, pytest.raises(JobRejected, match="does not fit in /box"):
+            c.run("bash", {"run.sh": "echo ran"}, argv=["/bin/bash", "run.sh"],
+                  workspace=io.BufferedReader(_Stream(_million_empty_files())))  # type: ignore[arg-type]
+        assert time.monotonic() - t < 600
+        assert list((Path(d.config["state_dir"]) / "sandboxd-workspaces").iterdir()) == []
+    finally:
+        assert d.stop() == 0
