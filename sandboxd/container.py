@@ -169,8 +169,9 @@ class Container:
         if step.workspace is not None:
             # Before the hand-over, from the host: nothing of the job runs here yet.
             max_files, max_bytes = step.box_caps
+            box = self.open_box()
             await trio.to_thread.run_sync(lambda: unpack(
-                step.workspace.fd, step.workspace.fmt, self.box_path,  # type: ignore[union-attr]
+                step.workspace.fd, step.workspace.fmt, box,  # type: ignore[union-attr]
                 max_files=max_files, max_bytes=max_bytes))
         base = self._base = self.cgroup.stats()
         rl = rlimits.Rlimits(cpu_seconds=limits.cpu_time, file_size=limits.file_size,
@@ -213,15 +214,26 @@ class Container:
         )
         return decide(measured, limits)
 
-    @property
-    def box_path(self) -> str:
-        """This container's /box, as the host reaches it (through its init's root)."""
-        return f"/proc/{self.init_pid}/root/box"
+    def open_box(self) -> int:
+        """This container's /box, as the host reaches it (through its init's root), open.
+
+        Checked through the pidfd after the open: the init was alive then, so the pid
+        was not one the kernel had given to another process since (pids are reused).
+        """
+        fd = os.open(f"/proc/{self.init_pid}/root/box",
+                     os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            _libc.pidfd_send_signal(self.pidfd, 0)
+        except OSError as e:
+            os.close(fd)
+            raise SandboxError(f"the container's init is gone: {e}") from None
+        return fd
 
     async def collect_artifacts(self, req: ArtifactRequest) -> None:
         """The files ``req``'s globs match in /box, after the run, into ``req.found``."""
+        box = self.open_box()
         req.found = await trio.to_thread.run_sync(lambda: collect(
-            self.box_path, req.globs, max_files=req.max_files, max_bytes=req.max_bytes))
+            box, req.globs, max_files=req.max_files, max_bytes=req.max_bytes))
 
     async def _hand_over(self, step: RunStep, rl: rlimits.Rlimits) -> tuple[int, int, int]:
         """Send the job with new stdio: our ends (stdout, stderr, interactive stdin or -1)."""

@@ -202,19 +202,26 @@ class _Tree:
         self._dirs.clear()
 
 
-def unpack(fd: int, fmt: str, box: str, *, max_files: int, max_bytes: int) -> Unpacked:
+def _open_dir(box: str | int) -> int:
+    """A descriptor of ``box``: a path, or a descriptor already open (ours to close)."""
+    if isinstance(box, int):
+        return box
+    return os.open(box, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def unpack(fd: int, fmt: str, box: str | int, *, max_files: int, max_bytes: int) -> Unpacked:
     """Unpack the spooled archive ``fd`` into the directory ``box`` (a container's /box,
-    seen from the host). Blocking: run it in a thread. ``WorkspaceError`` on any rule."""
+    seen from the host; a path or an open descriptor, which this closes). Blocking:
+    run it in a thread. ``WorkspaceError`` on any rule."""
     # A file description of its own (its own offset): the tests of one job unpack the
     # same spooled archive into their containers at the same time. Opened as root,
     # before the thread takes the job user's filesystem ids.
-    with open(f"/proc/self/fd/{fd}", "rb") as raw:
-        root = os.open(box, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            with as_owner_of(root):
-                return _unpack(raw, fmt, root, max_files, max_bytes)
-        finally:
-            os.close(root)
+    root = _open_dir(box)
+    try:
+        with open(f"/proc/self/fd/{fd}", "rb") as raw, as_owner_of(root):
+            return _unpack(raw, fmt, root, max_files, max_bytes)
+    finally:
+        os.close(root)
 
 
 def _unpack(raw: BinaryIO, fmt: str, root: int, max_files: int, max_bytes: int) -> Unpacked:
@@ -349,14 +356,14 @@ class Artifacts:
     truncated: bool = False
 
 
-def collect(box: str, globs: list[str] | tuple[str, ...], *, max_files: int, max_bytes: int,
+def collect(box: str | int, globs: list[str] | tuple[str, ...], *, max_files: int, max_bytes: int,
             max_walk: int = 200_000) -> Artifacts:
     """The regular files under ``box`` that a glob matches, sorted by path, within the caps.
     Blocking: run it in a thread."""
     pats = check_globs(globs)
     found = Artifacts()
     budget = [max_bytes, max_walk]
-    root = os.open(box, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    root = _open_dir(box)
     try:
         _walk(root, [], pats, found, budget, max_files)
     finally:
