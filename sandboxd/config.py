@@ -70,6 +70,12 @@ class Config:
     redis_claim_idle: float = 30.0
     redis_max_deliveries: int = 3
     redis_result_ttl: float = 3600.0
+    # CI jobs (docs/ci.md): read-only caches, the workspace's and the artifacts' caps.
+    caches: tuple[tuple[str, str], ...] = ()  # [caches] name = "/host/dir"
+    max_workspace: int = 1 << 30
+    workspace_max_files: int = 100_000
+    artifacts_max_files: int = 1000
+    artifacts_max_bytes: int = 16 << 20
 
 
 KEYS: dict[str, tuple[type, str]] = {
@@ -133,6 +139,15 @@ KEYS: dict[str, tuple[type, str]] = {
     "redis_max_deliveries": (int, "times a cluster job may be handed to a node; past it, it "
                                   "ends as sandbox_error instead of running again."),
     "redis_result_ttl": (float, "seconds a cluster job's result and output stay in Redis."),
+    "caches": (dict, "table [caches]: name = \"/absolute/host/dir\", read-only directories "
+                     "a profile or job may mount at /cache/<name> (docs/ci.md)."),
+    "max_workspace": (int, "largest workspace archive a job may upload, in bytes (spooled "
+                           "to the state dir's disk, never held in memory)."),
+    "workspace_max_files": (int, "most entries a workspace archive may have."),
+    "artifacts_max_files": (int, "most artifact files a run step returns; past it, "
+                                 "truncated."),
+    "artifacts_max_bytes": (int, "most artifact bytes a run step returns; past it, "
+                                 "truncated."),
 }
 
 
@@ -167,6 +182,8 @@ def _coerce(key: str, value: Any, where: str) -> Any:
             value = float(value)
         except ValueError:
             raise ConfigError(f"{where}: {key} must be a number, not {value!r}") from None
+    if kind is dict:
+        return _caches(value, where)
     if kind is list and isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if isinstance(value, bool) or not isinstance(value, kind):
@@ -178,6 +195,27 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     if kind in (int, float) and value < 0:
         raise ConfigError(f"{where}: {key} must not be negative")
     return value
+
+
+def _caches(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """``[caches]`` (a table) or ``name=/dir,name2=/dir2`` (the environment's form)."""
+    if isinstance(value, str):
+        pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+        value = {k.strip(): v.strip() for k, _, v in pairs}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: caches must be a table of name = \"/host/dir\"")
+    out = []
+    for name, path in value.items():
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", str(name)):
+            raise ConfigError(f"{where}: cache name {name!r} must match [a-z][a-z0-9_-]*")
+        if not isinstance(path, str) or not path.startswith("/") or not os.path.isdir(path):
+            raise ConfigError(f"{where}: cache {name!r} must be an absolute path to an "
+                              f"existing directory, not {path!r}")
+        if os.path.realpath(path) == "/tmp" or os.path.realpath(path).startswith("/tmp/"):
+            raise ConfigError(f"{where}: cache {name!r} is under /tmp, which the container's "
+                              "root hides from its mounts: use another directory")
+        out.append((str(name), os.path.realpath(path)))
+    return tuple(out)
 
 
 def load(path: str | None = None, env: dict[str, str] | None = None,

@@ -40,6 +40,7 @@ from sandboxd.isolation import _libc, rlimits
 from sandboxd.limits import Limits
 from sandboxd.result import Measured, Result, SandboxError, decide
 from sandboxd.spawn import Spawned, WarmStart, job_env, job_message, warm_message
+from sandboxd.workspace import Artifacts, Upload, collect, unpack
 
 OutputCallback = Callable[[str, bytes], Awaitable[None]]
 
@@ -72,6 +73,19 @@ class RunStep:
     # once handed over (or on failure), so that the other end sees EOF when the job ends.
     stdin_fd: int | None = None
     stdout_fd: int | None = None
+    workspace: Upload | None = None  # an archive to unpack into /box before the hand-over
+    box_caps: tuple[int, int] = (65536, 64 << 20)  # its caps: entries, bytes
+    artifacts: ArtifactRequest | None = None  # globs to collect from /box after the run
+
+
+@dataclass(slots=True)
+class ArtifactRequest:
+    """The job's artifact globs and caps; ``found`` is filled in after the run."""
+
+    globs: tuple[str, ...]
+    max_files: int
+    max_bytes: int
+    found: Artifacts | None = None
 
 
 class Container:
@@ -182,6 +196,13 @@ class Container:
             if pid:
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, pid, 0)
+        if step.workspace is not None:
+            # Before the hand-over, from the host: nothing of the job runs here yet.
+            max_files, max_bytes = step.box_caps
+            box = self.open_box()
+            await trio.to_thread.run_sync(lambda: unpack(
+                step.workspace.fd, step.workspace.fmt, box,  # type: ignore[union-attr]
+                max_files=max_files, max_bytes=max_bytes))
         rl = rlimits.Rlimits(cpu_seconds=limits.cpu_time, file_size=limits.file_size,
                              open_files=limits.open_files, stack=limits.stack,
                              address_space=step.address_space)
@@ -238,6 +259,27 @@ class Container:
             stdout_truncated=out.truncated, stderr_truncated=err.truncated,
         )
         return decide(measured, limits)
+
+    def open_box(self) -> int:
+        """This container's /box, as the host reaches it (through its init's root), open.
+
+        Checked through the pidfd after the open: the init was alive then, so the pid
+        was not one the kernel had given to another process since (pids are reused).
+        """
+        fd = os.open(f"/proc/{self.init_pid}/root/box",
+                     os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            _libc.pidfd_send_signal(self.pidfd, 0)
+        except OSError as e:
+            os.close(fd)
+            raise SandboxError(f"the container's init is gone: {e}") from None
+        return fd
+
+    async def collect_artifacts(self, req: ArtifactRequest) -> None:
+        """The files ``req``'s globs match in /box, after the run, into ``req.found``."""
+        box = self.open_box()
+        req.found = await trio.to_thread.run_sync(lambda: collect(
+            box, req.globs, max_files=req.max_files, max_bytes=req.max_bytes))
 
     async def _hand_over(self, step: RunStep, rl: rlimits.Rlimits) -> tuple[int, int, int]:
         """Send the job with new stdio: our ends (stdout or -1 when wired, stderr,

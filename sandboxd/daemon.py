@@ -70,7 +70,10 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
     zclient = zygote.ZygoteClient(zproc)
     pool = Pool(zclient, backend, cfg.pool_size)
     service = JobService(profiles, pool, concurrency=cfg.concurrency,
-                         queue_length=cfg.queue_length, versions=versions)
+                         queue_length=cfg.queue_length, versions=versions,
+                         caches=dict(cfg.caches), workspace_max_files=cfg.workspace_max_files,
+                         artifacts_max_files=cfg.artifacts_max_files,
+                         artifacts_max_bytes=cfg.artifacts_max_bytes)
     front = MsgpackFront(cfg, service)
     http_front = http_sock = None
     if cfg.http:  # imported only when asked: hypercorn and starlette cost start-up time

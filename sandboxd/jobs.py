@@ -31,12 +31,13 @@ import trio
 from sandboxd import result as result_mod
 from sandboxd import runtimes
 from sandboxd.compare import COMPARE_MODES
-from sandboxd.container import RunStep
+from sandboxd.container import ArtifactRequest, RunStep
 from sandboxd.isolation import rlimits
 from sandboxd.limits import LimitError, Limits
 from sandboxd.profiles import Profile, expand
 from sandboxd.result import Result
 from sandboxd.spawn import ContainerSpec, WarmStart
+from sandboxd.workspace import Artifacts, Upload, WorkspaceError, check_globs
 from sandboxd_protocol import JobLimits
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -123,6 +124,17 @@ class JobSpec:
     # the solution and this program together, wired stdout to stdin both ways.
     interactor: ProgramSpec | None = None
 
+    # A CI job (docs/ci.md): an archive unpacked into /box, the operator's read-only
+    # caches (host path, /cache/<name>: the service resolves the names), globs of files
+    # to bring back from /box after each run step, and the caps on both.
+    workspace: Upload | None = None
+    caches: tuple[str, ...] = ()  # names in the job; the service fills cache_binds
+    cache_binds: tuple[tuple[str, str], ...] = ()
+    artifacts: tuple[str, ...] | None = None
+    workspace_max_files: int = 100_000
+    artifacts_max_files: int = 1000
+    artifacts_max_bytes: int = 16 << 20
+
     @property
     def judged_by_programs(self) -> bool:
         """Whether the judge loop (checker, generators, batches) runs this job."""
@@ -147,6 +159,7 @@ class StepOutcome:
     checker_message: str | None = None
     checker: Result | None = None  # the checker's own run
     interactor: Result | None = None  # an interactive test: the interactor's own run
+    artifacts: Artifacts | None = None  # with the job's ``artifacts`` globs
 
 
 @dataclass(slots=True)
@@ -184,9 +197,11 @@ def _limits(base: Limits, overrides: JobLimits | None, ceiling: Limits) -> Limit
 
 
 def container_spec(profile: Profile, limits: Limits,
-                   warm: WarmStart | None = None) -> ContainerSpec:
+                   warm: WarmStart | None = None,
+                   cache_binds: tuple[tuple[str, str], ...] = ()) -> ContainerSpec:
     return ContainerSpec(slot=0, box_size=limits.box_size, tmp_size=limits.tmp_size,
-                         seccomp_policy=profile.seccomp, extra_binds=profile.binds,
+                         seccomp_policy=profile.seccomp,
+                         extra_binds=profile.binds + cache_binds,
                          image=profile.image_id, image_store=profile.image_store, warm=warm)
 
 
@@ -240,6 +255,8 @@ def warm_start(job: JobSpec, limits: Limits) -> WarmStart | None:
         return None
     if job.argv is not None or job.env or job.stdin_stream is not None:
         return None
+    if job.workspace is not None or job.cache_binds:
+        return None  # a CI job: the plain start, its /box filled before the hand-over
     judged = job.tests is not None or job.expected_output is not None or job.cpuset_pin
     if judged and not (profile.warm_judged or job.warm_runtime):
         return None
@@ -301,6 +318,13 @@ def validate(job: JobSpec) -> None:
         if job.judged_by_programs:
             raise JobError("an interactive problem takes no checker, generators or batches "
                            "yet: its interactor judges each test", "invalid_job")
+    if job.workspace is not None and job.stdin_stream is not None:
+        raise JobError("a workspace job cannot have interactive stdin")
+    if job.artifacts is not None:
+        try:
+            check_globs(job.artifacts)
+        except WorkspaceError as e:
+            raise JobError(str(e)) from None
 
 
 def validate_interactor(job: JobSpec, run_limits: Limits) -> None:
@@ -334,6 +358,11 @@ async def compile_job(job: JobSpec, runner: StepRunner
     if profile.unavailable:
         raise JobError(f"profile {profile.name!r} is unavailable here: {profile.unavailable}")
     files = job.files
+    if job.workspace is not None:  # the job runs once its whole archive is in
+        try:
+            await job.workspace.wait()
+        except WorkspaceError as e:
+            raise JobError(str(e)) from None
     if not (job.compile_argv or profile.compile):
         return None, files
     base = (profile.compile.limits if profile.compile
@@ -343,8 +372,10 @@ async def compile_job(job: JobSpec, runner: StepRunner
     assert compile_argv is not None
     step = RunStep(argv=compile_argv, limits=climits, files=files,
                    env={**profile.env, **job.env}, cwd=profile.workdir,
-                   on_output=job.on_compile_output)
-    result, built = await runner(container_spec(profile, climits), step, True)
+                   on_output=job.on_compile_output, workspace=job.workspace,
+                   box_caps=(job.workspace_max_files, climits.box_size))
+    result, built = await runner(container_spec(profile, climits,
+                                                cache_binds=job.cache_binds), step, True)
     if result.verdict != "ok":  # ours (sandbox_error, cancelled) or the source's
         return StepOutcome(result_mod.compile_failed(result)), None
     return StepOutcome(result), built or {}
@@ -366,16 +397,24 @@ async def run_test(job: JobSpec, i: int, test: TestSpec, files: dict[str, bytes]
         async def on_out(stream: str, data: bytes) -> None:
             await cb(i, stream, data)
 
-    spec = container_spec(profile, limits, warm_start(job, limits))
+    spec = container_spec(profile, limits, warm_start(job, limits), job.cache_binds)
     env = {**profile.env, **job.env}
     address_space = memory_mode(job) == "address_space"
+    compiled = bool(job.compile_argv or profile.compile)  # then the build holds /box's files
     results: list[Result] = []
+    found: list[Artifacts | None] = []
     for _ in range(max(1, test.repeat)):
+        wanted = None if job.artifacts is None else ArtifactRequest(
+            job.artifacts, job.artifacts_max_files, job.artifacts_max_bytes)
         step = RunStep(argv=argv, limits=limits, files=files, stdin=test.stdin,
                        env=env, cwd=profile.workdir, on_output=on_out,
                        stdin_stream=job.stdin_stream if single else None,
-                       address_space=limits.memory if address_space else None)
+                       address_space=limits.memory if address_space else None,
+                       workspace=None if compiled else job.workspace,
+                       box_caps=(job.workspace_max_files, limits.box_size),
+                       artifacts=wanted)
         result, _ = await runner(spec, step, False, pin=job.cpuset_pin)
+        found.append(wanted.found if wanted is not None else None)
         result = result_mod.judged(result, heap_markers=profile.out_of_memory,
                                    expected=test.expected_output, mode=job.compare,
                                    tolerance=job.float_tolerance,
@@ -383,7 +422,11 @@ async def run_test(job: JobSpec, i: int, test: TestSpec, files: dict[str, bytes]
         results.append(result)
         if result.verdict != "ok":
             break
-    return summarize(results)
+    outcome = summarize(results)
+    if job.artifacts is not None:  # the chosen run's, or none found (it never ran)
+        outcome.artifacts = found[outcome.repeat.chosen if outcome.repeat else 0] \
+            or Artifacts()
+    return outcome
 
 
 async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:

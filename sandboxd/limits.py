@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT",
     "MAXIMUM",
     "POLICY",
+    "PROFILE_CEILING",
     "GiB",
     "KiB",
     "LimitError",
@@ -190,4 +191,7 @@ with ``POLICY``'s default. Times in seconds (float), sizes in bytes, counts (int
 
 # The ceiling a job may ask for unless an operator's profile says less.
 MAXIMUM = Limits(**{name: policy.maximum for name, policy in POLICY.items()})
+# What an operator's profile may raise its own ``max_limits`` to: long CI jobs run for
+# hours (docs/ci.md), a judge's never do, so only a profile that says so allows them.
+PROFILE_CEILING = dataclasses.replace(MAXIMUM, wall_time=86400.0, cpu_time=86400.0)
 DEFAULT = Limits()

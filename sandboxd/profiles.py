@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandboxd.limits import DEFAULT, MAXIMUM, LimitError, Limits, MiB
+from sandboxd.limits import DEFAULT, MAXIMUM, PROFILE_CEILING, LimitError, Limits, MiB
 from sandboxd.spawn import JOB_PATH
 from sandboxd_protocol import MEMORY_MODES
 
@@ -58,6 +58,7 @@ class Profile:
     max_limits: Limits = MAXIMUM
     seccomp: str = "default"
     binds: tuple[tuple[str, str], ...] = ()
+    caches: tuple[str, ...] = ()  # the operator's cache names (config [caches]) it mounts
     needs: tuple[str, ...] = ()
     version_argv: tuple[str, ...] = ()
     path: str = ""
@@ -160,6 +161,8 @@ SCHEMA: dict[str, tuple[type, bool, str]] = {
     "max_limits": (dict, False, "the most a job may ask for"),
     "seccomp": (str, False, "seccomp policy name (default: 'default')"),
     "binds": (list, False, "extra read-only mounts: [[host path, container path], ...]"),
+    "caches": (list, False, "names of the operator's read-only caches (config [caches]) "
+               "every job of this profile gets at /cache/<name>"),
     "needs": (list, False, "host paths (or commands on PATH) the runtime needs"),
     "version": (list, False, "argv that prints the runtime's version"),
     "out_of_memory": (list, False, "stderr markers of the runtime's own out-of-memory error "
@@ -259,7 +262,8 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
             raise ProfileError(f"{where(key)}: must not be empty")
     if "workdir" in data and not data["workdir"].startswith("/"):
         raise ProfileError(f"{where('workdir')}: must be an absolute path")
-    max_limits = _limits(MAXIMUM, data.get("max_limits", {}), where("max_limits"))
+    max_limits = _limits(MAXIMUM, data.get("max_limits", {}), where("max_limits"),
+                         PROFILE_CEILING)
     limits = _limits(DEFAULT, data.get("limits", {}), where("limits"), max_limits)
     compile_spec = None
     if "compile" in data:
@@ -286,6 +290,7 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
                                "absolute container path]")
         binds.append((item[0], item[1]))
     needs = _strings(data.get("needs", []), where("needs"))
+    caches = _strings(data.get("caches", []), where("caches"))
     run = _strings(data.get("run", []), where("run"))
     if problem := check_template(run):
         raise ProfileError(f"{where('run')}: {problem}")
@@ -325,6 +330,7 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
         name=name, description=data.get("description", ""), entry=data.get("entry", "main"),
         run=run, compile=compile_spec, env=dict(env),
         limits=limits, max_limits=max_limits, seccomp=policy, binds=tuple(binds), needs=needs,
+        caches=tuple(caches),
         version_argv=_strings(data.get("version", []), where("version")), path=path,
         unavailable=_missing(needs, env.get("PATH", JOB_PATH)), workdir=data.get("workdir", "/box"),
         image=data.get("image", ""), out_of_memory=out_of_memory,

@@ -50,7 +50,7 @@ from ._core import (
     resolve_address,
 )
 from ._errors import ProtocolViolation, ServerBusy
-from ._jobs import Data, JobOptions, build_submission
+from ._jobs import Data, JobOptions, build_submission, open_workspace
 from ._results import JobResult, Output
 
 __all__ = ["AsyncClient", "AsyncJob"]
@@ -470,6 +470,7 @@ class AsyncClient:
 
     async def _send_job_event(
         self, event: proto.StdinChunk | proto.EndOfStdin | proto.Cancellation
+        | proto.WorkspaceChunk | proto.EndOfWorkspace
     ) -> None:
         """Send stdin, its end or a cancel, unless the job has ended or was cancelled."""
         core = self._core
@@ -576,6 +577,28 @@ class AsyncClient:
         """
         io = self._running()
         opts: dict[str, Any] = dict(job)
+        source = opts.pop("workspace", None)
+        archive = None
+        opened = False
+        if source is not None:  # read in blocking calls: a local file, a chunk at a time
+            archive, opts["workspace"], opened = open_workspace(source)
+        try:
+            handle = await self._submit_retrying(io, profile, files, stream,
+                                                 interactive_stdin, opts)
+            if archive is not None:
+                limits = self._core.conn.peer_limits
+                size = (limits or proto.DEFAULT_SIZE_LIMITS).max_chunk
+                while not handle.done and (piece := archive.read(size)):
+                    await self._send_job_event(proto.WorkspaceChunk(id=handle.id, data=piece))
+                await self._send_job_event(proto.EndOfWorkspace(id=handle.id))
+        finally:
+            if opened and archive is not None:
+                archive.close()
+        return handle
+
+    async def _submit_retrying(self, io: Any, profile: str, files: Mapping[str, Data] | None,
+                               stream: bool, interactive_stdin: bool,
+                               opts: dict[str, Any]) -> AsyncJob:
         retries = opts.pop("busy_retries", None)
         delays = busy_delays(self.busy_retries if retries is None else retries)
         attempt = 0

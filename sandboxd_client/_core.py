@@ -195,12 +195,14 @@ class JobSlot(Waitable):
         "result",
         "stdin_open",
         "sub",
+        "workspace_open",
     )
 
     def __init__(self, sub: proto.JobSubmission) -> None:
         super().__init__()
         self.sub = sub
         self.stdin_open = sub.interactive_stdin
+        self.workspace_open = sub.workspace is not None
         self.cancel_sent = False
         self.accepted = False
         self.chunks: deque[Output] = deque()
@@ -311,7 +313,8 @@ class Core:
         self.requests[_ANSWER_OF[type(event)]].append(slot)
         return slot, data
 
-    def job_message(self, event: proto.StdinChunk | proto.EndOfStdin | proto.Cancellation) -> bytes:
+    def job_message(self, event: proto.StdinChunk | proto.EndOfStdin | proto.Cancellation
+                    | proto.WorkspaceChunk | proto.EndOfWorkspace) -> bytes:
         """Stdin, its end, or a cancel; ``b""`` when there is nothing (more) to say.
 
         The protocol allows one cancel per job and no stdin after its end or
@@ -326,6 +329,13 @@ class Core:
         if isinstance(event, proto.Cancellation):
             slot.cancel_sent = True
             slot.stdin_open = False
+            slot.workspace_open = False
+        elif isinstance(event, (proto.WorkspaceChunk, proto.EndOfWorkspace)):
+            if not slot.workspace_open or slot.result is not None or slot.error is not None:
+                return b""
+            if isinstance(event, proto.EndOfWorkspace):
+                slot.workspace_open = False
+            return self._send(event)
         elif not slot.stdin_open:
             return b""
         elif isinstance(event, proto.EndOfStdin):

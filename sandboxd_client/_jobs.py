@@ -11,9 +11,10 @@ anything is sent (a refused ``send`` would break the whole connection).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, make_dataclass
-from typing import Any, TypeAlias, TypedDict
+from typing import Any, BinaryIO, TypeAlias, TypedDict, Union
 
 import sandboxd_protocol as proto
 
@@ -273,6 +274,29 @@ class JobOptions(TypedDict, total=False):
     batches: Sequence[Batch | Mapping[str, Any]] | None
     interactor: Program | Mapping[str, Any] | None
     busy_retries: int | None
+    workspace: WorkspaceSource | None
+    caches: Sequence[str] | None
+    artifacts: Sequence[str] | None
+
+
+WorkspaceSource: TypeAlias = Union[str, "os.PathLike[str]", BinaryIO]
+"""A workspace: the path of a tar archive (plain or gzip), or a binary file object."""
+
+
+def open_workspace(source: WorkspaceSource) -> tuple[BinaryIO, str, bool]:
+    """(the archive's file object, its format for ``submit.workspace``, whether we opened
+    it): gzip when it starts with gzip's magic, else a plain tar."""
+    if isinstance(source, (str, os.PathLike)):
+        f: BinaryIO = open(source, "rb")  # noqa: SIM115 - the caller closes it
+        opened = True
+    else:
+        f, opened = source, False
+    if hasattr(f, "peek"):  # a pipe or a stream (io.BufferedReader): not seekable
+        head = f.peek(2)[:2]
+    else:
+        head = f.read(2)
+        f.seek(-len(head), os.SEEK_CUR)
+    return f, "gzip" if head == b"\x1f\x8b" else "tar", opened
 
 
 def _test(value: Test | Mapping[str, Any], i: int) -> proto.TestCase:
@@ -313,6 +337,9 @@ def build_submission(
     generators: Sequence[Program | Mapping[str, Any]] | None = None,
     batches: Sequence[Batch | Mapping[str, Any]] | None = None,
     interactor: Program | Mapping[str, Any] | None = None,
+    workspace: str | None = None,
+    caches: Sequence[str] | None = None,
+    artifacts: Sequence[str] | None = None,
 ) -> proto.JobSubmission:
     """The protocol's ``JobSubmission`` for a job written as keyword arguments.
 
@@ -355,4 +382,7 @@ def build_submission(
         batches=tuple(_batch(b, i) for i, b in enumerate(batches))
         if batches is not None else None,
         interactor=_program(interactor, "interactor") if interactor is not None else None,
+        workspace=workspace,
+        caches=tuple(caches) if caches is not None else None,
+        artifacts=tuple(artifacts) if artifacts is not None else None,
     )

@@ -15,6 +15,7 @@ that both give the same code for every verdict, exit code and signal.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -123,6 +124,9 @@ class StepResult:
     """The checker's own run (its verdict and accounting; no outputs)."""
     interactor: StepResult | None = None
     """An interactive test: the interactor's own run."""
+    artifacts: Mapping[str, bytes] | None = None
+    """The files the job's ``artifacts`` globs matched in /box (None: it named none)."""
+    artifacts_truncated: bool = False
 
     @classmethod
     def from_wire(cls, r: proto.StepResult) -> StepResult:
@@ -147,6 +151,8 @@ class StepResult:
             checker_message=r.checker_message,
             checker=StepResult.from_wire(r.checker) if r.checker is not None else None,
             interactor=cls.from_wire(r.interactor) if r.interactor is not None else None,
+            artifacts=dict(r.artifacts) if r.artifacts is not None else None,
+            artifacts_truncated=bool(r.artifacts_truncated),
         )
 
     @property

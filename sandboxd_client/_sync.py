@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import Any, BinaryIO, TypeVar, Unpack
 
 import sandboxd_protocol as proto
 
@@ -42,7 +42,7 @@ from ._core import (
     pieces as _pieces,
 )
 from ._errors import ServerBusy
-from ._jobs import Data, JobOptions, build_submission
+from ._jobs import Data, JobOptions, build_submission, open_workspace
 from ._results import JobResult, Output
 
 __all__ = ["Client", "Job", "run"]
@@ -199,6 +199,20 @@ class Client:
                 print([j.result().text for j in jobs])     # ['0\\n', '1\\n', '2\\n']
         """
         opts: dict[str, Any] = dict(job)
+        source = opts.pop("workspace", None)
+        if source is None:
+            return self._submit(profile, files, stream, interactive_stdin, opts)
+        archive, opts["workspace"], opened = open_workspace(source)
+        try:
+            handle = self._submit(profile, files, stream, interactive_stdin, opts)
+            self._upload(handle, archive)  # accepted first: a refused job sends none
+        finally:
+            if opened:
+                archive.close()
+        return handle
+
+    def _submit(self, profile: str, files: Mapping[str, Data] | None, stream: bool,
+                interactive_stdin: bool, opts: dict[str, Any]) -> Job:
         retries = opts.pop("busy_retries", None)
         delays = busy_delays(self.busy_retries if retries is None else retries)
         attempt = 0
@@ -220,6 +234,15 @@ class Client:
             if err is not None:
                 raise err
             return Job(self, slot)
+
+    def _upload(self, handle: Job, archive: BinaryIO) -> None:
+        """Send a workspace archive in chunks (its job already accepted), then its end;
+        stop early once the job has ended (the daemon refused the archive, say)."""
+        limits = self._core.conn.peer_limits
+        size = (limits or proto.DEFAULT_SIZE_LIMITS).max_chunk
+        while not handle.done and (piece := archive.read(size)):
+            self._send_job_event(proto.WorkspaceChunk(id=handle.id, data=piece))
+        self._send_job_event(proto.EndOfWorkspace(id=handle.id))
 
     def stream(
         self,
@@ -308,6 +331,7 @@ class Client:
 
     def _send_job_event(
         self, event: proto.StdinChunk | proto.EndOfStdin | proto.Cancellation
+        | proto.WorkspaceChunk | proto.EndOfWorkspace
     ) -> None:
         """Send stdin, its end or a cancel, unless the job has ended or was cancelled."""
         core = self._core

@@ -40,6 +40,7 @@ from ._events import (
     CompileStep,
     ConnectionClosed,
     EndOfStdin,
+    EndOfWorkspace,
     ErrorReport,
     Event,
     Goodbye,
@@ -66,6 +67,7 @@ from ._events import (
     StepResult,
     TestCase,
     Welcome,
+    WorkspaceChunk,
 )
 from ._job_limits import (
     LIMITS,
@@ -110,6 +112,7 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "EndOfStdin",
+    "EndOfWorkspace",
     "ErrorCode",
     "ErrorReport",
     "Event",
@@ -148,6 +151,7 @@ __all__ = [
     "TestCase",
     "Unit",
     "Welcome",
+    "WorkspaceChunk",
     "format_size",
     "parse_limits",
     "parse_size",

@@ -37,6 +37,7 @@ __all__ = [
     "CompileStep",
     "ConnectionClosed",
     "EndOfStdin",
+    "EndOfWorkspace",
     "ErrorReport",
     "Event",
     "Goodbye",
@@ -63,6 +64,7 @@ __all__ = [
     "StepResult",
     "TestCase",
     "Welcome",
+    "WorkspaceChunk",
 ]
 
 PROTOCOL_VERSION = 1
@@ -218,6 +220,11 @@ class StepResult:
     """The checker's own run (its accounting; its outputs are not carried)."""
     interactor: StepResult | None = None
     """An interactive test: the interactor's own run (its own ``interactor`` is nil)."""
+    artifacts: Mapping[str, bytes] | None = None
+    """Files the job's ``artifacts`` globs matched in /box after the step (path → bytes);
+    nil when the job named none (and so absent from the frame: older peers see no change)."""
+    artifacts_truncated: bool | None = None
+    """More matched than the server's caps let through (files left out or cut short)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -323,12 +330,21 @@ class JobSubmission:
     generators: tuple[Program, ...] | None = None
     batches: tuple[Batch, ...] | None = None
     interactor: Program | None = None
+    workspace: str | None = None
+    """A tar archive comes in ``workspace`` chunks (this says its compression: ``tar`` or
+    ``gzip``), closed by ``workspace_end``; it is unpacked into /box."""
+    caches: tuple[str, ...] | None = None
+    """Names of the operator's read-only cache directories, mounted at /cache/<name>."""
+    artifacts: tuple[str, ...] | None = None
+    """Globs relative to /box: the matching files come back in each step's result."""
 
     def __post_init__(self) -> None:
         _tuple(self, "argv")
         _tuple(self, "tests")
         _tuple(self, "generators")
         _tuple(self, "batches")
+        _tuple(self, "caches")
+        _tuple(self, "artifacts")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -361,6 +377,21 @@ class StdinChunk:
 
     id: str
     data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkspaceChunk:
+    """Client → server, jobs submitted with ``workspace``: the next bytes of the archive."""
+
+    id: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndOfWorkspace:
+    """Client → server: the workspace archive is complete; the job may run."""
+
+    id: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -502,6 +533,8 @@ Event = (
     | OutputChunk
     | StdinChunk
     | EndOfStdin
+    | WorkspaceChunk
+    | EndOfWorkspace
     | JobResult
     | Cancellation
     | JobListRequest

@@ -29,6 +29,7 @@ from ._events import (
     Cancellation,
     CompileStep,
     EndOfStdin,
+    EndOfWorkspace,
     ErrorReport,
     Goodbye,
     Hello,
@@ -54,6 +55,7 @@ from ._events import (
     StepResult,
     TestCase,
     Welcome,
+    WorkspaceChunk,
 )
 from ._job_limits import LIMITS, LimitSpec, Unit
 from ._kinds import (
@@ -161,6 +163,10 @@ BATCH = Record(
 )
 
 
+WORKSPACE_FORMATS = ("tar", "gzip")
+CACHE_NAME = Str(64, r"[a-z][a-z0-9_-]{0,63}", "be a cache name [a-z][a-z0-9_-]*")
+
+
 def _check_submission(s: JobSubmission, here: str, lim: SizeLimits) -> None:
     """Rules that tie fields together: a batch has no job-level stdin, and so on."""
     if s.tests is not None:
@@ -204,6 +210,12 @@ def _check_submission(s: JobSubmission, here: str, lim: SizeLimits) -> None:
             missing = min(set(range(n)) - set(owner))
             raise Invalid(f"{here}.batches", f"test {missing} is in no batch (every test "
                           "must be in one)")
+    if s.workspace is not None and s.interactive_stdin:
+        raise Invalid(f"{here}.workspace", "cannot be combined with interactive_stdin")
+    for i, glob in enumerate(s.artifacts or ()):
+        if not glob or glob.startswith("/") or ".." in glob.split("/") or "\\" in glob:
+            raise Invalid(f"{here}.artifacts[{i}]",
+                          "must be a glob relative to /box, with no '..' component")
 
 
 JOB_SUBMISSION = Record(
@@ -239,6 +251,9 @@ JOB_SUBMISSION = Record(
         ("generators", Array(PROGRAM, 1024), False),
         ("batches", Array(BATCH, "max_tests"), False),
         ("interactor", PROGRAM, False),
+        ("workspace", Choice(WORKSPACE_FORMATS), False),
+        ("caches", Array(CACHE_NAME, 16), False),
+        ("artifacts", Array(Str(1024), 64), False),
     ),
     _check_submission,
     "submit",
@@ -312,10 +327,16 @@ class _Nil(Kind):
 
 
 # A checker's or an interactor's own run: a step result one level deep only.
+_ARTIFACT_FIELDS = (
+    ("artifacts", MapOf(Str(4096), Bytes(None), 100_000), False),
+    ("artifacts_truncated", BOOL, False),
+)
 CHECKER_RUN = Record(StepResult, (*_STEP_FIELDS, ("checker", _Nil(), False),
-                                  ("interactor", _Nil(), False)), _check_step)
+                                  ("interactor", _Nil(), False), ("artifacts", _Nil(), False),
+                                  ("artifacts_truncated", _Nil(), False)), _check_step)
 STEP_RESULT = Record(StepResult, (*_STEP_FIELDS, ("checker", CHECKER_RUN, False),
-                                  ("interactor", CHECKER_RUN, False)), _check_step)
+                                  ("interactor", CHECKER_RUN, False), *_ARTIFACT_FIELDS),
+                     _check_step)
 
 BATCH_RESULT = Record(
     BatchResult,
@@ -414,6 +435,12 @@ MESSAGES: tuple[Record, ...] = (
         type_name="stdin",
     ),
     Record(EndOfStdin, (("id", JOB_ID, True),), type_name="stdin_end"),
+    Record(
+        WorkspaceChunk,
+        (("id", JOB_ID, True), ("data", Bytes("max_chunk"), True)),
+        type_name="workspace",
+    ),
+    Record(EndOfWorkspace, (("id", JOB_ID, True),), type_name="workspace_end"),
     Record(
         JobResult,
         (

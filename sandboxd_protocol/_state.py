@@ -83,6 +83,8 @@ class JobState(_FastEnum):
     """A job's state as each role has made it. Client: what it has said about the job.
     Server: how far it has answered."""
 
+    WORKSPACE_OPEN = "WORKSPACE_OPEN"
+    """Client: submitted with ``workspace``; archive chunks may follow, until ``workspace_end``."""
     STDIN_OPEN = "STDIN_OPEN"
     """Client: submitted with ``interactive_stdin``; more stdin may follow."""
     SUBMITTED = "SUBMITTED"
@@ -100,6 +102,7 @@ class JobState(_FastEnum):
 CLIENT, SERVER = Role.CLIENT, Role.SERVER
 START, HANDSHAKE, READY, CLOSED = State.START, State.HANDSHAKE, State.READY, State.CLOSED
 STDIN_OPEN, SUBMITTED, CANCELLED = JobState.STDIN_OPEN, JobState.SUBMITTED, JobState.CANCELLED
+WORKSPACE_OPEN = JobState.WORKSPACE_OPEN
 PENDING, RUNNING, DONE = JobState.PENDING, JobState.RUNNING, JobState.DONE
 
 # ===========================================================================
@@ -114,8 +117,11 @@ CONNECTION_TABLE: dict[Role, dict[State, dict[str, State]]] = {
         READY: {
             "submit": READY,
             "submit_interactive": READY,
+            "submit_workspace": READY,
             "stdin": READY,
             "stdin_end": READY,
+            "workspace": READY,
+            "workspace_end": READY,
             "cancel": READY,
             "list_jobs": READY,
             "kill": READY,
@@ -160,6 +166,7 @@ JOB_OPENERS: dict[tuple[Role, str], tuple[JobState, JobState]] = {
     # (sender, kind) -> (client's job state, server's job state) of a new job
     (CLIENT, "submit"): (SUBMITTED, PENDING),
     (CLIENT, "submit_interactive"): (STDIN_OPEN, PENDING),
+    (CLIENT, "submit_workspace"): (WORKSPACE_OPEN, PENDING),
 }
 
 JOB_TABLE: dict[tuple[Role, JobState, str], JobState] = {
@@ -167,6 +174,9 @@ JOB_TABLE: dict[tuple[Role, JobState, str], JobState] = {
     (CLIENT, STDIN_OPEN, "stdin"): STDIN_OPEN,
     (CLIENT, STDIN_OPEN, "stdin_end"): SUBMITTED,
     (CLIENT, STDIN_OPEN, "cancel"): CANCELLED,
+    (CLIENT, WORKSPACE_OPEN, "workspace"): WORKSPACE_OPEN,
+    (CLIENT, WORKSPACE_OPEN, "workspace_end"): SUBMITTED,
+    (CLIENT, WORKSPACE_OPEN, "cancel"): CANCELLED,
     (CLIENT, SUBMITTED, "cancel"): CANCELLED,
     (SERVER, PENDING, "accepted"): RUNNING,
     (SERVER, PENDING, "job_error"): DONE,  # refused: unknown profile, busy...
@@ -183,7 +193,8 @@ JOB_NEEDS_FLAG: dict[str, str] = {
 STALE_AFTER_DONE: frozenset[tuple[Role, str]] = frozenset(
     # A client may say these about a job the server has just finished, having
     # not yet seen the end; whoever sees them after DONE drops them.
-    {(CLIENT, "stdin"), (CLIENT, "stdin_end"), (CLIENT, "cancel")}
+    {(CLIENT, "stdin"), (CLIENT, "stdin_end"), (CLIENT, "workspace"),
+     (CLIENT, "workspace_end"), (CLIENT, "cancel")}
 )
 
 ANSWERS: dict[str, str] = {
@@ -204,8 +215,11 @@ NEEDS_LIVE_RECEIVER: frozenset[str] = frozenset(
         "get_stats",
         "submit",
         "submit_interactive",
+        "submit_workspace",
         "stdin",
         "stdin_end",
+        "workspace",
+        "workspace_end",
         "cancel",
     }
 )
@@ -228,6 +242,8 @@ def message_kind(event: Any) -> str:
     kind = TYPE_NAMES[type(event)]
     if kind == "submit" and event.interactive_stdin:
         return "submit_interactive"
+    if kind == "submit" and event.workspace is not None:
+        return "submit_workspace"
     if kind == "error" and event.job_scoped:
         return "job_error"
     return kind

@@ -17,6 +17,7 @@ from sandboxd.jobs import BatchSpec, JobOutcome, JobSpec, ProgramSpec, TestSpec
 from sandboxd.limits import Limits
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
+from sandboxd.workspace import Upload
 
 
 def program_spec(p: proto.Program, profiles: Callable[[str], Profile]) -> ProgramSpec:
@@ -30,7 +31,8 @@ def job_spec(sub: proto.JobSubmission, profile: Profile, *,
              on_output: Callable[[int, str, bytes], Awaitable[None]] | None = None,
              on_compile_output: Callable[[str, bytes], Awaitable[None]] | None = None,
              stdin_stream: AsyncIterator[bytes] | None = None,
-             profiles: Callable[[str], Profile] | None = None) -> JobSpec:
+             profiles: Callable[[str], Profile] | None = None,
+             workspace: Upload | None = None) -> JobSpec:
     """A submission as the service runs it (its streams are the front door's own).
 
     ``profiles`` finds the profiles of the job's checker, generators and interactor (the
@@ -45,6 +47,8 @@ def job_spec(sub: proto.JobSubmission, profile: Profile, *,
         return profile
 
     return JobSpec(
+        workspace=workspace, caches=tuple(sub.caches or ()),
+        artifacts=tuple(sub.artifacts) if sub.artifacts is not None else None,
         profile=profile, files=dict(sub.files), stdin=sub.stdin,
         argv=list(sub.argv) if sub.argv else None, env=dict(sub.env or {}),
         limits=sub.limits,
@@ -106,10 +110,13 @@ def step_result(outcome: jobs.StepOutcome) -> proto.StepResult:
     inter = None
     if outcome.interactor is not None:  # its run, outputs and all
         inter = step_result(jobs.StepOutcome(outcome.interactor))
+    found = outcome.artifacts
     return proto.StepResult(**{name: getattr(r, name) for name in RESULT_FIELDS},
                             repeat=repeat, score=outcome.score,
                             checker_message=outcome.checker_message, checker=checker,
-                            interactor=inter)
+                            interactor=inter,
+                            artifacts=found.files if found is not None else None,
+                            artifacts_truncated=found.truncated if found is not None else None)
 
 
 # What a step result holds besides its outputs, at most (reason <= 1 KiB, numbers, flags,
@@ -128,11 +135,18 @@ def _fit(steps: tuple[proto.StepResult, ...], compile_result: proto.StepResult |
     share of the room instead (a cut one says so, as at its output limit).
     """
     everything = [*steps, *([compile_result] if compile_result else [])]
+    room = max_frame - _RESULT_OVERHEAD - _STEP_OVERHEAD * len(everything)
+    found = sum(len(k) + len(v) + 16 for st in everything for k, v in (st.artifacts or {}).items())
+    if found > room // 2:  # artifacts never crowd out the outputs: past half, none come
+        steps = tuple(dataclasses.replace(st, artifacts={}, artifacts_truncated=True)
+                      if st.artifacts else st for st in steps)
+        everything = [*steps, *([compile_result] if compile_result else [])]
+        found = 0
     # An interactive test's interactor run is one more step inside it, with a message.
     inner = [s.interactor for s in everything if s.interactor is not None]
     total = sum(len(s.stdout) + len(s.stderr) for s in [*everything, *inner])
-    room = max_frame - _RESULT_OVERHEAD - _STEP_OVERHEAD * (len(everything) + len(inner)) \
-        - sum(len((s.checker_message or "").encode()) for s in everything)
+    room -= found + _STEP_OVERHEAD * len(inner) \
+        + sum(len((s.checker_message or "").encode()) for s in everything)
     if total <= room:
         return steps, compile_result
     keep = max(0, room) / total

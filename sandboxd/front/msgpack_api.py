@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import itertools
 import logging
+import os
 
 import trio
 
@@ -28,6 +29,7 @@ from sandboxd.config import Config
 from sandboxd.jobs import JobOutcome, JobSpec
 from sandboxd.log import event
 from sandboxd.service import Job, JobService, ServiceError
+from sandboxd.workspace import Upload, WorkspaceError
 
 from ._wire import job_result, job_spec, profile_infos
 
@@ -114,6 +116,7 @@ class Session:
         self.send_lock = trio.Lock()
         self.jobs: dict[str, Job] = {}
         self.stdin: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self.uploads: dict[str, Upload] = {}  # workspace archives still arriving
         self.client = f"conn-{n}"
         self.closed = False
         # Slow clients (the timeouts below): the hello is due handshake_timeout after
@@ -262,6 +265,17 @@ class Session:
             if chan is not None:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await chan.send(ev.data)
+        elif isinstance(ev, proto.WorkspaceChunk):
+            upload = self.uploads.get(ev.id)
+            if upload is not None:
+                try:
+                    upload.write(ev.data)
+                except WorkspaceError:
+                    self.uploads.pop(ev.id, None)  # its job ends with the error (execute)
+        elif isinstance(ev, proto.EndOfWorkspace):
+            upload = self.uploads.pop(ev.id, None)
+            if upload is not None:
+                upload.finish()
         elif isinstance(ev, proto.EndOfStdin):
             chan = self.stdin.pop(ev.id, None)
             if chan is not None:
@@ -295,6 +309,9 @@ class Session:
             job = self.service.submit(spec, id=sub.id, owner=f"{self.n}", client=self.client)
         except ServiceError as e:
             self.stdin.pop(sub.id, None)
+            upload = self.uploads.pop(sub.id, None)
+            if upload is not None:
+                upload.close()
             return await self._refuse(sub.id, e.code, e.message)
         self.jobs[sub.id] = job
         await self.send(proto.JobAcceptance(id=sub.id))
@@ -318,9 +335,19 @@ class Session:
             await self.send(proto.OutputChunk(id=sub.id, stream=stream, data=data,
                                               seq=next(seq), compile=True))
 
+        workspace = None
+        if sub.workspace is not None:
+            cfg = self.front.cfg
+            try:
+                workspace = Upload(os.path.join(cfg.state_dir, "sandboxd-workspaces"),
+                                   sub.workspace, cfg.max_workspace)
+            except (WorkspaceError, OSError) as e:
+                raise ServiceError("invalid_job", f"workspace: {e}") from None
+            self.uploads[sub.id] = workspace
         return job_spec(sub, profile, on_output=on_output if sub.stream else None,
                         on_compile_output=on_compile_output if sub.stream else None,
-                        stdin_stream=stdin_stream, profiles=self.service.profile)
+                        stdin_stream=stdin_stream, profiles=self.service.profile,
+                        workspace=workspace)
 
     async def _run_job(self, job: Job) -> None:
         outcome: JobOutcome | None = None
@@ -336,6 +363,9 @@ class Session:
                 chan = self.stdin.pop(job.id, None)
                 if chan is not None:
                     chan.close()
+                self.uploads.pop(job.id, None)
+                if job.spec.workspace is not None:
+                    job.spec.workspace.close()  # its spooled bytes, freed whatever happened
             if error is not None:
                 await self._refuse(job.id, error.code, error.message)
             elif outcome is not None and not self.closed:

@@ -99,3 +99,13 @@ _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
+
+
+def setfsuid(uid: int) -> int:
+    """This thread's filesystem uid; returns the previous one (the call cannot fail)."""
+    return int(_libc.setfsuid(ctypes.c_uint(uid)))
+
+
+def setfsgid(gid: int) -> int:
+    """This thread's filesystem gid; returns the previous one."""
+    return int(_libc.setfsgid(ctypes.c_uint(gid)))

@@ -149,6 +149,8 @@ class Scheduler:
                     result = await container.run(step)
                     if collect and result.verdict == "ok":
                         files = await container.collect()
+                    if step.artifacts is not None:
+                        await container.collect_artifacts(step.artifacts)
                 except SandboxError as e:
                     result = Result.sandbox_error(e.reason)
                 except CgroupError as e:  # the host's (a pinned job without cpuset), not the job's

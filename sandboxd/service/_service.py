@@ -37,6 +37,7 @@ from sandboxd.pool import Pool
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
 from sandboxd.spawn import ContainerSpec
+from sandboxd.workspace import WorkspaceError
 
 from ._interactive import run_interactive_job
 from ._judge import ProgramCache, run_judged
@@ -96,8 +97,13 @@ class JobService:
 
     def __init__(self, profiles: dict[str, Profile], pool: Pool, *, concurrency: int,
                  queue_length: int, versions: dict[str, str] | None = None,
-                 cpus: list[int] | None = None) -> None:
+                 cpus: list[int] | None = None, caches: dict[str, str] | None = None,
+                 workspace_max_files: int = 100_000, artifacts_max_files: int = 1000,
+                 artifacts_max_bytes: int = 16 << 20) -> None:
         self.profiles = profiles
+        # The operator's read-only cache directories (config [caches]): name -> host path.
+        self.caches = dict(caches or {})
+        self.ci_caps = (workspace_max_files, artifacts_max_files, artifacts_max_bytes)
         self.versions = versions or {}  # probed before trio by the daemon: no subprocess here
         self.pool = pool
         self.sched = Scheduler(pool, concurrency, queue_length, cpus)
@@ -168,6 +174,7 @@ class JobService:
         if spec.profile.unavailable:
             raise ServiceError("unknown_profile", f"profile {spec.profile.name!r} is "
                                f"unavailable here: {spec.profile.unavailable}")
+        self._resolve_caches(spec)
         try:
             jobs.validate(spec)
         except JobError as e:
@@ -193,6 +200,21 @@ class JobService:
             self.pool.ensure(self._shape(spec.interactor.profile, warm=False))
         return job
 
+    def _resolve_caches(self, spec: JobSpec) -> None:
+        """The profile's and the job's cache names as read-only binds at /cache/<name>;
+        ``ServiceError(invalid_job)`` for a name the operator did not declare."""
+        names = dict.fromkeys([*spec.profile.caches, *spec.caches])
+        binds = []
+        for name in names:
+            host = self.caches.get(name)
+            if host is None:
+                known = ", ".join(sorted(self.caches)) or "none are configured"
+                raise ServiceError("invalid_job", f"unknown cache {name!r} (known: {known})")
+            binds.append((host, f"/cache/{name}"))
+        spec.cache_binds = tuple(binds)
+        (spec.workspace_max_files, spec.artifacts_max_files,
+         spec.artifacts_max_bytes) = self.ci_caps
+
     async def execute(self, job: Job) -> JobOutcome:
         """Run an admitted job to its outcome; ``ServiceError`` if it could not run.
 
@@ -213,8 +235,14 @@ class JobService:
                     outcome = await run_judged(job.spec, runner, self.programs)
                 else:
                     outcome = await jobs.run_job(job.spec, runner)
-        except JobError as e:
+        except (JobError, WorkspaceError) as e:
             raise ServiceError("invalid_job", str(e)) from None
+        except ExceptionGroup as eg:  # a run step's, from run_job's nursery
+            rule, rest = eg.split((JobError, WorkspaceError))
+            if rule is None or rest is not None:
+                event("job_crashed", logging.ERROR, job=job.ref, error=repr(eg))
+                raise ServiceError("internal_error", f"{eg!r}") from eg
+            raise ServiceError("invalid_job", str(rule.exceptions[0])) from None
         except Exception as e:  # our bug: the job gets a typed error, the daemon lives on
             event("job_crashed", logging.ERROR, job=job.ref, error=repr(e))
             raise ServiceError("internal_error", f"{type(e).__name__}: {e}") from e

@@ -33,6 +33,7 @@ from sandboxd_protocol import (
     CompileStep,
     Connection,
     EndOfStdin,
+    EndOfWorkspace,
     ErrorCode,
     ErrorReport,
     Goodbye,
@@ -61,6 +62,7 @@ from sandboxd_protocol import (
     StepResult,
     TestCase,
     Welcome,
+    WorkspaceChunk,
 )
 
 VECTORS = Path(__file__).resolve().parents[2] / "sandboxd_protocol" / "vectors"
@@ -585,6 +587,26 @@ def build() -> list[Conversation]:
                        stderr=b"terminate called after throwing an instance of "
                               b"'std::bad_alloc'\n"),
         )),
+    )
+
+    new(
+        "ci-workspace",
+        "A CI job: a gzip workspace archive in two workspace chunks and its end, a "
+        "read-only cache, artifact globs; the result carries the matched files.",
+    ).handshake().send(
+        CLIENT,
+        JobSubmission(id="ci-1", profile="bash", argv=("/bin/bash", "ci.sh"),
+                      workspace="gzip", caches=("wheels",),
+                      artifacts=("reports/*.xml", "coverage.json")),
+    ).send(SERVER, JobAcceptance(id="ci-1")).send(
+        CLIENT, WorkspaceChunk(id="ci-1", data=b"\x1f\x8b\x08\x00")
+    ).send(CLIENT, WorkspaceChunk(id="ci-1", data=b"\x00\x00\x00\x00")).send(
+        CLIENT, EndOfWorkspace(id="ci-1")
+    ).send(
+        SERVER,
+        JobResult(id="ci-1", steps=(StepResult(
+            verdict="ok", exit_code=0, wall_time=12.5,
+            artifacts={"reports/junit.xml": b"<testsuites/>"}, artifacts_truncated=False),)),
     )
     return out
 

@@ -32,7 +32,8 @@ JUDGED = ("score", "checker_message", "checker", "interactor")
 
 def test_the_wire_record_has_the_daemons_fields_and_repeat():
     assert names(proto.StepResult) == (*DAEMON, "repeat", "score", "checker_message",
-                                       "checker", "interactor")
+                                       "checker", "interactor", "artifacts",
+                                       "artifacts_truncated")
 
 
 def test_the_schema_has_the_wire_records_fields():

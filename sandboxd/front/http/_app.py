@@ -82,6 +82,9 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
 # Paths that need no token and take no per-token slot: a load balancer's probe, and the
 # playground's page (static; the API calls it makes need the token).
 OPEN_PATHS = frozenset({"/v1/health", "/playground"})
+# Routes that read their own body as it comes (a workspace archive may be hundreds of MB,
+# past http_max_body): the route bounds its size and time itself (_workspaces.py).
+STREAMED_BODIES = frozenset({("POST", "/v1/workspaces")})
 # A request whose body is below this is never refused for the shared budget.
 BUDGET_EXEMPT = 256 << 10
 # After refusing a body (413, 408), how long its rest is read and dropped, so that the
@@ -335,7 +338,8 @@ class HttpFront:
                                         f"{cfg.http_token_concurrency})")
             try:
                 scope[TOKEN_SCOPE_KEY] = key
-                if scope["type"] == "websocket":
+                if scope["type"] == "websocket" or (
+                        scope.get("method"), path) in STREAMED_BODIES:
                     return await self.app(scope, receive, send)
                 held = 0
                 try:

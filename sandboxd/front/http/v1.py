@@ -24,13 +24,13 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -42,6 +42,7 @@ from sandboxd.limits import Limits
 from sandboxd.log import event
 from sandboxd.result import Result
 from sandboxd.service import Job, JobService, ServiceError, final_verdict
+from sandboxd.workspace import WorkspaceError, check_globs
 from sandboxd_protocol import DEFAULT_SIZE_LIMITS, ErrorCode
 
 from . import _openapi
@@ -60,6 +61,7 @@ from ._common import (
     token_of,
 )
 from ._context import HttpContext
+from ._workspaces import Workspaces
 
 LINGER = 2.0  # seconds a closed WebSocket's client has to send its closing reply
 SIZES = DEFAULT_SIZE_LIMITS  # the msgpack protocol's caps on a job's fields, the same here
@@ -68,7 +70,8 @@ _SIZE_LIMITS = {s.name for s in proto.LIMITS if s.unit is proto.Unit.BYTES}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 JOB_FIELDS = ("profile", "files", "stdin", "argv", "env", "limits", "compile", "tests",
               "expected_output", "compare", "float_tolerance", "stop_on_failure", "cpuset_pin",
-              "warm_runtime", "memory_mode", "checker", "generators", "batches", "interactor")
+              "warm_runtime", "memory_mode", "checker", "generators", "batches", "interactor",
+              "workspace", "caches", "artifacts")
 PROGRAM_FIELDS = ("profile", "files", "argv", "limits")
 BATCH_FIELDS = ("name", "tests", "points", "stop_on_failure", "depends")
 _BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -77,6 +80,7 @@ _BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 def routes(ctx: HttpContext) -> list[BaseRoute]:
     api = V1(ctx)
     return [
+        Route("/v1/workspaces", api.workspaces, methods=["POST"]),
         Route("/v1/health", api.health, methods=["GET"]),
         Route("/v1/openapi.json", api.openapi, methods=["GET"]),
         Route("/v1/profiles", api.profiles, methods=["GET"]),
@@ -85,6 +89,7 @@ def routes(ctx: HttpContext) -> list[BaseRoute]:
         Route("/v1/kill/{ref:path}", api.kill, methods=["POST"]),
         WebSocketRoute("/v1/jobs/stream", api.stream),
         Route("/v1/jobs", api.submit, methods=["POST"]),
+        Route("/v1/jobs/{id}/log", api.log, methods=["GET"]),
         Route("/v1/jobs/{id}", api.poll, methods=["GET"]),
         Route("/v1/jobs/{id}", api.cancel, methods=["DELETE"]),
     ]
@@ -207,9 +212,11 @@ def job_limits(value: Any, where: str) -> proto.JobLimits | None:
         raise _invalid(f"{where}.{e.limit}", e.reason) from None
 
 
-def job_spec(service: JobService, body: Any, **streams: Any) -> JobSpec:
+def job_spec(service: JobService, body: Any, workspaces: Workspaces | None = None,
+             token: str = "", **streams: Any) -> JobSpec:
     """A ``POST /v1/jobs`` body as the service's ``JobSpec`` (``streams``: its
-    ``on_output``, ``on_compile_output`` and ``stdin_stream``, for a WebSocket)."""
+    ``on_output``, ``on_compile_output`` and ``stdin_stream``, for a WebSocket; with
+    ``workspaces``, a ``workspace`` id names an uploaded archive of ``token``'s)."""
     body = _object(body, "the job", JOB_FIELDS)
     if "profile" not in body:
         raise _invalid("profile", "is required")
@@ -244,7 +251,20 @@ def job_spec(service: JobService, body: Any, **streams: Any) -> JobSpec:
             raise _invalid("float_tolerance", "must be a number from 0 to 1e9")
         if compare != "tokens":
             raise _invalid("float_tolerance", "is only allowed with compare 'tokens'")
+    caches = tuple(_names(body.get("caches"), "caches", 16, 64))
+    artifacts = (tuple(_names(body["artifacts"], "artifacts", 64, 1024))
+                 if body.get("artifacts") is not None else None)
+    if artifacts is not None:
+        try:
+            check_globs(artifacts)
+        except WorkspaceError as e:
+            raise _invalid("artifacts", str(e)) from None
+    if body.get("workspace") is not None:  # last: the archive is claimed (used once)
+        if workspaces is None:
+            raise _invalid("workspace", "is only for POST /v1/jobs")
+        streams["workspace"] = workspaces.claim(body["workspace"], token)
     return JobSpec(
+        caches=caches, artifacts=artifacts,
         profile=profile, files=files, stdin=stdin,
         argv=_argv(body["argv"], "argv") if body.get("argv") is not None else None,
         env=_env(body.get("env") or {}, "env"),
@@ -346,6 +366,14 @@ def _memory_mode(value: Any) -> str | None:
     return str(value)
 
 
+def _names(value: Any, where: str, most: int, cap: int) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > most:
+        raise _invalid(where, f"must be an array of at most {most} strings")
+    return [_string(v, f"{where}[{i}]", cap) for i, v in enumerate(value)]
+
+
 def _test(value: Any, where: str) -> TestSpec:
     t = _object(value, where, ("stdin", "expected_output", "limits", "repeat", "generator",
                                "generator_args"))
@@ -399,6 +427,10 @@ def step_json(outcome: StepOutcome) -> dict[str, Any]:
             if not name.startswith(("stdout", "stderr"))}
     if outcome.interactor is not None:  # an interactive test: the interactor's own run
         out["interactor"] = step_json(StepOutcome(outcome.interactor))
+    if outcome.artifacts is not None:  # the job named artifacts: path -> base64
+        out["artifacts"] = {k: base64.b64encode(v).decode()
+                            for k, v in outcome.artifacts.files.items()}
+        out["artifacts_truncated"] = outcome.artifacts.truncated
     return out
 
 
@@ -429,6 +461,15 @@ class Entry:
     job: Job
     answer: dict[str, Any] | None = None
     finished: float | None = None  # monotonic
+    # Its output as it comes, stdout and stderr interleaved (compile output first), for
+    # GET /v1/jobs/{id}/log: bounded by its output limits, kept as long as its answer.
+    log: bytearray = field(default_factory=bytearray)
+    grew: trio.Event = field(default_factory=trio.Event)
+
+    def append(self, data: bytes) -> None:
+        self.log += data
+        self.grew.set()
+        self.grew = trio.Event()
 
     def view(self) -> dict[str, Any]:
         if self.answer is not None:
@@ -478,6 +519,7 @@ class V1:
         self.ctx = ctx
         self.service = ctx.service
         self.results = Results(ctx.cfg.http_results_kept, ctx.cfg.http_result_ttl)
+        self.workspaces = Workspaces(ctx)  # POST /v1/workspaces: archives for CI jobs
 
     # -- small routes ----------------------------------------------------
 
@@ -539,10 +581,13 @@ class V1:
             return error_response(ErrorCode.TOO_MANY_REQUESTS, "too many requests and "
                                   "background jobs in flight for this token "
                                   "(http_token_concurrency)")
+        spec = None
         try:
-            spec = job_spec(self.service, body)
+            spec = job_spec(self.service, body, self.workspaces, token)
             job = self._admit(request.scope, spec)
         except BaseException as e:
+            if spec is not None and spec.workspace is not None:
+                spec.workspace.close()
             if not wait:
                 ctx.gate.release(token)
             if isinstance(e, ServiceError):
@@ -556,6 +601,8 @@ class V1:
             return error_response(e.code, e.message)
         finally:
             self.service.release(job)
+            if spec.workspace is not None:
+                spec.workspace.close()
         return JSONResponse(job_json(job.id, outcome))
 
     async def _execute_watching(self, job: Job,
@@ -602,6 +649,16 @@ class V1:
         entry = Entry(job.id, job)
         self.results.prune()
         self.results.entries[job.id] = entry
+        spec = job.spec  # its output, kept for re-attaching clients (GET .../log)
+
+        async def on_output(step: int, stream: str, data: bytes) -> None:
+            entry.append(data)
+
+        async def on_compile_output(stream: str, data: bytes) -> None:
+            entry.append(data)
+
+        if spec.on_output is None and spec.on_compile_output is None:
+            spec.on_output, spec.on_compile_output = on_output, on_compile_output
 
         async def run() -> None:
             try:
@@ -613,13 +670,49 @@ class V1:
                                                                                   e.message)}
                 finally:
                     entry.finished = time.monotonic()
+                    entry.grew.set()  # wakes the followers: the log is complete
                     self.service.release(job)
+                    if job.spec.workspace is not None:
+                        job.spec.workspace.close()
             finally:
                 ctx.gate.release(token)
 
         ctx.nursery.start_soon(run)
         return JSONResponse({"id": job.id, "state": "queued"}, status_code=202,
                             headers={"Location": f"/v1/jobs/{job.id}"})
+
+    async def log(self, request: Request) -> Response:
+        """A background job's output from byte ``offset``: what there is now, or with
+        ``follow=true`` streamed as it comes until the job ends (a client that lost its
+        connection re-attaches by id from the last byte it had)."""
+        entry = self.results.get(request.path_params["id"])
+        if entry is None:
+            raise HttpError(ErrorCode.UNKNOWN_JOB, f"no job {request.path_params['id']!r} "
+                            "(finished results are kept for http_result_ttl seconds)")
+        raw = request.query_params.get("offset", "0")
+        if not raw.isdigit():
+            raise _invalid("?offset", f"must be a byte offset (0 or more), not {raw!r}")
+        offset = int(raw)
+        if not _query_flag(request, "follow", False):
+            return Response(bytes(entry.log[offset:]), media_type="application/octet-stream",
+                            headers={"X-Log-Size": str(len(entry.log)),
+                                     "X-Job-State": "done" if entry.finished else
+                                     entry.job.state})
+
+        async def follow() -> AsyncIterator[bytes]:
+            pos = offset
+            while True:
+                grew = entry.grew
+                if pos < len(entry.log):
+                    chunk = bytes(entry.log[pos:])
+                    pos += len(chunk)
+                    yield chunk
+                    continue
+                if entry.finished is not None:
+                    return
+                await grew.wait()
+
+        return StreamingResponse(follow(), media_type="application/octet-stream")
 
     async def poll(self, request: Request) -> Response:
         entry = self.results.get(request.path_params["id"])
