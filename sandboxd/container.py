@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from sandboxd import channel
+from sandboxd import channel, egress
 from sandboxd.cgroups import CgroupLimits, CgroupStats, JobCgroup
 from sandboxd.isolation import _libc, rlimits
 from sandboxd.limits import Limits
@@ -64,6 +64,7 @@ class RunStep:
     on_output: OutputCallback | None = None  # streaming: called with each chunk
     stdin_stream: AsyncIterator[bytes] | None = None  # interactive stdin instead of ``stdin``
     cpuset: str | None = None  # CPUs the job may run on (e.g. "1": pinned), None: any
+    network: egress.Plan | None = None  # outbound TCP it may make (sandboxd/egress.py); None: none
 
 
 class Container:
@@ -89,6 +90,7 @@ class Container:
         self._kill_lock = trio.Lock()
         self.warm: WarmStart | None = None  # the interpreter waiting for the job, if any
         self._stdio: list[int] = []  # a warm container's: stdin memfd, stdout, stderr read ends
+        self._egress: egress.Egress | None = None  # the job's network, if it has one
 
     async def wait_ready(self, warm: WarmStart | None = None) -> None:
         """Wait until the init has built the container and the job process waits for a job;
@@ -152,6 +154,11 @@ class Container:
             if pid:
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, pid, 0)
+        if step.network is not None:
+            try:
+                self._egress = await egress.attach(self.pidfd, self.init_pid, step.network)
+            except OSError as e:
+                raise SandboxError(f"network set-up: {e}") from e
         base = self._base = self.cgroup.stats()
         rl = rlimits.Rlimits(cpu_seconds=limits.cpu_time, file_size=limits.file_size,
                              open_files=limits.open_files, stack=limits.stack)
@@ -371,6 +378,9 @@ class Container:
                 os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
             os.close(self.pidfd)
             self.chan.close()
+            if self._egress is not None:
+                await self._egress.close()
+                self._egress = None
             for fd in self._stdio:  # a warm container's, never handed to a job
                 os.close(fd)
             self._stdio = []

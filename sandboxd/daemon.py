@@ -27,7 +27,7 @@ import trio
 
 from sandboxd import cgroups, zygote
 from sandboxd.cgroups import CgroupBackend
-from sandboxd.config import Config, ConfigError, load
+from sandboxd.config import Config, ConfigError, egress_policy, load
 from sandboxd.front.msgpack_api import MsgpackFront
 from sandboxd.log import event, setup_logging
 from sandboxd.pool import Pool
@@ -70,7 +70,8 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
     zclient = zygote.ZygoteClient(zproc)
     pool = Pool(zclient, backend, cfg.pool_size)
     service = JobService(profiles, pool, concurrency=cfg.concurrency,
-                         queue_length=cfg.queue_length, versions=versions)
+                         queue_length=cfg.queue_length, versions=versions,
+                         egress=egress_policy(cfg))
     front = MsgpackFront(cfg, service)
     http_front = http_sock = None
     if cfg.http:  # imported only when asked: hypercorn and starlette cost start-up time

@@ -26,8 +26,8 @@ from typing import Protocol
 
 import trio
 
+from sandboxd import egress, runtimes
 from sandboxd import result as result_mod
-from sandboxd import runtimes
 from sandboxd.compare import COMPARE_MODES
 from sandboxd.container import RunStep
 from sandboxd.limits import LimitError, Limits
@@ -82,6 +82,18 @@ class JobSpec:
     # unless the job is judged and the profile says no), False = the plain start, True =
     # whenever the job can have it (its argv, env, stdin and limits allowing), judged too.
     warm_runtime: bool | None = None
+    # Outbound TCP the job may make, "host:port" each (sandboxd/egress.py): None = its
+    # profile's ``network_allow``; () = none. The operator's ``egress_allow`` caps both
+    # (the service refuses the job otherwise).
+    network_allow: tuple[str, ...] | None = None
+    egress_hosts: dict[str, str] = field(default_factory=dict)  # the operator's pinned names
+
+    def network(self) -> tuple[egress.Destination, ...]:
+        """The destinations this job may reach: its own list, else its profile's;
+        ``egress.EgressError`` for a malformed entry."""
+        if self.network_allow is None:
+            return self.profile.network_allow
+        return egress.parse_allow(self.network_allow)
 
 
 @dataclass(slots=True)
@@ -199,6 +211,13 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
     if profile.unavailable:
         raise JobError(f"profile {profile.name!r} is unavailable here: {profile.unavailable}")
     run_limits = _limits(profile.limits, job.limits, profile.max_limits)
+    network = None
+    if job.network():  # resolved once per job, at its start: every step gets the same
+        try:
+            network = await trio.to_thread.run_sync(egress.resolve, job.network(),
+                                                     job.egress_hosts)
+        except egress.EgressError as e:
+            raise JobError(str(e)) from None
     sources = sorted(job.files)
     env = {**profile.env, **job.env}
     files = job.files
@@ -209,7 +228,7 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
         compile_argv = job.compile_argv or profile.compile_argv(sources, climits)
         assert compile_argv is not None
         step = RunStep(argv=compile_argv, limits=climits, files=files, env=env,
-                       cwd=profile.workdir, on_output=job.on_compile_output)
+                       cwd=profile.workdir, on_output=job.on_compile_output, network=network)
         result, built = await runner(container_spec(profile, climits), step, True)
         if result.verdict != "ok":  # ours (sandbox_error, cancelled) or the source's
             return JobOutcome(StepOutcome(result_mod.compile_failed(result)), [])
@@ -237,7 +256,7 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
         with scopes[i]:
             for _ in range(max(1, test.repeat)):
                 step = RunStep(argv=argv, limits=limits, files=files, stdin=test.stdin,
-                               env=env, cwd=profile.workdir, on_output=on_out,
+                               env=env, cwd=profile.workdir, on_output=on_out, network=network,
                                stdin_stream=job.stdin_stream if len(tests) == 1 else None)
                 result, _ = await runner(spec, step, False, pin=job.cpuset_pin)
                 result = result_mod.judged(result, heap_markers=profile.out_of_memory,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sandboxd import egress
 from sandboxd.limits import DEFAULT, MAXIMUM, LimitError, Limits, MiB
 from sandboxd.spawn import JOB_PATH
 
@@ -68,6 +69,9 @@ class Profile:
     out_of_memory: tuple[str, ...] = ()  # stderr markers of the runtime's own heap running out
     warm_runtime: str = ""  # sandboxd/runtimes/ name: the interpreter started before the job
     warm_judged: bool = False  # ... also for judged jobs (tests, expected output, pinned)
+    # Outbound TCP its jobs may make by default (sandboxd/egress.py; capped by the
+    # operator's egress_allow); () = no network, as every job without it.
+    network_allow: tuple[egress.Destination, ...] = ()
 
     def entry_index(self) -> int:
         """Where the run argv has its entry file (a warm runtime's profile has one)."""
@@ -169,6 +173,9 @@ SCHEMA: dict[str, tuple[type, bool, str]] = {
                      "argument, options before it"),
     "warm_judged": (bool, False, "a warm runtime for judged jobs too (tests, expected output, "
                     "pinned CPU); default false: judges measure the plain start"),
+    "network_allow": (list, False, "[\"host:port\", ...]: outbound TCP its jobs may make "
+                      "(a job's own network.allow replaces it); only where the server's "
+                      "egress_allow permits (docs/profiles.md, \"Network\")"),
 }
 
 
@@ -296,6 +303,10 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
         if head is None or any("{entry}" in a or "{sources}" in a for a in head):
             raise ProfileError(f"{where('warm_runtime')}: run must have {{entry}} once, as a "
                                "whole argument, with no {sources} before it")
+    try:
+        network_allow = egress.parse_allow(data.get("network_allow", []), where("network_allow"))
+    except egress.EgressError as e:
+        raise ProfileError(str(e)) from None
     name = data["name"]
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.+-]{0,63}", name):
         raise ProfileError(f"{where('name')}: must be lowercase letters, digits, _ . + -")
@@ -313,6 +324,7 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
         unavailable=_missing(needs, env.get("PATH", JOB_PATH)), workdir=data.get("workdir", "/box"),
         image=data.get("image", ""), out_of_memory=out_of_memory,
         warm_runtime=warm_runtime, warm_judged=data.get("warm_judged", False),
+        network_allow=network_allow,
     )
     return _with_image(profile, data, image_store) if profile.image else profile
 

@@ -173,6 +173,7 @@ class JobOptions(TypedDict, total=False):
     stop_on_failure: bool
     cpuset_pin: bool | None
     warm_runtime: bool | None
+    network_allow: Sequence[str] | None
     busy_retries: int | None
 
 
@@ -188,6 +189,18 @@ def _test(value: Test | Mapping[str, Any], i: int) -> proto.TestCase:
             field=f"tests[{i}]",
         )
     return value.to_wire(i)
+
+
+def _network(allow: Sequence[str] | None) -> proto.NetworkAccess | None:
+    """``network_allow=["host:port", ...]`` as the wire's ``network`` record (None: the
+    profile's; ``[]``: no network)."""
+    if allow is None:
+        return None
+    if isinstance(allow, str):
+        raise JobRejected(
+            "job rejected: network_allow: must be a list of \"host:port\" strings, not one "
+            "string", hint='write network_allow=["pypi.org:443"]', field="network.allow")
+    return proto.NetworkAccess(allow=tuple(allow))
 
 
 def build_submission(
@@ -207,6 +220,7 @@ def build_submission(
     stop_on_failure: bool = False,
     cpuset_pin: bool | None = None,
     warm_runtime: bool | None = None,
+    network_allow: Sequence[str] | None = None,
     stream: bool = False,
     interactive_stdin: bool = False,
 ) -> proto.JobSubmission:
@@ -234,6 +248,7 @@ def build_submission(
         limits=lim.to_wire() if lim is not None else None,
         cpuset_pin=cpuset_pin,
         warm_runtime=warm_runtime,
+        network=_network(network_allow),
         compile=compile.to_wire() if compile is not None else None,
         tests=tuple(_test(t, i) for i, t in enumerate(tests)) if tests is not None else None,
         expected_output=_bytes(expected_output, "expected_output")

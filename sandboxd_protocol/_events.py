@@ -47,6 +47,7 @@ __all__ = [
     "JobSubmission",
     "KillRequest",
     "KillResult",
+    "NetworkAccess",
     "OutputChunk",
     "Ping",
     "Pong",
@@ -103,6 +104,17 @@ class CompileStep:
 
     def __post_init__(self) -> None:
         _tuple(self, "argv")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkAccess:
+    """Outbound network a job asks for: TCP to each ``"host:port"`` of ``allow`` (host an
+    IPv4 address or a name), nothing else; only as far as the server permits."""
+
+    allow: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _tuple(self, "allow")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,6 +265,7 @@ class JobSubmission:
     stream: bool = False
     interactive_stdin: bool = False
     warm_runtime: bool | None = None
+    network: NetworkAccess | None = None
 
     def __post_init__(self) -> None:
         _tuple(self, "argv")

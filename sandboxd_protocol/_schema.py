@@ -38,6 +38,7 @@ from ._events import (
     JobSubmission,
     KillRequest,
     KillResult,
+    NetworkAccess,
     OutputChunk,
     Ping,
     Pong,
@@ -108,6 +109,10 @@ def _limit_kind(spec: LimitSpec) -> Float | Int:
 
 JOB_LIMITS = Record(JobLimits, tuple((spec.name, _limit_kind(spec), False) for spec in LIMITS))
 
+# "host:port": an IPv4 address or a DNS name, then 1-65535 (the server checks the rest).
+DESTINATION = Str(260, r"[A-Za-z0-9._-]{1,253}:[0-9]{1,5}", "be host:port")
+NETWORK = Record(NetworkAccess, (("allow", Array(DESTINATION, 32), False),))
+
 COMPILE_STEP = Record(CompileStep, (("argv", ARGV, False), ("limits", JOB_LIMITS, False)))
 
 TEST_CASE = Record(
@@ -162,6 +167,7 @@ JOB_SUBMISSION = Record(
         ("stream", BOOL, False),
         ("interactive_stdin", BOOL, False),
         ("warm_runtime", BOOL, False),
+        ("network", NETWORK, False),
     ),
     _check_submission,
     "submit",

@@ -36,7 +36,8 @@ def job_spec(sub: proto.JobSubmission, profile: Profile, *,
         expected_output=sub.expected_output, compare=sub.compare,
         float_tolerance=sub.float_tolerance, stop_on_failure=sub.stop_on_failure,
         cpuset_pin=bool(sub.cpuset_pin), warm_runtime=sub.warm_runtime, on_output=on_output,
-        on_compile_output=on_compile_output, stdin_stream=stdin_stream)
+        on_compile_output=on_compile_output, stdin_stream=stdin_stream,
+        network_allow=sub.network.allow if sub.network is not None else None)
 
 
 def job_result(id: str, outcome: JobOutcome, max_frame: int) -> proto.JobResult:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import trio
 
+from sandboxd import egress as egress_mod
 from sandboxd import jobs
 from sandboxd.jobs import JobError, JobOutcome, JobSpec, StepOutcome, default_spec
 from sandboxd.log import event
@@ -92,8 +93,10 @@ class JobService:
 
     def __init__(self, profiles: dict[str, Profile], pool: Pool, *, concurrency: int,
                  queue_length: int, versions: dict[str, str] | None = None,
-                 cpus: list[int] | None = None) -> None:
+                 cpus: list[int] | None = None,
+                 egress: egress_mod.Policy | None = None) -> None:
         self.profiles = profiles
+        self.egress = egress or egress_mod.Policy()  # the operator's cap on jobs' network
         self.versions = versions or {}  # probed before trio by the daemon: no subprocess here
         self.pool = pool
         self.sched = Scheduler(pool, concurrency, queue_length, cpus)
@@ -167,6 +170,11 @@ class JobService:
             jobs.validate(spec)
         except JobError as e:
             raise ServiceError("limit_exceeded", str(e)) from None
+        try:
+            egress_mod.permit(spec.network(), self.egress.allow)
+        except egress_mod.EgressError as e:
+            raise ServiceError("invalid_job", str(e)) from None
+        spec.egress_hosts = self.egress.hosts
         ref = f"{owner}/{id}"
         if ref in sched.jobs:
             raise ServiceError("duplicate_job", f"job {id!r} is already in flight")
