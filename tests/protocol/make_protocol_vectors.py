@@ -44,6 +44,7 @@ from sandboxd_protocol import (
     JobSubmission,
     KillRequest,
     KillResult,
+    NetworkAccess,
     OutputChunk,
     Ping,
     Pong,
@@ -455,6 +456,15 @@ def build() -> list[Conversation]:
     ).send(CLIENT, KillRequest(job=long_ref)).send(CLIENT, KillRequest(job="3/gone")).send(
         SERVER, KillResult(job=long_ref, found=True)
     ).send(SERVER, KillResult(job="3/gone", found=False))
+    new(
+        "network-allow",
+        "A job allowed outbound TCP to one name and one address (docs/profiles.md, "
+        "'Network'); accepted, one result.",
+    ).handshake().send(
+        CLIENT,
+        JobSubmission(id="ci-1", profile="python3", files={"main.py": b"import urllib\n"},
+                      network=NetworkAccess(allow=("pypi.org:443", "10.0.0.5:3128"))),
+    ).send(SERVER, JobAcceptance(id="ci-1")).send(SERVER, JobResult(id="ci-1", steps=(OK,)))
     return out
 
 
