@@ -42,6 +42,7 @@ DAEMON_CONFIG = {
     "egress_allow": [f"{NET}.0/24:*", "169.254.169.254:80", f"{MIRROR}:{PORT}",
                      f"own.sandboxd.test:{PORT}", "no-such-host.invalid:80"],
     "egress_hosts": [f"{MIRROR}={SERVER}", f"own.sandboxd.test={HOST_END}"],
+    "http": "127.0.0.1:0", "http_loopback_open": True,
 }
 
 SERVE = f"""
@@ -268,3 +269,25 @@ def test_refused_lists(attack_daemon: AttackDaemon, test_net: EgressNet, allow: 
         c.close()
     assert isinstance(res, proto.ErrorReport), res
     assert says in res.message, res
+
+
+def test_http_v1_network_field(attack_daemon: AttackDaemon, test_net: EgressNet) -> None:
+    """``/v1`` carries the same ``network`` object: allowed reached, the rest refused, and
+    a destination the operator does not permit is a 422 naming it."""
+    import httpx
+
+    code = f"TARGETS = {[f'{SERVER}:{PORT}', f'{SERVER}:{OTHER_PORT}']!r}\n{PROBE}"
+    with httpx.Client(base_url=f"http://{attack_daemon.daemon.http_address}",
+                      timeout=60) as client:
+        r = client.post("/v1/jobs", json={"profile": "python3", "files": {"main.py": code},
+                                          "network": {"allow": [f"{SERVER}:{PORT}"]}})
+        assert r.status_code == 200, r.text
+        out = r.json()["steps"][0]["stdout"]
+        assert f"{SERVER}:{PORT} OK hello" in out, out
+        assert f"{SERVER}:{OTHER_PORT} EHOSTUNREACH" in out, out
+        r = client.post("/v1/jobs", json={"profile": "python3", "files": {"main.py": "1"},
+                                          "network": {"allow": ["8.8.8.8:53"]}})
+        assert r.status_code == 422 and "egress_allow" in r.json()["message"], r.text
+        r = client.post("/v1/jobs", json={"profile": "python3", "files": {"main.py": "1"},
+                                          "network": {"allow": "8.8.8.8:53"}})
+        assert r.status_code == 422 and "network.allow" in r.json()["message"], r.text

@@ -95,6 +95,14 @@ JOB = {
                          "description": "the profile's warm runtime: false = the plain "
                                         "start, true = also when judged, null = the "
                                         "server's choice"},
+        "network": {"type": ["object", "null"], "default": None,
+                    "properties": {"allow": {"type": "array", "maxItems": 32,
+                                             "items": {"type": "string",
+                                                       "pattern": "^[A-Za-z0-9._-]+:[0-9]+$"}}},
+                    "additionalProperties": False,
+                    "description": "outbound TCP to these host:port only (and DNS for the "
+                                   "names); [] = none; null = the profile's. Refused unless "
+                                   "the server's egress_allow permits it"},
     },
 }
 

@@ -67,7 +67,7 @@ _SIZE_LIMITS = {s.name for s in proto.LIMITS if s.unit is proto.Unit.BYTES}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 JOB_FIELDS = ("profile", "files", "stdin", "argv", "env", "limits", "compile", "tests",
               "expected_output", "compare", "float_tolerance", "stop_on_failure", "cpuset_pin",
-              "warm_runtime")
+              "warm_runtime", "network")
 
 
 def routes(ctx: HttpContext) -> list[BaseRoute]:
@@ -251,7 +251,22 @@ def job_spec(service: JobService, body: Any, **streams: Any) -> JobSpec:
         stop_on_failure=_bool(body.get("stop_on_failure", False), "stop_on_failure"),
         cpuset_pin=_bool(body.get("cpuset_pin", False), "cpuset_pin"),
         warm_runtime=(_bool(body["warm_runtime"], "warm_runtime")
-                      if body.get("warm_runtime") is not None else None), **streams)
+                      if body.get("warm_runtime") is not None else None),
+        network_allow=_network(body.get("network")), **streams)
+
+
+def _network(value: Any) -> tuple[str, ...] | None:
+    """``{"allow": ["host:port", ...]}`` (the msgpack ``network`` record); None: the
+    profile's. The service checks the entries themselves (sandboxd/egress.py)."""
+    if value is None:
+        return None
+    net = _object(value, "network", ("allow",))
+    allow = net.get("allow", [])
+    if not isinstance(allow, list) or len(allow) > 32 or not all(
+            isinstance(a, str) and len(a) <= 260 for a in allow):
+        raise _invalid("network.allow", "must be an array of at most 32 \"host:port\" "
+                       "strings")
+    return tuple(allow)
 
 
 def _test(value: Any, where: str) -> TestSpec:
