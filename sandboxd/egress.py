@@ -391,17 +391,20 @@ async def _nft(netns: int, rules: str) -> None:
 
 async def attach(pidfd: int, pid: int, plan: Plan) -> Egress:
     """Give the container whose init is ``pid`` (held by ``pidfd``) the network ``plan``
-    allows: the table first, then the resolver, then slirp4netns (until it reports the
-    interface configured). ``OSError`` if any fails; nothing is left running then."""
+    allows: the resolver, slirp4netns and, while it configures its interface, the table;
+    done when both are (the job is handed over only after). ``OSError`` if any fails;
+    nothing is left running then."""
     netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     slirp: trio.Process | None = None
     resolver: _Resolver | None = None
     exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    # slirp4netns' messages go to a memfd, read only if it fails: a pipe we stopped reading
+    # could block it or end it with SIGPIPE in the middle of a job.
+    log = os.memfd_create("sandboxd-slirp4netns", os.MFD_CLOEXEC)
     try:
         _libc.pidfd_send_signal(pidfd, 0)  # the pid is still that init: the fd is its netns
         with trio.fail_after(SETUP_TIMEOUT):
-            await _nft(netns, ruleset(plan))
             if plan.names:
                 resolver = _Resolver(netns, plan.names)
                 resolver.thread.start()
@@ -414,22 +417,22 @@ async def attach(pidfd: int, pid: int, plan: Plan) -> Egress:
                  "--netns-type=path", f"--exit-fd={exit_r}", f"--ready-fd={ready_w}",
                  f"/proc/self/fd/{netns}", "tap0"],
                 executable=SLIRP, pass_fds=(netns, exit_r, ready_w),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
             os.close(ready_w)
             ready_w = -1
+            # The table loads while slirp4netns configures its interface: no job runs in
+            # the container before both are done, so the order inside does not matter.
+            await _nft(netns, ruleset(plan))
             got = b""
             while not got:
                 await trio.lowlevel.wait_readable(ready_r)
                 got = os.read(ready_r, 1)
                 if not got:
-                    err = b""
-                    if slirp.stderr is not None:
-                        with trio.move_on_after(1.0):
-                            err = await slirp.stderr.receive_some(4096)
+                    with trio.move_on_after(1.0):
+                        await slirp.wait()
+                    err = os.pread(log, 4096, 0).decode(errors="replace").strip()
                     raise OSError(0, "slirp4netns exited before configuring the network: "
-                                     f"{err.decode(errors='replace').strip()[-300:]}")
-        if slirp.stderr is not None:
-            await slirp.stderr.aclose()
+                                     f"{err[-300:]}")
         egress = Egress(slirp, exit_w, resolver)
         exit_w = -1
         return egress
@@ -443,6 +446,6 @@ async def attach(pidfd: int, pid: int, plan: Plan) -> Egress:
                 await slirp.wait()
         raise
     finally:
-        for fd in (netns, exit_r, ready_r, ready_w, exit_w):
+        for fd in (netns, exit_r, ready_r, ready_w, exit_w, log):
             if fd >= 0:
                 os.close(fd)
