@@ -148,6 +148,12 @@ def main(config_path: str | None = None, socket_path: str | None = None,
         sys.stderr.write(f"sandboxd: {e}\n")
         return 2
     setup_logging(cfg.log_level)
+    if os.geteuid() != 0:  # rootless: not yet (docs/isolation.md, "Rootless")
+        sys.stderr.write("sandboxd: serve runs as root only in this version (a rootless daemon "
+                         "is not written yet); `sandboxd check-environment`, run as this user, "
+                         "says which isolation layers a rootless daemon could have here and "
+                         "what the others would cost\n")
+        return 2
     try:
         profiles = load_dir(cfg.profiles_dir or None)
     except ProfileError as e:
