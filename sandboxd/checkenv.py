@@ -108,6 +108,19 @@ def _native() -> Finding:
     return Finding("ok", "native init", str(path))
 
 
+def _egress() -> Finding:
+    """Jobs' allow-listed network (sandboxd/egress.py) needs slirp4netns, nsenter and nft."""
+    import shutil
+
+    missing = [c for c in ("slirp4netns", "nsenter", "nft") if not shutil.which(c)]
+    if missing:
+        return Finding("warn", "egress", f"{', '.join(missing)} not found: a job with a "
+                       "network allow-list ends as sandbox_error (jobs without one are "
+                       "unaffected)", "apt-get install slirp4netns nftables util-linux")
+    return Finding("ok", "egress", "slirp4netns and nft (jobs' allow-listed network, where "
+                   "egress_allow permits)")
+
+
 def _timing() -> list[Finding]:
     """What makes CPU timing noisy: SMT siblings, frequency scaling, swap."""
     out: list[Finding] = []
@@ -261,6 +274,7 @@ def checks() -> list[Finding]:
     findings.append(_landlock())
     findings.append(_overlay())
     findings.append(_native())
+    findings.append(_egress())
     findings += _timing()
     return findings
 
