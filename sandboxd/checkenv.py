@@ -108,6 +108,19 @@ def _native() -> Finding:
     return Finding("ok", "native init", str(path))
 
 
+def _egress() -> Finding:
+    """Jobs' allow-listed network (sandboxd/egress.py) needs slirp4netns, nsenter and nft."""
+    import shutil
+
+    missing = [c for c in ("slirp4netns", "nsenter", "nft") if not shutil.which(c)]
+    if missing:
+        return Finding("warn", "egress", f"{', '.join(missing)} not found: a job with a "
+                       "network allow-list ends as sandbox_error (jobs without one are "
+                       "unaffected)", "apt-get install slirp4netns nftables util-linux")
+    return Finding("ok", "egress", "slirp4netns and nft (jobs' allow-listed network, where "
+                   "egress_allow permits)")
+
+
 def _timing() -> list[Finding]:
     """What makes CPU timing noisy: SMT siblings, frequency scaling, swap."""
     out: list[Finding] = []
@@ -138,11 +151,122 @@ def _timing() -> list[Finding]:
     return out
 
 
+# ------------------------------------------------------------------ rootless
+
+def _own_cgroup() -> tuple[int, str]:
+    """(cgroup version, our cgroup's path below /sys/fs/cgroup) from /proc/self/cgroup:
+    version 2 only when the unified hierarchy is the only one (no v1 controller lines)."""
+    with open("/proc/self/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f if line.strip()]
+    v1 = [parts for parts in lines if parts[0] != "0"]
+    if v1 or not lines:
+        return 1, ""
+    return 2, lines[0][2]
+
+
+def _rootless_cgroup() -> Finding:
+    version, path = _own_cgroup()
+    if version == 1:
+        return Finding("fail", "rootless: cgroups", "this host has cgroup v1 controllers (v1 or "
+                       "hybrid layout): a cgroup cannot be delegated to an ordinary user, so "
+                       "memory, pids and CPU limits could not be applied to jobs",
+                       "boot with systemd.unified_cgroup_hierarchy=1 (cgroup v2 only), then "
+                       "start the daemon with systemd-run --user -p Delegate=yes (or as root)")
+    here = f"/sys/fs/cgroup{path}".rstrip("/") or "/sys/fs/cgroup"
+    try:
+        with open(f"{here}/cgroup.controllers") as f:
+            controllers = set(f.read().split())
+    except OSError as e:
+        return Finding("fail", "rootless: cgroups", f"cannot read {here}: {e.strerror}")
+    missing = {"memory", "pids", "cpu"} - controllers
+    writable = all(os.access(f"{here}/{n}", os.W_OK)
+                   for n in ("", "cgroup.procs", "cgroup.subtree_control"))
+    if not writable:
+        return Finding("fail", "rootless: cgroups", f"{here} is not delegated to uid "
+                       f"{os.geteuid()} (not writable)",
+                       "systemd-run --user -p Delegate=yes sandboxd serve ... (or a user unit "
+                       "with Delegate=yes)")
+    if missing:
+        return Finding("fail", "rootless: cgroups", f"{here} is delegated but lacks the "
+                       f"{', '.join(sorted(missing))} controller(s)",
+                       "systemd delegates cpu, memory and pids with Delegate=yes; check "
+                       "/etc/systemd/system/user@.service.d")
+    return Finding("ok", "rootless: cgroups", f"v2, {here} delegated with "
+                   f"{', '.join(sorted(controllers))}")
+
+
+def _subids() -> bool:
+    """Whether newuidmap/newgidmap exist and /etc/subuid and /etc/subgid give this user
+    a range (what mapping more than one uid into a container takes)."""
+    import pwd
+    import shutil
+
+    if not (shutil.which("newuidmap") and shutil.which("newgidmap")):
+        return False
+    names = {str(os.geteuid())}
+    try:
+        names.add(pwd.getpwuid(os.geteuid()).pw_name)
+    except KeyError:
+        pass
+    for path in ("/etc/subuid", "/etc/subgid"):
+        try:
+            with open(path) as f:
+                if not any(line.split(":", 1)[0] in names for line in f):
+                    return False
+        except OSError:
+            return False
+    return True
+
+
+def _rootless() -> list[Finding]:
+    """As an ordinary user: each layer tried (or looked up) the way a rootless daemon
+    would use it, and what the ones that cannot work would cost."""
+    import shutil
+
+    out = []
+    ns = _try_namespaces()
+    out.append(Finding(ns.status, "rootless: namespaces",
+                       ns.detail + (" (unprivileged user namespaces allowed)"
+                                    if ns.status == "ok" else ""), ns.fix))
+    if _subids():
+        out.append(Finding("ok", "rootless: uids", "newuidmap and a subuid/subgid range: the "
+                           "container's root and the job user can be uids of their own"))
+    else:
+        out.append(Finding("warn", "rootless: uids", "no newuidmap/newgidmap or no "
+                           "/etc/subuid and /etc/subgid range: only the daemon's own uid can "
+                           "be mapped, so the container's root and the job user would be one "
+                           "host uid, the daemon's: jobs are then told apart by their "
+                           "namespaces only, not by a uid of their own (isolate's per-box "
+                           "uid), and a job that escaped would be the daemon's user",
+                           "apt-get install uidmap; usermod --add-subuids 100000-165535 "
+                           "--add-subgids 100000-165535 USER"))
+    out.append(_rootless_cgroup())
+    out.append(_seccomp())
+    out.append(_landlock())
+    out.append(Finding("warn", "rootless: priorities", "an ordinary user cannot lower a "
+                       "nice value: containers made at nice 10 would keep it for their jobs "
+                       "(judges' timing), or be made at 0 and compete with the jobs",
+                       "run as root, or grant the daemon CAP_SYS_NICE"))
+    out.append(Finding("ok" if shutil.which("slirp4netns") else "warn", "rootless: egress",
+                       "slirp4netns present (made for unprivileged users; a rootless "
+                       "daemon would own its containers' namespaces, so it could load their "
+                       "tables too: not tried)"
+                       if shutil.which("slirp4netns") else "slirp4netns missing: no egress",
+                       "" if shutil.which("slirp4netns") else "apt-get install slirp4netns"))
+    out.append(Finding("fail", "rootless: serve", "sandboxd serve runs as root only in this "
+                       "version: the uid slots (/run/sandboxd-slots), the one-uid maps and "
+                       "the cgroup root inside a delegated subtree are not written yet; the "
+                       "findings above say what a rootless daemon could have here",
+                       "run the daemon as root (the jobs themselves never are)"))
+    return out
+
+
 def checks() -> list[Finding]:
     findings = [Finding("ok", "kernel", platform.release())]
     if os.geteuid() != 0:
         findings.append(Finding("fail", "privileges", "sandboxd must run as root",
                                 "run the daemon as root (the jobs themselves never are)"))
+        findings += _rootless()
         return findings
     findings.append(_try_namespaces())
     findings += _cgroups()
@@ -150,6 +274,7 @@ def checks() -> list[Finding]:
     findings.append(_landlock())
     findings.append(_overlay())
     findings.append(_native())
+    findings.append(_egress())
     findings += _timing()
     return findings
 

@@ -76,6 +76,9 @@ class Config:
     workspace_max_files: int = 100_000
     artifacts_max_files: int = 1000
     artifacts_max_bytes: int = 16 << 20
+    # Network egress (sandboxd/egress.py): the destinations jobs may be allowed; none by default.
+    egress_allow: tuple[str, ...] = ()
+    egress_hosts: tuple[str, ...] = ()
 
 
 KEYS: dict[str, tuple[type, str]] = {
@@ -148,6 +151,12 @@ KEYS: dict[str, tuple[type, str]] = {
                                  "truncated."),
     "artifacts_max_bytes": (int, "most artifact bytes a run step returns; past it, "
                                  "truncated."),
+    "egress_allow": (list, "outbound TCP destinations a job's (or profile's) network.allow "
+                           "may name: \"HOST:PORT\", \"HOST:*\", \"10.0.0.0/8:443\", "
+                           "\"*:443\". Empty (the default): jobs get no network at all "
+                           "(docs/profiles.md, \"Network\")."),
+    "egress_hosts": (list, "\"NAME=IPv4\" entries: names jobs' allow-lists may use, pinned to "
+                           "these addresses instead of the host's resolver (a mirror, say)."),
 }
 
 
@@ -279,9 +288,22 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("redis_max_deliveries must be at least 1")
     if cfg.redis_claim_idle < 1 or cfg.redis_result_ttl < 1:
         raise ConfigError("redis_claim_idle and redis_result_ttl must be at least 1 second")
+    try:
+        egress_policy(cfg)
+    except ValueError as e:
+        raise ConfigError(f"egress_allow / egress_hosts: {e}") from None
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not "
                           f"{cfg.log_level!r}")
+
+
+def egress_policy(cfg: Config) -> Any:
+    """The operator's ``egress_allow`` and ``egress_hosts`` as an ``egress.Policy``;
+    ``ValueError`` if either is malformed."""
+    from sandboxd import egress
+
+    return egress.Policy(tuple(egress.parse_pattern(p) for p in cfg.egress_allow),
+                         egress.parse_hosts(cfg.egress_hosts))
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from sandboxd import channel
+from sandboxd import channel, egress
 from sandboxd.cgroups import CgroupLimits, CgroupStats, JobCgroup, MemoryInUse
 from sandboxd.isolation import _libc, rlimits
 from sandboxd.limits import Limits
@@ -76,6 +76,7 @@ class RunStep:
     workspace: Upload | None = None  # an archive to unpack into /box before the hand-over
     box_caps: tuple[int, int] = (65536, 64 << 20)  # its caps: entries, bytes
     artifacts: ArtifactRequest | None = None  # globs to collect from /box after the run
+    network: egress.Plan | None = None  # outbound TCP it may make (sandboxd/egress.py); None: none
 
 
 @dataclass(slots=True)
@@ -114,6 +115,7 @@ class Container:
         self._stdio: list[int] = []  # a warm container's: stdin memfd, stdout, stderr read ends
         self.ended_at: float | None = None  # monotonic: the job process reaped (``run``)
         self.killed_at: float | None = None  # monotonic: when ``kill`` first ended it
+        self._egress: egress.Egress | None = None  # the job's network, if it has one
 
     async def wait_ready(self, warm: WarmStart | None = None) -> None:
         """Wait until the init has built the container and the job process waits for a job;
@@ -203,6 +205,11 @@ class Container:
             await trio.to_thread.run_sync(lambda: unpack(
                 step.workspace.fd, step.workspace.fmt, box,  # type: ignore[union-attr]
                 max_files=max_files, max_bytes=max_bytes))
+        if step.network is not None:
+            try:
+                self._egress = await egress.attach(self.pidfd, self.init_pid, step.network)
+            except OSError as e:
+                raise SandboxError(f"network set-up: {e}") from e
         rl = rlimits.Rlimits(cpu_seconds=limits.cpu_time, file_size=limits.file_size,
                              open_files=limits.open_files, stack=limits.stack,
                              address_space=step.address_space)
@@ -587,6 +594,9 @@ class Container:
                 os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
             os.close(self.pidfd)
             self.chan.close()
+            if self._egress is not None:
+                await self._egress.close()
+                self._egress = None
             for fd in self._stdio:  # a warm container's, never handed to a job
                 os.close(fd)
             self._stdio = []

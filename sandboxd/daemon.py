@@ -27,7 +27,7 @@ import trio
 
 from sandboxd import cgroups, zygote
 from sandboxd.cgroups import CgroupBackend
-from sandboxd.config import Config, ConfigError, load
+from sandboxd.config import Config, ConfigError, egress_policy, load
 from sandboxd.front.msgpack_api import MsgpackFront
 from sandboxd.log import event, setup_logging
 from sandboxd.pool import Pool
@@ -73,7 +73,8 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
                          queue_length=cfg.queue_length, versions=versions,
                          caches=dict(cfg.caches), workspace_max_files=cfg.workspace_max_files,
                          artifacts_max_files=cfg.artifacts_max_files,
-                         artifacts_max_bytes=cfg.artifacts_max_bytes)
+                         artifacts_max_bytes=cfg.artifacts_max_bytes,
+                         egress=egress_policy(cfg))
     front = MsgpackFront(cfg, service)
     http_front = http_sock = None
     if cfg.http:  # imported only when asked: hypercorn and starlette cost start-up time
@@ -150,6 +151,12 @@ def main(config_path: str | None = None, socket_path: str | None = None,
         sys.stderr.write(f"sandboxd: {e}\n")
         return 2
     setup_logging(cfg.log_level)
+    if os.geteuid() != 0:  # rootless: not yet (docs/isolation.md, "Rootless")
+        sys.stderr.write("sandboxd: serve runs as root only in this version (a rootless daemon "
+                         "is not written yet); `sandboxd check-environment`, run as this user, "
+                         "says which isolation layers a rootless daemon could have here and "
+                         "what the others would cost\n")
+        return 2
     try:
         profiles = load_dir(cfg.profiles_dir or None)
     except ProfileError as e:

@@ -28,8 +28,8 @@ from typing import Protocol
 
 import trio
 
+from sandboxd import egress, runtimes
 from sandboxd import result as result_mod
-from sandboxd import runtimes
 from sandboxd.compare import COMPARE_MODES
 from sandboxd.container import ArtifactRequest, RunStep
 from sandboxd.isolation import rlimits
@@ -140,6 +140,21 @@ class JobSpec:
         """Whether the judge loop (checker, generators, batches) runs this job."""
         return (self.checker is not None or bool(self.generators)
                 or self.batches is not None)
+
+    # Outbound TCP the job may make, "host:port" each (sandboxd/egress.py): None = its
+    # profile's ``network_allow``; () = none. The operator's ``egress_allow`` caps both
+    # (the service refuses the job otherwise).
+    network_allow: tuple[str, ...] | None = None
+    egress_hosts: dict[str, str] = field(default_factory=dict)  # the operator's pinned names
+    # The resolved destinations (compile_job resolves them once per job, at its start).
+    egress_plan: egress.Plan | None = None
+
+    def network(self) -> tuple[egress.Destination, ...]:
+        """The destinations this job may reach: its own list, else its profile's;
+        ``egress.EgressError`` for a malformed entry."""
+        if self.network_allow is None:
+            return self.profile.network_allow
+        return egress.parse_allow(self.network_allow)
 
 
 @dataclass(slots=True)
@@ -358,6 +373,12 @@ async def compile_job(job: JobSpec, runner: StepRunner
     if profile.unavailable:
         raise JobError(f"profile {profile.name!r} is unavailable here: {profile.unavailable}")
     files = job.files
+    if job.network() and job.egress_plan is None:  # resolved once, for every step
+        try:
+            job.egress_plan = await trio.to_thread.run_sync(egress.resolve, job.network(),
+                                                            job.egress_hosts)
+        except egress.EgressError as e:
+            raise JobError(str(e)) from None
     if job.workspace is not None:  # the job runs once its whole archive is in
         try:
             await job.workspace.wait()
@@ -373,6 +394,7 @@ async def compile_job(job: JobSpec, runner: StepRunner
     step = RunStep(argv=compile_argv, limits=climits, files=files,
                    env={**profile.env, **job.env}, cwd=profile.workdir,
                    on_output=job.on_compile_output, workspace=job.workspace,
+                   network=job.egress_plan,
                    box_caps=(job.workspace_max_files, climits.box_size))
     result, built = await runner(container_spec(profile, climits,
                                                 cache_binds=job.cache_binds), step, True)
@@ -412,7 +434,7 @@ async def run_test(job: JobSpec, i: int, test: TestSpec, files: dict[str, bytes]
                        address_space=limits.memory if address_space else None,
                        workspace=None if compiled else job.workspace,
                        box_caps=(job.workspace_max_files, limits.box_size),
-                       artifacts=wanted)
+                       artifacts=wanted, network=job.egress_plan)
         result, _ = await runner(spec, step, False, pin=job.cpuset_pin)
         found.append(wanted.found if wanted is not None else None)
         result = result_mod.judged(result, heap_markers=profile.out_of_memory,

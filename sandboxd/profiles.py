@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sandboxd import egress
 from sandboxd.limits import DEFAULT, MAXIMUM, PROFILE_CEILING, LimitError, Limits, MiB
 from sandboxd.spawn import JOB_PATH
 from sandboxd_protocol import MEMORY_MODES
@@ -72,6 +73,9 @@ class Profile:
     warm_judged: bool = False  # ... also for judged jobs (tests, expected output, pinned)
     memory_mode: str = "peak"  # how a run step's memory limit counts unless the job says
     memory_modes: tuple[str, ...] = ("peak", "address_space")  # the modes a job may ask for
+    # Outbound TCP its jobs may make by default (sandboxd/egress.py; capped by the
+    # operator's egress_allow); () = no network, as every job without it.
+    network_allow: tuple[egress.Destination, ...] = ()
 
     def entry_index(self) -> int:
         """Where the run argv has its entry file (a warm runtime's profile has one)."""
@@ -179,6 +183,9 @@ SCHEMA: dict[str, tuple[type, bool, str]] = {
                     "'peak' (default: the cgroup) or 'address_space' (also RLIMIT_AS)"),
     "memory_modes": (list, False, "the modes a job may ask for (default both); a runtime that "
                      "reserves more address space than it uses allows only 'peak'"),
+    "network_allow": (list, False, "[\"host:port\", ...]: outbound TCP its jobs may make "
+                      "(a job's own network.allow replaces it); only where the server's "
+                      "egress_allow permits (docs/profiles.md, \"Network\")"),
 }
 
 
@@ -317,6 +324,10 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
     if memory_mode not in memory_modes:
         raise ProfileError(f"{where('memory_mode')}: must be one of memory_modes "
                            f"({', '.join(memory_modes)}), not {memory_mode!r}")
+    try:
+        network_allow = egress.parse_allow(data.get("network_allow", []), where("network_allow"))
+    except egress.EgressError as e:
+        raise ProfileError(str(e)) from None
     name = data["name"]
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.+-]{0,63}", name):
         raise ProfileError(f"{where('name')}: must be lowercase letters, digits, _ . + -")
@@ -336,6 +347,7 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
         image=data.get("image", ""), out_of_memory=out_of_memory,
         warm_runtime=warm_runtime, warm_judged=data.get("warm_judged", False),
         memory_mode=memory_mode, memory_modes=memory_modes,
+        network_allow=network_allow,
     )
     return _with_image(profile, data, image_store) if profile.image else profile
 

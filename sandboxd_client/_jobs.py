@@ -273,6 +273,7 @@ class JobOptions(TypedDict, total=False):
     generators: Sequence[Program | Mapping[str, Any]] | None
     batches: Sequence[Batch | Mapping[str, Any]] | None
     interactor: Program | Mapping[str, Any] | None
+    network_allow: Sequence[str] | None
     busy_retries: int | None
     workspace: WorkspaceSource | None
     caches: Sequence[str] | None
@@ -313,6 +314,18 @@ def _test(value: Test | Mapping[str, Any], i: int) -> proto.TestCase:
     return value.to_wire(i)
 
 
+def _network(allow: Sequence[str] | None) -> proto.NetworkAccess | None:
+    """``network_allow=["host:port", ...]`` as the wire's ``network`` record (None: the
+    profile's; ``[]``: no network)."""
+    if allow is None:
+        return None
+    if isinstance(allow, str):
+        raise JobRejected(
+            "job rejected: network_allow: must be a list of \"host:port\" strings, not one "
+            "string", hint='write network_allow=["pypi.org:443"]', field="network.allow")
+    return proto.NetworkAccess(allow=tuple(allow))
+
+
 def build_submission(
     job_id: str,
     profile: str,
@@ -331,6 +344,7 @@ def build_submission(
     cpuset_pin: bool | None = None,
     warm_runtime: bool | None = None,
     memory_mode: str | None = None,
+    network_allow: Sequence[str] | None = None,
     stream: bool = False,
     interactive_stdin: bool = False,
     checker: Program | Mapping[str, Any] | None = None,
@@ -366,6 +380,7 @@ def build_submission(
         cpuset_pin=cpuset_pin,
         warm_runtime=warm_runtime,
         memory_mode=memory_mode,
+        network=_network(network_allow),
         compile=compile.to_wire() if compile is not None else None,
         tests=tuple(_test(t, i) for i, t in enumerate(tests)) if tests is not None else None,
         expected_output=_bytes(expected_output, "expected_output")

@@ -51,6 +51,7 @@ __all__ = [
     "JobSubmission",
     "KillRequest",
     "KillResult",
+    "NetworkAccess",
     "OutputChunk",
     "Ping",
     "Pong",
@@ -116,6 +117,17 @@ class CompileStep:
 
     def __post_init__(self) -> None:
         _tuple(self, "argv")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkAccess:
+    """Outbound network a job asks for: TCP to each ``"host:port"`` of ``allow`` (host an
+    IPv4 address or a name), nothing else; only as far as the server permits."""
+
+    allow: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _tuple(self, "allow")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -337,6 +349,7 @@ class JobSubmission:
     """Names of the operator's read-only cache directories, mounted at /cache/<name>."""
     artifacts: tuple[str, ...] | None = None
     """Globs relative to /box: the matching files come back in each step's result."""
+    network: NetworkAccess | None = None
 
     def __post_init__(self) -> None:
         _tuple(self, "argv")

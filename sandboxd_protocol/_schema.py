@@ -42,6 +42,7 @@ from ._events import (
     JobSubmission,
     KillRequest,
     KillResult,
+    NetworkAccess,
     OutputChunk,
     Ping,
     Pong,
@@ -114,6 +115,10 @@ def _limit_kind(spec: LimitSpec) -> Float | Int:
 
 
 JOB_LIMITS = Record(JobLimits, tuple((spec.name, _limit_kind(spec), False) for spec in LIMITS))
+
+# "host:port": an IPv4 address or a DNS name, then 1-65535 (the server checks the rest).
+DESTINATION = Str(260, r"[A-Za-z0-9._-]{1,253}:[0-9]{1,5}", "be host:port")
+NETWORK = Record(NetworkAccess, (("allow", Array(DESTINATION, 32), False),))
 
 COMPILE_STEP = Record(CompileStep, (("argv", ARGV, False), ("limits", JOB_LIMITS, False)))
 
@@ -254,6 +259,7 @@ JOB_SUBMISSION = Record(
         ("workspace", Choice(WORKSPACE_FORMATS), False),
         ("caches", Array(CACHE_NAME, 16), False),
         ("artifacts", Array(Str(1024), 64), False),
+        ("network", NETWORK, False),
     ),
     _check_submission,
     "submit",

@@ -16,6 +16,7 @@ catches anything else, and the module checks the rest once the daemon stops.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -74,6 +75,18 @@ def sandboxd_mounts() -> list[str]:
         return [line.split()[4] for line in f if "sandboxd" in line]
 
 
+def network_objects() -> list[str]:
+    """Host-side network objects of sandboxd: a job's user-mode stack (a slirp4netns
+    started as ``sandboxd-slirp4netns``, sandboxd/egress.py), and named network
+    namespaces and interfaces with "sandboxd" in their names (tests make those)."""
+    found = [f"slirp4netns:{pid}" for pid, cmd in each_process("cmdline")
+             if cmd.startswith("sandboxd-slirp4netns\0")]
+    for kind, directory in (("netns", "/run/netns"), ("link", "/sys/class/net")):
+        with contextlib.suppress(OSError):
+            found += [f"{kind}:{n}" for n in sorted(os.listdir(directory)) if "sandboxd" in n]
+    return found
+
+
 def ipc_objects() -> set[str]:
     """SysV shared memory segments, semaphore sets and message queues of the host's IPC
     namespace, as ``"shm:<id>"`` etc. (a container's live in its own namespace)."""
@@ -124,7 +137,7 @@ def _mine(snap: Snapshot) -> Snapshot:
 
 def snapshot(ipc: bool = False) -> Snapshot:
     snap: Snapshot = {"procs": container_processes(), "cgroups": sandboxd_cgroups(),
-                      "mounts": sandboxd_mounts()}
+                      "mounts": sandboxd_mounts(), "net": network_objects()}
     if MINE:
         snap = _mine(snap)
     if ipc:
@@ -148,6 +161,7 @@ def new_leftovers(before: Snapshot, settle: float = 2.0, view: View | None = Non
             "procs": [p for p in now["procs"] if p not in before["procs"]],  # type: ignore[operator]
             "cgroups": sorted(now["cgroups"] - before["cgroups"]),  # type: ignore[operator]
             "mounts": [m for m in now["mounts"] if m not in before["mounts"]],  # type: ignore[operator]
+            "net": [n for n in now["net"] if n not in before.get("net", [])],  # type: ignore[operator,attr-defined]
         }
         if "ipc" in before:
             left["ipc"] = sorted(now["ipc"] - before["ipc"])  # type: ignore[operator]

@@ -9,9 +9,11 @@ cd "$(dirname "$0")/.."
 # gcc builds the small probes the security tests run inside containers;
 # bubblewrap is the baseline the benchmarks compare against; tests/cluster start their own
 # redis-server (the cluster's queue, docs/cluster.md); chromium and its driver run the
-# playground page's test in a real browser (tests/http/test_playground.py).
+# playground page's test in a real browser (tests/http/test_playground.py);
+# slirp4netns (a job's user-mode network) and nftables (its allow-list, loaded inside the
+# container's namespace) give jobs their egress allow-list (sandboxd/egress.py).
 PKGS=(python3 python3-venv python3-dev gcc libc6-dev libcap-dev libseccomp2 bubblewrap iproute2 procps util-linux
-      redis-server chromium chromium-driver)
+      redis-server chromium chromium-driver slirp4netns nftables)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

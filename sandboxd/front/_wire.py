@@ -67,7 +67,8 @@ def job_spec(sub: proto.JobSubmission, profile: Profile, *,
         generators=[program_spec(g, lookup) for g in sub.generators or ()],
         batches=[BatchSpec(name=b.name, tests=list(b.tests), points=b.points,
                            stop_on_failure=b.stop_on_failure, depends=list(b.depends or ()))
-                 for b in sub.batches] if sub.batches is not None else None)
+                 for b in sub.batches] if sub.batches is not None else None,
+        network_allow=sub.network.allow if sub.network is not None else None)
 
 
 def job_result(id: str, outcome: JobOutcome, max_frame: int) -> proto.JobResult:

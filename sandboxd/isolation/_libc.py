@@ -70,6 +70,14 @@ def unshare(flags: int) -> None:
     _check(_syscall(ctypes.c_long(SYS_unshare), ctypes.c_int(flags)), "unshare")
 
 
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+def setns(fd: int, nstype: int) -> None:
+    """Move the calling *thread* into the namespace ``fd`` refers to."""
+    _check(_libc.setns(fd, nstype), "setns")
+
+
 def pidfd_send_signal(pidfd: int, sig: int) -> None:
     ret = _syscall(ctypes.c_long(SYS_pidfd_send_signal), ctypes.c_int(pidfd), ctypes.c_int(sig),
                    ctypes.c_void_p(0), ctypes.c_uint(0))

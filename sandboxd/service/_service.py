@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import trio
 
+from sandboxd import egress as egress_mod
 from sandboxd import jobs
 from sandboxd.jobs import JobError, JobOutcome, JobSpec, StepOutcome, default_spec
 from sandboxd.log import event
@@ -99,11 +100,13 @@ class JobService:
                  queue_length: int, versions: dict[str, str] | None = None,
                  cpus: list[int] | None = None, caches: dict[str, str] | None = None,
                  workspace_max_files: int = 100_000, artifacts_max_files: int = 1000,
-                 artifacts_max_bytes: int = 16 << 20) -> None:
+                 artifacts_max_bytes: int = 16 << 20,
+                 egress: egress_mod.Policy | None = None) -> None:
         self.profiles = profiles
         # The operator's read-only cache directories (config [caches]): name -> host path.
         self.caches = dict(caches or {})
         self.ci_caps = (workspace_max_files, artifacts_max_files, artifacts_max_bytes)
+        self.egress = egress or egress_mod.Policy()  # the operator's cap on jobs' network
         self.versions = versions or {}  # probed before trio by the daemon: no subprocess here
         self.pool = pool
         self.sched = Scheduler(pool, concurrency, queue_length, cpus)
@@ -184,6 +187,11 @@ class JobService:
                 validate_judged(spec)
             except JobError as e:
                 raise ServiceError("invalid_job", str(e)) from None
+        try:
+            egress_mod.permit(spec.network(), self.egress.allow)
+        except egress_mod.EgressError as e:
+            raise ServiceError("invalid_job", str(e)) from None
+        spec.egress_hosts = self.egress.hosts
         ref = f"{owner}/{id}"
         if ref in sched.jobs:
             raise ServiceError("duplicate_job", f"job {id!r} is already in flight")

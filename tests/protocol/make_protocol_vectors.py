@@ -47,6 +47,7 @@ from sandboxd_protocol import (
     JobSubmission,
     KillRequest,
     KillResult,
+    NetworkAccess,
     OutputChunk,
     Ping,
     Pong,
@@ -608,6 +609,16 @@ def build() -> list[Conversation]:
             verdict="ok", exit_code=0, wall_time=12.5,
             artifacts={"reports/junit.xml": b"<testsuites/>"}, artifacts_truncated=False),)),
     )
+
+    new(
+        "network-allow",
+        "A job allowed outbound TCP to one name and one address (docs/profiles.md, "
+        "'Network'); accepted, one result.",
+    ).handshake().send(
+        CLIENT,
+        JobSubmission(id="ci-1", profile="python3", files={"main.py": b"import urllib\n"},
+                      network=NetworkAccess(allow=("pypi.org:443", "10.0.0.5:3128"))),
+    ).send(SERVER, JobAcceptance(id="ci-1")).send(SERVER, JobResult(id="ci-1", steps=(OK,)))
     return out
 
 

@@ -112,6 +112,14 @@ JOB = {
                                       "the test's stdin and expected_output are its files "
                                       "input.txt and answer.txt; its exit code (testlib's) "
                                       "decides"},
+        "network": {"type": ["object", "null"], "default": None,
+                    "properties": {"allow": {"type": "array", "maxItems": 32,
+                                             "items": {"type": "string",
+                                                       "pattern": "^[A-Za-z0-9._-]+:[0-9]+$"}}},
+                    "additionalProperties": False,
+                    "description": "outbound TCP to these host:port only (and DNS for the "
+                                   "names); [] = none; null = the profile's. Refused unless "
+                                   "the server's egress_allow permits it"},
     },
 }
 

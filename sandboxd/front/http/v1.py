@@ -71,7 +71,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 JOB_FIELDS = ("profile", "files", "stdin", "argv", "env", "limits", "compile", "tests",
               "expected_output", "compare", "float_tolerance", "stop_on_failure", "cpuset_pin",
               "warm_runtime", "memory_mode", "checker", "generators", "batches", "interactor",
-              "workspace", "caches", "artifacts")
+              "workspace", "caches", "artifacts", "network")
 PROGRAM_FIELDS = ("profile", "files", "argv", "limits")
 BATCH_FIELDS = ("name", "tests", "points", "stop_on_failure", "depends")
 _BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -284,6 +284,7 @@ def job_spec(service: JobService, body: Any, workspaces: Workspaces | None = Non
                          body.get("stop_on_failure", False)),
         interactor=(_program(service, body["interactor"], "interactor")
                     if body.get("interactor") is not None else None),
+        network_allow=_network(body.get("network")),
         **streams)
 
 
@@ -372,6 +373,20 @@ def _names(value: Any, where: str, most: int, cap: int) -> list[str]:
     if not isinstance(value, list) or len(value) > most:
         raise _invalid(where, f"must be an array of at most {most} strings")
     return [_string(v, f"{where}[{i}]", cap) for i, v in enumerate(value)]
+
+
+def _network(value: Any) -> tuple[str, ...] | None:
+    """``{"allow": ["host:port", ...]}`` (the msgpack ``network`` record); None: the
+    profile's. The service checks the entries themselves (sandboxd/egress.py)."""
+    if value is None:
+        return None
+    net = _object(value, "network", ("allow",))
+    allow = net.get("allow", [])
+    if not isinstance(allow, list) or len(allow) > 32 or not all(
+            isinstance(a, str) and len(a) <= 260 for a in allow):
+        raise _invalid("network.allow", "must be an array of at most 32 \"host:port\" "
+                       "strings")
+    return tuple(allow)
 
 
 def _test(value: Any, where: str) -> TestSpec:
