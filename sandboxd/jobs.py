@@ -12,6 +12,10 @@ test is reported ``cancelled`` whether it had finished or not, so the
 result never depends on timing. Every verdict is decided in ``sandboxd.result``; the summary of
 repeated runs is a pure function (``summarize``), unit-tested without a kernel.
 
+A job with a checker, generators or batches (``JobSpec.judged_by_programs``)
+is run by the service's judge loop (sandboxd/service/_judge.py) from the
+pieces here: ``compile_job`` and ``run_test``.
+
 This module knows nothing of sockets or the wire protocol's messages; it
 takes limits in the protocol's typed ``JobLimits``, built from the table of
 limits, so that they reach ``Limits.merged`` with no dict in between.
