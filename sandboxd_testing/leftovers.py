@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -132,6 +133,10 @@ def _mine(snap: Snapshot) -> Snapshot:
     snap["procs"] = [p for p in snap["procs"] if p[0] in mine]  # type: ignore[union-attr]
     snap["cgroups"] = {c for c in snap["cgroups"]  # type: ignore[union-attr]
                        if any(c.startswith(r) for r in roots)}
+    # Network objects carry the pid of the process that made them (its name or its own).
+    ours = {str(p) for p in mine | {os.getpid()}}
+    snap["net"] = [n for n in snap["net"]  # type: ignore[union-attr]
+                   if ours & set(re.findall(r"\d+", n))]
     return snap
 
 
