@@ -87,13 +87,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                                  for p in g.get("/v1/profiles").json()["profiles"]),
                      "the node's profiles at the gateway")
             yield {"gw": g, "local": local, "gateway": gw, "node": node, "redis": redis}
-    finally:
-        if gw.proc is not None:
-            code = gw.stop()
-            assert code == 0, gw.log.read_text()[-3000:]
-        if node.proc is not None and node.proc.poll() is None:
-            assert node.stop() == 0
-        redis.stop()
+    finally:  # everything stopped first, then the exit codes checked
+        codes = {}
+        try:
+            if gw.proc is not None:
+                codes["gateway"] = gw.stop()
+            if node.proc is not None and node.proc.poll() is None:
+                codes["node"] = node.stop()
+        finally:
+            redis.stop()
+        assert set(codes.values()) <= {0}, (codes, gw.log.read_text()[-3000:])
 
 
 def wait_for(cond: Any, what: str, timeout: float = 30.0) -> None:
