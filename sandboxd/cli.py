@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(config_path=args.config, socket_path=args.socket, http=args.http,
                           redis=args.redis)
     if args.command == "gateway":
-        from sandboxd.front.gateway import main as gateway_main
+        from sandboxd.gateway import main as gateway_main
 
         return gateway_main(config_path=args.config, http=args.http, redis=args.redis)
     return _fail(f"unknown command {args.command!r}")

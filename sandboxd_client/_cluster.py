@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 import socket
 import threading
 import time
@@ -346,8 +345,6 @@ class RedisBridge:
     # -- what the nodes announce ------------------------------------------
 
     async def _nodes(self) -> list[dict[str, Any]]:
-        import msgpack  # type: ignore[import-untyped]
-
         names = sorted(n.decode() for n in await self.r.smembers(cluster.NODES))
         if not names:
             return []
@@ -358,8 +355,9 @@ class RedisBridge:
                 with contextlib.suppress(Exception):
                     await self.r.srem(cluster.NODES, [name])  # gone: its record expired
                 continue
-            with contextlib.suppress(Exception):
-                out.append(msgpack.unpackb(rec, raw=False))
+            node = cluster.node_record(rec)
+            if node is not None:
+                out.append(node)
         return out
 
     async def _server_name(self) -> str:
@@ -377,10 +375,9 @@ class RedisBridge:
         return ()
 
     async def _kill(self, ref: str) -> bool:
-        """``ps`` lists a cluster job as ``<node>/cluster/<id>``: its cancel key stops it."""
-        _node, _, rest = ref.partition("/")
-        owner, _, cid = rest.partition("/")
-        if owner != "cluster" or not cid:
+        """``ps`` lists a cluster job as ``<node>/cluster/<id>``: its cancel stops it."""
+        cid = cluster.kill_target(ref)
+        if cid is None:
             return False
         listed = any(j.id == ref for n in await self._nodes()
                      for j in _unpack(n.get("jobs"), proto.JobList, _NO_JOBS).jobs)
@@ -391,49 +388,18 @@ class RedisBridge:
     async def _stats(self) -> proto.ServerStats:
         """Every live node's counters added up, with the queue's length and oldest job."""
         nodes = await self._nodes()
-        stats = [s for n in nodes if (s := _unpack(n.get("stats"), proto.ServerStats, None))]
-        counters: Counter[str] = Counter()
-        pools: dict[str, list[int]] = {}
-        for s in stats:
-            for k, v in s.counters.items():
-                counters[k] += v
-            for p in s.pools:
-                w = pools.setdefault(p.profile, [0, 0])
-                w[0] += p.warm
-                w[1] += p.target
-        queue = await self.r.xlen(cluster.JOBS)
-        oldest = await self.r.xrange(cluster.JOBS, start="-", end="+", count=1)
-        age = 0.0
-        if oldest:
-            ms = int(oldest[0].identifier.split(b"-")[0])
-            age = max(0.0, time.time() - ms / 1000)
+        async with self.r.pipeline(transaction=False) as p:
+            queue_q = p.xlen(cluster.JOBS)
+            oldest_q = p.xrange(cluster.JOBS, start="-", end="+", count=1)
+        queue, oldest = await queue_q, await oldest_q
         now = time.time()
-        counters.update(cluster_nodes=len(nodes), cluster_queue_length=queue)
-        extra: dict[str, int | float] = {"cluster_oldest_job_age_s": round(age, 3)}
-        for n in nodes:
-            name = re.sub(r"[^A-Za-z0-9_]", "_", str(n.get("node", "?")))[:36]
-            extra[f"node.{name}.capacity"] = int(n.get("capacity", 0))
-            extra[f"node.{name}.running"] = int(n.get("running", 0))
-            extra[f"node.{name}.done"] = int(n.get("done", 0))
-            extra[f"node.{name}.last_seen_s"] = round(now - float(n.get("last_seen", now)), 3)
-        return proto.ServerStats(
-            uptime=max((s.uptime for s in stats), default=0.0), connections=0,
-            jobs_queued=sum(s.jobs_queued for s in stats),
-            jobs_running=sum(s.jobs_running for s in stats),
-            jobs_completed=sum(s.jobs_completed for s in stats),
-            pools=tuple(proto.PoolStats(profile=k, warm=v[0], target=v[1])
-                        for k, v in sorted(pools.items())),
-            counters={**dict(counters), **extra})
+        age = max(0.0, now - int(oldest[0].identifier.split(b"-")[0]) / 1000) if oldest else 0.0
+        return cluster.cluster_stats(nodes, queue, age, now)
 
 
 _NO_JOBS = proto.JobList(jobs=())
 
 
 def _unpack(data: Any, kind: type, default: Any) -> Any:
-    if not isinstance(data, bytes):
-        return default
-    try:
-        ev = cluster.unpack(data)
-    except proto.RemoteProtocolError:
-        return default
-    return ev if isinstance(ev, kind) else default
+    ev = cluster.node_part({"x": data}, "x", kind)
+    return default if ev is None else ev

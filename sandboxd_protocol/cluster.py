@@ -17,11 +17,13 @@ same checks as one from its socket.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
 from ._errors import ErrorCode, Invalid, LocalProtocolError, RemoteProtocolError
+from ._events import PoolStats, ServerStats
 from ._framing import unpack_body
 from ._limits import DEFAULT_SIZE_LIMITS, SizeLimits
 from ._schema import check_job_id, decode_message, encode_message
@@ -35,7 +37,11 @@ __all__ = [
     "NODES",
     "SUBMIT_SCRIPT",
     "cancel_key",
+    "cluster_stats",
+    "kill_target",
     "node_key",
+    "node_part",
+    "node_record",
     "pack",
     "reply_key",
     "result_key",
@@ -162,3 +168,69 @@ def unpack(data: bytes, limits: SizeLimits = DEFAULT_SIZE_LIMITS) -> Any:
     except Invalid as exc:
         job_id = check_job_id(msg.get("id")) if type(msg) is dict else None
         raise RemoteProtocolError(str(exc), code=exc.code, job_id=job_id) from None
+
+
+# -- what submitters make of the nodes' announcements (no I/O: the client's bridge and
+# the gateway read the records, these read them alike) ------------------------------
+
+
+def node_record(data: bytes | None) -> dict[str, Any] | None:
+    """A node's announcement (``node_key``) as a map; ``None`` if gone or unreadable."""
+    if data is None:
+        return None
+    try:
+        rec = msgpack.unpackb(data, raw=False)
+    except Exception:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def node_part(node: dict[str, Any], key: str, kind: type) -> Any:
+    """The announcement's ``welcome``, ``stats`` or ``jobs`` as that message, or ``None``."""
+    data = node.get(key)
+    if not isinstance(data, bytes):
+        return None
+    try:
+        ev = unpack(data)
+    except RemoteProtocolError:
+        return None
+    return ev if isinstance(ev, kind) else None
+
+
+def kill_target(ref: str) -> str | None:
+    """The job id of a cluster job's ``ps`` reference (``<node>/cluster/<id>``), else None."""
+    _node, _, rest = ref.partition("/")
+    owner, _, job_id = rest.partition("/")
+    return job_id if owner == "cluster" and job_id else None
+
+
+def cluster_stats(nodes: list[dict[str, Any]], queue_length: int, oldest_age: float,
+                  now: float) -> ServerStats:
+    """Every live node's counters added up, with the queue's length and oldest job's age
+    and, per node, ``node.<id>.capacity``, ``running``, ``done`` and ``last_seen_s``."""
+    stats = [s for n in nodes if (s := node_part(n, "stats", ServerStats)) is not None]
+    counters: Counter[str] = Counter()
+    pools: dict[str, list[int]] = {}
+    for s in stats:
+        for k, v in s.counters.items():
+            counters[k] += v
+        for p in s.pools:
+            w = pools.setdefault(p.profile, [0, 0])
+            w[0] += p.warm
+            w[1] += p.target
+    counters.update(cluster_nodes=len(nodes), cluster_queue_length=queue_length)
+    extra: dict[str, int | float] = {"cluster_oldest_job_age_s": round(oldest_age, 3)}
+    for n in nodes:
+        name = re.sub(r"[^A-Za-z0-9_]", "_", str(n.get("node", "?")))[:36]
+        extra[f"node.{name}.capacity"] = int(n.get("capacity", 0))
+        extra[f"node.{name}.running"] = int(n.get("running", 0))
+        extra[f"node.{name}.done"] = int(n.get("done", 0))
+        extra[f"node.{name}.last_seen_s"] = round(now - float(n.get("last_seen", now)), 3)
+    return ServerStats(
+        uptime=max((s.uptime for s in stats), default=0.0), connections=0,
+        jobs_queued=sum(s.jobs_queued for s in stats),
+        jobs_running=sum(s.jobs_running for s in stats),
+        jobs_completed=sum(s.jobs_completed for s in stats),
+        pools=tuple(PoolStats(profile=k, warm=v[0], target=v[1])
+                    for k, v in sorted(pools.items())),
+        counters={**dict(counters), **extra})

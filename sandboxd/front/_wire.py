@@ -175,7 +175,7 @@ def profile_infos(profiles: Iterable[Profile],
         for p in profiles)
 
 
-# -- the other way: what a gateway forwards to a cluster (sandboxd/front/gateway.py) ------
+# -- the other way: what a gateway forwards to a cluster (sandboxd/front/_cluster_service.py) ------
 
 
 def job_submission(id: str, spec: JobSpec, *, stream: bool) -> proto.JobSubmission:

@@ -1,15 +1,16 @@
-"""``sandboxd gateway``: the HTTP front door with no local execution, over a cluster.
+"""A job service that runs nothing: every job goes to a cluster (``sandboxd gateway``).
 
 Strategy: the HTTP front door (``sandboxd.front.http``: /v1, Judge0, Piston)
-calls a job service; here it gets ``ClusterService``, an object with the
-service's shape (``submit``, ``execute``, ``release``, ``profiles``, ``ps``,
-``kill``, ``statistics``...) that runs nothing: ``execute`` puts the job on
-the cluster's queue and waits for its answer, exactly as a ``redis://``
-client does. It reuses that client's Redis side (``RedisBridge``: the queue
-script, the reply stream, cancels, the nodes' announcements) with its answers
-routed to the waiting jobs instead of a socket. So N gateways and M nodes
-scale apart, and a job through a gateway is the job a local daemon would run
-(the same JobSpec, mapped back to the same wire record, ``_wire``).
+calls a job service; ``sandboxd gateway`` (``sandboxd/gateway.py``) gives it
+``ClusterService``, an object with the service's shape (``submit``,
+``execute``, ``release``, ``profiles``, ``ps``, ``kill``, ``statistics``...)
+that runs nothing: ``execute`` puts the job on the cluster's queue and waits
+for its answer, as a ``redis://`` client does, with the same keys, scripts
+and records (``sandboxd_protocol.cluster``; the daemon's package never
+imports the client library, so the few Redis calls are made here again). So
+N gateways and M nodes scale apart, and a job through a gateway is the job a
+local daemon would run (the same JobSpec, mapped back to the same wire
+record, ``_wire``). Not a front door itself: it imports none.
 
 What a gateway knows of the cluster comes from the nodes' announcements,
 read every second: which profiles some node can run (and their versions),
@@ -24,34 +25,40 @@ import contextlib
 import dataclasses
 import logging
 import math
-import signal
-import sys
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import coredis
 import trio
-from coredis.exceptions import RedisError
 
 import sandboxd_protocol as proto
-from sandboxd import __version__, jobs
-from sandboxd.config import Config, ConfigError, load
+from sandboxd import jobs
+from sandboxd.config import Config
 from sandboxd.jobs import JobError, JobOutcome, JobSpec, StepOutcome
-from sandboxd.log import event, setup_logging
-from sandboxd.profiles import Profile, ProfileError, load_dir
+from sandboxd.log import event
+from sandboxd.profiles import Profile
 from sandboxd.result import Result
-from sandboxd.service import Job, JobService, ServiceError
+from sandboxd.service import Job, ServiceError
 from sandboxd.service._metrics import JobMetrics
 from sandboxd.service._service import JobInfo, PoolInfo, Statistics
-from sandboxd_client._cluster import DEFAULT_MAX_QUEUE, RedisBridge, redacted
 from sandboxd_protocol import cluster
 
 from ._wire import job_outcome, job_submission
 
 _REFRESH = 1.0  # seconds between reads of the nodes' announcements
+_TTL = 24 * 3600  # of a cancel key and a stdin stream
+DEFAULT_MAX_QUEUE = 10_000  # jobs waiting or running in the cluster: past it, busy
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for the log and messages."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest
 
 
 @dataclass
@@ -62,18 +69,147 @@ class _Capacity:
     concurrency: int = 0
 
 
-class _Bridge(RedisBridge):
-    """The client's Redis side, its answers handed to the waiting jobs (``waiters``)."""
+class _Link:
+    """This gateway's Redis side: queue, reply stream, cancels, stdin, the nodes.
+
+    Each job waits on a channel of its own (``waiters``, by its wire id): one
+    task reads the reply stream and hands each entry to its job.
+    """
 
     def __init__(self, url: str, max_queue: int) -> None:
-        super().__init__(url, max_queue=max_queue)
+        self.url = url
+        self.max_queue = max_queue
+        self.submitter = uuid.uuid4().hex
+        self.reply = cluster.reply_key(self.submitter)
         self.waiters: dict[str, trio.MemorySendChannel[Any]] = {}
+        self.streaming: dict[str, bool] = {}
+        self._attempt: dict[str, int] = {}
+        self.r: Any = None
+        self._submit_script: Any = None
 
-    async def _send(self, ev: Any) -> None:
-        out = self.waiters.get(getattr(ev, "id", ""))
+    def _hand(self, job_id: str, ev: Any) -> None:
+        out = self.waiters.get(job_id)
         if out is not None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 out.send_nowait(ev)  # unbounded: the reader never waits on one job
+
+    async def submit(self, sub: proto.JobSubmission) -> proto.ErrorReport | None:
+        """Queue ``sub`` (its id is the wire id); a refusal as an error report."""
+        try:
+            queued, n = await self._submit_script(
+                keys=[cluster.JOBS],
+                args=[self.max_queue, cluster.pack(sub), self.submitter])
+        except Exception as e:
+            return proto.ErrorReport(code="internal_error", id=sub.id, message=(
+                f"cannot queue the job in Redis at {redacted(self.url)}: {e}"))
+        if not queued:
+            return proto.ErrorReport(code="server_busy", id=sub.id, message=(
+                f"the cluster's queue holds {n} jobs (max_queue={self.max_queue})"))
+        return None
+
+    async def read_replies(self) -> None:
+        """Read the reply stream for ever (Redis may come and go), trimming now and then."""
+        last: bytes | str = "0-0"
+        unread = 0
+        delay = 0.05
+        while True:
+            try:
+                got = await self.r.xread(streams={self.reply: last}, count=256, block=10_000)
+                delay = 0.05
+            except Exception:
+                await trio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            entries = (got or {}).get(self.reply.encode(), ())
+            for entry in entries:
+                last = entry.identifier
+                await self._reply(entry.field_values)
+            unread += len(entries)
+            if unread >= 64:
+                with contextlib.suppress(Exception):
+                    await self.r.xtrim(self.reply, coredis.PureToken.MINID, last)
+                    unread = 0
+
+    async def _reply(self, fields: Any) -> None:
+        job_id = (fields.get(b"job") or b"").decode("ascii", "replace")
+        if job_id not in self.waiters:
+            return  # ended already (a rerun's output), or not ours
+        if b"done" in fields:
+            data = fields.get(b"answer")
+            for _ in range(0 if data is not None else 50):  # a big answer: only stored
+                try:
+                    data = await self.r.get(cluster.result_key(job_id))
+                    break
+                except Exception:
+                    await trio.sleep(0.1)
+            try:
+                answer = cluster.unpack(data) if data is not None else None
+            except proto.RemoteProtocolError as e:
+                answer = proto.ErrorReport(code="internal_error", id=job_id,
+                                           message=f"a node stored an unreadable answer: {e}")
+            if not isinstance(answer, (proto.JobResult, proto.ErrorReport)):
+                answer = proto.ErrorReport(code="internal_error", id=job_id,
+                                           message="the job's answer is gone from Redis")
+            self._attempt.pop(job_id, None)
+            self._hand(job_id, answer)
+        elif self.streaming.get(job_id) and b"chunk" in fields:
+            attempt = int(fields.get(b"attempt") or 1)
+            if attempt < self._attempt.get(job_id, 0):
+                return  # a node that was given up on, still writing
+            self._attempt[job_id] = attempt
+            with contextlib.suppress(proto.RemoteProtocolError):
+                chunk = cluster.unpack(fields[b"chunk"])
+                if isinstance(chunk, proto.OutputChunk):
+                    self._hand(job_id, chunk)
+
+    async def cancel(self, job_ids: list[str]) -> None:
+        """The cancel key and a notice on the cancel stream (the client's way)."""
+        async with self.r.pipeline(transaction=False) as p:
+            for job_id in job_ids:
+                p.set(cluster.cancel_key(job_id), b"1", ex=_TTL)
+                p.xadd(cluster.CANCELS, {"job": job_id},
+                       trim_strategy=coredis.PureToken.MAXLEN,
+                       threshold=cluster.CANCELS_MAXLEN,
+                       trim_operator=coredis.PureToken.APPROXIMATELY)
+
+    async def stdin(self, job_id: str, data: bytes | None) -> None:
+        key = cluster.stdin_key(job_id)
+        async with self.r.pipeline(transaction=False) as p:
+            p.xadd(key, {"data": data} if data is not None else {"eof": "1"})
+            p.expire(key, _TTL)
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        names = sorted(n.decode() for n in await self.r.smembers(cluster.NODES))
+        if not names:
+            return []
+        records = await self.r.mget([cluster.node_key(n) for n in names])
+        out = []
+        for name, rec in zip(names, records, strict=True):
+            node = cluster.node_record(rec)
+            if node is None:
+                with contextlib.suppress(Exception):
+                    await self.r.srem(cluster.NODES, [name])  # gone: its record expired
+                continue
+            out.append(node)
+        return out
+
+    async def stats(self, nodes: list[dict[str, Any]]) -> proto.ServerStats:
+        async with self.r.pipeline(transaction=False) as p:
+            queue_q = p.xlen(cluster.JOBS)
+            oldest_q = p.xrange(cluster.JOBS, start="-", end="+", count=1)
+        queue, oldest = await queue_q, await oldest_q
+        now = time.time()
+        age = max(0.0, now - int(oldest[0].identifier.split(b"-")[0]) / 1000) if oldest else 0.0
+        return cluster.cluster_stats(nodes, queue, age, now)
+
+    async def abandon(self) -> None:
+        """Stopping: our unanswered jobs are cancelled (as a daemon's would be), our reply
+        stream deleted."""
+        if self.waiters:
+            with contextlib.suppress(Exception):
+                await self.cancel(list(self.waiters))
+        with contextlib.suppress(Exception):
+            await self.r.delete([self.reply])
 
 
 class ClusterService:
@@ -88,7 +224,7 @@ class ClusterService:
         self.started = time.monotonic()
         self.metrics = JobMetrics()
         self.sched = _Capacity(queue_length=DEFAULT_MAX_QUEUE)
-        self.bridge = _Bridge(cfg.redis, self.sched.queue_length)
+        self.link = _Link(cfg.redis, self.sched.queue_length)
         self.jobs: dict[str, Job] = {}  # this gateway's jobs in flight, by ref
         self.completed = 0
         self.verdicts: Counter[str] = Counter()
@@ -107,15 +243,15 @@ class ClusterService:
         Raises ``OSError``/``RedisError`` if Redis does not answer at the start
         (the gateway then exits with that error); later outages are retried.
         """
-        b = self.bridge
+        link = self.link
         async with coredis.Redis.from_url(self.cfg.redis, stream_timeout=None) as r:
-            b.r = r
-            b._submit_script = r.register_script(cluster.SUBMIT_SCRIPT)
+            link.r = r
+            link._submit_script = r.register_script(cluster.SUBMIT_SCRIPT)
             await r.ping()
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(b._read_replies)
+                    nursery.start_soon(link.read_replies)
                     await self._refresh()
                     nursery.start_soon(self._watch)
                     event("gateway_cluster", redis=redacted(self.cfg.redis),
@@ -123,7 +259,7 @@ class ClusterService:
                     task_status.started()
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    await b._abandon()  # our unfinished jobs are cancelled, as a daemon's
+                    await link.abandon()
 
     async def _watch(self) -> None:
         while True:
@@ -136,25 +272,25 @@ class ClusterService:
 
     async def _refresh(self) -> None:
         """The nodes' announcements: profiles, versions, jobs, stats."""
-        nodes = await self.bridge._nodes()
-        self._stats = await self.bridge._stats()
+        nodes = await self.link.nodes()
+        self._stats = await self.link.stats(nodes)
         infos: dict[str, proto.ProfileInfo] = {}
         jobs_: list[proto.JobInfo] = []
         capacity = 0
         for n in nodes:
             capacity += int(n.get("capacity", 0))
-            welcome = _unpack(n.get("welcome"), proto.Welcome)
+            welcome = cluster.node_part(n, "welcome", proto.Welcome)
             for p in welcome.profiles if welcome is not None else ():
                 if p.name not in infos or (p.available is not False
                                            and infos[p.name].available is False):
                     infos[p.name] = p  # available on some node wins
-            listed = _unpack(n.get("jobs"), proto.JobList)
+            listed = cluster.node_part(n, "jobs", proto.JobList)
             jobs_.extend(listed.jobs if listed is not None else ())
         self._node_jobs = jobs_
         running = {j.id.rsplit("/", 1)[-1] for j in jobs_ if j.state == "running"}
         for ref, wire_id in self._wire.items():  # ours that a node runs now
             job = self.jobs.get(ref)
-            if job is not None and self.bridge.ids.get(wire_id) in running:
+            if job is not None and wire_id in running:
                 job.state = "running"
         self.sched.concurrency = capacity
         if infos:  # no node yet: every profile stays on offer, its jobs wait in the queue
@@ -207,40 +343,25 @@ class ClusterService:
         spec = job.spec
         wire_id = uuid.uuid4().hex
         send, receive = trio.open_memory_channel[Any](math.inf)
-        b = self.bridge
-        b.waiters[wire_id] = send
-        answer: Any = None
+        link = self.link
+        link.waiters[wire_id] = send
+        link.streaming[wire_id] = bool(spec.on_output or spec.on_compile_output)
+        answer: Any = None  # a refusal, the answer, or None: cancelled (maybe queued)
         self._wire[job.ref] = wire_id
         try:
             with job.scope:
-                await b._submit(job_submission(
-                    wire_id, spec, stream=bool(spec.on_output or spec.on_compile_output)))
-                async with trio.open_nursery() as pump:
-                    if spec.stdin_stream is not None:
-                        pump.start_soon(self._pump_stdin, spec.stdin_stream, wire_id)
-                    async for ev in receive:
-                        if isinstance(ev, proto.JobAcceptance):
-                            continue
-                        if isinstance(ev, proto.OutputChunk):
-                            job.state = "running"
-                            if ev.compile and spec.on_compile_output is not None:
-                                await spec.on_compile_output(ev.stream, ev.data)
-                            elif not ev.compile and spec.on_output is not None:
-                                await spec.on_output(ev.step, ev.stream, ev.data)
-                        else:
-                            answer = ev
-                            break
-                    pump.cancel_scope.cancel()
+                answer = await link.submit(job_submission(
+                    wire_id, spec, stream=link.streaming[wire_id]))
+                if answer is None:  # queued
+                    answer = await self._follow(job, wire_id, receive)
         finally:
-            b.waiters.pop(wire_id, None)
+            link.waiters.pop(wire_id, None)
+            link.streaming.pop(wire_id, None)
             self._wire.pop(job.ref, None)
-            cid = b.ids.get(wire_id)
-            if answer is None and cid is not None:  # cancelled: in the cluster too
-                b.jobs.pop(cid, None)
-                b.ids.pop(wire_id, None)
+            if answer is None:  # cancelled: in the cluster too (harmless if never queued)
                 with trio.CancelScope(shield=True), trio.move_on_after(2), \
                         contextlib.suppress(Exception):
-                    await b._cancel([cid])
+                    await link.cancel([wire_id])
         if isinstance(answer, proto.ErrorReport):
             raise ServiceError(answer.code, answer.message)
         if isinstance(answer, proto.JobResult):
@@ -251,14 +372,30 @@ class ClusterService:
         self._account(job, outcome)
         return outcome
 
+    async def _follow(self, job: Job, wire_id: str, receive: Any) -> Any:
+        """The queued job's output to its callbacks (its stdin from its stream to the
+        cluster meanwhile), until its answer, which is returned."""
+        spec = job.spec
+        async with trio.open_nursery() as pump:
+            if spec.stdin_stream is not None:
+                pump.start_soon(self._pump_stdin, spec.stdin_stream, wire_id)
+            async for ev in receive:
+                if isinstance(ev, proto.OutputChunk):
+                    job.state = "running"
+                    if ev.compile and spec.on_compile_output is not None:
+                        await spec.on_compile_output(ev.stream, ev.data)
+                    elif not ev.compile and spec.on_output is not None:
+                        await spec.on_output(ev.step, ev.stream, ev.data)
+                else:
+                    pump.cancel_scope.cancel()
+                    return ev
+        return None
+
     async def _pump_stdin(self, stdin: Any, wire_id: str) -> None:
         """An interactive job's stdin, as its client sends it, onto its stdin stream."""
-        cid = self.bridge.ids.get(wire_id)
-        if cid is None:
-            return  # refused, or answered already
         async for data in stdin:
-            await self.bridge._stdin(cid, data)
-        await self.bridge._stdin(cid, None)
+            await self.link.stdin(wire_id, data)
+        await self.link.stdin(wire_id, None)
 
     def release(self, job: Job) -> None:
         self.jobs.pop(job.ref, None)
@@ -283,12 +420,11 @@ class ClusterService:
 
     def kill(self, ref: str) -> bool:
         """Cancel the cluster job ``ref`` (from ``ps``) wherever it runs."""
-        _node, _, rest = ref.partition("/")
-        owner, _, cid = rest.partition("/")
-        if owner != "cluster" or not cid or not any(j.id == ref for j in self._node_jobs):
+        job_id = cluster.kill_target(ref)
+        if job_id is None or not any(j.id == ref for j in self._node_jobs):
             return False
         assert self._nursery is not None  # one of ours: its node answers it `cancelled`
-        self._nursery.start_soon(self.bridge._cancel, [cid])
+        self._nursery.start_soon(self.link.cancel, [job_id])
         return True
 
     @property
@@ -316,86 +452,3 @@ class ClusterService:
         with trio.move_on_after(grace):
             while self.jobs:
                 await trio.sleep(0.02)
-
-
-def _unpack(data: Any, kind: type) -> Any:
-    if not isinstance(data, bytes):
-        return None
-    try:
-        ev = cluster.unpack(data)
-    except proto.RemoteProtocolError:
-        return None
-    return ev if isinstance(ev, kind) else None
-
-
-# -- the command ----------------------------------------------------------
-
-
-async def serve(cfg: Config, profiles: dict[str, Profile], *,
-                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve HTTP over the cluster until SIGTERM (drain, then stop) or cancellation."""
-    from sandboxd.front.http import HttpFront, bind_http
-
-    service = ClusterService(cfg, profiles)
-    sock = bind_http(cfg.http, cfg.http_send_timeout)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
-        # Built once the nodes' announcements are read: Piston's API fixes its runtime
-        # list (versions from the nodes) when it is built.
-        front = HttpFront(cfg, cast(JobService, service))
-        if not service.versions:
-            event("gateway_no_nodes", logging.WARNING,
-                  note="no node has announced itself yet: jobs wait in the queue; Piston's "
-                       "runtimes list no versions until the gateway restarts")
-        async with trio.open_nursery() as connections:
-            address = await connections.start(front.serve, sock)
-            event("ready", role="gateway", http=address, redis=redacted(cfg.redis),
-                  version=__version__)
-            task_status.started()
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    event("draining", signal=signal.Signals(signum).name,
-                          running=service.in_flight, grace=cfg.grace_period)
-                    front.stop()
-                    await service.drain(cfg.grace_period)
-                    with trio.move_on_after(2.0):
-                        await front.stopped.wait()
-                    break
-            connections.cancel_scope.cancel()
-        nursery.cancel_scope.cancel()
-    event("stopped")
-
-
-def main(config_path: str | None = None, http: str | None = None,
-         redis: str | None = None) -> int:
-    try:
-        cfg = load(config_path, http=http, redis=redis)
-    except ConfigError as e:
-        sys.stderr.write(f"sandboxd gateway: {e}\n")
-        return 2
-    if not cfg.redis or not cfg.http:
-        sys.stderr.write("sandboxd gateway: needs --redis URL and --http HOST:PORT (or "
-                         "`redis` and `http` in the configuration)\n")
-        return 2
-    setup_logging(cfg.log_level)
-    try:
-        profiles = load_dir(cfg.profiles_dir or None)
-    except ProfileError as e:
-        sys.stderr.write(f"sandboxd gateway: {e}\n")
-        return 2
-    try:
-        trio.run(serve, cfg, profiles)
-    except (OSError, RedisError, BaseExceptionGroup) as e:
-        leaf = _leaf(e)
-        if not isinstance(leaf, (OSError, RedisError)):
-            raise
-        sys.stderr.write(f"sandboxd gateway: cannot reach Redis at {redacted(cfg.redis)}: "
-                         f"{leaf}\n")
-        return 1
-    return 0
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
