@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import trio
 
 from sandboxd import channel, egress
-from sandboxd.cgroups import CgroupLimits, CgroupStats, JobCgroup, MemoryInUse
+from sandboxd.cgroups import CgroupError, CgroupLimits, CgroupStats, JobCgroup, MemoryInUse
 from sandboxd.isolation import _libc, rlimits
 from sandboxd.limits import Limits
 from sandboxd.result import Measured, Result, SandboxError, decide
@@ -239,7 +239,7 @@ class Container:
             # failed allocation it reports as a fault. That is the job's memory_limit.
             with trio.CancelScope(shield=True):
                 await self.kill_rest()
-            if not self._out_of_memory(limits, base):
+            if not self._out_of_memory(limits):
                 raise
             return _no_room(limits, f"the job's process ran out of memory before the job "
                                     f"started ({e})", self.cgroup.stats(), base)
@@ -357,11 +357,17 @@ class Container:
             os.close(stdin)
         return out_r, err_r, -1
 
-    def _out_of_memory(self, limits: Limits, base: CgroupStats) -> bool:
+    def _out_of_memory(self, limits: Limits) -> bool:
         """Whether the job's cgroup OOM-killed or reached its memory limit in this step."""
-        now = self.cgroup.stats()
+        try:
+            now = self.cgroup.stats()
+        except CgroupError:  # the sandbox's own failure stays one
+            return False
         page = os.sysconf("SC_PAGE_SIZE")
-        return now.oom_kills > base.oom_kills or now.memory_peak >= limits.memory // page * page
+        # Counted since the cgroup was made or recycled for this container, not since
+        # ``base``: on cgroup v2 writing a limit below what the waiting job process holds
+        # OOM-kills it then and there, before ``base`` is read.
+        return now.oom_kills > 0 or now.memory_peak >= limits.memory // page * page
 
     def _give_stdio(self, *fds: int) -> None:
         """Make the job user the owner of its stdio pipes (mode 0600 stays).
@@ -656,7 +662,7 @@ def _no_room(limits: Limits, why: str, stats: CgroupStats | None = None,
     return Result(verdict="memory_limit", reason=f"memory: {why}", exit_code=None,
                   signal=None, cpu_time=round(max(cpu_ns, 0) / 1e9, 6), user_time=0.0,
                   sys_time=0.0, wall_time=0.0, memory_peak=peak,
-                  oom_killed=bool(stats and base and stats.oom_kills > base.oom_kills),
+                  oom_killed=bool(stats and stats.oom_kills > 0),
                   stdout=b"", stderr=b"", stdout_truncated=False, stderr_truncated=False)
 
 

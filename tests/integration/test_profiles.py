@@ -53,6 +53,10 @@ def write(tmp: Path, text: str, name: str = "p.toml") -> Path:
     ('name = "x"\nrun = ["a"]\nlimits = { memory = "1T" }\n', r"p\.toml:3: limits: .*memory"),
     ('name = "x"\nrun = ["a"]\nseccomp = "lax"\n', r"p\.toml:3: seccomp: unknown policy 'lax'"),
     ('name = "x"\nrun = ["a"]\nbinds = [["rel", "/x"]]\n', r"p\.toml:3: binds: each bind"),
+    ('name = "x"\nrun = ["a"]\nmemory_modes = ["virtual"]\n',
+     r"p\.toml:3: memory_modes: a non-empty list of peak, address_space"),
+    ('name = "x"\nrun = ["a"]\nmemory_modes = ["peak"]\nmemory_mode = "address_space"\n',
+     r"p\.toml:4: memory_mode: must be one of memory_modes \(peak\)"),
 ])
 def test_schema_errors_name_file_line_and_key(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(ProfileError, match=match):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 
 import pytest
 
+from sandboxd.isolation.rlimits import Rlimits
 from sandboxd.limits import DEFAULT, MAXIMUM, LimitError, Limits, format_size, parse_size
-from sandboxd.result import Measured, decide
+from sandboxd.result import Measured, Result, decide, judged
 
 
 @pytest.mark.parametrize(("text", "value"), [("0", 0), ("512", 512), ("64K", 64 << 10),
@@ -116,3 +118,43 @@ def test_realtime_signal_names_do_not_crash():
     r = decide(m(wait_status=sig), DEFAULT)
     assert r.verdict == "runtime_error" and r.signal == sig
     assert os.WIFSIGNALED(sig)
+
+
+# ------------------------------------------------------------- limits as judges set them
+
+def test_small_limits_are_accepted_down_to_the_kernels_floor() -> None:
+    tiny = DEFAULT.merged({"memory": 1, "open_files": 1, "stack": 0, "box_size": 1,
+                           "tmp_size": 1, "cpu_time": 1e-6, "wall_time": 1e-6, "pids": 1})
+    assert (tiny.memory, tiny.stack, tiny.cpu_time) == (1, 0, 1e-6)
+    with pytest.raises(LimitError, match=r"box_size=0 is outside"):  # tmpfs: 0 = unlimited
+        DEFAULT.merged({"box_size": 0})
+
+
+def _failed(stderr: bytes, sig: int = signal.SIGABRT) -> Result:
+    return decide(Measured(wait_status=sig, cpu_ns=1000, user_ns=1000, sys_ns=0, wall_s=0.01,
+                           memory_peak=1 << 20, oom_kills=0, stderr=stderr), DEFAULT)
+
+
+@pytest.mark.parametrize(("stderr", "marker"), [
+    (b"terminate called after throwing an instance of 'std::bad_alloc'\n", "std::bad_alloc"),
+    (b"Traceback ...\nMemoryError\n", "MemoryError"),
+    (b"./main: error while loading shared libraries: libc.so.6: failed to map segment from "
+     b"shared object\n", "failed to map segment from shared object"),
+])
+def test_a_failed_allocation_is_memory_limit_only_in_address_space_mode(stderr: bytes,
+                                                                        marker: str) -> None:
+    result = _failed(stderr)
+    assert result.verdict == "runtime_error"
+    assert judged(result).verdict == "runtime_error"  # peak: the kernel kills, not this
+    got = judged(result, address_space=True)
+    assert (got.verdict, got.reason) == ("memory_limit", f"address space: {marker}")
+
+
+def test_a_silent_segfault_cannot_be_told_from_another_bug() -> None:
+    got = judged(_failed(b"", signal.SIGSEGV), address_space=True)
+    assert (got.verdict, got.reason) == ("runtime_error", "signal SIGSEGV")
+
+
+def test_the_address_space_rlimit_reaches_the_job_process() -> None:
+    assert (resource.RLIMIT_AS, 256 << 20) in Rlimits(address_space=256 << 20).pairs()
+    assert all(which != resource.RLIMIT_AS for which, _ in Rlimits().pairs())
