@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import re
 import signal as _signal
@@ -38,6 +39,7 @@ from sandboxd.jobs import JobOutcome, JobSpec
 from sandboxd.limits import LimitError, Limits
 from sandboxd.profiles import Profile
 from sandboxd.result import Result
+from sandboxd.runtimes import RUNTIMES as WARM_RUNTIMES
 from sandboxd.service import JobService, ServiceError
 
 from ._common import BadJson, parse_json
@@ -334,6 +336,7 @@ class Request_:
     args: list[str]
     stdin: bytes
     limits: dict[str, float | int]  # Piston's names and units, defaults filled in
+    given: frozenset[str] = frozenset()  # the limits the request set itself
 
 
 def parse_execute(body: Any, table: list[Runtime]) -> Request_:
@@ -375,8 +378,6 @@ def parse_execute(body: Any, table: list[Runtime]) -> Request_:
             if value < 0:
                 raise BadRequest(f"{name} must be non-negative")
             limits[name] = value
-    for name, default in DEFAULT_LIMITS.items():
-        limits.setdefault(name, min(default, maxima[name]))
     args = body.get("args") or []
     if not isinstance(args, list):
         args = [args]
@@ -397,7 +398,11 @@ def parse_execute(body: Any, table: list[Runtime]) -> Request_:
         out[name] = decode_file(f["content"], enc)
         if enc == "utf8":
             sources.append(name)
-    return Request_(rt, out, sources, [str(a) for a in args], stdin_text.encode(), limits)
+    given = frozenset(limits)
+    for name, default in DEFAULT_LIMITS.items():
+        limits.setdefault(name, min(default, maxima[name]))
+    return Request_(rt, out, sources, [str(a) for a in args], stdin_text.encode(), limits,
+                    given)
 
 
 def max_limits(profile: Profile) -> dict[str, float | int]:
@@ -429,6 +434,13 @@ def job_spec(req: Request_, outputs: dict[str, bytearray], *,
     """
     profile = req.runtime.profile
     run = job_limits(req.limits, "run")
+    runtime = WARM_RUNTIMES.get(profile.warm_runtime or "")
+    if ("run_cpu_time" not in req.given and runtime is not None
+            and not runtime.lowers_rlimits):
+        # Piston's default CPU time would start node plainly (its RLIMIT_CPU differs from
+        # the warm interpreter's, and node cannot lower its own): left to the profile's,
+        # the wall limit (run_timeout, 3 s by default) ends a single thread first.
+        run = dataclasses.replace(run, cpu_time=None)
     merged: Limits = profile.limits.merged(run, profile.max_limits)
     argv = profile.run_argv(sorted(req.files), merged) + req.args
     run_out, compile_out = bytearray(), bytearray()
