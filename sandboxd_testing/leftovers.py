@@ -127,10 +127,22 @@ def own_cgroups() -> list[str]:
     return out
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return True  # gone
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
 def _mine(snap: Snapshot) -> Snapshot:
     mine = descendants(os.getpid())
     roots = [r + "/" for r in own_cgroups() if r.count("/") > 4]  # never a hierarchy's root
-    snap["procs"] = [p for p in snap["procs"] if p[0] in mine]  # type: ignore[union-attr]
+    # Orphans of this run come to pytest (a subreaper) and stay zombies there, reaped by
+    # no one: a zombie has released everything, so it is not a leftover.
+    snap["procs"] = [p for p in snap["procs"]  # type: ignore[union-attr]
+                     if p[0] in mine and not _zombie(p[0])]
     snap["cgroups"] = {c for c in snap["cgroups"]  # type: ignore[union-attr]
                        if any(c.startswith(r) for r in roots)}
     # Network objects carry the pid of the process that made them (its name or its own).
