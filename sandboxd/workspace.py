@@ -42,6 +42,7 @@ import os
 import stat
 import tarfile
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -71,7 +72,8 @@ class Upload:
     waits in ``wait`` until ``finish`` (or a failure). ``close`` frees the disk.
     """
 
-    def __init__(self, spool_dir: str, fmt: str, max_bytes: int) -> None:
+    def __init__(self, spool_dir: str, fmt: str, max_bytes: int,
+                 idle_timeout: float = 0.0) -> None:
         if fmt not in FORMATS:
             raise WorkspaceError(f"workspace format {fmt!r} is not supported (one of "
                                  f"{', '.join(FORMATS)})")
@@ -84,6 +86,10 @@ class Upload:
         self.size = 0
         self.error: str | None = None
         self.done = trio.Event()
+        # A job waiting for its archive holds a queue place: a client that stops sending
+        # (or trickles nothing) for this long loses it. 0: no limit.
+        self.idle_timeout = idle_timeout
+        self._last = time.monotonic()
 
     def write(self, data: bytes) -> None:
         """Append one chunk; past ``max_bytes`` the upload fails (``WorkspaceError``)."""
@@ -101,6 +107,7 @@ class Upload:
             self.fail(f"cannot spool the workspace archive: {e.strerror}")
             raise WorkspaceError(self.error or "") from None
         self.size += len(data)
+        self._last = time.monotonic()
 
     def finish(self) -> None:
         self.done.set()
@@ -112,7 +119,17 @@ class Upload:
 
     async def wait(self) -> None:
         """Until the whole archive is in; ``WorkspaceError`` if it never will be."""
-        await self.done.wait()
+        while not self.done.is_set():
+            if not self.idle_timeout:
+                await self.done.wait()
+                break
+            left = self._last + self.idle_timeout - time.monotonic()
+            if left <= 0:
+                self.fail(f"the workspace upload stalled: no bytes for "
+                          f"{self.idle_timeout:g} s (idle_timeout)")
+                break
+            with trio.move_on_after(left):
+                await self.done.wait()
         if self.error is not None:
             raise WorkspaceError(self.error)
         if self.fd < 0:

@@ -174,8 +174,10 @@ class StepResult:
         """The fields of ``sandboxd run-once --json``, outputs decoded as UTF-8 text.
 
         ``repeat`` is added only when present, so that a single run has exactly
-        run-once's fields. An output that is not valid UTF-8 has its
-        undecodable bytes as U+FFFD, and its exact bytes in base64 beside it
+        run-once's fields; so are ``artifacts`` (path → base64) and
+        ``artifacts_truncated``, when the job named artifacts. An output that is not
+        valid UTF-8 has its undecodable bytes as U+FFFD, and its exact bytes in base64
+        beside it
         (``stdout_b64``, ``stderr_b64``), as run-once does.
         """
         out: dict[str, Any] = {}
@@ -188,6 +190,12 @@ class StepResult:
             if f.name in ("score", "checker_message", "checker", "interactor"):  # judged jobs only
                 if value is not None:
                     out[f.name] = value.as_json() if f.name in ("checker", "interactor") else value
+                continue
+            if f.name in ("artifacts", "artifacts_truncated"):  # only when asked for
+                if self.artifacts is not None:
+                    out[f.name] = ({k: base64.b64encode(v).decode("ascii")
+                                    for k, v in value.items()}
+                                   if f.name == "artifacts" else value)
                 continue
             exact = None
             if isinstance(value, bytes):

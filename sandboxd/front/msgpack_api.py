@@ -340,7 +340,7 @@ class Session:
             cfg = self.front.cfg
             try:
                 workspace = Upload(os.path.join(cfg.state_dir, "sandboxd-workspaces"),
-                                   sub.workspace, cfg.max_workspace)
+                                   sub.workspace, cfg.max_workspace, cfg.idle_timeout)
             except (WorkspaceError, OSError) as e:
                 raise ServiceError("invalid_job", f"workspace: {e}") from None
             self.uploads[sub.id] = workspace

@@ -99,3 +99,25 @@ def test_unpack_caps(tmp_path: Path) -> None:
     with pytest.raises(WorkspaceError, match="box_size"):
         unpack(up.fd, "tar", str(box), max_files=10, max_bytes=25)
     up.close()
+
+
+def test_a_stalled_upload_fails_its_job(tmp_path: Path) -> None:
+    up = Upload(str(tmp_path), "tar", max_bytes=100, idle_timeout=0.2)
+    caught: list[WorkspaceError] = []
+
+    async def main() -> None:
+        async def trickle() -> None:
+            for _ in range(3):  # bytes keep it alive...
+                await trio.sleep(0.1)
+                up.write(b"x")
+
+        async with trio.open_nursery() as n:
+            n.start_soon(trickle)
+            try:
+                await up.wait()  # ...then nothing: it fails 0.2 s after the last
+            except WorkspaceError as e:
+                caught.append(e)
+
+    trio.run(main)
+    assert len(caught) == 1 and "stalled" in str(caught[0]) and up.size == 3
+    up.close()

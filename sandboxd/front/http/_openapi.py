@@ -120,6 +120,14 @@ JOB = {
                     "description": "outbound TCP to these host:port only (and DNS for the "
                                    "names); [] = none; null = the profile's. Refused unless "
                                    "the server's egress_allow permits it"},
+        "workspace": {"type": ["string", "null"],
+                      "description": "an id from POST /v1/workspaces: the archive unpacked "
+                                     "into /box (used once; docs/ci.md)"},
+        "caches": {"type": "array", "maxItems": 16, "items": {"type": "string"},
+                   "description": "the operator's read-only caches, at /cache/<name>"},
+        "artifacts": {"type": ["array", "null"], "maxItems": 64, "items": {"type": "string"},
+                      "description": "globs relative to /box; matches come back in each "
+                                     "step's artifacts"},
     },
 }
 
@@ -202,6 +210,9 @@ STEP = {
         "checker": {"oneOf": [_ref("CheckerRun"), {"type": "null"}]},
         "interactor": {"oneOf": [_ref("StepResult"), {"type": "null"}],
                        "description": "an interactive test: the interactor's own run"},
+        "artifacts": {"type": "object", "additionalProperties": {"type": "string"},
+                      "description": "present when the job named artifacts: path -> base64"},
+        "artifacts_truncated": {"type": "boolean"},
     },
 }
 
@@ -369,6 +380,33 @@ PATHS: dict[str, Any] = {
                 "200": _json("Cancelled", "it had finished: its result is forgotten"),
                 "202": _json("Cancelled", "cancelled: poll for its result"),
                 "404": _error("unknown_job"), **_COMMON}}},
+    "/v1/jobs/{id}/log": {"get": {
+        "summary": "A background job's output from a byte offset; with follow=true, "
+                   "streamed until the job ends (re-attach by id)",
+        "parameters": [*_JOB_ID,
+                       {"name": "offset", "in": "query", "schema": {"type": "integer",
+                                                                     "minimum": 0}},
+                       {"name": "follow", "in": "query", "schema": {"type": "boolean"}}],
+        "responses": {
+            "200": {"description": "the log's bytes from offset (X-Log-Size, X-Job-State)",
+                    "content": {"application/octet-stream": {}}},
+            "404": _error("unknown_job"), "422": _error("invalid_field: offset"),
+            **_COMMON}}},
+    "/v1/workspaces": {"post": {
+        "summary": "Upload a CI job's workspace: a tar or tar.gz archive as the raw body, "
+                   "up to max_workspace bytes, spooled to disk (docs/ci.md)",
+        "parameters": [{"name": "format", "in": "query",
+                        "schema": {"enum": ["tar", "gzip"]}}],
+        "requestBody": {"content": {"application/octet-stream": {}}},
+        "responses": {
+            "201": _json({"type": "object", "required": ["workspace", "size", "format"],
+                          "properties": {"workspace": {"type": "string"},
+                                         "size": {"type": "integer"},
+                                         "format": {"enum": ["tar", "gzip"]}}},
+                         "its id, for a job's workspace field"),
+            "408": _error("timeout: the upload stalled"),
+            "413": _error("frame_too_large: over max_workspace"),
+            **_COMMON}}},
     "/v1/jobs/stream": {"get": {
         "summary": "WebSocket: one job, output streamed, stdin typed in (docs/http.md)",
         "description": "Send the job (a Job, plus \"interactive\": true|false) as the first "
