@@ -273,6 +273,14 @@ def _remove_cgroups(name: str) -> list[str]:
     return left
 
 
+def rmdir_tree(path: str, deadline: float) -> None:
+    """rmdir a cgroup directory and every cgroup beneath it, deepest first."""
+    for sub in os.listdir(path) if os.path.isdir(path) else []:
+        if os.path.isdir(f"{path}/{sub}"):
+            rmdir_tree(f"{path}/{sub}", deadline)
+    rmdir_cgroup(path, deadline)
+
+
 def rmdir_cgroup(path: str, deadline: float) -> None:
     """rmdir, retried while the kernel still counts an exiting process in it."""
     while True:

@@ -61,7 +61,16 @@ from _common import (
     throughput,
     uss,
 )
-from _peers import ISOLATION, Isolate, Nsjail, Peers, machine, rmdir_cgroup, steal_and_busy
+from _peers import (
+    ISOLATION,
+    Isolate,
+    Nsjail,
+    Peers,
+    machine,
+    rmdir_cgroup,
+    rmdir_tree,
+    steal_and_busy,
+)
 
 import sandboxd_protocol as proto
 
@@ -397,8 +406,8 @@ def peer_cpu_cgroup(systems: list[System], commands: dict[str, list[str]], n: in
                                  capture_output=True, text=True, check=True)
             out[s.name] = int(run.stdout.split()[-1]) / n / 1e6
         finally:
-            if made:
-                rmdir_cgroup(made, time.monotonic() + 10)
+            if made:  # runc nests its jobs' cgroups beneath the launcher's: children first
+                rmdir_tree(made, time.monotonic() + 10)
     return out
 
 
