@@ -68,6 +68,8 @@ def job_spec(sub: proto.JobSubmission, profile: Profile, *,
         batches=[BatchSpec(name=b.name, tests=list(b.tests), points=b.points,
                            stop_on_failure=b.stop_on_failure, depends=list(b.depends or ()))
                  for b in sub.batches] if sub.batches is not None else None,
+        interactor=program_spec(sub.interactor, lookup) if sub.interactor is not None
+        else None,
         network_allow=sub.network.allow if sub.network is not None else None)
 
 
