@@ -38,6 +38,7 @@ from sandboxd.jobs import (
     _limits,
     compile_job,
     container_spec,
+    memory_mode,
 )
 from sandboxd.result import Result
 
@@ -85,8 +86,10 @@ async def run_wired_test(job: JobSpec, i: int, test: TestSpec, files: dict[str, 
         async def on_err(stream: str, data: bytes) -> None:
             await cb(i, stream, data)
 
+    address_space = memory_mode(job) == "address_space"  # the solution's, as a plain run's
     sol_step = RunStep(argv=argv, limits=limits, files=files, env={**profile.env, **job.env},
-                       cwd=profile.workdir, on_output=on_err)
+                       cwd=profile.workdir, on_output=on_err,
+                       address_space=limits.memory if address_space else None)
     int_step = RunStep(argv=iargv, limits=ilimits, env=dict(iprofile.env),
                        cwd=iprofile.workdir,
                        files=interactive.interactor_files(ifiles, test.stdin,
@@ -101,7 +104,7 @@ async def run_wired_test(job: JobSpec, i: int, test: TestSpec, files: dict[str, 
                           container_spec(iprofile, ilimits), body, pin=job.cpuset_pin)
     # The runtime's own out-of-memory error is a memory limit, as for any run.
     sol = dataclasses.replace(sol, result=result_mod.judged(
-        sol.result, heap_markers=profile.out_of_memory))
+        sol.result, heap_markers=profile.out_of_memory, address_space=address_space))
     verdict, reason, score, message = interactive.interactive_verdict(sol, itr)
     result = dataclasses.replace(sol.result, verdict=verdict, reason=reason)
     return StepOutcome(result, score=score, checker_message=message, interactor=itr.result)
