@@ -348,7 +348,7 @@ def test_subtasks_and_generated_tests_of_an_interactive_problem(daemon: Daemon) 
 def test_the_address_space_mode_holds_for_a_wired_solution(daemon: Daemon) -> None:
     # 300 MiB reserved, never touched: fine when memory counts peak use, a memory limit
     # when it counts address space (the judge's choice, as for a plain run).
-    greedy = b"reserved = bytearray(300 << 20)\n" + CORRECT
+    greedy = b"import mmap\nreserved = mmap.mmap(-1, 300 << 20)\n" + CORRECT
     limits = proto.JobLimits(cpu_time=1.0, wall_time=3.0, memory=128 << 20)
     r = judge(daemon, greedy, [b"10 7\n"], limits=limits, memory_mode="peak")
     assert verdicts(r) == ["ok"], r
