@@ -239,6 +239,16 @@ class Container:
             # failed allocation it reports as a fault. That is the job's memory_limit.
             with trio.CancelScope(shield=True):
                 await self.kill_rest()
+            if self._killed_for in ("cpu", "wall"):
+                # Our own limit's kill came first and broke the hand-over (a 1 µs wall
+                # limit on a loaded machine): the job's time limit, not our failure.
+                stats = self.cgroup.stats()
+                return decide(Measured(
+                    wait_status=None, cpu_ns=stats.cpu_usage_ns - base.cpu_usage_ns,
+                    user_ns=0, sys_ns=0, wall_s=time.monotonic() - sent,
+                    memory_peak=stats.memory_peak, oom_kills=stats.oom_kills - base.oom_kills,
+                    killed_for=self._killed_for, stdout=bytes(out.data), stderr=bytes(err.data),
+                    stdout_truncated=out.truncated, stderr_truncated=err.truncated), limits)
             if not self._out_of_memory(limits):
                 raise
             return _no_room(limits, f"the job's process ran out of memory before the job "

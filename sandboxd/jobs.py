@@ -334,9 +334,9 @@ def validate(job: JobSpec) -> None:
         raise JobError("interactive stdin needs a job with a single run step")
     if job.interactor is not None:
         validate_interactor(job, run_limits)
-        if job.judged_by_programs:
-            raise JobError("an interactive problem takes no checker, generators or batches "
-                           "yet: its interactor judges each test", "invalid_job")
+        if job.checker is not None:  # generators and batches are welcome
+            raise JobError("an interactive problem takes no checker: its interactor judges "
+                           "each test", "invalid_job")
     if job.workspace is not None and job.stdin_stream is not None:
         raise JobError("a workspace job cannot have interactive stdin")
     if job.artifacts is not None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
 import signal
@@ -49,7 +48,7 @@ from ._errors import (
     ServerBusy,
     ServerError,
 )
-from ._jobs import Compile, Limits, build_submission
+from ._jobs import Compile, Limits
 from ._problem import ProblemError, load_problem
 from ._results import EXIT_MEMORY, EXIT_OUTPUT, EXIT_SANDBOX, EXIT_TIME, JobResult
 from ._sync import Client
@@ -87,7 +86,7 @@ EXIT_CODES: dict[int, str] = {
     0: "the job exited 0 (run); the command succeeded (others)",
     1: "kill: no such job; judge: not accepted (run: the job's own exit code 1)",
     EXIT_USAGE: "bad flags or arguments",
-    EXIT_JUDGE_ERROR: "judge: the problem's checker or generator failed (judge_error)",
+    EXIT_JUDGE_ERROR: "judge: the problem's checker, interactor or generator failed (judge_error)",
     EXIT_REJECTED: "the daemon rejected the job (unknown profile, limit too high, bad file name)",
     EXIT_UNAVAILABLE: "cannot connect to the daemon",
     EXIT_SERVER: "the daemon failed (internal error)",
@@ -267,7 +266,8 @@ def _parser() -> argparse.ArgumentParser:
     kill.add_argument("--json", action="store_true", help="print JSON for programs")
     judge = sub.add_parser(
         "judge",
-        help="judge a solution against a problem directory (tests, checker, batches)",
+        help="judge a solution against a problem directory (tests, checker, interactor, "
+        "batches)",
         description="Judge SOLUTION against the problem in PROBLEM_DIR (problem.toml and "
         "tests/NAME.in, NAME.ans; docs/judge.md). Prints a table of the tests and batches "
         "and the score; exits 0 if accepted, 1 if not, 3 if the problem's own program "
@@ -629,10 +629,6 @@ def _cmd_judge(args: argparse.Namespace, out: _Out) -> int:
         profile, files = _profile_and_files(args, None, client)
         entries = {p.name: p.entry for p in client.profiles() if p.entry}
         job = problem.job({**ENTRY_BY_PROFILE, **entries})
-        if "interactor" in job and "interactor" not in inspect.signature(
-                build_submission).parameters:
-            raise UsageError("this problem is interactive ([interactor]); this sandboxctl "
-                             "cannot send interactors yet")
         result = client.run(profile, files, **job)
     steps = result.steps
     accepted = bool(steps) and all(s.ok for s in steps) and (

@@ -189,12 +189,30 @@ def job_submission(id: str, spec: JobSpec, *, stream: bool) -> proto.JobSubmissi
         compile=proto.CompileStep(argv=tuple(spec.compile_argv) if spec.compile_argv
                                   else None, limits=spec.compile_limits) if compiled else None,
         tests=tuple(proto.TestCase(stdin=t.stdin, expected_output=t.expected_output,
-                                   limits=t.limits, repeat=t.repeat)
+                                   limits=t.limits, repeat=t.repeat, generator=t.generator,
+                                   generator_args=tuple(t.generator_args)
+                                   if t.generator is not None else None)
                     for t in spec.tests) if spec.tests is not None else None,
         expected_output=spec.expected_output, compare=spec.compare,
         float_tolerance=spec.float_tolerance, stop_on_failure=spec.stop_on_failure,
         stream=stream, interactive_stdin=spec.stdin_stream is not None,
-        warm_runtime=spec.warm_runtime)
+        warm_runtime=spec.warm_runtime, memory_mode=spec.memory_mode,
+        # A judge's fields (issue 17): a gateway forwards them as a daemon would take them.
+        checker=program_record(spec.checker) if spec.checker is not None else None,
+        generators=tuple(program_record(g) for g in spec.generators) or None,
+        batches=tuple(proto.Batch(name=b.name, tests=tuple(b.tests), points=b.points,
+                                  stop_on_failure=b.stop_on_failure,
+                                  depends=tuple(b.depends) or None)
+                      for b in spec.batches) if spec.batches is not None else None,
+        interactor=program_record(spec.interactor) if spec.interactor is not None else None,
+        network=proto.NetworkAccess(allow=tuple(spec.network_allow))
+        if spec.network_allow is not None else None)
+
+
+def program_record(p: ProgramSpec) -> proto.Program:
+    """``program_spec``'s inverse: a problem's program as the wire's record."""
+    return proto.Program(profile=p.profile.name, files=dict(p.files),
+                         argv=tuple(p.argv) if p.argv else None, limits=p.limits)
 
 
 def step_outcome(s: proto.StepResult) -> jobs.StepOutcome:
@@ -206,11 +224,18 @@ def step_outcome(s: proto.StepResult) -> jobs.StepOutcome:
             runs=rp.runs, cpu=(rp.cpu_time_min, rp.cpu_time_median, rp.cpu_time_max),
             wall=(rp.wall_time_min, rp.wall_time_median, rp.wall_time_max),
             memory_peak_max=rp.memory_peak_max, chosen=rp.chosen or 0)
+    def run(r: proto.StepResult | None) -> Result | None:
+        return Result(**{name: getattr(r, name) for name in RESULT_FIELDS}) \
+            if r is not None else None
+
     return jobs.StepOutcome(Result(**{name: getattr(s, name) for name in RESULT_FIELDS}),
-                            repeat)
+                            repeat, score=s.score, checker_message=s.checker_message,
+                            checker=run(s.checker), interactor=run(s.interactor))
 
 
 def job_outcome(res: proto.JobResult) -> JobOutcome:
     """A wire result as the service's outcome (``job_result``'s inverse)."""
+    batches = [jobs.BatchOutcome(b.name, b.verdict, b.score, b.points)
+               for b in res.batches] if res.batches is not None else None
     return JobOutcome(step_outcome(res.compile) if res.compile is not None else None,
-                      [step_outcome(s) for s in res.steps])
+                      [step_outcome(s) for s in res.steps], batches, res.score)

@@ -42,6 +42,7 @@ import trio
 
 from sandboxd import jobs
 from sandboxd.container import RunStep
+from sandboxd.interactive import PairRunner
 from sandboxd.jobs import (
     BatchOutcome,
     BatchSpec,
@@ -55,6 +56,8 @@ from sandboxd.jobs import (
 )
 from sandboxd.limits import LimitError, Limits, MiB
 from sandboxd.result import Result
+
+from ._interactive import run_wired_test
 
 CHECKER_FILES = ("input.txt", "output.txt", "answer.txt")
 """The files a checker gets, in this order after its argv (testlib's order)."""
@@ -312,13 +315,17 @@ def validate(job: JobSpec) -> None:
 class Judge:
     """One judged job's run: built programs, generated tests, batches."""
 
-    def __init__(self, job: JobSpec, runner: StepRunner, cache: ProgramCache) -> None:
+    def __init__(self, job: JobSpec, runner: StepRunner, cache: ProgramCache,
+                 pair: PairRunner | None = None) -> None:
         self.job = job
         self.runner = runner
         self.cache = cache
+        self.pair = pair  # an interactive job's: its tests run wired to the interactor
+        self.interactor: Built | str | None = None
         self.tests: list[TestSpec] = list(job.tests) if job.tests is not None else [
             TestSpec(stdin=job.stdin, expected_output=job.expected_output)]
         self.steps: list[StepOutcome | None] = [None] * len(self.tests)
+        self.files: dict[str, bytes] | None = None  # the solution's build
 
     async def build(self, program: ProgramSpec, what: str) -> Built | str:
         """The program compiled (or found in the cache), or why it could not be."""
@@ -381,6 +388,8 @@ class Judge:
         test = self.tests[i]
         if checker is not None:  # the checker decides: no comparison of our own
             test = dataclasses.replace(test, expected_output=None)
+        if self.job.interactor is not None:  # the interactor judges (no checker then)
+            return await self.run_wired(i)
         single = len(self.tests) == 1
         outcome = await jobs.run_test(self.job, i, test, files, self.runner, single=single)
         if checker is None:
@@ -396,6 +405,14 @@ class Judge:
             "input.txt": given.stdin, "output.txt": outcome.result.stdout,
             "answer.txt": given.expected_output or b""})
         return judged_by_checker(outcome, run)
+
+    async def run_wired(self, i: int) -> StepOutcome:
+        """An interactive test: the solution and the built interactor wired together."""
+        if isinstance(self.interactor, str):
+            return _judge_error(self.interactor)
+        assert self.interactor is not None and self.pair is not None and self.files is not None
+        return await run_wired_test(self.job, i, self.tests[i], self.files,
+                                    self.interactor.files, self.pair)
 
     async def run_group(self, indices: list[int], stop_on_failure: bool,
                         files: dict[str, bytes], checker: Built | str | None) -> None:
@@ -453,10 +470,14 @@ class Judge:
             used = sorted({t.generator for t in self.tests if t.generator is not None})
             for g in used:
                 nursery.start_soon(program, f"generator {g}", job.generators[g])
+            if job.interactor is not None:
+                nursery.start_soon(program, "interactor", job.interactor)
         compile_outcome, files = compiled[0]
         if files is None:
             assert compile_outcome is not None
             return JobOutcome(compile_outcome, [])
+        self.files = files
+        self.interactor = built.get("interactor")
         async with trio.open_nursery() as nursery:
             for i, t in enumerate(self.tests):
                 if t.generator is not None:
@@ -495,6 +516,8 @@ class Judge:
                           round(sum(b.score for b in batches), 9))
 
 
-async def run_judged(job: JobSpec, runner: StepRunner, cache: ProgramCache) -> JobOutcome:
-    """Run a job that has a checker, generators or batches (see the module's docstring)."""
-    return await Judge(job, runner, cache).run()
+async def run_judged(job: JobSpec, runner: StepRunner, cache: ProgramCache,
+                     pair: PairRunner | None = None) -> JobOutcome:
+    """Run a job that has a checker, generators or batches (see the module's docstring);
+    ``pair``: an interactive job's, whose tests run wired to its interactor."""
+    return await Judge(job, runner, cache, pair).run()

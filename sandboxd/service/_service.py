@@ -236,11 +236,13 @@ class JobService:
         try:
             with job.scope:
                 runner = self.sched.runner(job)
-                if job.spec.interactor is not None:
+                if job.spec.judged_by_programs:  # batches or generators, wired tests too
+                    pair = (self.sched.pair_runner(job) if job.spec.interactor is not None
+                            else None)
+                    outcome = await run_judged(job.spec, runner, self.programs, pair)
+                elif job.spec.interactor is not None:
                     outcome = await run_interactive_job(job.spec, runner,
                                                         self.sched.pair_runner(job))
-                elif job.spec.judged_by_programs:
-                    outcome = await run_judged(job.spec, runner, self.programs)
                 else:
                     outcome = await jobs.run_job(job.spec, runner)
         except (JobError, WorkspaceError) as e:

@@ -1,7 +1,9 @@
 """``sandboxctl judge`` over the example problems (examples/problems/), through a real daemon,
 and the problem directory's layout errors (no daemon needed).
 
-Each example problem is judged with an accepted solution and a failing one; the
+Each of the five example problems (batches, a checker with partial points, a
+generator, float comparison, the interactive guessing game with subtasks) is
+judged with an accepted solution and a failing one; the
 exit code, the verdicts per test and per batch, and the score are checked in
 ``--json``, and the human table once.
 """
@@ -112,6 +114,34 @@ def test_float_tolerance_and_the_table(daemon: Daemon) -> None:
     assert text.rstrip().endswith("sum: not accepted, score 40/100")
 
 
+@pytest.mark.root
+def test_interactive_guessing_game_with_subtasks(daemon: Daemon) -> None:
+    # Two containers per test, wired together; the interactor's exit code decides, the
+    # batches score the subtasks (the judge loop runs wired tests as it runs others).
+    code, out = judge(daemon, "guess", "correct.py")
+    assert (code, out["accepted"], out["score"], out["max_score"]) == (0, True, 100.0, 100.0)
+    assert verdicts(out) == ["ok"] * 10
+    assert out["tests"][2]["interactor"]["verdict"] == "ok"
+    assert out["tests"][2]["checker_message"].startswith("found in ")
+    code, out = judge(daemon, "guess", "correct.c")  # a compiled solution, the same result
+    assert (code, out["score"]) == (0, 100.0) and out["compile"]["verdict"] == "ok"
+    # Asking 1, 2, 3...: samples pass, 03 (n=10) earns the interactor's partial points,
+    # 05 (n=100, x=100) asks too many and fails the batch: 09 skipped, `large` skipped.
+    code, out = judge(daemon, "guess", "linear.py")
+    assert code == 1 and out["score"] == 0.0
+    by_name = {t["name"]: t for t in out["tests"]}
+    assert [by_name[n]["verdict"] for n in ("01", "02", "03", "04", "05", "09")] == [
+        "ok", "ok", "wrong_answer", "ok", "wrong_answer", "skipped"]
+    assert by_name["03"]["score"] == 0.5 and by_name["03"]["reason"] == "partial (0.5)"
+    assert by_name["05"]["checker_message"].startswith("too many questions")
+    assert all(by_name[n]["verdict"] == "skipped" for n in ("06", "07", "08", "10"))
+    assert [(b["name"], b["verdict"], b["score"]) for b in out["batches"]] == [
+        ("samples", "ok", 0.0), ("small", "wrong_answer", 0.0), ("large", "skipped", 0.0)]
+    code, out = judge(daemon, "guess", "wrong.py")  # guesses 1 without asking
+    assert code == 1 and verdicts(out)[:2] == ["ok", "wrong_answer"]
+    assert out["tests"][1]["checker_message"] == "wrong guess 1"
+
+
 def write(root: Path, toml: str, tests: dict[str, str] | None = None) -> Path:
     (root / "tests").mkdir(parents=True, exist_ok=True)
     (root / "problem.toml").write_text(toml)
@@ -144,7 +174,7 @@ def test_a_problem_needs_tests(tmp_path: Path) -> None:
 
 def test_every_example_problem_loads() -> None:
     names = sorted(p.name for p in PROBLEMS.iterdir() if (p / "problem.toml").exists())
-    assert names == ["circle-float", "generated-max", "squares-partial", "sum-batches"]
+    assert names == ["circle-float", "generated-max", "guess", "squares-partial", "sum-batches"]
     for name in names:
         problem = load_problem(PROBLEMS / name)
         assert problem.tests and problem.max_score > 0

@@ -131,15 +131,29 @@ JOBS = [
      "limits": {"cpu_time": 0.3}},
     {"profile": "python3", "files": {"main.py": "x = ' ' * (400 << 20)"},
      "limits": {"memory": 64 << 20}},
+    # A judge's job (issue 17): its checker, batches and memory mode reach the node.
+    {"profile": "python3", "files": {"main.py": "print(int(input()) * 2)"},
+     "memory_mode": "address_space",
+     "tests": [{"stdin": "2\n", "expected_output": "4\n"},
+               {"stdin": "3\n", "expected_output": "7\n"}],
+     "checker": {"profile": "python3", "files": {"main.py": (
+         "import sys\nout, ans = (open(f).read().split() for f in sys.argv[2:4])\n"
+         "print('compared', out, ans, file=sys.stderr)\nsys.exit(0 if out == ans else 1)\n")}},
+     "batches": [{"name": "a", "tests": [0], "points": 40},
+                 {"name": "b", "tests": [1], "points": 60}]},
 ]
 
 
-@pytest.mark.parametrize("job", JOBS, ids=["exit", "stdin", "judged", "tle", "mle"])
+@pytest.mark.parametrize("job", JOBS, ids=["exit", "stdin", "judged", "tle", "mle",
+                                           "checker-batches"])
 def test_v1_through_the_gateway_answers_as_the_daemon(cluster, job):
     gw, local = both(cluster, "POST", "/v1/jobs", job)
     assert gw.status_code == local.status_code == 200, (gw.text, local.text)
     assert stable(gw.json()) == stable(local.json())
     assert gw.json()["verdict"] == local.json()["verdict"]
+    if "batches" in job:  # not a plain job's answer by mistake: the checker ran
+        assert gw.json()["score"] == 40.0, gw.json()
+        assert gw.json()["steps"][1]["checker_message"] == "compared ['6'] ['7']"
 
 
 def test_v1_refusals_through_the_gateway_are_the_daemons(cluster):

@@ -59,6 +59,31 @@ def test_the_guessing_game_over_http(client: httpx.Client) -> None:
     assert res["steps"][0]["checker_message"] == "wrong guess 1"
 
 
+def test_subtasks_checker_and_compile_only_over_http(client: httpx.Client) -> None:
+    """The merged /v1 paths of issue 17: an interactive problem with batches, a checker
+    job, a compile-only job whose run limits are not checked."""
+    linear = (GUESS / "solutions" / "linear.py").read_text()
+    body = job(linear, ["8 3\n", "10 7\n", "100 100\n", "8 5\n"],
+               batches=[{"name": "a", "tests": [0, 1], "points": 30},
+                        {"name": "b", "tests": [2, 3], "points": 70, "stop_on_failure": True}])
+    res = client.post("/v1/jobs", json=body).json()
+    assert [s["verdict"] for s in res["steps"]] == ["ok", "wrong_answer", "wrong_answer",
+                                                    "skipped"], res
+    assert res["score"] == 15.0 and [b["score"] for b in res["batches"]] == [15.0, 0.0]
+    checker = {"profile": "python3", "files": {"main.py": (
+        "import sys\nout = open(sys.argv[2]).read().split()\n"
+        "sys.exit(0 if out == ['42'] else 1)\n")}}
+    res = client.post("/v1/jobs", json={
+        "profile": "python3", "files": {"main.py": "print(6 * 7)"}, "checker": checker,
+        "tests": [{"stdin": ""}]}).json()
+    assert res["verdict"] == "ok" and res["score"] == 1.0, res
+    assert res["steps"][0]["checker"]["exit_code"] == 0, res
+    res = client.post("/v1/jobs", json={
+        "profile": "c", "files": {"main.c": "int main(void) { return 0; }"}, "tests": [],
+        "limits": {"memory": "1K"}}).json()
+    assert res["compile"]["verdict"] == "ok" and res["steps"] == [], res
+
+
 def test_bad_interactors_are_refused(client: httpx.Client) -> None:
     r = client.post("/v1/jobs", json=job("", ["1 1\n"], interactor={"files": {}}))
     assert r.status_code == 422 and "interactor.profile" in r.text, r.text

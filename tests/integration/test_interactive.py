@@ -314,6 +314,61 @@ def test_refused_interactive_jobs(daemon: Daemon) -> None:
         c.close()
 
 
+def test_subtasks_and_generated_tests_of_an_interactive_problem(daemon: Daemon) -> None:
+    """Batches with an interactor (the judge loop runs the wired tests): a generator
+    writes the interactor's input, stop_on_failure skips the rest of a batch, a batch
+    that depends on a failed one is skipped, partial points score a batch by its lowest."""
+    gen = proto.Program(profile="python3", files={"main.py": b"import sys\nprint(*sys.argv[1:])\n"})
+    tests = (proto.TestCase(stdin=b"8 3\n"),                                      # 0: easy
+             proto.TestCase(stdin=b"10 7\n"),                                     # 1
+             proto.TestCase(generator=0, generator_args=("100", "100")),          # 2
+             proto.TestCase(stdin=b"8 5\n"),                                      # 3
+             proto.TestCase(generator=0, generator_args=("1000000", "123457")))   # 4
+    batches = (proto.Batch(name="a", tests=(0, 1), points=30),
+               proto.Batch(name="b", tests=(2, 3), points=30, stop_on_failure=True),
+               proto.Batch(name="c", tests=(4,), points=40, depends=("b",)))
+    c = daemon.connect()
+    try:
+        kw: dict[str, Any] = dict(profile="python3", limits=FAST, tests=tests,
+                                  interactor=INTERACTOR, generators=(gen,), batches=batches)
+        r = c.job(files={"main.py": CORRECT}, **kw)
+        assert verdicts(r) == ["ok"] * 5 and r.score == 100.0, r
+        r = c.job(files={"main.py": LINEAR}, **kw)
+    finally:
+        c.close()
+    # 8 3: 3 questions (ok); 10 7: 7 (partial 0.5); 100 100: too many (WA); then skipped
+    assert verdicts(r) == ["ok", "wrong_answer", "wrong_answer", "skipped", "skipped"], r
+    assert [s.score for s in r.steps[:3]] == [1.0, 0.5, 0.0]
+    assert r.steps[2].interactor is not None and r.steps[2].interactor.exit_code == 1
+    assert [(b.name, b.verdict, b.score) for b in r.batches or ()] == [
+        ("a", "wrong_answer", 15.0), ("b", "wrong_answer", 0.0), ("c", "skipped", 0.0)]
+    assert r.score == 15.0
+
+
+def test_the_address_space_mode_holds_for_a_wired_solution(daemon: Daemon) -> None:
+    # 300 MiB reserved, never touched: fine when memory counts peak use, a memory limit
+    # when it counts address space (the judge's choice, as for a plain run).
+    greedy = b"import mmap\nreserved = mmap.mmap(-1, 300 << 20)\n" + CORRECT
+    limits = proto.JobLimits(cpu_time=1.0, wall_time=3.0, memory=128 << 20)
+    r = judge(daemon, greedy, [b"10 7\n"], limits=limits, memory_mode="peak")
+    assert verdicts(r) == ["ok"], r
+    r = judge(daemon, greedy, [b"10 7\n"], limits=limits, memory_mode="address_space")
+    assert verdicts(r) == ["memory_limit"], r
+    assert r.steps[0].reason and r.steps[0].reason.startswith("address space"), r
+
+
+def test_an_interactive_problem_takes_no_checker(daemon: Daemon) -> None:
+    c = daemon.connect()
+    try:
+        c.submit("k", "python3", files={"main.py": CORRECT}, interactor=INTERACTOR,
+                 checker=INTERACTOR, tests=(proto.TestCase(stdin=b"10 7\n"),))
+        res, _ = c.result("k")
+        assert isinstance(res, proto.ErrorReport) and res.code == "invalid_job", res
+        assert "no checker" in res.message, res
+    finally:
+        c.close()
+
+
 def test_through_the_python_client(daemon: Daemon) -> None:
     """The client's ``Interactor`` and the step fields it decodes."""
     import sandboxd_client as sc
