@@ -265,7 +265,8 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
 
 
 # Variables that configure tests and tools, not the daemon.
-_NOT_CONFIG = {"SANDBOXD_SKIP_V2VM", "SANDBOXD_CGROUP_TEST", "SANDBOXD_LEFTOVERS", "SANDBOXD_LANGUAGES"}
+_NOT_CONFIG = {"SANDBOXD_SKIP_V2VM", "SANDBOXD_CGROUP_TEST", "SANDBOXD_LEFTOVERS",
+               "SANDBOXD_LANGUAGES"}
 
 
 def _validate(cfg: Config) -> None:
