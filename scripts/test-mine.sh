@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 made=()
+# Read once: the file changes as this loop moves the shell from cgroup to cgroup.
+mine=$(cat /proc/self/cgroup)
 while IFS=: read -r _ ctrls path; do
     [ -n "$ctrls" ] || continue
     first=${ctrls%%,*}; first=${first#name=}
@@ -16,7 +18,7 @@ while IFS=: read -r _ ctrls path; do
     [ -f "$dir/cpuset.cpus" ] && cat "/sys/fs/cgroup/$first$path/cpuset.cpus" >"$dir/cpuset.cpus" \
         && cat "/sys/fs/cgroup/$first$path/cpuset.mems" >"$dir/cpuset.mems"
     echo $$ >"$dir/cgroup.procs"
-done </proc/self/cgroup
+done <<<"$mine"
 cleanup() {
     for d in "${made[@]}"; do
         parent=$(dirname "$d")
