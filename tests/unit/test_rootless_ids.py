@@ -47,3 +47,24 @@ def test_read_subids(tmp_path: Path) -> None:
     sg.write_text("alice:1:1\n")
     assert identity.read_subids(65534, subuid=str(su), subgid=str(sg)) is None
     assert identity.read_subids(65534, subuid=str(tmp_path / "none"), subgid=str(sg)) is None
+
+
+def test_user_unit_delegates_and_its_environment_is_known_config() -> None:
+    """contrib/sandboxd-user.service: Delegate=yes, and every SANDBOXD_* variable it sets
+    is one the configuration accepts (an unknown one would stop the daemon at start)."""
+    from sandboxd import config
+
+    unit = Path(__file__).resolve().parents[2] / "contrib" / "sandboxd-user.service"
+    lines = [line.strip() for line in unit.read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    assert "Delegate=yes" in lines and "WantedBy=default.target" in lines
+    env = {}
+    for line in lines:
+        if line.startswith("Environment="):
+            for pair in line.split("=", 1)[1].split():
+                k, v = pair.split("=", 1)
+                env[k] = v.replace("%t", "/run/user/1000")
+    assert set(env) == {"SANDBOXD_STATE_DIR", "SANDBOXD_SOCKET"}
+    cfg = config.load(None, env=env)
+    assert cfg.state_dir == "/run/user/1000/sandboxd"
+    assert cfg.socket == "/run/user/1000/sandboxd/sandboxd.sock"
