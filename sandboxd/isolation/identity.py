@@ -46,6 +46,15 @@ class IdMap:
     def host_job(self) -> int:
         return JOB_BASE + self.slot
 
+    @property
+    def job_uid(self) -> int:
+        """The job user's uid inside the container."""
+        return JOB_UID
+
+    @property
+    def job_gid(self) -> int:
+        return JOB_GID
+
     def uid_map(self) -> str:
         return f"0 {self.host_root} 1\n{JOB_UID} {self.host_job} 1\n"
 
@@ -209,3 +218,26 @@ def apply_rootless_map(pid: int, ids: RootlessMap) -> None:
                 f.write(text)
         except OSError as e:
             raise OSError(e.errno, f"writing {text.strip()!r} to {path}: {e.strerror}") from e
+
+
+def rootless() -> bool:
+    """Whether this process makes containers as an ordinary user (docs/rootless.md)."""
+    import os
+
+    return os.geteuid() != 0
+
+
+def slot_map(slot: int) -> IdMap | RootlessMap:
+    """The maps of ``slot`` for this process: a root daemon's two uids of the slot, or an
+    ordinary user's one uid (its own). A rootless daemon does not use ``/etc/subuid``
+    ranges yet: the fork server would have to run ``newuidmap`` (docs/rootless.md)."""
+    import os
+
+    if not rootless():
+        return IdMap(slot)
+    return RootlessMap(slot=slot, own_uid=os.geteuid(), own_gid=os.getegid())
+
+
+def job_ids() -> tuple[int, int]:
+    """The job user's uid and gid inside this process's containers (the plans need it)."""
+    return (0, 0) if rootless() else (JOB_UID, JOB_GID)
