@@ -13,6 +13,7 @@ controllers enabled) and removed after.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -28,6 +29,20 @@ pytestmark = [pytest.mark.root, pytest.mark.cgroup_v2, pytest.mark.slow]
 
 NOBODY = 65534
 IN_VM = os.environ.get("V2VM") == "1"
+# Attack, as the job of a one-uid container (it and its init are the daemon's host uid):
+# see what it can of the host's processes, SIGKILL its init, read the init's memory.
+ATTACK = """import json, os, signal
+pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+def tried(f):
+    try:
+        f()
+    except OSError as e:
+        return e.strerror
+    return "done"
+kill = tried(lambda: os.kill(1, signal.SIGKILL))
+mem = tried(lambda: open("/proc/1/mem", "rb").read(1))
+print(json.dumps({"pids": pids, "kill": kill, "mem": mem, "groups": os.getgroups()}))
+"""
 HELLO_C = '#include <stdio.h>\nint main(void) { puts("hello from c"); return 0; }\n'
 
 
@@ -105,6 +120,11 @@ def test_rootless_daemon_runs_jobs_with_limits_and_leaves_nothing(delegated: Pat
             r = client.run("python3", {"main.py": "while True:\n    pass\n"},
                            limits={"cpu_time": 1})
             assert r.verdict == "time_limit", r
+            r = client.run("python3", {"main.py": ATTACK})
+            assert r.verdict == "ok", r  # the init outlived SIGKILL from its namespace
+            seen = json.loads(r.stdout)
+            assert len(seen["pids"]) <= 4 and d.pid not in seen["pids"], seen  # its own only
+            assert seen["mem"] != "done", seen
         # Everything the daemon made is below the delegated cgroup, and nowhere else.
         assert str(d.pid) in _procs(delegated)  # sh, then setpriv, then env exec the daemon
     finally:
