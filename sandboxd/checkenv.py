@@ -228,44 +228,49 @@ def _rootless() -> list[Finding]:
     out.append(Finding(ns.status, "rootless: namespaces",
                        ns.detail + (" (unprivileged user namespaces allowed)"
                                     if ns.status == "ok" else ""), ns.fix))
-    if _subids():
-        out.append(Finding("ok", "rootless: uids", "newuidmap and a subuid/subgid range: the "
-                           "container's root and the job user can be uids of their own"))
-    else:
-        out.append(Finding("warn", "rootless: uids", "no newuidmap/newgidmap or no "
-                           "/etc/subuid and /etc/subgid range: only the daemon's own uid can "
-                           "be mapped, so the container's root and the job user would be one "
-                           "host uid, the daemon's: jobs are then told apart by their "
-                           "namespaces only, not by a uid of their own (isolate's per-box "
-                           "uid), and a job that escaped would be the daemon's user",
-                           "apt-get install uidmap; usermod --add-subuids 100000-165535 "
-                           "--add-subgids 100000-165535 USER"))
-    out.append(_rootless_cgroup())
+    sub = ("; newuidmap and a subuid/subgid range exist here, which a later version could "
+           "use to give each slot's job a uid of its own" if _subids() else "")
+    out.append(Finding("warn", "rootless: uids", "a rootless daemon maps one uid, its own: "
+                       "the container's root and the job are both the daemon's host uid (the "
+                       "job is uid 0 of its namespace, with every capability dropped), jobs "
+                       "are told apart by their namespaces and cgroups only, not by a uid of "
+                       "their own (isolate's per-box uid), the job keeps the daemon user's "
+                       "supplementary groups (setgroups is denied), and a job that escaped "
+                       "would be the daemon's user" + sub,
+                       "run the daemon as a user of its own with no supplementary groups "
+                       "and nothing else to protect, or as root"))
+    cg = _rootless_cgroup()
+    out.append(cg)
     out.append(_seccomp())
     out.append(_landlock())
     out.append(Finding("warn", "rootless: priorities", "an ordinary user cannot lower a "
-                       "nice value: containers made at nice 10 would keep it for their jobs "
-                       "(judges' timing), or be made at 0 and compete with the jobs",
+                       "nice value back: a rootless pool is made at the normal priority (not "
+                       "nice 10), so its refills compete with running jobs (judges' timing)",
                        "run as root, or grant the daemon CAP_SYS_NICE"))
-    out.append(Finding("ok" if shutil.which("slirp4netns") else "warn", "rootless: egress",
-                       "slirp4netns present (made for unprivileged users; a rootless "
-                       "daemon would own its containers' namespaces, so it could load their "
-                       "tables too: not tried)"
-                       if shutil.which("slirp4netns") else "slirp4netns missing: no egress",
-                       "" if shutil.which("slirp4netns") else "apt-get install slirp4netns"))
-    out.append(Finding("fail", "rootless: serve", "sandboxd serve runs as root only in this "
-                       "version: the uid slots (/run/sandboxd-slots), the one-uid maps and "
-                       "the cgroup root inside a delegated subtree are not written yet; the "
-                       "findings above say what a rootless daemon could have here",
-                       "run the daemon as root (the jobs themselves never are)"))
+    out.append(Finding("warn", "rootless: egress", "an egress allow-list is not tried by a "
+                       "rootless daemon in this version (slirp4netns "
+                       + ("present" if shutil.which("slirp4netns") else "missing")
+                       + "): give rootless daemons profiles without egress",
+                       "run the daemon as root for egress jobs"))
+    if ns.status == "ok" and cg.status == "ok":
+        out.append(Finding("ok", "rootless: serve", "sandboxd serve can run as this user "
+                           "(docs/rootless.md): namespaces, limits, seccomp and Landlock as "
+                           "for root; the costs are the warnings above"))
+    else:
+        out.append(Finding("fail", "rootless: serve", "sandboxd serve cannot run as this user "
+                           "here: " + "; ".join(f.detail for f in (ns, cg) if f.status != "ok"),
+                           "; ".join(f.fix for f in (ns, cg) if f.status != "ok" and f.fix)
+                           or "run the daemon as root"))
     return out
 
 
 def checks() -> list[Finding]:
     findings = [Finding("ok", "kernel", platform.release())]
     if os.geteuid() != 0:
-        findings.append(Finding("fail", "privileges", "sandboxd must run as root",
-                                "run the daemon as root (the jobs themselves never are)"))
+        findings.append(Finding("warn", "privileges", f"not root (uid {os.geteuid()}): "
+                                "the findings below are those of a rootless daemon "
+                                "(docs/rootless.md)",
+                                "run the daemon as root for every layer at no cost"))
         findings += _rootless()
         return findings
     findings.append(_try_namespaces())

@@ -151,18 +151,21 @@ def main(config_path: str | None = None, socket_path: str | None = None,
         sys.stderr.write(f"sandboxd: {e}\n")
         return 2
     setup_logging(cfg.log_level)
-    if os.geteuid() != 0:  # rootless: not yet (docs/isolation.md, "Rootless")
-        sys.stderr.write("sandboxd: serve runs as root only in this version (a rootless daemon "
-                         "is not written yet); `sandboxd check-environment`, run as this user, "
-                         "says which isolation layers a rootless daemon could have here and "
-                         "what the others would cost\n")
-        return 2
+    if os.geteuid() != 0:  # rootless (docs/rootless.md): say what this costs, then serve
+        event("rootless", logging.WARNING, uid=os.geteuid(),
+              costs="one host uid for every container (the daemon's), the job keeps the "
+                    "user's supplementary groups, no pool priority, no egress")
     try:
         profiles = load_dir(cfg.profiles_dir or None)
     except ProfileError as e:
         sys.stderr.write(f"sandboxd: {e}\n")
         return 2
-    os.makedirs(cfg.state_dir, mode=0o755, exist_ok=True)
+    try:
+        os.makedirs(cfg.state_dir, mode=0o755, exist_ok=True)
+    except OSError as e:  # e.g. the default /run/sandboxd, as an ordinary user
+        sys.stderr.write(f"sandboxd: cannot create the state directory {cfg.state_dir}: "
+                         f"{e.strerror} (set state_dir, or SANDBOXD_STATE_DIR)\n")
+        return 2
     try:
         backend = cgroups.open_backend(cfg.instance)
     except Exception as e:

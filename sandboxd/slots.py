@@ -28,6 +28,14 @@ native/init.c). ``run-once`` is its own zygote and holds its one slot the same
 way. Within one process the allocator's free list keeps slots apart (locks of
 one open file description never conflict with each other).
 
+A daemon that is not root (docs/rootless.md) cannot write ``/run``: its lock file
+is ``$XDG_RUNTIME_DIR/sandboxd-slots/uids.lock`` (systemd's per-user ``/run/user/UID``,
+which only that user can write, so no other user can plant a file or a link there),
+or, without that variable, ``~/.local/state/sandboxd-slots/uids.lock``. Its slots
+give host uids from its own subordinate range or its own uid only
+(``identity.RootlessMap``), so its slots need not be kept apart from root's, only
+from its own other processes, which find the same path.
+
 Slots start at a random place in the range in every process, so that two
 daemons rarely probe the same slots; a slot another process holds is skipped
 and tried again later.
@@ -48,6 +56,24 @@ from sandboxd.result import SandboxError
 LOCK_DIR = "/run/sandboxd-slots"
 LOCK_FILE = f"{LOCK_DIR}/uids.lock"
 
+
+def lock_path(euid: int | None = None, env: dict[str, str] | None = None) -> str:
+    """Where this process's slot lock file is: ``/run`` for root, a directory of the
+    user's own otherwise (a rootless daemon cannot create ``/run/sandboxd-slots``)."""
+    euid = os.geteuid() if euid is None else euid
+    if euid == 0:
+        return LOCK_FILE
+    env = os.environ if env is None else env
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isabs(runtime):
+        return os.path.join(runtime, "sandboxd-slots", "uids.lock")
+    home = env.get("HOME", "")
+    if not home or not os.path.isabs(home):
+        raise SandboxError(f"uid {euid}: neither XDG_RUNTIME_DIR nor HOME is set to an "
+                           "absolute path, so there is no place of this user's own for the "
+                           "uid slot lock file")
+    return os.path.join(home, ".local", "state", "sandboxd-slots", "uids.lock")
+
 # struct flock (x86_64 and aarch64): l_type, l_whence, l_start, l_len, l_pid, padding.
 _FLOCK = struct.Struct("hhqqi4x")
 
@@ -61,7 +87,8 @@ class SlotLocks:
     (which the tests use).
     """
 
-    def __init__(self, path: str = LOCK_FILE) -> None:
+    def __init__(self, path: str | None = None) -> None:
+        path = lock_path() if path is None else path
         self.path = path
         directory = os.path.dirname(path)
         try:
@@ -69,8 +96,16 @@ class SlotLocks:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
                               0o600)
         except OSError as e:
-            raise SandboxError(f"cannot open the uid slot lock file {path}: {e.strerror} "
-                               "(sandboxd runs as root)") from e
+            raise SandboxError(f"cannot open the uid slot lock file {path}: "
+                               f"{e.strerror}") from e
+        st = os.fstat(self.fd)
+        if st.st_uid != os.geteuid():
+            # Someone else's file (a directory another user could write): their locks
+            # would be ours to trust. Refuse rather than share slots with a stranger.
+            os.close(self.fd)
+            self.fd = -1
+            raise SandboxError(f"uid slot lock file {path} belongs to uid {st.st_uid}, not "
+                               f"to this process's uid {os.geteuid()}")
 
     def try_lock(self, first: int, count: int = 1) -> bool:
         """Take slots ``first .. first+count-1`` if no other open file description holds any."""

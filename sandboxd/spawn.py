@@ -159,11 +159,11 @@ def _mount_plan(box_size: int, tmp_size: int, extra_binds: tuple[tuple[str, str]
 
         return mounts.image_plan(
             overlay=Store(image_store or None).overlay_root(image),
-            uid=identity.JOB_UID, gid=identity.JOB_GID, hostname=HOSTNAME,
+            uid=identity.job_ids()[0], gid=identity.job_ids()[1], hostname=HOSTNAME,
             box_size=box_size, tmp_size=tmp_size, extra_binds=binds,
         )
     return mounts.default_plan(
-        uid=identity.JOB_UID, gid=identity.JOB_GID, hostname=HOSTNAME,
+        uid=identity.job_ids()[0], gid=identity.job_ids()[1], hostname=HOSTNAME,
         box_size=box_size, tmp_size=tmp_size, extra_binds=binds,
     )
 
@@ -201,7 +201,8 @@ def plan_bytes(spec: ContainerSpec) -> bytes:
         rules = landlock.plan_rules(read_dirs=["/"], write_dirs=WRITABLE_DIRS,
                                     write_files=WRITABLE_FILES)
     return initplan.encode(ops=mounts.compile_plan(spec.mount_plan()), hostname=HOSTNAME,
-                           landlock_rules=rules, uid=identity.JOB_UID, gid=identity.JOB_GID,
+                           landlock_rules=rules, uid=identity.job_ids()[0],
+                           gid=identity.job_ids()[1],
                            bpf=seccomp.compile_policy(spec.seccomp_policy))
 
 
@@ -252,7 +253,8 @@ class _ForkServer:
         # (some container PID 1s never do).
         atexit.register(self.close)
 
-    def clone(self, ids: identity.IdMap, ctrl: socket.socket, plan_fd: int) -> tuple[int, int]:
+    def clone(self, ids: identity.IdMap | identity.RootlessMap, ctrl: socket.socket,
+              plan_fd: int) -> tuple[int, int]:
         """A new container init with ``ctrl`` as its channel: its pid and a pidfd."""
         uid_map, gid_map = ids.uid_map().encode(), ids.gid_map().encode()
         head = struct.pack("=III", self._MAGIC, len(uid_map), len(gid_map))
@@ -315,7 +317,7 @@ def spawn(spec: ContainerSpec) -> Spawned:
         _FORKSERVER = _ForkServer()
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        pid, pidfd = _FORKSERVER.clone(identity.IdMap(spec.slot), child_sock, plan_fd)
+        pid, pidfd = _FORKSERVER.clone(identity.slot_map(spec.slot), child_sock, plan_fd)
     except OSError:
         parent_sock.close()
         _FORKSERVER.close()  # a fresh one next time
@@ -323,7 +325,7 @@ def spawn(spec: ContainerSpec) -> Spawned:
         raise
     finally:
         child_sock.close()
-    return Spawned(pid, pidfd, parent_sock, job_uid=identity.IdMap(spec.slot).host_job)
+    return Spawned(pid, pidfd, parent_sock, job_uid=identity.slot_map(spec.slot).host_job)
 
 
 def keep_only_fds(keep: set[int]) -> None:

@@ -84,7 +84,10 @@ POOL_NICE = 10
 
 def _serve(sock: socket.socket, keep: set[int]) -> int:
     """Serve spawn requests; ``keep`` are descriptors held only to be held (the slot lock)."""
-    os.nice(POOL_NICE)
+    if not identity.rootless():
+        # An ordinary user could never bring the jobs back to 0 (docs/rootless.md): a
+        # rootless pool is made at the normal priority and competes with running jobs.
+        os.nice(POOL_NICE)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps our inits
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -168,7 +171,7 @@ class ZygoteClient:
             raise SandboxError(f"zygote could not make a container: {msg.get('message', msg)}")
         pidfd, sock_fd = fds
         return Spawned(int(msg["pid"]), pidfd, socket.socket(fileno=sock_fd),
-                       job_uid=identity.IdMap(spec.slot).host_job)
+                       job_uid=identity.slot_map(spec.slot).host_job)
 
     def close(self) -> None:
         """Close the socket: the zygote exits on EOF. Its containers die with it."""

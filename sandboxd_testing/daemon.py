@@ -45,6 +45,9 @@ class Daemon:
                        **config}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "daemon.log"
+        # Run before `python -m sandboxd serve` (after entering ``cgroup``), e.g. setpriv
+        # to serve as an ordinary user (tests/integration/test_rootless_daemon.py).
+        self.prefix: tuple[str, ...] = ()
 
     @property
     def pid(self) -> int:
@@ -85,7 +88,8 @@ class Daemon:
         cfg.write_text(self.config_text())
         env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXD_")}
         offset = self.log.stat().st_size if self.log.exists() else 0
-        argv = [sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg), *self.args]
+        argv = [*self.prefix, sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg),
+                *self.args]
         if cgroup is not None:
             argv = ["/bin/sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh",
                     *argv]

@@ -151,7 +151,10 @@ static int forkserver(void) {
         close(mapped[0]);
         close(fds[0]);
         close(fds[1]);
-        if (!err && (write_map(pid, "uid_map", maps[0], req.uid_map_len) ||
+        /* An ordinary user (a rootless daemon, docs/rootless.md) may write its own gid
+         * into the map only once setgroups is denied in the namespace. */
+        if (!err && ((geteuid() != 0 && write_map(pid, "setgroups", "deny", 4)) ||
+                     write_map(pid, "uid_map", maps[0], req.uid_map_len) ||
                      write_map(pid, "gid_map", maps[1], req.gid_map_len))) {
             err = errno;
             syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
