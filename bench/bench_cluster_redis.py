@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,17 +86,25 @@ def main() -> int:
                       redis_claim_idle=30.0)
         _window(redis.url, 20, 2)  # warm: the pools, the scripts' cache
         node.settle()
+        # Redis's CPU with the node connected and no job (its cron, the node's heartbeat and
+        # blocked reads timing out): a cost per second, not per job, that a low job rate
+        # spreads over few jobs.
+        c0 = redis.cpu_seconds()
+        time.sleep(5.0)
+        idle = (redis.cpu_seconds() - c0) / 5.0
         cpu: dict[str, list[float]] = {k: [] for k in SETTINGS}
+        rates: list[float] = []
         stats: dict[str, tuple[int, float]] = {}
         for rep in range(a.reps):
             for name in (list(SETTINGS) if rep % 2 == 0 else list(SETTINGS)[::-1]):
                 for key, value in SETTINGS[name]:
                     _redis(redis, "CONFIG", "SET", key, value)
                 _redis(redis, "CONFIG", "RESETSTAT")
-                c0 = redis.cpu_seconds()
+                c0, t0 = redis.cpu_seconds(), time.monotonic()
                 _window(redis.url, a.jobs, a.clients)
-                c1 = redis.cpu_seconds()
+                c1, t1 = redis.cpu_seconds(), time.monotonic()
                 cpu[name].append((c1 - c0) / a.jobs)
+                rates.append(a.jobs / (t1 - t0))
                 node.settle()
                 if name == "everysec" and rep == 0:
                     for line in _redis(redis, "INFO", "commandstats").splitlines():
@@ -109,6 +118,9 @@ def main() -> int:
                   f"{usec / max(calls, 1):5.1f} us/call")
         total = sum(u for _c, u in stats.values()) / a.jobs
         print(f"  commands in all: {total:.1f} us/job")
+        rate = statistics.median(rates)
+        print(f"Redis idle (node connected, no jobs): {idle * 1000:.2f} ms of CPU per second; "
+              f"at this run's {rate:.0f} jobs/s that is {idle / rate * 1000:.3f} ms per job")
         print("Redis CPU per job (INFO cpu, median of the windows):")
         for name, v in cpu.items():
             print(f"  {name:9s} {statistics.median(v) * 1000:.3f} ms  "
