@@ -50,6 +50,7 @@ from sandboxd.result import Result
 from sandboxd.service import Job, JobService, ServiceError
 from sandboxd_protocol import cluster
 
+from ._resp import LeanRedis, open_lean
 from ._wire import job_result, job_spec, profile_infos
 
 _BACKOFF_FIRST = 0.1
@@ -114,6 +115,10 @@ class RedisNode:
         (shielded, briefly), so no other node has to wait for the claim time.
         """
         r = coredis.Redis.from_url(self.cfg.redis, stream_timeout=None)
+        # The job's path (the blocked read returning, the answer) on lean connections of
+        # their own where the URL allows (sandboxd/front/_resp.py: why), else on coredis.
+        self._lean_read = open_lean(self.cfg.redis)
+        self._lean_answer = open_lean(self.cfg.redis)
         async with r:
             self.r = r
             self._answer_script = r.register_script(cluster.ANSWER_SCRIPT)
@@ -132,6 +137,9 @@ class RedisNode:
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self._hand_back()
+                for lean in (self._lean_read, self._lean_answer):
+                    if lean is not None:
+                        await lean.aclose()
 
     async def _retrying(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run ``loop`` for ever; a Redis failure is logged and retried with backoff."""
@@ -177,6 +185,12 @@ class RedisNode:
             pass
         while True:
             n = await self._wait_for_room()
+            if self._lean_read is not None:
+                for entry_id, fields in _read_entries(await self._lean_read.execute(
+                        "XREADGROUP", "GROUP", cluster.GROUP, self.node, "COUNT", n,
+                        "BLOCK", 1000, "STREAMS", cluster.JOBS, ">")):
+                    self._start(entry_id, fields, 1)
+                continue
             got = await r.xreadgroup(cluster.GROUP, self.node, streams={cluster.JOBS: ">"},
                                      count=n, block=1000)
             for entry in (got or {}).get(cluster.JOBS.encode(), ()):
@@ -452,11 +466,14 @@ class RedisNode:
                     # One script, one round trip: stored once, `done` (the answer inline
                     # when small) posted by the first answer only, the entry acknowledged.
                     reply = cluster.reply_key(entry.reply) if entry.reply else cluster.JOBS
-                    await self._answer_script(
-                        keys=[cluster.result_key(job_id), reply, cluster.JOBS],
-                        args=[record, self.ttl, job_id, cluster.GROUP, entry.reply or "",
-                              "1" if len(record) <= cluster.INLINE_ANSWER else "0",
-                              entry.entry_id])
+                    keys = [cluster.result_key(job_id), reply, cluster.JOBS]
+                    args = [record, self.ttl, job_id, cluster.GROUP, entry.reply or "",
+                            "1" if len(record) <= cluster.INLINE_ANSWER else "0",
+                            entry.entry_id]
+                    if self._lean_answer is not None:
+                        await self._lean_answer.script(cluster.ANSWER_SCRIPT, keys, args)
+                    else:
+                        await self._answer_script(keys=keys, args=args)
                 else:
                     async with self.r.pipeline(transaction=True) as p:
                         p.xack(cluster.JOBS, cluster.GROUP, [entry.entry_id])
@@ -470,6 +487,9 @@ class RedisNode:
         self.unanswered.discard(entry.entry_id)
         if record is not None:
             self.done += 1
+
+    _lean_read: LeanRedis | None = None
+    _lean_answer: LeanRedis | None = None
 
     async def _hand_back(self) -> None:
         """Put the entries we hold and have not answered back on the queue, for others."""
@@ -492,3 +512,14 @@ class RedisNode:
             event("cluster_handed_back", node=self.node, jobs=len(entries))
         except (RedisError, OSError) as e:
             event("cluster_hand_back_failed", logging.WARNING, node=self.node, error=str(e))
+
+
+def _read_entries(got: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """A RESP2 ``XREADGROUP`` reply of one stream (``None``: timed out) as its entries,
+    each an id and its fields as a map (an entry deleted meanwhile has none)."""
+    out = []
+    for _key, entries in got or ():
+        for entry_id, flat in entries:
+            flat = flat or []
+            out.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=True))))
+    return out
