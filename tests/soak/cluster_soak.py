@@ -131,7 +131,7 @@ def run_one(c: Client, kind: Kind, report: Report, lock: threading.Lock, tag: st
                 with lock:
                     report.wrong.append(f"{tag}: first output {first!r}")
             job.cancel()
-        streamed = "".join(o.text for o in job) if kind.action == "stream" else None
+        streamed = [o.text for o in job] if kind.action == "stream" else None
         r = job.result(timeout=180)
     except Exception as e:
         with lock:
@@ -145,8 +145,21 @@ def run_one(c: Client, kind: Kind, report: Report, lock: threading.Lock, tag: st
                                 f"wanted {kind.verdict}")
         elif kind.stdout is not None and r.text != kind.stdout:
             report.wrong.append(f"{tag}: stdout {r.text!r}")
-        elif streamed is not None and streamed != r.text:
+        elif streamed is not None and not in_order(streamed, r.text):
+            # Output written while Redis is away is not streamed (docs/cluster.md): chunks
+            # may be missing, but what came must be the result's, in its order, once.
             report.wrong.append(f"{tag}: streamed {streamed!r}, result {r.text!r}")
+
+
+def in_order(chunks: list[str], text: str) -> bool:
+    """Whether ``chunks`` appear in ``text`` one after another (gaps allowed)."""
+    at = 0
+    for chunk in chunks:
+        found = text.find(chunk, at)
+        if found < 0:
+            return False
+        at = found + len(chunk)
+    return True
 
 
 def soak(tmp: Path, jobs: int, clients: int, seed: int = 1) -> Report:
