@@ -36,6 +36,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sandboxd_protocol as proto
@@ -48,6 +49,7 @@ DEFAULT_MAX_QUEUE = 10_000
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
 _TRIM_EVERY = 64
+_RETRY_FOR = 15.0  # s: how long an idempotent command waits for Redis to come back
 _REPLY_TTL = 24 * 3600  # the reply stream outlives any job we wait for; refreshed by nodes
 
 
@@ -198,14 +200,14 @@ class RedisBridge:
             await self._submit(ev)
         elif isinstance(ev, proto.Cancellation):
             cid = self.ids.get(ev.id)
-            if cid is not None:
-                await self._cancel([cid])
+            if cid is not None:  # idempotent: safe to send again after a lost reply
+                await self._retrying(lambda: self._cancel([cid]))
         elif isinstance(ev, (proto.StdinChunk, proto.EndOfStdin)):
             cid = self.ids.get(ev.id)
             if cid is not None:
                 await self._stdin(cid, ev.data if isinstance(ev, proto.StdinChunk) else None)
         elif isinstance(ev, proto.Ping):
-            await self.r.ping()
+            await self._retrying(self.r.ping)
             await self._send(proto.Pong(nonce=ev.nonce))
         elif isinstance(ev, proto.JobListRequest):
             nodes = await self._nodes()
@@ -215,6 +217,24 @@ class RedisBridge:
             await self._send(proto.KillResult(job=ev.job, found=await self._kill(ev.job)))
         elif isinstance(ev, proto.StatsRequest):
             await self._send(await self._stats())
+
+    async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()`` again while Redis is away (a restart takes it a second or two), up to
+        ``_RETRY_FOR`` s: for idempotent commands only. A cancel or a ping that met a
+        restart would otherwise end the client's whole connection."""
+        import anyio
+        import redis.exceptions
+
+        delay = 0.05
+        deadline = anyio.current_time() + _RETRY_FOR
+        while True:
+            try:
+                return await call()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                if anyio.current_time() >= deadline:
+                    raise
+                await anyio.sleep(delay)
+                delay = min(1.0, delay * 2)
 
     async def _submit(self, sub: proto.JobSubmission) -> None:
         def refuse(code: str, message: str) -> proto.ErrorReport:
