@@ -22,10 +22,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import sandboxd_protocol as proto
+from sandboxd_testing import leftovers
 
 CGROUP_FS = "/sys/fs/cgroup/"
 
@@ -281,3 +283,18 @@ def rss_kib(pid: int) -> int:
             return next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
     except OSError:
         return 0
+
+
+def module_daemon(tmp: Path, **config: Any) -> Iterator[Daemon]:
+    """A daemon shared by a test module (its fixture yields from this): warm before the
+    first test; stopped cleanly after the last, which must leave nothing of its own
+    behind (the per-test check hides its warm containers, so this is where they count)."""
+    before = leftovers.snapshot()
+    d = Daemon(tmp, **config).start()
+    try:
+        d.wait_warm()
+        yield d
+    finally:
+        assert d.stop() == 0, d.log.read_text()[-3000:]
+        left = leftovers.new_leftovers(before, settle=10.0, view=leftovers.only_ours(d.instance))
+        assert not left, f"the module's daemon left things behind: {left}"

@@ -20,7 +20,7 @@ from client_helpers import sandboxctl
 
 from sandboxd_client._problem import ProblemError, load_problem
 from sandboxd_testing import leftovers
-from sandboxd_testing.daemon import Daemon
+from sandboxd_testing.daemon import Daemon, module_daemon
 
 PROBLEMS = Path(__file__).resolve().parents[2] / "examples" / "problems"
 
@@ -29,16 +29,8 @@ PROBLEMS = Path(__file__).resolve().parents[2] / "examples" / "problems"
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    before = leftovers.snapshot()
-    d = Daemon(tmp_path_factory.mktemp("judgecli"), pool_profiles=["python3", "cpp"],
-               pool_size=1, concurrency=2).start()
-    try:
-        d.wait_warm()
-        yield d
-    finally:
-        assert d.stop() == 0, d.log.read_text()[-3000:]
-        left = leftovers.new_leftovers(before, settle=10.0, view=leftovers.only_ours(d.instance))
-        assert not left, f"the module's daemon left things behind: {left}"
+    yield from module_daemon(tmp_path_factory.mktemp("judgecli"), pool_profiles=["python3", "cpp"],
+                             pool_size=1, concurrency=2)
 
 
 @pytest.fixture

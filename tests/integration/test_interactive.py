@@ -20,7 +20,7 @@ import pytest
 
 import sandboxd_protocol as proto
 from sandboxd_testing import leftovers
-from sandboxd_testing.daemon import Daemon
+from sandboxd_testing.daemon import Daemon, module_daemon
 
 pytestmark = pytest.mark.root
 
@@ -35,16 +35,8 @@ FAST = proto.JobLimits(cpu_time=1.0, wall_time=3.0)
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    before = leftovers.snapshot()
-    d = Daemon(tmp_path_factory.mktemp("interactive"), pool_profiles=["python3", "c"],
-               pool_size=2, concurrency=2).start()
-    try:
-        d.wait_warm()
-        yield d
-    finally:
-        assert d.stop() == 0, d.log.read_text()[-3000:]
-        left = leftovers.new_leftovers(before, settle=10.0, view=leftovers.only_ours(d.instance))
-        assert not left, f"the module's daemon left things behind: {left}"
+    yield from module_daemon(tmp_path_factory.mktemp("interactive"), pool_profiles=["python3", "c"],
+                             pool_size=2, concurrency=2)
 
 
 @pytest.fixture

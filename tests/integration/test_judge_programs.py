@@ -20,7 +20,7 @@ import pytest
 
 import sandboxd_protocol as proto
 from sandboxd_testing import leftovers
-from sandboxd_testing.daemon import Client, Daemon
+from sandboxd_testing.daemon import Client, Daemon, module_daemon
 
 pytestmark = pytest.mark.root
 
@@ -35,16 +35,8 @@ HALF = (SQUARES / "solutions" / "half.py").read_bytes()
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    before = leftovers.snapshot()
-    d = Daemon(tmp_path_factory.mktemp("judgeprog"), pool_profiles=["python3", "cpp"],
-               pool_size=1, concurrency=2).start()
-    try:
-        d.wait_warm()
-        yield d
-    finally:
-        assert d.stop() == 0, d.log.read_text()[-3000:]
-        left = leftovers.new_leftovers(before, settle=10.0, view=leftovers.only_ours(d.instance))
-        assert not left, f"the module's daemon left things behind: {left}"
+    yield from module_daemon(tmp_path_factory.mktemp("judgeprog"), pool_profiles=["python3", "cpp"],
+                             pool_size=1, concurrency=2)
 
 
 @pytest.fixture
