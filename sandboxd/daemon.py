@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -179,9 +180,12 @@ def main(config_path: str | None = None, socket_path: str | None = None,
         if stale:
             event("removed_stale", cgroups=len(stale))
         policies = tuple(sorted({p.seccomp for p in profiles.values()} | {"default"}))
-        # Each runtime's version, once (a subprocess each, ~0.15 s in all, java the
-        # slowest): here, before trio and before the zygote, never per welcome.
-        versions = {name: p.version() for name, p in profiles.items()}
+        # Each runtime's version, once: here, before trio and before the zygote, never
+        # per welcome. A subprocess each, side by side: the JVM ones (java, kotlin's
+        # compiler) take 0.2-2 s alone and more on a loaded host.
+        with ThreadPoolExecutor(max_workers=8) as probes:
+            versions = dict(zip(profiles, probes.map(Profile.version, profiles.values()),
+                                strict=True))
         zproc = zygote.start(policies)
         try:
             trio.run(serve, cfg, zproc, backend, profiles, versions)

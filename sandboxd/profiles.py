@@ -98,7 +98,7 @@ class Profile:
         # The containers' PATH and nothing of ours (a JAVA_TOOL_OPTIONS would print first).
         env = {"PATH": self.env.get("PATH", JOB_PATH), "LANG": "C.UTF-8"}
         try:
-            p = subprocess.run(list(self.version_argv), capture_output=True, timeout=10,
+            p = subprocess.run(list(self.version_argv), capture_output=True, timeout=30,
                                env=env, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired):
             return ""

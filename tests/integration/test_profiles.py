@@ -155,7 +155,9 @@ SOURCES: dict[str, dict[str, bytes]] = {
         "re": b"exit 3\n",
         "wa": b"echo goodbye\n",
         "tle": b"while :; do :; done\n",
-        "mle": b"s=xxxxxxxxxxxxxxxx; while :; do s=\"$s$s\"; done\n",  # bash's own memory
+        # bash's own memory, padded by printf in C: doubling a string through word
+        # expansion took ~2 s of CPU to 256 MiB and could meet the CPU limit first
+        "mle": b"i=0; while :; do printf -v \"a[i++]\" '%*s' 1048576 ''; done\n",
     },
     "c": c_like("#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>",
                 'puts("hello, world"); return 0;',
