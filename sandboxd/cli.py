@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http", metavar="HOST:PORT", help="also serve HTTP there (docs/http.md)")
     serve.add_argument("--redis", metavar="URL", help="also run jobs from the cluster's queue "
                        "at URL (redis://HOST:PORT/DB; docs/cluster.md)")
+    serve.add_argument("--workers", metavar="N", type=int, help="supervisor processes sharing "
+                       "the listening sockets (default 1; docs/configuration.md, \"Workers\")")
 
     gateway = sub.add_parser("gateway", help="serve HTTP (/v1, Judge0, Piston) over a cluster, "
                              "running nothing here (docs/cluster.md)")
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         from sandboxd.daemon import main as serve_main
 
         return serve_main(config_path=args.config, socket_path=args.socket, http=args.http,
-                          redis=args.redis)
+                          redis=args.redis, workers=args.workers)
     if args.command == "gateway":
         from sandboxd.gateway import main as gateway_main
 

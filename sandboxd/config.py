@@ -20,6 +20,7 @@ from typing import Any
 
 DEFAULT_SOCKET = "/run/sandboxd/sandboxd.sock"
 DEFAULT_STATE_DIR = "/run/sandboxd"
+MAX_WORKERS = 64
 
 
 class ConfigError(ValueError):
@@ -36,6 +37,7 @@ class Config:
     tcp: str = ""  # "127.0.0.1:7070": TCP listening, only with a token
     token: str = ""
     concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = 1  # supervisor processes sharing the listeners (sandboxd/workers.py)
     queue_length: int = 64
     pool_size: int = 2
     pool_profiles: tuple[str, ...] = ()  # warm from the start; others once first used
@@ -90,6 +92,10 @@ KEYS: dict[str, tuple[type, str]] = {
     "tcp": (str, "HOST:PORT to also listen on TCP; requires token. Off when empty."),
     "token": (str, "shared secret TCP clients must present in their hello."),
     "concurrency": (int, "jobs run at once (default: number of CPUs)."),
+    "workers": (int, "supervisor processes sharing the listening sockets, each with its own "
+                     "zygote, pool and cgroups (1: one process, the default); concurrency, "
+                     "queue_length and the CPUs are divided among them (docs/configuration.md, "
+                     "\"Workers\")."),
     "queue_length": (int, "jobs that may wait; past it a submission is answered busy."),
     "pool_size": (int, "warm containers kept per profile in use."),
     "pool_profiles": (list, "profiles whose pools are warmed at start."),
@@ -278,6 +284,20 @@ def _validate(cfg: Config) -> None:
         _validate_http(cfg)
     if cfg.concurrency < 1:
         raise ConfigError("concurrency must be at least 1")
+    if not 1 <= cfg.workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be 1 to {MAX_WORKERS}, not {cfg.workers}")
+    if cfg.workers > 1 and cfg.workers > cfg.concurrency:
+        raise ConfigError(f"workers ({cfg.workers}) must not exceed concurrency "
+                          f"({cfg.concurrency}): concurrency is divided among the workers, "
+                          "and a worker needs at least one job slot")
+    if cfg.workers > 1 and len(f"{cfg.instance}-w{cfg.workers - 1}") > 64:
+        raise ConfigError(f"instance {cfg.instance!r} is too long for {cfg.workers} workers "
+                          "(each worker's cgroups are sandboxd-<instance>-w<k>, at most 64 "
+                          "characters after sandboxd-)")
+    if cfg.workers > 1 and cfg.redis:
+        raise ConfigError("workers > 1 with redis is not supported: each worker would have "
+                          "to be a cluster node of its own; run one worker per node (or "
+                          "several daemons with their own instance and node_id)")
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cfg.instance):
         raise ConfigError(f"instance must be 1-64 of [A-Za-z0-9_.-], not {cfg.instance!r}")
     if cfg.redis and not cfg.redis.startswith(("redis://", "rediss://", "unix://")):

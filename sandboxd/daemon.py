@@ -35,6 +35,7 @@ from sandboxd.pool import Pool
 from sandboxd.profiles import Profile, ProfileError, load_dir
 from sandboxd.result import SandboxError
 from sandboxd.service import JobService
+from sandboxd.workers import Worker
 
 
 def _bind_unix(path: str, mode: int, group: str) -> socket.socket:
@@ -62,11 +63,17 @@ def _bind_unix(path: str, mode: int, group: str) -> socket.socket:
 
 async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend,
                 profiles: dict[str, Profile], versions: dict[str, str] | None = None, *,
+                worker: Worker | None = None,
                 task_status: trio.TaskStatus[JobService] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGTERM (drain, then stop) or cancellation.
 
     Cancellation: every job is cancelled (its containers killed and removed),
     the pool is emptied, the zygote stopped and the socket file removed.
+
+    ``worker`` (``workers = N``, sandboxd/workers.py): this process is worker k of
+    N; the listening sockets are the daemon's (bound by the parent, never removed
+    here), the HTTP front door is worker 0's alone, and a private control socket
+    answers the siblings' ps, stats and kill.
     """
     zclient = zygote.ZygoteClient(zproc)
     pool = Pool(zclient, backend, cfg.pool_size)
@@ -75,15 +82,26 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
                          caches=dict(cfg.caches), workspace_max_files=cfg.workspace_max_files,
                          artifacts_max_files=cfg.artifacts_max_files,
                          artifacts_max_bytes=cfg.artifacts_max_bytes,
-                         egress=egress_policy(cfg))
-    front = MsgpackFront(cfg, service)
+                         egress=egress_policy(cfg),
+                         cpus=worker.cpus if worker is not None else None)
+    siblings = None
+    if worker is not None:
+        from sandboxd.front._siblings import Siblings
+        siblings = Siblings(worker.index, worker.control_paths)
+    front = MsgpackFront(cfg, service, siblings)
     http_front = http_sock = None
-    if cfg.http:  # imported only when asked: hypercorn and starlette cost start-up time
+    if cfg.http and (worker is None or worker.http_sock is not None):
+        # imported only when asked: hypercorn and starlette cost start-up time
         from sandboxd.front.http import HttpFront, bind_http
 
         http_front = HttpFront(cfg, service)
-        http_sock = bind_http(cfg.http, cfg.http_send_timeout)
-    unix_sock = _bind_unix(cfg.socket, cfg.socket_mode, cfg.socket_group)
+        http_sock = (worker.http_sock if worker is not None
+                     else bind_http(cfg.http, cfg.http_send_timeout))
+    if worker is None:
+        unix_sock = _bind_unix(cfg.socket, cfg.socket_mode, cfg.socket_group)
+    else:
+        unix_sock = worker.unix_sock
+        control_sock = _bind_unix(worker.control_path, 0o600, "")
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run, list(cfg.pool_profiles))
@@ -94,7 +112,10 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
                 accepting = trio.CancelScope()
                 listeners: list[trio.abc.Listener[Any]] = [
                     trio.SocketListener(trio.socket.from_stdlib_socket(unix_sock))]
-                if cfg.tcp:
+                if worker is not None:  # the daemon's TCP sockets, bound by the parent
+                    tcp_listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s))
+                                     for s in worker.tcp_socks]
+                elif cfg.tcp:
                     host, _, port = cfg.tcp.rpartition(":")
                     tcp_listeners = await trio.open_tcp_listeners(int(port), host=host)
                 else:
@@ -115,12 +136,23 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
                                     handler_nursery=connections))
 
                 connections.start_soon(accept)
+                if worker is not None:  # siblings' ps, stats and kill; never closed by drain
+                    control = trio.SocketListener(trio.socket.from_stdlib_socket(control_sock))
+                    connections.start_soon(partial(
+                        trio.serve_listeners, partial(front.handle, control=True), [control],
+                        handler_nursery=connections))
                 http_address = "off"
                 if http_front is not None:
                     http_address = await connections.start(http_front.serve, http_sock)
-                event("ready", socket=cfg.socket, tcp=cfg.tcp or "off", http=http_address,
-                      concurrency=cfg.concurrency, pool_size=cfg.pool_size,
-                      cgroup_version=backend.version, profiles=len(profiles))
+                if worker is None:
+                    event("ready", socket=cfg.socket, tcp=cfg.tcp or "off", http=http_address,
+                          concurrency=cfg.concurrency, pool_size=cfg.pool_size,
+                          cgroup_version=backend.version, profiles=len(profiles))
+                else:
+                    event("worker_ready", concurrency=cfg.concurrency, pool_size=cfg.pool_size,
+                          cpus=",".join(map(str, worker.cpus)), http=http_address,
+                          cgroup_version=backend.version, profiles=len(profiles))
+                    worker.notify_ready(http_address, backend.version)
                 task_status.started(service)
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:
@@ -140,14 +172,112 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
         with trio.CancelScope(shield=True):
             await zclient.aclose()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(cfg.socket)
+            # A worker's listening socket is the daemon's, which the parent removes.
+            os.unlink(cfg.socket if worker is None else worker.control_path)
         event("stopped")
 
 
-def main(config_path: str | None = None, socket_path: str | None = None,
-         http: str | None = None, redis: str | None = None) -> int:
+def _bind_tcp(address: str) -> list[socket.socket]:
+    """Listening sockets for ``HOST:PORT`` (every address the host name has), as
+    ``trio.open_tcp_listeners`` makes them, but before trio: for the workers to share."""
+    host, _, port = address.rpartition(":")
+    socks: list[socket.socket] = []
+    seen = set()
     try:
-        cfg = load(config_path, socket=socket_path, http=http, redis=redis)
+        for family, kind, proto_, _name, addr in socket.getaddrinfo(
+                host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            sock = socket.socket(family, kind, proto_)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(512)
+    except OSError as e:
+        for sock in socks:
+            sock.close()
+        raise SandboxError(f"cannot listen on tcp {address}: {e.strerror or e}") from e
+    return socks
+
+
+def run_worker(cfg: Config, worker: Worker, *, profiles: dict[str, Profile],
+               versions: dict[str, str]) -> int:
+    """One worker of ``workers = N`` (in the process ``workers.Supervisor`` forked): its
+    cgroup root (what a killed predecessor left, removed), its zygote, then ``serve``;
+    its exit status. ``cfg`` is the worker's (``workers.worker_config``)."""
+    try:
+        backend = cgroups.open_backend(cfg.instance)
+    except Exception as e:
+        sys.stderr.write(f"sandboxd: worker {worker.index}: cannot set up cgroups: {e}\n")
+        return 1
+    try:
+        stale = backend.remove_stale()
+        if stale:
+            event("removed_stale", cgroups=len(stale))
+        policies = tuple(sorted({p.seccomp for p in profiles.values()} | {"default"}))
+        zproc = zygote.start(policies)
+        try:
+            trio.run(partial(serve, worker=worker), cfg, zproc, backend, profiles, versions)
+        except SandboxError as e:
+            sys.stderr.write(f"sandboxd: worker {worker.index}: {e.reason}\n")
+            return 1
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(zproc.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(zproc.pid, 0)
+    finally:
+        backend.close()
+    return 0
+
+
+def _serve_workers(cfg: Config, profiles: dict[str, Profile]) -> int:
+    """``workers = N`` (N > 1): bind the listeners here, then fork and supervise the
+    workers (sandboxd/workers.py)."""
+    from sandboxd import workers
+
+    try:
+        backend = cgroups.open_backend(cfg.instance)
+    except Exception as e:
+        sys.stderr.write(f"sandboxd: cannot set up cgroups: {e}\n"
+                         "Run `sandboxd check-environment` for what is missing.\n")
+        return 1
+    try:
+        for problem in backend.problems():
+            event("environment", logging.WARNING, problem=problem)
+        stale = backend.remove_stale()
+        if stale:
+            event("removed_stale", cgroups=len(stale))
+        gone = workers.remove_stale_workers(backend, cfg.instance)
+        if gone:
+            event("removed_stale_workers", roots=gone)
+        versions = {name: p.version() for name, p in profiles.items()}
+        tcp: list[socket.socket] = []
+        http_sock = None
+        try:
+            if cfg.tcp:
+                tcp = _bind_tcp(cfg.tcp)
+            if cfg.http:  # served by worker 0 alone (docs/configuration.md, "Workers")
+                from sandboxd.front.http import bind_http
+                http_sock = bind_http(cfg.http, cfg.http_send_timeout)
+            unix_sock = _bind_unix(cfg.socket, cfg.socket_mode, cfg.socket_group)
+        except SandboxError as e:
+            sys.stderr.write(f"sandboxd: {e.reason}\n")
+            return 1
+        listeners = workers.Listeners(unix=unix_sock, tcp=tcp, http=http_sock)
+        return workers.supervise(cfg, listeners, partial(run_worker, profiles=profiles,
+                                                         versions=versions), backend.version)
+    finally:
+        backend.close()
+
+
+def main(config_path: str | None = None, socket_path: str | None = None,
+         http: str | None = None, redis: str | None = None, workers: int | None = None) -> int:
+    try:
+        cfg = load(config_path, socket=socket_path, http=http, redis=redis, workers=workers)
     except ConfigError as e:
         sys.stderr.write(f"sandboxd: {e}\n")
         return 2
@@ -167,6 +297,8 @@ def main(config_path: str | None = None, socket_path: str | None = None,
         sys.stderr.write(f"sandboxd: cannot create the state directory {cfg.state_dir}: "
                          f"{e.strerror} (set state_dir, or SANDBOXD_STATE_DIR)\n")
         return 2
+    if cfg.workers > 1:
+        return _serve_workers(cfg, profiles)
     try:
         backend = cgroups.open_backend(cfg.instance)
     except Exception as e:

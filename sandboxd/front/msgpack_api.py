@@ -31,6 +31,7 @@ from sandboxd.log import event
 from sandboxd.service import Job, JobService, ServiceError
 from sandboxd.workspace import Upload, WorkspaceError
 
+from ._siblings import Siblings, merge_stats
 from ._wire import job_result, job_spec, profile_infos
 
 # ------------------------------------------------------------------ the listener
@@ -39,9 +40,14 @@ from ._wire import job_result, job_spec, profile_infos
 class MsgpackFront:
     """The msgpack listener's shared state: connection count, frame budget, wire mapping."""
 
-    def __init__(self, cfg: Config, service: JobService) -> None:
+    def __init__(self, cfg: Config, service: JobService,
+                 siblings: Siblings | None = None) -> None:
         self.cfg = cfg
         self.service = service
+        # With workers (sandboxd/workers.py): this worker's tag prefixes every job
+        # reference, and ps, stats and kill reach the siblings (_siblings.py).
+        self.siblings = siblings
+        self.owner_prefix = f"{siblings.tag}-" if siblings is not None else ""
         self.connections = 0
         self.conn_seq = itertools.count(1)
         self.limits = proto.SizeLimits(max_frame_size=cfg.max_frame)
@@ -57,8 +63,21 @@ class MsgpackFront:
     def profile_infos(self) -> tuple[proto.ProfileInfo, ...]:
         return profile_infos(self.service.profiles.values(), self.service.versions)
 
-    async def handle(self, stream: trio.abc.Stream, tcp: bool = False) -> None:
-        """Serve one connection until it ends; past ``max_connections``, busy at once."""
+    async def handle(self, stream: trio.abc.Stream, tcp: bool = False,
+                     control: bool = False) -> None:
+        """Serve one connection until it ends; past ``max_connections``, busy at once.
+
+        ``control``: a sibling worker's connection to this one's control socket,
+        whose ps, stats and kill are answered from this worker alone (and which
+        the connection limit does not count: a daemon full of clients still
+        answers its siblings)."""
+        if control:
+            try:
+                await Session(self, stream, next(self.conn_seq), False, control=True).run()
+            finally:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+            return
         n = next(self.conn_seq)
         if self.connections >= self.cfg.max_connections:
             conn = proto.Connection(proto.SERVER, limits=self.limits)
@@ -97,6 +116,39 @@ class MsgpackFront:
                           client=j.client, cpu_time=j.cpu_time, memory=j.memory)
             for j in self.service.ps()))
 
+    # -- the whole daemon, with workers (each a no-op step without them) ----
+
+    async def daemon_job_list(self) -> proto.JobList:
+        """``ps`` of every worker that answers (only this one's without workers)."""
+        own = self.job_list()
+        if self.siblings is None:
+            return own
+        answers = await self.siblings.ask_all(proto.JobListRequest())
+        jobs = list(own.jobs)
+        for _k, ev in sorted(answers.items()):
+            if isinstance(ev, proto.JobList):
+                jobs.extend(ev.jobs)
+        return proto.JobList(jobs=tuple(jobs))
+
+    async def daemon_stats(self) -> proto.ServerStats:
+        """``stats`` summed over every worker that answers (this one's without workers)."""
+        own = self.stats()
+        if self.siblings is None:
+            return own
+        answers = await self.siblings.ask_all(proto.StatsRequest())
+        per = {k: ev for k, ev in answers.items() if isinstance(ev, proto.ServerStats)}
+        per[self.siblings.index] = own
+        return merge_stats(self.siblings.index, per, self.siblings.count)
+
+    async def daemon_kill(self, ref: str) -> bool:
+        """``kill``: by this worker, or by the sibling the reference names."""
+        siblings = self.siblings
+        owner = siblings.owner_of(ref) if siblings is not None else None
+        if siblings is None or owner is None or owner == siblings.index:
+            return self.service.kill(ref)
+        ev = await siblings.ask(owner, proto.KillRequest(job=ref))
+        return isinstance(ev, proto.KillResult) and ev.found
+
 
 # A connection whose unfinished input is below this is never refused for the budget:
 # handshakes, small jobs and control messages always get through.
@@ -106,8 +158,10 @@ BUDGET_EXEMPT = 256 << 10
 class Session:
     """One client connection: the protocol loop, and its jobs as child tasks."""
 
-    def __init__(self, front: MsgpackFront, stream: trio.abc.Stream, n: int, tcp: bool) -> None:
+    def __init__(self, front: MsgpackFront, stream: trio.abc.Stream, n: int, tcp: bool,
+                 *, control: bool = False) -> None:
         self.front = front
+        self.control = control  # a sibling worker's: ps, stats and kill of this worker only
         self.service = front.service
         self.stream = stream
         self.n = n
@@ -285,11 +339,13 @@ class Session:
             if job is not None:
                 job.cancel("cancelled by the client")
         elif isinstance(ev, proto.JobListRequest):
-            await self.send(front.job_list())
+            await self.send(front.job_list() if self.control else await front.daemon_job_list())
         elif isinstance(ev, proto.KillRequest):
-            await self.send(proto.KillResult(job=ev.job, found=self.service.kill(ev.job)))
+            found = (self.service.kill(ev.job) if self.control
+                     else await front.daemon_kill(ev.job))
+            await self.send(proto.KillResult(job=ev.job, found=found))
         elif isinstance(ev, proto.StatsRequest):
-            await self.send(front.stats())
+            await self.send(front.stats() if self.control else await front.daemon_stats())
         elif isinstance(ev, proto.Ping):
             await self.send(proto.Pong(nonce=ev.nonce))
         elif isinstance(ev, proto.Goodbye):
@@ -306,7 +362,8 @@ class Session:
     async def _submit(self, sub: proto.JobSubmission, nursery: trio.Nursery) -> None:
         try:
             spec = self._job_spec(sub)
-            job = self.service.submit(spec, id=sub.id, owner=f"{self.n}", client=self.client)
+            job = self.service.submit(spec, id=sub.id, owner=f"{self.front.owner_prefix}{self.n}",
+                                      client=self.client)
         except ServiceError as e:
             self.stdin.pop(sub.id, None)
             upload = self.uploads.pop(sub.id, None)

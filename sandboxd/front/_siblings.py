@@ -1,0 +1,146 @@
+"""A worker's siblings (``workers = N``, sandboxd/workers.py): ``ps``, ``stats``, ``kill``
+of the whole daemon, asked over each sibling's private control socket.
+
+Strategy: with several workers, a connection lands on one of them (the kernel
+hands the shared listening socket's next connection to whichever worker
+accepts first), but ``ps``, ``stats`` and ``kill`` must see the daemon, not
+the worker. So each worker also listens on ``<state_dir>/sandboxd-worker-<k>.sock``
+(mode 0600: only the daemon's own user), speaking the same msgpack protocol,
+where these three requests are answered from that worker alone. A worker that
+gets one of them from a client answers from itself and asks every sibling
+there, concurrently, with a fresh connection each (a few hundred microseconds:
+these are operator commands, not the job path). A sibling that does not answer
+within ``TIMEOUT`` (dead, or restarting) is left out: ``ps`` then lists the
+jobs of the workers that answered, and ``stats`` says how many did
+(``workers_answering``).
+
+Job references carry their worker: ``w<k>-<connection>/<job id>``, so
+``kill`` goes to the one worker that can own the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Mapping
+
+import trio
+
+import sandboxd_protocol as proto
+
+TIMEOUT = 2.0
+_REF = re.compile(r"w(\d+)-")
+
+
+class Siblings:
+    """This worker's index and tag, and the control socket of every worker."""
+
+    def __init__(self, index: int, paths: Mapping[int, str]) -> None:
+        self.index = index
+        self.tag = f"w{index}"
+        self.paths = dict(paths)  # worker index -> its control socket (ours included)
+
+    @property
+    def count(self) -> int:
+        return len(self.paths)
+
+    def owner_of(self, ref: str) -> int | None:
+        """The worker a job reference names (``w<k>-...``), ``None`` if none does."""
+        m = _REF.match(ref)
+        if m is None or int(m.group(1)) not in self.paths:
+            return None
+        return int(m.group(1))
+
+    async def ask(self, index: int, request: proto.Event) -> proto.Event | None:
+        """Worker ``index``'s answer to ``request`` on its control socket; ``None`` if it
+        gave none within ``TIMEOUT`` (or the connection failed)."""
+        with trio.move_on_after(TIMEOUT):
+            try:
+                return await _ask(self.paths[index], request)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                    proto.ProtocolError, ConnectionError):
+                return None
+        return None
+
+    async def ask_all(self, request: proto.Event) -> dict[int, proto.Event]:
+        """Every other worker's answer to ``request``, by index (those that answered)."""
+        answers: dict[int, proto.Event] = {}
+
+        async def one(index: int) -> None:
+            ev = await self.ask(index, request)
+            if ev is not None:
+                answers[index] = ev
+
+        async with trio.open_nursery() as nursery:
+            for index in self.paths:
+                if index != self.index:
+                    nursery.start_soon(one, index)
+        return answers
+
+
+async def _ask(path: str, request: proto.Event) -> proto.Event:
+    stream = await trio.open_unix_socket(path)
+    async with stream:
+        conn = proto.Connection(proto.CLIENT)
+        await stream.send_all(conn.send(proto.Hello(client="sandboxd-sibling")))
+        sent = False
+        while True:
+            ev = conn.next_event()
+            if ev is proto.NEED_DATA:
+                data = await stream.receive_some(1 << 16)
+                if not data:
+                    raise ConnectionError("the sibling closed the connection")
+                conn.receive_data(data)
+                continue
+            if isinstance(ev, proto.ConnectionClosed):
+                raise ConnectionError("the sibling closed the connection")
+            if isinstance(ev, proto.ErrorReport):
+                raise ConnectionError(f"the sibling refused: {ev.code}: {ev.message}")
+            if isinstance(ev, proto.Welcome) and not sent:
+                await stream.send_all(conn.send(request))
+                sent = True
+                continue
+            if sent:
+                with contextlib.suppress(Exception):
+                    await stream.send_all(conn.send(proto.Goodbye()))
+                return ev
+
+
+def merge_stats(own_index: int, answers: Mapping[int, proto.ServerStats],
+                workers: int) -> proto.ServerStats:
+    """One daemon's ``stats`` from each worker's (``answers``, ours included).
+
+    Job and connection counts are sums; pools are summed by profile (each worker
+    keeps its own warm containers); ``uptime`` is the oldest worker's. Counters
+    are sums, but for means and percentiles (``*_s``), which are the highest of
+    any worker (a sum of them means nothing). Per-worker figures are added as
+    ``w<k>_jobs_completed``, ``w<k>_jobs_running`` and ``w<k>_connections``, with
+    ``workers`` (configured) and ``workers_answering``.
+    """
+    pools: dict[str, list[int]] = {}
+    counters: dict[str, int | float] = {}
+    for st in answers.values():
+        for p in st.pools:
+            acc = pools.setdefault(p.profile, [0, 0])
+            acc[0] += p.warm
+            acc[1] += p.target
+        for k, v in st.counters.items():
+            if k.endswith("_s"):
+                counters[k] = max(counters.get(k, 0.0), v)
+            else:
+                counters[k] = counters.get(k, 0) + v
+    for k, st in sorted(answers.items()):
+        counters[f"w{k}_jobs_completed"] = st.jobs_completed
+        counters[f"w{k}_jobs_running"] = st.jobs_running
+        counters[f"w{k}_connections"] = st.connections
+    counters["workers"] = workers
+    counters["workers_answering"] = len(answers)
+    vals = list(answers.values())
+    return proto.ServerStats(
+        uptime=max(s.uptime for s in vals), connections=sum(s.connections for s in vals),
+        jobs_queued=sum(s.jobs_queued for s in vals),
+        jobs_running=sum(s.jobs_running for s in vals),
+        jobs_completed=sum(s.jobs_completed for s in vals),
+        pools=tuple(proto.PoolStats(profile=name, warm=w, target=t)
+                    for name, (w, t) in pools.items()),
+        counters=counters)

@@ -1,0 +1,395 @@
+"""``workers = N``: N supervisor processes behind one daemon's listening sockets.
+
+Why. One supervisor is one Python thread, and it spends ~1.5 ms of CPU per
+``/bin/true`` job: however many cores a host has, one daemon then tops out
+near 600-700 jobs/s. With ``workers = N`` the daemon is N complete
+supervisors (each its own job service, pool, zygote, fork server and cgroup
+root ``sandboxd-<instance>-w<k>``) accepting connections from the same
+listening sockets, so the supervisors' work spreads over N cores.
+
+How. The daemon process (this module's ``supervise``) binds the Unix socket,
+the TCP sockets and the HTTP socket, then forks the workers. It forks rather
+than starting fresh interpreters because it is single-threaded and never runs
+trio (so a fork is safe, and the child may still start its own zygote before
+its event loop, as a single daemon does), the children inherit the listening
+sockets and the profiles and runtime versions already probed (a fresh
+interpreter would probe every runtime again, ~0.15 s per worker and per
+restart), and ``PR_SET_PDEATHSIG`` is reliable: it fires when the thread that
+forked exits, and here that thread is the process's only one. Each worker
+then runs ``daemon.run_worker``: its cgroup root (stale leftovers removed),
+its zygote, ``trio.run(serve)``.
+
+The parent then only supervises: it logs ``ready`` once every worker has
+said it is ready (a line on a pipe), restarts a worker that dies (its jobs
+are lost to their clients as a closed connection, as in a daemon crash), and
+on SIGTERM or SIGINT sends SIGTERM to every worker (each drains within the
+grace period), waits for them, removes the socket and exits. Each worker is
+in a process group of its own, so a terminal's ^C reaches the parent only and
+each worker gets exactly one SIGTERM. If the parent is SIGKILLed, every worker
+gets SIGKILL (PR_SET_PDEATHSIG), its zygote dies with it, and so on down to
+the containers; the next start removes the cgroups left behind
+(``remove_stale_workers``).
+
+What is divided. ``concurrency`` and ``queue_length`` are the daemon's totals,
+split among the workers (worker k gets ``total // N``, plus one for the first
+``total % N``); the CPUs the daemon may use are dealt out too (worker k pins
+jobs only on every N-th CPU from the k-th), so no two workers pin steps on
+one CPU unless there are more workers than CPUs. ``pool_size``,
+``max_connections`` and ``max_buffered`` are each worker's.
+
+This module knows neither the front doors nor trio: the daemon hands it the
+bound sockets and the function that runs one worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sandboxd import slots
+from sandboxd.cgroups import CgroupBackend, open_backend
+from sandboxd.config import Config
+from sandboxd.isolation import _libc
+from sandboxd.log import event
+
+# A worker that dies within this many seconds of its start is restarted after a
+# delay that doubles each time (up to RESTART_DELAY_MAX): a crash loop must not
+# spin the host. One that lived longer is restarted at once.
+STABLE_AFTER = 10.0
+RESTART_DELAY_MAX = 5.0
+# Past the grace period, how long the workers get to empty their pools and stop
+# before the parent kills them.
+STOP_MARGIN = 30.0
+
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+
+
+@dataclass
+class Listeners:
+    """The daemon's listening sockets, bound by the parent and shared by every worker."""
+
+    unix: socket.socket
+    tcp: list[socket.socket] = field(default_factory=list)
+    http: socket.socket | None = None  # worker 0's alone (docs/configuration.md)
+
+
+@dataclass
+class Worker:
+    """What worker ``index`` of ``count`` serves with (``daemon.serve``'s ``worker``)."""
+
+    index: int
+    count: int
+    unix_sock: socket.socket
+    tcp_socks: list[socket.socket]
+    http_sock: socket.socket | None
+    control_path: str  # this worker's control socket (the siblings' ps, stats, kill)
+    control_paths: dict[int, str]  # every worker's, this one's included
+    cpus: list[int]
+    ready_fd: int
+
+    @property
+    def tag(self) -> str:
+        return f"w{self.index}"
+
+    def notify_ready(self, http_address: str, cgroup_version: int) -> None:
+        """Tell the parent this worker serves (once; later calls do nothing)."""
+        if self.ready_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.ready_fd, f"ready {http_address} {cgroup_version}\n".encode())
+            os.close(self.ready_fd)
+            self.ready_fd = -1
+
+
+def control_path(state_dir: str, index: int) -> str:
+    return os.path.join(state_dir, f"sandboxd-worker-{index}.sock")
+
+
+def share(total: int, index: int, count: int) -> int:
+    """Worker ``index``'s part of ``total`` (the parts add up to ``total``)."""
+    return total // count + (1 if index < total % count else 0)
+
+
+def worker_cpus(cpus: list[int], index: int, count: int) -> list[int]:
+    """The CPUs worker ``index`` pins jobs on: every ``count``-th of ``cpus`` from the
+    ``index``-th; with more workers than CPUs, one CPU (shared with other workers)."""
+    mine = cpus[index::count]
+    return mine or [cpus[index % len(cpus)]]
+
+
+def worker_config(cfg: Config, index: int) -> Config:
+    """Worker ``index``'s configuration: its own cgroup instance, its share of the
+    daemon's concurrency and queue."""
+    n = cfg.workers
+    return dataclasses.replace(cfg, instance=f"{cfg.instance}-w{index}",
+                               concurrency=max(1, share(cfg.concurrency, index, n)),
+                               queue_length=share(cfg.queue_length, index, n))
+
+
+def stale_worker_roots(backend: CgroupBackend, instance: str) -> list[str]:
+    """Tags (``<instance>-w<k>``) of worker cgroup roots found beside ``backend``'s root:
+    what workers of an earlier run (perhaps with more workers, perhaps SIGKILLed) left."""
+    parents: set[str] = set()
+    roots = getattr(backend, "_roots", None)  # v1: a root per hierarchy
+    if isinstance(roots, dict):
+        parents = {os.path.dirname(r) for r in roots.values()}
+    own = getattr(backend, "own", None)  # v2: one root
+    if isinstance(own, str):
+        parents.add(own)
+    pattern = re.compile(rf"sandboxd-({re.escape(instance)}-w\d+)")
+    tags: set[str] = set()
+    for parent in parents:
+        with contextlib.suppress(OSError):
+            for name in os.listdir(parent):
+                m = pattern.fullmatch(name)
+                if m and os.path.isdir(os.path.join(parent, name)):
+                    tags.add(m.group(1))
+    return sorted(tags)
+
+
+def remove_stale_workers(backend: CgroupBackend, instance: str) -> int:
+    """Kill and remove every worker cgroup root an earlier run left; how many there were."""
+    tags = stale_worker_roots(backend, instance)
+    for tag in tags:
+        open_backend(tag).close()  # close: every job cgroup killed and removed, the root too
+    return len(tags)
+
+
+class _Child:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid = 0
+        self.ready_fd = -1
+        self.ready = False
+        self.started = 0.0
+        self.delay = 0.0  # before the next restart
+        self.restart_at: float | None = None
+        self.status: int | None = None  # exit status, once it ended for good
+
+
+RunWorker = Callable[[Config, Worker], int]
+
+
+class Supervisor:
+    """The parent: forks, watches and stops the workers."""
+
+    def __init__(self, cfg: Config, listeners: Listeners, run_worker: RunWorker,
+                 cgroup_version: int) -> None:
+        self.cfg = cfg
+        self.listeners = listeners
+        self.run_worker = run_worker
+        self.cgroup_version = cgroup_version
+        self.n = cfg.workers
+        self.children = [_Child(k) for k in range(self.n)]
+        self.cpus = sorted(os.sched_getaffinity(0))
+        self.paths = {k: control_path(cfg.state_dir, k) for k in range(self.n)}
+        self.http_address = "off"
+        self.stopping = False
+        self._failed = False  # a worker could not start: the daemon exits 1
+
+    # -- one worker ---------------------------------------------------------
+
+    def _fork(self, child: _Child) -> None:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker; never returns
+            os.close(r)
+            self._in_worker(child.index, w, parent)
+        os.close(w)
+        child.pid, child.ready_fd, child.ready = pid, r, False
+        child.started, child.restart_at = time.monotonic(), None
+
+    def _in_worker(self, index: int, ready_fd: int, parent: int) -> None:
+        code = 1
+        try:
+            _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:  # the parent died before we could notice
+                os._exit(1)
+            os.setpgid(0, 0)  # a terminal's ^C is the parent's to pass on, once
+            for sig in (signal.SIGTERM, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            for other in self.children:  # the siblings' ready pipes are not ours
+                if other.ready_fd >= 0:
+                    os.close(other.ready_fd)
+            # Each worker has its own descriptor on the host's slot lock file: OFD
+            # locks of one open file description never conflict, so a shared one would
+            # let two workers take the same uid slot (slots.py).
+            assert slots._HOST is None, "the parent must not open the slot lock file"
+            http = self.listeners.http if index == 0 else None
+            if self.listeners.http is not None and index != 0:
+                self.listeners.http.close()
+            worker = Worker(index=index, count=self.n, unix_sock=self.listeners.unix,
+                            tcp_socks=list(self.listeners.tcp), http_sock=http,
+                            control_path=self.paths[index], control_paths=dict(self.paths),
+                            cpus=worker_cpus(self.cpus, index, self.n), ready_fd=ready_fd)
+            _tag_log_lines(index)
+            code = self.run_worker(worker_config(self.cfg, index), worker)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os._exit(code)
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Fork every worker, serve until SIGTERM/SIGINT, stop them; the exit status."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            for child in self.children:
+                self._fork(child)
+            return self._loop()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.cfg.socket)
+            for path in self.paths.values():  # a killed worker's, if any
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+    def _loop(self) -> int:
+        announced = False
+        stop_deadline = float("inf")
+        while True:
+            self._read_ready()
+            if not announced and all(c.ready for c in self.children):
+                announced = True
+                cfg = self.cfg
+                event("ready", socket=cfg.socket, tcp=cfg.tcp or "off", http=self.http_address,
+                      workers=self.n, concurrency=cfg.concurrency, pool_size=cfg.pool_size,
+                      cgroup_version=self.cgroup_version, pid=os.getpid())
+            while (info := signal.sigtimedwait(_SIGNALS, 0)) is not None:
+                if info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+                    self._stop(signal.Signals(info.si_signo).name)
+                    stop_deadline = time.monotonic() + self.cfg.grace_period + STOP_MARGIN
+            failed = self._reap(announced)
+            if failed is not None and not self.stopping:
+                # A worker that could not start at all: the daemon cannot serve as
+                # configured; say so with its status, as a single daemon would.
+                event("worker_failed", logging.ERROR, worker=failed.index,
+                      status=failed.status)
+                self._stop("worker_failed")
+                stop_deadline = time.monotonic() + self.cfg.grace_period + STOP_MARGIN
+            if self.stopping:
+                live = [c for c in self.children if c.pid]
+                if not live:
+                    break
+                if time.monotonic() > stop_deadline:
+                    for c in live:
+                        event("worker_killed", logging.WARNING, worker=c.index, pid=c.pid)
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(c.pid, signal.SIGKILL)
+                    stop_deadline = float("inf")
+            else:
+                now = time.monotonic()
+                for c in self.children:
+                    if not c.pid and c.restart_at is not None and now >= c.restart_at:
+                        self._fork(c)
+                        event("worker_restarted", worker=c.index, pid=c.pid)
+            fds = [c.ready_fd for c in self.children if c.ready_fd >= 0]
+            with contextlib.suppress(InterruptedError):
+                select.select(fds, [], [], 0.05)
+        statuses = [c.status or 0 for c in self.children]
+        code = 0 if not any(statuses) and not self._failed else 1
+        event("stopped", workers=self.n, status=code)
+        return code
+
+    def _read_ready(self) -> None:
+        for c in self.children:
+            if c.ready_fd < 0:
+                continue
+            r, _, _ = select.select([c.ready_fd], [], [], 0)
+            if not r:
+                continue
+            try:
+                data = os.read(c.ready_fd, 4096)
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                data = b""
+            if data.startswith(b"ready"):
+                c.ready = True
+                parts = data.decode(errors="replace").split()
+                if c.index == 0 and len(parts) > 1:
+                    self.http_address = parts[1]
+            os.close(c.ready_fd)
+            c.ready_fd = -1
+
+    def _reap(self, announced: bool) -> _Child | None:
+        """Reap ended workers; schedule restarts. A worker that ended before the daemon
+        was first ready is returned: start-up failed."""
+        failed = None
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return failed
+            if pid == 0:
+                return failed
+            child = next((c for c in self.children if c.pid == pid), None)
+            if child is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            child.pid = 0
+            if child.ready_fd >= 0:
+                os.close(child.ready_fd)
+                child.ready_fd = -1
+            if self.stopping:
+                child.status = code
+                event("worker_stopped", worker=child.index, pid=pid, status=code)
+                continue
+            if not announced:
+                child.status = code if code else 1
+                self._failed = True
+                failed = child
+                continue
+            lived = time.monotonic() - child.started
+            child.delay = 0.0 if lived > STABLE_AFTER else min(
+                RESTART_DELAY_MAX, max(0.1, child.delay * 2))
+            child.restart_at = time.monotonic() + child.delay
+            event("worker_died", logging.WARNING, worker=child.index, pid=pid, status=code,
+                  lived=round(lived, 3), restart_in=child.delay)
+
+    def _stop(self, why: str) -> None:
+        self.stopping = True
+        live = [c for c in self.children if c.pid]
+        event("draining", signal=why, workers=len(live), grace=self.cfg.grace_period)
+        for c in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c.pid, signal.SIGTERM)
+
+
+def _tag_log_lines(index: int) -> None:
+    """Every log line of this worker says ``worker=<index>`` (after the event's name)."""
+    tag = {"worker": index}
+
+    def add(record: logging.LogRecord) -> bool:
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and "worker" not in fields:
+            record.fields = {**tag, **fields}
+        return True
+
+    for handler in logging.getLogger("sandboxd").handlers:
+        handler.addFilter(add)
+
+
+def supervise(cfg: Config, listeners: Listeners, run_worker: RunWorker,
+              cgroup_version: int) -> int:
+    """Run ``cfg.workers`` workers over ``listeners`` until SIGTERM; the exit status."""
+    return Supervisor(cfg, listeners, run_worker, cgroup_version).run()
