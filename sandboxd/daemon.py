@@ -149,7 +149,8 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
                           concurrency=cfg.concurrency, pool_size=cfg.pool_size,
                           cgroup_version=backend.version, profiles=len(profiles))
                 else:
-                    event("worker_ready", concurrency=cfg.concurrency, pool_size=cfg.pool_size,
+                    event("worker_ready", pid=os.getpid(), concurrency=cfg.concurrency,
+                          pool_size=cfg.pool_size,
                           cpus=",".join(map(str, worker.cpus)), http=http_address,
                           cgroup_version=backend.version, profiles=len(profiles))
                     worker.notify_ready(http_address, backend.version)

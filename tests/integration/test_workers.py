@@ -1,0 +1,261 @@
+"""``workers = 2``: one daemon of two supervisor processes (sandboxd/workers.py), end to end.
+
+Which worker accepts a connection is the kernel's choice (both wait on the
+shared listening socket), so each test opens connections until it has jobs
+on both workers (a job's reference carries its worker: ``w<k>-<conn>/<id>``),
+and then checks what a client must see: ps lists every worker's jobs from any
+connection, kill reaches a job on either worker, stats sum the workers, SIGTERM
+drains both, a killed worker is restarted while the other serves on, and a
+killed daemon takes its workers with it. The autouse fixture then proves no
+process, cgroup or mount is left. Nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+import sandboxd_protocol as proto
+from sandboxd.config import ConfigError, load
+from sandboxd_testing import leftovers
+from sandboxd_testing.daemon import Client, Daemon
+
+SLEEPER = {"main.sh": b"echo started; sleep 30; echo never"}
+SHORT = {"main.sh": b"echo started; sleep 2; echo finished"}
+MAX_CONNECTIONS = 24  # to land on both workers: all on one is a 2^-23 chance if fair
+
+
+def ps(d: Daemon) -> dict[str, proto.JobInfo]:
+    """The daemon's ps from a fresh connection, by the job's own id (after the '/')."""
+    c = d.connect()
+    try:
+        c.send(proto.JobListRequest())
+        ev = c.next()
+        assert isinstance(ev, proto.JobList), ev
+        return {j.id.split("/", 1)[1]: j for j in ev.jobs}
+    finally:
+        c.close()
+
+
+def worker_of(ref: str) -> int:
+    m = re.match(r"w(\d+)-\d+/", ref)
+    assert m, f"a job reference without its worker: {ref}"
+    return int(m.group(1))
+
+
+def wait_for_output(c: Client, job_id: str) -> None:
+    while True:
+        ev = c.next()
+        if isinstance(ev, proto.OutputChunk) and ev.id == job_id:
+            return
+
+
+def jobs_on_both(d: Daemon, files: dict[str, bytes],
+                 want: tuple[int, ...] = (0, 1)) -> dict[str, tuple[Client, int]]:
+    """Connections, one job each (named after the connection), until the jobs are on
+    every worker of ``want``: {job id: (its connection, its worker)}."""
+    out: dict[str, tuple[Client, int]] = {}
+    for i in range(MAX_CONNECTIONS):
+        c = d.connect()
+        c.submit(f"j{i}", files=files, stream=True)
+        ev = c.next()
+        assert isinstance(ev, proto.JobAcceptance), ev
+        out[f"j{i}"] = (c, worker_of(ps(d)[f"j{i}"].id))
+        if set(want) <= {w for _c, w in out.values()}:
+            return out
+    raise AssertionError(f"{MAX_CONNECTIONS} connections, all on one worker")
+
+
+def log_events(d: Daemon, name: str) -> list[str]:
+    return [line for line in d.log.read_text().splitlines() if f"event={name} " in line]
+
+
+def worker_pids(d: Daemon) -> dict[int, int]:
+    """{worker index: pid} of the live workers, from the log and the process tree."""
+    children = {c for c, p in leftovers.parents().items() if p == d.pid}
+    found: dict[int, int] = {}
+    for line in log_events(d, "worker_ready"):
+        m = re.search(r" worker=(\d+) pid=(\d+)", line)
+        if m and int(m.group(2)) in children:
+            found[int(m.group(1))] = int(m.group(2))
+    return found
+
+
+# ------------------------------------------------------------ configuration
+
+
+def test_workers_configuration_is_checked():
+    assert load(env={}).workers == 1
+    assert load(env={"SANDBOXD_WORKERS": "2", "SANDBOXD_CONCURRENCY": "4"}).workers == 2
+    with pytest.raises(ConfigError, match="workers must be 1 to"):
+        load(env={}, workers=0)
+    with pytest.raises(ConfigError, match="must not exceed concurrency"):
+        load(env={}, workers=3, concurrency=2)
+    with pytest.raises(ConfigError, match="redis is not supported"):
+        load(env={}, workers=2, concurrency=2, redis="redis://127.0.0.1:1/0")
+
+
+def test_shares_add_up():
+    from sandboxd.workers import share, worker_cpus
+
+    for total in range(0, 9):
+        for n in range(1, 5):
+            assert sum(share(total, k, n) for k in range(n)) == total
+    assert [worker_cpus([0, 1, 2, 3], k, 2) for k in range(2)] == [[0, 2], [1, 3]]
+    assert [worker_cpus([5], k, 2) for k in range(2)] == [[5], [5]]
+
+
+# ------------------------------------------------------------ the daemon
+
+
+@pytest.mark.root
+def test_ps_stats_kill_see_every_worker(tmp_path):
+    with Daemon(tmp_path, workers=2, concurrency=4, pool_profiles=["bash"]) as d:
+        jobs = jobs_on_both(d, SLEEPER)
+        for job_id, (c, _w) in jobs.items():
+            if ps(d)[job_id].state == "running":
+                wait_for_output(c, job_id)
+        # ps, from a connection of its own (on either worker): every job, both workers.
+        listed = ps(d)
+        assert set(jobs) <= set(listed)
+        assert {worker_of(listed[j].id) for j in jobs} == {0, 1}
+        assert {worker_of(listed[j].id) for j in jobs} == {w for _c, w in jobs.values()}
+        # stats: the sums of the workers', and each worker's own figures.
+        st = d.stats()
+        assert st.counters["workers"] == 2 and st.counters["workers_answering"] == 2
+        assert st.jobs_running + st.jobs_queued == len(jobs)
+        assert st.jobs_running == st.counters["w0_jobs_running"] + st.counters["w1_jobs_running"]
+        assert st.counters["w0_jobs_running"] >= 1 and st.counters["w1_jobs_running"] >= 1
+        # kill, from one connection, a job on each worker (whichever it landed on).
+        killer = d.connect()
+        for job_id in jobs:
+            killer.send(proto.KillRequest(job=listed[job_id].id))
+            ev = killer.next()
+            assert isinstance(ev, proto.KillResult) and ev.found, ev
+        killer.send(proto.KillRequest(job="w1-999/nope"))
+        ev = killer.next()
+        assert isinstance(ev, proto.KillResult) and not ev.found
+        for job_id, (c, _w) in jobs.items():
+            res, _ = c.result(job_id)
+            assert isinstance(res, proto.JobResult), res
+            assert res.steps[0].verdict == "cancelled", res.steps[0]
+        assert not (set(jobs) & set(ps(d)))
+        # Many short jobs at once from the same connections (so on both workers).
+        errors: list[BaseException] = []
+
+        def loop(c: Client, name: str) -> None:
+            try:
+                for k in range(8):
+                    r = c.run(f"{name}-{k}", files={"main.sh": b"echo hi"})
+                    assert r.steps[0].stdout == b"hi\n"
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=loop, args=(c, name))
+                   for name, (c, _w) in jobs.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        st = d.stats()
+        assert st.jobs_completed == len(jobs) * 9
+        per = [st.counters["w0_jobs_completed"], st.counters["w1_jobs_completed"]]
+        assert sum(per) == st.jobs_completed and min(per) >= 9
+        # Cancel is the connection's own, on its own worker.
+        c, w = next(iter(jobs.values()))
+        c.submit("cancel-me", files=SLEEPER, stream=True)
+        wait_for_output(c, "cancel-me")
+        assert worker_of(ps(d)["cancel-me"].id) == w
+        c.send(proto.Cancellation(id="cancel-me"))
+        res, _ = c.result("cancel-me")
+        assert isinstance(res, proto.JobResult) and res.steps[0].verdict == "cancelled"
+        for c, _w in jobs.values():
+            c.close()
+
+
+@pytest.mark.root
+def test_sigterm_drains_jobs_on_both_workers(tmp_path):
+    d = Daemon(tmp_path, workers=2, concurrency=2, pool_profiles=["bash"]).start()
+    try:
+        jobs = jobs_on_both(d, SHORT)
+        for job_id, (c, _w) in jobs.items():
+            if ps(d)[job_id].state == "running":
+                wait_for_output(c, job_id)
+        running = {j for j, info in ps(d).items() if info.state == "running"}
+        assert {w for j, (_c, w) in jobs.items() if j in running} == {0, 1}
+        d.proc.send_signal(signal.SIGTERM)
+        for job_id in running:
+            res, _ = jobs[job_id][0].result(job_id)
+            assert isinstance(res, proto.JobResult), res
+            assert res.steps[0].verdict == "ok" and res.steps[0].stdout.endswith(b"finished\n")
+        assert d.proc.wait(60) == 0
+        assert not os.path.exists(d.socket)
+        state = d.config["state_dir"]
+        assert not [n for n in os.listdir(state) if n.startswith("sandboxd-worker-")]
+        assert len(log_events(d, "worker_stopped")) == 2
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop(signal.SIGKILL)
+
+
+@pytest.mark.root
+def test_a_killed_worker_is_restarted_and_the_daemon_serves_on(tmp_path):
+    with Daemon(tmp_path, workers=2, concurrency=2, pool_profiles=["bash"]) as d:
+        jobs = jobs_on_both(d, SLEEPER)
+        victim_job = next(j for j, (_c, w) in jobs.items() if w == 1)
+        survivor_job = next(j for j, (_c, w) in jobs.items() if w == 0)
+        pids = worker_pids(d)
+        assert set(pids) == {0, 1}
+        doomed = leftovers.descendants(pids[1]) | {pids[1]}  # its zygote, its containers
+        os.kill(pids[1], signal.SIGKILL)
+        with pytest.raises((ConnectionError, OSError)):
+            jobs[victim_job][0].result(victim_job)
+        deadline = time.monotonic() + 10
+        while leftovers.alive(doomed) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leftovers.alive(doomed) == set()
+        while time.monotonic() < deadline + 20 and set(worker_pids(d)) != {0, 1}:
+            time.sleep(0.05)
+        assert set(worker_pids(d)) == {0, 1} and worker_pids(d)[1] != pids[1]
+        assert log_events(d, "worker_died") and log_events(d, "worker_restarted")
+        assert [ln for ln in log_events(d, "removed_stale") if " worker=1 " in ln]
+        # The other worker's job never noticed; the restarted one takes jobs again.
+        assert ps(d)[survivor_job].state in ("running", "queued")
+        again = jobs_on_both(d, {"main.sh": b"echo again"}, want=(1,))
+        for job_id, (c, _w) in again.items():
+            res, _ = c.result(job_id)
+            assert isinstance(res, proto.JobResult) and res.steps[0].stdout == b"again\n"
+            c.close()
+        assert d.stats().counters["workers_answering"] == 2
+        for c, _w in jobs.values():
+            c.close()
+
+
+@pytest.mark.root
+def test_a_killed_daemon_takes_its_workers_and_the_restart_cleans_up(tmp_path):
+    d = Daemon(tmp_path, workers=2, concurrency=2, pool_profiles=["bash"]).start()
+    try:
+        jobs = jobs_on_both(d, SLEEPER)
+        ours = leftovers.descendants(d.pid)  # workers, zygotes, fork servers, containers
+        assert len(ours) >= 10
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while leftovers.alive(ours) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leftovers.alive(ours) == set()
+        for c, _w in jobs.values():
+            c.close()
+        d.start()  # the same instance: the workers' stale cgroups go first
+        assert log_events(d, "removed_stale_workers")
+        r = d.connect().run("after", files={"main.sh": b"echo back"})
+        assert r.steps[0].stdout == b"back\n"
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            assert d.stop() == 0
