@@ -259,3 +259,22 @@ def test_a_killed_daemon_takes_its_workers_and_the_restart_cleans_up(tmp_path):
     finally:
         if d.proc is not None and d.proc.poll() is None:
             assert d.stop() == 0
+
+
+@pytest.mark.root
+def test_http_is_served_by_worker_0(tmp_path):
+    import httpx
+
+    with Daemon(tmp_path, ("--http", "127.0.0.1:0"), workers=2, concurrency=2,
+                http_loopback_open=True) as d:
+        with httpx.Client(base_url=f"http://{d.http_address}", timeout=60) as http:
+            assert http.get("/v1/health").json()["status"] == "ok"
+            r = http.post("/v1/jobs", json={"profile": "bash",
+                                            "files": {"main.sh": "echo via-http"}})
+            assert r.status_code == 200, r.text
+            assert r.json()["steps"][0]["stdout"] == "via-http\n"
+        ready = {re.search(r" worker=(\d+) ", ln).group(1): ln  # type: ignore[union-attr]
+                 for ln in log_events(d, "worker_ready")}
+        assert f" http={d.http_address} " in ready["0"] and " http=off " in ready["1"]
+        assert d.connect().run("m", files={"main.sh": b"echo msgpack"}).steps[0].stdout \
+            == b"msgpack\n"
