@@ -269,8 +269,13 @@ def _serve_workers(cfg: Config, profiles: dict[str, Profile]) -> int:
             sys.stderr.write(f"sandboxd: {e.reason}\n")
             return 1
         listeners = workers.Listeners(unix=unix_sock, tcp=tcp, http=http_sock)
-        return workers.supervise(cfg, listeners, partial(run_worker, profiles=profiles,
+        code = workers.supervise(cfg, listeners, partial(run_worker, profiles=profiles,
                                                          versions=versions), backend.version)
+        # What a worker that was killed (or failed to start) could not remove itself.
+        gone = workers.remove_stale_workers(backend, cfg.instance)
+        if gone:
+            event("removed_stale_workers", roots=gone)
+        return code
     finally:
         backend.close()
 

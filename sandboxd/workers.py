@@ -116,6 +116,11 @@ def control_path(state_dir: str, index: int) -> str:
     return os.path.join(state_dir, f"sandboxd-worker-{index}.sock")
 
 
+# A Unix socket's path holds at most 107 bytes; a longer one is reached through a
+# descriptor of its directory (/proc/self/fd/N/NAME), which every worker inherits.
+_SUN_PATH_MAX = 107
+
+
 def share(total: int, index: int, count: int) -> int:
     """Worker ``index``'s part of ``total`` (the parts add up to ``total``)."""
     return total // count + (1 if index < total % count else 0)
@@ -193,7 +198,12 @@ class Supervisor:
         self.n = cfg.workers
         self.children = [_Child(k) for k in range(self.n)]
         self.cpus = sorted(os.sched_getaffinity(0))
-        self.paths = {k: control_path(cfg.state_dir, k) for k in range(self.n)}
+        self.real_paths = {k: control_path(cfg.state_dir, k) for k in range(self.n)}
+        self.paths = dict(self.real_paths)  # what the workers bind and connect to
+        if any(len(p.encode()) > _SUN_PATH_MAX for p in self.paths.values()):
+            state_fd = os.open(cfg.state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.paths = {k: f"/proc/self/fd/{state_fd}/{os.path.basename(p)}"
+                          for k, p in self.real_paths.items()}
         self.http_address = "off"
         self.stopping = False
         self._failed = False  # a worker could not start: the daemon exits 1
@@ -258,7 +268,7 @@ class Supervisor:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cfg.socket)
-            for path in self.paths.values():  # a killed worker's, if any
+            for path in self.real_paths.values():  # a killed worker's, if any
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
