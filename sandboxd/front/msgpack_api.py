@@ -10,7 +10,10 @@ transport stays here: the handshake and its token, slow-client timeouts, the
 connection count and the daemon-wide budget for unfinished frames, and
 fitting a result into one frame. The wire types are mapped to and from the
 service's in ``_wire.py``, shared with every front door that speaks the same
-records (a queue of msgpack jobs, say).
+records (a queue of msgpack jobs, say). With workers (docs/configuration.md,
+"Workers"), a client's ps, stats and kill are the daemon's: this worker's
+answer joined with its siblings' (``_siblings.py``); a sibling's own request
+arrives on the control socket and is answered from this worker alone.
 """
 
 from __future__ import annotations
