@@ -383,6 +383,13 @@ class Supervisor:
         for c in live:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(c.pid, signal.SIGTERM)
+        # No worker will be started again: the parent's copies of the listening sockets
+        # go, so that once every worker has stopped accepting, a new connection is
+        # refused at once (as by a single draining daemon) instead of waiting in the
+        # backlog for a daemon that is leaving.
+        for sock in [self.listeners.unix, *self.listeners.tcp, self.listeners.http]:
+            if sock is not None:
+                sock.close()
 
 
 def _tag_log_lines(index: int) -> None:

@@ -278,3 +278,30 @@ def test_http_is_served_by_worker_0(tmp_path):
         assert f" http={d.http_address} " in ready["0"] and " http=off " in ready["1"]
         assert d.connect().run("m", files={"main.sh": b"echo msgpack"}).steps[0].stdout \
             == b"msgpack\n"
+
+
+@pytest.mark.root
+def test_a_draining_daemon_refuses_new_connections(tmp_path):
+    d = Daemon(tmp_path, workers=2, concurrency=2, pool_profiles=["bash"],
+               grace_period=120.0).start()  # every admitted job finishes, queued ones too
+    try:
+        jobs = jobs_on_both(d, SHORT)
+        d.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        refused = False
+        while time.monotonic() < deadline and not refused:
+            try:
+                c = Client(d.socket, hello=False, timeout=5)
+            except (ConnectionRefusedError, FileNotFoundError):
+                refused = True
+            else:
+                c.close()
+                time.sleep(0.05)
+        assert refused, "a draining daemon's socket still took connections"
+        for job_id, (c, _w) in jobs.items():  # the admitted jobs still finish
+            res, _ = c.result(job_id)
+            assert isinstance(res, proto.JobResult) and res.steps[0].verdict == "ok", res
+        assert d.proc.wait(60) == 0
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop(signal.SIGKILL)
