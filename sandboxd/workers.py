@@ -207,6 +207,11 @@ class Supervisor:
         self.http_address = "off"
         self.stopping = False
         self._failed = False  # a worker could not start: the daemon exits 1
+        self._signals: list[int] = []  # caught, not yet handled
+        self._wake = (-1, -1)
+
+    def _on_signal(self, signo: int, _frame: object) -> None:
+        self._signals.append(signo)  # the loop acts on it (woken by the wakeup fd)
 
     # -- one worker ---------------------------------------------------------
 
@@ -231,7 +236,9 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            signal.set_wakeup_fd(-1)
+            os.close(self._wake[0])
+            os.close(self._wake[1])
             for other in self.children:  # the siblings' ready pipes are not ours
                 if other.ready_fd >= 0:
                     os.close(other.ready_fd)
@@ -260,18 +267,26 @@ class Supervisor:
 
     def run(self) -> int:
         """Fork every worker, serve until SIGTERM/SIGINT, stop them; the exit status."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        # Signals wake the loop through a pipe (set_wakeup_fd) that select watches with
+        # the workers' ready pipes: the loop sleeps until something happens.
+        self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_wakeup = signal.set_wakeup_fd(self._wake[1])
+        old = {sig: signal.signal(sig, self._on_signal) for sig in _SIGNALS}
         try:
             for child in self.children:
                 self._fork(child)
             return self._loop()
         finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(self._wake[0])
+            os.close(self._wake[1])
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cfg.socket)
             for path in self.real_paths.values():  # a killed worker's, if any
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
     def _loop(self) -> int:
         announced = False
@@ -284,9 +299,13 @@ class Supervisor:
                 event("ready", socket=cfg.socket, tcp=cfg.tcp or "off", http=self.http_address,
                       workers=self.n, concurrency=cfg.concurrency, pool_size=cfg.pool_size,
                       cgroup_version=self.cgroup_version, pid=os.getpid())
-            while (info := signal.sigtimedwait(_SIGNALS, 0)) is not None:
-                if info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
-                    self._stop(signal.Signals(info.si_signo).name)
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake[0], 512):
+                    pass
+            while self._signals:
+                signo = self._signals.pop(0)
+                if signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+                    self._stop(signal.Signals(signo).name)
                     stop_deadline = time.monotonic() + self.cfg.grace_period + STOP_MARGIN
             failed = self._reap(announced)
             if failed is not None and not self.stopping:
@@ -312,9 +331,14 @@ class Supervisor:
                     if not c.pid and c.restart_at is not None and now >= c.restart_at:
                         self._fork(c)
                         event("worker_restarted", worker=c.index, pid=c.pid)
-            fds = [c.ready_fd for c in self.children if c.ready_fd >= 0]
-            with contextlib.suppress(InterruptedError):
-                select.select(fds, [], [], 0.05)
+            fds = [c.ready_fd for c in self.children if c.ready_fd >= 0] + [self._wake[0]]
+            wake_at = [c.restart_at for c in self.children
+                       if not c.pid and c.restart_at is not None]
+            if self.stopping and stop_deadline != float("inf"):
+                wake_at.append(stop_deadline)
+            timeout = max(0.0, min([*wake_at, time.monotonic() + 5.0]) - time.monotonic())
+            if not self._signals:
+                select.select(fds, [], [], timeout)
         statuses = [c.status or 0 for c in self.children]
         code = 0 if not any(statuses) and not self._failed else 1
         event("stopped", workers=self.n, status=code)
