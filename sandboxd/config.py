@@ -294,10 +294,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"instance {cfg.instance!r} is too long for {cfg.workers} workers "
                           "(each worker's cgroups are sandboxd-<instance>-w<k>, at most 64 "
                           "characters after sandboxd-)")
-    if cfg.workers > 1 and cfg.redis:
-        raise ConfigError("workers > 1 with redis is not supported: each worker would have "
-                          "to be a cluster node of its own; run one worker per node (or "
-                          "several daemons with their own instance and node_id)")
+    if cfg.workers > 1 and cfg.node_id and len(f"{cfg.node_id}-w{cfg.workers - 1}") > 128:
+        raise ConfigError(f"node_id {cfg.node_id!r} is too long for {cfg.workers} workers "
+                          "(each worker is the cluster node <node_id>-w<k>, at most 128 "
+                          "characters)")
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cfg.instance):
         raise ConfigError(f"instance must be 1-64 of [A-Za-z0-9_.-], not {cfg.instance!r}")
     if cfg.redis and not cfg.redis.startswith(("redis://", "rediss://", "unix://")):

@@ -135,11 +135,13 @@ def worker_cpus(cpus: list[int], index: int, count: int) -> list[int]:
 
 def worker_config(cfg: Config, index: int) -> Config:
     """Worker ``index``'s configuration: its own cgroup instance, its share of the
-    daemon's concurrency and queue."""
+    daemon's concurrency and queue, and (with ``redis``) a cluster node of its own,
+    ``<node_id>-w<k>`` (without node_id, ``<hostname>-<instance>-w<k>`` by default)."""
     n = cfg.workers
     return dataclasses.replace(cfg, instance=f"{cfg.instance}-w{index}",
                                concurrency=max(1, share(cfg.concurrency, index, n)),
-                               queue_length=share(cfg.queue_length, index, n))
+                               queue_length=share(cfg.queue_length, index, n),
+                               node_id=f"{cfg.node_id}-w{index}" if cfg.node_id else "")
 
 
 def stale_worker_roots(backend: CgroupBackend, instance: str) -> list[str]:

@@ -96,8 +96,10 @@ def test_workers_configuration_is_checked():
         load(env={}, workers=0)
     with pytest.raises(ConfigError, match="must not exceed concurrency"):
         load(env={}, workers=3, concurrency=2)
-    with pytest.raises(ConfigError, match="redis is not supported"):
-        load(env={}, workers=2, concurrency=2, redis="redis://127.0.0.1:1/0")
+    with pytest.raises(ConfigError, match=r"node_id .* is too long"):
+        load(env={}, workers=2, concurrency=2, node_id="n" * 126)
+    with pytest.raises(ConfigError, match=r"instance .* is too long"):
+        load(env={}, workers=2, concurrency=2, instance="i" * 62)
 
 
 def test_shares_add_up():
