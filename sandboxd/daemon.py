@@ -255,7 +255,11 @@ def _serve_workers(cfg: Config, profiles: dict[str, Profile]) -> int:
         gone = workers.remove_stale_workers(backend, cfg.instance)
         if gone:
             event("removed_stale_workers", roots=gone)
-        versions = {name: p.version() for name, p in profiles.items()}
+        # Probed once, here: the workers inherit them (and a restarted worker too). The
+        # probing threads are joined before the fork (ThreadPoolExecutor's exit).
+        with ThreadPoolExecutor(max_workers=8) as probes:
+            versions = dict(zip(profiles, probes.map(Profile.version, profiles.values()),
+                                strict=True))
         tcp: list[socket.socket] = []
         http_sock = None
         try:
