@@ -87,7 +87,7 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
     siblings = None
     if worker is not None:
         from sandboxd.front._siblings import Siblings
-        siblings = Siblings(worker.index, worker.control_paths)
+        siblings = Siblings(worker.index, worker.control_paths, worker.loads)
     front = MsgpackFront(cfg, service, siblings)
     http_front = http_sock = None
     if cfg.http and (worker is None or worker.http_sock is not None):
@@ -110,16 +110,20 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
                 await nursery.start(RedisNode(cfg, service).run)
             async with trio.open_nursery() as connections:
                 accepting = trio.CancelScope()
-                listeners: list[trio.abc.Listener[Any]] = [
-                    trio.SocketListener(trio.socket.from_stdlib_socket(unix_sock))]
-                if worker is not None:  # the daemon's TCP sockets, bound by the parent
-                    tcp_listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s))
-                                     for s in worker.tcp_socks]
-                elif cfg.tcp:
-                    host, _, port = cfg.tcp.rpartition(":")
-                    tcp_listeners = await trio.open_tcp_listeners(int(port), host=host)
+                listeners: list[trio.abc.Listener[Any]]
+                if worker is not None:  # the daemon's sockets, bound by the parent, shared
+                    from sandboxd.front._siblings import BalancedListener
+                    assert siblings is not None
+                    siblings.publish(0)
+                    listeners = [BalancedListener(unix_sock, siblings)]
+                    tcp_listeners = [BalancedListener(s, siblings) for s in worker.tcp_socks]
                 else:
-                    tcp_listeners = []
+                    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(unix_sock))]
+                    if cfg.tcp:
+                        host, _, port = cfg.tcp.rpartition(":")
+                        tcp_listeners = await trio.open_tcp_listeners(int(port), host=host)
+                    else:
+                        tcp_listeners = []
 
                 async def handle_tcp(stream: trio.abc.Stream) -> None:
                     await front.handle(stream, tcp=True)

@@ -47,11 +47,13 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import mmap
 import os
 import re
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 import traceback
@@ -74,6 +76,7 @@ RESTART_DELAY_MAX = 5.0
 STOP_MARGIN = 30.0
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+_GONE = 1 << 30  # a dead worker's connection count (front/_siblings.py: GONE)
 
 
 @dataclass
@@ -98,6 +101,7 @@ class Worker:
     control_paths: dict[int, str]  # every worker's, this one's included
     cpus: list[int]
     ready_fd: int
+    loads: mmap.mmap | None = None  # every worker's connection count (front/_siblings.py)
 
     @property
     def tag(self) -> str:
@@ -210,6 +214,9 @@ class Supervisor:
         self.stopping = False
         self._failed = False  # a worker could not start: the daemon exits 1
         self._signals: list[int] = []  # caught, not yet handled
+        # Each worker's connection count, shared (MAP_SHARED, anonymous) with every
+        # worker forked after this: how the workers balance accepts.
+        self.loads = mmap.mmap(-1, 4 * self.n)
         self._wake = (-1, -1)
 
     def _on_signal(self, signo: int, _frame: object) -> None:
@@ -254,7 +261,8 @@ class Supervisor:
             worker = Worker(index=index, count=self.n, unix_sock=self.listeners.unix,
                             tcp_socks=list(self.listeners.tcp), http_sock=http,
                             control_path=self.paths[index], control_paths=dict(self.paths),
-                            cpus=worker_cpus(self.cpus, index, self.n), ready_fd=ready_fd)
+                            cpus=worker_cpus(self.cpus, index, self.n), ready_fd=ready_fd,
+                            loads=self.loads)
             _tag_log_lines(index)
             code = self.run_worker(worker_config(self.cfg, index), worker)
         except BaseException:
@@ -395,6 +403,8 @@ class Supervisor:
                 self._failed = True
                 failed = child
                 continue
+            # Until it is back (it writes 0 once it accepts), no sibling waits for it.
+            struct.pack_into("i", self.loads, 4 * child.index, _GONE)
             lived = time.monotonic() - child.started
             child.delay = 0.0 if lived > STABLE_AFTER else min(
                 RESTART_DELAY_MAX, max(0.1, child.delay * 2))

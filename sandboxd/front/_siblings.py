@@ -16,12 +16,25 @@ jobs of the workers that answered, and ``stats`` says how many did
 
 Job references carry their worker: ``w<k>-<connection>/<job id>``, so
 ``kill`` goes to the one worker that can own the job.
+
+Which worker accepts a connection: every worker waits on the shared listening
+socket, and the kernel wakes them all; left alone, whichever is quickest takes
+it, and a burst of connections (8 clients starting at once) could land 7 to 1.
+As all of a connection's jobs run on its worker, and each worker has only its
+share of ``concurrency``, that would leave slots idle. So the workers publish
+their connection counts in a shared page (``loads``, one int per worker, made by
+the daemon process before it forks), and ``BalancedListener`` lets a worker
+with more connections than the least loaded sibling wait up to ``DEFER_MAX``
+before it accepts, for that sibling to take the connection first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import mmap
 import re
+import socket
 from collections.abc import Mapping
 
 import trio
@@ -30,15 +43,37 @@ import sandboxd_protocol as proto
 
 TIMEOUT = 2.0
 _REF = re.compile(r"w(\d+)-")
+# How long a worker with more connections than a sibling lets that sibling take a new
+# one (it then accepts it anyway: the sibling may be busy, or dead and restarting).
+DEFER_MAX = 0.01
+DEFER_STEP = 0.001
+GONE = 1 << 30  # the load the daemon process writes for a dead worker
 
 
 class Siblings:
-    """This worker's index and tag, and the control socket of every worker."""
+    """This worker's index and tag, the control socket of every worker, and (with
+    ``loads``) every worker's connection count."""
 
-    def __init__(self, index: int, paths: Mapping[int, str]) -> None:
+    def __init__(self, index: int, paths: Mapping[int, str],
+                 loads: mmap.mmap | None = None) -> None:
         self.index = index
         self.tag = f"w{index}"
         self.paths = dict(paths)  # worker index -> its control socket (ours included)
+        self.loads = memoryview(loads).cast("i") if loads is not None else None
+
+    def publish(self, connections: int) -> None:
+        """Tell the siblings how many connections this worker serves."""
+        if self.loads is not None:
+            self.loads[self.index] = connections
+
+    def should_defer(self) -> bool:
+        """Whether a sibling serves fewer connections than this worker (and should take
+        the next one)."""
+        loads = self.loads
+        if loads is None:
+            return False
+        mine = loads[self.index]
+        return any(loads[k] < mine for k in range(len(loads)) if k != self.index)
 
     @property
     def count(self) -> int:
@@ -144,3 +179,48 @@ def merge_stats(own_index: int, answers: Mapping[int, proto.ServerStats],
         pools=tuple(proto.PoolStats(profile=name, warm=w, target=t)
                     for name, (w, t) in pools.items()),
         counters=counters)
+
+
+_CLOSED = {errno.EBADF, errno.ENOTSOCK}
+_IGNORED = {errno.EAGAIN, errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN, errno.ENOPROTOOPT,
+            errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP,
+            errno.ENETUNREACH}
+
+
+class BalancedListener(trio.abc.Listener[trio.SocketStream]):
+    """A listening socket shared with the siblings; accepts after the less loaded ones
+    had their chance (``Siblings.should_defer``, at most ``DEFER_MAX``)."""
+
+    def __init__(self, sock: socket.socket, siblings: Siblings) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.siblings = siblings
+
+    async def accept(self) -> trio.SocketStream:
+        deferred = 0.0
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(self.sock)
+            except OSError as e:  # closed meanwhile
+                raise trio.ClosedResourceError from e
+            if deferred < DEFER_MAX and self.siblings.should_defer():
+                await trio.sleep(DEFER_STEP)
+                deferred += DEFER_STEP
+                continue
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:  # a sibling took it
+                deferred = 0.0
+                continue
+            except OSError as e:
+                if e.errno in _CLOSED:
+                    raise trio.ClosedResourceError from None
+                if e.errno not in _IGNORED:
+                    raise
+                continue
+            return trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+
+    async def aclose(self) -> None:
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()
+        await trio.lowlevel.checkpoint()

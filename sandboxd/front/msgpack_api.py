@@ -92,6 +92,8 @@ class MsgpackFront:
             await stream.aclose()
             return
         self.connections += 1
+        if self.siblings is not None:
+            self.siblings.publish(self.connections)
         try:
             session = Session(self, stream, n, tcp)
             self.sessions.add(session)
@@ -101,6 +103,8 @@ class MsgpackFront:
                 self.sessions.discard(session)
         finally:
             self.connections -= 1
+            if self.siblings is not None:
+                self.siblings.publish(self.connections)
             with contextlib.suppress(Exception):
                 await stream.aclose()
 
