@@ -253,8 +253,9 @@ class Supervisor:
                     os.close(other.ready_fd)
             # Each worker has its own descriptor on the host's slot lock file: OFD
             # locks of one open file description never conflict, so a shared one would
-            # let two workers take the same uid slot (slots.py).
-            assert slots._HOST is None, "the parent must not open the slot lock file"
+            # let two workers take the same uid slot (slots.py). The parent never opens
+            # it; should it ever, the worker still opens its own at first use.
+            slots._HOST = None
             http = self.listeners.http if index == 0 else None
             if self.listeners.http is not None and index != 0:
                 self.listeners.http.close()
