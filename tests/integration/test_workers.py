@@ -307,3 +307,27 @@ def test_a_draining_daemon_refuses_new_connections(tmp_path):
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.stop(signal.SIGKILL)
+
+
+@pytest.mark.root
+def test_workers_never_share_a_uid_slot(tmp_path):
+    """Each worker locks its slots through its own descriptor (slots.py): two workers'
+    containers, running and warm, never run under the same host uid. (Each process's
+    allocator starts at a random slot, so a shared descriptor would show here only when
+    the two ranges met; the locks' own rules are tests/integration/test_slots.py's.)"""
+    from sandboxd.isolation import identity
+
+    with Daemon(tmp_path, workers=2, concurrency=4, pool_size=3,
+                pool_profiles=["bash"]) as d:
+        jobs = jobs_on_both(d, SLEEPER)
+        d.wait_warm()
+        pids = worker_pids(d)
+        inits: dict[int, set[int]] = {}
+        for k, pid in pids.items():
+            mine = leftovers.descendants(pid)
+            inits[k] = {uid for p, uid, _name in leftovers.container_processes()
+                        if p in mine and uid < identity.JOB_BASE}
+        assert len(inits[0]) >= 3 and len(inits[1]) >= 3, inits
+        assert not inits[0] & inits[1], inits
+        for c, _w in jobs.values():
+            c.close()
