@@ -266,9 +266,9 @@ class JobInfo:
     """One line of ``sandboxctl ps``.
 
     ``id`` is the server-wide reference of the job (sandboxd writes
-    ``"<connection>/<job id>"``): the one ``KillRequest`` takes. ``cpu_time``
-    and ``memory`` are live readings of a running job (sandboxd reports the
-    memory peak so far), ``None`` when unknown.
+    ``"<connection>/<job id>"``, or ``"w<k>-<connection>/<job id>"`` with workers):
+    the one ``KillRequest`` takes. ``cpu_time`` and ``memory`` are live readings of a
+    running job (sandboxd reports the memory peak so far), ``None`` when unknown.
     """
 
     id: str

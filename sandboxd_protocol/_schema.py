@@ -98,7 +98,7 @@ MAX_SECONDS = 1e9  # about 31 years: any larger time is a bug, not a measurement
 
 BOOL = Bool()
 JOB_ID = JobId()
-JOB_REF = JobId(128)  # "<connection>/<job id>": server-wide, so longer than a job id
+JOB_REF = JobId(128)  # "[w<k>-]<connection>/<job id>": server-wide, so longer than a job id
 PROFILE = Str(64, r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", "be a profile name [A-Za-z0-9._+-]")
 LABEL = Str(256)  # software names, client descriptions
 DESCRIPTION = Str(1024)
