@@ -204,9 +204,10 @@ class RedisBridge:
 
     async def _dispatch(self, ev: Any) -> None:
         if isinstance(ev, proto.Hello):
-            await self._send(proto.Welcome(server=await self._server_name(),
+            nodes = await self._nodes()  # once: two commands per client, not four
+            await self._send(proto.Welcome(server=self._server_name(nodes),
                                            limits=self.conn.limits,
-                                           profiles=await self._profiles()))
+                                           profiles=self._profiles(nodes)))
         elif isinstance(ev, proto.JobSubmission):
             await self._submit(ev)
         elif isinstance(ev, proto.Cancellation):
@@ -414,15 +415,15 @@ class RedisBridge:
                 out.append(node)
         return out
 
-    async def _server_name(self) -> str:
-        for node in await self._nodes():
+    def _server_name(self, nodes: list[dict[str, Any]]) -> str:
+        for node in nodes:
             welcome = _unpack(node.get("welcome"), proto.Welcome, None)
             if welcome is not None:
                 return f"{welcome.server} (cluster at {self.where})"[:256]
         return f"sandboxd cluster at {self.where}"[:256]
 
-    async def _profiles(self) -> tuple[proto.ProfileInfo, ...]:
-        for node in await self._nodes():
+    def _profiles(self, nodes: list[dict[str, Any]]) -> tuple[proto.ProfileInfo, ...]:
+        for node in nodes:
             welcome = _unpack(node.get("welcome"), proto.Welcome, None)
             if welcome is not None:
                 return welcome.profiles
