@@ -11,7 +11,10 @@ Redis as a lone submitter and an idle node do. Ways (docs/cluster.md, "Speed"):
   read re-armed: four writes to Redis per job (the code before 2026-12-06 07:00);
 - ``two-wakeups``: the submit with the submitter's read, the answer with the node's next
   read (``sandboxd_client``'s job path, ``RedisNode._read_lean``);
-- ``two-wakeups-no-lua``: the same without scripts (a bare ``XADD``; ``SET NX``,
+- ``eight-per-wakeup``: eight jobs in each write (eight submits, the node's read of eight,
+  its eight answers: three wake-ups for eight jobs): what a busy Redis costs per job when wake-ups
+  carry several jobs (many submitters, nodes with several jobs ending at once);
+- ``two-wakeups-no-lua``: two wake-ups without scripts (a bare ``XADD``; ``SET NX``,
   ``XADD``, ``XACK``, ``XDEL`` in ``MULTI``): what the two scripts' Lua costs, not a
   way the cluster may work (no queue limit, a second answer would be posted).
 
@@ -104,13 +107,34 @@ def run(redis: RedisServer, way: str, jobs: int) -> float:
     def xread() -> tuple[Any, ...]:
         return ("XREAD", "COUNT", 256, "BLOCK", 10_000, "STREAMS", reply_key, last)
 
-    node.send(read_group)
+    batch = 8 if way == "eight-per-wakeup" else 1
+    if batch > 1:  # the node reads after the submits, all eight at once
+        read_group = (*read_group[:5], batch, *read_group[6:])
+    else:
+        node.send(read_group)
     if way == "four-wakeups":
         client_read.send(xread())
     time.sleep(0.05)
     c0 = redis.cpu_seconds()
-    for i in range(jobs):
-        if way == "four-wakeups":
+    for i in range(0, jobs, batch):
+        if batch > 1:
+            client.send(*[submit_cmd() for _ in range(batch)], xread())
+            for _ in range(batch):
+                client.reply()
+            node.send(read_group)
+            got = node.reply()[0][1]
+            cmds = [c for k, e in enumerate(got) for c in answer_cmds(i + k, e[0])]
+            node.send(*cmds)
+            for _ in cmds:
+                node.reply()
+            seen = 0
+            while seen < batch:
+                entries = client.reply()[0][1]
+                seen += len(entries)
+                last = entries[-1][0]
+                if seen < batch:
+                    client.send(xread())
+        elif way == "four-wakeups":
             client.send(submit_cmd())
             client.reply()
             entry = node.reply()[0][1][0][0]
@@ -131,7 +155,7 @@ def run(redis: RedisServer, way: str, jobs: int) -> float:
             for _ in cmds:
                 node.reply()
             last = client.reply()[0][1][-1][0]
-        if (i + 1) % 64 == 0:
+        if (i + batch) % 64 == 0:
             client.send(("XTRIM", reply_key, "MINID", last))
             client.reply()
     cpu = (redis.cpu_seconds() - c0) / jobs
@@ -154,7 +178,7 @@ def main() -> int:
         c0 = redis.cpu_seconds()
         time.sleep(3)
         idle = (redis.cpu_seconds() - c0) / 3
-        ways = ("four-wakeups", "two-wakeups", "two-wakeups-no-lua")
+        ways = ("four-wakeups", "two-wakeups", "eight-per-wakeup", "two-wakeups-no-lua")
         got: dict[tuple[str, str], list[float]] = {}
         for rep in range(a.reps):
             for setting in (SETTINGS if rep % 2 == 0 else list(SETTINGS)[::-1]):
