@@ -14,6 +14,9 @@ Redis as a lone submitter and an idle node do. Ways (docs/cluster.md, "Speed"):
 - ``eight-per-wakeup``: eight jobs in each write (eight submits, the node's read of eight,
   its eight answers: three wake-ups for eight jobs): what a busy Redis costs per job when wake-ups
   carry several jobs (many submitters, nodes with several jobs ending at once);
+- with ``--gap MS``, ``four-`` and ``two-wakeups-gap-MS``: the same with the job "running"
+  for MS between its delivery and its answer, as in a real cluster, where whatever else
+  runs meanwhile leaves Redis's caches cold;
 - ``two-wakeups-no-lua``: two wake-ups without scripts (a bare ``XADD``; ``SET NX``,
   ``XADD``, ``XACK``, ``XDEL`` in ``MULTI``): what the two scripts' Lua costs, not a
   way the cluster may work (no queue limit, a second answer would be posted).
@@ -71,7 +74,7 @@ class Conn:
         return got
 
 
-def run(redis: RedisServer, way: str, jobs: int) -> float:
+def run(redis: RedisServer, way: str, jobs: int, gap: float = 0.0) -> float:
     """Redis's CPU seconds per job over ``jobs`` jobs sent ``way``."""
     submitter = "f" * 32
     reply_key = cluster.reply_key(submitter)
@@ -112,7 +115,7 @@ def run(redis: RedisServer, way: str, jobs: int) -> float:
         read_group = (*read_group[:5], batch, *read_group[6:])
     else:
         node.send(read_group)
-    if way == "four-wakeups":
+    if way.startswith("four-wakeups"):
         client_read.send(xread())
     time.sleep(0.05)
     c0 = redis.cpu_seconds()
@@ -134,12 +137,12 @@ def run(redis: RedisServer, way: str, jobs: int) -> float:
                 last = entries[-1][0]
                 if seen < batch:
                     client.send(xread())
-        elif way == "four-wakeups":
+        elif way.startswith("four-wakeups"):
             client.send(submit_cmd())
             client.reply()
             entry = node.reply()[0][1][0][0]
             node.send(read_group)  # re-armed at once
-            time.sleep(0)
+            time.sleep(gap)  # the job runs
             cmds = answer_cmds(i, entry)
             node_answer.send(*cmds)
             for _ in cmds:
@@ -150,6 +153,8 @@ def run(redis: RedisServer, way: str, jobs: int) -> float:
             client.send(submit_cmd(), xread())
             client.reply()
             entry = node.reply()[0][1][0][0]
+            if gap:
+                time.sleep(gap)  # the job runs
             cmds = answer_cmds(i, entry)
             node.send(*cmds, read_group)
             for _ in cmds:
@@ -168,6 +173,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--gap", type=float, default=0.0, metavar="MS",
+                    help="also: two wake-ups with MS of sleep while the job 'runs' (what "
+                    "else runs on the machine meanwhile cools Redis's caches)")
+    ap.add_argument("--only-gaps", action="store_true", help="with --gap: only those ways")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-cluster-floor-"))
     redis = RedisServer(tmp).start()
@@ -178,7 +187,13 @@ def main() -> int:
         c0 = redis.cpu_seconds()
         time.sleep(3)
         idle = (redis.cpu_seconds() - c0) / 3
-        ways = ("four-wakeups", "two-wakeups", "eight-per-wakeup", "two-wakeups-no-lua")
+        ways: tuple[str, ...] = ("four-wakeups", "two-wakeups", "eight-per-wakeup",
+                                 "two-wakeups-no-lua")
+        if a.only_gaps:
+            ways = ()
+        if a.gap:
+            ways += (f"four-wakeups-gap-{a.gap:g}ms", f"two-wakeups-gap-{a.gap:g}ms",
+                     f"two-wakeups-gap-{a.gap:g}ms-no-lua")
         got: dict[tuple[str, str], list[float]] = {}
         for rep in range(a.reps):
             for setting in (SETTINGS if rep % 2 == 0 else list(SETTINGS)[::-1]):
@@ -186,7 +201,9 @@ def main() -> int:
                     admin.send(("CONFIG", "SET", k, v))
                     admin.reply()
                 for way in (ways if rep % 2 == 0 else ways[::-1]):
-                    got.setdefault((way, setting), []).append(run(redis, way, a.jobs))
+                    got.setdefault((way, setting), []).append(run(
+                        redis, way, a.jobs if "gap" not in way else a.jobs // 4,
+                        a.gap / 1000 if "gap" in way else 0.0))
         print(f"Redis CPU per job, one job at a time ({a.jobs} jobs a window; idle: "
               f"{idle * 1000:.2f} ms of CPU per second):")
         for (way, setting), v in got.items():
