@@ -17,10 +17,13 @@ keys; docs/cluster.md the design):
 - a job: a fresh uuid becomes its id in the cluster (so ids never collide
   between submitters), the packed submission is added to the job stream with
   this bridge's reply stream, and the job is accepted; a queue longer than
-  ``max_queue`` answers ``server_busy`` instead;
-- one task reads this bridge's reply stream: output chunks (of the latest
-  attempt, if a node died and another reran the job) and ``done`` entries,
-  after which the stored answer is read and passed on under the caller's id;
+  ``max_queue`` answers ``server_busy`` instead; on the job path (``_JobPath``)
+  the submit is written together with the reply stream's blocked read, so
+  Redis wakes once for both (docs/cluster.md, "Speed");
+- one task reads this bridge's reply stream while it has jobs out: output
+  chunks (of the latest attempt, if a node died and another reran the job)
+  and ``done`` entries, with the answer inline (or read from its key when
+  big), passed on under the caller's id;
 - a cancel sets the job's cancel key (the node polls it), as does a client
   that goes away with jobs unfinished;
 - ``ps``, ``stats`` and ``kill`` gather what the live nodes announce;
