@@ -15,7 +15,10 @@ and microseconds each) and Redis's CPU per job (``INFO cpu``) per setting.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -65,9 +68,77 @@ def _window(url: str, jobs: int, clients: int) -> None:
 
 
 def _redis(redis: RedisServer, *args: str) -> Any:
-    import subprocess
     return subprocess.run(["redis-cli", "-p", str(redis.port), *args], check=True,
                           capture_output=True, text=True).stdout
+
+
+SYSCALLS = ("read", "write", "epoll_wait", "fdatasync", "fsync", "futex", "openat",
+            "close", "accept4", "lseek")
+
+
+def _info(redis: RedisServer, section: str) -> dict[str, str]:
+    out = {}
+    for line in _redis(redis, "INFO", section).splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep:
+            out[key] = value
+    return out
+
+
+def _commandstats(redis: RedisServer) -> dict[str, tuple[int, float]]:
+    stats = {}
+    for line in _redis(redis, "INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            cmd, _, rest = line.strip().partition(":")
+            f = dict(kv.split("=") for kv in rest.split(","))
+            stats[cmd[8:]] = (int(f["calls"]), float(f["usec"]))
+    return stats
+
+
+def breakdown(redis: RedisServer, node: Any, jobs: int, clients: int, perf: bool) -> None:
+    """Where Redis's CPU goes per job at ``clients`` clients (``appendfsync everysec``):
+    user and system CPU, the commands (``INFO commandstats``, script internals included),
+    socket reads and writes Redis processed (``INFO stats``) and, with ``perf``, the
+    system calls it made (``perf stat`` tracepoints on its pid)."""
+    for key, value in SETTINGS["everysec"]:
+        _redis(redis, "CONFIG", "SET", key, value)
+    _redis(redis, "CONFIG", "RESETSTAT")
+    cpu0, st0 = _info(redis, "cpu"), _info(redis, "stats")
+    counting = None
+    if perf:
+        out = Path(tempfile.mkstemp(prefix="sandboxd-bench-perf-")[1])
+        counting = subprocess.Popen(
+            ["perf", "stat", "-x", ",", "-o", str(out), "-p", str(redis.pid), "-e",
+             ",".join(["raw_syscalls:sys_enter"]
+                      + [f"syscalls:sys_enter_{s}" for s in SYSCALLS])],
+            stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+    t0 = time.monotonic()
+    _window(redis.url, jobs, clients)
+    t1 = time.monotonic()
+    if counting is not None:
+        counting.send_signal(signal.SIGINT)
+        counting.wait()
+    cpu1, st1 = _info(redis, "cpu"), _info(redis, "stats")
+    stats = _commandstats(redis)
+    node.settle()
+    print(f"\n{clients} client(s), {jobs} jobs, {jobs / (t1 - t0):.0f} jobs/s, "
+          "appendfsync everysec; per job:")
+    for part in ("used_cpu_user", "used_cpu_sys"):
+        print(f"  {part:26s} {(float(cpu1[part]) - float(cpu0[part])) / jobs * 1e6:7.1f} us")
+    for part in ("total_reads_processed", "total_writes_processed", "total_net_input_bytes",
+                 "total_net_output_bytes"):
+        print(f"  {part:26s} {(int(st1[part]) - int(st0[part])) / jobs:7.2f}")
+    for cmd, (calls, usec) in sorted(stats.items(), key=lambda kv: -kv[1][1]):
+        print(f"  cmd {cmd:22s} {calls / jobs:5.2f} calls {usec / jobs:6.1f} us "
+              f"({usec / max(calls, 1):5.1f} us/call)")
+    if counting is not None:
+        for line in out.read_text().splitlines():
+            parts = line.split(",")
+            if len(parts) > 2 and parts[2].startswith(("raw_syscalls", "syscalls")):
+                with contextlib.suppress(ValueError):
+                    print(f"  {parts[2].split(':')[1]:26s} {int(parts[0]) / jobs:7.2f}")
+        out.unlink()
 
 
 def main() -> int:
@@ -75,6 +146,10 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=300)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--breakdown", metavar="CLIENTS", help="instead: per-job breakdown at "
+                    "these client counts (e.g. 1,8), with appendfsync everysec")
+    ap.add_argument("--perf", action="store_true", help="with --breakdown: count Redis's "
+                    "system calls with perf stat")
     a = ap.parse_args()
     from suite import Daemon
 
@@ -86,6 +161,10 @@ def main() -> int:
                       redis_claim_idle=30.0)
         _window(redis.url, 20, 2)  # warm: the pools, the scripts' cache
         node.settle()
+        if a.breakdown:
+            for clients in (int(c) for c in a.breakdown.split(",")):
+                breakdown(redis, node, a.jobs, clients, a.perf)
+            return 0
         # Redis's CPU with the node connected and no job (its cron, the node's heartbeat and
         # blocked reads timing out): a cost per second, not per job, that a low job rate
         # spreads over few jobs.

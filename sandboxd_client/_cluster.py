@@ -17,10 +17,13 @@ keys; docs/cluster.md the design):
 - a job: a fresh uuid becomes its id in the cluster (so ids never collide
   between submitters), the packed submission is added to the job stream with
   this bridge's reply stream, and the job is accepted; a queue longer than
-  ``max_queue`` answers ``server_busy`` instead;
-- one task reads this bridge's reply stream: output chunks (of the latest
-  attempt, if a node died and another reran the job) and ``done`` entries,
-  after which the stored answer is read and passed on under the caller's id;
+  ``max_queue`` answers ``server_busy`` instead; on the job path (``_JobPath``)
+  the submit is written together with the reply stream's blocked read, so
+  Redis wakes once for both (docs/cluster.md, "Speed");
+- one task reads this bridge's reply stream while it has jobs out: output
+  chunks (of the latest attempt, if a node died and another reran the job)
+  and ``done`` entries, with the answer inline (or read from its key when
+  big), passed on under the caller's id;
 - a cancel sets the job's cancel key (the node polls it), as does a client
   that goes away with jobs unfinished;
 - ``ps``, ``stats`` and ``kill`` gather what the live nodes announce;
@@ -82,6 +85,8 @@ class RedisBridge:
         self._thread: threading.Thread | None = None
         self._seq: Counter[str] = Counter()
         self._attempt: dict[str, int] = {}
+        self._path: _JobPath | None = None
+        self._accepting: dict[str, Any] = {}  # cluster id -> an event set once answered
 
     # -- the thread -------------------------------------------------------
 
@@ -147,9 +152,16 @@ class RedisBridge:
                     self._error = e
                     self._ready.set()
                     return
+                self._path = _JobPath.open(self)
+                if self._path is not None:
+                    try:
+                        await self._path.connect()
+                    except Exception:
+                        self._path = None  # redis-py answered: it carries the jobs then
                 self._ready.set()
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._read_replies)
+                    tg.start_soon(self._path.run if self._path is not None
+                                  else self._read_replies)
                     try:
                         await self._serve_client()
                     finally:
@@ -159,6 +171,8 @@ class RedisBridge:
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await self._abandon()
+                    if self._path is not None:
+                        await self._path.aclose()
         if failure is not None:
             raise failure
 
@@ -193,9 +207,10 @@ class RedisBridge:
 
     async def _dispatch(self, ev: Any) -> None:
         if isinstance(ev, proto.Hello):
-            await self._send(proto.Welcome(server=await self._server_name(),
+            nodes = await self._nodes()  # once: two commands per client, not four
+            await self._send(proto.Welcome(server=self._server_name(nodes),
                                            limits=self.conn.limits,
-                                           profiles=await self._profiles()))
+                                           profiles=self._profiles(nodes)))
         elif isinstance(ev, proto.JobSubmission):
             await self._submit(ev)
         elif isinstance(ev, proto.Cancellation):
@@ -240,14 +255,31 @@ class RedisBridge:
         def refuse(code: str, message: str) -> proto.ErrorReport:
             return proto.ErrorReport(code=code, message=message, id=sub.id)
 
+        import anyio
+
         cid = uuid.uuid4().hex
+        # Its answer may come in the very read that follows the submit on the job path:
+        # the reader holds it until the acceptance is sent (the protocol's order).
+        self._accepting[cid] = accepted = anyio.Event()
+        try:
+            await self._queue(sub, cid, refuse)
+        finally:
+            del self._accepting[cid]
+            accepted.set()
+
+    async def _queue(self, sub: proto.JobSubmission, cid: str,
+                     refuse: Callable[[str, str], proto.ErrorReport]) -> None:
         try:
             record = cluster.pack(dataclasses.replace(sub, id=cid))
             self.jobs[cid] = (sub.id, sub.stream)
             self.ids[sub.id] = cid
-            # The queue's length checked and the job added in one round trip (a script).
-            queued, n = await self._submit_script(
-                keys=[cluster.JOBS], args=[self.max_queue, record, self.submitter])
+            # The queue's length checked and the job added in one round trip (a script),
+            # with the reply stream's read when the job path can take it.
+            got = await self._path.submit(record) if self._path is not None else None
+            if got is None:
+                got = await self._submit_script(
+                    keys=[cluster.JOBS], args=[self.max_queue, record, self.submitter])
+            queued, n = got
             if not queued:
                 self.jobs.pop(cid, None)
                 self.ids.pop(sub.id, None)
@@ -320,6 +352,9 @@ class RedisBridge:
 
     async def _reply(self, fields: Any) -> None:
         cid = (fields.get(b"job") or b"").decode("ascii", "replace")
+        accepting = self._accepting.get(cid)
+        if accepting is not None:
+            await accepting.wait()
         mine = self.jobs.get(cid)
         if mine is None:
             return  # ended already (a rerun's second "done"), or never ours
@@ -383,15 +418,15 @@ class RedisBridge:
                 out.append(node)
         return out
 
-    async def _server_name(self) -> str:
-        for node in await self._nodes():
+    def _server_name(self, nodes: list[dict[str, Any]]) -> str:
+        for node in nodes:
             welcome = _unpack(node.get("welcome"), proto.Welcome, None)
             if welcome is not None:
                 return f"{welcome.server} (cluster at {self.where})"[:256]
         return f"sandboxd cluster at {self.where}"[:256]
 
-    async def _profiles(self) -> tuple[proto.ProfileInfo, ...]:
-        for node in await self._nodes():
+    def _profiles(self, nodes: list[dict[str, Any]]) -> tuple[proto.ProfileInfo, ...]:
+        for node in nodes:
             welcome = _unpack(node.get("welcome"), proto.Welcome, None)
             if welcome is not None:
                 return welcome.profiles
@@ -421,6 +456,209 @@ class RedisBridge:
 
 
 _NO_JOBS = proto.JobList(jobs=())
+
+
+def _resp(args: tuple[Any, ...]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+class _JobPath:
+    """The job's path on one raw connection: each submit is written together with the
+    reply stream's blocked read (when none is waiting already), so Redis wakes once for
+    both (docs/cluster.md, "Speed").
+
+    Why not redis-py here: a pipeline's replies come back all at once, and the read's
+    comes only when the job is answered; here one reader task hands each reply to its
+    caller as it arrives (RESP2, hiredis's parser), so the submit's answer is not held
+    back by the read queued behind it. The reply stream is read only while jobs are
+    outstanding: an idle client costs Redis nothing. ``None`` from ``open`` for a URL it
+    does not speak (``rediss://``, query options other than ``db``): the bridge then
+    uses redis-py alone, as before.
+    """
+
+    def __init__(self, bridge: RedisBridge, host: str | None, port: int, path: str | None,
+                 auth: tuple[str, ...], db: int) -> None:
+        import collections
+
+        self.bridge = bridge
+        self._where = (host, port, path)
+        self._setup = ([("AUTH", *auth)] if auth else []) + ([("SELECT", db)] if db else [])
+        self._stream: Any = None
+        self._reader: Any = None
+        self._slots: collections.deque[Callable[[Any], Awaitable[None]]] = collections.deque()
+        self._reading = False  # a blocked XREAD of the reply stream is outstanding
+        self._last: bytes | str = "0-0"
+        self._unread = 0
+        self._sha = ""
+
+    @classmethod
+    def open(cls, bridge: RedisBridge) -> _JobPath | None:
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        u = urlsplit(bridge.url)
+        query = parse_qs(u.query)
+        if set(query) - {"db"} or u.scheme not in ("redis", "unix"):
+            return None
+        try:
+            db = int(query["db"][0]) if "db" in query else \
+                int(u.path.strip("/") or 0) if u.scheme == "redis" else 0
+        except ValueError:
+            return None
+        password = unquote(u.password) if u.password else None
+        auth: tuple[str, ...] = () if password is None else \
+            (unquote(u.username), password) if u.username else (password,)
+        if u.scheme == "redis":
+            return cls(bridge, u.hostname or "localhost", u.port or 6379, None, auth, db)
+        return cls(bridge, None, 0, u.path, auth, db) if u.path else None
+
+    async def connect(self) -> None:
+        """Connect (and authenticate): ``OSError`` or ``ConnectionError`` if Redis is not
+        there, a ``ResponseError`` for a refused password."""
+        import hashlib
+
+        import anyio
+        import hiredis
+
+        host, port, path = self._where
+        stream = await (anyio.connect_unix(path) if path is not None
+                        else anyio.connect_tcp(host, port))
+        reader = hiredis.Reader()
+        try:
+            for command in self._setup:
+                await stream.send(_resp(command))
+                while (reply := reader.gets()) is False:
+                    reader.feed(await stream.receive(1 << 16))
+                if isinstance(reply, hiredis.ReplyError):
+                    raise ConnectionError(f"Redis refused {command[0]}: {reply}")
+        except BaseException:
+            await stream.aclose()
+            raise
+        self._stream, self._reader = stream, reader
+        self._sha = hashlib.sha1(cluster.SUBMIT_SCRIPT.encode()).hexdigest()
+        self._send_lock = anyio.Lock()
+
+    async def run(self) -> None:
+        """Hand out replies in order, for ever; reconnect (with backoff) when Redis goes
+        away, and read the reply stream again from where it was if jobs are waiting."""
+        import anyio
+        import hiredis
+
+        delay = 0.05
+        while True:
+            try:
+                if self._stream is None:
+                    await self.connect()
+                    delay = 0.05
+                    if self.bridge.jobs:
+                        await self._arm()
+                while True:
+                    while (reply := self._reader.gets()) is False:
+                        data = await self._stream.receive(1 << 16)
+                        self._reader.feed(data)
+                    slot = self._slots.popleft()
+                    await slot(_ReplyError(str(reply)) if isinstance(reply, hiredis.ReplyError)
+                               else reply)
+            except (OSError, ConnectionError, anyio.EndOfStream, anyio.BrokenResourceError,
+                    anyio.ClosedResourceError, hiredis.ProtocolError):
+                await self._lost()
+                await anyio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    async def aclose(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    async def _lost(self) -> None:
+        """The connection broke: callers waiting for a reply get an error; the reply
+        stream is read again from ``_last`` on the next connection."""
+        stream, self._stream = self._stream, None
+        self._reading = False
+        slots, self._slots = list(self._slots), type(self._slots)()
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        for slot in slots:
+            with contextlib.suppress(Exception):
+                await slot(ConnectionError("connection to Redis lost"))
+
+    async def _write(self, commands: list[tuple[Any, ...]],
+                     slots: list[Callable[[Any], Awaitable[None]]]) -> None:
+        async with self._send_lock:  # one writer at a time; slots in the order written
+            if self._stream is None:
+                raise ConnectionError("not connected to Redis")
+            self._slots.extend(slots)
+            await self._stream.send(b"".join(_resp(c) for c in commands))
+
+    def _read_command(self) -> list[tuple[Any, ...]]:
+        self._reading = True
+        read = ("XREAD", "COUNT", 256, "BLOCK", 10_000, "STREAMS", self.bridge.reply, self._last)
+        if self._unread < _TRIM_EVERY:
+            return [read]
+        # Trimmed now and then, not after every read: read entries wait there meanwhile (at
+        # most _TRIM_EVERY; the stream expires anyway).
+        self._unread = 0
+        return [("XTRIM", self.bridge.reply, "MINID", self._last), read]
+
+    async def _arm(self) -> None:
+        commands = self._read_command()
+        await self._write(commands, [_ignore] * (len(commands) - 1) + [self._on_read])
+
+    async def _on_read(self, reply: Any) -> None:
+        if isinstance(reply, BaseException):  # lost, or an error reply: read again later
+            self._reading = False
+            if isinstance(reply, _ReplyError):
+                raise ConnectionError(f"reading the reply stream: {reply}")
+            return
+        entries = [(i, dict(zip(flat[::2], flat[1::2], strict=True)))
+                   for i, flat in _entries(reply)]
+        if entries:  # before anything awaits: a read sent meanwhile starts after these
+            self._last = entries[-1][0]
+            self._unread += len(entries)
+        self._reading = False
+        for _entry_id, fields in entries:
+            await self.bridge._reply(fields)
+        if self.bridge.jobs and not self._reading and self._stream is not None:
+            await self._arm()
+
+    async def submit(self, record: bytes) -> Any:
+        """The submit script's reply; ``None`` when this path cannot take it now (a read
+        is blocked on it: the caller uses its other connection)."""
+        import anyio
+
+        if self._reading or self._stream is None:
+            return None
+        args = (self.bridge.max_queue, record, self.bridge.submitter)
+        got = anyio.Event()
+        box: list[Any] = []
+
+        async def on_reply(reply: Any) -> None:
+            box.append(reply)
+            got.set()
+
+        read = self._read_command()
+        await self._write([("EVALSHA", self._sha, 1, cluster.JOBS, *args), *read],
+                          [on_reply, *[_ignore] * (len(read) - 1), self._on_read])
+        await got.wait()
+        reply = box[0]
+        if isinstance(reply, _ReplyError) and str(reply).startswith("NOSCRIPT"):
+            return None  # Redis restarted: the other connection loads the script again
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+
+class _ReplyError(Exception):
+    """An error reply from Redis."""
+
+
+async def _ignore(_reply: Any) -> None:
+    return None
 
 
 def _entries(got: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:

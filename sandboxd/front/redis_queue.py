@@ -33,13 +33,14 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import coredis
 import msgpack  # type: ignore[import-untyped]
 import trio
-from coredis.exceptions import RedisError, StreamDuplicateConsumerGroupError
+from coredis.exceptions import ConnectionError as RedisConnectionError
+from coredis.exceptions import RedisError, ResponseError, StreamDuplicateConsumerGroupError
 
 import sandboxd_protocol as proto
 from sandboxd import __version__
@@ -55,6 +56,10 @@ from ._wire import job_result, job_spec, profile_infos
 
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
+_READ_DEFER = 0.01
+"""While cluster jobs of this node run, its next read of the job stream waits up to this
+long (seconds) for one of their answers, and goes in the same write: one wake-up of
+Redis for both instead of two (docs/cluster.md, "Speed")."""
 
 
 def node_id(cfg: Config) -> str:
@@ -68,6 +73,16 @@ def redacted(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.rsplit("@", 1)[1]
     return scheme + sep + rest
+
+
+@dataclass(eq=False)
+class _Carried:
+    """An answer (its script call) that the read loop sends with its next read."""
+
+    command: tuple[Any, ...]
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: Any = None
+    error: BaseException | None = None
 
 
 @dataclass(eq=False)
@@ -104,6 +119,12 @@ class RedisNode:
         self._cancelled: dict[str, None] = {}  # recent cancels' job ids, oldest first
         self._early_cancels: set[str] = set()
         self._jobs: trio.Nursery | None = None
+        # Answers waiting for the read loop's next write (``_carry``: it is not blocked in
+        # Redis now, so it sends them soon, with its next read).
+        self._carried: list[_Carried] = []
+        self._carry = False
+        self._batch: list[_Carried] = []  # answers for the answer connection's next write
+        self._batch_sending = False
 
     # -- the loops --------------------------------------------------------
 
@@ -183,18 +204,67 @@ class RedisNode:
             await r.xgroup_create(cluster.JOBS, cluster.GROUP, identifier="0", mkstream=True)
         except StreamDuplicateConsumerGroupError:
             pass
+        if self._lean_read is not None:
+            await self._read_lean(self._lean_read)
+            return
         while True:
             n = await self._wait_for_room()
-            if self._lean_read is not None:
-                for entry_id, fields in _read_entries(await self._lean_read.execute(
-                        "XREADGROUP", "GROUP", cluster.GROUP, self.node, "COUNT", n,
-                        "BLOCK", 1000, "STREAMS", cluster.JOBS, ">")):
-                    self._start(entry_id, fields, 1)
-                continue
             got = await r.xreadgroup(cluster.GROUP, self.node, streams={cluster.JOBS: ">"},
                                      count=n, block=1000)
             for entry in (got or {}).get(cluster.JOBS.encode(), ()):
                 self._start(entry.identifier, entry.field_values, 1)
+
+    async def _read_lean(self, lean: LeanRedis) -> None:
+        """The job stream's reads on the lean connection, each sent with the answers that
+        are ready (``_Carried``): Redis reads them in one wake-up. While cluster jobs run
+        here, a read waits up to ``_READ_DEFER`` for one of their answers to go with it;
+        while a read is blocked in Redis, answers go on their own connection instead."""
+        try:
+            while True:
+                self._carry = True
+                if self.entries and not self._carried:
+                    self.slot_freed = trio.Event()
+                    with trio.move_on_after(_READ_DEFER):
+                        await self.slot_freed.wait()  # an answer carried, or a slot freed
+                while (n := self.free()) <= 0 and not self._carried:
+                    self.slot_freed = trio.Event()
+                    with trio.move_on_after(0.1):  # local jobs end without telling us
+                        await self.slot_freed.wait()
+                carried, self._carried = self._carried, []
+                commands = [c.command for c in carried]
+                if n > 0:
+                    commands.append(("XREADGROUP", "GROUP", cluster.GROUP, self.node,
+                                     "COUNT", n, "BLOCK", 1000, "STREAMS", cluster.JOBS, ">"))
+                    self._carry = False  # blocked in Redis: answers go on their own
+
+                failed: list[ResponseError] = []
+
+                def on_reply(i: int, reply: Any, carried: list[_Carried] = carried,
+                             failed: list[ResponseError] = failed) -> None:
+                    if i < len(carried):
+                        carried[i].reply = reply
+                        carried[i].done.set()
+                    elif isinstance(reply, ResponseError):
+                        failed.append(reply)  # NOGROUP (Redis lost its data...): retried
+                    else:
+                        for entry_id, fields in _read_entries(reply):
+                            self._start(entry_id, fields, 1)
+
+                try:
+                    await lean.pipeline(commands, on_reply)
+                finally:
+                    for c in carried:  # not sent, or no reply: its task sends it again
+                        if not c.done.is_set():
+                            c.error = RedisConnectionError("the answer's write was cut off")
+                            c.done.set()
+                if failed:
+                    raise failed[0]
+        finally:
+            self._carry = False
+            carried, self._carried = self._carried, []
+            for c in carried:
+                c.error = RedisConnectionError("the read loop stopped")
+                c.done.set()
 
     async def _claim(self) -> None:
         """Take over entries a dead node left (idle past the claim time)."""
@@ -471,7 +541,7 @@ class RedisNode:
                             "1" if len(record) <= cluster.INLINE_ANSWER else "0",
                             entry.entry_id]
                     if self._lean_answer is not None:
-                        await self._lean_answer.script(cluster.ANSWER_SCRIPT, keys, args)
+                        await self._answer_lean(self._lean_answer, keys, args)
                     else:
                         await self._answer_script(keys=keys, args=args)
                 else:
@@ -490,6 +560,55 @@ class RedisNode:
 
     _lean_read: LeanRedis | None = None
     _lean_answer: LeanRedis | None = None
+
+    async def _answer_lean(self, lean: LeanRedis, keys: list[Any], args: list[Any]) -> None:
+        """The answer script: with the read loop's next read if it is not blocked in Redis
+        (one write, one wake-up of Redis for both), else on the answer connection, in one
+        write with the other answers ready meanwhile."""
+        carried = _Carried(lean.script_args(cluster.ANSWER_SCRIPT, keys, args))
+        if self._carry:
+            self._carried.append(carried)
+            self.slot_freed.set()  # wakes the read loop
+        else:
+            self._batch.append(carried)
+            if not self._batch_sending:
+                await self._send_batches(lean)
+        await carried.done.wait()
+        if carried.error is not None:
+            raise carried.error
+        if not isinstance(carried.reply, ResponseError):
+            return
+        if not str(carried.reply).startswith("NOSCRIPT"):
+            raise carried.reply
+        await lean.script(cluster.ANSWER_SCRIPT, keys, args)  # EVAL if the cache is empty
+
+    async def _send_batches(self, lean: LeanRedis) -> None:
+        """Send the answers queued on the answer connection, each batch in one write, until
+        none is left (those queued while a batch is on its way go in the next)."""
+        self._batch_sending = True
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+
+                def on_reply(i: int, reply: Any, batch: list[_Carried] = batch) -> None:
+                    batch[i].reply = reply
+                    batch[i].done.set()
+
+                try:
+                    await lean.pipeline([c.command for c in batch], on_reply)
+                except (RedisError, OSError):
+                    pass  # those without a reply get an error below: their tasks retry
+                finally:
+                    for c in batch:
+                        if not c.done.is_set():
+                            c.error = RedisConnectionError("the answer's write was cut off")
+                            c.done.set()
+        finally:
+            self._batch_sending = False
+            left, self._batch = self._batch, []
+            for c in left:  # we were cancelled: their own tasks send them again
+                c.error = RedisConnectionError("the answer's write was cut off")
+                c.done.set()
 
     async def _hand_back(self) -> None:
         """Put the entries we hold and have not answered back on the queue, for others."""

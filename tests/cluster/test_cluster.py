@@ -160,6 +160,24 @@ def test_redis_restarted_mid_run_loses_no_accepted_job(tmp_path, redis_server):
         assert [r.text for r in results] == [f"job-{i}\n" for i in range(8)]
 
 
+def test_every_connection_killed_mid_run_loses_no_job(tmp_path, redis_server):
+    """Redis drops every client (``CLIENT KILL``) while jobs run and wait: the submitter's
+    job path (submits written with its reply stream's read) and the node's (answers
+    written with its next read, or in batches) reconnect, and every job is answered
+    once, right, with the streamed output in order."""
+    with node(tmp_path, redis_server, "n1"), Client(redis_server.url) as c:
+        jobs = [c.submit("bash", job_source(i, 0.5)) for i in range(6)]
+        streamed = c.submit("bash", {"main.sh": "for i in 1 2 3; do echo $i; sleep 0.3; done"},
+                            stream=True)
+        wait_until(lambda: bool(c.jobs()), what="jobs running")
+        assert int(cli(redis_server, "CLIENT", "KILL", "TYPE", "normal")) >= 3
+        results = [j.result(timeout=120) for j in jobs]
+        assert [r.text for r in results] == [f"job-{i}\n" for i in range(6)]
+        assert streamed.result(timeout=120).text == "1\n2\n3\n"
+        more = [c.submit("bash", job_source(i, 0)) for i in range(6, 9)]  # after: as ever
+        assert [j.result(timeout=60).text for j in more] == [f"job-{i}\n" for i in range(6, 9)]
+
+
 def test_unreachable_redis_is_a_clear_connect_error():
     with pytest.raises(ConnectError, match="Redis"):
         Client(f"redis://127.0.0.1:{free_port()}/0", timeout=5)
