@@ -924,7 +924,7 @@ class Judge0:
             on_output=on_output if first.redirect_stderr_to_stdout else None,
             on_compile_output=on_compile_output,
             # They only append to a buffer: the steps keep the one-task watch (a stream
-            # read by tasks of its own cost ~0.2 ms of CPU per step).
+            # read by tasks of its own cost 0.2-0.4 ms of CPU per step).
             output_inline=True,
             # Items with no expected output, run once, are runs, not judgements: a
             # profile's warm runtime takes them (a playground's hello world in ~4 ms, not
