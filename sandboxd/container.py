@@ -64,6 +64,9 @@ class RunStep:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = "/box"
     on_output: OutputCallback | None = None  # streaming: called with each chunk
+    # ``on_output`` only records (never waits on a reader): the job keeps the one-task
+    # watch (``_supervise_one``), which calls it with each chunk as it reads.
+    output_inline: bool = False
     stdin_stream: AsyncIterator[bytes] | None = None  # interactive stdin instead of ``stdin``
     cpuset: str | None = None  # CPUs the job may run on (e.g. "1": pinned), None: any
     address_space: int | None = None  # RLIMIT_AS per process (memory_mode "address_space")
@@ -227,7 +230,7 @@ class Container:
         # until that message is in, the deadline counts from here, a little earlier.
         sent = time.monotonic()
         try:
-            if step.on_output is None and stdin_w is None:
+            if (step.on_output is None or step.output_inline) and stdin_w is None:
                 status, t0, t1 = await self._supervise_one(limits, base, sent, out, err)
             else:
                 status, t0, t1 = await self._supervise(step, limits, base, sent, out, err,
@@ -428,7 +431,10 @@ class Container:
         are that wait's timeout, on the schedule ``_watchdog`` keeps (the CPU counter
         is not read before the job could have used a tenth of its limit...; see
         ``_next_check``). Streaming and interactive jobs keep ``_supervise``, whose
-        watchdog must not wait behind a slow reader of the output.
+        watchdog must not wait behind a slow reader of the output; a step whose
+        ``on_output`` only records (``RunStep.output_inline``: the HTTP front door's
+        Judge0 and Piston answers, which interleave stdout and stderr as they come)
+        stays here, its callback called as each chunk is read.
         """
         limit_ns = int(limits.cpu_time * 1e9)
         deadline = t0 + limits.wall_time
@@ -722,11 +728,16 @@ class _Capture:
                 return False
             room = self.cap - len(self.data)
             if len(chunk) > room:
-                self.data += chunk[:room]
+                chunk = chunk[:room]
+                self.data += chunk
                 self.truncated = True
+                if chunk and self.on_output is not None:  # an inline recorder's (RunStep)
+                    await self.on_output(self.name, chunk)
                 await container.kill("output")
                 return False
             self.data += chunk
+            if self.on_output is not None:  # an inline recorder's (RunStep.output_inline)
+                await self.on_output(self.name, chunk)
             if len(chunk) < READ_CHUNK:
                 return True  # drained: the next chunk is the next wake-up's
 

@@ -111,6 +111,10 @@ class JobSpec:
     cpuset_pin: bool = False
     on_output: Callable[[int, str, bytes], Awaitable[None]] | None = None  # test, stream, data
     on_compile_output: Callable[[str, bytes], Awaitable[None]] | None = None
+    # The two callbacks above only record what they are given (they never wait, on a
+    # client or anything else): the steps then keep the one-task watch of a job that does
+    # not stream, which calls them as it reads (container.RunStep.output_inline).
+    output_inline: bool = False
     stdin_stream: AsyncIterator[bytes] | None = None
     # The profile's warm runtime (sandboxd/runtimes/): None = the server's choice (yes,
     # unless the job is judged and the profile says no), False = the plain start, True =
@@ -397,7 +401,8 @@ async def compile_job(job: JobSpec, runner: StepRunner
     assert compile_argv is not None
     step = RunStep(argv=compile_argv, limits=climits, files=files,
                    env={**profile.env, **job.env}, cwd=profile.workdir,
-                   on_output=job.on_compile_output, workspace=job.workspace,
+                   on_output=job.on_compile_output, output_inline=job.output_inline,
+                   workspace=job.workspace,
                    network=job.egress_plan,
                    box_caps=(job.workspace_max_files, climits.box_size))
     result, built = await runner(container_spec(profile, climits,
@@ -434,6 +439,7 @@ async def run_test(job: JobSpec, i: int, test: TestSpec, files: dict[str, bytes]
             job.artifacts, job.artifacts_max_files, job.artifacts_max_bytes)
         step = RunStep(argv=argv, limits=limits, files=files, stdin=test.stdin,
                        env=env, cwd=profile.workdir, on_output=on_out,
+                       output_inline=job.output_inline,
                        stdin_stream=job.stdin_stream if single else None,
                        address_space=limits.memory if address_space else None,
                        workspace=None if compiled else job.workspace,

@@ -269,6 +269,20 @@ def test_wait_false_then_poll_and_redirect_stderr(api: httpx.Client) -> None:
     assert got["stdout"] == "a\nb\n" and got["stderr"] is None
 
 
+def test_redirected_output_past_its_limit_is_cut_at_the_limit(api: httpx.Client) -> None:
+    # The merged stream is recorded as the supervisor reads each chunk (inline, in its
+    # one-task watch): the chunk that crosses the limit counts only up to it, as the
+    # step's own stdout does.
+    code = "import sys; sys.stdout.write('x' * 300000); sys.stdout.flush()"
+    r = api.post("/submissions?wait=true&fields=stdout,stderr,status,sandboxd", json={
+        "source_code": code, "language_id": 71, "redirect_stderr_to_stdout": True,
+        "max_file_size": 50})
+    got = r.json()
+    assert got["status"]["id"] == 8, got["status"]
+    assert got["sandboxd"]["stdout_truncated"] is True
+    assert got["stdout"] == "x" * 50 * 1024 and got["stderr"] is None
+
+
 def test_command_line_arguments_and_compiler_options(api: httpx.Client) -> None:
     r = api.post("/submissions?wait=true", json={
         "source_code": "import sys; print(sys.argv[1:])", "language_id": 71,

@@ -56,7 +56,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Mount, Route
 
 from sandboxd.config import Config, is_loopback, split_address
 from sandboxd.log import event
@@ -182,11 +182,11 @@ class HttpFront:
         # The routes of a fixed path (every API's busy ones: /v1/jobs, /submissions), by
         # path and method, for _dispatch; and the handlers Starlette's ExceptionMiddleware
         # would give them.
-        self._direct: dict[tuple[str, str], Route] = {}
-        for r in routes:
-            if isinstance(r, Route) and not r.param_convertors:
-                for method in r.methods or ():
-                    self._direct.setdefault((r.path, method), r)
+        self._direct: dict[tuple[str, str], tuple[Route, str]] = {}
+        for path, method in _fixed_paths(routes):
+            found = _first_match(routes, path, method)
+            if found is not None:  # the route Starlette's router would pick, and its mount's
+                self._direct[path, method] = found
         self._handlers: dict[Any, Any] = {HTTPException: self._http_exception,
                                           HttpError: self._http_error}
         return app
@@ -203,9 +203,14 @@ class HttpFront:
         nothing was sent yet, then raised again for hypercorn's log), so that the
         answer is the same either way.
         """
-        route = self._direct.get((scope["path"], scope["method"]))
-        if route is None:
+        direct = self._direct.get((scope["path"], scope["method"]))
+        if direct is None:
             return await self.app(scope, receive, send)
+        route, mount = direct
+        if mount:  # as Mount.matches leaves it: the route's root path is the mount's
+            root = scope.get("root_path", "")
+            scope.update(app_root_path=scope.get("app_root_path", root),
+                         root_path=root + mount)
         scope.update(app=self.app, router=self.app.router, route=route,
                      endpoint=route.endpoint, path_params={})
         scope["starlette.exception_handlers"] = (self._handlers, {})
@@ -639,6 +644,34 @@ class _ErrorFields(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+def _fixed_paths(routes: list[Any], prefix: str = "") -> list[tuple[str, str]]:
+    """(path, method) of every route without path parameters, in mounts too."""
+    out = []
+    for r in routes:
+        if isinstance(r, Route) and not r.param_convertors:
+            out += [(prefix + r.path, method) for method in r.methods or ()]
+        elif isinstance(r, Mount) and not r.param_convertors.keys() - {"path"}:
+            out += _fixed_paths(r.routes, prefix + r.path)
+    return out
+
+
+def _first_match(routes: list[Any], path: str, method: str,
+                 prefix: str = "") -> tuple[Route, str] | None:
+    """The route of a fixed path that Starlette's router picks for ``method path`` (the
+    first full match, through mounts), with the path of the mount it is in ("": none);
+    ``None`` if it would pick another kind of route (a partial match, an app)."""
+    scope = {"type": "http", "path": path, "root_path": prefix, "method": method}
+    for r in routes:
+        match, child = r.matches(scope)
+        if match is Match.FULL:
+            if isinstance(r, Route) and not r.param_convertors:
+                return r, prefix
+            if isinstance(r, Mount) and not r.param_convertors.keys() - {"path"}:
+                return _first_match(r.routes, path, method, child["root_path"])
+            return None
+    return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

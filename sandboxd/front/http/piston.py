@@ -463,7 +463,9 @@ def job_spec(req: Request_, outputs: dict[str, bytearray], *,
                    limits=run, stdin=b"" if stdin_stream else req.stdin,
                    compile_limits=job_limits(req.limits, "compile") if profile.compile else None,
                    on_output=on_output, on_compile_output=on_compile_output,
-                   stdin_stream=stdin_stream)
+                   # Without a WebSocket to send to, they only append to a buffer: the
+                   # steps keep the one-task watch (container.RunStep.output_inline).
+                   output_inline=stream is None, stdin_stream=stdin_stream)
 
 
 def answer(req: Request_, outcome: JobOutcome, outputs: dict[str, bytearray]) -> dict[str, Any]:
