@@ -233,10 +233,65 @@ def test_the_job_sees_what_a_plain_start_gives_it(daemon: Daemon) -> None:
     "if __name__ == '__main__':\n    print('main', __name__)\n",
     "import warnings\nwarnings.warn('careful')\n",
     "import sys\nprint(sys.argv, sys.flags.dont_write_bytecode)\n",
+    # the exit, which the bootstrap carries out itself (docs/profiles.md): statuses as C
+    # takes them, and the message of a SystemExit that is not an integer
+    "import sys\nsys.exit(True)\n",
+    "import sys\nsys.exit(2 ** 70)\n",
+    "import sys\nsys.exit(-1)\n",
+    "import sys\nsys.exit([1, 2])\n",
+    "import sys\nsys.stderr = None\nsys.exit('no stderr')\n",
+    "exit(2)\n",
+    "import sys\nsys.excepthook = lambda *a: sys.exit(5)\nraise ValueError\n",
+    # a failed flush of stdout at exit: reported, and status 120
+    "import sys\nsys.stdout = open('/dev/full', 'w')\nprint('x')\n",
+    "import os\nprint('x')\nos.close(1)\n",
+    # __del__ when the frame that held it goes (SystemExit: before atexit; an uncaught
+    # exception: after, the traceback held in sys.last_traceback until the teardown)
+    "class A:\n    def __del__(self):\n        print('del A', flush=True)\n"
+    "def f():\n    a = A()\n    raise SystemExit(4)\nimport atexit\n"
+    "atexit.register(print, 'atexit')\nf()\n",
+    "class A:\n    def __del__(self):\n        print('del A', flush=True)\n"
+    "def f():\n    a = A()\n    1 / 0\nimport atexit\natexit.register(print, 'atexit')\nf()\n",
+    "class A:\n    def __del__(self):\n        print('del A', flush=True)\n"
+    "x = A()\nraise KeyboardInterrupt\n",
+    # objects of the job's finalised at exit: a generator's finally, a file left open,
+    # one hung on builtins or sys, a cycle, weakref.finalize, one of an imported module's
+    "def g():\n    try:\n        yield 1\n    finally:\n        print('finally', flush=True)\n"
+    "it = g()\nnext(it)\n",
+    "f = open('out.txt', 'w')\nf.write('data')\nimport atexit\n"
+    "atexit.register(lambda: print(open('out.txt').read()))\n",
+    "import os\nclass A:\n    def __init__(s, n): s.n = n\n    def __del__(self, w=os.write):\n"
+    "        w(1, b'del %d\\n' % self.n)\n"
+    "a, _b = A(1), A(2)\nc = [A(3)]\nc.append(c)\nimport builtins, sys\nbuiltins.zz = A(4)\n",
+    "import weakref\nclass A:\n    pass\na = A()\nweakref.finalize(a, print, 'finalized')\n",
+    "import signal, os, atexit\nsignal.signal(signal.SIGTERM, lambda *a: print('handler'))\n"
+    "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))\n",
+    "import os\nif os.fork() == 0:\n    print('child')\n"
+    "else:\n    os.wait()\n    print('parent')\n",
+    # C stdio (flushed by exit() only): the interpreter's own finalisation
+    "import ctypes\nctypes.CDLL(None).printf(b'from C\\n')\nprint('py')\n",
 ], ids=lambda s: (s if isinstance(s, str) else s.decode("latin-1")).splitlines()[0][:40])
 def test_outcomes_match_the_plain_start(daemon: Daemon, source: str | bytes) -> None:
     warm, plain = both(daemon, source, stdin=b"abc\nrest\n")
     same(warm, plain)
+
+
+def test_a_module_of_the_jobs_is_torn_down_at_exit(daemon: Daemon) -> None:
+    files = {"main.py": b"import helper\nprint(helper.X)\n",
+             "helper.py": b"class A:\n    def __del__(self):\n        print('helper del')\n"
+                          b"X = 1\nobj = A()\n"}
+    warm, plain = both(daemon, files=files)
+    same(warm, plain)
+    assert warm.stdout == b"1\nhelper del\n", warm
+
+
+def test_an_object_hung_on_a_start_up_module_is_not_finalised(daemon: Daemon) -> None:
+    """The listed difference (docs/profiles.md): the modules loaded before the job are not
+    torn down at its exit, so what the job left only there is not finalised."""
+    warm, plain = both(daemon, "import os\nclass A:\n    def __del__(self):\n"
+                               "        print('del')\nos.cache = A()\nprint('end')\n")
+    assert plain.stdout == b"end\ndel\n" and warm.stdout == b"end\n", (warm, plain)
+    assert warm.exit_code == plain.exit_code == 0
 
 
 def test_the_entry_file_missing_is_said_as_python_says_it(daemon: Daemon) -> None:
