@@ -1,10 +1,12 @@
 """sandboxd's warm start for Python: the interpreter starts before its job, then runs it.
 
-How it runs: ``python3 [the profile's options] -c <this file's text>``, started by the
-job process of a warm container (native/jobproc.c) with every restriction of a job
+How it runs: ``python3 [the profile's options] -c <python_start.py's text>``, started by
+the job process of a warm container (native/jobproc.c) with every restriction of a job
 already in place and the job's stdio, rlimits, environment and working directory
 (those of the pool's shape; the supervisor hands a job to a warm container only if they
-are the job's). Descriptor 3 is the job process's socket to the container's init.
+are the job's). Descriptor 3 is the job process's socket to the container's init, on
+which this file's code comes first (compiled by the supervisor); python_start.py runs it,
+which defines what follows, then calls ``_sandboxd_warm`` and runs the job it returns.
 
 What it does: say it is up (one byte, WARM_READY), wait on descriptor 3 for the job's
 exec request (the encoding of spawn.encode_exec: argv, env, cwd, rlimits; no
@@ -38,8 +40,8 @@ is closed, so the job can neither read nor forge anything on it.
 Before it says it is up, it freezes the start-up's objects (``gc.freeze``): the job's
 collections and the interpreter's exit skip them.
 
-Everything of this file lives in its own module (the ``-c`` module), which the job's
-``__main__`` replaces in ``sys.modules``. docs/profiles.md lists what still differs
+Everything of this file lives in the ``-c`` module, which the job's ``__main__`` replaces
+in ``sys.modules``. docs/profiles.md lists what still differs
 from a plain start.
 """
 
@@ -474,11 +476,3 @@ def _unraisable_args_type(ref):
     finally:
         sys.unraisablehook = hook
     return type(seen[0])
-
-
-_sandboxd_main, _sandboxd_keep, _sandboxd_finish = _sandboxd_warm()
-try:
-    exec(*_sandboxd_main())
-except BaseException as _sandboxd_e:
-    _sandboxd_keep(_sandboxd_e)
-_sandboxd_finish()  # outside the handler, as CPython prints it (no context)
