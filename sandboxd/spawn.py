@@ -31,8 +31,10 @@ Messages with the supervisor (``sandboxd.channel`` frames), from the init:
 job), ``started`` (monotonic t0 of the hand-over, which starts the wall clock),
 ``exited`` (wait status, t0 again and t1 of the reaping), ``error`` (where,
 message; and step, errno when the job process failed before its execve); to it:
-``warm`` (a warm runtime to start, ``WarmStart``, + the job's stdin, stdout,
-stderr descriptors; optional, before the job), ``job`` (+ stdin, stdout, stderr
+``warm`` (a warm runtime to start, ``WarmStart``: its request, and ``boot``
+bytes the init writes after it on the job process's socket for the started
+interpreter to read; + the job's stdin, stdout, stderr descriptors; optional,
+before the job), ``job`` (+ stdin, stdout, stderr
 descriptors, or none after ``warm``), ``collect`` (the init answers ``files``).
 
 The user namespace: the container's root maps to an unprivileged host uid
