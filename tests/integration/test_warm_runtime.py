@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ import sandboxd_protocol as proto
 from sandboxd import cgroups, jobs, runtimes, slots, spawn
 from sandboxd.container import Container, RunStep
 from sandboxd.isolation import identity
+from sandboxd.isolation.rlimits import Rlimits
 from sandboxd.limits import DEFAULT, MiB
 from sandboxd.profiles import load_dir
 from sandboxd.result import SandboxError
@@ -494,6 +496,41 @@ def test_a_runtime_that_cannot_start_is_the_sandboxs_fault(argv: list[str], matc
 def test_a_container_destroyed_unused_ends_its_interpreter_quietly() -> None:
     cpu, _memory, result = _container_run(_warm(), None)
     assert cpu > 0 and result is None  # destroy() found nothing left behind (no leftovers)
+
+
+def _loader_run(tmp_path: Path, boot: bytes) -> subprocess.CompletedProcess[bytes]:
+    """The Python runtime's -c loader started as a warm container's job process starts it
+    (its socket on descriptor 3), given ``boot`` and then a job: outside any container,
+    which the loader does not depend on."""
+    (tmp_path / "main.py").write_text("import sys\nprint('ran', sys.argv)\n")
+    rt = runtimes.RUNTIMES["python"]
+    ours, theirs = socket.socketpair()
+    env = {"PATH": spawn.JOB_PATH}
+    argv = ["/usr/bin/python3", "-B"]
+    with ours, theirs:
+        proc = subprocess.Popen([*argv, rt.code_option, rt.source()], cwd=tmp_path, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, close_fds=False,
+                                preexec_fn=lambda: os.dup2(theirs.fileno(), 3))
+        theirs.close()
+        ours.sendall(boot)
+        assert ours.recv(1) == b"\x06"
+        ours.sendall(spawn.encode_exec([*argv, "main.py"], env, str(tmp_path),
+                                       Rlimits()))
+        out, err = proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_the_loader_compiles_the_bootstrap_for_another_python(tmp_path: Path) -> None:
+    """The bootstrap's code is the supervisor's Python's; an interpreter of another magic
+    number (an image's) compiles the source sent with it instead."""
+    boot = runtimes.RUNTIMES["python"].boot_code()
+    native = _loader_run(tmp_path, boot)
+    assert (native.returncode, native.stdout) == (0, b"ran ['main.py']\n"), native
+    other = boot[:4] + bytes(b ^ 0xFF for b in boot[4:8]) + boot[8:]  # another magic number
+    assert other != boot
+    compiled = _loader_run(tmp_path, other)
+    assert (compiled.returncode, compiled.stdout) == (0, b"ran ['main.py']\n"), compiled
 
 
 def test_sigint_is_what_ends_a_job_with_an_uncaught_keyboardinterrupt(daemon: Daemon) -> None:
