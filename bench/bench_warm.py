@@ -16,6 +16,14 @@ Usage (as root): ``.venv/bin/python bench/bench_warm.py [--rounds N] [--seconds 
 - Costs: USS of a waiting warm container (init + the waiting interpreter), per runtime;
   the refill rate (warm containers made per second while a pool fills from empty, and
   the mean time to make one); from the USS, how many waiting interpreters 24 GiB holds.
+- CPU per Python snippet, split (``--no-costs`` skips it too): a daemon in a v1
+  ``cpuacct`` cgroup of its own runs N snippets back to back from one client; per job,
+  the supervisor's CPU (its ``/proc`` stat), the zygote's and fork server's, the job's
+  own (``cpu_time``: the cgroup's, from the hand-over to the reaping) and the rest of the
+  cgroup's: the container that replaces it and the interpreter started in it (the refill,
+  and the used container's end). Beside it, bubblewrap's CPU per snippet (its launcher's
+  loop, bwrap and python3, in a cgroup of their own), and from both the ceiling of
+  throughput on this machine's CPUs (CPUs / CPU per job).
 
 Every sandboxd job here is fully isolated and single use. Ratios matter more than
 absolute figures on a shared machine: every system meets the same noise.
@@ -34,8 +42,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import BWRAP, Client, container_pids, makers, pct, spawn_wait, uss
-from suite import Daemon
+from _common import BWRAP, Client, container_pids, cpu_seconds, makers, pct, spawn_wait, uss
+from _peers import rmdir_cgroup
+from suite import Daemon, cpuacct_dir
 
 from sandboxd.profiles import load_dir
 
@@ -139,6 +148,58 @@ def refill(tmp: Path, profile: str, pool: int) -> dict[str, float]:
         d.close()
 
 
+def cpu_split(tmp: Path, jobs: int) -> dict[str, float] | None:
+    """CPU per Python snippet of a warm daemon, split by who spent it, and bubblewrap's
+    (ms); None without a v1 cpuacct hierarchy."""
+    acct = cpuacct_dir()
+    if acct is None:
+        return None
+    d = Daemon(tmp, "cpu", 4, pool_profiles=("python3",), accounted=True)
+    try:
+        d.settle(timeout=60)
+        client = Client(d.daemon.socket)
+        files = {"main.py": SNIPPET}
+        for _ in range(5):  # every code path once, and the pool back to full
+            job(client, "python3", files, True)
+        d.settle()
+        zygotes = makers(d.daemon.pid)
+        s0, z0, a0 = (cpu_seconds(d.daemon.pid), sum(cpu_seconds(z) for z in zygotes),
+                      d.cpu_ns() or 0)
+        own = 0.0
+        for _ in range(jobs):
+            res = client.job(profile="python3", files=files)
+            if res.steps[0].verdict != "ok":
+                raise RuntimeError(f"python3: {res.steps[0]}")
+            own += res.steps[0].cpu_time
+        d.settle(timeout=30)  # the last jobs' refills belong to them
+        s1, z1, a1 = (cpu_seconds(d.daemon.pid), sum(cpu_seconds(z) for z in zygotes),
+                      d.cpu_ns() or 0)
+        client.close()
+    finally:
+        d.close()
+    out = {"supervisor_ms": (s1 - s0) / jobs * 1e3, "zygote_forkserver_ms": (z1 - z0) / jobs * 1e3,
+           "job_ms": own / jobs * 1e3, "all_ms": (a1 - a0) / jobs / 1e6}
+    out["refill_and_end_ms"] = (out["all_ms"] - out["supervisor_ms"]
+                                - out["zygote_forkserver_ms"] - out["job_ms"])
+    # bubblewrap: this process (the launcher), bwrap and python3 in a cgroup of their own
+    cg = f"{acct}/sandboxd-bench-warm-bwrap-{os.getpid()}"
+    os.mkdir(cg)
+    try:
+        Path(cg, "cgroup.procs").write_text(str(os.getpid()))
+        b0 = int(Path(cg, "cpuacct.usage").read_text())
+        argv = [*BWRAP, "/usr/bin/python3", "-c", SNIPPET.decode()]
+        for _ in range(jobs):
+            spawn_wait(argv)
+        out["bwrap_all_ms"] = (int(Path(cg, "cpuacct.usage").read_text()) - b0) / jobs / 1e6
+    finally:
+        Path(acct, "cgroup.procs").write_text(str(os.getpid()))
+        rmdir_cgroup(cg, time.monotonic() + 10)
+    ncpu = os.cpu_count() or 1
+    out["ceiling_warm_jobs_s"] = ncpu / out["all_ms"] * 1e3
+    out["ceiling_bwrap_jobs_s"] = ncpu / out["bwrap_all_ms"] * 1e3
+    return out
+
+
 def summary(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {name: {"p50_ms": statistics.median(v) * 1000, "p90_ms": pct(v, .9) * 1000,
                    "p99_ms": pct(v, .99) * 1000} for name, v in samples.items()}
@@ -174,7 +235,9 @@ def main() -> int:
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--runtimes", default=",".join(LANGS),
                     help="the profiles to measure (default: python3,javascript)")
-    ap.add_argument("--no-costs", action="store_true", help="skip USS and refill")
+    ap.add_argument("--no-costs", action="store_true", help="skip USS, refill and CPU split")
+    ap.add_argument("--cpu-jobs", type=int, default=300,
+                    help="snippets for the CPU split (default 300)")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     profiles = load_dir()
@@ -218,6 +281,19 @@ def main() -> int:
             costs[f"refill {profile}"] = r
             print(f"refill {profile}: {r['containers_per_s']:.1f} warm containers/s while a "
                   f"pool of 8 fills; {r['mean_make_s'] * 1000:.1f} ms to make one")
+        if "python3" in langs and not args.no_costs:
+            split = cpu_split(tmp, args.cpu_jobs)
+            costs["cpu per python snippet"] = split
+            if split is not None:
+                print(f"CPU per Python snippet ({args.cpu_jobs} back to back, ms): supervisor "
+                      f"{split['supervisor_ms']:.2f}, zygote + fork server "
+                      f"{split['zygote_forkserver_ms']:.2f}, the job from its hand-over "
+                      f"{split['job_ms']:.2f}, its replacement container and interpreter "
+                      f"(and the used one's end) {split['refill_and_end_ms']:.2f}; all "
+                      f"{split['all_ms']:.2f} against bubblewrap's {split['bwrap_all_ms']:.2f}. "
+                      f"Ceiling on {os.cpu_count()} CPUs: {split['ceiling_warm_jobs_s']:.0f} "
+                      f"jobs/s against {split['ceiling_bwrap_jobs_s']:.0f} "
+                      f"({split['bwrap_all_ms'] / split['all_ms']:.2f}x)")
         out["costs"] = costs
     finally:
         d.close()

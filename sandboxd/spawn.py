@@ -31,8 +31,10 @@ Messages with the supervisor (``sandboxd.channel`` frames), from the init:
 job), ``started`` (monotonic t0 of the hand-over, which starts the wall clock),
 ``exited`` (wait status, t0 again and t1 of the reaping), ``error`` (where,
 message; and step, errno when the job process failed before its execve); to it:
-``warm`` (a warm runtime to start, ``WarmStart``, + the job's stdin, stdout,
-stderr descriptors; optional, before the job), ``job`` (+ stdin, stdout, stderr
+``warm`` (a warm runtime to start, ``WarmStart``: its request, and ``boot``
+bytes the init writes after it on the job process's socket for the started
+interpreter to read; + the job's stdin, stdout, stderr descriptors; optional,
+before the job), ``job`` (+ stdin, stdout, stderr
 descriptors, or none after ``warm``), ``collect`` (the init answers ``files``).
 
 The user namespace: the container's root maps to an unprivileged host uid
@@ -93,6 +95,10 @@ class WarmStart:
     # The bootstrap lowers its own rlimits to a job's lower ones at the hand-over (Python
     # does; node cannot): such a job is handed over too (sandboxd/runtimes/).
     lowers_rlimits: bool = False
+    # What the init passes on to the started interpreter after its request, on the job
+    # process's socket (Python: its bootstrap's code, compiled once here; runtimes/).
+    # Made from the runtime, as argv is: not part of the shape.
+    boot: bytes = field(default=b"", compare=False)
 
     def __repr__(self) -> str:  # the bootstrap's source is long and says nothing here
         return (f"WarmStart({self.runtime!r}, argv={self.argv[:-1]!r}+[bootstrap], "
@@ -359,7 +365,10 @@ def job_message(files: dict[str, bytes], argv: list[str], env: dict[str, str], c
 def warm_message(warm: WarmStart) -> dict[str, Any]:
     """The init's warm message (with the stdio the job will have): start ``warm``'s
     interpreter now; the init answers ``warmed`` once its bootstrap waits for the job."""
-    return {"t": "warm", "exec": warm.request()}
+    msg: dict[str, Any] = {"t": "warm", "exec": warm.request()}
+    if warm.boot:
+        msg["boot"] = warm.boot
+    return msg
 
 
 WARM_FLAG = 0x80000000  # native/sandboxd.h: a warm runtime's request, not a job's

@@ -27,7 +27,9 @@
  * Messages, as spawn.py documents them: to the supervisor "ready" (+ the job
  * process's pidfd), "warmed", "started", "exited", "files", "error" (where, message; from
  * the job process's own faults also step and errno); from it "warm" (a warm runtime's
- * request, + stdin, stdout, stderr: optional, once, before the job), "job" (files, the
+ * request, and "boot": optional bytes passed on after it on the job process's socket, for
+ * the started interpreter to read; + stdin, stdout, stderr: optional, once, before the
+ * job), "job" (files, the
  * job process's exec request, + stdin, stdout, stderr, or none after "warm") and
  * "collect".
  */
@@ -159,8 +161,8 @@ static int deliver(struct setup *st, int warmed, int *kind, double *t0) {
     if (len < 0) { send_error("job delivery", strerror(errno)); return 1; }
     struct rd r = {frame, frame + len};
     uint64_t n, count = 0;
-    const unsigned char *k, *req = NULL, *files = NULL;
-    uint64_t req_len = 0;
+    const unsigned char *k, *req = NULL, *files = NULL, *boot = NULL;
+    uint64_t req_len = 0, boot_len = 0;
     int faulted = 0;
     *kind = 0;
     errmsg[0] = 0;
@@ -174,6 +176,8 @@ static int deliver(struct setup *st, int warmed, int *kind, double *t0) {
                 *kind = key_is(v, vl, "job") ? 'j' : key_is(v, vl, "warm") ? 'w' : 0;
         } else if (key_is(k, kl, "exec")) {
             if (mp_next(&r, &req_len, &req) != T_BIN) failf("ValueError: exec is not bytes");
+        } else if (key_is(k, kl, "boot")) {
+            if (mp_next(&r, &boot_len, &boot) != T_BIN) failf("ValueError: boot is not bytes");
         } else if (key_is(k, kl, "files")) {
             const unsigned char *start = r.p;
             if (mp_next(&r, &count, &v) != T_MAP) { failf("ValueError: files is not a map"); break; }
@@ -189,7 +193,7 @@ static int deliver(struct setup *st, int warmed, int *kind, double *t0) {
     int flagged = req && req_len >= 4 && (req[3] & 0x80);
     if (!errmsg[0] && *kind == 'w' && (warmed || nfds != 3 || !req || files || !flagged))
         failf("ValueError: expected a warm message, once, with its request and 3 descriptors");
-    if (!errmsg[0] && *kind == 'j' && (nfds != (warmed ? 0 : 3) || !req || flagged))
+    if (!errmsg[0] && *kind == 'j' && (nfds != (warmed ? 0 : 3) || !req || flagged || boot))
         failf("ValueError: expected a job message with its exec request and %d descriptors",
               warmed ? 0 : 3);
     if (!errmsg[0] && !*kind) failf("ValueError: expected a job or warm message");
@@ -215,6 +219,15 @@ static int deliver(struct setup *st, int warmed, int *kind, double *t0) {
         ssize_t sent = sendmsg(job->sock, &mh, MSG_NOSIGNAL);
         for (size_t done = sent > 0 ? (size_t)sent : 0; sent > 0 && done < req_len;) {
             ssize_t w = send(job->sock, req + done, req_len - done, MSG_NOSIGNAL);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) { sent = -1; break; }
+            done += (size_t)w;
+        }
+        /* A warm runtime's bootstrap, if the supervisor sends its code this way: after the
+         * request, which the job process reads to its exact length, so that what follows
+         * is the interpreter's to read once it runs. */
+        for (size_t done = 0; sent > 0 && done < boot_len;) {
+            ssize_t w = send(job->sock, boot + done, boot_len - done, MSG_NOSIGNAL);
             if (w < 0 && errno == EINTR) continue;
             if (w <= 0) { sent = -1; break; }
             done += (size_t)w;

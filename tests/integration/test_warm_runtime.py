@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ import sandboxd_protocol as proto
 from sandboxd import cgroups, jobs, runtimes, slots, spawn
 from sandboxd.container import Container, RunStep
 from sandboxd.isolation import identity
+from sandboxd.isolation.rlimits import Rlimits
 from sandboxd.limits import DEFAULT, MiB
 from sandboxd.profiles import load_dir
 from sandboxd.result import SandboxError
@@ -233,10 +235,65 @@ def test_the_job_sees_what_a_plain_start_gives_it(daemon: Daemon) -> None:
     "if __name__ == '__main__':\n    print('main', __name__)\n",
     "import warnings\nwarnings.warn('careful')\n",
     "import sys\nprint(sys.argv, sys.flags.dont_write_bytecode)\n",
+    # the exit, which the bootstrap carries out itself (docs/profiles.md): statuses as C
+    # takes them, and the message of a SystemExit that is not an integer
+    "import sys\nsys.exit(True)\n",
+    "import sys\nsys.exit(2 ** 70)\n",
+    "import sys\nsys.exit(-1)\n",
+    "import sys\nsys.exit([1, 2])\n",
+    "import sys\nsys.stderr = None\nsys.exit('no stderr')\n",
+    "exit(2)\n",
+    "import sys\nsys.excepthook = lambda *a: sys.exit(5)\nraise ValueError\n",
+    # a failed flush of stdout at exit: reported, and status 120
+    "import sys\nsys.stdout = open('/dev/full', 'w')\nprint('x')\n",
+    "import os\nprint('x')\nos.close(1)\n",
+    # __del__ when the frame that held it goes (SystemExit: before atexit; an uncaught
+    # exception: after, the traceback held in sys.last_traceback until the teardown)
+    "class A:\n    def __del__(self):\n        print('del A', flush=True)\n"
+    "def f():\n    a = A()\n    raise SystemExit(4)\nimport atexit\n"
+    "atexit.register(print, 'atexit')\nf()\n",
+    "class A:\n    def __del__(self):\n        print('del A', flush=True)\n"
+    "def f():\n    a = A()\n    1 / 0\nimport atexit\natexit.register(print, 'atexit')\nf()\n",
+    "class A:\n    def __del__(self):\n        print('del A', flush=True)\n"
+    "x = A()\nraise KeyboardInterrupt\n",
+    # objects of the job's finalised at exit: a generator's finally, a file left open,
+    # one hung on builtins or sys, a cycle, weakref.finalize, one of an imported module's
+    "def g():\n    try:\n        yield 1\n    finally:\n        print('finally', flush=True)\n"
+    "it = g()\nnext(it)\n",
+    "f = open('out.txt', 'w')\nf.write('data')\nimport atexit\n"
+    "atexit.register(lambda: print(open('out.txt').read()))\n",
+    "import os\nclass A:\n    def __init__(s, n): s.n = n\n    def __del__(self, w=os.write):\n"
+    "        w(1, b'del %d\\n' % self.n)\n"
+    "a, _b = A(1), A(2)\nc = [A(3)]\nc.append(c)\nimport builtins, sys\nbuiltins.zz = A(4)\n",
+    "import weakref\nclass A:\n    pass\na = A()\nweakref.finalize(a, print, 'finalized')\n",
+    "import signal, os, atexit\nsignal.signal(signal.SIGTERM, lambda *a: print('handler'))\n"
+    "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))\n",
+    "import os\nif os.fork() == 0:\n    print('child')\n"
+    "else:\n    os.wait()\n    print('parent')\n",
+    # C stdio (flushed by exit() only): the interpreter's own finalisation
+    "import ctypes\nctypes.CDLL(None).printf(b'from C\\n')\nprint('py')\n",
 ], ids=lambda s: (s if isinstance(s, str) else s.decode("latin-1")).splitlines()[0][:40])
 def test_outcomes_match_the_plain_start(daemon: Daemon, source: str | bytes) -> None:
     warm, plain = both(daemon, source, stdin=b"abc\nrest\n")
     same(warm, plain)
+
+
+def test_a_module_of_the_jobs_is_torn_down_at_exit(daemon: Daemon) -> None:
+    files = {"main.py": b"import helper\nprint(helper.X)\n",
+             "helper.py": b"class A:\n    def __del__(self):\n        print('helper del')\n"
+                          b"X = 1\nobj = A()\n"}
+    warm, plain = both(daemon, files=files)
+    same(warm, plain)
+    assert warm.stdout == b"1\nhelper del\n", warm
+
+
+def test_an_object_hung_on_a_start_up_module_is_not_finalised(daemon: Daemon) -> None:
+    """The listed difference (docs/profiles.md): the modules loaded before the job are not
+    torn down at its exit, so what the job left only there is not finalised."""
+    warm, plain = both(daemon, "import os\nclass A:\n    def __del__(self):\n"
+                               "        print('del')\nos.cache = A()\nprint('end')\n")
+    assert plain.stdout == b"end\ndel\n" and warm.stdout == b"end\n", (warm, plain)
+    assert warm.exit_code == plain.exit_code == 0
 
 
 def test_the_entry_file_missing_is_said_as_python_says_it(daemon: Daemon) -> None:
@@ -439,6 +496,41 @@ def test_a_runtime_that_cannot_start_is_the_sandboxs_fault(argv: list[str], matc
 def test_a_container_destroyed_unused_ends_its_interpreter_quietly() -> None:
     cpu, _memory, result = _container_run(_warm(), None)
     assert cpu > 0 and result is None  # destroy() found nothing left behind (no leftovers)
+
+
+def _loader_run(tmp_path: Path, boot: bytes) -> subprocess.CompletedProcess[bytes]:
+    """The Python runtime's -c loader started as a warm container's job process starts it
+    (its socket on descriptor 3), given ``boot`` and then a job: outside any container,
+    which the loader does not depend on."""
+    (tmp_path / "main.py").write_text("import sys\nprint('ran', sys.argv)\n")
+    rt = runtimes.RUNTIMES["python"]
+    ours, theirs = socket.socketpair()
+    env = {"PATH": spawn.JOB_PATH}
+    argv = ["/usr/bin/python3", "-B"]
+    with ours, theirs:
+        proc = subprocess.Popen([*argv, rt.code_option, rt.source()], cwd=tmp_path, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, close_fds=False,
+                                preexec_fn=lambda: os.dup2(theirs.fileno(), 3))
+        theirs.close()
+        ours.sendall(boot)
+        assert ours.recv(1) == b"\x06"
+        ours.sendall(spawn.encode_exec([*argv, "main.py"], env, str(tmp_path),
+                                       Rlimits()))
+        out, err = proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_the_loader_compiles_the_bootstrap_for_another_python(tmp_path: Path) -> None:
+    """The bootstrap's code is the supervisor's Python's; an interpreter of another magic
+    number (an image's) compiles the source sent with it instead."""
+    boot = runtimes.RUNTIMES["python"].boot_code()
+    native = _loader_run(tmp_path, boot)
+    assert (native.returncode, native.stdout) == (0, b"ran ['main.py']\n"), native
+    other = boot[:4] + bytes(b ^ 0xFF for b in boot[4:8]) + boot[8:]  # another magic number
+    assert other != boot
+    compiled = _loader_run(tmp_path, other)
+    assert (compiled.returncode, compiled.stdout) == (0, b"ran ['main.py']\n"), compiled
 
 
 def test_sigint_is_what_ends_a_job_with_an_uncaught_keyboardinterrupt(daemon: Daemon) -> None:
