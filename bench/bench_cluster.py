@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -73,14 +74,24 @@ def _close(opened: list[Client]) -> None:
 
 def measure(tmp: Path, make_node: Callable[[str], Any], *, rounds: int, warmup: int,
             seconds: float, reps: int, concurrency: tuple[int, ...],
-            log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+            log: Callable[[str], None] = lambda _m: None,
+            redis_alone_on: int | None = None) -> dict[str, Any]:
     """Latency of both paths, throughput of local, one node and two nodes, Redis CPU per job.
 
     ``make_node(url)``: starts a node (the suite's ``Daemon`` wrapper, with ``settle``
     and ``close``) fed from ``url``. Every sample is kept: ``summary`` derives the figures.
+    ``redis_alone_on``: Redis alone on that CPU, this process (and so the nodes and clients it
+    starts) on the others, as a deployment with Redis on a host of its own has it: on
+    shared cores each of Redis's wake-ups starts with caches the jobs left cold.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     redis = RedisServer(tmp).start()
+    if redis_alone_on is not None:
+        others = os.sched_getaffinity(0) - {redis_alone_on}
+        if not others:
+            raise SystemExit(f"--redis-cpu {redis_alone_on}: no CPU left for the nodes")
+        os.sched_setaffinity(redis.pid, {redis_alone_on})
+        os.sched_setaffinity(0, others)
     nodes: list[Any] = []
     opened: list[Client] = []
     try:
@@ -137,7 +148,8 @@ def measure(tmp: Path, make_node: Callable[[str], Any], *, rounds: int, warmup: 
         return {"latency_s": lat, "throughput_jobs_s": tput,
                 "redis_cpu_per_job_s": redis_cpu,
                 "redis_cpu_per_job_with_connecting_s": redis_cpu_connecting,
-                "redis_version": redis.info("server").get("redis_version", "?")}
+                "redis_version": redis.info("server").get("redis_version", "?"),
+                "redis_alone_on": redis_alone_on}
     finally:
         _close(opened)
         for n in nodes:
@@ -196,7 +208,9 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(c: dict[str, Any], s: dict[str, Any], seconds: float, reps: int) -> list[str]:
     """The report's section: latency per path, throughput per concurrency, Redis's CPU."""
     lines = ["## The cluster path against the local socket", "",
-             f"redis-server {c.get('redis_version', '?')} on loopback (append-only file on); "
+             f"redis-server {c.get('redis_version', '?')} on loopback (append-only file on"
+             + (f"; alone on CPU {c['redis_alone_on']}, the nodes and clients on the others"
+                if c.get("redis_alone_on") is not None else "") + "); "
              "nodes are `sandboxd serve --redis` with warm `bash` pools; the job is `echo hello`"
              " (bash) through `sandboxd_client.Client`, to node 1's socket (local) or to the "
              "`redis://` URL (cluster); both once per round, alternating, each sample with the "
@@ -242,6 +256,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--redis-cpu", type=int, metavar="N",
+                    help="Redis alone on CPU N, the nodes and clients on the others")
     a = ap.parse_args()
     from suite import Daemon  # the suite's wrapper (settle, stats); suite imports us too
 
@@ -258,7 +274,7 @@ def main() -> int:
     out = measure(tmp, make_node, rounds=5 if a.quick else a.rounds,
                   warmup=1 if a.quick else 5, seconds=seconds, reps=reps,
                   concurrency=(1, 8) if a.quick else (1, 8, 32),
-                  log=lambda m: print(m, file=sys.stderr, flush=True))
+                  log=lambda m: print(m, file=sys.stderr, flush=True), redis_alone_on=a.redis_cpu)
     s = summary(out)
     print("\n".join(markdown(out, s, seconds, reps)))
     for t in targets(s):
