@@ -94,7 +94,8 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
         # imported only when asked: hypercorn and starlette cost start-up time
         from sandboxd.front.http import HttpFront, bind_http
 
-        http_front = HttpFront(cfg, service)
+        # With workers, its ps, stats, kill and /metrics are the whole daemon's.
+        http_front = HttpFront(cfg, service, front.view if siblings is not None else None)
         http_sock = (worker.http_sock if worker is not None
                      else bind_http(cfg.http, cfg.http_send_timeout))
     if worker is None:

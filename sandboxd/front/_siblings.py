@@ -26,6 +26,19 @@ their connection counts in a shared page (``loads``, one int per worker, made by
 the daemon process before it forks), and ``BalancedListener`` lets a worker
 with more connections than the least loaded sibling wait up to ``DEFER_MAX``
 before it accepts, for that sibling to take the connection first.
+
+Every front door with a ps, stats or kill (the msgpack socket's, the HTTP front
+door's ``/v1/ps``, ``/v1/stats``, ``/v1/kill`` and ``/metrics``, served by worker 0
+alone) asks the whole daemon through one ``DaemonView``. ``/metrics`` also needs
+each sibling's job metrics (jobs by profile and verdict, CPU seconds by profile,
+the queue-wait and run-time histograms), which ``ServerStats`` has no field for:
+a sibling's answer on the control socket carries them in its counters, under
+names that start with ``METRIC`` (``m.jobs.<profile index>.<verdict>``,
+``m.cpu.<profile index>``, ``m.<histogram>.<bucket index>|sum|count``), profiles
+by their index in the sorted profile names, which every worker shares (they are
+forked from one parent, after it loaded them). ``merge_stats`` leaves these
+counters out of the daemon's stats; ``merge_metrics`` adds them up, histograms
+bucket by bucket (every worker has the same buckets).
 """
 
 from __future__ import annotations
@@ -35,11 +48,12 @@ import errno
 import mmap
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import trio
 
 import sandboxd_protocol as proto
+from sandboxd.service import Histogram, JobMetrics, JobService
 
 TIMEOUT = 2.0
 _REF = re.compile(r"w(\d+)-")
@@ -160,6 +174,8 @@ def merge_stats(own_index: int, answers: Mapping[int, proto.ServerStats],
             acc[0] += p.warm
             acc[1] += p.target
         for k, v in st.counters.items():
+            if k.startswith(METRIC):  # the job metrics: merge_metrics's
+                continue
             if k.endswith("_s"):
                 counters[k] = max(counters.get(k, 0.0), v)
             else:
@@ -179,6 +195,165 @@ def merge_stats(own_index: int, answers: Mapping[int, proto.ServerStats],
         pools=tuple(proto.PoolStats(profile=name, warm=w, target=t)
                     for name, (w, t) in pools.items()),
         counters=counters)
+
+
+# ------------------------------------------------------------ job metrics in counters
+
+METRIC = "m."
+# A counter map holds at most 1024 names (sandboxd_protocol's ServerStats); the
+# service's own counters take a few dozen. Past this many, a sibling's
+# (profile, verdict) pairs are left out of its answer (its other figures stay).
+MAX_METRIC_COUNTERS = 800
+_HISTOGRAMS = ("queue_wait", "run_time")
+
+
+def encode_metrics(metrics: JobMetrics, profiles: Sequence[str]) -> dict[str, int | float]:
+    """``metrics`` as counters (``METRIC`` names); ``profiles``: the sorted profile names.
+
+    A job of a profile not among them (none: every job's profile is one of the
+    daemon's) is left out."""
+    index = {name: i for i, name in enumerate(profiles)}
+    out: dict[str, int | float] = {}
+    for name in _HISTOGRAMS:
+        h: Histogram = getattr(metrics, name)
+        for i, n in enumerate(h.counts):
+            out[f"{METRIC}{name}.{i}"] = n
+        out[f"{METRIC}{name}.sum"] = h.sum
+        out[f"{METRIC}{name}.count"] = h.count
+    for profile, seconds in metrics.cpu_seconds.items():
+        if profile in index:
+            out[f"{METRIC}cpu.{index[profile]}"] = float(seconds)
+    for (profile, verdict), n in metrics.jobs.items():
+        if len(out) >= MAX_METRIC_COUNTERS:
+            break
+        if profile in index:
+            out[f"{METRIC}jobs.{index[profile]}.{verdict}"] = n
+    return out
+
+
+def decode_metrics(counters: Mapping[str, int | float], profiles: Sequence[str]) -> JobMetrics:
+    """The job metrics a sibling's counters carry (``encode_metrics``'s inverse)."""
+    m = JobMetrics()
+    for key, v in counters.items():
+        if not key.startswith(METRIC):
+            continue
+        parts = key[len(METRIC):].split(".")
+        try:
+            if parts[0] in _HISTOGRAMS and len(parts) == 2:
+                h: Histogram = getattr(m, parts[0])
+                if parts[1] == "sum":
+                    h.sum = float(v)
+                elif parts[1] == "count":
+                    h.count = int(v)
+                else:
+                    h.counts[int(parts[1])] = int(v)
+            elif parts[0] == "cpu" and len(parts) == 2:
+                m.cpu_seconds[profiles[int(parts[1])]] = float(v)
+            elif parts[0] == "jobs" and len(parts) == 3:
+                m.jobs[profiles[int(parts[1])], parts[2]] = int(v)
+        except (ValueError, IndexError):
+            continue  # a name this worker cannot read (another version's): left out
+    return m
+
+
+def merge_metrics(parts: Iterable[JobMetrics]) -> JobMetrics:
+    """The sum of several workers' job metrics; histograms bucket by bucket."""
+    total = JobMetrics()
+    for m in parts:
+        total.jobs.update(m.jobs)
+        total.cpu_seconds.update(m.cpu_seconds)
+        for name in _HISTOGRAMS:
+            acc: Histogram = getattr(total, name)
+            h: Histogram = getattr(m, name)
+            acc.counts = [a + b for a, b in zip(acc.counts, h.counts, strict=True)]
+            acc.sum += h.sum
+            acc.count += h.count
+    return total
+
+
+# ------------------------------------------------------------ the whole daemon
+
+
+class DaemonView:
+    """ps, stats, kill and job metrics of the whole daemon, as one worker sees them:
+    its own, joined with what its siblings answer (only its own without workers).
+
+    One per worker, shared by its front doors (the daemon hands the msgpack
+    front's to the HTTP front door), so both answer alike. ``connections``: the
+    worker's msgpack connection count, which its stats report."""
+
+    def __init__(self, service: JobService, siblings: Siblings | None,
+                 connections: Callable[[], int] = lambda: 0) -> None:
+        self.service = service
+        self.siblings = siblings
+        self.connections = connections
+        self.profile_names = sorted(service.profiles)
+
+    def stats(self, *, metrics: bool = False) -> proto.ServerStats:
+        """This worker's stats; ``metrics``: with its job metrics in the counters (the
+        answer to a sibling, on the control socket)."""
+        st = self.service.statistics()
+        counters = st.counters
+        if metrics:
+            counters = {**counters, **encode_metrics(self.service.metrics, self.profile_names)}
+        return proto.ServerStats(
+            uptime=st.uptime, connections=self.connections(), jobs_queued=st.jobs_queued,
+            jobs_running=st.jobs_running, jobs_completed=st.jobs_completed,
+            pools=tuple(proto.PoolStats(profile=p.profile, warm=p.warm, target=p.target)
+                        for p in st.pools),
+            counters=counters)
+
+    def job_list(self) -> proto.JobList:
+        """This worker's jobs."""
+        return proto.JobList(jobs=tuple(
+            proto.JobInfo(id=j.ref, profile=j.profile, state=j.state, elapsed=j.elapsed,
+                          client=j.client, cpu_time=j.cpu_time, memory=j.memory)
+            for j in self.service.ps()))
+
+    async def daemon_job_list(self) -> proto.JobList:
+        """``ps`` of every worker that answers (only this one's without workers)."""
+        own = self.job_list()
+        if self.siblings is None:
+            return own
+        answers = await self.siblings.ask_all(proto.JobListRequest())
+        jobs = list(own.jobs)
+        for _k, ev in sorted(answers.items()):
+            if isinstance(ev, proto.JobList):
+                jobs.extend(ev.jobs)
+        return proto.JobList(jobs=tuple(jobs))
+
+    async def _all_stats(self) -> dict[int, proto.ServerStats]:
+        assert self.siblings is not None
+        answers = await self.siblings.ask_all(proto.StatsRequest())
+        per = {k: ev for k, ev in answers.items() if isinstance(ev, proto.ServerStats)}
+        per[self.siblings.index] = self.stats()
+        return per
+
+    async def daemon_stats(self) -> proto.ServerStats:
+        """``stats`` summed over every worker that answers (this one's without workers)."""
+        if self.siblings is None:
+            return self.stats()
+        return merge_stats(self.siblings.index, await self._all_stats(), self.siblings.count)
+
+    async def daemon_stats_and_metrics(self) -> tuple[proto.ServerStats, JobMetrics]:
+        """``daemon_stats`` and the job metrics summed over the same workers."""
+        if self.siblings is None:
+            return self.stats(), self.service.metrics
+        per = await self._all_stats()
+        own = self.siblings.index
+        metrics = merge_metrics([self.service.metrics, *(
+            decode_metrics(st.counters, self.profile_names)
+            for k, st in per.items() if k != own)])
+        return merge_stats(own, per, self.siblings.count), metrics
+
+    async def daemon_kill(self, ref: str) -> bool:
+        """``kill``: by this worker, or by the sibling the reference names."""
+        siblings = self.siblings
+        owner = siblings.owner_of(ref) if siblings is not None else None
+        if siblings is None or owner is None or owner == siblings.index:
+            return self.service.kill(ref)
+        ev = await siblings.ask(owner, proto.KillRequest(job=ref))
+        return isinstance(ev, proto.KillResult) and ev.found
 
 
 _CLOSED = {errno.EBADF, errno.ENOTSOCK}

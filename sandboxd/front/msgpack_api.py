@@ -34,7 +34,7 @@ from sandboxd.log import event
 from sandboxd.service import Job, JobService, ServiceError
 from sandboxd.workspace import Upload, WorkspaceError
 
-from ._siblings import Siblings, merge_stats
+from ._siblings import DaemonView, Siblings
 from ._wire import job_result, job_spec, profile_infos
 
 # ------------------------------------------------------------------ the listener
@@ -52,6 +52,8 @@ class MsgpackFront:
         self.siblings = siblings
         self.owner_prefix = f"{siblings.tag}-" if siblings is not None else ""
         self.connections = 0
+        # The whole daemon's ps, stats and kill (shared with the HTTP front door).
+        self.view = DaemonView(service, siblings, lambda: self.connections)
         self.conn_seq = itertools.count(1)
         self.limits = proto.SizeLimits(max_frame_size=cfg.max_frame)
         self.sessions: set[Session] = set()
@@ -107,54 +109,6 @@ class MsgpackFront:
                 self.siblings.publish(self.connections)
             with contextlib.suppress(Exception):
                 await stream.aclose()
-
-    def stats(self) -> proto.ServerStats:
-        st = self.service.statistics()
-        return proto.ServerStats(
-            uptime=st.uptime, connections=self.connections, jobs_queued=st.jobs_queued,
-            jobs_running=st.jobs_running, jobs_completed=st.jobs_completed,
-            pools=tuple(proto.PoolStats(profile=p.profile, warm=p.warm, target=p.target)
-                        for p in st.pools),
-            counters=st.counters)
-
-    def job_list(self) -> proto.JobList:
-        return proto.JobList(jobs=tuple(
-            proto.JobInfo(id=j.ref, profile=j.profile, state=j.state, elapsed=j.elapsed,
-                          client=j.client, cpu_time=j.cpu_time, memory=j.memory)
-            for j in self.service.ps()))
-
-    # -- the whole daemon, with workers (each a no-op step without them) ----
-
-    async def daemon_job_list(self) -> proto.JobList:
-        """``ps`` of every worker that answers (only this one's without workers)."""
-        own = self.job_list()
-        if self.siblings is None:
-            return own
-        answers = await self.siblings.ask_all(proto.JobListRequest())
-        jobs = list(own.jobs)
-        for _k, ev in sorted(answers.items()):
-            if isinstance(ev, proto.JobList):
-                jobs.extend(ev.jobs)
-        return proto.JobList(jobs=tuple(jobs))
-
-    async def daemon_stats(self) -> proto.ServerStats:
-        """``stats`` summed over every worker that answers (this one's without workers)."""
-        own = self.stats()
-        if self.siblings is None:
-            return own
-        answers = await self.siblings.ask_all(proto.StatsRequest())
-        per = {k: ev for k, ev in answers.items() if isinstance(ev, proto.ServerStats)}
-        per[self.siblings.index] = own
-        return merge_stats(self.siblings.index, per, self.siblings.count)
-
-    async def daemon_kill(self, ref: str) -> bool:
-        """``kill``: by this worker, or by the sibling the reference names."""
-        siblings = self.siblings
-        owner = siblings.owner_of(ref) if siblings is not None else None
-        if siblings is None or owner is None or owner == siblings.index:
-            return self.service.kill(ref)
-        ev = await siblings.ask(owner, proto.KillRequest(job=ref))
-        return isinstance(ev, proto.KillResult) and ev.found
 
 
 # A connection whose unfinished input is below this is never refused for the budget:
@@ -346,13 +300,16 @@ class Session:
             if job is not None:
                 job.cancel("cancelled by the client")
         elif isinstance(ev, proto.JobListRequest):
-            await self.send(front.job_list() if self.control else await front.daemon_job_list())
+            view = front.view
+            await self.send(view.job_list() if self.control else await view.daemon_job_list())
         elif isinstance(ev, proto.KillRequest):
             found = (self.service.kill(ev.job) if self.control
-                     else await front.daemon_kill(ev.job))
+                     else await front.view.daemon_kill(ev.job))
             await self.send(proto.KillResult(job=ev.job, found=found))
         elif isinstance(ev, proto.StatsRequest):
-            await self.send(front.stats() if self.control else await front.daemon_stats())
+            # A sibling's ask also carries this worker's job metrics (its /metrics).
+            await self.send(front.view.stats(metrics=True) if self.control
+                            else await front.view.daemon_stats())
         elif isinstance(ev, proto.Ping):
             await self.send(proto.Pong(nonce=ev.nonce))
         elif isinstance(ev, proto.Goodbye):

@@ -331,3 +331,81 @@ def test_workers_never_share_a_uid_slot(tmp_path):
         assert not inits[0] & inits[1], inits
         for c, _w in jobs.values():
             c.close()
+
+
+@pytest.mark.root
+def test_http_ps_kill_stats_metrics_see_every_worker(tmp_path):
+    """HTTP is worker 0's, but its ps, kill, stats and /metrics are the daemon's: a job
+    on worker 1 (submitted through the msgpack socket) shows, dies and counts there."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        r = http.get("/metrics")
+        assert r.status_code == 200, r.text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(r.text) for s in f.samples}
+
+    with Daemon(tmp_path, ("--http", "127.0.0.1:0"), workers=2, concurrency=4,
+                pool_profiles=["bash"], http_loopback_open=True) as d, \
+            httpx.Client(base_url=f"http://{d.http_address}", timeout=60) as http:
+        jobs = jobs_on_both(d, SLEEPER, want=(1,))
+        on1 = next(j for j, (_c, w) in jobs.items() if w == 1)
+        c1 = jobs[on1][0]
+        # Every started job's step has its container (worker 0's extra jobs stay queued:
+        # nothing there ends), so the pool counters stand still from here on.
+        for job_id, (c, _w) in jobs.items():
+            if ps(d)[job_id].state == "running":
+                wait_for_output(c, job_id)
+        # ps: worker 1's job, by the reference that names its worker.
+        listed = {j["id"]: j for j in http.get("/v1/ps").json()["jobs"]}
+        assert set(jobs) <= set(listed)
+        ref = listed[on1]["ref"]
+        assert worker_of(ref) == 1 and listed[on1]["state"] == "running"
+        # stats: both workers answer; worker 1's running job is in the sums.
+        st = http.get("/v1/stats").json()
+        assert st["counters"]["workers"] == 2 and st["counters"]["workers_answering"] == 2
+        assert st["counters"]["w1_jobs_running"] >= 1
+        assert st["jobs_running"] + st["jobs_queued"] == len(jobs)
+        assert st["jobs_completed"] == 0
+        m = scrape(http)
+        assert m["sandboxd_jobs_running", ()] + m["sandboxd_jobs_queued", ()] == len(jobs)
+        assert m["sandboxd_workers_answering", ()] == 2
+        # kill through HTTP: the job on worker 1 ends cancelled for its msgpack client.
+        r = http.post(f"/v1/kill/{ref}")
+        assert r.status_code == 200 and r.json() == {"job": ref, "found": True}, r.text
+        res, _ = c1.result(on1)
+        assert isinstance(res, proto.JobResult) and res.steps[0].verdict == "cancelled", res
+        r = http.post("/v1/kill/w1-999/nope")
+        assert r.status_code == 404 and r.json()["error"] == "unknown_job", r.text
+        # A job that burns some CPU, on worker 1 too: the only jobs the daemon finished
+        # are worker 1's, so every finished-job figure HTTP shows comes from there.
+        burn = {"main.sh": b"i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo done"}
+        assert c1.run("burn", files=burn).steps[0].stdout == b"done\n"
+        st = http.get("/v1/stats").json()
+        assert st["jobs_completed"] == 2 and st["counters"]["w1_jobs_completed"] == 2
+        assert st["counters"]["w0_jobs_completed"] == 0
+        m = scrape(http)
+        bash = (("profile", "bash"),)
+        assert m["sandboxd_jobs_total", (*bash, ("verdict", "cancelled"))] == 1
+        assert m["sandboxd_jobs_total", (*bash, ("verdict", "ok"))] == 1
+        assert m["sandboxd_steps_total", (("verdict", "cancelled"),)] == 1
+        assert m["sandboxd_job_cpu_seconds_total", bash] > 0
+        assert m["sandboxd_job_run_seconds_count", ()] == 2
+        assert m["sandboxd_job_run_seconds_bucket", (("le", "+Inf"),)] == 2
+        assert m["sandboxd_queue_wait_seconds_count", ()] == 2
+        # Pool and container counters: the sums the msgpack socket's stats give (no step
+        # starts meanwhile), worker 1's two steps included.
+        summed = d.stats().counters
+        took = m["sandboxd_pool_hits_total", ()] + m["sandboxd_pool_misses_total", ()]
+        assert took == summed["pool_hits"] + summed["pool_misses"] >= 2
+        assert m["sandboxd_containers_created_total", ()] >= 2
+        for c, _w in jobs.values():
+            c.close()
+        # Every job gone: HTTP's ps is empty (worker 0's jobs were killed with their
+        # connections), and the msgpack socket's stats still hide the metric counters.
+        deadline = time.monotonic() + 30
+        while http.get("/v1/ps").json()["jobs"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert http.get("/v1/ps").json()["jobs"] == []
+        assert not [k for k in d.stats().counters if k.startswith("m.")]

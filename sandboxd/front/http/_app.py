@@ -59,6 +59,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Mount, Route
 
 from sandboxd.config import Config, is_loopback, split_address
+from sandboxd.front._siblings import DaemonView
 from sandboxd.log import event
 from sandboxd.result import SandboxError
 from sandboxd.service import JobService
@@ -156,13 +157,17 @@ def presented_token(scope: Scope, headers: dict[str, str] | None = None) -> str 
 class HttpFront:
     """The listener's state (counts, budgets, metrics) and the ASGI callable over the app."""
 
-    def __init__(self, cfg: Config, service: JobService) -> None:
+    def __init__(self, cfg: Config, service: JobService,
+                 daemon: DaemonView | None = None) -> None:
         self.cfg = cfg
         self.service = service
+        # With workers: ps, stats, kill and /metrics ask every worker (front/_siblings.py).
+        self.daemon = daemon
         host, _port = split_address(cfg.http)
         self.open = cfg.http_loopback_open and is_loopback(host)
         self.tokens = tuple(t.encode() for t in cfg.http_tokens)
-        self.ctx = FrontContext(service=service, cfg=cfg, gate=Gate(cfg.http_token_concurrency))
+        self.ctx = FrontContext(service=service, cfg=cfg, gate=Gate(cfg.http_token_concurrency),
+                                daemon=daemon)
         self.in_flight = 0
         self.buffered = 0
         self.budget = cfg.http_max_buffered or 4 * cfg.http_max_body
@@ -256,7 +261,11 @@ class HttpFront:
     # ------------------------------------------------------------ /metrics
 
     async def _metrics(self, request: Request) -> Response:
-        return Response(_metrics.render(self), media_type=_metrics.CONTENT_TYPE)
+        if self.daemon is None:
+            return Response(_metrics.render(self), media_type=_metrics.CONTENT_TYPE)
+        st, metrics = await self.daemon.daemon_stats_and_metrics()
+        return Response(_metrics.render(self, st, metrics, workers=st.counters),
+                        media_type=_metrics.CONTENT_TYPE)
 
     # ------------------------------------------------------------ ASGI
 

@@ -7,10 +7,10 @@ cumulative ``_bucket`` histograms with ``le``); docs/http.md lists them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from sandboxd.service import Histogram
+from sandboxd.service import Histogram, JobMetrics
 
 if TYPE_CHECKING:
     from ._app import HttpFront
@@ -58,10 +58,15 @@ class _Writer:
         return "\n".join(self.lines) + "\n"
 
 
-def render(front: HttpFront) -> str:
+def render(front: HttpFront, st: Any = None, m: JobMetrics | None = None,
+           workers: Mapping[str, int | float] | None = None) -> str:
+    """The exposition: of this process's service, or of ``st`` (a ``Statistics`` or the
+    whole daemon's ``ServerStats``: the same fields) and ``m`` (with workers, summed
+    over them); ``workers``: the counters saying how many workers there are and
+    answered."""
     service = front.service
-    st = service.statistics()
-    m = service.metrics
+    st = service.statistics() if st is None else st
+    m = service.metrics if m is None else m
     c = st.counters
     w = _Writer()
     w.family("sandboxd_jobs_total", "counter",
@@ -96,6 +101,12 @@ def render(front: HttpFront) -> str:
              (({"profile": p.profile}, p.warm) for p in st.pools))
     w.family("sandboxd_uptime_seconds", "gauge", "Seconds since the daemon started.",
              [({}, round(st.uptime, 3))])
+    if workers is not None:
+        w.family("sandboxd_workers", "gauge", "Worker processes configured (workers).",
+                 [({}, workers.get("workers", 0))])
+        w.family("sandboxd_workers_answering", "gauge",
+                 "Workers whose figures this scrape includes (a restarting one is left out).",
+                 [({}, workers.get("workers_answering", 0))])
     w.family("sandboxd_http_requests_total", "counter",
              "HTTP requests and WebSockets answered, by route, method and status.",
              (({"route": r, "method": meth, "status": s}, n)

@@ -557,15 +557,24 @@ class V1:
         } for p in self.service.profiles.values()]})
 
     async def stats(self, request: Request) -> Response:
-        st = self.service.statistics()
+        # With workers, the whole daemon's: summed as the msgpack socket's stats are.
+        daemon = self.ctx.daemon
+        st: Any = self.service.statistics() if daemon is None else await daemon.daemon_stats()
         return JSONResponse({
             "uptime": st.uptime, "jobs_queued": st.jobs_queued,
             "jobs_running": st.jobs_running, "jobs_completed": st.jobs_completed,
             "pools": [{"profile": p.profile, "warm": p.warm, "target": p.target}
                       for p in st.pools],
-            "counters": st.counters})
+            "counters": dict(st.counters)})
 
     async def ps(self, request: Request) -> Response:
+        daemon = self.ctx.daemon
+        if daemon is not None:  # every worker's jobs (a reference names its worker)
+            listed = await daemon.daemon_job_list()
+            return JSONResponse({"jobs": [{
+                "ref": j.id, "id": j.id.split("/", 1)[-1], "profile": j.profile,
+                "client": j.client, "state": j.state, "elapsed": j.elapsed,
+                "cpu_time": j.cpu_time, "memory": j.memory} for j in listed.jobs]})
         return JSONResponse({"jobs": [{
             "ref": j.ref, "id": j.id, "profile": j.profile, "client": j.client,
             "state": j.state, "elapsed": j.elapsed, "cpu_time": j.cpu_time,
@@ -573,7 +582,9 @@ class V1:
 
     async def kill(self, request: Request) -> Response:
         ref = request.path_params["ref"]
-        if not self.service.kill(ref):
+        daemon = self.ctx.daemon
+        found = self.service.kill(ref) if daemon is None else await daemon.daemon_kill(ref)
+        if not found:
             raise HttpError(ErrorCode.UNKNOWN_JOB, f"no job {ref!r} in flight (see GET /v1/ps)")
         return JSONResponse({"job": ref, "found": True})
 
