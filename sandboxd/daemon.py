@@ -308,6 +308,9 @@ def main(config_path: str | None = None, socket_path: str | None = None,
         return 2
     try:
         os.makedirs(cfg.state_dir, mode=0o755, exist_ok=True)
+        if not os.access(cfg.state_dir, os.W_OK | os.X_OK):
+            # There already, but not ours: e.g. root's /run/sandboxd, for an ordinary user.
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as e:  # e.g. the default /run/sandboxd, as an ordinary user
         sys.stderr.write(f"sandboxd: cannot create the state directory {cfg.state_dir}: "
                          f"{e.strerror} (set state_dir, or SANDBOXD_STATE_DIR)\n")
