@@ -400,8 +400,19 @@ def frozen_explained(survivors: list[str]) -> bool:
 
 
 def _orphans(pids: set[int]) -> set[int]:
-    """Which of these processes (the killed daemon's tree) still live."""
-    return {p for p in pids if os.path.exists(f"/proc/{p}")}
+    """Which of these processes (the killed daemon's tree) still live. A zombie does not:
+    it waits for a reaper, which is init on a host and the test run itself under a child
+    subreaper (scripts/test-mine.sh), which reaps only its own children."""
+    return {p for p in pids if _alive(p)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def as_json(report: Report) -> dict[str, Any]:
