@@ -114,6 +114,10 @@ class Container:
         self.destroyed = False
         self._killed_for: str | None = None
         self._kill_lock = trio.Lock()
+        # Set once the job process was reaped and its cgroup then found (or made) empty:
+        # nothing can enter it afterwards but our own moves, so ``destroy`` need not
+        # read cgroup.procs again (the pool's reset proves emptiness once more anyway).
+        self._emptied = False
         self.warm: WarmStart | None = None  # the interpreter waiting for the job, if any
         self._stdio: list[int] = []  # a warm container's: stdin memfd, stdout, stderr read ends
         self.ended_at: float | None = None  # monotonic: the job process reaped (``run``)
@@ -463,6 +467,7 @@ class Container:
                             watching = False
                             # The job process is gone; anything it left behind goes now.
                             await self.kill_rest()
+                            self._emptied = True
                             # Every writer of the pipes is dead: EOF comes promptly.
                             drain_until = time.monotonic() + 2.0
                     else:
@@ -555,6 +560,7 @@ class Container:
                 watch.cancel()
                 # The job process is gone; anything it left behind goes now.
                 await self.kill_rest()
+                self._emptied = True
                 # Every writer of the pipes is dead: the readers reach EOF promptly.
                 with trio.move_on_after(2.0):
                     await out.done.wait()
@@ -605,7 +611,8 @@ class Container:
         self.destroyed = True
         with trio.CancelScope(shield=True):
             try:
-                await self.kill_rest()
+                if not self._emptied:
+                    await self.kill_rest()
             except Exception:
                 pass
             with contextlib.suppress(OSError):
