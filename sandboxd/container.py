@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from sandboxd import channel, egress
+from sandboxd import channel, egress, threads
 from sandboxd.cgroups import CgroupError, CgroupLimits, CgroupStats, JobCgroup, MemoryInUse
 from sandboxd.isolation import _libc, rlimits
 from sandboxd.limits import Limits
@@ -575,7 +575,7 @@ class Container:
         """Kill whatever is left in the job's cgroup (freezer first), without a verdict."""
         async with self._kill_lock:
             if self.cgroup.pids():
-                await trio.to_thread.run_sync(self.cgroup.kill_all)
+                await threads.run_sync(self.cgroup.kill_all)
 
     async def _watchdog(self, limits: Limits, base_ns: int) -> None:
         limit_ns = int(limits.cpu_time * 1e9)
@@ -630,7 +630,7 @@ class Container:
                 os.close(fd)
             self._stdio = []
             if remove_cgroup:
-                await trio.to_thread.run_sync(self.cgroup.remove)
+                await threads.run_sync(self.cgroup.remove)
 
 
 # When this process last moved a job process into its cgroup (time.monotonic()).
@@ -655,7 +655,7 @@ async def _move(cgroup: JobCgroup, pid: int) -> None:
     if time.monotonic() - _last_move < MOVE_WARM:
         cgroup.add_pid(pid)
     else:
-        await trio.to_thread.run_sync(cgroup.add_pid, pid)
+        await threads.run_sync(cgroup.add_pid, pid)
     _last_move = time.monotonic()
 
 
