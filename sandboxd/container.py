@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from sandboxd import channel, egress
+from sandboxd import channel, egress, threads
 from sandboxd.cgroups import CgroupError, CgroupLimits, CgroupStats, JobCgroup, MemoryInUse
 from sandboxd.isolation import _libc, rlimits
 from sandboxd.limits import Limits
@@ -114,6 +114,10 @@ class Container:
         self.destroyed = False
         self._killed_for: str | None = None
         self._kill_lock = trio.Lock()
+        # Set once the job process was reaped and its cgroup then found (or made) empty:
+        # nothing can enter it afterwards but our own moves, so ``destroy`` need not
+        # read cgroup.procs again (the pool's reset proves emptiness once more anyway).
+        self._emptied = False
         self.warm: WarmStart | None = None  # the interpreter waiting for the job, if any
         self._stdio: list[int] = []  # a warm container's: stdin memfd, stdout, stderr read ends
         self.ended_at: float | None = None  # monotonic: the job process reaped (``run``)
@@ -463,6 +467,7 @@ class Container:
                             watching = False
                             # The job process is gone; anything it left behind goes now.
                             await self.kill_rest()
+                            self._emptied = True
                             # Every writer of the pipes is dead: EOF comes promptly.
                             drain_until = time.monotonic() + 2.0
                     else:
@@ -555,6 +560,7 @@ class Container:
                 watch.cancel()
                 # The job process is gone; anything it left behind goes now.
                 await self.kill_rest()
+                self._emptied = True
                 # Every writer of the pipes is dead: the readers reach EOF promptly.
                 with trio.move_on_after(2.0):
                     await out.done.wait()
@@ -569,7 +575,7 @@ class Container:
         """Kill whatever is left in the job's cgroup (freezer first), without a verdict."""
         async with self._kill_lock:
             if self.cgroup.pids():
-                await trio.to_thread.run_sync(self.cgroup.kill_all)
+                await threads.run_sync(self.cgroup.kill_all)
 
     async def _watchdog(self, limits: Limits, base_ns: int) -> None:
         limit_ns = int(limits.cpu_time * 1e9)
@@ -605,7 +611,8 @@ class Container:
         self.destroyed = True
         with trio.CancelScope(shield=True):
             try:
-                await self.kill_rest()
+                if not self._emptied:
+                    await self.kill_rest()
             except Exception:
                 pass
             with contextlib.suppress(OSError):
@@ -623,7 +630,7 @@ class Container:
                 os.close(fd)
             self._stdio = []
             if remove_cgroup:
-                await trio.to_thread.run_sync(self.cgroup.remove)
+                await threads.run_sync(self.cgroup.remove)
 
 
 # When this process last moved a job process into its cgroup (time.monotonic()).
@@ -648,7 +655,7 @@ async def _move(cgroup: JobCgroup, pid: int) -> None:
     if time.monotonic() - _last_move < MOVE_WARM:
         cgroup.add_pid(pid)
     else:
-        await trio.to_thread.run_sync(cgroup.add_pid, pid)
+        await threads.run_sync(cgroup.add_pid, pid)
     _last_move = time.monotonic()
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from sandboxd import threads
 from sandboxd.cgroups import CgroupBackend, CgroupError, JobCgroup
 from sandboxd.container import Container
 from sandboxd.result import SandboxError
@@ -227,12 +228,12 @@ class Pool:
             if not recycle or self._closing:
                 raise CgroupError("not recycling")
             if not cg.reset_quick():
-                await trio.to_thread.run_sync(cg.reset)
+                await threads.run_sync(cg.reset)
             self._free_cgroups.append(cg)
             self.counters.cgroups_recycled += 1
         except (CgroupError, OSError):
             with contextlib.suppress(CgroupError, OSError):
-                await trio.to_thread.run_sync(cg.remove)
+                await threads.run_sync(cg.remove)
         # Refill once a job is over rather than when it starts: making a container
         # costs a few ms of CPU, which would otherwise compete with the job itself.
         # This task makes the first missing container itself (its slot and cgroup are
