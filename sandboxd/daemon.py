@@ -17,6 +17,7 @@ import errno
 import grp
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -289,6 +290,16 @@ def _serve_workers(cfg: Config, profiles: dict[str, Profile]) -> int:
         backend.close()
 
 
+def _raise_open_files() -> None:
+    """The soft descriptor limit up to the hard one (at most 65536, as the systemd units
+    set): each job cgroup keeps up to 19 counter and control files open (cgroups/v1.py),
+    so 1024, a shell's usual soft limit, runs out near 50 containers in use and warm."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def main(config_path: str | None = None, socket_path: str | None = None,
          http: str | None = None, redis: str | None = None, workers: int | None = None) -> int:
     try:
@@ -297,6 +308,7 @@ def main(config_path: str | None = None, socket_path: str | None = None,
         sys.stderr.write(f"sandboxd: {e}\n")
         return 2
     setup_logging(cfg.log_level)
+    _raise_open_files()
     if os.geteuid() != 0:  # rootless (docs/rootless.md): say what this costs, then serve
         event("rootless", logging.WARNING, uid=os.geteuid(),
               costs="one host uid for every container (the daemon's), the job keeps the "
