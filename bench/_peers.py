@@ -39,6 +39,8 @@ ISOLATION = {
                      "seccomp allow-list; Landlock; a per-job cgroup (memory 256 MiB, pids 64); "
                      "rlimits",
     "sandboxd-cold": "the same as sandboxd-warm, made on the spot (daemon with pool_size = 0)",
+    "sandboxd-warm-w2": "the same as sandboxd-warm, from a daemon of two supervisor processes "
+                        "(workers = 2), each with its own pool",
     "bwrap": "--unshare-all (user, pid, net, ipc, uts, cgroup namespaces); ro /usr; new "
              "/proc, /dev; tmpfs /tmp; --die-with-parent. No memory limit (bubblewrap has "
              "none), no seccomp",

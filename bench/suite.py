@@ -218,11 +218,15 @@ def sandboxd_system(name: str, daemon: Daemon) -> System:
 
 
 def systems_for(peers: Peers, warm: Daemon, cold: Daemon, only: set[str] | None,
-                given: dict[str, Isolate | Nsjail] | None = None) -> list[System]:
+                given: dict[str, Isolate | Nsjail] | None = None,
+                workers: Daemon | None = None) -> list[System]:
     """Every system this machine has, in the order of the report; ``given``: the peers
-    whose binaries bench/run was handed (isolate, nsjail)."""
+    whose binaries bench/run was handed (isolate, nsjail); ``workers``: a daemon of two
+    supervisor processes (the `workers` setting)."""
     found = [peer("bare", lambda argv, _w: argv), sandboxd_system("sandboxd-warm", warm),
              sandboxd_system("sandboxd-cold", cold)]
+    if workers is not None:
+        found.append(sandboxd_system("sandboxd-warm-w2", workers))
     for name, tool in (given or {}).items():
         found.append(peer(name, tool.argv))
     if shutil.which("bwrap"):
@@ -721,7 +725,11 @@ def main(argv: list[str] | None = None) -> int:
             daemons.append(warm)
             cold = Daemon(tmp, "cold", 0)
             daemons.append(cold)
-            systems = systems_for(peers, warm, cold, only, given)
+            workers = None
+            if only is None or "sandboxd-warm-w2" in only:
+                workers = Daemon(tmp, "warm2", 4, workers=2)
+                daemons.append(workers)
+            systems = systems_for(peers, warm, cold, only, given, workers)
             results["isolation"] = {s.name: ISOLATION[s.name] for s in systems}
             results["unavailable"] = {**left_out, **probe(systems, commands)}
             log(f"systems: {[s.name for s in systems]}; left out: {results['unavailable']}")
