@@ -335,3 +335,26 @@ def test_piston_files_limits_and_stdin() -> None:
         piston.parse_execute({"language": "py", "version": "*",
                               "files": [{"content": ""}, {"name": "../x", "content": ""}]},
                              table())
+
+
+@pytest.mark.parametrize("query", [
+    b"", b"wait=true", b"base64_encoded=false&wait=true", b"base64_encoded=true&wait=false",
+    b"wait=true&fields=*", b"fields=stdout%2Cstatus_id&wait=true", b"wait=false&wait=true",
+    b"wait=TRUE", b"fields=",
+])
+def test_submission_options_per_query_string(query: bytes) -> None:
+    """Remembered or not, the options are what the query string says (the last of a
+    repeated key, as Starlette reads it)."""
+    from starlette.datastructures import QueryParams
+
+    q = QueryParams(query)
+    want = (q.get("base64_encoded") == "true", q.get("wait") == "true",
+            judge0.parse_fields(q.get("fields")))
+    assert judge0.create_options(query) == want
+    assert judge0.create_options(query) == want
+
+
+def test_unknown_fields_are_refused_every_time() -> None:
+    for _ in range(2):
+        with pytest.raises(judge0.Invalid, match="invalid fields: \\[colour\\]"):
+            judge0.create_options(b"wait=true&fields=token,colour")
