@@ -283,6 +283,43 @@ def warm_start(job: JobSpec, limits: Limits) -> WarmStart | None:
     judged = job.tests is not None or job.expected_output is not None or job.cpuset_pin
     if judged and not (profile.warm_judged or job.warm_runtime):
         return None
+    return _warm_choice(profile, limits)
+
+
+# (id(profile), limits) -> (profile, its choice): ``_warm_choice``'s memo. The profile is
+# kept in the value, so that its id cannot be reused by another while its entry lives.
+_WARM_CHOICES: dict[tuple[int, Limits], tuple[Profile, WarmStart | None]] = {}
+_WARM_CHOICES_MAX = 256
+
+
+def _warm_choice(profile: Profile, limits: Limits) -> WarmStart | None:
+    """``_warm_choice_of``, remembered per (profile, limits).
+
+    Why: a service asks it twice per job (``plain_starts`` at admission, ``run_test``
+    for the step), each time building two ``WarmStart`` records (argv, environment,
+    rlimits) and comparing them; with limits other than the profile's (Judge0's and
+    Piston's defaults) also a copy and an rlimits comparison: ~8-12 us a call, a
+    visible part of what the HTTP doors add per job. It is a pure function of the
+    profile and the limits (frozen records; the runtimes' table and texts are
+    constants), and clients send the same few limits job after job. Profiles are
+    loaded once when the daemon starts and never change while it runs; a profile
+    loaded again would be another object, another key (its identity is checked, not
+    only its id). Bounded: past ``_WARM_CHOICES_MAX`` shapes it starts afresh.
+    """
+    key = (id(profile), limits)
+    hit = _WARM_CHOICES.get(key)
+    if hit is not None and hit[0] is profile:
+        return hit[1]
+    choice = _warm_choice_of(profile, limits)
+    if len(_WARM_CHOICES) >= _WARM_CHOICES_MAX:
+        _WARM_CHOICES.clear()
+    _WARM_CHOICES[key] = (profile, choice)
+    return choice
+
+
+def _warm_choice_of(profile: Profile, limits: Limits) -> WarmStart | None:
+    """The warm start of a run step of ``profile`` under ``limits`` for a job that asks
+    nothing else of it (``warm_start``'s rules that depend on these two alone)."""
     if limits.memory < runtimes.RUNTIMES[profile.warm_runtime].min_memory:
         return None
     warm, shape = _warm_for(profile, limits), _warm_for(profile, profile.limits)

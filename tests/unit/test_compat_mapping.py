@@ -134,6 +134,45 @@ def test_defaults_and_base64_input() -> None:
         5.0, 10.0, 128000, 64000, 60, 1024, 1)
 
 
+class _Body(dict):  # type: ignore[type-arg]
+    """A JSON object that is not exactly a dict: ``parse_submission``'s general checks."""
+
+
+@pytest.mark.parametrize(("body", "encoded"), [
+    ({"source_code": "print(1)", "language_id": 71}, False),
+    ({"source_code": "x", "language_id": 71, "stdin": "1 2\n", "expected_output": "3"}, False),
+    ({"source_code": "x", "language_id": 71, "stdin": "", "expected_output": None}, False),
+    ({"source_code": "cHJpbnQoMSk=\n", "language_id": 71, "stdin": "aGk="}, True),
+    ({"source_code": "!!!", "language_id": 71}, True),  # decodes to nothing: blank
+    ({"source_code": "", "language_id": 71}, False),
+    ({"source_code": "x", "language_id": True}, False),
+    ({"source_code": "x", "language_id": 150000}, False),
+    ({"source_code": "x", "language_id": "71"}, False),
+    ({"source_code": "x", "language_id": 71, "stdin": 12}, False),
+    ({"source_code": 7, "language_id": 71}, False),
+    ({"source_code": "x", "language_id": 71, "cpu_time_limit": 2}, False),
+])
+def test_plain_submissions_parse_as_the_general_checks_parse_them(
+        body: dict[str, object], encoded: bool) -> None:
+    """The shortcut for plain submissions gives what the general checks give, errors too."""
+    assert parse(dict(body), encoded) == parse(_Body(body), encoded)
+
+
+def test_limits_are_remembered_per_shape_and_profile() -> None:
+    """Two submissions of the same limits share one ``JobLimits``; another limit, whether a
+    limit was asked for, or another profile's defaults give another."""
+    a, _ = parse({"source_code": "x", "language_id": 71})
+    b, _ = parse({"source_code": "y", "language_id": 71, "stdin": "1"})
+    c, _ = parse({"source_code": "x", "language_id": 71, "memory_limit": 128000})
+    d, _ = parse({"source_code": "x", "language_id": 71, "cpu_time_limit": 2})
+    assert all(isinstance(p, judge0.Params) for p in (a, b, c, d))
+    py, java = PROFILES["python3"], PROFILES["java"]
+    assert judge0.job_limits(a, py) is judge0.job_limits(b, py)  # type: ignore[arg-type]
+    for p, profile in ((a, py), (c, py), (d, py), (a, java), (c, java)):
+        assert judge0.job_limits(p, profile) == judge0._job_limits(p, profile)  # type: ignore[arg-type]
+    assert judge0.job_limits(a, java) != judge0.job_limits(c, java)  # type: ignore[arg-type]
+
+
 def test_limits_in_sandboxd_units_and_a_jvm_keeps_its_memory_without_a_request() -> None:
     p, _ = parse({"source_code": "x", "language_id": 71, "memory_limit": 65536,
                   "cpu_time_limit": 2, "max_file_size": 10})
@@ -296,3 +335,26 @@ def test_piston_files_limits_and_stdin() -> None:
         piston.parse_execute({"language": "py", "version": "*",
                               "files": [{"content": ""}, {"name": "../x", "content": ""}]},
                              table())
+
+
+@pytest.mark.parametrize("query", [
+    b"", b"wait=true", b"base64_encoded=false&wait=true", b"base64_encoded=true&wait=false",
+    b"wait=true&fields=*", b"fields=stdout%2Cstatus_id&wait=true", b"wait=false&wait=true",
+    b"wait=TRUE", b"fields=",
+])
+def test_submission_options_per_query_string(query: bytes) -> None:
+    """Remembered or not, the options are what the query string says (the last of a
+    repeated key, as Starlette reads it)."""
+    from starlette.datastructures import QueryParams
+
+    q = QueryParams(query)
+    want = (q.get("base64_encoded") == "true", q.get("wait") == "true",
+            judge0.parse_fields(q.get("fields")))
+    assert judge0.create_options(query) == want
+    assert judge0.create_options(query) == want
+
+
+def test_unknown_fields_are_refused_every_time() -> None:
+    for _ in range(2):
+        with pytest.raises(judge0.Invalid, match="invalid fields: \\[colour\\]"):
+            judge0.create_options(b"wait=true&fields=token,colour")

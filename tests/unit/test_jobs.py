@@ -304,3 +304,39 @@ async def test_cpu_allocator_gives_each_pinned_step_a_cpu_of_its_own() -> None:
         release.set()
     assert sorted(order[2:]) == ["c:0", "d:1"] or sorted(order[2:]) == ["c:1", "d:0"]
     assert len(order) == 4 and not held
+
+
+# ------------------------------------------------------------------- warm-start memo
+
+
+def test_the_remembered_warm_choice_is_the_computed_one_per_profile_and_limits() -> None:
+    """``warm_start`` remembers its choice per (profile, limits): the remembered answer must
+    be what computing it afresh gives, for the profile's own limits, lower rlimits (the
+    shape, handed over), other memory (node: its heap flag; python: the plain start below
+    its floor), and a second profile object of the same name with another environment,
+    which must not get the first one's answer."""
+    py = Profile("py", entry="main.py", run=("python3", "{entry}"), warm_runtime="python",
+                 limits=Limits(memory=256 * MiB))
+    node = Profile("js", entry="main.js", run=("node", "--max-old-space-size={memory_mb}",
+                                                 "{entry}"), warm_runtime="node",
+                   limits=Limits(memory=512 * MiB))
+    py_env = dataclasses.replace(py, env={"PYTHONHASHSEED": "0"})
+    cases = [
+        (py, py.limits), (py, dataclasses.replace(py.limits, cpu_time=1.0, stack=8 * MiB)),
+        (py, dataclasses.replace(py.limits, cpu_time=100.0)),
+        (py, dataclasses.replace(py.limits, memory=8 * MiB)),
+        (node, node.limits), (node, dataclasses.replace(node.limits, memory=256 * MiB)),
+        (py_env, py.limits), (py_env, dataclasses.replace(py.limits, cpu_time=1.0)),
+    ]
+    jobs._WARM_CHOICES.clear()
+    for _ in range(2):  # the first pass fills the memo, the second answers from it
+        for profile, limits in cases:
+            job = JobSpec(profile=profile, files={profile.entry: b""})
+            assert jobs.warm_start(job, limits) == jobs._warm_choice_of(profile, limits)
+    shape = jobs._warm_for(py, py.limits)
+    assert jobs.warm_start(JobSpec(profile=py, files={}), cases[1][1]) == shape  # handed over
+    assert jobs.warm_start(JobSpec(profile=py, files={}), cases[2][1]) is None  # higher CPU
+    assert jobs.warm_start(JobSpec(profile=py, files={}), cases[3][1]) is None  # too little
+    assert jobs.warm_start(JobSpec(profile=py_env, files={}), py.limits).env != shape.env
+    assert jobs.warm_start(JobSpec(profile=node, files={}), cases[5][1]) is None  # heap flag
+    assert len(jobs._WARM_CHOICES) == len(cases)

@@ -58,6 +58,21 @@ def test_ceiling_of_a_profile_wins():
         DEFAULT.merged({"cpu_time": 3}, ceiling)
 
 
+def test_the_same_overrides_merged_again_give_the_same_answer_and_refusal():
+    """A ``JobLimits`` merged again (remembered by identity) gives what it gave, under each
+    ceiling its own; one refused is refused every time, never remembered as merged."""
+    import sandboxd_protocol as proto
+
+    ok = proto.JobLimits(cpu_time=3.0, memory=64 << 20)
+    low = Limits(cpu_time=2.0, memory=MAXIMUM.memory)
+    for _ in range(2):
+        lim = DEFAULT.merged(ok)
+        assert (lim.cpu_time, lim.memory) == (3.0, 64 << 20) and DEFAULT.merged(ok) is lim
+        with pytest.raises(LimitError, match="cpu_time=3"):
+            DEFAULT.merged(ok, low)
+        assert Limits(pids=5).merged(ok).pids == 5  # another base, its own answer
+
+
 def m(**kw) -> Measured:  # type: ignore[no-untyped-def]
     base = {"wait_status": 0, "cpu_ns": 10**8, "user_ns": 9 * 10**7, "sys_ns": 10**7,
             "wall_s": 0.2, "memory_peak": 1 << 20, "oom_kills": 0}
