@@ -172,3 +172,40 @@ def throughput(fn: Callable[[], Callable[[], object]], clients: int, seconds: fl
     if errors:
         raise errors[0]
     return sum(count) / (time.monotonic() - t)
+
+
+def make_cpuset(name: str, cpus: str) -> str:
+    """A v1 cpuset cgroup ``name`` beneath this process's own, limited to ``cpus``: where a
+    benchmark puts a daemon to measure it on fewer CPUs. The caller removes it."""
+    from sandboxd.cgroups import _fs
+
+    mount = next(m for m in _fs.mounts() if m.fstype == "cgroup" and "cpuset" in m.options)
+    own = next(p for k, p in _fs.own_cgroups().items() if "cpuset" in k.split(","))
+    cpuset = f"{_fs.on_disk(mount, own)}/{name}"
+    os.mkdir(cpuset)
+    Path(cpuset, "cpuset.mems").write_text(Path(cpuset, "..", "cpuset.mems").read_text())
+    Path(cpuset, "cpuset.cpus").write_text(cpus)
+    return cpuset
+
+
+def start_in(daemon: Daemon, acct: str | None, cpuset: str | None) -> None:
+    """Start ``daemon`` inside the cgroup ``acct`` (``start(cgroup=)``) and, if given, the
+    cpuset ``cpuset`` too, both before it makes anything: a shell writes the second
+    cgroup.procs, then execs the daemon."""
+    if cpuset is None:
+        daemon.start(cgroup=acct)
+        return
+    import subprocess
+
+    import sandboxd_testing.daemon as sd
+    real = sd.subprocess.Popen
+
+    def popen(argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        argv = ["/bin/sh", "-c", f'echo $$ > {cpuset}/cgroup.procs && exec "$@"', "sh", *argv]
+        return real(argv, **kw)
+
+    sd.subprocess.Popen = popen  # type: ignore[assignment,misc]
+    try:
+        daemon.start(cgroup=acct)
+    finally:
+        sd.subprocess.Popen = real  # type: ignore[misc]

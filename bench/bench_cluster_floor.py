@@ -47,14 +47,6 @@ SETTINGS = {"everysec": [("appendonly", "yes"), ("appendfsync", "everysec")],
             "no-aof": [("appendonly", "no")]}
 
 
-def _pack(args: tuple[Any, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
 class Conn:
     """A raw connection: write commands, read replies in order."""
 
@@ -64,7 +56,7 @@ class Conn:
         self.r = hiredis.Reader()
 
     def send(self, *commands: tuple[Any, ...]) -> None:
-        self.s.sendall(b"".join(_pack(c) for c in commands))
+        self.s.sendall(b"".join(cluster.resp_command(c) for c in commands))
 
     def reply(self) -> Any:
         while (got := self.r.gets()) is False:

@@ -45,7 +45,6 @@ def child(tree: Path, jobs: int, clients: int, cpus: str | None) -> dict[str, fl
     import _common
     from suite import cpuacct_dir
 
-    from sandboxd.cgroups import _fs
 
     acct_root = cpuacct_dir()
     if acct_root is None:
@@ -54,12 +53,7 @@ def child(tree: Path, jobs: int, clients: int, cpus: str | None) -> dict[str, fl
     os.mkdir(acct)
     cpuset = None
     if cpus is not None:
-        mount = next(m for m in _fs.mounts() if m.fstype == "cgroup" and "cpuset" in m.options)
-        own = next(p for k, p in _fs.own_cgroups().items() if "cpuset" in k.split(","))
-        cpuset = f"{_fs.on_disk(mount, own)}/sandboxd-bench-sup-{os.getpid()}"
-        os.mkdir(cpuset)
-        Path(cpuset, "cpuset.mems").write_text(Path(cpuset, "..", "cpuset.mems").read_text())
-        Path(cpuset, "cpuset.cpus").write_text(cpus)
+        cpuset = _common.make_cpuset(f"sandboxd-bench-sup-{os.getpid()}", cpus)
     tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-sup-"))
     daemon = None
     try:
@@ -68,22 +62,7 @@ def child(tree: Path, jobs: int, clients: int, cpus: str | None) -> dict[str, fl
         daemon = _common.Daemon(tmp, (), instance=f"bench-sup-{os.getpid()}", pool_size=4,
                                 pool_profiles=["bash"], concurrency=os.cpu_count() or 1,
                                 queue_length=256, log_level="warning")
-        if cpuset is not None:
-            import sandboxd_testing.daemon as sd
-            real = sd.subprocess.Popen
-
-            def popen(argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
-                argv = ["/bin/sh", "-c", f'echo $$ > {cpuset}/cgroup.procs && exec "$@"',
-                        "sh", *argv]
-                return real(argv, **kw)
-
-            sd.subprocess.Popen = popen  # type: ignore[assignment,misc]
-            try:
-                daemon.start(cgroup=acct)
-            finally:
-                sd.subprocess.Popen = real  # type: ignore[misc]
-        else:
-            daemon.start(cgroup=acct)
+        _common.start_in(daemon, acct, cpuset)
         pid = daemon.proc.pid
         warm = _common.Client(daemon.socket)
         for _ in range(30):

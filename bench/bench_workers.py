@@ -46,7 +46,6 @@ def child(workers: int, cpus: str, jobs: int, clients: int) -> dict[str, float]:
     import _common
     from suite import cpuacct_dir
 
-    from sandboxd.cgroups import _fs
 
     acct_root = cpuacct_dir()
     if acct_root is None:
@@ -54,12 +53,7 @@ def child(workers: int, cpus: str, jobs: int, clients: int) -> dict[str, float]:
     name = f"sandboxd-bench-wk-{os.getpid()}"
     acct = f"{acct_root}/{name}"
     os.mkdir(acct)
-    mount = next(m for m in _fs.mounts() if m.fstype == "cgroup" and "cpuset" in m.options)
-    own = next(p for k, p in _fs.own_cgroups().items() if "cpuset" in k.split(","))
-    cpuset = f"{_fs.on_disk(mount, own)}/{name}"
-    os.mkdir(cpuset)
-    Path(cpuset, "cpuset.mems").write_text(Path(cpuset, "..", "cpuset.mems").read_text())
-    Path(cpuset, "cpuset.cpus").write_text(cpus)
+    cpuset = _common.make_cpuset(name, cpus)
     tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-wk-"))
     daemon = None
     try:
@@ -67,19 +61,7 @@ def child(workers: int, cpus: str, jobs: int, clients: int) -> dict[str, float]:
         daemon = _common.Daemon(tmp, (), instance=f"bench-wk-{os.getpid()}", pool_size=4,
                                 pool_profiles=["bash"], concurrency=max(ncpu, workers),
                                 queue_length=256, log_level="warning", workers=workers)
-        import sandboxd_testing.daemon as sd
-        real = sd.subprocess.Popen
-
-        def popen(argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
-            argv = ["/bin/sh", "-c", f'echo $$ > {cpuset}/cgroup.procs && exec "$@"',
-                    "sh", *argv]
-            return real(argv, **kw)
-
-        sd.subprocess.Popen = popen  # type: ignore[assignment,misc]
-        try:
-            daemon.start(cgroup=acct)
-        finally:
-            sd.subprocess.Popen = real  # type: ignore[misc]
+        _common.start_in(daemon, acct, cpuset)
         assert daemon.proc is not None
         pid = daemon.proc.pid
         # Warm every worker: enough connections that each lands on all of them.

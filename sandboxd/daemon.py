@@ -224,21 +224,59 @@ def run_worker(cfg: Config, worker: Worker, *, profiles: dict[str, Profile],
         stale = backend.remove_stale()
         if stale:
             event("removed_stale", cgroups=len(stale))
-        policies = tuple(sorted({p.seccomp for p in profiles.values()} | {"default"}))
-        zproc = zygote.start(policies)
-        try:
-            trio.run(partial(serve, worker=worker), cfg, zproc, backend, profiles, versions)
-        except SandboxError as e:
-            sys.stderr.write(f"sandboxd: worker {worker.index}: {e.reason}\n")
-            return 1
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(zproc.pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(zproc.pid, 0)
+        return _supervise(cfg, backend, profiles, versions, worker)
     finally:
         backend.close()
+
+
+def _supervise(cfg: Config, backend: CgroupBackend, profiles: dict[str, Profile],
+               versions: dict[str, str], worker: Worker | None = None) -> int:
+    """The zygote, then ``serve`` until it returns; the zygote killed and reaped after,
+    whatever happened. 0, or 1 with the reason on stderr."""
+    policies = tuple(sorted({p.seccomp for p in profiles.values()} | {"default"}))
+    zproc = zygote.start(policies)
+    try:
+        trio.run(partial(serve, worker=worker), cfg, zproc, backend, profiles, versions)
+    except SandboxError as e:
+        who = f"worker {worker.index}: " if worker is not None else ""
+        sys.stderr.write(f"sandboxd: {who}{e.reason}\n")
+        return 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(zproc.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(zproc.pid, 0)
     return 0
+
+
+def _open_backend(cfg: Config) -> CgroupBackend | None:
+    """The cgroup backend, its problems logged and a dead daemon's cgroups removed; None,
+    said on stderr, when cgroups cannot be set up (the caller exits 1)."""
+    try:
+        backend = cgroups.open_backend(cfg.instance)
+    except Exception as e:
+        sys.stderr.write(f"sandboxd: cannot set up cgroups: {e}\n"
+                         "Run `sandboxd check-environment` for what is missing.\n")
+        return None
+    try:
+        for problem in backend.problems():
+            event("environment", logging.WARNING, problem=problem)
+        stale = backend.remove_stale()
+        if stale:
+            event("removed_stale", cgroups=len(stale))
+    except BaseException:
+        backend.close()
+        raise
+    return backend
+
+
+def _probe_versions(profiles: dict[str, Profile]) -> dict[str, str]:
+    """Each runtime's version: a subprocess each, side by side (the JVM ones, java and
+    kotlin's compiler, take 0.2-2 s alone and more on a loaded host). The threads are
+    joined on return, so a fork after it (the workers) copies none."""
+    with ThreadPoolExecutor(max_workers=8) as probes:
+        return dict(zip(profiles, probes.map(Profile.version, profiles.values()),
+                        strict=True))
 
 
 def _serve_workers(cfg: Config, profiles: dict[str, Profile]) -> int:
@@ -246,26 +284,16 @@ def _serve_workers(cfg: Config, profiles: dict[str, Profile]) -> int:
     workers (sandboxd/workers.py)."""
     from sandboxd import workers
 
-    try:
-        backend = cgroups.open_backend(cfg.instance)
-    except Exception as e:
-        sys.stderr.write(f"sandboxd: cannot set up cgroups: {e}\n"
-                         "Run `sandboxd check-environment` for what is missing.\n")
+    backend = _open_backend(cfg)
+    if backend is None:
         return 1
     try:
-        for problem in backend.problems():
-            event("environment", logging.WARNING, problem=problem)
-        stale = backend.remove_stale()
-        if stale:
-            event("removed_stale", cgroups=len(stale))
         gone = workers.remove_stale_workers(backend, cfg.instance)
         if gone:
             event("removed_stale_workers", roots=gone)
         # Probed once, here: the workers inherit them (and a restarted worker too). The
         # probing threads are joined before the fork (ThreadPoolExecutor's exit).
-        with ThreadPoolExecutor(max_workers=8) as probes:
-            versions = dict(zip(profiles, probes.map(Profile.version, profiles.values()),
-                                strict=True))
+        versions = _probe_versions(profiles)
         tcp: list[socket.socket] = []
         http_sock = None
         try:
@@ -329,36 +357,12 @@ def main(config_path: str | None = None, socket_path: str | None = None,
         return 2
     if cfg.workers > 1:
         return _serve_workers(cfg, profiles)
-    try:
-        backend = cgroups.open_backend(cfg.instance)
-    except Exception as e:
-        sys.stderr.write(f"sandboxd: cannot set up cgroups: {e}\n"
-                         "Run `sandboxd check-environment` for what is missing.\n")
+    backend = _open_backend(cfg)
+    if backend is None:
         return 1
     try:
-        for problem in backend.problems():
-            event("environment", logging.WARNING, problem=problem)
-        stale = backend.remove_stale()
-        if stale:
-            event("removed_stale", cgroups=len(stale))
-        policies = tuple(sorted({p.seccomp for p in profiles.values()} | {"default"}))
         # Each runtime's version, once: here, before trio and before the zygote, never
-        # per welcome. A subprocess each, side by side: the JVM ones (java, kotlin's
-        # compiler) take 0.2-2 s alone and more on a loaded host.
-        with ThreadPoolExecutor(max_workers=8) as probes:
-            versions = dict(zip(profiles, probes.map(Profile.version, profiles.values()),
-                                strict=True))
-        zproc = zygote.start(policies)
-        try:
-            trio.run(serve, cfg, zproc, backend, profiles, versions)
-        except SandboxError as e:
-            sys.stderr.write(f"sandboxd: {e.reason}\n")
-            return 1
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(zproc.pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(zproc.pid, 0)
+        # per welcome.
+        return _supervise(cfg, backend, profiles, _probe_versions(profiles))
     finally:
         backend.close()
-    return 0

@@ -458,14 +458,6 @@ class RedisBridge:
 _NO_JOBS = proto.JobList(jobs=())
 
 
-def _resp(args: tuple[Any, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
 class _JobPath:
     """The job's path on one raw connection: each submit is written together with the
     reply stream's blocked read (when none is waiting already), so Redis wakes once for
@@ -529,7 +521,7 @@ class _JobPath:
         reader = hiredis.Reader()
         try:
             for command in self._setup:
-                await stream.send(_resp(command))
+                await stream.send(cluster.resp_command(command))
                 while (reply := reader.gets()) is False:
                     reader.feed(await stream.receive(1 << 16))
                 if isinstance(reply, hiredis.ReplyError):
@@ -593,7 +585,7 @@ class _JobPath:
             if self._stream is None:
                 raise ConnectionError("not connected to Redis")
             self._slots.extend(slots)
-            await self._stream.send(b"".join(_resp(c) for c in commands))
+            await self._stream.send(b"".join(cluster.resp_command(c) for c in commands))
 
     def _read_command(self) -> list[tuple[Any, ...]]:
         self._reading = True

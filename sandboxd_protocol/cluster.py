@@ -44,6 +44,7 @@ __all__ = [
     "node_record",
     "pack",
     "reply_key",
+    "resp_command",
     "result_key",
     "stdin_key",
     "unpack",
@@ -105,6 +106,17 @@ stored, 0 if one was there already."""
 
 SUBMITTER_ID = re.compile(r"[0-9a-f]{32}")
 """What a ``reply`` field must be (a uuid4's hex): a node builds the key from it."""
+
+
+def resp_command(args: tuple[Any, ...]) -> bytes:
+    """One command in Redis's wire format (RESP2, an array of bulk strings): what the
+    cluster's lean connections write, the node's and the client's alike, several to a
+    write (the library clients build them one call at a time)."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
 
 
 def result_key(job_id: str) -> str:

@@ -29,6 +29,8 @@ import trio
 from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import ResponseError
 
+from sandboxd_protocol import cluster
+
 __all__ = ["LeanRedis", "open_lean"]
 
 
@@ -52,14 +54,6 @@ def open_lean(url: str) -> LeanRedis | None:
         return LeanRedis(host=None, port=None, path=u.path, db=db, user=user,
                          password=password)
     return None
-
-
-def _pack(args: tuple[Any, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
 
 
 class LeanRedis:
@@ -106,7 +100,7 @@ class LeanRedis:
 
     async def _roundtrip(self, args: tuple[Any, ...]) -> Any:
         assert self._stream is not None
-        await self._stream.send_all(_pack(args))
+        await self._stream.send_all(cluster.resp_command(args))
         reply = await self._reply()
         if isinstance(reply, hiredis.ReplyError):
             raise ResponseError(str(reply))
@@ -142,7 +136,7 @@ class LeanRedis:
                 if self._stream is None:
                     await self._connect()
                 assert self._stream is not None
-                await self._stream.send_all(b"".join(_pack(c) for c in commands))
+                await self._stream.send_all(b"".join(cluster.resp_command(c) for c in commands))
                 for i in range(len(commands)):
                     reply = await self._reply()
                     on_reply(i, ResponseError(str(reply))
