@@ -18,7 +18,7 @@ import pytest
 import sandboxd_protocol as proto
 from sandboxd.limits import KiB, MiB
 from sandboxd_testing import leftovers
-from sandboxd_testing.daemon import Client, Daemon
+from sandboxd_testing.daemon import Client, Daemon, module_daemon
 
 pytestmark = pytest.mark.root
 
@@ -28,16 +28,8 @@ HELLO_C = b'#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n'
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    before = leftovers.snapshot()
-    d = Daemon(tmp_path_factory.mktemp("tiny"), pool_profiles=["python3"],
-               concurrency=2).start()
-    try:
-        d.wait_warm()
-        yield d
-    finally:
-        assert d.stop() == 0, d.log.read_text()[-3000:]
-        left = leftovers.new_leftovers(before, settle=10.0, view=leftovers.only_ours(d.instance))
-        assert not left, f"the module's daemon left things behind: {left}"
+    yield from module_daemon(tmp_path_factory.mktemp("tiny"), pool_profiles=["python3"],
+                             concurrency=2)
 
 
 @pytest.fixture

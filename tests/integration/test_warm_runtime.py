@@ -38,7 +38,7 @@ from sandboxd.limits import DEFAULT, MiB
 from sandboxd.profiles import load_dir
 from sandboxd.result import SandboxError
 from sandboxd_testing import leftovers
-from sandboxd_testing.daemon import Daemon
+from sandboxd_testing.daemon import Daemon, module_daemon
 
 pytestmark = pytest.mark.root
 
@@ -58,17 +58,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         pytest.skip("needs root")
     if PROFILE.unavailable:
         pytest.skip(PROFILE.unavailable)
-    before = leftovers.snapshot()
     warm = ["python3", *([] if NODE.unavailable else ["javascript"])]
-    d = Daemon(tmp_path_factory.mktemp("warm"), pool_profiles=warm, pool_size=1,
-               concurrency=2).start()
-    try:
-        d.wait_warm()
-        yield d
-    finally:
-        assert d.stop() == 0, d.log.read_text()[-3000:]
-        left = leftovers.new_leftovers(before, settle=10.0, view=leftovers.only_ours(d.instance))
-        assert not left, f"the module's daemon left things behind: {left}"
+    yield from module_daemon(tmp_path_factory.mktemp("warm"), pool_profiles=warm, pool_size=1,
+                             concurrency=2)
 
 
 def _ours(snap: leftovers.Snapshot) -> leftovers.Snapshot:

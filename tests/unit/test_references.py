@@ -126,9 +126,10 @@ def test_the_scan_finds_references() -> None:
 
 def test_a_missing_file_is_found(tmp_path: Path) -> None:
     assert not exists("NO_SUCH_PLAN.md", "README.md")
-    # Built, not written out: a path in this file is itself a reference the scan reads.
-    assert not exists("/".join(("sandboxd", "native", "jobexec.c")), "pyproject.toml")
-    assert not exists("/".join(("tests", "clients", "test_cli.py")), "docs/clients.md")
+    # Made up here, from the temporary directory's name: a path written in this file is
+    # itself a reference the scan reads.
+    assert not exists(f"sandboxd/native/{tmp_path.name}.c", "pyproject.toml")
+    assert not exists(f"tests/clients/{tmp_path.name}.py", "docs/clients.md")
     assert exists("isolation/mounts.py", "sandboxd/native/init.c")
     assert exists("docs/isolation.md", "README.md")
 
