@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # sandboxd_testing is not installed: it imports from the repository's root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -209,3 +210,13 @@ def start_in(daemon: Daemon, acct: str | None, cpuset: str | None) -> None:
         daemon.start(cgroup=acct)
     finally:
         sd.subprocess.Popen = real  # type: ignore[misc]
+
+
+def side_by_side(loop: Callable[[Any], object], each: list[Any]) -> None:
+    """``loop(x)`` for every ``x`` of ``each``, in a thread each, all at once; returns when
+    every one has: the closed loops of a throughput measurement."""
+    threads = [threading.Thread(target=loop, args=(x,)) for x in each]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()

@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -80,11 +79,7 @@ def child(tree: Path, jobs: int, clients: int, cpus: str | None) -> dict[str, fl
         z0 = sum(_common.cpu_seconds(z) for z in makers)
         a0 = int(Path(acct, "cpuacct.usage").read_text())
         t0 = time.monotonic()
-        threads = [threading.Thread(target=loop, args=(c,)) for c in conns]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        _common.side_by_side(loop, conns)
         wall = time.monotonic() - t0
         time.sleep(0.3)  # the last containers' teardown and refills are the jobs' cost too
         s1 = _common.cpu_seconds(pid)

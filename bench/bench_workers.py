@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -88,11 +87,7 @@ def child(workers: int, cpus: str, jobs: int, clients: int) -> dict[str, float]:
         z0 = sum(_common.cpu_seconds(z) for z in makers)
         a0 = int(Path(acct, "cpuacct.usage").read_text())
         t0 = time.monotonic()
-        threads = [threading.Thread(target=loop, args=(c,)) for c in conns]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        _common.side_by_side(loop, conns)
         wall = time.monotonic() - t0
         s_mid = [_common.cpu_seconds(s) for s in sups]
         time.sleep(0.3)  # the last containers' teardown and refills are the jobs' cost too
