@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import grp
 import logging
 import os
@@ -150,6 +151,12 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
                 http_address = "off"
                 if http_front is not None:
                     http_address = await connections.start(http_front.serve, http_sock)
+                # What start-up made (modules, profiles, the HTTP app: ~50,000 objects)
+                # lives as long as the daemon. Frozen, a full collection no longer walks
+                # it: 5-15 ms of the event loop, landing in the middle of some job's
+                # answer (a C hello world through HTTP took 16 ms more in 1 of 40).
+                gc.collect()
+                gc.freeze()
                 if worker is None:
                     event("ready", socket=cfg.socket, tcp=cfg.tcp or "off", http=http_address,
                           concurrency=cfg.concurrency, pool_size=cfg.pool_size,
