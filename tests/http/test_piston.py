@@ -149,6 +149,10 @@ def test_execute_stage_fields_and_output_order(api: httpx.Client) -> None:
     assert (run["code"], run["signal"], run["status"]) == (2, None, "RE")
     assert run["message"] == "Exited with error status 2"
     assert run["memory"] > 0 and run["cpu_time"] >= 0 and run["wall_time"] >= 0
+    exact = run["sandboxd"]  # the same figures in seconds, unrounded
+    assert exact["verdict"] == "runtime_error" and exact["wall_time"] >= 0.6
+    assert round(exact["wall_time"] * 1000) == run["wall_time"]
+    assert round(exact["cpu_time"] * 1000) == run["cpu_time"]
     assert out["language"] == "python" and "compile" not in out
     seg = execute(api, files=[{"content": "import os; os.kill(os.getpid(), 11)"}])["run"]
     assert (seg["status"], seg["signal"], seg["code"]) == ("SG", "SIGSEGV", None)

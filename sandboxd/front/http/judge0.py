@@ -632,8 +632,12 @@ class Submission:
                 + len(p.stdin or b"") + len(p.expected_output or b""))
 
     def finish(self, result: Result | None, compile_result: Result | None,
-               compile_output: bytes | None, merged: bytes | None) -> None:
-        """Record the outcome: ``result`` of this item's test (None if it never ran)."""
+               compile_output: bytes | None, merged: bytes | None,
+               compiled: Result | None = None) -> None:
+        """Record the outcome: ``result`` of this item's test (None if it never ran),
+        ``compile_result`` the compile's if it failed, ``compiled`` the compile's
+        whatever its end (the ``sandboxd`` attribute's ``compile``)."""
+        compiled = compiled or compile_result
         if result is None:
             result = compile_result or Result.sandbox_error("no result")
         out = status_of(result, compile_result)
@@ -643,6 +647,10 @@ class Submission:
         self.exit_signal = out.exit_signal
         self.compile_output = compile_output or None
         self.verdict = verdict_record(result)
+        if compiled is not None and self.verdict is not None:
+            # Judge0 says nothing of the compile's cost; judges and playgrounds that
+            # show it (or a benchmark that takes it out of a latency) read it here.
+            self.verdict["compile"] = verdict_record(compiled)
         if out.status == 6:  # as Judge0: nothing of a run that never was
             if compile_result is not None and (compile_result.reason or "").startswith(
                     "time_limit"):
@@ -1053,7 +1061,7 @@ class Judge0:
                         else None
                     merged = outputs.get("merged", {}).get(i)
                     s.finish(step.result if step else None, failed_compile, compile_output,
-                             bytes(merged) if merged is not None else None)
+                             bytes(merged) if merged is not None else None, compile_result)
             for s, before in zip(items, sizes, strict=True):
                 self.store.finished(s, before)
         for s in items:

@@ -260,7 +260,9 @@ def stage(r: Result, output: bytes | None = None) -> dict[str, Any]:
         "status": st.status,
         "cpu_time": round(r.cpu_time * 1000),
         "wall_time": round(r.wall_time * 1000),
-        "sandboxd": {"verdict": r.verdict, "reason": r.reason},
+        # The exact figures besides Piston's whole milliseconds (seconds, as /v1's).
+        "sandboxd": {"verdict": r.verdict, "reason": r.reason, "cpu_time": r.cpu_time,
+                     "wall_time": r.wall_time},
     }
 
 
