@@ -42,6 +42,12 @@ def test_quick_run_writes_its_outputs(tmp_path: Path) -> None:
     for door in ("msgpack", "v1", "judge0", "piston"):
         for program in ("py", "c"):
             assert results["http"]["latency_s"][door][program], (door, program)
+            # Every door reports the job's time in the sandbox, taken out of the latency
+            # for the net excess: a compile and a run for C, less than the whole latency.
+            inside = results["http"]["in_sandbox_s"][door][program]
+            assert len(inside) == len(results["http"]["latency_s"][door][program])
+            assert all(0 < w < t for w, t in zip(inside, results["http"]["latency_s"][door]
+                                                 [program], strict=True)), (door, program)
         assert results["http"]["throughput_jobs_s"][door]["py"]["32"], door
     for path in ("local", "cluster"):
         assert results["cluster"]["latency_s"][path], path
