@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +32,19 @@ import sandboxd_protocol as proto
 from sandboxd_testing import leftovers
 
 CGROUP_FS = "/sys/fs/cgroup/"
+
+
+def tied_to_caller(argv: list[str]) -> list[str]:
+    """``argv`` made to get SIGTERM when the thread that starts it dies (util-linux's
+    ``setpriv --pdeathsig``), so that a test run killed outright (SIGKILL, a CI timeout)
+    leaves no daemon serving on: it drains and removes its cgroups as on any SIGTERM.
+    Only from the main thread, where pytest and the benchmarks start their daemons: the
+    signal follows the thread that forked, and a worker thread ending would stop the
+    child early. A child that changes its user (``Daemon.prefix``) loses the setting."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return argv
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
 class Daemon:
@@ -96,8 +111,9 @@ class Daemon:
             argv = ["/bin/sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh",
                     *argv]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
+            self.proc = subprocess.Popen(tied_to_caller(argv), stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env)
         logs_ready = self.config.get("log_level", "info") in ("debug", "info")
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:

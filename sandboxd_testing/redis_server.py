@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from sandboxd_testing.daemon import tied_to_caller
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -60,9 +62,9 @@ class RedisServer:
         exe = shutil.which("redis-server")
         assert exe, "redis-server is missing: run scripts/install.sh"
         with open(self.dir / "redis.log", "ab") as log:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(tied_to_caller(
                 [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                 "--save", "", "--appendonly", "yes", "--daemonize", "no"],
+                 "--save", "", "--appendonly", "yes", "--daemonize", "no"]),
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
