@@ -191,25 +191,13 @@ def make_cpuset(name: str, cpus: str) -> str:
 
 def start_in(daemon: Daemon, acct: str | None, cpuset: str | None) -> None:
     """Start ``daemon`` inside the cgroup ``acct`` (``start(cgroup=)``) and, if given, the
-    cpuset ``cpuset`` too, both before it makes anything: a shell writes the second
-    cgroup.procs, then execs the daemon."""
-    if cpuset is None:
-        daemon.start(cgroup=acct)
-        return
-    import subprocess
-
-    import sandboxd_testing.daemon as sd
-    real = sd.subprocess.Popen
-
-    def popen(argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
-        argv = ["/bin/sh", "-c", f'echo $$ > {cpuset}/cgroup.procs && exec "$@"', "sh", *argv]
-        return real(argv, **kw)
-
-    sd.subprocess.Popen = popen  # type: ignore[assignment,misc]
-    try:
-        daemon.start(cgroup=acct)
-    finally:
-        sd.subprocess.Popen = real  # type: ignore[misc]
+    cpuset ``cpuset`` too, both before it makes anything: a shell (the daemon's
+    ``prefix``, run after it entered ``acct``) writes the second cgroup.procs, then execs
+    the daemon."""
+    if cpuset is not None:
+        daemon.prefix = ("/bin/sh", "-c", f'echo $$ > {cpuset}/cgroup.procs && exec "$@"',
+                         "sh")
+    daemon.start(cgroup=acct)
 
 
 def side_by_side(loop: Callable[[Any], object], each: list[Any]) -> None:

@@ -44,7 +44,6 @@ def child(tree: Path, jobs: int, clients: int, cpus: str | None) -> dict[str, fl
     import _common
     from suite import cpuacct_dir
 
-
     acct_root = cpuacct_dir()
     if acct_root is None:
         raise SystemExit("bench_supervisor: needs the v1 cpuacct hierarchy")

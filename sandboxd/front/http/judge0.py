@@ -637,7 +637,6 @@ class Submission:
         """Record the outcome: ``result`` of this item's test (None if it never ran),
         ``compile_result`` the compile's if it failed, ``compiled`` the compile's
         whatever its end (the ``sandboxd`` attribute's ``compile``)."""
-        compiled = compiled or compile_result
         if result is None:
             result = compile_result or Result.sandbox_error("no result")
         out = status_of(result, compile_result)
