@@ -92,6 +92,10 @@ static void fs_reply(int32_t pid, int32_t err, int pidfd) {
 static int forkserver(void) {
     prctl(PR_SET_NAME, "sandboxd-forks", 0, 0, 0);
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)) die("death signal");
+    /* Every disposition back to the default once (an ignored signal stays ignored across
+     * the exec that started us), so that an init has only these two to undo. */
+    struct sigaction dfl = {.sa_handler = SIG_DFL};
+    for (int s = 1; s < NSIG; s++) sigaction(s, &dfl, NULL);
     signal(SIGCHLD, SIG_IGN); /* the kernel reaps our inits; the supervisor holds pidfds */
     signal(SIGPIPE, SIG_IGN);
     for (;;) {

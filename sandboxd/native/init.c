@@ -336,9 +336,11 @@ static int serve(struct setup *st) {
 /* The init proper: descriptors 3 and 4 in place, root of the container's user namespace. */
 int init_main(void) {
     prctl(PR_SET_NAME, "sandboxd-init", 0, 0, 0);
-    /* The fork server ignores SIGCHLD (the kernel reaps its inits); an init must reap. */
+    /* The fork server ignores SIGCHLD (the kernel reaps its inits; an init must reap) and
+     * SIGPIPE, and has every other signal at its default (forkserver.c). */
     struct sigaction dfl = {.sa_handler = SIG_DFL};
-    for (int s = 1; s < NSIG; s++) sigaction(s, &dfl, NULL);
+    sigaction(SIGCHLD, &dfl, NULL);
+    sigaction(SIGPIPE, &dfl, NULL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
