@@ -91,13 +91,20 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
         from sandboxd.front._siblings import Siblings
         siblings = Siblings(worker.index, worker.control_paths, worker.loads)
     front = MsgpackFront(cfg, service, siblings)
-    http_front = http_sock = None
+    http_front = http_sock = http_private = None
     if cfg.http and (worker is None or worker.http_sock is not None):
         # imported only when asked: hypercorn and starlette cost start-up time
-        from sandboxd.front.http import HttpFront, bind_http
+        from sandboxd.front.http import HttpFront, Router, bind_http
 
-        # With workers, its ps, stats, kill and /metrics are the whole daemon's.
-        http_front = HttpFront(cfg, service, front.view if siblings is not None else None)
+        # With workers, its ps, stats, kill and /metrics are the whole daemon's, and a
+        # request for another worker's stored result is relayed there through that
+        # worker's private HTTP socket (front/http/_route.py).
+        router = None
+        if worker is not None:
+            router = Router(worker.index, worker.count, worker.http_paths)
+            http_private = _bind_unix(worker.http_paths[worker.index], 0o600, "")
+        http_front = HttpFront(cfg, service, front.view if siblings is not None else None,
+                               router)
         http_sock = (worker.http_sock if worker is not None
                      else bind_http(cfg.http, cfg.http_send_timeout))
     if worker is None:
@@ -150,7 +157,8 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
                         handler_nursery=connections))
                 http_address = "off"
                 if http_front is not None:
-                    http_address = await connections.start(http_front.serve, http_sock)
+                    http_address = await connections.start(http_front.serve, http_sock,
+                                                           http_private)
                 # What start-up made (modules, profiles, the HTTP app: ~50,000 objects)
                 # lives as long as the daemon. Frozen, a full collection no longer walks
                 # it: 5-15 ms of the event loop, landing in the middle of some job's
@@ -188,6 +196,9 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
         with contextlib.suppress(FileNotFoundError):
             # A worker's listening socket is the daemon's, which the parent removes.
             os.unlink(cfg.socket if worker is None else worker.control_path)
+        if http_private is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(worker.http_paths[worker.index])  # type: ignore[union-attr]
         event("stopped")
 
 
@@ -306,7 +317,7 @@ def _serve_workers(cfg: Config, profiles: dict[str, Profile]) -> int:
         try:
             if cfg.tcp:
                 tcp = _bind_tcp(cfg.tcp)
-            if cfg.http:  # served by worker 0 alone (docs/configuration.md, "Workers")
+            if cfg.http:  # served by every worker (docs/configuration.md, "Workers")
                 from sandboxd.front.http import bind_http
                 http_sock = bind_http(cfg.http, cfg.http_send_timeout)
             unix_sock = _bind_unix(cfg.socket, cfg.socket_mode, cfg.socket_group)

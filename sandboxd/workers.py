@@ -85,7 +85,7 @@ class Listeners:
 
     unix: socket.socket
     tcp: list[socket.socket] = field(default_factory=list)
-    http: socket.socket | None = None  # worker 0's alone (docs/configuration.md)
+    http: socket.socket | None = None  # every worker's too (docs/configuration.md)
 
 
 @dataclass
@@ -99,6 +99,7 @@ class Worker:
     http_sock: socket.socket | None
     control_path: str  # this worker's control socket (the siblings' ps, stats, kill)
     control_paths: dict[int, str]  # every worker's, this one's included
+    http_paths: dict[int, str]  # every worker's private HTTP socket (front/http/_route.py)
     cpus: list[int]
     ready_fd: int
     loads: mmap.mmap | None = None  # every worker's connection count (front/_siblings.py)
@@ -118,6 +119,10 @@ class Worker:
 
 def control_path(state_dir: str, index: int) -> str:
     return os.path.join(state_dir, f"sandboxd-worker-{index}.sock")
+
+
+def http_path(state_dir: str, index: int) -> str:
+    return os.path.join(state_dir, f"sandboxd-worker-{index}-http.sock")
 
 
 # A Unix socket's path holds at most 107 bytes; a longer one is reached through a
@@ -205,11 +210,14 @@ class Supervisor:
         self.children = [_Child(k) for k in range(self.n)]
         self.cpus = sorted(os.sched_getaffinity(0))
         self.real_paths = {k: control_path(cfg.state_dir, k) for k in range(self.n)}
-        self.paths = dict(self.real_paths)  # what the workers bind and connect to
-        if any(len(p.encode()) > _SUN_PATH_MAX for p in self.paths.values()):
+        self.real_http_paths = {k: http_path(cfg.state_dir, k) for k in range(self.n)}
+        # What the workers bind and connect to.
+        self.paths, self.http_paths = dict(self.real_paths), dict(self.real_http_paths)
+        if any(len(p.encode()) > _SUN_PATH_MAX for p in self.real_http_paths.values()):
             state_fd = os.open(cfg.state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            self.paths = {k: f"/proc/self/fd/{state_fd}/{os.path.basename(p)}"
-                          for k, p in self.real_paths.items()}
+            self.paths, self.http_paths = (
+                {k: f"/proc/self/fd/{state_fd}/{os.path.basename(p)}" for k, p in real.items()}
+                for real in (self.real_paths, self.real_http_paths))
         self.http_address = "off"
         self.stopping = False
         self._failed = False  # a worker could not start: the daemon exits 1
@@ -256,12 +264,10 @@ class Supervisor:
             # let two workers take the same uid slot (slots.py). The parent never opens
             # it; should it ever, the worker still opens its own at first use.
             slots._HOST = None
-            http = self.listeners.http if index == 0 else None
-            if self.listeners.http is not None and index != 0:
-                self.listeners.http.close()
             worker = Worker(index=index, count=self.n, unix_sock=self.listeners.unix,
-                            tcp_socks=list(self.listeners.tcp), http_sock=http,
+                            tcp_socks=list(self.listeners.tcp), http_sock=self.listeners.http,
                             control_path=self.paths[index], control_paths=dict(self.paths),
+                            http_paths=dict(self.http_paths),
                             cpus=worker_cpus(self.cpus, index, self.n), ready_fd=ready_fd,
                             loads=self.loads)
             _tag_log_lines(index)
@@ -295,7 +301,8 @@ class Supervisor:
             os.close(self._wake[1])
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cfg.socket)
-            for path in self.real_paths.values():  # a killed worker's, if any
+            for path in [*self.real_paths.values(), *self.real_http_paths.values()]:
+                # a killed worker's, if any
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
 

@@ -205,6 +205,30 @@ METRIC = "m."
 # (profile, verdict) pairs are left out of its answer (its other figures stay).
 MAX_METRIC_COUNTERS = 800
 _HISTOGRAMS = ("queue_wait", "run_time")
+# A route's path in a counter name (letters, digits, "_" only): "_" escapes.
+_ESCAPES = {"_": "_u", "/": "_s", "{": "_o", "}": "_c", ".": "_d", "-": "_h", ":": "_k"}
+_UNESCAPES = {v[1]: k for k, v in _ESCAPES.items()}
+
+
+def _route_name(route: str) -> str:
+    return "".join(_ESCAPES.get(c) or (c if c.isascii() and c.isalnum() else f"_x{ord(c):02x}")
+                   for c in route)
+
+
+def _route_of(name: str) -> str:
+    out, i = [], 0
+    while i < len(name):
+        c = name[i]
+        if c != "_" or i + 1 >= len(name):
+            out.append(c)
+            i += 1
+        elif name[i + 1] == "x":
+            out.append(chr(int(name[i + 2:i + 4], 16)))
+            i += 4
+        else:
+            out.append(_UNESCAPES.get(name[i + 1], "?"))
+            i += 2
+    return "".join(out)
 
 
 def encode_metrics(metrics: JobMetrics, profiles: Sequence[str]) -> dict[str, int | float]:
@@ -223,6 +247,14 @@ def encode_metrics(metrics: JobMetrics, profiles: Sequence[str]) -> dict[str, in
     for profile, seconds in metrics.cpu_seconds.items():
         if profile in index:
             out[f"{METRIC}cpu.{index[profile]}"] = float(seconds)
+    if metrics.http_in_flight:
+        out[f"{METRIC}http_in_flight"] = metrics.http_in_flight
+    for (route, method, status), n in metrics.http.items():
+        name = f"{METRIC}http.{method}.{status}.{_route_name(route)}"
+        if len(out) >= MAX_METRIC_COUNTERS // 2:
+            break
+        if len(name) <= 64:  # a counter name's limit (no route of ours comes near it)
+            out[name] = n
     for (profile, verdict), n in metrics.jobs.items():
         if len(out) >= MAX_METRIC_COUNTERS:
             break
@@ -236,6 +268,14 @@ def decode_metrics(counters: Mapping[str, int | float], profiles: Sequence[str])
     m = JobMetrics()
     for key, v in counters.items():
         if not key.startswith(METRIC):
+            continue
+        if key.startswith(f"{METRIC}http."):
+            fields = key[len(METRIC):].split(".")
+            if len(fields) == 4:
+                m.http[_route_of(fields[3]), fields[1], fields[2]] += int(v)
+            continue
+        if key == f"{METRIC}http_in_flight":
+            m.http_in_flight = int(v)
             continue
         parts = key[len(METRIC):].split(".")
         try:
@@ -262,6 +302,8 @@ def merge_metrics(parts: Iterable[JobMetrics]) -> JobMetrics:
     for m in parts:
         total.jobs.update(m.jobs)
         total.cpu_seconds.update(m.cpu_seconds)
+        total.http.update(m.http)
+        total.http_in_flight += m.http_in_flight
         for name in _HISTOGRAMS:
             acc: Histogram = getattr(total, name)
             h: Histogram = getattr(m, name)

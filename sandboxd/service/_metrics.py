@@ -63,6 +63,10 @@ class JobMetrics:
     cpu_seconds: Counter[str] = field(default_factory=Counter)  # profile -> CPU s of its steps
     queue_wait: Histogram = field(default_factory=lambda: Histogram(QUEUE_WAIT_BUCKETS))
     run_time: Histogram = field(default_factory=lambda: Histogram(RUN_TIME_BUCKETS))
+    # The HTTP front door's, kept here so that a worker's siblings see them too
+    # (front/_siblings.py): requests answered by (route, method, status), and in flight.
+    http: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    http_in_flight: int = 0
 
     def record(self, profile: str, outcome: JobOutcome, queue_wait: float,
                run_time: float) -> None:

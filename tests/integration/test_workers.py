@@ -12,6 +12,7 @@ process, cgroup or mount is left. Nothing here is timed.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -265,21 +266,127 @@ def test_a_killed_daemon_takes_its_workers_and_the_restart_cleans_up(tmp_path):
             assert d.stop() == 0
 
 
+def owner_of(ident: str) -> int:
+    """The worker (of 2) that minted an HTTP id (sandboxd/front/http/_route.py)."""
+    return int(ident[:8], 16) % 2
+
+
 @pytest.mark.root
-def test_http_is_served_by_worker_0(tmp_path):
+def test_http_is_served_by_every_worker(tmp_path):
+    """Every worker serves HTTP; what HTTP keeps (a Judge0 submission, a background job,
+    an uploaded workspace) is reachable through whichever worker a request lands on."""
+    import io
+    import tarfile
+
     import httpx
 
-    with Daemon(tmp_path, ("--http", "127.0.0.1:0"), workers=2, concurrency=2,
-                http_loopback_open=True) as d:
-        with httpx.Client(base_url=f"http://{d.http_address}", timeout=60) as http:
-            assert http.get("/v1/health").json()["status"] == "ok"
-            r = http.post("/v1/jobs", json={"profile": "bash",
-                                            "files": {"main.sh": "echo via-http"}})
-            assert r.status_code == 200, r.text
-            assert r.json()["steps"][0]["stdout"] == "via-http\n"
+    def fresh(d: Daemon) -> httpx.Client:  # a new connection: it lands on either worker
+        return httpx.Client(base_url=f"http://{d.http_address}", timeout=60,
+                            limits=httpx.Limits(max_keepalive_connections=0))
+
+    with Daemon(tmp_path, ("--http", "127.0.0.1:0"), workers=2, concurrency=4,
+                pool_profiles=["bash"], http_loopback_open=True) as d, fresh(d) as http:
         ready = {re.search(r" worker=(\d+) ", ln).group(1): ln  # type: ignore[union-attr]
                  for ln in log_events(d, "worker_ready")}
-        assert f" http={d.http_address} " in ready["0"] and " http=off " in ready["1"]
+        assert all(f" http={d.http_address} " in ready[k] for k in ("0", "1")), ready
+        bash = next(x["id"] for x in http.get("/languages").json()
+                    if x["name"].startswith("Bash"))
+        # Judge0: submissions land on both workers (their tokens say which made them).
+        made: dict[str, str] = {}
+        for n in range(60):
+            r = http.post("/submissions?base64_encoded=false",
+                          json={"language_id": bash, "source_code": f"echo sub-{n}"})
+            assert r.status_code == 201, r.text
+            made[r.json()["token"]] = f"sub-{n}\n"
+            if len(made) >= 8 and {owner_of(t) for t in made} == {0, 1}:
+                break
+        assert {owner_of(t) for t in made} == {0, 1}, "every submission landed on one worker"
+        for token, out in made.items():  # each read lands anywhere, and finds its result
+            deadline = time.monotonic() + 60
+            while True:
+                r = http.get(f"/submissions/{token}?fields=stdout,status_id")
+                assert r.status_code == 200, r.text
+                if r.json()["status_id"] > 2 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert r.json() == {"stdout": out, "status_id": 3}, (token, r.text)
+        tokens = list(made)
+        r = http.get("/submissions/batch", params={"tokens": ",".join(tokens),
+                                                   "fields": "token,stdout"})
+        assert r.status_code == 200, r.text
+        assert r.json()["submissions"] == [{"token": t, "stdout": made[t]} for t in tokens]
+        r = http.get("/submissions/batch", headers={"tokens": ",".join(tokens)},
+                     params={"base64_encoded": "true", "fields": "stdout"})
+        assert [base64.b64decode(x["stdout"]) for x in r.json()["submissions"]] == \
+            [made[t].encode() for t in tokens]
+        unknown = "00000001-0000-4000-8000-000000000000"  # worker 1's by its first bits
+        assert http.get(f"/submissions/{unknown}").status_code == 404
+        # /v1: background jobs, polled, logged and cancelled through either worker.
+        ids: list[str] = []
+        while {owner_of(i) for i in ids} != {0, 1} and len(ids) < 60:
+            r = http.post("/v1/jobs?wait=false", json={
+                "profile": "bash", "files": {"main.sh": f"echo bg-{len(ids)}; sleep 0.2"}})
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        assert {owner_of(i) for i in ids} == {0, 1}
+        for n, job_id in enumerate(ids):
+            deadline = time.monotonic() + 60
+            while (view := http.get(f"/v1/jobs/{job_id}").json())["state"] != "done":
+                assert time.monotonic() < deadline, view
+                time.sleep(0.05)
+            assert view["steps"][0]["stdout"] == f"bg-{n}\n", view
+            for follow in ("false", "true"):  # a followed log is streamed back
+                r = http.get(f"/v1/jobs/{job_id}/log", params={"follow": follow})
+                assert r.status_code == 200 and r.content == f"bg-{n}\n".encode(), r.text
+            assert http.delete(f"/v1/jobs/{job_id}").json() == {"id": job_id,
+                                                                 "cancelled": False}
+            assert http.get(f"/v1/jobs/{job_id}").json()["error"] == "unknown_job"
+        # An HTTP job's ref names its worker: kill through any worker finds it.
+        killed: set[int] = set()
+        for _ in range(40):
+            job_id = http.post("/v1/jobs?wait=false", json={
+                "profile": "bash", "files": {"main.sh": "sleep 60"}}).json()["id"]
+            deadline = time.monotonic() + 30
+            while not (refs := [j["ref"] for j in http.get("/v1/ps").json()["jobs"]
+                                if j["id"] == job_id]):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert refs[0].startswith(f"w{owner_of(job_id)}-v1-"), refs
+            r = http.post(f"/v1/kill/{refs[0]}")
+            assert r.status_code == 200 and r.json()["found"] is True, r.text
+            deadline = time.monotonic() + 30
+            while (view := http.get(f"/v1/jobs/{job_id}").json())["state"] != "done":
+                assert time.monotonic() < deadline, view
+                time.sleep(0.05)
+            assert view["steps"][0]["verdict"] == "cancelled", view
+            killed.add(owner_of(job_id))
+            if killed == {0, 1}:
+                break
+        assert killed == {0, 1}
+        # Workspaces: an upload on one worker, its job submitted through any.
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            info = tarfile.TarInfo("data.txt")
+            info.size = 6
+            t.addfile(info, io.BytesIO(b"alpha\n"))
+        seen: set[int] = set()
+        for _ in range(40):
+            w = http.post("/v1/workspaces", content=buf.getvalue()).json()["workspace"]
+            seen.add(owner_of(w))
+            r = http.post("/v1/jobs", json={"profile": "bash", "workspace": w,
+                                            "files": {"main.sh": "cat data.txt"}})
+            assert r.status_code == 200 and r.json()["steps"][0]["stdout"] == "alpha\n", \
+                r.text
+            if seen == {0, 1}:
+                break
+        assert seen == {0, 1}
+        # Every worker answered requests: /metrics sums them (whichever worker answers).
+        text = http.get("/metrics").text
+        created = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith("sandboxd_http_requests_total{")
+                      and 'route="/submissions"' in line and 'method="POST"' in line
+                      and 'status="201"' in line)
+        assert created == len(made), text
         assert d.connect().run("m", files={"main.sh": b"echo msgpack"}).steps[0].stdout \
             == b"msgpack\n"
 
@@ -337,8 +444,8 @@ def test_workers_never_share_a_uid_slot(tmp_path):
 
 @pytest.mark.root
 def test_http_ps_kill_stats_metrics_see_every_worker(tmp_path):
-    """HTTP is worker 0's, but its ps, kill, stats and /metrics are the daemon's: a job
-    on worker 1 (submitted through the msgpack socket) shows, dies and counts there."""
+    """HTTP's ps, kill, stats and /metrics are the whole daemon's, whichever worker answers:
+    a job on worker 1 (submitted through the msgpack socket) shows, dies and counts there."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 

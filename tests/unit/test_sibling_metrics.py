@@ -27,6 +27,13 @@ def sample() -> JobMetrics:
     m.queue_wait.observe(0.003)
     m.run_time.observe(2.0)
     m.run_time.observe(700.0)  # past the last bucket: +Inf only
+    # The HTTP front door's: routes hold what a counter name may not (/ { } . _ -)
+    m.http["/submissions/{token}", "GET", "200"] += 5
+    m.http["/v1/openapi.json", "GET", "200"] += 1
+    m.http["/config_info", "GET", "404"] += 1
+    m.http["/a-b:é", "WEBSOCKET", "101"] += 2
+    m.http["unmatched", "other", "0"] += 1
+    m.http_in_flight = 3
     return m
 
 
@@ -70,3 +77,21 @@ def test_too_many_pairs_are_cut_to_fit_a_frame():
     st = proto.ServerStats(counters=enc)
     lim = proto.SizeLimits()
     assert decode_message(encode_message(st, lim), lim) == st
+
+
+def test_an_http_id_says_its_worker():
+    """Ids HTTP keeps results under (front/http/_route.py) map back to the worker that
+    minted them, and are still UUID v4."""
+    import uuid
+
+    from sandboxd.front.http._route import Router
+
+    for count in (2, 3, 7):
+        for index in range(count):
+            r = Router(index, count, {})
+            for _ in range(200):
+                u = r.mint()
+                assert u.version == 4 and u.variant == uuid.RFC_4122
+                assert r.owner(str(u)) == r.owner(u.hex) == index
+    r = Router(0, 2, {})
+    assert r.owner("batch") is None and r.owner("not-a-uuid-at-all-but-36-chars-long") is None

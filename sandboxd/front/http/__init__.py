@@ -7,5 +7,6 @@ Each API is a module of this package exporting ``routes(ctx) -> list[BaseRoute]`
 
 from ._app import APIS, HttpFront
 from ._app import bind as bind_http
+from ._route import Router
 
-__all__ = ["APIS", "HttpFront", "bind_http"]
+__all__ = ["APIS", "HttpFront", "Router", "bind_http"]

@@ -75,6 +75,7 @@ from ._common import (
     HttpError,
     error_response,
 )
+from ._route import Router
 
 APIS: tuple[str, ...] = ("v1", "judge0", "piston", "playground")
 """The API modules of this package that the listener mounts (each: ``routes(ctx)``)."""
@@ -158,23 +159,32 @@ class HttpFront:
     """The listener's state (counts, budgets, metrics) and the ASGI callable over the app."""
 
     def __init__(self, cfg: Config, service: JobService,
-                 daemon: DaemonView | None = None) -> None:
+                 daemon: DaemonView | None = None, router: Router | None = None) -> None:
         self.cfg = cfg
         self.service = service
-        # With workers: ps, stats, kill and /metrics ask every worker (front/_siblings.py).
+        # With workers: ps, stats, kill and /metrics ask every worker (front/_siblings.py),
+        # and a request naming another worker's stored result goes there (_route.py).
         self.daemon = daemon
         host, _port = split_address(cfg.http)
         self.open = cfg.http_loopback_open and is_loopback(host)
         self.tokens = tuple(t.encode() for t in cfg.http_tokens)
         self.ctx = FrontContext(service=service, cfg=cfg, gate=Gate(cfg.http_token_concurrency),
-                                daemon=daemon)
-        self.in_flight = 0
+                                daemon=daemon, router=router)
         self.buffered = 0
         self.budget = cfg.http_max_buffered or 4 * cfg.http_max_body
-        self.requests: Counter[tuple[str, str, str]] = Counter()  # route, method, status
+        # route, method, status: in the service's metrics, which a worker's siblings read
+        self.requests: Counter[tuple[str, str, str]] = service.metrics.http
         self.stopping = trio.Event()
         self.stopped = trio.Event()
         self.app = self._build()
+
+    @property
+    def in_flight(self) -> int:
+        return self.service.metrics.http_in_flight
+
+    @in_flight.setter
+    def in_flight(self, n: int) -> None:
+        self.service.metrics.http_in_flight = n
 
     def _build(self) -> Starlette:
         routes = [Route("/metrics", self._metrics, methods=["GET"])]
@@ -449,10 +459,10 @@ class HttpFront:
 
     # ------------------------------------------------------------ serving
 
-    def hypercorn_config(self, sock: socket.socket) -> HypercornConfig:
+    def hypercorn_config(self, *socks: socket.socket) -> HypercornConfig:
         cfg = self.cfg
         hc = HypercornConfig()
-        hc.bind = [f"fd://{sock.detach()}"]  # hypercorn's from now on
+        hc.bind = [f"fd://{s.detach()}" for s in socks]  # hypercorn's from now on
         hc.keep_alive_timeout = cfg.http_keepalive_timeout
         hc.graceful_timeout = cfg.grace_period + 2.0
         hc.websocket_max_message_size = cfg.http_max_body
@@ -467,16 +477,17 @@ class HttpFront:
         hc.errorlog = quiet
         return hc
 
-    async def serve(self, sock: socket.socket, *,
+    async def serve(self, sock: socket.socket, private: socket.socket | None = None, *,
                     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve on ``sock`` until ``stop()``; ``task_status.started`` with the address.
+        """Serve on ``sock`` (and a worker's ``private`` socket, for its siblings' relays)
+        until ``stop()``; ``task_status.started`` with ``sock``'s address.
 
         After ``stop()``: no new connections, idle ones closed, requests in
         flight get the grace period; background jobs run on until they end (the
         daemon's drain bounds them, and its cancellation ends them).
         """
         address = address_of(sock)
-        config = self.hypercorn_config(sock)
+        config = self.hypercorn_config(sock, *([private] if private is not None else []))
         try:
             async with trio.open_nursery() as nursery:
                 self.ctx.nursery = nursery

@@ -8,6 +8,7 @@ mounts them (``_app``) builds one ``HttpContext`` per listener.
 from __future__ import annotations
 
 import itertools
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ from sandboxd.service import JobService
 
 if TYPE_CHECKING:
     from sandboxd.front._siblings import DaemonView
+
+    from ._route import Router
 
 
 @dataclass(eq=False)
@@ -28,6 +31,16 @@ class HttpContext:
     # With workers (docs/configuration.md, "workers"): the whole daemon's ps, stats,
     # kill and job metrics (front/_siblings.py); None: this process's service is all.
     daemon: DaemonView | None = None
+    # With workers: which worker an id of a stored result belongs to, and the relay to it
+    # (_route.py); None: every id is this process's.
+    router: Router | None = None
 
     def owner(self, api: str) -> str:
-        return f"{api}-{next(self._seq)}"
+        # With workers, prefixed as a msgpack connection's are (``w<k>-``): a job's ``ref``
+        # is then unique across workers, and ``kill`` finds its worker.
+        tag = f"w{self.router.index}-" if self.router is not None else ""
+        return f"{tag}{api}-{next(self._seq)}"
+
+    def mint(self) -> uuid.UUID:
+        """A new id for something kept between requests: one that says its worker."""
+        return uuid.uuid4() if self.router is None else self.router.mint()

@@ -110,7 +110,7 @@ def render(front: HttpFront, st: Any = None, m: JobMetrics | None = None,
     w.family("sandboxd_http_requests_total", "counter",
              "HTTP requests and WebSockets answered, by route, method and status.",
              (({"route": r, "method": meth, "status": s}, n)
-              for (r, meth, s), n in sorted(front.requests.items())))
+              for (r, meth, s), n in sorted(m.http.items())))
     w.family("sandboxd_http_in_flight", "gauge", "HTTP requests and WebSockets being served.",
-             [({}, front.in_flight)])
+             [({}, m.http_in_flight)])
     return w.text()

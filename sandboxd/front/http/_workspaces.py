@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +99,7 @@ class Workspaces:
                     break
             assert upload is not None
             upload.finish()
-            wid = uuid.uuid4().hex
+            wid = self.ctx.mint().hex
             self.pending[wid] = Pending(upload, token_of(scope), time.monotonic())
             size, upload = upload.size, None  # the table owns it now
             response = _json(201, {"workspace": wid, "size": size, "format": fmt})

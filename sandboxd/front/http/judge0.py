@@ -37,12 +37,11 @@ import re
 import shlex
 import signal as _signal
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import h11
 import trio
@@ -978,7 +977,7 @@ class Judge0:
     # -- submissions ---------------------------------------------------------
 
     def new_submission(self, p: Params) -> Submission:
-        return Submission(token=str(uuid.uuid4()), params=p,
+        return Submission(token=str(self.ctx.mint()), params=p,
                           language_name=self.names[p.language_id])
 
     def job_spec(self, items: list[Submission], outputs: dict[str, Any]) -> JobSpec:
@@ -1161,6 +1160,12 @@ class Judge0:
         return _host_allowed(url, self.callbacks)
 
     async def show(self, request: Request) -> Response:
+        router = self.ctx.router
+        if router is not None:  # another worker's submission: its answer
+            k = router.elsewhere(request, request.path_params["token"])
+            relayed = await router.relay(k, request) if k is not None else None
+            if relayed is not None:
+                return relayed
         q = request.query_params
         fields = parse_fields(q.get("fields"))
         sub = self.store.get(request.path_params["token"])
@@ -1226,9 +1231,32 @@ class Judge0:
         if not tokens:
             raise Invalid("there should be at least one submission in a batch")
         encoded = q.get("base64_encoded") == "true"
+        found: dict[str, dict[str, Any] | None] = {}
+        router = self.ctx.router
+        if router is not None:  # other workers' tokens: each worker asked for its own
+            theirs: dict[int, list[str]] = {}
+            for token in tokens:
+                k = router.elsewhere(request, token)
+                if k is not None:
+                    theirs.setdefault(k, []).append(token)
+            for k, some in theirs.items():
+                query = [(n, v) for n, v in q.multi_items() if n != "tokens"]
+                target = b"/submissions/batch?" + urlencode(
+                    [*query, ("tokens", ",".join(some))]).encode()
+                answer = await router.relay(k, request, target, b"", drop=(b"tokens",))
+                if answer is None:  # that worker is gone, and its submissions with it
+                    continue
+                body = b"".join([c async for c in answer.body_iterator])  # type: ignore[attr-defined]
+                if answer.status_code != 200:
+                    return Response(body, answer.status_code, media_type="application/json")
+                for token, item in zip(some, json.loads(body)["submissions"], strict=True):
+                    found[token] = item
         out: list[dict[str, Any] | None] = []
         try:
             for token in tokens:
+                if token in found:
+                    out.append(found[token])
+                    continue
                 sub = self.store.get(token)
                 out.append(sub.serialize(fields, encoded) if sub else None)
         except UnicodeDecodeError:

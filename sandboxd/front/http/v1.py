@@ -22,7 +22,6 @@ import logging
 import math
 import re
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -591,7 +590,7 @@ class V1:
     # -- jobs ------------------------------------------------------------
 
     def _admit(self, request_scope: dict[str, Any], spec: JobSpec) -> Job:
-        job_id = uuid.uuid4().hex
+        job_id = self.ctx.mint().hex
         client = request_scope.get("client") or ("?", 0)
         return self.service.submit(spec, id=job_id, owner=self.ctx.owner("v1"),
                                    client=f"http {client[0]}:{client[1]}")
@@ -601,6 +600,11 @@ class V1:
         body = await read_json(request)
         ctx = self.ctx
         assert isinstance(ctx, FrontContext)
+        if ctx.router is not None and isinstance(body, dict):  # the workspace's worker runs it
+            k = ctx.router.elsewhere(request, body.get("workspace"))
+            relayed = await ctx.router.relay(k, request) if k is not None else None
+            if relayed is not None:
+                return relayed
         token = token_of(request.scope)
         # A background job holds a slot of its own, until it ends, besides its request's.
         if not wait and not ctx.gate.acquire(token):
@@ -707,10 +711,20 @@ class V1:
         return JSONResponse({"id": job.id, "state": "queued"}, status_code=202,
                             headers={"Location": f"/v1/jobs/{job.id}"})
 
+    async def _elsewhere(self, request: Request) -> Response | None:
+        """Another worker's answer, if the job in the path is that worker's (_route.py)."""
+        router = self.ctx.router
+        if router is None:
+            return None
+        k = router.elsewhere(request, request.path_params["id"])
+        return await router.relay(k, request) if k is not None else None
+
     async def log(self, request: Request) -> Response:
         """A background job's output from byte ``offset``: what there is now, or with
         ``follow=true`` streamed as it comes until the job ends (a client that lost its
         connection re-attaches by id from the last byte it had)."""
+        if (relayed := await self._elsewhere(request)) is not None:
+            return relayed
         entry = self.results.get(request.path_params["id"])
         if entry is None:
             raise HttpError(ErrorCode.UNKNOWN_JOB, f"no job {request.path_params['id']!r} "
@@ -741,6 +755,8 @@ class V1:
         return StreamingResponse(follow(), media_type="application/octet-stream")
 
     async def poll(self, request: Request) -> Response:
+        if (relayed := await self._elsewhere(request)) is not None:
+            return relayed
         entry = self.results.get(request.path_params["id"])
         if entry is None:
             raise HttpError(ErrorCode.UNKNOWN_JOB, f"no job {request.path_params['id']!r} "
@@ -748,6 +764,8 @@ class V1:
         return JSONResponse(entry.view())
 
     async def cancel(self, request: Request) -> Response:
+        if (relayed := await self._elsewhere(request)) is not None:
+            return relayed
         job_id = request.path_params["id"]
         entry = self.results.get(job_id)
         if entry is None:
