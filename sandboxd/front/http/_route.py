@@ -12,10 +12,11 @@ unchanged (method, path, query, headers, body) over its private HTTP socket
 (``<state_dir>/sandboxd-worker-<k>-http.sock``, mode 0600: only the daemon's
 user), and that worker's answer is streamed back (a followed log too). A
 Judge0 batch read asks each worker for its own tokens and merges the answers
-in the order asked. The relay is one more local round trip (~0.3 ms here), only
-for requests that name an id; submissions and synchronous jobs run where they
-land. A worker that cannot be reached (restarting) has lost what it held: the
-request is then answered here, as an unknown id.
+in the order asked. The relay is one more local round trip over a kept
+connection (0.7-1.1 ms more at p50 here, a Judge0 token's read), only for
+requests that name an id; submissions and synchronous jobs run where they land.
+A worker that cannot be reached (restarting) has lost what it held: the request
+is then answered here, as an unknown id.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class Router:
         self.index = index
         self.count = count
         self.paths = dict(paths)
+        # Connections to each sibling kept open between relays (HTTP keep-alive): a new
+        # one per relay cost ~1 ms more here, the accept and hypercorn's set-up of it.
+        self._idle: dict[int, list[tuple[trio.SocketStream, h11.Connection]]] = {}
 
     def mint(self) -> uuid.UUID:
         """A random UUID v4 that ``owner`` maps to this worker."""
@@ -88,33 +92,52 @@ class Router:
                    if n.lower() not in _HOP and n.lower() not in drop]
         headers += [(b"host", b"sandboxd-worker"), (HEADER, b"1"),
                     (b"content-length", str(len(body)).encode())]
-        try:
-            stream = await trio.open_unix_socket(self.paths[k])
-        except OSError:
+        for tries in range(2):  # a kept connection the sibling closed meanwhile: a new one
+            idle = self._idle.setdefault(k, [])
+            kept = bool(idle)
+            if kept:
+                stream, conn = idle.pop()
+            else:
+                try:
+                    stream = await trio.open_unix_socket(self.paths[k])
+                except OSError:
+                    return None
+                conn = h11.Connection(h11.CLIENT)
+            try:
+                await stream.send_all(b"".join([
+                    conn.send(h11.Request(method=request.method, target=target,
+                                          headers=headers)) or b"",
+                    (conn.send(h11.Data(data=body)) if body else b"") or b"",
+                    conn.send(h11.EndOfMessage()) or b""]))
+                head = await _next(conn, stream)
+                if not isinstance(head, h11.Response):
+                    raise h11.RemoteProtocolError("no response", 502)
+                break
+            except (OSError, trio.BrokenResourceError, h11.ProtocolError):
+                await stream.aclose()
+                if not kept or tries:
+                    return None
+        else:  # pragma: no cover (the loop breaks or returns)
             return None
-        conn = h11.Connection(h11.CLIENT)
-        try:
-            await stream.send_all(conn.send(h11.Request(method=request.method, target=target,
-                                                        headers=headers)) or b"")
-            await stream.send_all((conn.send(h11.Data(data=body)) if body else b"") or b"")
-            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-            head = await _next(conn, stream)
-            if not isinstance(head, h11.Response):
-                raise h11.RemoteProtocolError("no response", 502)
-        except (OSError, trio.BrokenResourceError, h11.ProtocolError):
-            await stream.aclose()
-            return None
+        pool = self._idle[k]
 
         async def chunks() -> AsyncIterator[bytes]:
+            done = False
             try:
                 while True:
                     ev = await _next(conn, stream)
                     if isinstance(ev, h11.Data):
                         yield bytes(ev.data)
                     elif isinstance(ev, h11.EndOfMessage | h11.ConnectionClosed):
+                        done = isinstance(ev, h11.EndOfMessage)
                         return
             finally:
-                await stream.aclose()
+                if done and conn.our_state is h11.DONE and conn.their_state is h11.DONE \
+                        and len(pool) < 8:
+                    conn.start_next_cycle()
+                    pool.append((stream, conn))
+                else:
+                    await stream.aclose()
 
         kept = {n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers
                 if n.lower() not in _HOP or n.lower() == b"content-length"}
