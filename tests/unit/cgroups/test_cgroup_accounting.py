@@ -63,7 +63,15 @@ def test_cpu_time_of_a_known_workload(job: JobCgroup) -> None:
     assert abs(stats.cpu_usage_ns - rusage_ns) <= 0.05 * rusage_ns, (stats, usage)
     assert stats.cpu_user_ns + stats.cpu_system_ns == stats.cpu_usage_ns
     assert stats.cpu_user_ns >= 0.25e9, stats
-    assert abs(stats.cpu_user_ns - usage.ru_utime * 1e9) <= 0.1 * rusage_ns + 20e6, (stats, usage)
+    # The user/system split is sampled at ticks on both sides (rusage's is then scaled
+    # to the exact total, the cgroup's is not), and rusage's user time also holds the
+    # user part of the start-up before the join (at most before_join_ns: under the v2
+    # VM's emulation, tens of ms): a range, not a point. Failed once in CI as a point
+    # (cgroup 547 ms of user time against rusage's 645, 81 ms allowed).
+    user_ns = usage.ru_utime * 1e9
+    slack = 0.1 * rusage_ns + 20e6
+    assert user_ns - w.before_join_ns - slack <= stats.cpu_user_ns <= user_ns + slack, (
+        stats, usage, w.before_join_ns)
 
 
 def test_cpu_usage_is_live_and_monotonic(job: JobCgroup) -> None:
