@@ -104,7 +104,7 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
             router = Router(worker.index, worker.count, worker.http_paths)
             http_private = _bind_unix(worker.http_paths[worker.index], 0o600, "")
         http_front = HttpFront(cfg, service, front.view if siblings is not None else None,
-                               router)
+                               router, siblings)
         http_sock = (worker.http_sock if worker is not None
                      else bind_http(cfg.http, cfg.http_send_timeout))
     if worker is None:

@@ -74,11 +74,19 @@ class Siblings:
         self.tag = f"w{index}"
         self.paths = dict(paths)  # worker index -> its control socket (ours included)
         self.loads = memoryview(loads).cast("i") if loads is not None else None
+        self._msgpack = 0  # connections of the msgpack front (Unix and TCP sockets)
+        self._http = 0  # and of the HTTP front's shared socket
 
     def publish(self, connections: int) -> None:
-        """Tell the siblings how many connections this worker serves."""
+        """Tell the siblings how many msgpack connections this worker serves."""
+        self._msgpack = connections
         if self.loads is not None:
-            self.loads[self.index] = connections
+            self.loads[self.index] = self._msgpack + self._http
+
+    def http_connections(self, delta: int) -> None:
+        """An HTTP connection came (+1) or went (-1): counted with the msgpack ones."""
+        self._http += delta
+        self.publish(self._msgpack)
 
     def should_defer(self) -> bool:
         """Whether a sibling serves fewer connections than this worker (and should take

@@ -392,6 +392,87 @@ def test_http_is_served_by_every_worker(tmp_path):
 
 
 @pytest.mark.root
+def test_http_connections_spread_over_the_workers(tmp_path):
+    """Eight HTTP clients connecting at once land four and four (give or take one): a
+    worker with more connections lets its sibling accept first, as on the msgpack
+    socket, so a few long-lived clients do not leave a worker's slots idle."""
+    import httpx
+
+    with Daemon(tmp_path, ("--http", "127.0.0.1:0"), workers=2, concurrency=4,
+                pool_profiles=["bash"], http_loopback_open=True) as d:
+        for _ in range(3):
+            owners: list[int] = []
+            clients = [httpx.Client(base_url=f"http://{d.http_address}", timeout=60)
+                       for _ in range(8)]
+            start = threading.Barrier(8)
+
+            def one(http: httpx.Client, start: threading.Barrier, owners: list[int]) -> None:
+                start.wait()
+                assert http.get("/v1/health").status_code == 200  # its connection, now
+                start.wait()  # every connection made before any job: none has ended
+                r = http.post("/v1/jobs?wait=false",
+                              json={"profile": "bash", "files": {"main.sh": "true"}})
+                assert r.status_code == 202, r.text
+                owners.append(owner_of(r.json()["id"]))
+
+            threads = [threading.Thread(target=one, args=(c, start, owners)) for c in clients]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            for c in clients:
+                c.close()
+            assert len(owners) == 8 and 3 <= owners.count(0) <= 5, owners
+
+
+@pytest.mark.root
+def test_http_ids_of_a_killed_worker_answer_unknown(tmp_path):
+    """A worker's stored HTTP results die with it: a read of one of its tokens gets
+    Judge0's 404 through the other worker, while it is down and after its restart, never
+    an error of the relay; and the relay reaches the restarted worker again."""
+    import httpx
+
+    with Daemon(tmp_path, ("--http", "127.0.0.1:0"), workers=2, concurrency=2,
+                pool_profiles=["bash"], http_loopback_open=True) as d:
+        def fresh() -> httpx.Client:
+            return httpx.Client(base_url=f"http://{d.http_address}", timeout=60,
+                                limits=httpx.Limits(max_keepalive_connections=0))
+
+        def submit(want: int) -> str:
+            with fresh() as http:
+                bash = next(x["id"] for x in http.get("/languages").json()
+                            if x["name"].startswith("Bash"))
+                for _ in range(80):
+                    token = http.post("/submissions?wait=true", json={
+                        "language_id": bash, "source_code": "echo kept"}).json()["token"]
+                    if owner_of(token) == want:
+                        return token
+            raise AssertionError(f"no submission landed on worker {want}")
+
+        lost, kept = submit(1), submit(0)
+        with fresh() as http:  # both readable through either worker (keeps relays open)
+            for _ in range(6):
+                assert http.get(f"/submissions/{lost}").status_code == 200
+        pids = worker_pids(d)
+        os.kill(pids[1], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        answers: set[int] = set()
+        while worker_pids(d).get(1) in (None, pids[1]):
+            assert time.monotonic() < deadline, "worker 1 was not restarted"
+            with fresh() as http:  # down: only worker 0 accepts, and relays in vain
+                answers.add(http.get(f"/submissions/{lost}").status_code)
+                assert http.get(f"/submissions/{kept}?fields=stdout").json() == \
+                    {"stdout": "kept\n"}
+            time.sleep(0.02)
+        with fresh() as http:
+            for _ in range(6):  # restarted: relayed to the new worker 1, which never had it
+                answers.add(http.get(f"/submissions/{lost}").status_code)
+                assert http.get(f"/submissions/{kept}?fields=stdout").json() == \
+                    {"stdout": "kept\n"}
+        assert answers == {404}, answers
+
+
+@pytest.mark.root
 def test_a_draining_daemon_refuses_new_connections(tmp_path):
     d = Daemon(tmp_path, workers=2, concurrency=2, pool_profiles=["bash"],
                grace_period=120.0).start()  # every admitted job finishes, queued ones too

@@ -32,7 +32,9 @@ from __future__ import annotations
 import hmac
 import importlib
 import logging
+import os
 import socket
+import types
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
@@ -59,7 +61,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Mount, Route
 
 from sandboxd.config import Config, is_loopback, split_address
-from sandboxd.front._siblings import DaemonView
+from sandboxd.front._siblings import BalancedListener, DaemonView, Siblings
 from sandboxd.log import event
 from sandboxd.result import SandboxError
 from sandboxd.service import JobService
@@ -159,9 +161,11 @@ class HttpFront:
     """The listener's state (counts, budgets, metrics) and the ASGI callable over the app."""
 
     def __init__(self, cfg: Config, service: JobService,
-                 daemon: DaemonView | None = None, router: Router | None = None) -> None:
+                 daemon: DaemonView | None = None, router: Router | None = None,
+                 siblings: Siblings | None = None) -> None:
         self.cfg = cfg
         self.service = service
+        self.siblings = siblings  # with workers: how the shared socket's accepts balance
         # With workers: ps, stats, kill and /metrics ask every worker (front/_siblings.py),
         # and a request naming another worker's stored result goes there (_route.py).
         self.daemon = daemon
@@ -486,7 +490,10 @@ class HttpFront:
         flight get the grace period; background jobs run on until they end (the
         daemon's drain bounds them, and its cancellation ends them).
         """
+        global _SIBLINGS, _SHARED_FD
         address = address_of(sock)
+        if self.siblings is not None:
+            _SIBLINGS, _SHARED_FD = self.siblings, sock.fileno()
         config = self.hypercorn_config(sock, *([private] if private is not None else []))
         try:
             async with trio.open_nursery() as nursery:
@@ -546,15 +553,49 @@ class _ContainedTCPServer(TCPServer):
 
     async def run(self) -> None:
         CONNECTION.set(self.connection)  # this task's context, which its requests' copy
+        # A worker's connection count, which its siblings balance accepts by; not a
+        # sibling's relay (a Unix socket), which lands here by its id, not by choice.
+        counted = _SIBLINGS is not None and self.stream.socket.family != socket.AF_UNIX
+        if counted:
+            _SIBLINGS.http_connections(+1)  # type: ignore[union-attr]
         try:
             await super().run()
         except Exception as e:  # a group too, unless it holds a Cancelled
             leaf = _leaf(e)
             event("http_connection_failed", logging.WARNING, error=repr(leaf)[:300],
                   at=_where(leaf))
+        finally:
+            if counted:
+                _SIBLINGS.http_connections(-1)  # type: ignore[union-attr]
 
 
 hypercorn.trio.run.TCPServer = _ContainedTCPServer  # type: ignore[misc]
+
+# With workers: the siblings, and the shared HTTP socket's descriptor, for which
+# hypercorn's accept loop gets a ``BalancedListener`` (as the msgpack sockets have): a
+# worker serving more connections than a sibling lets that sibling take the next one
+# first. hypercorn makes its listeners itself, with ``trio.SocketListener`` looked up
+# on the ``trio`` its run module imported: that name alone is given another meaning.
+_SIBLINGS: Siblings | None = None
+_SHARED_FD = -1
+
+
+class _TrioForHypercorn(types.ModuleType):
+    """trio, as hypercorn.trio.run sees it: its own but for ``SocketListener``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(trio, name)
+
+    @staticmethod
+    def SocketListener(sock: trio.socket.SocketType) -> trio.abc.Listener[Any]:
+        if _SIBLINGS is not None and sock.fileno() == _SHARED_FD:
+            # on a descriptor of its own (the same listening socket): hypercorn's
+            # socket object closes its own when it ends
+            return BalancedListener(socket.socket(fileno=os.dup(_SHARED_FD)), _SIBLINGS)
+        return trio.SocketListener(sock)
+
+
+hypercorn.trio.run.trio = _TrioForHypercorn("trio")  # type: ignore[attr-defined]
 
 
 class _IdleTimer:
