@@ -94,8 +94,16 @@ def home() -> Iterator[Path]:
 
 
 def _procs(cgroup: Path) -> list[str]:
-    return [p for d in (cgroup, *cgroup.rglob("*")) if d.is_dir()
-            for p in (d / "cgroup.procs").read_text().split()]
+    """Every pid below ``cgroup``. The daemon removes a used container's cgroup in the
+    background, so a directory may vanish while the walk is in it (pathlib's rglob then
+    raised FileNotFoundError once in a clean-clone CI run): a vanished one held none."""
+    found: list[str] = []
+    for top, dirs, _files in os.walk(cgroup):  # os.walk skips what vanishes under it
+        try:
+            found += (Path(top) / "cgroup.procs").read_text().split()
+        except FileNotFoundError:
+            dirs.clear()
+    return found
 
 
 def test_rootless_daemon_runs_jobs_with_limits_and_leaves_nothing(delegated: Path,
