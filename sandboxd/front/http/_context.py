@@ -16,6 +16,9 @@ from sandboxd.config import Config
 from sandboxd.service import JobService
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
     from sandboxd.front._siblings import DaemonView
 
     from ._route import Router
@@ -40,6 +43,11 @@ class HttpContext:
         # is then unique across workers, and ``kill`` finds its worker.
         tag = f"w{self.router.index}-" if self.router is not None else ""
         return f"{tag}{api}-{next(self._seq)}"
+
+    async def relayed(self, request: Request, ident: object) -> Response | None:
+        """With workers, another worker's answer to ``request`` if ``ident`` (an id of a
+        stored result) is that worker's; None: this process answers."""
+        return None if self.router is None else await self.router.answer(request, ident)
 
     def mint(self) -> uuid.UUID:
         """A new id for something kept between requests: one that says its worker."""

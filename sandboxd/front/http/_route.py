@@ -92,33 +92,10 @@ class Router:
                    if n.lower() not in _HOP and n.lower() not in drop]
         headers += [(b"host", b"sandboxd-worker"), (HEADER, b"1"),
                     (b"content-length", str(len(body)).encode())]
-        for tries in range(2):  # a kept connection the sibling closed meanwhile: a new one
-            idle = self._idle.setdefault(k, [])
-            kept = bool(idle)
-            if kept:
-                stream, conn = idle.pop()
-            else:
-                try:
-                    stream = await trio.open_unix_socket(self.paths[k])
-                except OSError:
-                    return None
-                conn = h11.Connection(h11.CLIENT)
-            try:
-                await stream.send_all(b"".join([
-                    conn.send(h11.Request(method=request.method, target=target,
-                                          headers=headers)) or b"",
-                    (conn.send(h11.Data(data=body)) if body else b"") or b"",
-                    conn.send(h11.EndOfMessage()) or b""]))
-                head = await _next(conn, stream)
-                if not isinstance(head, h11.Response):
-                    raise h11.RemoteProtocolError("no response", 502)
-                break
-            except (OSError, trio.BrokenResourceError, h11.ProtocolError):
-                await stream.aclose()
-                if not kept or tries:
-                    return None
-        else:  # pragma: no cover (the loop breaks or returns)
+        got = await self._exchange(k, request.method, target, headers, body)
+        if got is None:
             return None
+        stream, conn, head = got
         pool = self._idle[k]
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -139,9 +116,46 @@ class Router:
                 else:
                     await stream.aclose()
 
-        kept = {n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers
-                if n.lower() not in _HOP or n.lower() == b"content-length"}
-        return StreamingResponse(chunks(), status_code=head.status_code, headers=kept)
+        answer = {n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers
+                  if n.lower() not in _HOP or n.lower() == b"content-length"}
+        return StreamingResponse(chunks(), status_code=head.status_code, headers=answer)
+
+    async def _exchange(self, k: int, method: str, target: bytes,
+                        headers: list[tuple[bytes, bytes]], body: bytes,
+                        ) -> tuple[trio.SocketStream, h11.Connection, h11.Response] | None:
+        """Send one request to worker ``k`` and read its answer's head, on a kept
+        connection if there is one (one the sibling closed meanwhile is dropped for the
+        next), else a new one; None if ``k`` cannot be reached."""
+        idle = self._idle.setdefault(k, [])
+        while True:
+            kept = bool(idle)
+            if kept:
+                stream, conn = idle.pop()
+            else:
+                try:
+                    stream = await trio.open_unix_socket(self.paths[k])
+                except OSError:
+                    return None
+                conn = h11.Connection(h11.CLIENT)
+            try:
+                await stream.send_all(b"".join([
+                    conn.send(h11.Request(method=method, target=target, headers=headers)) or b"",
+                    (conn.send(h11.Data(data=body)) if body else b"") or b"",
+                    conn.send(h11.EndOfMessage()) or b""]))
+                head = await _next(conn, stream)
+                if isinstance(head, h11.Response):
+                    return stream, conn, head
+                raise h11.RemoteProtocolError("no response", 502)
+            except (OSError, trio.BrokenResourceError, h11.ProtocolError):
+                await stream.aclose()
+                if not kept:
+                    return None
+
+    async def answer(self, request: Request, ident: object) -> Response | None:
+        """The answer of the worker that holds ``ident``, if that is another one and it
+        can be reached; None: this worker answers."""
+        k = self.elsewhere(request, ident)
+        return await self.relay(k, request) if k is not None else None
 
 
 async def _next(conn: h11.Connection, stream: trio.SocketStream) -> object:

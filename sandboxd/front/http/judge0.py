@@ -1160,12 +1160,8 @@ class Judge0:
         return _host_allowed(url, self.callbacks)
 
     async def show(self, request: Request) -> Response:
-        router = self.ctx.router
-        if router is not None:  # another worker's submission: its answer
-            k = router.elsewhere(request, request.path_params["token"])
-            relayed = await router.relay(k, request) if k is not None else None
-            if relayed is not None:
-                return relayed
+        if (relayed := await self.ctx.relayed(request, request.path_params["token"])) is not None:
+            return relayed
         q = request.query_params
         fields = parse_fields(q.get("fields"))
         sub = self.store.get(request.path_params["token"])

@@ -600,11 +600,9 @@ class V1:
         body = await read_json(request)
         ctx = self.ctx
         assert isinstance(ctx, FrontContext)
-        if ctx.router is not None and isinstance(body, dict):  # the workspace's worker runs it
-            k = ctx.router.elsewhere(request, body.get("workspace"))
-            relayed = await ctx.router.relay(k, request) if k is not None else None
-            if relayed is not None:
-                return relayed
+        if isinstance(body, dict) and (  # the workspace's worker runs it
+                relayed := await ctx.relayed(request, body.get("workspace"))) is not None:
+            return relayed
         token = token_of(request.scope)
         # A background job holds a slot of its own, until it ends, besides its request's.
         if not wait and not ctx.gate.acquire(token):
@@ -711,19 +709,11 @@ class V1:
         return JSONResponse({"id": job.id, "state": "queued"}, status_code=202,
                             headers={"Location": f"/v1/jobs/{job.id}"})
 
-    async def _elsewhere(self, request: Request) -> Response | None:
-        """Another worker's answer, if the job in the path is that worker's (_route.py)."""
-        router = self.ctx.router
-        if router is None:
-            return None
-        k = router.elsewhere(request, request.path_params["id"])
-        return await router.relay(k, request) if k is not None else None
-
     async def log(self, request: Request) -> Response:
         """A background job's output from byte ``offset``: what there is now, or with
         ``follow=true`` streamed as it comes until the job ends (a client that lost its
         connection re-attaches by id from the last byte it had)."""
-        if (relayed := await self._elsewhere(request)) is not None:
+        if (relayed := await self.ctx.relayed(request, request.path_params["id"])) is not None:
             return relayed
         entry = self.results.get(request.path_params["id"])
         if entry is None:
@@ -755,7 +745,7 @@ class V1:
         return StreamingResponse(follow(), media_type="application/octet-stream")
 
     async def poll(self, request: Request) -> Response:
-        if (relayed := await self._elsewhere(request)) is not None:
+        if (relayed := await self.ctx.relayed(request, request.path_params["id"])) is not None:
             return relayed
         entry = self.results.get(request.path_params["id"])
         if entry is None:
@@ -764,7 +754,7 @@ class V1:
         return JSONResponse(entry.view())
 
     async def cancel(self, request: Request) -> Response:
-        if (relayed := await self._elsewhere(request)) is not None:
+        if (relayed := await self.ctx.relayed(request, request.path_params["id"])) is not None:
             return relayed
         job_id = request.path_params["id"]
         entry = self.results.get(job_id)
