@@ -81,6 +81,20 @@ class RunStep:
     artifacts: ArtifactRequest | None = None  # globs to collect from /box after the run
     network: egress.Plan | None = None  # outbound TCP it may make (sandboxd/egress.py); None: none
 
+    @property
+    def retryable(self) -> bool:
+        """A failed hand-over (``NotHandedOver``) spent nothing of it: no wired descriptor
+        (closed with the attempt), no workspace unpacked into that container's /box, no
+        network attached to it. Another container can run it as if the first never was."""
+        return (self.stdin_fd is None and self.stdout_fd is None and self.workspace is None
+                and self.network is None)
+
+
+class NotHandedOver(SandboxError):
+    """The container's init was gone before it got the job (its fork server died, say,
+    taking every warm init with it, between the pool's check and the hand-over):
+    nothing of the job ran, so a ``retryable`` step may go to another container."""
+
 
 @dataclass(slots=True)
 class ArtifactRequest:
@@ -333,7 +347,11 @@ class Container:
                 msg = job_message(step.files, step.argv, step.env, step.cwd, rl)
             except ValueError as e:
                 raise SandboxError(f"job delivery: ValueError: {e}") from e
-            await self.chan.send(msg, [in_r, out_w, err_w])
+            try:
+                await self.chan.send(msg, [in_r, out_w, err_w])
+            except OSError as e:
+                raise NotHandedOver(f"the container's init was gone before its job: {e}") \
+                    from e
         except BaseException:
             # Cancelled (the client hung up) or the init gone: our ends were not yet
             # handed to anything that closes them (a leak per job, found by fuzzing).
@@ -365,7 +383,11 @@ class Container:
                 msg = job_message(step.files, step.argv, env, step.cwd, rl)
             except ValueError as e:
                 raise SandboxError(f"job delivery: ValueError: {e}") from e
-            await self.chan.send(msg)
+            try:
+                await self.chan.send(msg)
+            except OSError as e:
+                raise NotHandedOver(f"the container's init was gone before its job: {e}") \
+                    from e
         except BaseException:
             os.close(out_r)
             os.close(err_r)

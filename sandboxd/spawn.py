@@ -158,7 +158,7 @@ class ContainerSpec:
 def _mount_plan(box_size: int, tmp_size: int, extra_binds: tuple[tuple[str, str], ...],
                 image: str = "", image_store: str = "") -> mounts.MountPlan:
     """Built once per shape (globbing /etc is not free); its compiled form, the plan's
-    memfd, is cached apart (``_plan_fd``)."""
+    memfd, is cached apart (``plan_fd``)."""
     binds = [mounts.Bind(src, dst, optional=True) for src, dst in extra_binds]
     if image:
         from sandboxd.images import Store
@@ -212,7 +212,8 @@ def plan_bytes(spec: ContainerSpec) -> bytes:
                            bpf=seccomp.compile_policy(spec.seccomp_policy))
 
 
-def _plan_fd(spec: ContainerSpec) -> int:
+def plan_fd(spec: ContainerSpec) -> int:
+    """The sealed memfd of ``spec``'s shape's plan, made once per shape (64 kept)."""
     shape = dataclasses.replace(spec, slot=0)
     fd = _PLANS.get(shape)
     if fd is not None:
@@ -235,7 +236,7 @@ def _plan_fd(spec: ContainerSpec) -> int:
     return fd
 
 
-class _ForkServer:
+class ForkServer:
     """The native fork server (native/forkserver.c, ``--forkserver``): one per process that makes
     containers, started at its first container. It clones each init from its own small
     address space instead of this interpreter's, and dies with this process."""
@@ -262,11 +263,25 @@ class _ForkServer:
     def clone(self, ids: identity.IdMap | identity.RootlessMap, ctrl: socket.socket,
               plan_fd: int) -> tuple[int, int]:
         """A new container init with ``ctrl`` as its channel: its pid and a pidfd."""
-        uid_map, gid_map = ids.uid_map().encode(), ids.gid_map().encode()
-        head = struct.pack("=III", self._MAGIC, len(uid_map), len(gid_map))
-        self.sock.sendmsg([head + uid_map + gid_map], [(
-            socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", ctrl.fileno(), plan_fd))])
+        request, fds = self.request(ids, ctrl, plan_fd)
+        self.sock.sendmsg([request], fds)
         data, ancdata, _flags, _addr = self.sock.recvmsg(8, socket.CMSG_SPACE(4))
+        return self.answer(data, ancdata)
+
+    @classmethod
+    def request(cls, ids: identity.IdMap | identity.RootlessMap, ctrl: socket.socket,
+                plan_fd: int) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+        """A clone request (native/forkserver.c's ``fs_request`` and the id maps) and its
+        descriptors, for ``sendmsg``."""
+        uid_map, gid_map = ids.uid_map().encode(), ids.gid_map().encode()
+        head = struct.pack("=III", cls._MAGIC, len(uid_map), len(gid_map))
+        return head + uid_map + gid_map, [(
+            socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", ctrl.fileno(), plan_fd))]
+
+    @staticmethod
+    def answer(data: bytes, ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int]:
+        """The init's pid and pidfd from a clone's reply (``recvmsg``); OSError if none
+        came (EPIPE: the fork server is gone)."""
         fds = [fd for level, kind, raw in ancdata
                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
                for fd in struct.unpack(f"{len(raw) // 4}i", raw[:len(raw) // 4 * 4])]
@@ -281,6 +296,13 @@ class _ForkServer:
             raise OSError(err or errno.EPROTO, f"the fork server could not clone a container: "
                           f"{os.strerror(err or errno.EPROTO)}")
         return pid, fds[0]
+
+    def let_go(self) -> None:
+        """Give up this end of its socket (after sending a copy elsewhere): whoever holds
+        the copy now talks to it, and it exits when they close it. The kernel reaps it
+        (the zygote ignores SIGCHLD)."""
+        atexit.unregister(self.close)
+        self.sock.close()
 
     def close(self, timeout: float = 2.0) -> None:
         """Close its socket (it exits at EOF) and reap it, killing it past ``timeout``."""
@@ -305,7 +327,7 @@ class _ForkServer:
             os.waitpid(self.pid, os.WNOHANG)
 
 
-_FORKSERVER: _ForkServer | None = None
+_FORKSERVER: ForkServer | None = None
 # Every signal a process we start begins with at its default action: the zygote ignores
 # SIGCHLD, Python ignores SIGPIPE and SIGXFSZ, and ignored dispositions survive execve.
 _DEFAULT_SIGNALS = frozenset(range(1, signal.NSIG)) - {signal.SIGKILL, signal.SIGSTOP, 32, 33}
@@ -318,12 +340,12 @@ def spawn(spec: ContainerSpec) -> Spawned:
     id maps; it then carries out the shape's plan (native/init.c, plan.c).
     """
     global _FORKSERVER
-    plan_fd = _plan_fd(spec)
+    plan = plan_fd(spec)
     if _FORKSERVER is None:
-        _FORKSERVER = _ForkServer()
+        _FORKSERVER = ForkServer()
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        pid, pidfd = _FORKSERVER.clone(identity.slot_map(spec.slot), child_sock, plan_fd)
+        pid, pidfd = _FORKSERVER.clone(identity.slot_map(spec.slot), child_sock, plan)
     except OSError:
         parent_sock.close()
         _FORKSERVER.close()  # a fresh one next time

@@ -23,7 +23,7 @@
 #endif
 
 #define FS_SOCK 3 /* to the process that started us (the zygote, or run-once) */
-#define FS_MAGIC 0x53464253u /* "SBFS" (container._ForkServer) */
+#define FS_MAGIC 0x53464253u /* "SBFS" (spawn.ForkServer) */
 
 /* ------------------------------------------------------------ errors */
 

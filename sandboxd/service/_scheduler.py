@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 from collections import Counter, deque
@@ -25,8 +26,9 @@ import trio
 
 from sandboxd import jobs
 from sandboxd.cgroups import CgroupError
-from sandboxd.container import Container, RunStep
+from sandboxd.container import Container, NotHandedOver, RunStep
 from sandboxd.interactive import PairRunner, Ran
+from sandboxd.log import event
 from sandboxd.pool import Pool
 from sandboxd.result import Result, SandboxError
 from sandboxd.spawn import ContainerSpec
@@ -142,24 +144,34 @@ class Scheduler:
                     job.queue_wait = time.monotonic() - t
                     self.queue_waits.append(job.queue_wait)
                 job.state = "running"
-                container = await self.pool.take(spec)
-                job.container = container
                 files = None
-                try:
-                    result = await container.run(step)
-                    if collect and result.verdict == "ok":
-                        files = await container.collect()
-                    if step.artifacts is not None:
-                        await container.collect_artifacts(step.artifacts)
-                except SandboxError as e:
-                    result = Result.sandbox_error(e.reason)
-                except CgroupError as e:  # the host's (a pinned job without cpuset), not the job's
-                    result = Result.sandbox_error(str(e))
-                finally:
-                    job.container = None
-                    # Its job is over and killed; destroying the rest waits until the
-                    # answer is on its way (Job.release), off the critical path.
-                    job.used.append(container)
+                for attempt in (1, 2):  # a second container if the first's init was gone
+                    container = await self.pool.take(spec)
+                    job.container = container
+                    try:
+                        result = await container.run(step)
+                        if collect and result.verdict == "ok":
+                            files = await container.collect()
+                        if step.artifacts is not None:
+                            await container.collect_artifacts(step.artifacts)
+                        break
+                    except NotHandedOver as e:
+                        result = Result.sandbox_error(e.reason)
+                        if attempt == 2 or not step.retryable:
+                            break
+                        event("job_handed_again", logging.WARNING, job=job.ref,
+                              reason=e.reason)
+                    except SandboxError as e:
+                        result = Result.sandbox_error(e.reason)
+                        break
+                    except CgroupError as e:  # the host's (a pinned job without cpuset)
+                        result = Result.sandbox_error(str(e))
+                        break
+                    finally:
+                        job.container = None
+                        # Its job is over and killed; destroying the rest waits until the
+                        # answer is on its way (Job.release), off the critical path.
+                        job.used.append(container)
             return result, files
 
         return run_step

@@ -417,7 +417,7 @@ def _container_run(warm: spawn.WarmStart, step: RunStep | None
     spec = spawn.ContainerSpec(slot=slot, box_size=DEFAULT.box_size,
                                    tmp_size=DEFAULT.tmp_size)
     backend = cgroups.open_backend(f"warm-{os.getpid()}")
-    server = spawn._ForkServer()
+    server = spawn.ForkServer()
     plan_fd = os.memfd_create("sandboxd-test-plan", os.MFD_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

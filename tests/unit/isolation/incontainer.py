@@ -108,7 +108,7 @@ def in_container(argv: Sequence[str], *, policy: str = "default",
     from sandboxd import cgroups
 
     backend = cgroups.open_backend(f"lsm-{os.getpid()}")
-    server = spawn._ForkServer()
+    server = spawn.ForkServer()
     plan_fd = os.memfd_create("sandboxd-test-plan", os.MFD_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

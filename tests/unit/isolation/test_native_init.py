@@ -32,7 +32,7 @@ def _memfd(data: bytes) -> int:
 
 def _run_plan(data: bytes) -> dict:
     """Clone one init on ``data`` (a plan) and return its first message."""
-    server = spawn._ForkServer()
+    server = spawn.ForkServer()
     plan = _memfd(data)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     allocator = slots.SlotAllocator()  # a slot no other container of the host uses
