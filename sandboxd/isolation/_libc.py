@@ -12,7 +12,10 @@ This module knows nothing of containers, jobs, sockets or trio.
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import os
+import sys
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -92,8 +95,29 @@ def landlock_abi_version() -> int:
                   "landlock_create_ruleset")
 
 
+# PIDFD_GET_INFO (Linux 6.13): _IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info), the
+# struct's first version (64 bytes: mask, cgroupid, pid, ...); None once refused (older).
+_PIDFD_GET_INFO: int | None = (3 << 30) | (64 << 16) | (0xFF << 8) | 11
+
+
 def pidfd_pid(pidfd: int) -> int:
-    """The pid (in our pid namespace) that a pidfd refers to, from its fdinfo; -1 once reaped."""
+    """The pid (in our pid namespace) that a pidfd refers to; -1 once reaped.
+
+    One ioctl (~1.6 µs here) where the kernel has PIDFD_GET_INFO; else its fdinfo, read
+    with open() (~12 µs: five system calls and Python's file objects), once per
+    container made."""
+    global _PIDFD_GET_INFO
+    if _PIDFD_GET_INFO is not None:
+        info = bytearray(64)
+        try:
+            fcntl.ioctl(pidfd, _PIDFD_GET_INFO, info)
+            return int.from_bytes(info[16:20], sys.byteorder)
+        except ProcessLookupError:
+            return -1
+        except OSError as e:
+            if e.errno not in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            _PIDFD_GET_INFO = None  # a kernel before 6.13: fdinfo from now on
     with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
         for line in f:
             if line.startswith(b"Pid:"):
