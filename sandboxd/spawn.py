@@ -28,8 +28,9 @@ the init exits, the kernel kills whatever is left in the namespace.
 
 Messages with the supervisor (``sandboxd.channel`` frames), from the init:
 ``ready`` (+ pidfd of the job process), ``warmed`` (a warm runtime waits for the
-job), ``started`` (monotonic t0 of the hand-over, which starts the wall clock),
-``exited`` (wait status, t0 again and t1 of the reaping), ``error`` (where,
+job), ``started`` (monotonic t0 of the hand-over, which starts the wall clock;
+sent only once the job has run 2 ms, so a shorter job costs the supervisor one
+wake-up, not two), ``exited`` (wait status, t0 again and t1 of the reaping), ``error`` (where,
 message; and step, errno when the job process failed before its execve); to it:
 ``warm`` (a warm runtime to start, ``WarmStart``: its request, and ``boot``
 bytes the init writes after it on the job process's socket for the started

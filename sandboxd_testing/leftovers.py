@@ -208,6 +208,20 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def descendants_named(pid: int, name: str) -> set[int]:
+    """The processes below ``pid`` whose name (``/proc/PID/comm``) is ``name``, e.g. the
+    fork servers, ``sandboxd-forks``."""
+    found = set()
+    for child in descendants(pid):
+        try:
+            with open(f"/proc/{child}/comm") as f:
+                if f.read().strip() == name:
+                    found.add(child)
+        except OSError:
+            pass  # gone meanwhile
+    return found
+
+
 def warm_containers(daemon_pid: int) -> set[int]:
     """Pids of the daemon's *unused* containers: an init (the container root's uid of its
     slot) whose only child is the job process (sandboxd-jobexec), waiting under the job

@@ -243,18 +243,6 @@ def test_pool_refills_after_a_burst_and_no_fd_leak(tmp_path):
         assert st.counters["pool_hits"] >= 4 and st.counters["cgroups_recycled"] >= 12
 
 
-def _fork_servers(daemon: Daemon) -> set[int]:
-    found = set()
-    for pid in leftovers.descendants(daemon.proc.pid):
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == "sandboxd-forks":
-                    found.add(pid)
-        except OSError:
-            pass  # gone meanwhile
-    return found
-
-
 def test_a_killed_fork_server_is_replaced_and_no_job_fails(tmp_path):
     """The supervisor has its containers cloned by the native fork server directly (the
     zygote starts it and hands over its socket). Killed, it takes its warm containers
@@ -264,13 +252,13 @@ def test_a_killed_fork_server_is_replaced_and_no_job_fails(tmp_path):
         d.wait_warm()
         c = d.connect()
         assert c.run("a", files={"main.sh": b"echo a"}).steps[0].stdout == b"a\n"
-        old = _fork_servers(d)
+        old = leftovers.descendants_named(d.proc.pid, "sandboxd-forks")
         assert len(old) == 1, old
         os.kill(next(iter(old)), signal.SIGKILL)
         for i in range(6):
             r = c.run(f"b{i}", files={"main.sh": f"echo b{i}".encode()})
             assert r.steps[0].verdict == "ok" and r.steps[0].stdout == f"b{i}\n".encode(), r
-        new = _fork_servers(d)
+        new = leftovers.descendants_named(d.proc.pid, "sandboxd-forks")
         assert len(new) == 1 and not new & old, (old, new)
         d.wait_warm()
 

@@ -195,27 +195,10 @@ def _evict(path: str) -> None:
         os.close(fd)
 
 
-@pytest.fixture
-def zygote_proc():  # type: ignore[no-untyped-def]
-    """A zygote started before the test's trio loop (ZygoteClient.aclose ends it)."""
-    import signal
-
-    from sandboxd import zygote
-
-    proc = zygote.start()
-    yield proc
-    try:
-        os.kill(proc.pid, signal.SIGKILL)
-        os.waitpid(proc.pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
-
-
 @pytest.mark.slow
-async def test_fifty_containers_share_one_copy_of_the_layers(images, zygote_proc) -> None:  # type: ignore[no-untyped-def]
+async def test_fifty_containers_share_one_copy_of_the_layers(images, made) -> None:  # type: ignore[no-untyped-def]
     import trio
 
-    from sandboxd import cgroups, zygote
     from sandboxd.container import Container, RunStep
     from sandboxd.limits import DEFAULT
     from sandboxd.spawn import ContainerSpec
@@ -225,36 +208,27 @@ async def test_fifty_containers_share_one_copy_of_the_layers(images, zygote_proc
     big = os.path.join(store.layer_path(image.layers[0].diff_id), "data/big")
     disk_before = store.disk_usage()
     _evict(big)
-    client = zygote.ZygoteClient(zygote_proc)
-    backend = cgroups.open_backend(f"imgtest-{os.getpid()}")
-    boxes: list[Container] = []
-    try:
-        mem0 = _meminfo()
-        for i in range(50):
-            spawned = await client.spawn(ContainerSpec(
-                slot=7000 + i, box_size=4 * MiB, tmp_size=4 * MiB, image=image.id,
-                image_store=store.path))
-            boxes.append(Container(spawned, backend.create(f"sandboxd-img-{i}")))
-        async with trio.open_nursery() as nursery:
-            for box in boxes:
-                nursery.start_soon(box.wait_ready)
-        mem1 = _meminfo()
-        assert len(_mounted()[image.hex]) >= 50  # 50 inits and their job processes
-        peaks = []
+    boxes: list[Container] = made.boxes  # destroyed afterwards by the fixture
+    mem0 = _meminfo()
+    for i in range(50):
+        spawned = await made.client.spawn(ContainerSpec(
+            slot=7000 + i, box_size=4 * MiB, tmp_size=4 * MiB, image=image.id,
+            image_store=store.path))
+        boxes.append(Container(spawned, made.backend.create(f"sandboxd-img-{i}")))
+    async with trio.open_nursery() as nursery:
         for box in boxes:
-            result = await box.run(RunStep(argv=["/bin/sh", "-c", "cat /data/big >/dev/null"],
-                                           limits=DEFAULT, env={"PATH": "/bin"}))
-            assert result.verdict == "ok", result
-            peaks.append(result.memory_peak)
-        mem2 = _meminfo()
-        resident = _resident(big)
-        disk_after = store.disk_usage()
-    finally:
-        with trio.CancelScope(shield=True):
-            for box in boxes:
-                await box.destroy()
-            await client.aclose()
-            backend.close()
+            nursery.start_soon(box.wait_ready)
+    mem1 = _meminfo()
+    assert len(_mounted()[image.hex]) >= 50  # 50 inits and their job processes
+    peaks = []
+    for box in boxes:
+        result = await box.run(RunStep(argv=["/bin/sh", "-c", "cat /data/big >/dev/null"],
+                                       limits=DEFAULT, env={"PATH": "/bin"}))
+        assert result.verdict == "ok", result
+        peaks.append(result.memory_peak)
+    mem2 = _meminfo()
+    resident = _resident(big)
+    disk_after = store.disk_usage()
     per_container = (mem0["MemAvailable"] - mem1["MemAvailable"]) / 50
     cached = mem2["Cached"] - mem1["Cached"]
     print(f"\n50 containers of one image: store on disk {disk_before / MiB:.1f} MiB before, "

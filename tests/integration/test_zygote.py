@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,30 +22,8 @@ pytestmark = pytest.mark.root
 MiB = 1 << 20
 
 
-@pytest.fixture
-def zygote_proc() -> Iterator[object]:
-    """A zygote started before the test's trio loop (ZygoteClient.aclose ends it)."""
-    from sandboxd import zygote
-
-    proc = zygote.start()
-    yield proc
-    try:
-        os.kill(proc.pid, signal.SIGKILL)
-        os.waitpid(proc.pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
-
-
 def _fork_servers(zygote_pid: int) -> set[int]:
-    found = set()
-    for pid in leftovers.descendants(zygote_pid):
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == "sandboxd-forks":
-                    found.add(pid)
-        except OSError:
-            pass  # gone meanwhile
-    return found
+    return leftovers.descendants_named(zygote_pid, "sandboxd-forks")
 
 
 def _wait_dead(pidfd: int) -> None:
@@ -55,70 +32,85 @@ def _wait_dead(pidfd: int) -> None:
     assert poller.poll(10_000), "the process did not die"
 
 
-async def test_a_dead_fork_server_is_replaced_inside_the_next_spawn(zygote_proc) -> None:  # type: ignore[no-untyped-def]
-    import trio
-
-    from sandboxd import cgroups, zygote
+async def test_a_dead_fork_server_is_replaced_inside_the_next_spawn(made, zygote_proc) -> None:  # type: ignore[no-untyped-def]
     from sandboxd.container import Container, RunStep
     from sandboxd.limits import DEFAULT
     from sandboxd.spawn import ContainerSpec
 
-    client = zygote.ZygoteClient(zygote_proc)
-    backend = cgroups.open_backend(f"zytest-{os.getpid()}")
-    boxes: list[Container] = []
-    try:
-        for i in range(2):
-            spawned = await client.spawn(ContainerSpec(slot=7200 + i, box_size=MiB,
-                                                       tmp_size=MiB))
-            boxes.append(Container(spawned, backend.create(f"sandboxd-zy-{i}")))
-            if i == 0:
-                await boxes[0].wait_ready()
-                (first,) = _fork_servers(zygote_proc.pid)
-                server_fd = os.pidfd_open(first)
-                try:
-                    signal.pidfd_send_signal(server_fd, signal.SIGKILL)
-                    _wait_dead(server_fd)
-                finally:
-                    os.close(server_fd)
-                _wait_dead(boxes[0].pidfd)  # its inits die with it
-        await boxes[1].wait_ready()
-        (second,) = _fork_servers(zygote_proc.pid)
-        assert second != first
-        result = await boxes[1].run(RunStep(argv=["/bin/sh", "-c", "echo made"],
-                                            limits=DEFAULT, env={"PATH": "/bin"}))
-        assert result.verdict == "ok" and result.stdout == b"made\n", result
-    finally:
-        with trio.CancelScope(shield=True):
-            for box in boxes:
-                await box.destroy()
-            await client.aclose()
-            backend.close()
+    for i in range(2):
+        spawned = await made.client.spawn(ContainerSpec(slot=7200 + i, box_size=MiB,
+                                                        tmp_size=MiB))
+        made.boxes.append(Container(spawned, made.backend.create(f"sandboxd-zy-{i}")))
+        if i == 0:
+            await made.boxes[0].wait_ready()
+            (first,) = _fork_servers(zygote_proc.pid)
+            server_fd = os.pidfd_open(first)
+            try:
+                signal.pidfd_send_signal(server_fd, signal.SIGKILL)
+                _wait_dead(server_fd)
+            finally:
+                os.close(server_fd)
+            _wait_dead(made.boxes[0].pidfd)  # its inits die with it
+    await made.boxes[1].wait_ready()
+    (second,) = _fork_servers(zygote_proc.pid)
+    assert second != first
+    result = await made.boxes[1].run(RunStep(argv=["/bin/sh", "-c", "echo made"],
+                                             limits=DEFAULT, env={"PATH": "/bin"}))
+    assert result.verdict == "ok" and result.stdout == b"made\n", result
 
 
-async def test_an_init_gone_before_its_job_is_not_handed_over(zygote_proc) -> None:  # type: ignore[no-untyped-def]
-    import trio
-
-    from sandboxd import cgroups, zygote
+async def test_an_init_gone_before_its_job_is_not_handed_over(made) -> None:  # type: ignore[no-untyped-def]
     from sandboxd.container import Container, NotHandedOver, RunStep
     from sandboxd.limits import DEFAULT
     from sandboxd.spawn import ContainerSpec
 
-    client = zygote.ZygoteClient(zygote_proc)
-    backend = cgroups.open_backend(f"zytest-{os.getpid()}")
-    box = None
-    try:
-        spawned = await client.spawn(ContainerSpec(slot=7210, box_size=MiB, tmp_size=MiB))
-        box = Container(spawned, backend.create("sandboxd-zy-gone"))
+    spawned = await made.client.spawn(ContainerSpec(slot=7210, box_size=MiB, tmp_size=MiB))
+    box = Container(spawned, made.backend.create("sandboxd-zy-gone"))
+    made.boxes.append(box)
+    await box.wait_ready()
+    signal.pidfd_send_signal(box.pidfd, signal.SIGKILL)
+    _wait_dead(box.pidfd)
+    step = RunStep(argv=["/bin/true"], limits=DEFAULT)
+    assert step.retryable
+    with pytest.raises(NotHandedOver, match="gone before its job"):
+        await box.run(step)
+
+
+async def test_a_job_that_ends_within_2_ms_is_reported_in_one_message(made) -> None:  # type: ignore[no-untyped-def]
+    """The init says "started" only once the job has run 2 ms (native/init.c), so that a
+    short job wakes the supervisor once: "exited" carries the hand-over's time too."""
+    from sandboxd.container import Container, RunStep
+    from sandboxd.limits import DEFAULT
+    from sandboxd.spawn import ContainerSpec
+
+    async def run(slot: int, argv: list[str]) -> tuple[list[str], float]:
+        box = Container(await made.client.spawn(ContainerSpec(slot=slot, box_size=MiB,
+                                                              tmp_size=MiB)),
+                        made.backend.create(f"sandboxd-zy-{slot}"))
+        made.boxes.append(box)
         await box.wait_ready()
-        signal.pidfd_send_signal(box.pidfd, signal.SIGKILL)
-        _wait_dead(box.pidfd)
-        step = RunStep(argv=["/bin/true"], limits=DEFAULT)
-        assert step.retryable
-        with pytest.raises(NotHandedOver, match="gone before its job"):
-            await box.run(step)
-    finally:
-        with trio.CancelScope(shield=True):
-            if box is not None:
-                await box.destroy()
-            await client.aclose()
-            backend.close()
+        kinds: list[str] = []
+        chan, recv_nowait = box.chan, box.chan.recv_nowait
+
+        async def recording() -> tuple[dict, list[int]] | None:
+            got = await recv_nowait()
+            if got is not None:
+                kinds.append(got[0]["t"])
+            return got
+
+        chan.recv_nowait = recording  # type: ignore[method-assign]
+        result = await box.run(RunStep(argv=argv, limits=DEFAULT))
+        assert result.verdict == "ok", result
+        return kinds, result.wall_time
+
+    kinds, wall = await run(7220, ["/bin/sleep", "0.05"])
+    assert kinds == ["started", "exited"] and wall >= 0.05
+    alone = 0
+    for i in range(5):
+        kinds, wall = await run(7221 + i, ["/bin/true"])
+        if kinds == ["exited"]:
+            assert wall < 0.0025, wall
+            alone += 1
+        else:
+            assert kinds == ["started", "exited"] and wall >= 0.0015, (kinds, wall)
+    assert alone >= 1
