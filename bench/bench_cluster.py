@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -271,10 +272,14 @@ def main() -> int:
 
     seconds = 0.5 if a.quick else a.seconds
     reps = 1 if a.quick else a.reps
-    out = measure(tmp, make_node, rounds=5 if a.quick else a.rounds,
-                  warmup=1 if a.quick else 5, seconds=seconds, reps=reps,
-                  concurrency=(1, 8) if a.quick else (1, 8, 32),
-                  log=lambda m: print(m, file=sys.stderr, flush=True), redis_alone_on=a.redis_cpu)
+    try:
+        out = measure(tmp, make_node, rounds=5 if a.quick else a.rounds,
+                      warmup=1 if a.quick else 5, seconds=seconds, reps=reps,
+                      concurrency=(1, 8) if a.quick else (1, 8, 32),
+                      log=lambda m: print(m, file=sys.stderr, flush=True),
+                      redis_alone_on=a.redis_cpu)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     s = summary(out)
     print("\n".join(markdown(out, s, seconds, reps)))
     for t in targets(s):

@@ -28,6 +28,7 @@ per window and as the median, with its idle CPU per second for reference.
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import statistics
 import sys
@@ -204,6 +205,7 @@ def main() -> int:
         return 0
     finally:
         redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import signal
 import statistics
 import subprocess
@@ -25,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import _common  # noqa: F401  (puts the repository on sys.path, for sandboxd_testing)
 
 from sandboxd_client import Client
 from sandboxd_testing.redis_server import RedisServer
@@ -209,6 +212,7 @@ def main() -> int:
         if node is not None:
             node.close()
         redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ import argparse
 import http.client
 import json
 import math
+import shutil
 import socket
 import statistics
 import sys
@@ -516,6 +517,7 @@ def main() -> int:
                       log=lambda m: print(m, file=sys.stderr, flush=True), client=a.client)
     finally:
         d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     s = summary(out)
     print("\n".join(markdown(out, s, 0.25 if a.quick else a.seconds, 1 if a.quick else a.reps)))
     for t in targets(s):

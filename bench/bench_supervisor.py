@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -95,6 +96,7 @@ def child(tree: Path, jobs: int, clients: int, cpus: str | None) -> dict[str, fl
         for d in (acct, cpuset):
             if d is not None:
                 rmdir_cgroup(d, time.monotonic() + 10)
+        shutil.rmtree(tmp, ignore_errors=True)  # the daemon's state and log
 
 
 def main() -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -112,6 +113,7 @@ def child(workers: int, cpus: str, jobs: int, clients: int) -> dict[str, float]:
         from _peers import rmdir_cgroup
         for d in (acct, cpuset):
             rmdir_cgroup(d, time.monotonic() + 10)
+        shutil.rmtree(tmp, ignore_errors=True)  # the daemon's state and log
 
 
 def main() -> int:
