@@ -235,7 +235,8 @@ class RedisBridge:
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call()`` again while Redis is away (a restart takes it a second or two), up to
-        ``_RETRY_FOR`` s: for idempotent commands only. A cancel or a ping that met a
+        ``_RETRY_FOR`` s: for commands whose repetition is harmless, idempotent ones and
+        the submit (a job queued twice is answered once). A cancel or a ping that met a
         restart would otherwise end the client's whole connection."""
         import anyio
         import redis.exceptions
@@ -275,10 +276,18 @@ class RedisBridge:
             self.ids[sub.id] = cid
             # The queue's length checked and the job added in one round trip (a script),
             # with the reply stream's read when the job path can take it.
-            got = await self._path.submit(record) if self._path is not None else None
+            # A submit cut by a lost connection (Redis restarting) may or may not have
+            # queued the job: it is sent again, under the same id, while Redis comes back
+            # (``_retrying``). Refused instead, a job queued all the same would run for
+            # nobody; sent twice, it runs at least once and is answered once (the answer
+            # is stored once per id, docs/cluster.md "Delivery guarantees").
+            try:
+                got = await self._path.submit(record) if self._path is not None else None
+            except ConnectionError:
+                got = None
             if got is None:
-                got = await self._submit_script(
-                    keys=[cluster.JOBS], args=[self.max_queue, record, self.submitter])
+                got = await self._retrying(lambda: self._submit_script(
+                    keys=[cluster.JOBS], args=[self.max_queue, record, self.submitter]))
             queued, n = got
             if not queued:
                 self.jobs.pop(cid, None)

@@ -160,6 +160,27 @@ def test_redis_restarted_mid_run_loses_no_accepted_job(tmp_path, redis_server):
         assert [r.text for r in results] == [f"job-{i}\n" for i in range(8)]
 
 
+def test_a_job_submitted_while_redis_restarts_is_queued_once_it_is_back(tmp_path,
+                                                                        redis_server):
+    """A submit that meets a restarting Redis is sent again (same id) until Redis is
+    back, not refused: a refused submit whose job Redis had queued all the same would
+    run for nobody (seen in the cluster soak: one stored answer more than accepted)."""
+    import threading
+
+    with node(tmp_path, redis_server, "n1"), Client(redis_server.url) as c:
+        assert c.run("bash", job_source(0, 0)).text == "job-0\n"
+        redis_server.stop()
+        back = threading.Timer(1.0, redis_server.start)
+        back.start()
+        try:
+            jobs = [c.submit("bash", job_source(i, 0)) for i in range(1, 4)]  # Redis away
+        finally:
+            back.join()
+        assert [j.result(timeout=120).text for j in jobs] == [f"job-{i}\n" for i in (1, 2, 3)]
+        stored = cli(redis_server, "KEYS", f"{cluster.PREFIX}result:*").split()
+        assert len(stored) == 4, stored  # one answer per job, the duplicates' included
+
+
 def test_every_connection_killed_mid_run_loses_no_job(tmp_path, redis_server):
     """Redis drops every client (``CLIENT KILL``) while jobs run and wait: the submitter's
     job path (submits written with its reply stream's read) and the node's (answers

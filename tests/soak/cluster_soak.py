@@ -8,7 +8,8 @@ What it checks, and reports as counts:
   get, even when the node running it was killed (another node reruns it after the
   claim time) or Redis restarted (its append-only file keeps the queue);
 - exactly one stored answer per accepted job, nothing left queued or pending;
-- a submission refused while Redis was down is a clear error, not a hang;
+- a submission that meets the Redis restart waits for Redis (sent again), and one
+  refused after that wait would be a clear error, not a hang;
 - afterwards: both nodes exit 0, nothing of theirs is left (processes, cgroups,
   mounts), and their logs hold no error but the Redis outage's warnings.
 

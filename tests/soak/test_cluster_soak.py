@@ -34,8 +34,9 @@ def test_cluster_soak_with_a_node_killed_and_redis_restarted(tmp_path: Path) -> 
     assert report.submitted == 200
     assert not report.lost, report.lost[:10]
     assert not report.wrong, report.wrong[:10]
-    # Jobs submitted while Redis is down are refused with a clear error (how many depends
-    # on how fast the submitters are: 64 of 200 here); every accepted one is answered.
+    # Jobs submitted while Redis restarts wait for it (their submit is sent again, up to
+    # 15 s: all 200 accepted here; before, 58-64 were refused, and once a refused one had
+    # been queued all the same and ran for nobody); every accepted one is answered.
     assert report.answered == report.accepted >= 100, report.summary()
     assert report.stored_answers == report.accepted, report.summary()  # 0 duplicated
     assert report.queued_left == 0 and report.pending_left == 0, report.summary()
