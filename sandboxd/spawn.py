@@ -198,7 +198,7 @@ def _init_path() -> str:
 # The plan of each shape, in a sealed memfd every clone of that shape reads (the zygote
 # makes few shapes; the oldest is closed past this many).
 _PLANS: collections.OrderedDict[ContainerSpec, int] = collections.OrderedDict()
-_MAX_PLANS = 64
+MAX_PLANS = 64
 
 
 def plan_bytes(spec: ContainerSpec) -> bytes:
@@ -232,7 +232,7 @@ def plan_fd(spec: ContainerSpec) -> int:
         os.close(fd)
         raise
     _PLANS[shape] = fd
-    if len(_PLANS) > _MAX_PLANS:
+    if len(_PLANS) > MAX_PLANS:
         os.close(_PLANS.popitem(last=False)[1])
     return fd
 

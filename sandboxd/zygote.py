@@ -11,8 +11,7 @@ The supervisor then asks the fork server for each container itself: one
 exchange per container instead of two, and none of this interpreter's CPU (a
 relay through it cost ~0.19 ms per container, 4 % of all of sandboxd's CPU per
 ``/bin/true`` job). It never waits for a container to become ready; the
-supervisor does that asynchronously. (``spawn`` requests, the old way, are
-still served: one container made here.)
+supervisor does that asynchronously.
 
 Inits are the native fork server's children, and it ignores SIGCHLD so the
 kernel reaps them. The zygote dies with the supervisor (PR_SET_PDEATHSIG, and
@@ -40,12 +39,12 @@ from sandboxd import channel, slots
 from sandboxd.isolation import _libc, identity
 from sandboxd.result import SandboxError
 from sandboxd.spawn import (
+    MAX_PLANS,
     ContainerSpec,
     ForkServer,
     Spawned,
     keep_only_fds,
     plan_fd,
-    spawn,
 )
 
 
@@ -118,33 +117,23 @@ def _serve(sock: socket.socket, keep: set[int]) -> int:
         except (channel.ChannelClosed, OSError):
             return 0
         req, kind = msg.get("id"), msg.get("t")
-        if kind not in ("spawn", "plan", "forkserver"):
-            channel.send(sock, {"t": "error", "id": req, "message": f"unknown request {msg!r}"})
-            continue
         try:
             if kind == "plan":
                 # The memfd stays cached here (spawn._PLANS); the supervisor gets a copy.
                 channel.send(sock, {"t": "plan", "id": req},
                              [plan_fd(ContainerSpec.from_wire(msg["spec"]))])
-                continue
-            if kind == "forkserver":
+            elif kind == "forkserver":
                 server = ForkServer()
                 try:
                     channel.send(sock, {"t": "forkserver", "id": req, "pid": server.pid},
                                  [server.sock.fileno()])
                 finally:
                     server.let_go()
-                continue
-            spawned = spawn(ContainerSpec.from_wire(msg["spec"]))
+            else:
+                channel.send(sock, {"t": "error", "id": req,
+                                    "message": f"unknown request {msg!r}"})
         except Exception as e:
             channel.send(sock, {"t": "error", "id": req, "message": f"{type(e).__name__}: {e}"})
-            continue
-        try:
-            channel.send(sock, {"t": "spawned", "id": req, "pid": spawned.pid},
-                         [spawned.pidfd, spawned.sock.fileno()])
-        finally:
-            os.close(spawned.pidfd)
-            spawned.sock.close()
 
 
 # How long the zygote may take to answer a spawn request before it is presumed stuck.
@@ -200,29 +189,10 @@ class ZygoteClient:
                     with trio.fail_after(SPAWN_TIMEOUT):
                         plan = await self._plan(spec)
                         ids = identity.slot_map(spec.slot)
-                        for attempt in (1, 2):  # a fork server found dead is replaced once
-                            if self._server is None:
-                                _msg, fds = await self._ask({"t": "forkserver"}, "forkserver",
-                                                            1)
-                                self._server = socket.socket(fileno=fds[0])
-                                self._server.setblocking(False)
-                            try:
-                                ours, theirs = socket.socketpair(socket.AF_UNIX,
-                                                                 socket.SOCK_STREAM)
-                            except OSError as e:  # out of descriptors: this container only
-                                raise _Refused(f"the container's channel: {e}") from e
-                            try:
-                                pid, pidfd = await self._clone(self._server, ids, theirs, plan)
-                                break
-                            except _ServerGone:
-                                ours.close()
-                                if attempt == 2:
-                                    raise
-                            except BaseException:
-                                ours.close()
-                                raise
-                            finally:
-                                theirs.close()
+                        try:
+                            pid, pidfd, ours = await self._clone(ids, plan)
+                        except _ServerGone:  # replaced once: its inits died with it
+                            pid, pidfd, ours = await self._clone(ids, plan)
                 except trio.TooSlowError as e:
                     self._broken = True
                     raise SandboxError(f"the zygote or fork server is stuck: {e!r}") from e
@@ -248,7 +218,7 @@ class ZygoteClient:
         return got, fds
 
     async def _plan(self, spec: ContainerSpec) -> int:
-        """The plan memfd of ``spec``'s shape, asked of the zygote once (64 kept, as there)."""
+        """The plan memfd of ``spec``'s shape, asked of the zygote once (``MAX_PLANS`` kept)."""
         shape = dataclasses.replace(spec, slot=0)
         fd = self._plans.get(shape)
         if fd is not None:
@@ -256,30 +226,47 @@ class ZygoteClient:
             return fd
         _msg, fds = await self._ask({"t": "plan", "spec": spec.to_wire()}, "plan", 1)
         self._plans[shape] = fds[0]
-        if len(self._plans) > 64:
+        if len(self._plans) > MAX_PLANS:
             os.close(self._plans.popitem(last=False)[1])
         return fds[0]
 
-    async def _clone(self, server: socket.socket, ids: identity.IdMap | identity.RootlessMap,
-                     ctrl: socket.socket, plan: int) -> tuple[int, int]:
-        """One container init from the fork server (spawn.ForkServer.clone, awaited)."""
+    async def _clone(self, ids: identity.IdMap | identity.RootlessMap,
+                     plan: int) -> tuple[int, int, socket.socket]:
+        """One container init from the fork server (asked of the zygote first if there is
+        none): its pid, its pidfd and our end of its channel."""
         import trio
 
-        request, fds = ForkServer.request(ids, ctrl, plan)
+        if self._server is None:
+            _msg, fds = await self._ask({"t": "forkserver"}, "forkserver", 1)
+            self._server = socket.socket(fileno=fds[0])
+            self._server.setblocking(False)
+        server = self._server
         try:
-            server.sendmsg([request], fds, socket.MSG_DONTWAIT)  # a few hundred bytes
-            await trio.lowlevel.wait_readable(server)
-            reply = server.recvmsg(8, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
-        except OSError as e:
-            self._lose_server()
-            raise _ServerGone(f"the container fork server is gone: {e}") from e
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as e:  # out of descriptors: this container only
+            raise _Refused(f"the container's channel: {e}") from e
         try:
-            return ForkServer.answer(*reply[:2])
-        except OSError as e:
-            if e.errno == errno.EPIPE:  # it died (its inits with it): a fresh one
+            request, fds = ForkServer.request(ids, theirs, plan)
+            try:
+                server.sendmsg([request], fds, socket.MSG_DONTWAIT)  # a few hundred bytes
+                await trio.lowlevel.wait_readable(server)
+                reply = server.recvmsg(8, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+            except OSError as e:
                 self._lose_server()
-                raise _ServerGone(str(e)) from e
-            raise _Refused(str(e)) from e
+                raise _ServerGone(f"the container fork server is gone: {e}") from e
+            try:
+                pid, pidfd = ForkServer.answer(*reply[:2])
+            except OSError as e:
+                if e.errno == errno.EPIPE:  # it died (its inits with it): a fresh one
+                    self._lose_server()
+                    raise _ServerGone(str(e)) from e
+                raise _Refused(str(e)) from e
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return pid, pidfd, ours
 
     def _lose_server(self) -> None:
         if self._server is not None:
