@@ -33,6 +33,7 @@ from typing import Any
 
 import coredis
 import trio
+from coredis.exceptions import ConnectionError as RedisConnectionError
 
 import sandboxd_protocol as proto
 from sandboxd import jobs
@@ -50,6 +51,7 @@ from ._wire import job_outcome, job_submission
 
 _REFRESH = 1.0  # seconds between reads of the nodes' announcements
 _TTL = 24 * 3600  # of a cancel key and a stdin stream
+_SUBMIT_RETRY_FOR = 15.0  # s: how long a submit waits for Redis to come back
 DEFAULT_MAX_QUEUE = 10_000  # jobs waiting or running in the cluster: past it, busy
 
 
@@ -94,14 +96,32 @@ class _Link:
                 out.send_nowait(ev)  # unbounded: the reader never waits on one job
 
     async def submit(self, sub: proto.JobSubmission) -> proto.ErrorReport | None:
-        """Queue ``sub`` (its id is the wire id); a refusal as an error report."""
-        try:
-            queued, n = await self._submit_script(
-                keys=[cluster.JOBS],
-                args=[self.max_queue, cluster.pack(sub), self.submitter])
-        except Exception as e:
+        """Queue ``sub`` (its id is the wire id); a refusal as an error report.
+
+        A submit cut by a lost connection (Redis restarting) may or may not have
+        queued the job: it is sent again, under the same id, while Redis comes back
+        (up to ``_SUBMIT_RETRY_FOR`` s), as the cluster client does. Refused instead, a
+        job Redis had queued all the same would run for nobody; sent twice, it runs at
+        least once and is answered once (docs/cluster.md, "Delivery guarantees").
+        """
+        record = cluster.pack(sub)
+        delay = 0.05
+        deadline = trio.current_time() + _SUBMIT_RETRY_FOR
+        while True:
+            try:
+                queued, n = await self._submit_script(
+                    keys=[cluster.JOBS], args=[self.max_queue, record, self.submitter])
+                break
+            except (RedisConnectionError, TimeoutError) as e:
+                if trio.current_time() < deadline:
+                    await trio.sleep(delay)
+                    delay = min(1.0, delay * 2)
+                    continue
+                error: Exception = e
+            except Exception as e:
+                error = e
             return proto.ErrorReport(code="internal_error", id=sub.id, message=(
-                f"cannot queue the job in Redis at {redacted(self.url)}: {e}"))
+                f"cannot queue the job in Redis at {redacted(self.url)}: {error}"))
         if not queued:
             return proto.ErrorReport(code="server_busy", id=sub.id, message=(
                 f"the cluster's queue holds {n} jobs (max_queue={self.max_queue})"))

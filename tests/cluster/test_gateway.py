@@ -282,6 +282,25 @@ def test_the_gateway_runs_nothing_itself(cluster):
     assert ran >= log.count("via=cluster") - log.count("verdict=cancelled")
 
 
+def test_a_job_posted_while_redis_restarts_is_answered_once_it_is_back(cluster):
+    """The gateway sends a submit that meets a restarting Redis again (same id) until
+    Redis is back, as the cluster client does, rather than answering internal_error: a
+    refused submit whose job Redis had queued all the same would run for nobody."""
+    import threading
+
+    redis = cluster["redis"]
+    redis.stop()
+    back = threading.Timer(1.0, redis.start)
+    back.start()
+    try:
+        r = cluster["gw"].post("/v1/jobs", json={
+            "profile": "bash", "files": {"main.sh": "echo back"}})
+    finally:
+        back.join()
+    assert r.status_code == 200, r.text
+    assert r.json()["steps"][0]["stdout"] == "back\n", r.json()
+
+
 def test_unreachable_redis_fails_the_gateway_clearly(tmp_path):
     gw = Gateway(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
     proc = subprocess.run([sys.executable, "-m", "sandboxd", "gateway", "--config",
