@@ -40,6 +40,7 @@ from sandboxd.isolation import _libc, rlimits
 from sandboxd.limits import Limits
 from sandboxd.result import Measured, Result, SandboxError, decide
 from sandboxd.spawn import Spawned, WarmStart, job_env, job_message, warm_message
+from sandboxd.uncontended import held
 from sandboxd.workspace import Artifacts, Upload, collect, unpack
 
 OutputCallback = Callable[[str, bytes], Awaitable[None]]
@@ -92,8 +93,19 @@ class RunStep:
 
 class NotHandedOver(SandboxError):
     """The container's init was gone before it got the job (its fork server died, say,
-    taking every warm init with it, between the pool's check and the hand-over):
-    nothing of the job ran, so a ``retryable`` step may go to another container."""
+    taking every warm init with it, between the pool's check and the hand-over), or died
+    under it before any of its output went out (to a streaming callback): nothing of the
+    job ran, or nothing anyone saw (its container, /box and all, is gone), so a
+    ``retryable`` step may run again on another container, as if the first never was.
+
+    The second case is the same race one step later: the init's socket took the job
+    (its buffer did) while the SIGKILL its fork server's death sends it was pending.
+    An init dies under a job only by the sandbox's own failure: the job cannot signal
+    it (PID 1 of its namespace, another uid) nor charge it memory (not in its cgroup)."""
+
+
+class _InitGone(SandboxError):
+    """The init's channel closed while a job ran: the init died."""
 
 
 @dataclass(slots=True)
@@ -119,6 +131,7 @@ class Container:
         self.created = spawned.created
         self.cgroup = cgroup
         self.job_uid = spawned.job_uid
+        self.server = spawned.server  # its fork server: this container dies with it
         self.chan = channel.AsyncChannel(spawned.sock)
         self.job_pid: int | None = None
         self.slot = -1  # the uid slot, when a pool allocated one
@@ -141,7 +154,12 @@ class Container:
     async def wait_ready(self, warm: WarmStart | None = None) -> None:
         """Wait until the init has built the container and the job process waits for a job;
         with ``warm``, until that interpreter has started and waits for it instead."""
-        msg, fds = await self.chan.recv()
+        try:
+            msg, fds = await self.chan.recv()
+        except (channel.ChannelClosed, OSError) as e:
+            # Its init died while it set up (its fork server killed, say): this container
+            # fails, typed, and the pool makes another; raw, it ended the whole daemon.
+            raise SandboxError(f"container setup failed: the init died: {e}") from e
         if msg.get("t") != "ready" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
@@ -153,7 +171,11 @@ class Container:
             os.close(fds[0])
         if self.job_pid <= 0:
             raise SandboxError("container setup failed: the job process died before its job")
-        await _move(self.cgroup, self.job_pid)
+        try:
+            await _move(self.cgroup, self.job_pid)
+        except CgroupError as e:  # it died since (its init killed, say): typed, as above
+            raise SandboxError(f"container setup failed: moving its job process into its "
+                               f"cgroup: {e}") from e
         if warm is not None:  # in its cgroup first: what the interpreter holds is the job's
             await self._warm_up(warm)
 
@@ -481,7 +503,9 @@ class Container:
             while True:
                 for fd, _ev in ep.poll(0):
                     if fd == chan_fd:
-                        while exited is None and (got := await self._recv_nowait()):
+                        while exited is None and (got := await self._lost_early(
+                                (out.on_output or err.on_output) is not None
+                                and bool(out.data or err.data))):
                             msg = self._checked(got, "exited")
                             if msg["t"] == "started":
                                 deadline = float(msg["t0"]) + limits.wall_time
@@ -530,7 +554,17 @@ class Container:
         try:
             return await self.chan.recv_nowait()
         except (channel.ChannelClosed, OSError) as e:
-            raise SandboxError(f"container init died while waiting for 'exited': {e}") from e
+            raise _InitGone(f"container init died while waiting for 'exited': {e}") from e
+
+    async def _lost_early(self, seen: bool) -> tuple[dict, list[int]] | None:
+        """``_recv_nowait``, whose init death is ``NotHandedOver`` while nothing of the
+        job was ``seen`` (no output passed on to a callback)."""
+        try:
+            return await self._recv_nowait()
+        except _InitGone as e:
+            if seen:
+                raise
+            raise NotHandedOver(f"the container's init died under its job: {e.reason}") from e
 
     def _checked(self, got: tuple[dict, list[int]], kind: str) -> dict:
         """A message of the init's while a job runs: "started" or ``kind``, else a fault."""
@@ -598,7 +632,7 @@ class Container:
 
     async def kill_rest(self) -> None:
         """Kill whatever is left in the job's cgroup (freezer first), without a verdict."""
-        async with self._kill_lock:
+        async with held(self._kill_lock):
             if self.cgroup.pids():
                 await threads.run_sync(self.cgroup.kill_all)
 
@@ -634,7 +668,10 @@ class Container:
         if self.destroyed:
             return
         self.destroyed = True
-        with trio.CancelScope(shield=True):
+        # One scope, shielded, whose deadline is set once the init is signalled: the
+        # wait for its end gives up after 5 s (a scope and a move_on_after were ~2 % of
+        # the supervisor's CPU on the pool's path).
+        with trio.CancelScope(shield=True) as scope:
             try:
                 if not self._emptied:
                     await self.kill_rest()
@@ -642,20 +679,22 @@ class Container:
                 pass
             with contextlib.suppress(OSError):
                 _libc.pidfd_send_signal(self.pidfd, 9)
-            with trio.move_on_after(5.0):
-                await trio.lowlevel.wait_readable(self.pidfd)
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
-            os.close(self.pidfd)
-            self.chan.close()
-            if self._egress is not None:
-                await self._egress.close()
-                self._egress = None
-            for fd in self._stdio:  # a warm container's, never handed to a job
-                os.close(fd)
-            self._stdio = []
-            if remove_cgroup:
-                await threads.run_sync(self.cgroup.remove)
+            scope.deadline = trio.current_time() + 5.0
+            await trio.lowlevel.wait_readable(self.pidfd)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        os.close(self.pidfd)
+        self.chan.close()
+        for fd in self._stdio:  # a warm container's, never handed to a job
+            os.close(fd)
+        self._stdio = []
+        if self._egress is not None or remove_cgroup:
+            with trio.CancelScope(shield=True):
+                if self._egress is not None:
+                    await self._egress.close()
+                    self._egress = None
+                if remove_cgroup:
+                    await threads.run_sync(self.cgroup.remove)
 
 
 # When this process last moved a job process into its cgroup (time.monotonic()).

@@ -525,12 +525,15 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
             for later in scopes[i + 1:]:
                 later.cancel()
 
-    async with trio.open_nursery() as nursery:
-        for i, test in enumerate(tests):
-            nursery.start_soon(one, i, test)
-            # Tests queue for the runner's concurrency in test order (its limiter is
-            # FIFO); this lets test i reach the queue before test i+1 starts.
-            await trio.lowlevel.checkpoint()
+    if len(tests) == 1:  # the common job: no nursery, no task of its own to spawn and reap
+        await one(0, tests[0])
+    else:
+        async with trio.open_nursery() as nursery:
+            for i, test in enumerate(tests):
+                nursery.start_soon(one, i, test)
+                # Tests queue for the runner's concurrency in test order (its limiter is
+                # FIFO); this lets test i reach the queue before test i+1 starts.
+                await trio.lowlevel.checkpoint()
     steps = [o if o is not None and i <= first_failure else StepOutcome(Result.without_run(
                  "cancelled", "skipped after an earlier test failed"))
              for i, o in enumerate(outcomes)]

@@ -59,7 +59,8 @@ class PoolCounters:
 
 
 def shape_of(spec: ContainerSpec) -> ContainerSpec:
-    return dataclasses.replace(spec, slot=0)
+    # A job's spec has no slot yet (the pool gives one): no copy to make then.
+    return spec if spec.slot == 0 else dataclasses.replace(spec, slot=0)
 
 
 @dataclass
@@ -178,17 +179,25 @@ class Pool:
             box = await self._make(shape.spec)
         except SandboxError as e:
             log.warning("pool: could not make a warm container: %s", e)
-            await trio.sleep(0.5)  # do not spin on a broken host
+            try:
+                await trio.sleep(0.5)  # do not spin on a broken host
+            finally:
+                shape.making -= 1
+                shape.kick.set()  # the filler tries again
             return
-        finally:
+        except BaseException:
             shape.making -= 1
             shape.kick.set()
+            raise
+        shape.making -= 1
         self.counters.refill_seconds += time.monotonic() - t
         self.counters.refills += 1
         if self._closing:
             await self._destroy(box, recycle=False)
         else:
             shape.warm.append(box)
+            if len(shape.warm) + shape.making < shape.target:  # else its filler sleeps on
+                shape.kick.set()
 
     # --------------------------------------------------------------- leasing
 
@@ -239,11 +248,11 @@ class Pool:
         # This task makes the first missing container itself (its slot and cgroup are
         # free now), which saves a task and a wake-up of the filler per job; the filler
         # makes any others.
-        mine = next((s for s in self._shapes.values()
-                     if s.target > 0 and len(s.warm) + s.making < s.target), None)
-        for shape in self._shapes.values():
-            if shape is not mine:
-                shape.kick.set()
+        short = [s for s in self._shapes.values()
+                 if s.target > 0 and len(s.warm) + s.making < s.target]
+        mine = short[0] if short else None
+        for shape in short[1:]:  # a full shape's filler has nothing to do: not woken
+            shape.kick.set()
         if mine is not None and not self._closing:
             mine.making += 1
             await self._fill_one(mine)
@@ -260,7 +269,8 @@ class Pool:
 
 
 def _alive(box: Container) -> bool:
-    """False once the container's init has exited (its pidfd is readable)."""
+    """False once the container's init has exited (its pidfd is readable), or its fork
+    server has (the init then has its SIGKILL coming: spawn.ServerLife)."""
     p = select.poll()
     p.register(box.pidfd, select.POLLIN)
-    return not p.poll(0)
+    return not p.poll(0) and not (box.server is not None and box.server.gone())

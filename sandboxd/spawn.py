@@ -187,6 +187,41 @@ class Spawned:
     """The job user's host uid and gid (its slot's), or -1 if unknown: the owner the
     supervisor gives the job's stdio pipes, so that the job can reopen its own
     ``/dev/stdout`` (``Container.give_stdio``)."""
+    server: ServerLife | None = None
+    """The fork server that cloned it, whose death kills it (PR_SET_PDEATHSIG); None
+    when made in-process (run-once)."""
+
+
+class ServerLife:
+    """Whether one fork server lives, for the containers it made: they die with it.
+
+    Why: the SIGKILL a fork server's death sends its inits lands a little later than
+    the death itself, so a warm init can still look alive (its pidfd not yet
+    readable) and take a job it will not run. The server's own pidfd is readable
+    first (the kernel signals the children, then wakes the parent's pidfd pollers),
+    so a container whose server is gone is known doomed before its job is handed.
+    """
+
+    __slots__ = ("lost", "pidfd")
+
+    def __init__(self, pidfd: int) -> None:
+        self.pidfd = pidfd
+        self.lost = False
+
+    def gone(self) -> bool:
+        if self.lost:
+            return True
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        if poller.poll(0):
+            self.close()
+        return self.lost
+
+    def close(self) -> None:
+        """Given up on (or seen dead): its descriptor closes; ``gone`` stays true."""
+        if not self.lost:
+            self.lost = True
+            os.close(self.pidfd)
 
 
 def _init_path() -> str:

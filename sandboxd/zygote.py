@@ -42,6 +42,7 @@ from sandboxd.spawn import (
     MAX_PLANS,
     ContainerSpec,
     ForkServer,
+    ServerLife,
     Spawned,
     keep_only_fds,
     plan_fd,
@@ -125,8 +126,14 @@ def _serve(sock: socket.socket, keep: set[int]) -> int:
             elif kind == "forkserver":
                 server = ForkServer()
                 try:
-                    channel.send(sock, {"t": "forkserver", "id": req, "pid": server.pid},
-                                 [server.sock.fileno()])
+                    # With a pidfd of it (opened while it is surely alive: our child,
+                    # not yet reaped), by which its containers' supervisor sees it die.
+                    life = os.pidfd_open(server.pid)
+                    try:
+                        channel.send(sock, {"t": "forkserver", "id": req, "pid": server.pid},
+                                     [server.sock.fileno(), life])
+                    finally:
+                        os.close(life)
                 finally:
                     server.let_go()
             else:
@@ -170,6 +177,7 @@ class ZygoteClient:
         self._broken = False
         self._plans: collections.OrderedDict[ContainerSpec, int] = collections.OrderedDict()
         self._server: socket.socket | None = None
+        self._life: ServerLife | None = None  # the fork server's, shared by its containers
 
     async def spawn(self, spec: ContainerSpec) -> Spawned:
         """Cancellation: the exchanges (with the zygote when a shape or the fork server is
@@ -181,29 +189,33 @@ class ZygoteClient:
         """
         import trio
 
-        async with self._lock:
+        from sandboxd.uncontended import held
+
+        async with held(self._lock):
             if self._broken:
                 raise SandboxError("the zygote is gone")
-            with trio.CancelScope(shield=True):
+            # Shielded from the caller, not from its own deadline (one scope for both).
+            with trio.CancelScope(shield=True,
+                                  deadline=trio.current_time() + SPAWN_TIMEOUT) as timer:
                 try:
-                    with trio.fail_after(SPAWN_TIMEOUT):
-                        plan = await self._plan(spec)
-                        ids = identity.slot_map(spec.slot)
-                        try:
-                            pid, pidfd, ours = await self._clone(ids, plan)
-                        except _ServerGone:  # replaced once: its inits died with it
-                            pid, pidfd, ours = await self._clone(ids, plan)
-                except trio.TooSlowError as e:
-                    self._broken = True
-                    raise SandboxError(f"the zygote or fork server is stuck: {e!r}") from e
+                    plan = await self._plan(spec)
+                    ids = identity.slot_map(spec.slot)
+                    try:
+                        pid, pidfd, ours = await self._clone(ids, plan)
+                    except _ServerGone:  # replaced once: its inits died with it
+                        pid, pidfd, ours = await self._clone(ids, plan)
                 except (channel.ChannelClosed, OSError) as e:
                     self._broken = True
                     raise SandboxError(f"the zygote died: {e!r}") from e
                 except BaseException as e:
-                    if not isinstance(e, _Refused):  # a half-read exchange: unusable now
+                    # A half-read exchange (our deadline's Cancelled too): unusable now.
+                    if not isinstance(e, _Refused):
                         self._broken = True
                     raise
-        return Spawned(pid, pidfd, ours, job_uid=ids.host_job)
+            if timer.cancelled_caught:
+                raise SandboxError(f"the zygote or fork server is stuck: no answer in "
+                                   f"{SPAWN_TIMEOUT:g} s")
+        return Spawned(pid, pidfd, ours, job_uid=ids.host_job, server=self._life)
 
     async def _ask(self, msg: dict, answer: str, nfds: int) -> tuple[dict, list[int]]:
         """One request to the zygote and its answer, which must carry ``nfds`` descriptors."""
@@ -237,9 +249,10 @@ class ZygoteClient:
         import trio
 
         if self._server is None:
-            _msg, fds = await self._ask({"t": "forkserver"}, "forkserver", 1)
+            _msg, fds = await self._ask({"t": "forkserver"}, "forkserver", 2)
             self._server = socket.socket(fileno=fds[0])
             self._server.setblocking(False)
+            self._life = ServerLife(fds[1])
         server = self._server
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -272,6 +285,9 @@ class ZygoteClient:
         if self._server is not None:
             self._server.close()  # it exits at EOF, if it is alive at all
             self._server = None
+        if self._life is not None:
+            self._life.close()  # its containers are doomed: ``gone`` says so from now on
+            self._life = None
 
     def close(self) -> None:
         """Close the sockets: the zygote and the fork server exit on EOF. Their containers

@@ -222,6 +222,21 @@ def descendants_named(pid: int, name: str) -> set[int]:
     return found
 
 
+def fork_servers(pid: int) -> set[int]:
+    """The native fork servers below ``pid``. A container init is named ``sandboxd-forks``
+    too for the few µs between its clone and its own ``prctl``; a fork server is the one
+    whose parent is not."""
+    found = descendants_named(pid, "sandboxd-forks")
+    parents = {}
+    for child in found:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                parents[child] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            pass  # gone meanwhile
+    return {p for p, parent in parents.items() if parent not in found}
+
+
 def warm_containers(daemon_pid: int) -> set[int]:
     """Pids of the daemon's *unused* containers: an init (the container root's uid of its
     slot) whose only child is the job process (sandboxd-jobexec), waiting under the job

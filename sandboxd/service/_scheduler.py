@@ -32,6 +32,7 @@ from sandboxd.log import event
 from sandboxd.pool import Pool
 from sandboxd.result import Result, SandboxError
 from sandboxd.spawn import ContainerSpec
+from sandboxd.uncontended import held
 
 
 @dataclass(eq=False)
@@ -133,7 +134,7 @@ class Scheduler:
         async def run_step(spec: ContainerSpec, step: RunStep, collect: bool,
                            pin: bool = False) -> tuple[Result, dict[str, bytes] | None]:
             t = time.monotonic()
-            async with self.limiter, contextlib.AsyncExitStack() as stack:
+            async with held(self.limiter), contextlib.AsyncExitStack() as stack:
                 if pin:  # inside the limiter: at most `concurrency` wait for a CPU
                     step = dataclasses.replace(step, cpuset=str(
                         await stack.enter_async_context(self.cpus.cpu())))
@@ -184,7 +185,7 @@ class Scheduler:
                                           Awaitable[tuple[Ran, Ran]]],
                            pin: bool = False) -> tuple[Ran, Ran]:
             t = time.monotonic()
-            async with self.limiter, contextlib.AsyncExitStack() as stack:
+            async with held(self.limiter), contextlib.AsyncExitStack() as stack:
                 cpuset = None
                 if pin:
                     cpuset = str(await stack.enter_async_context(self.cpus.cpu()))

@@ -252,13 +252,13 @@ def test_a_killed_fork_server_is_replaced_and_no_job_fails(tmp_path):
         d.wait_warm()
         c = d.connect()
         assert c.run("a", files={"main.sh": b"echo a"}).steps[0].stdout == b"a\n"
-        old = leftovers.descendants_named(d.proc.pid, "sandboxd-forks")
+        old = leftovers.fork_servers(d.proc.pid)
         assert len(old) == 1, old
         os.kill(next(iter(old)), signal.SIGKILL)
         for i in range(6):
             r = c.run(f"b{i}", files={"main.sh": f"echo b{i}".encode()})
             assert r.steps[0].verdict == "ok" and r.steps[0].stdout == f"b{i}\n".encode(), r
-        new = leftovers.descendants_named(d.proc.pid, "sandboxd-forks")
+        new = leftovers.fork_servers(d.proc.pid)
         assert len(new) == 1 and not new & old, (old, new)
         d.wait_warm()
 

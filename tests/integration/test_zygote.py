@@ -23,7 +23,7 @@ MiB = 1 << 20
 
 
 def _fork_servers(zygote_pid: int) -> set[int]:
-    return leftovers.descendants_named(zygote_pid, "sandboxd-forks")
+    return leftovers.fork_servers(zygote_pid)
 
 
 def _wait_dead(pidfd: int) -> None:
@@ -50,6 +50,7 @@ async def test_a_dead_fork_server_is_replaced_inside_the_next_spawn(made, zygote
                 _wait_dead(server_fd)
             finally:
                 os.close(server_fd)
+            assert made.boxes[0].server.gone()  # seen dead through its own pidfd
             _wait_dead(made.boxes[0].pidfd)  # its inits die with it
     await made.boxes[1].wait_ready()
     (second,) = _fork_servers(zygote_proc.pid)
@@ -114,3 +115,53 @@ async def test_a_job_that_ends_within_2_ms_is_reported_in_one_message(made) -> N
         else:
             assert kinds == ["started", "exited"] and wall >= 0.0015, (kinds, wall)
     assert alone >= 1
+
+
+async def test_a_fork_server_that_stops_answering_breaks_the_client_in_time(
+        made, zygote_proc, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A spawn waits at most SPAWN_TIMEOUT for its clone, shielded from its caller but not
+    from that deadline; then it raises SandboxError, and the client refuses every later
+    spawn rather than read a stale answer."""
+    import trio
+
+    from sandboxd import zygote
+    from sandboxd.container import Container
+    from sandboxd.result import SandboxError
+    from sandboxd.spawn import ContainerSpec
+
+    spawned = await made.client.spawn(ContainerSpec(slot=7210, box_size=MiB, tmp_size=MiB))
+    made.boxes.append(Container(spawned, made.backend.create("sandboxd-zy-stuck")))
+    (server,) = _fork_servers(zygote_proc.pid)
+    monkeypatch.setattr(zygote, "SPAWN_TIMEOUT", 0.5)
+    os.kill(server, signal.SIGSTOP)
+    try:
+        t0 = trio.current_time()
+        with trio.CancelScope() as outer:  # the caller's cancel does not cut the exchange
+            outer.deadline = t0 + 0.1
+            with pytest.raises(SandboxError, match="stuck"):
+                await made.client.spawn(ContainerSpec(slot=7211, box_size=MiB, tmp_size=MiB))
+        assert 0.45 < trio.current_time() - t0 < 5
+        with pytest.raises(SandboxError, match="gone"):
+            await made.client.spawn(ContainerSpec(slot=7212, box_size=MiB, tmp_size=MiB))
+    finally:
+        os.kill(server, signal.SIGCONT)
+
+
+async def test_an_init_killed_while_it_sets_up_fails_its_container_typed(made) -> None:  # type: ignore[no-untyped-def]
+    """The pool's filler survives only SandboxError: an init that dies before it is ready
+    (its fork server killed, say) must fail its container with one, whichever step it
+    dies at, never with the channel's EOF or the cgroup's ESRCH (either ended the whole
+    daemon, seen under load)."""
+    from sandboxd.container import Container
+    from sandboxd.isolation import _libc
+    from sandboxd.result import SandboxError
+    from sandboxd.spawn import ContainerSpec
+
+    for i in range(4):
+        spawned = await made.client.spawn(ContainerSpec(slot=7220 + i, box_size=MiB,
+                                                        tmp_size=MiB))
+        box = Container(spawned, made.backend.create(f"sandboxd-zy-k{i}"))
+        made.boxes.append(box)
+        _libc.pidfd_send_signal(box.pidfd, signal.SIGKILL)
+        with pytest.raises(SandboxError):
+            await box.wait_ready()
