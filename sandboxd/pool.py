@@ -177,8 +177,14 @@ class Pool:
         t = time.monotonic()
         try:
             box = await self._make(shape.spec)
-        except SandboxError as e:
-            log.warning("pool: could not make a warm container: %s", e)
+        except Exception as e:
+            # A SandboxError is the host's or the container's (logged, tried again); any
+            # other is our bug, logged with its traceback. Neither ends the pool: raised
+            # here, it would end the daemon with every job in it.
+            if isinstance(e, SandboxError):
+                log.warning("pool: could not make a warm container: %s", e)
+            else:
+                log.error("pool: making a warm container failed: %r", e, exc_info=e)
             try:
                 await trio.sleep(0.5)  # do not spin on a broken host
             finally:
