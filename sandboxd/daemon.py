@@ -22,6 +22,7 @@ import resource
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -177,17 +178,17 @@ async def serve(cfg: Config, zproc: zygote.ZygoteProcess, backend: CgroupBackend
                     worker.notify_ready(http_address, backend.version)
                 task_status.started(service)
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for signum in signals:
-                        event("draining", signal=signal.Signals(signum).name,
-                              running=service.in_flight, grace=cfg.grace_period)
-                        accepting.cancel()  # no new connections; open ones may finish
-                        if http_front is not None:
-                            http_front.stop()
-                        await service.drain(cfg.grace_period)
-                        if http_front is not None:  # the last answers on their way
-                            with trio.move_on_after(2.0):
-                                await http_front.stopped.wait()
-                        break
+                    # One that came while starting (``_early``) drains at once.
+                    signum = _early.signum or await anext(aiter(signals))
+                    event("draining", signal=signal.Signals(signum).name,
+                          running=service.in_flight, grace=cfg.grace_period)
+                    accepting.cancel()  # no new connections; open ones may finish
+                    if http_front is not None:
+                        http_front.stop()
+                    await service.drain(cfg.grace_period)
+                    if http_front is not None:  # the last answers on their way
+                        with trio.move_on_after(2.0):
+                            await http_front.stopped.wait()
                 connections.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
     finally:
@@ -233,18 +234,50 @@ def run_worker(cfg: Config, worker: Worker, *, profiles: dict[str, Profile],
     """One worker of ``workers = N`` (in the process ``workers.Supervisor`` forked): its
     cgroup root (what a killed predecessor left, removed), its zygote, then ``serve``;
     its exit status. ``cfg`` is the worker's (``workers.worker_config``)."""
+    with _signals_deferred():
+        try:
+            backend = cgroups.open_backend(cfg.instance)
+        except Exception as e:
+            sys.stderr.write(f"sandboxd: worker {worker.index}: cannot set up cgroups: {e}\n")
+            return 1
+        try:
+            stale = backend.remove_stale()
+            if stale:
+                event("removed_stale", cgroups=len(stale))
+            return _supervise(cfg, backend, profiles, versions, worker)
+        finally:
+            backend.close()
+
+
+class _Deferred:
+    """The SIGTERM or SIGINT handler while trio's receiver is not listening (the daemon
+    still starting, or already stopping): the signal is remembered, not fatal.
+
+    At the default disposition a SIGTERM in those windows killed the daemon outright,
+    its cgroups left behind: while it started (its backend made, its pool warming), or
+    while it cleaned up after its receiver had closed (destroying containers, removing
+    cgroups), which a crash makes long. ``serve`` drains at once for one that came early.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+
+_early = _Deferred()
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    old = {sig: signal.signal(sig, _early) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        backend = cgroups.open_backend(cfg.instance)
-    except Exception as e:
-        sys.stderr.write(f"sandboxd: worker {worker.index}: cannot set up cgroups: {e}\n")
-        return 1
-    try:
-        stale = backend.remove_stale()
-        if stale:
-            event("removed_stale", cgroups=len(stale))
-        return _supervise(cfg, backend, profiles, versions, worker)
+        yield
     finally:
-        backend.close()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _supervise(cfg: Config, backend: CgroupBackend, profiles: dict[str, Profile],
@@ -375,12 +408,13 @@ def main(config_path: str | None = None, socket_path: str | None = None,
         return 2
     if cfg.workers > 1:
         return _serve_workers(cfg, profiles)
-    backend = _open_backend(cfg)
-    if backend is None:
-        return 1
-    try:
-        # Each runtime's version, once: here, before trio and before the zygote, never
-        # per welcome.
-        return _supervise(cfg, backend, profiles, _probe_versions(profiles))
-    finally:
-        backend.close()
+    with _signals_deferred():
+        backend = _open_backend(cfg)
+        if backend is None:
+            return 1
+        try:
+            # Each runtime's version, once: here, before trio and before the zygote, never
+            # per welcome.
+            return _supervise(cfg, backend, profiles, _probe_versions(profiles))
+        finally:
+            backend.close()

@@ -23,8 +23,17 @@ cleanup() {
     for d in "${made[@]}"; do
         parent=$(dirname "$d")
         echo $$ >"$parent/cgroup.procs" 2>/dev/null || true
-        # the run's last processes may still be exiting: give them a moment
-        for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$d" 2>/dev/null && break; sleep 0.2; done
+        # the run's last processes may still be exiting: give them a moment. What a test
+        # left inside (its failure already reported by the leftovers check) goes too,
+        # deepest first, said on stderr, so that a failed run leaves nothing on the host.
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            find "$d" -mindepth 1 -depth -type d -name '*sandboxd*' 2>/dev/null |
+                while read -r left; do
+                    rmdir "$left" 2>/dev/null && echo "test-mine: removed leftover $left" >&2
+                done
+            rmdir "$d" 2>/dev/null && break
+            sleep 0.2
+        done
     done
 }
 trap cleanup EXIT

@@ -286,6 +286,46 @@ def test_sigterm_kills_jobs_past_the_grace_period(tmp_path):
     assert time.monotonic() - t < 10
 
 
+def test_sigterm_while_starting_drains_and_leaves_nothing(tmp_path):
+    """A SIGTERM outside trio's signal receiver (the daemon starting: its cgroups made,
+    its pool warming; or cleaning up after the receiver closed, long after a crash) hit
+    the default disposition and killed the daemon outright, its cgroups left behind
+    (seen after a daemon whose pool had crashed was stopped). Now it is remembered: the
+    daemon finishes starting, drains at once, exits 0 and removes everything."""
+    import subprocess
+    import sys
+
+    from sandboxd_testing.daemon import tied_to_caller
+
+    for _attempt in range(3):  # the signal must land before "ready": a slow start
+        d = Daemon(tmp_path, pool_profiles=["bash", "python3"], pool_size=4)
+        cfg = d.dir / "sandboxd.toml"
+        cfg.write_text(d.config_text())
+        mark = f"sandboxd-{d.instance}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXD_")}
+        with open(d.log, "ab") as log:
+            proc = subprocess.Popen(tied_to_caller(
+                [sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg)]),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            deadline = time.monotonic() + 30
+            while not any(mark in c.split("/") for c in leftovers.sandboxd_cgroups()):
+                assert proc.poll() is None and time.monotonic() < deadline, d.log.read_text()
+                time.sleep(0.002)
+            early = "event=ready" not in d.log.read_text()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0, d.log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert not any(mark in c.split("/") for c in leftovers.sandboxd_cgroups())
+        if early:
+            assert "event=draining signal=SIGTERM" in d.log.read_text()
+            return
+    pytest.skip("the daemon was ready before the signal, three times: nothing shown")
+
+
 @pytest.mark.slow
 def test_sigkill_then_restart_cleans_up_and_serves(tmp_path):
     d = Daemon(tmp_path, pool_profiles=["bash"], pool_size=2).start()
