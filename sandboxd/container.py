@@ -104,10 +104,6 @@ class NotHandedOver(SandboxError):
     it (PID 1 of its namespace, another uid) nor charge it memory (not in its cgroup)."""
 
 
-class _InitGone(SandboxError):
-    """The init's channel closed while a job ran: the init died."""
-
-
 @dataclass(slots=True)
 class ArtifactRequest:
     """The job's artifact globs and caps; ``found`` is filled in after the run."""
@@ -490,6 +486,9 @@ class Container:
         deadline = t0 + limits.wall_time
         chan_fd = self.chan.fileno()
         pipes = {c.fd: c for c in (out, err) if c.fd >= 0}  # not one wired elsewhere
+        # Output passed on as read (an inline recorder): once some was, a lost init's job
+        # cannot run again unseen (``_recv_nowait``).
+        streams = out.on_output is not None or err.on_output is not None
         ep = select.epoll(3)
         exited: tuple[int, float, float] | None = None
         drain_until = 0.0  # once exited: how long the pipes may take to reach EOF
@@ -503,9 +502,8 @@ class Container:
             while True:
                 for fd, _ev in ep.poll(0):
                     if fd == chan_fd:
-                        while exited is None and (got := await self._lost_early(
-                                (out.on_output or err.on_output) is not None
-                                and bool(out.data or err.data))):
+                        while exited is None and (got := await self._recv_nowait(
+                                streams and bool(out.data or err.data))):
                             msg = self._checked(got, "exited")
                             if msg["t"] == "started":
                                 deadline = float(msg["t0"]) + limits.wall_time
@@ -550,21 +548,17 @@ class Container:
         finally:
             ep.close()
 
-    async def _recv_nowait(self) -> tuple[dict, list[int]] | None:
+    async def _recv_nowait(self, seen: bool) -> tuple[dict, list[int]] | None:
+        """The init's next message, if one has begun to arrive. Its death is
+        ``NotHandedOver`` while nothing of the job was ``seen`` (no output passed on to a
+        callback), a SandboxError after."""
         try:
             return await self.chan.recv_nowait()
         except (channel.ChannelClosed, OSError) as e:
-            raise _InitGone(f"container init died while waiting for 'exited': {e}") from e
-
-    async def _lost_early(self, seen: bool) -> tuple[dict, list[int]] | None:
-        """``_recv_nowait``, whose init death is ``NotHandedOver`` while nothing of the
-        job was ``seen`` (no output passed on to a callback)."""
-        try:
-            return await self._recv_nowait()
-        except _InitGone as e:
             if seen:
-                raise
-            raise NotHandedOver(f"the container's init died under its job: {e.reason}") from e
+                raise SandboxError(f"container init died while waiting for 'exited': {e}") \
+                    from e
+            raise NotHandedOver(f"the container's init died under its job: {e}") from e
 
     def _checked(self, got: tuple[dict, list[int]], kind: str) -> dict:
         """A message of the init's while a job runs: "started" or ``kind``, else a fault."""

@@ -175,6 +175,7 @@ class Pool:
 
     async def _fill_one(self, shape: _Shape) -> None:
         t = time.monotonic()
+        box = None
         try:
             box = await self._make(shape.spec)
         except Exception as e:
@@ -185,17 +186,12 @@ class Pool:
                 log.warning("pool: could not make a warm container: %s", e)
             else:
                 log.error("pool: making a warm container failed: %r", e, exc_info=e)
-            try:
-                await trio.sleep(0.5)  # do not spin on a broken host
-            finally:
-                shape.making -= 1
-                shape.kick.set()  # the filler tries again
+            await trio.sleep(0.5)  # do not spin on a broken host
             return
-        except BaseException:
+        finally:
             shape.making -= 1
-            shape.kick.set()
-            raise
-        shape.making -= 1
+            if box is None:
+                shape.kick.set()  # the filler tries again
         self.counters.refill_seconds += time.monotonic() - t
         self.counters.refills += 1
         if self._closing:
