@@ -17,7 +17,9 @@ live in ``attacks.py``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,12 +42,22 @@ def attack_daemon(request: pytest.FixtureRequest,
     try:
         yield ad
     finally:
-        zygotes = leftovers.descendants(ad.pid) - {p for p, _u, _n in
-                                                   leftovers.container_processes()}
-        code = ad.daemon.stop()
-        assert code == 0, f"daemon exited {code}: {ad.daemon.log.read_text()[-3000:]}"
-        left = leftovers.new_leftovers(before, settle=10.0, view=leftovers.only_ours(ad.instance))
-        alive = {pid for pid in zygotes if os.path.exists(f"/proc/{pid}")}
+        # Held by pidfd: the pids of this 32768-pid machine come round again within
+        # seconds under load, so a path that exists later may be another process's.
+        zygotes = {}
+        for pid in leftovers.descendants(ad.pid) - {p for p, _u, _n in
+                                                    leftovers.container_processes()}:
+            with contextlib.suppress(OSError):  # gone meanwhile
+                zygotes[pid] = os.pidfd_open(pid)
+        try:
+            code = ad.daemon.stop()
+            assert code == 0, f"daemon exited {code}: {ad.daemon.log.read_text()[-3000:]}"
+            left = leftovers.new_leftovers(before, settle=10.0,
+                                           view=leftovers.only_ours(ad.instance))
+            alive = {pid for pid, fd in zygotes.items() if not select.select([fd], [], [], 0)[0]}
+        finally:
+            for fd in zygotes.values():
+                os.close(fd)
         assert not left and not alive, f"the module's daemon left things behind: {left} {alive}"
 
 
