@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxd import egress
+from sandboxd.isolation import mounts
 from sandboxd.limits import DEFAULT, MAXIMUM, PROFILE_CEILING, LimitError, Limits, MiB
 from sandboxd.spawn import JOB_PATH
 from sandboxd_protocol import MEMORY_MODES
@@ -295,6 +296,9 @@ def load_file(path: str | Path, image_store: str | None = None) -> Profile:
                 or not all(isinstance(p, str) and p.startswith("/") for p in item)):
             raise ProfileError(f"{where('binds')}: each bind is [absolute host path, "
                                "absolute container path]")
+        if mounts.in_sys(item[0]):
+            raise ProfileError(f"{where('binds')}: {item[0]} is in /sys, which containers "
+                               "are made without (docs/isolation.md)")
         binds.append((item[0], item[1]))
     needs = _strings(data.get("needs", []), where("needs"))
     caches = _strings(data.get("caches", []), where("caches"))

@@ -182,6 +182,13 @@ class MountError(OSError):
     """A mount step failed; the message names the step, the path, the errno and a hint."""
 
 
+def in_sys(path: str) -> bool:
+    """Whether ``path`` (resolved) is in /sys, which containers are made without: the
+    fork server drops it from its mount namespace (native/forkserver.c)."""
+    real = os.path.realpath(path)
+    return real == "/sys" or real.startswith("/sys/")
+
+
 def host_root_steps(root_dirs: Iterable[str] = ROOT_DIRS) -> list[Step]:
     """Read-only binds (or, on merged-/usr hosts, the same symlinks) of the host's system dirs."""
     steps: list[Step] = []
@@ -321,6 +328,12 @@ def _touch(path: str) -> Op:
 def _bind(step: Bind, root: str) -> list[Op]:
     """Resolved here, on the host (the zygote sees the same files the init will)."""
     dest = root + step.target
+    if in_sys(step.source):
+        # The fork server makes containers in a mount namespace without /sys: copying
+        # its ~14 mounts into every container cost CPU and gave no job anything.
+        raise MountError(errno.EINVAL, f"mount step {step!r}: {step.source} is in /sys, "
+                         "which containers are made without (no job needs sysfs; the "
+                         "host's cgroups and devices are not the job's to see)")
     try:
         st = os.stat(step.source)
     except FileNotFoundError as e:
