@@ -40,11 +40,22 @@ def tied_to_caller(argv: list[str]) -> list[str]:
     leaves no daemon serving on: it drains and removes its cgroups as on any SIGTERM.
     Only from the main thread, where pytest and the benchmarks start their daemons: the
     signal follows the thread that forked, and a worker thread ending would stop the
-    child early. A child that changes its user (``Daemon.prefix``) loses the setting."""
+    child early. The kernel clears the setting when the child changes its user, so a
+    ``setpriv`` that does (``Daemon.prefix``, a rootless daemon) is given
+    ``--pdeathsig`` too: it sets it again once it is that user."""
     setpriv = shutil.which("setpriv")
     if setpriv is None or threading.current_thread() is not threading.main_thread():
         return argv
     return [setpriv, "--pdeathsig", "TERM", "--", *argv]
+
+
+def _tied_prefix(prefix: tuple[str, ...]) -> list[str]:
+    """``prefix`` (``Daemon.prefix``) with ``--pdeathsig TERM`` given to its ``setpriv``
+    where ``tied_to_caller`` ties the daemon (see there)."""
+    if (prefix and os.path.basename(prefix[0]) == "setpriv" and shutil.which("setpriv")
+            and threading.current_thread() is threading.main_thread()):
+        return [prefix[0], "--pdeathsig", "TERM", *prefix[1:]]
+    return list(prefix)
 
 
 class Daemon:
@@ -105,8 +116,8 @@ class Daemon:
         cfg.write_text(self.config_text())
         env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXD_")}
         offset = self.log.stat().st_size if self.log.exists() else 0
-        argv = [*self.prefix, sys.executable, "-m", "sandboxd", "serve", "--config", str(cfg),
-                *self.args]
+        argv = [*_tied_prefix(self.prefix), sys.executable, "-m", "sandboxd", "serve",
+                "--config", str(cfg), *self.args]
         if cgroup is not None:
             argv = ["/bin/sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh",
                     *argv]

@@ -68,3 +68,18 @@ def test_a_killed_test_run_leaves_no_daemon_or_redis(tmp_path: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     assert not survivors, "a daemon or redis-server outlived its test run"
     assert not any(instance in c for c in leftovers.sandboxd_cgroups())
+
+
+def test_a_daemon_that_changes_its_user_keeps_its_parent_death_signal(tmp_path: Path) -> None:
+    """The kernel clears a parent-death signal when a process changes its user: a
+    rootless daemon (``Daemon.prefix``, a ``setpriv`` to nobody) would outlive a killed
+    test run. Its ``setpriv`` sets it again: what runs as nobody still has SIGTERM."""
+    from sandboxd_testing.daemon import _tied_prefix, tied_to_caller
+
+    probe = ("import ctypes; s = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(s));"
+             " import os; print(os.getuid(), s.value)")
+    prefix = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+    argv = tied_to_caller([*_tied_prefix(prefix), "/usr/bin/python3", "-c", probe])
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd="/",
+                         timeout=60).stdout.split()
+    assert out == ["65534", str(int(signal.SIGTERM))], out
