@@ -82,13 +82,36 @@ def test_reset_quick_resets_a_clean_cgroup_and_leaves_one_with_page_cache(
     w = Workload(job, py(f"open({str(target)!r}, 'wb').write(b'y' * (16 << 20))"))
     assert w.wait(60 * SLOW)[0] == 0
     peak = job.stats().memory_peak
-    if type(job).reset_quick is JobCgroup.reset_quick:
-        assert not job.reset_quick()  # v2: always in a thread
-    else:
-        assert not job.reset_quick()
-        assert job.stats().memory_peak == peak  # untouched
+    assert not job.reset_quick()
+    assert job.stats().memory_peak == peak  # untouched
     job.reset()
     assert job.stats().memory_peak < peak
+
+
+def test_reset_quick_resets_a_cgroup_a_small_job_used(backend: CgroupBackend) -> None:
+    """The pool's common case, /bin/true, on either cgroup version: reset on the event
+    loop (no thread hand-off), with every counter from zero and the limits lifted."""
+    from sandboxd.cgroups.v2 import V2Job
+
+    quick = 0
+    for i in range(6):
+        job = backend.create(f"sandboxd-quick{i}")
+        try:
+            if isinstance(job, V2Job) and job._f.peak and not job._f.peak_reset:
+                pytest.skip("memory.peak cannot be reset in place before Linux 6.12: "
+                            "the cgroup is remade, in a thread")
+            job.set_limits(CgroupLimits(memory=64 * MiB, pids=16))
+            assert Workload(job, ["/bin/true"]).wait(60 * SLOW)[0] == 0
+            if job.reset_quick():
+                quick += 1
+                zero = job.stats()
+                assert zero.cpu_usage_ns == 0 and zero.oom_kills == 0
+                assert zero.memory_peak < 1 * MiB
+                # The limits are lifted: 100 MiB fits.
+                assert Workload(job, py("b = b'x' * (100 << 20)")).wait(60 * SLOW)[0] == 0
+        finally:
+            job.remove()
+    assert quick >= 3, f"only {quick} of 6 cgroups that ran /bin/true were reset quickly"
 
 
 # A job that charged memory on two CPUs: each keeps the rest of a 64-page batch in its
