@@ -102,7 +102,7 @@ class Router:
             done = False
             try:
                 while True:
-                    ev = await _next(conn, stream)
+                    ev = await next_event(conn, stream)
                     if isinstance(ev, h11.Data):
                         yield bytes(ev.data)
                     elif isinstance(ev, h11.EndOfMessage | h11.ConnectionClosed):
@@ -142,7 +142,7 @@ class Router:
                     conn.send(h11.Request(method=method, target=target, headers=headers)) or b"",
                     (conn.send(h11.Data(data=body)) if body else b"") or b"",
                     conn.send(h11.EndOfMessage()) or b""]))
-                head = await _next(conn, stream)
+                head = await next_event(conn, stream)
                 if isinstance(head, h11.Response):
                     return stream, conn, head
                 raise h11.RemoteProtocolError("no response", 502)
@@ -158,7 +158,9 @@ class Router:
         return await self.relay(k, request) if k is not None else None
 
 
-async def _next(conn: h11.Connection, stream: trio.SocketStream) -> object:
+async def next_event(conn: h11.Connection, stream: trio.abc.ReceiveStream) -> object:
+    """``conn``'s next event, reading ``stream`` as it needs (its end: ConnectionClosed,
+    or h11's ProtocolError if the peer closed mid-message)."""
     while True:
         ev = conn.next_event()
         if ev is not h11.NEED_DATA:

@@ -61,6 +61,7 @@ from sandboxd.service import Job, JobService, ServiceError
 
 from ._common import BadJson, FrontContext, parse_json, token_of
 from ._context import HttpContext
+from ._route import next_event
 
 VERSION = "1.13.1"
 
@@ -846,15 +847,11 @@ async def put_json(url: str, body: bytes) -> int:
         await stream.send_all(conn.send(h11.Data(data=body)) or b"")
         await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
         while True:
-            ev = conn.next_event()
-            if ev is h11.NEED_DATA:
-                data = await stream.receive_some(1 << 14)
-                conn.receive_data(data)
-                if not data and conn.their_state is not h11.DONE:
-                    raise OSError("the callback's server closed the connection")
-                continue
+            ev = await next_event(conn, stream)
             if isinstance(ev, h11.Response):
                 return ev.status_code
+            if isinstance(ev, h11.ConnectionClosed):
+                raise OSError("the callback's server closed the connection")
 
 
 def _system_info() -> dict[str, str]:
