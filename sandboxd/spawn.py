@@ -236,13 +236,19 @@ _PLANS: collections.OrderedDict[ContainerSpec, int] = collections.OrderedDict()
 MAX_PLANS = 64
 
 
+def mount_ops(spec: ContainerSpec) -> list[mounts.Op]:
+    """The mount ops of ``spec``'s plan: with a template built by the fork server when this
+    process is host root (a rootless one cannot build it: docs/rootless.md)."""
+    return mounts.compile_plan(spec.mount_plan(), template=not identity.rootless())
+
+
 def plan_bytes(spec: ContainerSpec) -> bytes:
     """What the init of a container of ``spec``'s shape carries out (isolation/initplan.py)."""
     rules = None
     if spec.landlock:
         rules = landlock.plan_rules(read_dirs=["/"], write_dirs=WRITABLE_DIRS,
                                     write_files=WRITABLE_FILES)
-    return initplan.encode(ops=mounts.compile_plan(spec.mount_plan()), hostname=HOSTNAME,
+    return initplan.encode(ops=mount_ops(spec), hostname=HOSTNAME,
                            landlock_rules=rules, uid=identity.job_ids()[0],
                            gid=identity.job_ids()[1],
                            bpf=seccomp.compile_policy(spec.seccomp_policy))

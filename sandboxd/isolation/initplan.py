@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from sandboxd.isolation import landlock
 from sandboxd.isolation.mounts import Op
 
-MAGIC = 2 << 32 | 0x50444253  # version 2, "SBDP"
+MAGIC = 3 << 32 | 0x50444253  # version 3, "SBDP"
 OPS: dict[str, tuple[int, str]] = {
     "end": (0, ""),
     "mkdirs": (1, "s"),
@@ -50,6 +50,8 @@ OPS: dict[str, tuple[int, str]] = {
     "landlock": (14, "ii"),  # handled_access_fs, scoped
     "landlock_rule": (15, "si"),  # path, access
     "job_process": (16, "iib"),  # uid, gid, seccomp program (struct sock_filter[])
+    "template_end": (17, ""),  # the ops before it build the template (mounts.compile_plan)
+    "hollow_proc": (18, "s"),  # a proc of an emptied PID namespace, at path (a template's)
 }
 
 

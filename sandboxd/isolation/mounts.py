@@ -348,16 +348,24 @@ def _bind(step: Bind, root: str) -> list[Op]:
     return ops
 
 
-def _tmpfs(step: Tmpfs, root: str) -> list[Op]:
+def _tmpfs(step: Tmpfs, root: str, make_dir: bool = True) -> list[Op]:
     dest = root + step.path
     opts = f"size={step.size},mode={step.mode:o},uid={step.uid},gid={step.gid}"
     if step.nr_inodes:
         opts += f",nr_inodes={step.nr_inodes}"
-    return [_mkdirs(dest), _mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NODEV, opts, step,
-                                  "tmpfs refused its options (size, uid, gid)?")]
+    mount = _mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NODEV, opts, step,
+                   "tmpfs refused its options (size, uid, gid)?")
+    return [_mkdirs(dest), mount] if make_dir else [mount]
 
 
-def _dev(step: Dev, root: str) -> list[Op]:
+def _shm(step: Dev, root: str) -> Op:
+    """A private /dev/shm: isolate shared one between boxes until 2.6."""
+    return _mount("tmpfs", f"{root}{step.path}/shm", "tmpfs", MS_NOSUID | MS_NODEV,
+                  f"size={step.shm_size},mode=1777,nr_inodes=4096", step)
+
+
+def _dev(step: Dev, root: str, shm: bool = True) -> list[Op]:
+    """/dev; with ``shm`` false, only its mount point for ``_shm`` (a template's)."""
     dev = root + step.path
     ops = [_mkdirs(dev), _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755",
                                 step)]
@@ -369,21 +377,21 @@ def _dev(step: Dev, root: str) -> list[Op]:
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                          ("core", "/proc/kcore")):
         ops.append(Op("symlink", (target, f"{dev}/{name}")))
-    # A private /dev/shm: isolate shared one between boxes until 2.6.
-    shm = f"{dev}/shm"
-    ops += [_mkdirs(shm), _mount("tmpfs", shm, "tmpfs", MS_NOSUID | MS_NODEV,
-                                 f"size={step.shm_size},mode=1777,nr_inodes=4096", step),
-            _remount_ro(dev, MS_NOSUID | MS_NOEXEC, step)]
+    ops.append(_mkdirs(f"{dev}/shm"))
+    if shm:
+        ops.append(_shm(step, root))
+    ops.append(_remount_ro(dev, MS_NOSUID | MS_NOEXEC, step))
     return ops
 
 
-def _proc(step: Proc, root: str) -> list[Op]:
+def _proc(step: Proc, root: str, make_dir: bool = True) -> list[Op]:
     """Which of /proc's paths exist is the kernel's doing: the host's /proc answers for the
     container's (one kernel)."""
     proc = root + step.path
-    ops = [_mkdirs(proc), _mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "",
-                                 step, "Mounting /proc needs a new PID namespace and a fully "
-                                 "visible /proc on the host.")]
+    ops = [_mkdirs(proc)] if make_dir else []
+    ops.append(_mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "", step,
+                      "Mounting /proc needs a new PID namespace and a fully visible /proc "
+                      "(the host's, or a template's hollow one)."))
     for path in step.readonly:
         if os.path.exists(path):
             target = root + path
@@ -455,14 +463,26 @@ def _overlay(overlay: OverlayRoot, steps: Sequence[Step], base: str) -> tuple[li
     return ops, merged
 
 
-def compile_plan(plan: MountPlan) -> list[Op]:
+def compile_plan(plan: MountPlan, template: bool = False) -> list[Op]:
     """The init's operations that build the new root from ``plan`` and pivot into it.
 
     Run by the init inside its new mount namespace, they leave ``/`` the new
     root (read-only), the old root detached and the working directory the
     plan's workdir. Whatever depends on the host (does a source exist, is it a
     directory) is decided here, once per shape, in the zygote.
+
+    With ``template`` (host root only; not for an image's overlay root, made per
+    container), the ops up to ``template_end`` build what every container of the
+    shape shares, and the fork server carries them out once, as host root, in a
+    namespace of its own that each container is then cloned from
+    (native/forkserver.c): the binds, the generated /etc, /dev and, for /proc, a
+    proc of an emptied PID namespace, over which a user namespace may mount its
+    own (the kernel wants a fully visible one; the host's is gone after the
+    pivot). The ops after it are the container's own: its /box, /tmp, /dev/shm
+    and /proc, mounted by its init in the copy.
     """
+    template = template and plan.overlay is None
+    own: list[Op] = []  # with a template: the container's own mounts, after it
     # Nothing we mount may propagate back to the host.
     ops = [_mount(None, "/", None, MS_REC | MS_SLAVE, what="make-rslave")]
     root = BUILD_BASE
@@ -489,18 +509,32 @@ def compile_plan(plan: MountPlan) -> list[Op]:
         elif isinstance(step, Symlink):
             ops.append(_symlink(step, root))
         elif isinstance(step, Tmpfs):
-            ops += _tmpfs(step, root)
-            if step.path == "/etc":
+            if step.path == "/etc":  # shared, read-only
                 readonly_tmpfs.append(root + step.path)
+            elif template:  # writable scratch: each container's own
+                ops.append(_mkdirs(root + step.path))
+                own += _tmpfs(step, "", make_dir=False)
+                continue
+            ops += _tmpfs(step, root)
         elif isinstance(step, File):
             ops.append(_file(step, root))
         elif isinstance(step, Dev):
-            ops += _dev(step, root)
+            ops += _dev(step, root, shm=not template)
+            if template:
+                own.append(_shm(step, ""))
         elif isinstance(step, Proc):
-            ops += _proc(step, root)
+            if template:
+                ops += [_mkdirs(root + step.path), Op("hollow_proc", (root + step.path,))]
+                own += _proc(step, "", make_dir=False)
+            else:
+                ops += _proc(step, root)
         else:  # pragma: no cover - the Step union is closed
             raise TypeError(f"unknown mount step {step!r}")
     ops += [_remount_ro(path) for path in readonly_tmpfs]
-    ops += [_remount_ro(root), Op("pivot", (root,)),
-            Op("chdir", (plan.workdir,), "'workdir'", "")]
+    ops += [_remount_ro(root), Op("pivot", (root,))]
+    if template:
+        # The copy's mounts are private already; the container's own must stay so too.
+        ops += [Op("template_end", ()),
+                _mount(None, "/", None, MS_REC | MS_SLAVE, what="make-rslave"), *own]
+    ops.append(Op("chdir", (plan.workdir,), "'workdir'", ""))
     return ops

@@ -11,12 +11,14 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef CLONE_PIDFD
@@ -99,11 +101,128 @@ static void fs_reply(int32_t pid, int32_t err, int pidfd) {
  * A slave of the host's: its later mounts still reach us where the host's root is shared
  * (systemd's default), and nothing of ours reaches it. Not as an ordinary user (a rootless
  * daemon): unshare is refused and the containers copy the caller's namespace, as before. */
+static int own_ns = -1; /* our mount namespace (templates are built from it), or -1 */
+
 static void slim_mounts(void) {
     if (unshare(CLONE_NEWNS)) return;
     if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL)) die("fork server: make-rslave");
     if (umount2("/sys", MNT_DETACH) && errno != EINVAL && errno != ENOENT)
         die("fork server: detaching /sys");
+    own_ns = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+    if (own_ns < 0) die("fork server: our mount namespace");
+}
+
+/* ------------------------------------------------------------ templates
+ *
+ * A plan may begin with the ops that build its container's root (binds, the generated
+ * /etc, /dev, a hollow /proc; pivoted), up to ``template_end`` (mounts.py, compile_plan).
+ * Those are the same for every container of the shape, so they run once, here, as host
+ * root, in a mount namespace of their own kept by a descriptor; each container is then
+ * cloned from inside it, and the kernel copies that root in one go (the copy, into a new
+ * user namespace, locks every mount of it). The init goes on with the rest of the plan:
+ * its own /box, /tmp, /dev/shm and /proc. Templates are found by their ops' bytes, not
+ * by the plan's descriptor (a memfd's inode number may come back for another plan). */
+
+#define MAX_TEMPLATES 64
+/* A template's binds of single files (/etc/ld.so.cache, /etc/localtime...) hold the inode
+ * they found: a file the host replaces since (ldconfig renames a new cache over the old)
+ * reaches containers only from a template built after it. So one is built again once it
+ * is this old: a few ms of the fork server's CPU per shape and half-minute. */
+#define TEMPLATE_MAX_AGE 30.0
+struct template { unsigned char *ops; size_t len; int ns; double built; };
+static struct template templates[MAX_TEMPLATES];
+static unsigned next_evicted;
+
+/* Build the template of ``pl`` (whose first ``len`` bytes it is): in a child that makes a
+ * mount namespace of its own and carries out those ops; we keep its namespace. -1 (errno
+ * EIO, the reason on our stderr) if it fails. */
+static int build_template(const struct plan *pl) {
+    int done[2], go[2];
+    if (pipe2(done, O_CLOEXEC)) return -1;
+    if (pipe2(go, O_CLOEXEC)) {
+        close(done[0]);
+        close(done[1]);
+        return -1;
+    }
+    pid_t b = fork();
+    if (b == 0) {
+        close(done[0]);
+        close(go[1]);
+        signal(SIGCHLD, SIG_DFL); /* hollow_proc waits for its helpers */
+        struct plan copy = *pl;
+        struct setup st = {.template = TEMPLATE_BUILD, .lock = -1, .ruleset = -1,
+                           .job = {0, -1, -1}};
+        if (unshare(CLONE_NEWNS)) failf("template: unshare: %s", strerror(errno));
+        else if (!run_plan(&copy, &st)) errmsg[0] = 0;
+        if (write(done[1], errmsg, strlen(errmsg) + 1) < 0) _exit(1);
+        char c;
+        while (read(go[0], &c, 1) < 0 && errno == EINTR) {}
+        _exit(0);
+    }
+    close(done[1]);
+    close(go[0]);
+    int ns = -1, err = b < 0 ? errno : 0;
+    if (!err) {
+        char why[sizeof errmsg];
+        ssize_t k;
+        do k = read(done[0], why, sizeof why - 1); while (k < 0 && errno == EINTR);
+        why[k > 0 ? k : 0] = 0;
+        if (k <= 0 || why[0]) {
+            dprintf(2, "sandboxd-init: fork server: building a container template: %s\n",
+                    k <= 0 ? "its builder died" : why);
+            err = EIO;
+        } else {
+            char path[64];
+            snprintf(path, sizeof path, "/proc/%d/ns/mnt", (int)b);
+            ns = open(path, O_RDONLY | O_CLOEXEC);
+            if (ns < 0) err = errno;
+        }
+    }
+    close(done[0]);
+    close(go[1]); /* the builder exits; we ignore SIGCHLD, so the kernel reaps it */
+    errno = err;
+    return ns;
+}
+
+/* The namespace of the template that begins the plan on ``planfd``: -1 with errno 0 if
+ * it has none (or is no plan: the init reports that), -1 with errno set if it cannot be
+ * built. */
+static int template_ns(int planfd) {
+    struct plan pl;
+    if (read_plan_fd(planfd, &pl)) { /* not a plan: its init says so, on its channel */
+        errno = 0;
+        return -1;
+    }
+    const unsigned char *start = pl.p - 8;
+    size_t len = plan_template_len(&pl);
+    int ns = -1;
+    errno = 0;
+    if (len > 0 && own_ns >= 0) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double t_now = (double)now.tv_sec + now.tv_nsec / 1e9;
+        struct template *t = NULL;
+        for (unsigned i = 0; i < MAX_TEMPLATES && !t; i++)
+            if (templates[i].ops && templates[i].len == len &&
+                !memcmp(templates[i].ops, start, len))
+                t = &templates[i];
+        if (t && t_now - t->built <= TEMPLATE_MAX_AGE) {
+            ns = t->ns;
+        } else if ((ns = build_template(&pl)) >= 0) {
+            if (!t) t = &templates[next_evicted++ % MAX_TEMPLATES];
+            if (t->built > 0) { /* in use: replaced */
+                free(t->ops);
+                close(t->ns);
+            }
+            *t = (struct template){malloc(len), len, ns, t_now};
+            if (t->ops) memcpy(t->ops, start, len);
+            else t->len = 0; /* out of memory: kept unnamed, built again next time */
+        }
+    } else if (len > 0) {
+        errno = EPERM; /* no namespace of our own (not host root): the plan is not for us */
+    }
+    free((void *)start);
+    return ns;
 }
 
 static int forkserver(void) {
@@ -155,9 +274,23 @@ static int forkserver(void) {
             close(fds[1]);
             continue;
         }
+        /* A plan with a template: clone from inside the template's namespace. */
+        int tns = template_ns(fds[1]);
+        if (tns < 0 && errno) {
+            int e = errno;
+            close(mapped[0]);
+            close(mapped[1]);
+            fs_reply(-1, e, -1);
+            close(fds[0]);
+            close(fds[1]);
+            continue;
+        }
+        if (tns >= 0 && setns(tns, CLONE_NEWNS)) die("fork server: entering a template");
         int pidfd = -1;
         pid_t pid = (pid_t)syscall(SYS_clone, SANDBOXD_CLONE_FLAGS | CLONE_PIDFD | SIGCHLD, NULL,
                                    &pidfd, NULL, 0UL);
+        if (pid != 0 && tns >= 0 && setns(own_ns, CLONE_NEWNS)) /* /proc/PID is there */
+            die("fork server: leaving a template");
         if (pid == 0) { /* the container init */
             close(mapped[1]);
             char g = 0;
@@ -167,7 +300,7 @@ static int forkserver(void) {
             if (setresgid(0, 0, 0) || setresuid(0, 0, 0)) die("becoming the namespace's root");
             int from[2] = {fds[0], fds[1]};
             arrange_fds(from, 2);
-            _exit(init_main());
+            _exit(init_main(tns >= 0 ? TEMPLATE_COPY : TEMPLATE_NONE));
         }
         int err = pid < 0 ? errno : 0;
         close(mapped[0]);

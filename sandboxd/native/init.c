@@ -347,8 +347,9 @@ static int serve(struct setup *st) {
     return 0;
 }
 
-/* The init proper: descriptors 3 and 4 in place, root of the container's user namespace. */
-int init_main(void) {
+/* The init proper: descriptors 3 and 4 in place, root of the container's user namespace;
+ * ``template``: TEMPLATE_COPY when its mount namespace is a copy of its plan's template. */
+int init_main(enum template_mode template) {
     prctl(PR_SET_NAME, "sandboxd-init", 0, 0, 0);
     /* The fork server ignores SIGCHLD (the kernel reaps its inits; an init must reap) and
      * SIGPIPE, and has every other signal at its default (forkserver.c). */
@@ -358,7 +359,7 @@ int init_main(void) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    struct setup st = {.lock = -1, .ruleset = -1, .job = {0, -1, -1}};
+    struct setup st = {.template = template, .lock = -1, .ruleset = -1, .job = {0, -1, -1}};
     if (setup(&st)) {
         char msg[sizeof errmsg + 16];
         snprintf(msg, sizeof msg, "OSError: %s", errmsg);

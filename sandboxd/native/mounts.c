@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef SYS_mount_setattr
@@ -102,6 +103,38 @@ static int remount_ro(const char *path, unsigned long flags) {
     return (int)syscall(SYS_mount_setattr, AT_FDCWD, path, 0u, &attr, sizeof attr);
 }
 
+/* A proc at ``path`` that shows no process: mounted by the first process of a PID namespace
+ * of its own, which then exits. A user namespace may mount a proc only where one is fully
+ * visible already (the kernel's mount_too_revealing, which looks at the type alone); a
+ * template, which has none of the host's mounts, keeps this one for its containers, each
+ * mounting its own over it. Run by the fork server's template builder, as host root. */
+#define ERRNO_EXIT (errno > 0 && errno < 240 ? 10 + errno : 1) /* hollow_proc's helpers */
+
+static int hollow_proc(const char *path) {
+    pid_t child = fork();
+    if (child < 0) return failf("hollow proc: fork: %s", strerror(errno));
+    if (child == 0) {
+        if (unshare(CLONE_NEWPID)) _exit(ERRNO_EXIT);
+        pid_t first = fork(); /* the new namespace's PID 1 */
+        if (first < 0) _exit(ERRNO_EXIT);
+        if (first == 0)
+            _exit(mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL)
+                  ? ERRNO_EXIT : 0);
+        int status;
+        while (waitpid(first, &status, 0) < 0)
+            if (errno != EINTR) _exit(2);
+        _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 3);
+    }
+    int status;
+    while (waitpid(child, &status, 0) < 0)
+        if (errno != EINTR) return failf("hollow proc: waitpid: %s", strerror(errno));
+    if (!WIFEXITED(status) || WEXITSTATUS(status))
+        return failf("mount step hollow proc failed on %s: %s", path,
+                     WIFEXITED(status) && WEXITSTATUS(status) >= 10
+                         ? strerror(WEXITSTATUS(status) - 10) : "its process failed");
+    return 0;
+}
+
 int mounts_op(unsigned op, const struct op_arg *a, struct setup *st) {
     const char *path = a[0].s;
     char tmp[512];
@@ -176,6 +209,8 @@ int mounts_op(unsigned op, const struct op_arg *a, struct setup *st) {
             return failf("mount step pivot_root failed on %s: %s. The new root must be a "
                          "mount point.", path, strerror(errno));
         return 0;
+    case OP_HOLLOW_PROC: /* path */
+        return hollow_proc(path);
     default:
         return failf("op %u is not a filesystem op", op);
     }

@@ -43,33 +43,81 @@ static const char *plan_str(struct plan *pl, uint32_t *len) {
     return s;
 }
 
-/* The plan from PLAN_FD, which is closed; its magic checked. The buffer is never freed:
- * the job process's seccomp program points into it. */
-int read_plan(struct plan *pl) {
+/* The plan from ``fd``, in a buffer of its own (``pl->p - 8``: ``pl->p`` is past the
+ * magic, which is checked); on failure nothing is left to free. */
+int read_plan_fd(int fd, struct plan *pl) {
     struct stat st;
-    if (fstat(PLAN_FD, &st)) return failf("the plan: %s", strerror(errno));
+    if (fstat(fd, &st)) return failf("the plan: %s", strerror(errno));
     unsigned char *p = malloc((size_t)st.st_size + 1);
-    if (!p || pread(PLAN_FD, p, (size_t)st.st_size, 0) != st.st_size)
+    if (!p || pread(fd, p, (size_t)st.st_size, 0) != st.st_size) {
+        free(p);
         return failf("reading the plan: %s", strerror(errno));
-    close(PLAN_FD);
+    }
     *pl = (struct plan){p, p + st.st_size};
-    if (plan_u64(pl) != ((uint64_t)PLAN_VERSION << 32 | PLAN_MAGIC)) return failf("not a plan");
+    if (plan_u64(pl) != ((uint64_t)PLAN_VERSION << 32 | PLAN_MAGIC)) {
+        free(p);
+        *pl = (struct plan){NULL, NULL};
+        return failf("not a plan");
+    }
     return 0;
+}
+
+/* The plan from PLAN_FD, which is closed. The buffer is never freed: the job process's
+ * seccomp program points into it. */
+int read_plan(struct plan *pl) {
+    int r = read_plan_fd(PLAN_FD, pl);
+    close(PLAN_FD);
+    return r;
+}
+
+/* One op's code and fields (into ``a``), or -1 at the plan's end or on a corrupt op. */
+static int next_op(struct plan *pl, struct op_arg *a) {
+    if (pl->p >= pl->end) return failf("the plan ends without its end op");
+    unsigned op = *pl->p++;
+    if (op >= op_count || !op_table[op].name) return failf("unknown op %u in the plan", op);
+    const char *fields = op_table[op].fields;
+    for (int k = 0; fields[k]; k++) {
+        if (fields[k] == 'i') a[k].i = plan_u64(pl);
+        else a[k].s = plan_str(pl, &a[k].len);
+    }
+    if (pl->p > pl->end) return failf("the plan is corrupt (op %s)", op_table[op].name);
+    return (int)op;
+}
+
+/* How many bytes of the plan (``pl`` as read_plan_fd left it: just past the magic), from
+ * its start, end with its ``template_end`` op: the part
+ * that builds its template, the same for every container of the shape; 0 if it has none. */
+size_t plan_template_len(const struct plan *pl) {
+    struct plan walk = *pl;
+    struct op_arg a[MAX_OP_FIELDS];
+    for (;;) {
+        int op = next_op(&walk, a);
+        if (op < 0 || op == OP_END) return 0;
+        if (op == OP_TEMPLATE_END) return (size_t)(walk.p - (pl->p - 8));
+    }
 }
 
 /* Carry out the plan's ops in order; -1 with errmsg set on the first failure. */
 int run_plan(struct plan *pl, struct setup *st) {
     struct op_arg a[MAX_OP_FIELDS];
+    /* A copy of the template skips the ops that built it (its fork server ran them). */
+    int skipping = st->template == TEMPLATE_COPY;
     for (;;) {
-        if (pl->p >= pl->end) return failf("the plan ends without its end op");
-        unsigned op = *pl->p++;
-        if (op >= op_count || !op_table[op].name) return failf("unknown op %u in the plan", op);
-        const char *fields = op_table[op].fields;
-        for (int k = 0; fields[k]; k++) {
-            if (fields[k] == 'i') a[k].i = plan_u64(pl);
-            else a[k].s = plan_str(pl, &a[k].len);
+        int op = next_op(pl, a);
+        if (op < 0) return -1;
+        if (op == OP_TEMPLATE_END) {
+            if (st->template == TEMPLATE_BUILD) return 0;
+            if (!skipping) return failf("the plan has a template its fork server did not build");
+            skipping = 0;
+            continue;
         }
-        if (pl->p > pl->end) return failf("the plan is corrupt (op %s)", op_table[op].name);
+        if (skipping) continue;
+        /* A template holds filesystem ops only, and only a template a hollow proc. */
+        int fs_op = op >= OP_MKDIRS && op <= OP_PIVOT;
+        if (st->template == TEMPLATE_BUILD ? !fs_op && op != OP_HOLLOW_PROC
+                                           : op == OP_HOLLOW_PROC)
+            return failf("op %s out of its place (in a template: %s)", op_table[op].name,
+                         st->template == TEMPLATE_BUILD ? "yes" : "no");
         if (st->started && op != OP_END)
             return failf("the plan has op %s after job_process", op_table[op].name);
         switch (op) {

@@ -32,7 +32,7 @@
 #define JOB_FD 3  /* the job process's socket to the init */
 #define MAX_FRAME (1u << 30)
 #define PLAN_MAGIC 0x50444253u /* "SBDP" */
-#define PLAN_VERSION 2u
+#define PLAN_VERSION 3u
 
 /* The namespaces every container is cloned into (container.CLONE_FLAGS). */
 #define SANDBOXD_CLONE_FLAGS (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | \
@@ -60,7 +60,9 @@
     X(OP_LOOPBACK, 13, "loopback", "")  /* lo up */                             \
     X(OP_LANDLOCK, 14, "landlock", "ii") /* handled_access_fs, scoped */       \
     X(OP_LANDLOCK_RULE, 15, "landlock_rule", "si") /* path, access */          \
-    X(OP_JOB_PROCESS, 16, "job_process", "iib") /* uid, gid, seccomp program */
+    X(OP_JOB_PROCESS, 16, "job_process", "iib") /* uid, gid, seccomp program */ \
+    X(OP_TEMPLATE_END, 17, "template_end", "") /* the ops before it build the template */ \
+    X(OP_HOLLOW_PROC, 18, "hollow_proc", "s") /* a proc of an emptied PID namespace */
 
 enum op {
 #define SANDBOXD_OP_ENUM(id, code, name, fields) id = code,
@@ -111,7 +113,12 @@ struct plan { const unsigned char *p, *end; };
 struct op_arg { const char *s; uint32_t len; uint64_t i; };
 /* The state the ops build up, which outlives the plan. */
 struct job { pid_t pid; int pidfd, sock; };
+/* How an init meets a plan with a template (the ops before ``template_end``): its fork
+ * server built the template once, as host root, and cloned the init from it (COPY: the
+ * init skips those ops); BUILD: the fork server's builder carries them out and stops. */
+enum template_mode { TEMPLATE_NONE, TEMPLATE_COPY, TEMPLATE_BUILD };
 struct setup {
+    enum template_mode template;
     int lock, ruleset; /* -1 when none */
     int started;       /* the job process exists */
     uid_t uid;         /* the job's ids, owner of the files the init writes to /box */
@@ -119,6 +126,8 @@ struct setup {
     struct job job;
 };
 int read_plan(struct plan *pl);
+int read_plan_fd(int fd, struct plan *pl);
+size_t plan_template_len(const struct plan *pl);
 int run_plan(struct plan *pl, struct setup *st);
 
 /* ------------------------------------------------------------ mounts.c */
@@ -158,6 +167,6 @@ int collect(const char *dir, struct files *f, int depth);
 /* ------------------------------------------------------------ init.c */
 
 int start_job_process(uid_t uid, gid_t gid, const char *bpf, size_t bpf_len, struct setup *st);
-int init_main(void);
+int init_main(enum template_mode template);
 
 #endif

@@ -157,11 +157,22 @@ async def test_an_init_killed_while_it_sets_up_fails_its_container_typed(made) -
     from sandboxd.result import SandboxError
     from sandboxd.spawn import ContainerSpec
 
-    for i in range(4):
+    typed = 0
+    for i in range(12):
         spawned = await made.client.spawn(ContainerSpec(slot=7220 + i, box_size=MiB,
                                                         tmp_size=MiB))
         box = Container(spawned, made.backend.create(f"sandboxd-zy-k{i}"))
         made.boxes.append(box)
         _libc.pidfd_send_signal(box.pidfd, signal.SIGKILL)
-        with pytest.raises(SandboxError):
+        try:
             await box.wait_ready()
+        except SandboxError:
+            typed += 1
+            if typed >= 3:
+                break
+            continue
+        # It was ready before the signal landed (a template's copy sets up in well under a
+        # millisecond): then it is a container that died after, seen dead by its pidfd
+        # (the pool's check before a lease), which is not this test's case.
+        _wait_dead(box.pidfd)
+    assert typed, "no init was killed before it was ready: the case was not exercised"

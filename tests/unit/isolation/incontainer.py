@@ -31,7 +31,7 @@ import trio
 
 from sandboxd import slots, spawn
 from sandboxd.container import Container, RunStep
-from sandboxd.isolation import identity, initplan, landlock, mounts, seccomp
+from sandboxd.isolation import identity, initplan, landlock, seccomp
 from sandboxd.limits import DEFAULT
 from sandboxd.result import Result
 
@@ -74,7 +74,7 @@ def plan_for(spec: spawn.ContainerSpec, *, rules: Any = _PRODUCTION,
         return spawn.plan_bytes(spec)
     if rules is _PRODUCTION:
         rules = production_rules() if spec.landlock else None
-    return initplan.encode(ops=mounts.compile_plan(spec.mount_plan()),
+    return initplan.encode(ops=spawn.mount_ops(spec),
                            hostname=spawn.HOSTNAME, landlock_rules=rules, uid=uid, gid=gid,
                            bpf=bpf if bpf is not None else
                            seccomp.compile_policy(spec.seccomp_policy))

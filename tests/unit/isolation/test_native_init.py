@@ -13,6 +13,8 @@ import os
 import select
 import signal
 import socket
+import subprocess
+from collections.abc import Callable
 
 import pytest
 from incontainer import plan_for, production_rules
@@ -31,8 +33,10 @@ def _memfd(data: bytes) -> int:
     return fd
 
 
-def _run_plan(data: bytes, server: spawn.ForkServer | None = None) -> dict:
-    """Clone one init on ``data`` (a plan) and return its first message (then kill it)."""
+def _run_plan(data: bytes, server: spawn.ForkServer | None = None,
+              inspect: Callable[[int], None] | None = None) -> dict:
+    """Clone one init on ``data`` (a plan) and return its first message; one that is
+    ready is given to ``inspect`` (its pid), then killed."""
     own = server is None
     server = server or spawn.ForkServer()
     plan = _memfd(data)
@@ -40,14 +44,18 @@ def _run_plan(data: bytes, server: spawn.ForkServer | None = None) -> dict:
     allocator = slots.SlotAllocator()  # a slot no other container of the host uses
     slot = allocator.take()
     try:
-        _pid, pidfd = server.clone(identity.IdMap(slot), theirs, plan)
+        pid, pidfd = server.clone(identity.IdMap(slot), theirs, plan)
         theirs.close()
         ours.settimeout(10)
         msg, fds = channel.recv(ours)
         for fd in fds:
             os.close(fd)
         if msg.get("t") == "ready":  # a whole container, waiting for a job: not this test's
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            try:
+                if inspect is not None:
+                    inspect(pid)
+            finally:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         # The init exits after reporting a failed setup: its pidfd becomes readable.
         assert select.select([pidfd], [], [], 10)[0], "the init did not exit"
         os.close(pidfd)
@@ -100,7 +108,7 @@ def test_the_tests_default_plan_is_production_s():
     """incontainer.py (the seccomp and Landlock tests' runner) runs by default the plan the
     zygote would carry out, byte for byte; its variants change only what they name."""
     spec = spawn.ContainerSpec(slot=0, box_size=1 << 20, tmp_size=1 << 20)
-    rebuilt = initplan.encode(ops=mounts.compile_plan(spec.mount_plan()),
+    rebuilt = initplan.encode(ops=mounts.compile_plan(spec.mount_plan(), template=True),
                               hostname=spawn.HOSTNAME, landlock_rules=production_rules(),
                               uid=identity.JOB_UID, gid=identity.JOB_GID,
                               bpf=seccomp.compile_policy())
@@ -158,3 +166,65 @@ def test_a_profile_that_binds_from_sys_is_refused_when_loaded(tmp_path):
     path.write_text('name = "p"\nrun = ["true"]\nbinds = [["/sys/fs/cgroup", "/cg"]]\n')
     with pytest.raises(profiles.ProfileError, match=r"binds.*/sys/fs/cgroup is in /sys"):
         profiles.load_file(path)
+
+
+def _mounts(pid: int) -> list[tuple[str, str, str]]:
+    """(mount point, options, filesystem type) of each mount of ``pid``'s namespace."""
+    out = []
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            out.append((fields[4], fields[5], fstype))
+    return out
+
+
+def test_containers_are_copies_of_one_template_whose_proc_shows_no_process():
+    """The fork server builds a shape's root once, as host root, in a namespace of its own
+    (mounts.compile_plan, template=True), and clones each container from inside it: the
+    container's root is that read-only tmpfs with nothing of the host's but its binds, and
+    its /proc its own, over the template's, a proc of an emptied PID namespace that shows
+    no process (the kernel lets a user namespace mount a proc only where one is fully
+    visible). Two containers of one plan: one template."""
+    server = spawn.ForkServer()
+    seen: list[list[tuple[str, str, str]]] = []
+    try:
+        spec = spawn.ContainerSpec(slot=0, box_size=1 << 20, tmp_size=1 << 20)
+        for _ in range(2):
+            msg = _run_plan(spawn.plan_bytes(spec), server, lambda pid: seen.append(_mounts(pid)))
+            assert msg.get("t") == "ready", msg
+        own = os.readlink(f"/proc/{server.pid}/ns/mnt")
+        held = {os.readlink(f"/proc/{server.pid}/fd/{fd}"): fd
+                for fd in os.listdir(f"/proc/{server.pid}/fd")
+                if os.readlink(f"/proc/{server.pid}/fd/{fd}").startswith("mnt:")}
+        templates = [fd for link, fd in held.items() if link != own]
+        assert len(templates) == 1, held
+        listing = subprocess.run(
+            ["nsenter", f"--mount=/proc/{server.pid}/fd/{templates[0]}", "--", "/usr/bin/ls",
+             "-a", "/proc"], capture_output=True, text=True, check=True, timeout=30).stdout
+        assert "cpuinfo" in listing.split()  # a proc...
+        assert not [e for e in listing.split() if e.isdigit()], listing  # ...of no process
+    finally:
+        server.close()
+    for mounts_of_one in seen:
+        points = [point for point, _opts, _fs in mounts_of_one]
+        root = [(opts, fs) for point, opts, fs in mounts_of_one if point == "/"]
+        assert root == [("ro,nosuid,nodev,relatime", "tmpfs")], root
+        assert [fs for point, _o, fs in mounts_of_one if point == "/proc"] == ["proc", "proc"]
+        assert not [p for p in points if p.startswith(("/sys", "/run", "/mnt", "/tmp/"))], points
+        assert {"/box", "/tmp", "/dev/shm", "/usr", "/etc"} <= set(points)
+
+
+def test_a_template_plan_puts_only_each_container_s_own_mounts_after_its_end():
+    spec = spawn.ContainerSpec(slot=0, box_size=1 << 20, tmp_size=1 << 20)
+    ops = mounts.compile_plan(spec.mount_plan(), template=True)
+    kinds = [op.kind for op in ops]
+    end = kinds.index("template_end")
+    assert kinds[end - 1] == "pivot" and "hollow_proc" in kinds[:end]
+    after = ops[end + 1:]
+    mounted = [op.args[1] for op in after if op.kind == "mount"]
+    assert mounted[:5] == ["/", "/box", "/tmp", "/dev/shm", "/proc"], mounted
+    assert all(m.startswith("/proc") for m in mounted[5:]), mounted  # its masks
+    assert after[-1].kind == "chdir"
+    classic = [op.kind for op in mounts.compile_plan(spec.mount_plan())]
+    assert "template_end" not in classic and "hollow_proc" not in classic
