@@ -92,9 +92,9 @@ static void fs_reply(int32_t pid, int32_t err, int pidfd) {
     if (sendmsg(FS_SOCK, &mh, MSG_NOSIGNAL) != sizeof rep) _exit(0); /* our parent is gone */
 }
 
-/* Every container's mount namespace starts as a copy of ours, which its init detaches
- * after pivot_root: each mount here is copied, made a slave and torn down once per
- * container for nothing. /sys and what hangs below it (on a v1 host: a tmpfs, a dozen
+/* A container's mount namespace starts as a copy of ours (one without a template: an
+ * image's root), which its init detaches after pivot_root, and so does a template
+ * builder's: each mount here is copied, made a slave and torn down for nothing. /sys and what hangs below it (on a v1 host: a tmpfs, a dozen
  * cgroup hierarchies, tracing; 14 of this machine's 25 mounts) is never a bind source
  * (mounts.py refuses one) and no container mounts a sysfs, so it goes from a namespace of
  * our own; /proc stays (a user namespace mounts a proc only where one is fully visible).
@@ -208,7 +208,12 @@ static int template_ns(int planfd) {
                 t = &templates[i];
         if (t && t_now - t->built <= TEMPLATE_MAX_AGE) {
             ns = t->ns;
-        } else if ((ns = build_template(&pl)) >= 0) {
+        } else if ((ns = build_template(&pl)) < 0 && t) {
+            /* Its rebuild failed (on our stderr): the old one serves another while. */
+            t->built = t_now;
+            ns = t->ns;
+            errno = 0;
+        } else if (ns >= 0) {
             if (!t) t = &templates[next_evicted++ % MAX_TEMPLATES];
             if (t->built > 0) { /* in use: replaced */
                 free(t->ops);
