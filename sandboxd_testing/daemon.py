@@ -43,17 +43,21 @@ def tied_to_caller(argv: list[str]) -> list[str]:
     child early. The kernel clears the setting when the child changes its user, so a
     ``setpriv`` that does (``Daemon.prefix``, a rootless daemon) is given
     ``--pdeathsig`` too: it sets it again once it is that user."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or threading.current_thread() is not threading.main_thread():
-        return argv
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
+    setpriv = _setpriv_to_tie()
+    return argv if setpriv is None else [setpriv, "--pdeathsig", "TERM", "--", *argv]
+
+
+def _setpriv_to_tie() -> str | None:
+    """setpriv, where ``tied_to_caller`` ties a child (see there); else None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return shutil.which("setpriv")
 
 
 def _tied_prefix(prefix: tuple[str, ...]) -> list[str]:
     """``prefix`` (``Daemon.prefix``) with ``--pdeathsig TERM`` given to its ``setpriv``
     where ``tied_to_caller`` ties the daemon (see there)."""
-    if (prefix and os.path.basename(prefix[0]) == "setpriv" and shutil.which("setpriv")
-            and threading.current_thread() is threading.main_thread()):
+    if prefix and os.path.basename(prefix[0]) == "setpriv" and _setpriv_to_tie():
         return [prefix[0], "--pdeathsig", "TERM", *prefix[1:]]
     return list(prefix)
 

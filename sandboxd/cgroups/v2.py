@@ -223,8 +223,9 @@ class V2Job(JobCgroup):
                     _fs.write(freeze, "0")
             self._wait_events("populated", 0, min(deadline, now + timeout / 2))
 
-    def reset(self) -> None:
-        """Prove emptiness, lift limits, restart every counter.
+    def reset(self, current: int | None = None) -> None:
+        """Prove emptiness, lift limits, restart every counter (``current``: memory.current
+        if the caller has just read it).
 
         Counters the kernel cannot reset (cpu.stat, oom_kill) are read as deltas.
         A peak that cannot be reset in place (memory.peak before 6.12) makes
@@ -243,7 +244,8 @@ class V2Job(JobCgroup):
         if self._f.freeze:
             _fs.write(f"{self.path}/cgroup.freeze", "0")
         if "memory" in self._f.controllers:
-            current = int(_fs.read(f"{self.path}/memory.current"))
+            if current is None:
+                current = int(self._read("memory.current"))
             if current > LEFTOVER_OK:  # page cache the last job left charged here
                 try:
                     _fs.write(f"{self.path}/memory.reclaim", current)
@@ -268,10 +270,12 @@ class V2Job(JobCgroup):
         reads of a reset that needs neither."""
         if self._f.peak and not self._f.peak_reset:
             return False
-        if "memory" in self._f.controllers and int(_fs.read(f"{self.path}/memory.current")) \
-                > LEFTOVER_OK:
-            return False
-        self.reset()
+        current = None
+        if "memory" in self._f.controllers:
+            current = int(self._read("memory.current"))
+            if current > LEFTOVER_OK:
+                return False
+        self.reset(current)
         return True
 
     def remove(self, timeout: float = 5.0) -> None:

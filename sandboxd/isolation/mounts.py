@@ -484,7 +484,8 @@ def compile_plan(plan: MountPlan, template: bool = False) -> list[Op]:
     template = template and plan.overlay is None
     own: list[Op] = []  # with a template: the container's own mounts, after it
     # Nothing we mount may propagate back to the host.
-    ops = [_mount(None, "/", None, MS_REC | MS_SLAVE, what="make-rslave")]
+    rslave = _mount(None, "/", None, MS_REC | MS_SLAVE, what="make-rslave")
+    ops = [rslave]
     root = BUILD_BASE
     overlay = plan.overlay
     if overlay:  # before BUILD_BASE is covered: the store may live below it
@@ -534,7 +535,6 @@ def compile_plan(plan: MountPlan, template: bool = False) -> list[Op]:
     ops += [_remount_ro(root), Op("pivot", (root,))]
     if template:
         # The copy's mounts are private already; the container's own must stay so too.
-        ops += [Op("template_end", ()),
-                _mount(None, "/", None, MS_REC | MS_SLAVE, what="make-rslave"), *own]
+        ops += [Op("template_end", ()), rslave, *own]
     ops.append(Op("chdir", (plan.workdir,), "'workdir'", ""))
     return ops

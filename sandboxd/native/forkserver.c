@@ -133,8 +133,8 @@ struct template { unsigned char *ops; size_t len; int ns; double built; };
 static struct template templates[MAX_TEMPLATES];
 static unsigned next_evicted;
 
-/* Build the template of ``pl`` (whose first ``len`` bytes it is): in a child that makes a
- * mount namespace of its own and carries out those ops; we keep its namespace. -1 (errno
+/* Build the template of ``pl``: in a child that makes a mount namespace of its own and
+ * carries out the plan's ops up to ``template_end``; we keep its namespace. -1 (errno
  * EIO, the reason on our stderr) if it fails. */
 static int build_template(const struct plan *pl) {
     int done[2], go[2];
@@ -193,7 +193,7 @@ static int template_ns(int planfd) {
         errno = 0;
         return -1;
     }
-    const unsigned char *start = pl.p - 8;
+    const unsigned char *start = pl.base;
     size_t len = plan_template_len(&pl);
     int ns = -1;
     errno = 0;

@@ -43,8 +43,8 @@ static const char *plan_str(struct plan *pl, uint32_t *len) {
     return s;
 }
 
-/* The plan from ``fd``, in a buffer of its own (``pl->p - 8``: ``pl->p`` is past the
- * magic, which is checked); on failure nothing is left to free. */
+/* The plan from ``fd``, in a buffer of its own (``pl->base``; ``pl->p`` past the magic,
+ * which is checked); on failure nothing is left to free. */
 int read_plan_fd(int fd, struct plan *pl) {
     struct stat st;
     if (fstat(fd, &st)) return failf("the plan: %s", strerror(errno));
@@ -53,10 +53,10 @@ int read_plan_fd(int fd, struct plan *pl) {
         free(p);
         return failf("reading the plan: %s", strerror(errno));
     }
-    *pl = (struct plan){p, p + st.st_size};
+    *pl = (struct plan){p, p, p + st.st_size};
     if (plan_u64(pl) != ((uint64_t)PLAN_VERSION << 32 | PLAN_MAGIC)) {
         free(p);
-        *pl = (struct plan){NULL, NULL};
+        *pl = (struct plan){NULL, NULL, NULL};
         return failf("not a plan");
     }
     return 0;
@@ -84,8 +84,7 @@ static int next_op(struct plan *pl, struct op_arg *a) {
     return (int)op;
 }
 
-/* How many bytes of the plan (``pl`` as read_plan_fd left it: just past the magic), from
- * its start, end with its ``template_end`` op: the part
+/* How many bytes of the plan, from ``pl->base``, end with its ``template_end`` op: the part
  * that builds its template, the same for every container of the shape; 0 if it has none. */
 size_t plan_template_len(const struct plan *pl) {
     struct plan walk = *pl;
@@ -93,7 +92,7 @@ size_t plan_template_len(const struct plan *pl) {
     for (;;) {
         int op = next_op(&walk, a);
         if (op < 0 || op == OP_END) return 0;
-        if (op == OP_TEMPLATE_END) return (size_t)(walk.p - (pl->p - 8));
+        if (op == OP_TEMPLATE_END) return (size_t)(walk.p - pl->base);
     }
 }
 

@@ -108,7 +108,7 @@ ssize_t recv_frame(unsigned char **out, int *fds, int maxfds, int *nfds);
 
 /* ------------------------------------------------------------ plan.c */
 
-struct plan { const unsigned char *p, *end; };
+struct plan { const unsigned char *base, *p, *end; }; /* base: the buffer, magic first */
 /* One op's fields, in the order of its signature; strings are NUL-terminated in place. */
 struct op_arg { const char *s; uint32_t len; uint64_t i; };
 /* The state the ops build up, which outlives the plan. */
