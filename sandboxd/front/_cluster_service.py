@@ -232,6 +232,10 @@ class _Link:
             await self.r.delete([self.reply])
 
 
+#: Seconds a gateway waits for Redis to answer its first PING before it exits.
+FIRST_CONTACT = 10.0
+
+
 class ClusterService:
     """A job service that forwards every job to the cluster (see the module's docstring)."""
 
@@ -261,13 +265,22 @@ class ClusterService:
         """Talk to Redis until cancelled: the reply stream, the nodes' announcements.
 
         Raises ``OSError``/``RedisError`` if Redis does not answer at the start
-        (the gateway then exits with that error); later outages are retried.
+        (the gateway then exits with that error); later outages are retried. The
+        first contact has a deadline: an address where something accepts the
+        connection and never answers (a server that is not Redis, a stopped one)
+        would otherwise hold the gateway for ever, as no command has a timeout
+        (the replies' blocked read must not have one).
         """
         link = self.link
-        async with coredis.Redis.from_url(self.cfg.redis, stream_timeout=None) as r:
+        async with coredis.Redis.from_url(self.cfg.redis, stream_timeout=None,
+                                          connect_timeout=FIRST_CONTACT) as r:
             link.r = r
             link._submit_script = r.register_script(cluster.SUBMIT_SCRIPT)
-            await r.ping()
+            with trio.move_on_after(FIRST_CONTACT) as contact:
+                await r.ping()
+            if contact.cancelled_caught:
+                raise RedisConnectionError(
+                    f"no answer to PING within {FIRST_CONTACT:g} s: is it a Redis server?")
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery

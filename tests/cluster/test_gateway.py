@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
+from sandboxd.front._cluster_service import FIRST_CONTACT
 from sandboxd_testing.daemon import Daemon
 from sandboxd_testing.redis_server import RedisServer, free_port
 
@@ -301,9 +303,33 @@ def test_a_job_posted_while_redis_restarts_is_answered_once_it_is_back(cluster):
     assert r.json()["steps"][0]["stdout"] == "back\n", r.json()
 
 
-def test_unreachable_redis_fails_the_gateway_clearly(tmp_path):
-    gw = Gateway(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
+def _gateway_alone(tmp_path: Path, port: int) -> tuple[subprocess.CompletedProcess[str],
+                                                        float]:
+    gw = Gateway(tmp_path, f"redis://127.0.0.1:{port}/0")
+    start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "sandboxd", "gateway", "--config",
                            str(gw.dir / "gateway.toml")], capture_output=True, text=True,
                           timeout=60)
+    return proc, time.monotonic() - start
+
+
+def test_unreachable_redis_fails_the_gateway_clearly(tmp_path):
+    """The port is ours, bound and not listening, for the test's length: a free port
+    that some other program takes meanwhile would test that program instead."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        proc, _ = _gateway_alone(tmp_path, held.getsockname()[1])
     assert proc.returncode == 1 and "cannot reach Redis" in proc.stderr, proc.stderr
+
+
+def test_a_server_that_never_answers_fails_the_gateway_within_its_deadline(tmp_path):
+    """Something that accepts the connection and says nothing (not Redis, or a Redis
+    stopped with SIGSTOP): the gateway's first PING has a deadline, so it exits
+    saying so rather than hanging for ever (CI once saw the hang: 60 s and killed)."""
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()  # the kernel completes the handshake; nobody ever answers
+        proc, took = _gateway_alone(tmp_path, mute.getsockname()[1])
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot reach Redis" in proc.stderr and "no answer to PING" in proc.stderr
+    assert took >= FIRST_CONTACT, took
