@@ -147,7 +147,7 @@ class Pool:
         cg = self._cgroup()
         box: Container | None = None
         try:
-            spawned = await self.zygote.spawn(dataclasses.replace(spec, slot=slot))
+            spawned = await self.zygote.spawn(shape_of(spec), slot)  # no copy per container
             box = Container(spawned, cg)
             box.slot = slot
             self._live.add(box)

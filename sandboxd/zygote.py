@@ -179,8 +179,11 @@ class ZygoteClient:
         self._server: socket.socket | None = None
         self._life: ServerLife | None = None  # the fork server's, shared by its containers
 
-    async def spawn(self, spec: ContainerSpec) -> Spawned:
-        """Cancellation: the exchanges (with the zygote when a shape or the fork server is
+    async def spawn(self, spec: ContainerSpec, slot: int | None = None) -> Spawned:
+        """A container of ``spec``, in ``slot`` if given (``spec`` then being its shape,
+        slot 0: the pool's way, which copies no spec per container), else in ``spec.slot``.
+
+        Cancellation: the exchanges (with the zygote when a shape or the fork server is
         new; with the fork server, a clone, a few ms) are shielded, so the container
         comes back and the caller destroys it; only a silence of ``SPAWN_TIMEOUT`` breaks
         the client. Cancelling mid-exchange used to leave the answer unread and the client
@@ -199,7 +202,7 @@ class ZygoteClient:
                                   deadline=trio.current_time() + SPAWN_TIMEOUT) as timer:
                 try:
                     plan = await self._plan(spec)
-                    ids = identity.slot_map(spec.slot)
+                    ids = identity.slot_map(spec.slot if slot is None else slot)
                     try:
                         pid, pidfd, ours = await self._clone(ids, plan)
                     except _ServerGone:  # replaced once: its inits died with it
@@ -231,7 +234,7 @@ class ZygoteClient:
 
     async def _plan(self, spec: ContainerSpec) -> int:
         """The plan memfd of ``spec``'s shape, asked of the zygote once (``MAX_PLANS`` kept)."""
-        shape = dataclasses.replace(spec, slot=0)
+        shape = spec if spec.slot == 0 else dataclasses.replace(spec, slot=0)
         fd = self._plans.get(shape)
         if fd is not None:
             self._plans.move_to_end(shape)
