@@ -581,8 +581,13 @@ def test_random_http_fuzzing_keeps_the_daemon_serving(attack_daemon: AttackDaemo
             f"pooled containers {pooled_start} -> {pooled(attack_daemon)}")
     log_clean(attack_daemon, log_start)
     print(f"\nseed {seed}: " + "\n".join(r.summary() for r in reports))
+    # A leak grows with the traffic, so it shows at the end of the second round. What the
+    # allocator keeps after a burst (glibc raises its trim threshold after a large free)
+    # is given back by later traffic: CI once read 47 -> 133 -> 50 MiB. So the end is held
+    # to the leak bound, and a round's peak only to a looser one.
     first, second = reports[0].rss_kib[1], reports[1].rss_kib[1]
-    assert max(first, second) - start < 64 * 1024, f"RSS {start} -> {first} -> {second} KiB"
+    assert second - start < 64 * 1024, f"RSS {start} -> {first} -> {second} KiB: kept"
+    assert max(first, second) - start < 192 * 1024, f"RSS {start} -> {first} -> {second} KiB"
 
 
 # ------------------------------------------------------------- a full queue
