@@ -128,6 +128,7 @@ class Container:
         self.cgroup = cgroup
         self.job_uid = spawned.job_uid
         self.server = spawned.server  # its fork server: this container dies with it
+        self._moved = spawned.moved  # its init moved the job process into ``cgroup``
         self.chan = channel.AsyncChannel(spawned.sock)
         self.job_pid: int | None = None
         self.slot = -1  # the uid slot, when a pool allocated one
@@ -168,7 +169,8 @@ class Container:
         if self.job_pid <= 0:
             raise SandboxError("container setup failed: the job process died before its job")
         try:
-            await _move(self.cgroup, self.job_pid)
+            if not self._moved:
+                await _move(self.cgroup, self.job_pid)
         except CgroupError as e:  # it died since (its init killed, say): typed, as above
             raise SandboxError(f"container setup failed: moving its job process into its "
                                f"cgroup: {e}") from e

@@ -147,7 +147,9 @@ class Pool:
         cg = self._cgroup()
         box: Container | None = None
         try:
-            spawned = await self.zygote.spawn(shape_of(spec), slot)  # no copy per container
+            # Its init moves the job process into ``cg`` itself where the backend lends the
+            # cgroup.procs files (v1): no write here, no RCU grace period waited for.
+            spawned = await self.zygote.spawn(shape_of(spec), slot, cg.procs_files())
             box = Container(spawned, cg)
             box.slot = slot
             self._live.add(box)

@@ -59,6 +59,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,8 @@ CLONE_FLAGS = (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE
                | CLONE_NEWUTS | CLONE_NEWCGROUP)
 
 HOSTNAME = "sandboxd"
+#: How many ``cgroup.procs`` files a clone request may lend its init (native/sandboxd.h).
+MAX_PROCS_FDS = 8
 JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
 WRITABLE_DIRS = ("/box", "/tmp", "/dev/shm")
 WRITABLE_FILES = ("/dev/null", "/dev/zero", "/dev/full")
@@ -190,6 +193,9 @@ class Spawned:
     server: ServerLife | None = None
     """The fork server that cloned it, whose death kills it (PR_SET_PDEATHSIG); None
     when made in-process (run-once)."""
+    moved: bool = False
+    """Its init moves the job process into the job's cgroup itself (it was lent the
+    cgroup's ``cgroup.procs`` files), before it says ``ready``."""
 
 
 class ServerLife:
@@ -312,13 +318,19 @@ class ForkServer:
 
     @classmethod
     def request(cls, ids: identity.IdMap | identity.RootlessMap, ctrl: socket.socket,
-                plan_fd: int) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+                plan_fd: int, procs: Sequence[int] = ()
+                ) -> tuple[bytes, list[tuple[int, int, bytes]]]:
         """A clone request (native/forkserver.c's ``fs_request`` and the id maps) and its
-        descriptors, for ``sendmsg``."""
+        descriptors, for ``sendmsg``: the init's channel, its plan, and ``procs``, the
+        job cgroup's ``cgroup.procs`` files (``JobCgroup.procs_files``), into which the
+        init then moves its job process itself."""
+        if len(procs) > MAX_PROCS_FDS:
+            raise ValueError(f"{len(procs)} cgroup.procs files: at most {MAX_PROCS_FDS}")
         uid_map, gid_map = ids.uid_map().encode(), ids.gid_map().encode()
         head = struct.pack("=III", cls._MAGIC, len(uid_map), len(gid_map))
+        fds = (ctrl.fileno(), plan_fd, *procs)
         return head + uid_map + gid_map, [(
-            socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", ctrl.fileno(), plan_fd))]
+            socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
 
     @staticmethod
     def answer(data: bytes, ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int]:

@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sandboxd import channel, slots
@@ -179,9 +180,12 @@ class ZygoteClient:
         self._server: socket.socket | None = None
         self._life: ServerLife | None = None  # the fork server's, shared by its containers
 
-    async def spawn(self, spec: ContainerSpec, slot: int | None = None) -> Spawned:
+    async def spawn(self, spec: ContainerSpec, slot: int | None = None,
+                    procs: Sequence[int] = ()) -> Spawned:
         """A container of ``spec``, in ``slot`` if given (``spec`` then being its shape,
         slot 0: the pool's way, which copies no spec per container), else in ``spec.slot``.
+        ``procs``: its job cgroup's ``cgroup.procs`` files (``JobCgroup.procs_files``),
+        lent to its init, which moves the job process itself (``Spawned.moved``).
 
         Cancellation: the exchanges (with the zygote when a shape or the fork server is
         new; with the fork server, a clone, a few ms) are shielded, so the container
@@ -204,9 +208,9 @@ class ZygoteClient:
                     plan = await self._plan(spec)
                     ids = identity.slot_map(spec.slot if slot is None else slot)
                     try:
-                        pid, pidfd, ours = await self._clone(ids, plan)
+                        pid, pidfd, ours = await self._clone(ids, plan, procs)
                     except _ServerGone:  # replaced once: its inits died with it
-                        pid, pidfd, ours = await self._clone(ids, plan)
+                        pid, pidfd, ours = await self._clone(ids, plan, procs)
                 except (channel.ChannelClosed, OSError) as e:
                     self._broken = True
                     raise SandboxError(f"the zygote died: {e!r}") from e
@@ -218,7 +222,8 @@ class ZygoteClient:
             if timer.cancelled_caught:
                 raise SandboxError(f"the zygote or fork server is stuck: no answer in "
                                    f"{SPAWN_TIMEOUT:g} s")
-        return Spawned(pid, pidfd, ours, job_uid=ids.host_job, server=self._life)
+        return Spawned(pid, pidfd, ours, job_uid=ids.host_job, server=self._life,
+                       moved=bool(procs))
 
     async def _ask(self, msg: dict, answer: str, nfds: int) -> tuple[dict, list[int]]:
         """One request to the zygote and its answer, which must carry ``nfds`` descriptors."""
@@ -245,8 +250,8 @@ class ZygoteClient:
             os.close(self._plans.popitem(last=False)[1])
         return fds[0]
 
-    async def _clone(self, ids: identity.IdMap | identity.RootlessMap,
-                     plan: int) -> tuple[int, int, socket.socket]:
+    async def _clone(self, ids: identity.IdMap | identity.RootlessMap, plan: int,
+                     procs: Sequence[int] = ()) -> tuple[int, int, socket.socket]:
         """One container init from the fork server (asked of the zygote first if there is
         none): its pid, its pidfd and our end of its channel."""
         import trio
@@ -262,7 +267,7 @@ class ZygoteClient:
         except OSError as e:  # out of descriptors: this container only
             raise _Refused(f"the container's channel: {e}") from e
         try:
-            request, fds = ForkServer.request(ids, theirs, plan)
+            request, fds = ForkServer.request(ids, theirs, plan, procs)
             try:
                 server.sendmsg([request], fds, socket.MSG_DONTWAIT)  # a few hundred bytes
                 await trio.lowlevel.wait_readable(server)

@@ -68,6 +68,14 @@ class JobCgroup(abc.ABC):
     def add_pid(self, pid: int) -> None:
         """Move a process (host pid) into this cgroup."""
 
+    def procs_files(self) -> list[int]:
+        """Descriptors of this cgroup's ``cgroup.procs`` files, open for writing, in the
+        order ``add_pid`` writes them, for a container's init to move its job process
+        itself (spawn.ForkServer): the write's permission is the opener's, its pid is
+        read in the writer's PID namespace. Empty where the backend does not lend them
+        (``add_pid`` then moves it from here). The cgroup keeps them open."""
+        return []
+
     @abc.abstractmethod
     def pids(self) -> list[int]:
         """Host pids of every process currently in the cgroup."""

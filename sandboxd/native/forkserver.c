@@ -53,7 +53,7 @@ struct fs_reply { int32_t pid, err; };
 /* Move descriptors into place (via high numbers: any may already sit on the targets),
  * and close every other one but 0, 1 and 2. */
 static void arrange_fds(const int *from, int n) {
-    int high[4];
+    int high[2 + MAX_PROCS_FDS];
     for (int i = 0; i < n; i++) {
         high[i] = fcntl(from[i], F_DUPFD_CLOEXEC, 64);
         if (high[i] < 0) die("F_DUPFD");
@@ -61,6 +61,10 @@ static void arrange_fds(const int *from, int n) {
     for (int i = 0; i < n; i++)
         if (dup3(high[i], CTRL_FD + i, O_CLOEXEC) < 0) die("dup3");
     syscall(SYS_close_range, (unsigned)(CTRL_FD + n), ~0u, 0u);
+}
+
+static void close_fds(const int *fds, int n) {
+    for (int i = 0; i < n; i++) close(fds[i]);
 }
 
 static int write_map(pid_t pid, const char *file, const char *text, size_t len) {
@@ -242,8 +246,10 @@ static int forkserver(void) {
     signal(SIGPIPE, SIG_IGN);
     for (;;) {
         struct fs_request req;
-        int fds[2] = {-1, -1}, nfds = 0;
-        union { struct cmsghdr h; char buf[CMSG_SPACE(2 * sizeof(int))]; } anc;
+        /* The init's channel, its plan, and the cgroup.procs files of its job's cgroup
+         * when the supervisor lends them (the init moves the job process itself). */
+        int fds[2 + MAX_PROCS_FDS], nfds = 0;
+        union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof fds)]; } anc;
         struct iovec iov = {&req, sizeof req};
         struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
                             .msg_control = anc.buf, .msg_controllen = sizeof anc.buf};
@@ -254,10 +260,10 @@ static int forkserver(void) {
         struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
         if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
             nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            memcpy(fds, CMSG_DATA(cm), (size_t)(nfds < 2 ? nfds : 2) * sizeof(int));
+            memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
         }
         char maps[2][256];
-        if (r != sizeof req || req.magic != FS_MAGIC || nfds != 2 ||
+        if (r != sizeof req || req.magic != FS_MAGIC || nfds < 2 || (mh.msg_flags & MSG_CTRUNC) ||
             req.uid_map_len >= sizeof maps[0] || req.gid_map_len >= sizeof maps[1]) {
             errno = EPROTO;
             die("fork server: bad request");
@@ -275,8 +281,7 @@ static int forkserver(void) {
         int mapped[2];
         if (pipe2(mapped, O_CLOEXEC)) {
             fs_reply(-1, errno, -1);
-            close(fds[0]);
-            close(fds[1]);
+            close_fds(fds, nfds);
             continue;
         }
         /* A plan with a template: clone from inside the template's namespace. */
@@ -286,8 +291,7 @@ static int forkserver(void) {
             close(mapped[0]);
             close(mapped[1]);
             fs_reply(-1, e, -1);
-            close(fds[0]);
-            close(fds[1]);
+            close_fds(fds, nfds);
             continue;
         }
         if (tns >= 0 && setns(tns, CLONE_NEWNS)) die("fork server: entering a template");
@@ -303,14 +307,12 @@ static int forkserver(void) {
             do k = read(mapped[0], &g, 1); while (k < 0 && errno == EINTR);
             if (k != 1 || g != 'm') _exit(1); /* our maps were never written */
             if (setresgid(0, 0, 0) || setresuid(0, 0, 0)) die("becoming the namespace's root");
-            int from[2] = {fds[0], fds[1]};
-            arrange_fds(from, 2);
-            _exit(init_main(tns >= 0 ? TEMPLATE_COPY : TEMPLATE_NONE));
+            arrange_fds(fds, nfds);
+            _exit(init_main(tns >= 0 ? TEMPLATE_COPY : TEMPLATE_NONE, nfds - 2));
         }
         int err = pid < 0 ? errno : 0;
         close(mapped[0]);
-        close(fds[0]);
-        close(fds[1]);
+        close_fds(fds, nfds);
         /* An ordinary user (a rootless daemon, docs/rootless.md) may write its own gid
          * into the map only once setgroups is denied in the namespace. */
         if (!err && ((geteuid() != 0 && write_map(pid, "setgroups", "deny", 4)) ||
@@ -333,6 +335,7 @@ static int contract(void) {
     printf("job_fault_exit %d\n", JOB_FAULT_EXIT);
     printf("warm_flag %#x\n", WARM_FLAG);
     printf("warm_ready %#x\n", WARM_READY);
+    printf("max_procs_fds %d\n", MAX_PROCS_FDS);
     for (size_t i = 0; i < op_count; i++)
         if (op_table[i].name)
             printf("op %u %s %s\n", op_table[i].code, op_table[i].name,

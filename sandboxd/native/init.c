@@ -78,6 +78,20 @@ int start_job_process(uid_t uid, gid_t gid, const char *bpf, size_t bpf_len, str
     }
     close(sv[1]);
     if (pid < 0) { close(sv[0]); return failf("fork: %s", strerror(errno)); }
+    /* Into the job's cgroup (each hierarchy's cgroup.procs, the freezer's first), where
+     * the supervisor lent them: the pid is read in our PID namespace, the permission
+     * is the opener's (host root's), and the files go before anything else runs here.
+     * So the supervisor writes nothing per container, and waits for no RCU grace
+     * period (docs/isolation.md, "Who is in the job's cgroup"). */
+    for (int i = 0; i < st->nprocs; i++) {
+        if (dprintf(PROCS_FD + i, "%d", (int)pid) < 0) {
+            int e = errno;
+            kill(pid, SIGKILL);
+            return failf("moving the job process into its cgroup: %s", strerror(e));
+        }
+        close(PROCS_FD + i);
+    }
+    st->nprocs = 0;
     st->started = 1;
     st->uid = uid;
     st->gid = gid;
@@ -349,7 +363,7 @@ static int serve(struct setup *st) {
 
 /* The init proper: descriptors 3 and 4 in place, root of the container's user namespace;
  * ``template``: TEMPLATE_COPY when its mount namespace is a copy of its plan's template. */
-int init_main(enum template_mode template) {
+int init_main(enum template_mode template, int nprocs) {
     prctl(PR_SET_NAME, "sandboxd-init", 0, 0, 0);
     /* The fork server ignores SIGCHLD (the kernel reaps its inits; an init must reap) and
      * SIGPIPE, and has every other signal at its default (forkserver.c). */
@@ -359,7 +373,8 @@ int init_main(enum template_mode template) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    struct setup st = {.template = template, .lock = -1, .ruleset = -1, .job = {0, -1, -1}};
+    struct setup st = {.template = template, .nprocs = nprocs, .lock = -1, .ruleset = -1,
+                       .job = {0, -1, -1}};
     if (setup(&st)) {
         char msg[sizeof errmsg + 16];
         snprintf(msg, sizeof msg, "OSError: %s", errmsg);

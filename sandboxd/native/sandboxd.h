@@ -29,6 +29,8 @@
 
 #define CTRL_FD 3 /* the init's channel to the supervisor */
 #define PLAN_FD 4 /* the init's plan, until it has read it */
+#define PROCS_FD 5 /* the job cgroup's cgroup.procs files, when the supervisor lends them */
+#define MAX_PROCS_FDS 8
 #define JOB_FD 3  /* the job process's socket to the init */
 #define MAX_FRAME (1u << 30)
 #define PLAN_MAGIC 0x50444253u /* "SBDP" */
@@ -119,6 +121,7 @@ struct job { pid_t pid; int pidfd, sock; };
 enum template_mode { TEMPLATE_NONE, TEMPLATE_COPY, TEMPLATE_BUILD };
 struct setup {
     enum template_mode template;
+    int nprocs;        /* cgroup.procs files on PROCS_FD.. to move the job process into */
     int lock, ruleset; /* -1 when none */
     int started;       /* the job process exists */
     uid_t uid;         /* the job's ids, owner of the files the init writes to /box */
@@ -167,6 +170,6 @@ int collect(const char *dir, struct files *f, int depth);
 /* ------------------------------------------------------------ init.c */
 
 int start_job_process(uid_t uid, gid_t gid, const char *bpf, size_t bpf_len, struct setup *st);
-int init_main(enum template_mode template);
+int init_main(enum template_mode template, int nprocs);
 
 #endif

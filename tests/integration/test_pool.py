@@ -23,10 +23,10 @@ async def test_a_failure_to_make_a_container_never_ends_the_pool(made, caplog) -
     real = made.client.spawn
     failures = [RuntimeError("a bug of ours"), None]
 
-    async def spawn(spec, slot=None):  # type: ignore[no-untyped-def]
+    async def spawn(spec, slot=None, procs=()):  # type: ignore[no-untyped-def]
         if failures and (e := failures.pop(0)) is not None:
             raise e
-        return await real(spec, slot)
+        return await real(spec, slot, procs)
 
     made.client.spawn = spawn
     pool = Pool(made.client, made.backend, 2)

@@ -179,3 +179,77 @@ async def test_an_init_killed_while_it_sets_up_fails_its_container_typed(made) -
         # (the pool's check before a lease), which is not this test's case.
         _wait_dead(box.pidfd)
     assert typed, "no init was killed before it was ready: the case was not exercised"
+
+
+def _cgroup_files_held(pid: int) -> list[str]:
+    """What ``pid`` holds open under /sys/fs/cgroup (by its descriptors' links)."""
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/sys/fs/cgroup"):
+            held.append(target)
+    return held
+
+
+async def test_an_init_lent_cgroup_procs_files_moves_its_job_and_keeps_none(made) -> None:  # type: ignore[no-untyped-def]
+    """The pool lends each container's init its job cgroup's ``cgroup.procs`` files (v1):
+    the init moves the job process into every hierarchy before it says ``ready``, so the
+    supervisor writes none, and closes them at once: nothing in the container holds a
+    descriptor of a cgroup file afterwards, its job least of all."""
+    from sandboxd.container import Container, RunStep
+    from sandboxd.limits import DEFAULT
+    from sandboxd.spawn import ContainerSpec
+
+    cg = made.backend.create("sandboxd-zy-lent")
+    procs = cg.procs_files()
+    if not procs:
+        pytest.skip("this cgroup backend does not lend cgroup.procs files (cgroup v2)")
+    spawned = await made.client.spawn(ContainerSpec(slot=0, box_size=MiB, tmp_size=MiB),
+                                      7230, procs)
+    assert spawned.moved
+    box = Container(spawned, cg)
+    made.boxes.append(box)
+    await box.wait_ready()
+    assert box.job_pid is not None
+    assert cg.pids() == [box.job_pid]
+    # In every hierarchy, not only the first: the job process's own view of its cgroups.
+    with open(f"/proc/{box.job_pid}/cgroup") as f:
+        lines = [line.split(":", 2) for line in f.read().splitlines()]
+    mine = {c: path for _n, cs, path in lines for c in cs.split(",") if c}
+    for controller in ("freezer", "memory", "pids", "cpuacct"):
+        assert mine.get(controller, "").endswith("sandboxd-zy-lent"), mine
+    assert _cgroup_files_held(box.init_pid) == []
+    assert _cgroup_files_held(box.job_pid) == []
+    result = await box.run(RunStep(argv=["/bin/sh", "-c", "ls -l /proc/self/fd/"],
+                                   limits=DEFAULT, env={"PATH": "/bin"}))
+    assert result.verdict == "ok" and b"pipe:" in result.stdout, result
+    assert b"cgroup" not in result.stdout, result.stdout
+
+
+async def test_a_move_that_fails_in_the_init_fails_its_container_typed(made) -> None:  # type: ignore[no-untyped-def]
+    """A ``cgroup.procs`` file lent for reading only: the init's write fails, and the
+    container's set-up fails with that reason (a SandboxError the pool logs and
+    retries), its job process killed, nothing left behind."""
+    from sandboxd.container import Container
+    from sandboxd.result import SandboxError
+    from sandboxd.spawn import ContainerSpec
+
+    cg = made.backend.create("sandboxd-zy-ro")
+    if not cg.procs_files():
+        pytest.skip("this cgroup backend does not lend cgroup.procs files (cgroup v2)")
+    first = os.readlink(f"/proc/self/fd/{cg.procs_files()[0]}")
+    ro = os.open(first, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        spawned = await made.client.spawn(ContainerSpec(slot=0, box_size=MiB, tmp_size=MiB),
+                                          7231, [ro])
+    finally:
+        os.close(ro)
+    box = Container(spawned, cg)
+    made.boxes.append(box)
+    with pytest.raises(SandboxError, match="moving the job process into its cgroup"):
+        await box.wait_ready()
+    _wait_dead(box.pidfd)
+    assert cg.pids() == []

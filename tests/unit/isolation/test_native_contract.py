@@ -58,6 +58,7 @@ def test_python_and_c_agree_on_ops_magic_and_clone_flags() -> None:
     # A warm runtime's request, and the byte its bootstrap sends once up (runtimes/).
     assert values["warm_flag"] == spawn.WARM_FLAG
     assert values["warm_ready"] == 6
+    assert values["max_procs_fds"] == spawn.MAX_PROCS_FDS
     assert "os.write(sock, b\"\\x06\")" in runtimes._source(runtimes.RUNTIMES["python"].compiled)
     # Every element of a real plan (the host root, with Landlock where the kernel has it)
     # is an op of the table, in the order the init needs them.
