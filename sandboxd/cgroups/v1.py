@@ -142,16 +142,21 @@ class V1Job(JobCgroup):
         """``_fs.write`` through a descriptor kept open (see __init__); same errors."""
         if self._removed:
             raise CgroupError(f"{self.name}: removed")
-        fd = self._fd(path) if path in self._rw else self._wfds.get(path)
+        fd = self._fd(path) if path in self._rw else self._wfd(path)
+        try:
+            os.write(fd, str(value).encode() or b"\n")
+        except OSError as e:
+            raise _fs.fail(f"write {value!r} to", path, e) from e
+
+    def _wfd(self, path: str) -> int:
+        """A file written at every job, open for writing only (see __init__)."""
+        fd = self._wfds.get(path)
         if fd is None:
             try:
                 fd = self._wfds[path] = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             except OSError as e:
                 raise _fs.fail("open", path, e) from e
-        try:
-            os.write(fd, str(value).encode() or b"\n")
-        except OSError as e:
-            raise _fs.fail(f"write {value!r} to", path, e) from e
+        return fd
 
     def _read(self, controller: str, file: str) -> str:
         """A counter file, through a descriptor kept open (see __init__)."""
@@ -215,17 +220,7 @@ class V1Job(JobCgroup):
     def procs_files(self) -> list[int]:
         if self._removed:
             raise CgroupError(f"{self.name}: removed")
-        fds = []
-        for d in self._unique:
-            path = f"{d}/cgroup.procs"
-            fd = self._wfds.get(path)
-            if fd is None:
-                try:
-                    fd = self._wfds[path] = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                except OSError as e:
-                    raise _fs.fail("open", path, e) from e
-            fds.append(fd)
-        return fds
+        return [self._wfd(f"{d}/cgroup.procs") for d in self._unique]
 
     def pids(self) -> list[int]:
         """Pids in the freezer hierarchy (the first one we write to)."""
@@ -311,9 +306,8 @@ class V1Job(JobCgroup):
         cgroup writes first (``add_pid``, and a container's init in the same order
         through ``procs_files``): a process enters the others only after it, only
         we (or that init, once, before its job) write any cgroup.procs here, and a
-        process leaves
-        only by exiting, which takes it out of every hierarchy at once (one
-        css_set). So the others cannot hold a process the first does not, and
+        process leaves only by exiting, which takes it out of every hierarchy at
+        once (one css_set). So the others cannot hold a process the first does not, and
         reading all six (~45 µs per job) proved nothing more.
         """
         if pids := self.pids():

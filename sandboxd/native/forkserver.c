@@ -98,13 +98,14 @@ static void fs_reply(int32_t pid, int32_t err, int pidfd) {
 
 /* A container's mount namespace starts as a copy of ours (one without a template: an
  * image's root), which its init detaches after pivot_root, and so does a template
- * builder's: each mount here is copied, made a slave and torn down for nothing. /sys and what hangs below it (on a v1 host: a tmpfs, a dozen
- * cgroup hierarchies, tracing; 14 of this machine's 25 mounts) is never a bind source
- * (mounts.py refuses one) and no container mounts a sysfs, so it goes from a namespace of
- * our own; /proc stays (a user namespace mounts a proc only where one is fully visible).
- * A slave of the host's: its later mounts still reach us where the host's root is shared
- * (systemd's default), and nothing of ours reaches it. Not as an ordinary user (a rootless
- * daemon): unshare is refused and the containers copy the caller's namespace, as before. */
+ * builder's: each mount here is copied, made a slave and torn down for nothing. /sys and
+ * what hangs below it (on a v1 host: a tmpfs, a dozen cgroup hierarchies, tracing; 14 of
+ * this machine's 25 mounts) is never a bind source (mounts.py refuses one) and no
+ * container mounts a sysfs, so it goes from a namespace of our own; /proc stays (a user
+ * namespace mounts a proc only where one is fully visible). A slave of the host's: its
+ * later mounts still reach us where the host's root is shared (systemd's default), and
+ * nothing of ours reaches it. Not as an ordinary user (a rootless daemon): unshare is
+ * refused and the containers copy the caller's namespace, as before. */
 static int own_ns = -1; /* our mount namespace (templates are built from it), or -1 */
 
 static void slim_mounts(void) {
@@ -263,8 +264,8 @@ static int forkserver(void) {
             memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
         }
         char maps[2][256];
-        if (r != sizeof req || req.magic != FS_MAGIC || nfds < 2 || (mh.msg_flags & MSG_CTRUNC) ||
-            req.uid_map_len >= sizeof maps[0] || req.gid_map_len >= sizeof maps[1]) {
+        if (r != sizeof req || req.magic != FS_MAGIC || nfds < 2 ||
+            (mh.msg_flags & MSG_CTRUNC) || req.uid_map_len >= sizeof maps[0] || req.gid_map_len >= sizeof maps[1]) {
             errno = EPROTO;
             die("fork server: bad request");
         }

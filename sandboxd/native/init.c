@@ -91,7 +91,6 @@ int start_job_process(uid_t uid, gid_t gid, const char *bpf, size_t bpf_len, str
         }
         close(PROCS_FD + i);
     }
-    st->nprocs = 0;
     st->started = 1;
     st->uid = uid;
     st->gid = gid;
