@@ -31,6 +31,7 @@ import select
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -147,12 +148,35 @@ class Container:
         self.ended_at: float | None = None  # monotonic: the job process reaped (``run``)
         self.killed_at: float | None = None  # monotonic: when ``kill`` first ended it
         self._egress: egress.Egress | None = None  # the job's network, if it has one
+        self.pool_shape: Any = None  # the pool's shape this warm container was made for
 
-    async def wait_ready(self, warm: WarmStart | None = None) -> None:
+    @property
+    def emptied(self) -> bool:
+        """The job process was reaped and its cgroup then found (or made) empty."""
+        return self._emptied
+
+    @property
+    def has_egress(self) -> bool:
+        return self._egress is not None
+
+    def hand_off(self) -> None:
+        """Let go of this container once its init's pidfd went to the engine, which kills
+        and waits for the init (sandboxd/engine.py): our descriptors close now."""
+        self.destroyed = True
+        os.close(self.pidfd)
+        self.chan.close()
+        for fd in self._stdio:
+            os.close(fd)
+        self._stdio = []
+
+    async def wait_ready(self, warm: WarmStart | None = None, now: bool = False) -> None:
         """Wait until the init has built the container and the job process waits for a job;
-        with ``warm``, until that interpreter has started and waits for it instead."""
+        with ``warm``, until that interpreter has started and waits for it instead.
+        ``now``: its channel is known readable (the engine waited for it), so its first
+        read is a plain call, not a wait that registers the new descriptor with trio."""
         try:
-            msg, fds = await self.chan.recv()
+            got = await self.chan.recv_nowait() if now else None
+            msg, fds = got if got is not None else await self.chan.recv()
         except (channel.ChannelClosed, OSError) as e:
             # Its init died while it set up (its fork server killed, say): this container
             # fails, typed, and the pool makes another; raw, it ended the whole daemon.

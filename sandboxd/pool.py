@@ -20,6 +20,14 @@ Slots: each container gets a slot of its own (its host uids), taken from a
 dead, so that no two live containers of the host ever share a uid, even
 across daemons and ``run-once`` (slots.py says where the lock lives).
 
+Recycling through the engine (sandboxd/engine.py): a used container of a shape
+short of its target, whose job cgroup is proven empty and quickly reset, is handed
+to the native fork server, which kills its init, waits for its death and clones
+the next container into the same slot and cgroup; the pool reads one reply per new
+container. Anything else (misses, warm runtimes, network egress, a cgroup that needs
+reclaim, cgroup v2 and rootless daemons, whose cgroups lend no ``cgroup.procs``)
+takes the path above.
+
 Cancellation: ``take`` cancelled while making a cold container destroys
 what it made (shielded) before re-raising.
 """
@@ -29,7 +37,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import select
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -39,12 +49,21 @@ import trio
 from sandboxd import threads
 from sandboxd.cgroups import CgroupBackend, CgroupError, JobCgroup
 from sandboxd.container import Container
+from sandboxd.engine import Engine, Reply
+from sandboxd.isolation import identity
 from sandboxd.result import SandboxError
 from sandboxd.slots import SlotAllocator
-from sandboxd.spawn import ContainerSpec
+from sandboxd.spawn import ContainerSpec, Spawned
 from sandboxd.zygote import ZygoteClient
 
 log = logging.getLogger("sandboxd.pool")
+
+#: How long after its engine's death the pool waits before it reuses the slots the engine
+#: held: the SIGKILL that death sends each of their inits (PR_SET_PDEATHSIG) is on its way
+#: then, not yet proven delivered; a second is ample for it.
+ENGINE_GRACE = 1.0
+#: How long a shape's fillers leave the engine alone after it failed to make a container.
+ENGINE_PAUSE = 1.0
 
 @dataclass
 class PoolCounters:
@@ -56,6 +75,7 @@ class PoolCounters:
     cgroups_recycled: int = 0
     refill_seconds: float = 0.0  # total time spent making warm containers
     refills: int = 0
+    engine_recycles: int = 0  # used containers the engine turned into new ones
 
 
 def shape_of(spec: ContainerSpec) -> ContainerSpec:
@@ -70,6 +90,7 @@ class _Shape:
     warm: deque[Container] = field(default_factory=deque)
     making: int = 0
     kick: trio.Event = field(default_factory=trio.Event)
+    engine_pause: float = 0.0  # monotonic: the fillers use the zygote's way until then
 
 
 class Pool:
@@ -86,6 +107,10 @@ class Pool:
         self._nursery: trio.Nursery | None = None
         self._live: set[Container] = set()
         self._closing = False
+        self._engines: set[Engine] = set()  # those whose replies a task of ours reads
+        #: Whether used containers may go to the engine (tests turn it off to compare).
+        self.use_engine = True
+        self._engine_makes = True  # false once a cgroup lends no cgroup.procs (v2)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -115,6 +140,8 @@ class Pool:
 
     async def close(self) -> None:
         self._closing = True
+        for eng in list(self._engines):
+            await self._engine_drain(eng)
         for shape in self._shapes.values():
             while shape.warm:
                 await self._destroy(shape.warm.popleft(), recycle=False)
@@ -176,10 +203,13 @@ class Pool:
                 shape.kick = trio.Event()
 
     async def _fill_one(self, shape: _Shape) -> None:
+        if self._engine_make(shape):
+            return  # ``making`` stays counted until the engine's reply
         t = time.monotonic()
         box = None
         try:
             box = await self._make(shape.spec)
+            box.pool_shape = shape
         except Exception as e:
             # A SandboxError is the host's or the container's (logged, tried again); any
             # other is our bug, logged with its traceback. Neither ends the pool: raised
@@ -232,11 +262,17 @@ class Pool:
     async def _destroy(self, box: Container, recycle: bool) -> None:
         if box not in self._live:
             return
+        if recycle and self._hand_to_engine(box):
+            return
         self._live.discard(box)
         await box.destroy(remove_cgroup=False)
         self.counters.destroyed += 1
-        self.slots.give(box.slot)
-        cg = box.cgroup
+        await self._dead(box.slot, box.cgroup, recycle)
+
+    async def _dead(self, slot: int, cg: JobCgroup, recycle: bool) -> None:
+        """A container is proven dead: its slot is free, its cgroup reset (or removed),
+        and a shape short of containers gets one."""
+        self.slots.give(slot)
         try:
             if not recycle or self._closing:
                 raise CgroupError("not recycling")
@@ -261,11 +297,206 @@ class Pool:
             mine.making += 1
             await self._fill_one(mine)
 
+    # ---------------------------------------------------------------- engine
+
+    def _engine(self, server: object = None) -> Engine | None:
+        """The current fork server's engine, if the pool may use it (and ``server``, a
+        container's, is that fork server), its replies read by a task of ours."""
+        eng = self.zygote.engine
+        if not self.use_engine or self._closing or self._nursery is None or eng is None \
+                or eng.lost:
+            return None
+        if server is not None and (eng.life is not server or eng.life.gone()):
+            return None  # made by an earlier fork server, or this one is gone
+        if eng not in self._engines:
+            self._engines.add(eng)
+            self._nursery.start_soon(self._engine_reader, eng)
+        return eng
+
+    def _hand_to_engine(self, box: Container) -> bool:
+        """Give a used container to the engine: RECYCLE if its shape wants another and its
+        cgroup's quick reset succeeds now, else KILL (the reset then follows the death).
+        False, with nothing done but maybe that quick reset (the caller's path does it
+        again), if it may not go (see the module docstring)."""
+        if not box.emptied or box.has_egress or box.server is None:
+            return False
+        eng = self._engine(box.server)
+        if eng is None:
+            return False
+        shape: _Shape | None = box.pool_shape
+        cg = box.cgroup
+        plan = None
+        # Recycled while the shape is short (counting the containers under way, as its
+        # filler does), so that it never holds more than its target; otherwise killed.
+        if shape is not None and shape.spec.warm is None \
+                and len(shape.warm) + shape.making < shape.target:
+            plan = self.zygote.cached_plan(shape.spec)
+        try:
+            procs = cg.procs_files() if plan is not None else []
+            # Reset now, with the old init still alive: it is outside the job cgroup and
+            # holds none of its files, and the job's processes are proven gone (emptied).
+            if shape is not None and plan is not None and procs and cg.reset_quick():
+                eng.recycle(box.pidfd, plan, identity.slot_map(box.slot), procs,
+                            (shape, box.slot, cg, True))
+                shape.making += 1
+                self.counters.cgroups_recycled += 1
+            else:
+                eng.kill(box.pidfd, (shape, box.slot, cg, False))
+        except (CgroupError, OSError):
+            return False
+        self._live.discard(box)
+        box.hand_off()
+        self.counters.destroyed += 1
+        return True
+
+    def _engine_make(self, shape: _Shape) -> bool:
+        """Ask the engine for a new container of ``shape`` (a slot and cgroup taken here);
+        False if it cannot be asked (no engine, the plan not known yet, a warm runtime,
+        a cgroup that lends no cgroup.procs, or a failure of its within ENGINE_PAUSE)."""
+        if shape.spec.warm is not None or not self._engine_makes \
+                or time.monotonic() < shape.engine_pause:
+            return False
+        plan = self.zygote.cached_plan(shape.spec)
+        eng = self._engine() if plan is not None else None
+        if eng is None or plan is None:
+            return False
+        try:
+            slot = self.slots.take()
+        except SandboxError:
+            return False
+        cg = None
+        try:
+            cg = self._cgroup()
+            procs = cg.procs_files()
+            if not procs:  # cgroup v2: its init cannot move the job process (pool._make)
+                self._engine_makes = False
+                raise CgroupError("no cgroup.procs files to lend")
+            eng.make(plan, identity.slot_map(slot), procs, (shape, slot, cg, True))
+        except (CgroupError, OSError):
+            self.slots.give(slot)
+            if cg is not None:
+                self._free_cgroups.append(cg)
+            return False
+        return True
+
+    async def _engine_reader(self, eng: Engine) -> None:
+        """Take the engine's replies; on its death, what it held comes back to the pool."""
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(eng.sock)
+                while (reply := eng.receive()) is not None:
+                    await self._engine_reply(eng, reply)
+        except EOFError as e:
+            if not self._closing:
+                await self._engine_lost(eng, str(e))
+
+    async def _engine_drain(self, eng: Engine, timeout: float = 5.0) -> None:
+        """At close: take every reply still owed (their containers are destroyed), or
+        give up on the engine after ``timeout`` (its fork server's end kills the rest)."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(timeout):
+                try:
+                    while eng.pending:
+                        while (reply := eng.receive()) is not None:
+                            await self._engine_reply(eng, reply)
+                        if eng.pending:
+                            await trio.lowlevel.wait_readable(eng.sock)
+                except EOFError:
+                    pass
+            await self._engine_lost(eng, "the pool closed with replies still owed", dead=False)
+
+    async def _engine_reply(self, eng: Engine, reply: Reply) -> None:
+        entry = eng.pending.pop(reply.key, None)
+        if entry is None:  # not ours (a bug of the engine's): nothing to attach it to
+            for fd in (reply.pidfd, reply.chan):
+                if fd >= 0:
+                    os.close(fd)
+            log.error("pool: the engine answered an unknown request %d", reply.key)
+            return
+        shape, slot, cg, making = entry
+        if not making:  # a KILL's: the init is dead
+            if self._closing or self._nursery is None:
+                await self._dead(slot, cg, False)
+            else:
+                self._nursery.start_soon(self._dead, slot, cg, True)
+            return
+        shape.making -= 1
+        if reply.pid <= 0:
+            # No new container; the old init, if any, is dead (the engine waited for it)
+            # and the cgroup was reset before it went: both free again. The shape's
+            # fillers use the zygote's way for a while (its errors are logged there).
+            self.counters.spawn_failures += 1
+            log.warning("pool: the engine could not make a container: %s",
+                        os.strerror(reply.err))
+            self.slots.give(slot)
+            self._free_cgroups.append(cg)
+            shape.engine_pause = time.monotonic() + ENGINE_PAUSE
+            shape.kick.set()
+            return
+        # Its kind given, so that Python does not ask the kernel (three calls).
+        chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=reply.chan)
+        spawned = Spawned(reply.pid, reply.pidfd, chan,
+                          job_uid=identity.slot_map(slot).host_job, server=eng.life, moved=True)
+        box = Container(spawned, cg)
+        box.slot = slot
+        self._live.add(box)
+        try:
+            await box.wait_ready(now=True)
+        except SandboxError as e:
+            self.counters.spawn_failures += 1
+            log.warning("pool: could not make a warm container: %s", e)
+            shape.engine_pause = time.monotonic() + ENGINE_PAUSE  # and not spin on it
+            if self._closing or self._nursery is None:
+                await self._destroy(box, recycle=False)
+            else:  # destroyed on our path (no pool_shape: not back to the engine)
+                self._nursery.start_soon(self._destroy, box, True)
+            return
+        self.counters.created += 1
+        self.counters.refills += 1
+        self.counters.engine_recycles += 1
+        if self._closing:
+            await self._destroy(box, recycle=False)
+            return
+        box.pool_shape = shape
+        shape.warm.append(box)
+        if len(shape.warm) + shape.making < shape.target:
+            shape.kick.set()
+
+    async def _engine_lost(self, eng: Engine, why: str, dead: bool = True) -> None:
+        """The engine (its fork server) is gone, or given up on: each container it held
+        dies with it (PR_SET_PDEATHSIG kills every init it made or was killing). After
+        ENGINE_GRACE, their cgroups are removed (whatever is left in them killed) and
+        their slots given back; the fillers make new containers. Given up on while it
+        lives (``dead`` false: the pool closing past its deadline), it kills what it
+        makes from then on, but when is not proven: those slots stay locked until this
+        process ends, rather than be given to another container too soon."""
+        self._engines.discard(eng)
+        lost = list(eng.pending.values())
+        eng.pending.clear()
+        eng.close()
+        if not lost:
+            return
+        log.warning("pool: the engine is gone (%s) with %d containers in hand", why, len(lost))
+        with trio.CancelScope(shield=True):
+            if dead:
+                await trio.sleep(ENGINE_GRACE)
+            for shape, slot, cg, making in lost:
+                if making:
+                    shape.making -= 1
+                with contextlib.suppress(CgroupError, OSError):
+                    await threads.run_sync(cg.remove)
+                if dead:
+                    self.slots.give(slot)
+                if shape is not None:
+                    shape.kick.set()
+
     # ----------------------------------------------------------------- stats
 
     def cgroup_count(self) -> int:
-        """Job cgroups in existence: those of live containers plus the recycled ones."""
-        return len(self._live) + len(self._free_cgroups)
+        """Job cgroups in existence: those of live containers, of those the engine is
+        remaking, and the recycled ones."""
+        held = sum(len(e.pending) for e in self._engines)
+        return len(self._live) + len(self._free_cgroups) + held
 
     def shapes(self) -> list[tuple[ContainerSpec, int, int]]:
         """(shape, warm now, target) for every shape in use."""

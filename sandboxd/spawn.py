@@ -291,19 +291,30 @@ class ForkServer:
 
     _MAGIC = 0x53464253  # "SBFS"
 
-    def __init__(self) -> None:
+    def __init__(self, engine: bool = False) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        actions = [(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)]
+        # The engine's socket (descriptor 4), for a pool that recycles its containers
+        # through it (pool.Engine; the zygote's fork servers have one, run-once's not).
+        e_ours = e_theirs = None
+        if engine:
+            e_ours, e_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            actions.append((os.POSIX_SPAWN_DUP2, e_theirs.fileno(), 4))
         try:
             self.pid = os.posix_spawn(
                 _init_path(), ["sandboxd-init", "--forkserver"], {},
-                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
-                setsigdef=_DEFAULT_SIGNALS, setsigmask=())
+                file_actions=actions, setsigdef=_DEFAULT_SIGNALS, setsigmask=())
         except BaseException:
             ours.close()
+            if e_ours is not None:
+                e_ours.close()
             raise
         finally:
             theirs.close()
+            if e_theirs is not None:
+                e_theirs.close()
         self.sock = ours
+        self.engine_sock = e_ours
         # Reaped by us, not left to PID 1: an orphan would be a zombie until PID 1 reaps it
         # (some container PID 1s never do).
         atexit.register(self.close)
@@ -357,6 +368,8 @@ class ForkServer:
         (the zygote ignores SIGCHLD)."""
         atexit.unregister(self.close)
         self.sock.close()
+        if self.engine_sock is not None:
+            self.engine_sock.close()
 
     def close(self, timeout: float = 2.0) -> None:
         """Close its socket (it exits at EOF) and reap it, killing it past ``timeout``."""
@@ -368,6 +381,8 @@ class ForkServer:
         except ProcessLookupError:
             pidfd = -1
         self.sock.close()
+        if self.engine_sock is not None:
+            self.engine_sock.close()
         if pidfd >= 0:
             try:
                 poller = select.poll()

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sandboxd import channel, slots
+from sandboxd.engine import Engine
 from sandboxd.isolation import _libc, identity
 from sandboxd.result import SandboxError
 from sandboxd.spawn import (
@@ -125,14 +126,17 @@ def _serve(sock: socket.socket, keep: set[int]) -> int:
                 channel.send(sock, {"t": "plan", "id": req},
                              [plan_fd(ContainerSpec.from_wire(msg["spec"]))])
             elif kind == "forkserver":
-                server = ForkServer()
+                server = ForkServer(engine=True)
+                assert server.engine_sock is not None
                 try:
                     # With a pidfd of it (opened while it is surely alive: our child,
-                    # not yet reaped), by which its containers' supervisor sees it die.
+                    # not yet reaped), by which its containers' supervisor sees it die,
+                    # and its engine's socket (the pool's recycling: pool.Engine).
                     life = os.pidfd_open(server.pid)
                     try:
                         channel.send(sock, {"t": "forkserver", "id": req, "pid": server.pid},
-                                     [server.sock.fileno(), life])
+                                     [server.sock.fileno(), life,
+                                      server.engine_sock.fileno()])
                     finally:
                         os.close(life)
                 finally:
@@ -179,6 +183,7 @@ class ZygoteClient:
         self._plans: collections.OrderedDict[ContainerSpec, int] = collections.OrderedDict()
         self._server: socket.socket | None = None
         self._life: ServerLife | None = None  # the fork server's, shared by its containers
+        self.engine: Engine | None = None  # that fork server's engine (sandboxd/engine.py)
 
     async def spawn(self, spec: ContainerSpec, slot: int | None = None,
                     procs: Sequence[int] = ()) -> Spawned:
@@ -237,6 +242,10 @@ class ZygoteClient:
             raise _Refused(f"zygote could not make a container: {got.get('message', got)}")
         return got, fds
 
+    def cached_plan(self, spec: ContainerSpec) -> int | None:
+        """The plan memfd of ``spec``'s shape (slot 0) if this client holds it already."""
+        return self._plans.get(spec)
+
     async def _plan(self, spec: ContainerSpec) -> int:
         """The plan memfd of ``spec``'s shape, asked of the zygote once (``MAX_PLANS`` kept)."""
         shape = spec if spec.slot == 0 else dataclasses.replace(spec, slot=0)
@@ -257,10 +266,11 @@ class ZygoteClient:
         import trio
 
         if self._server is None:
-            _msg, fds = await self._ask({"t": "forkserver"}, "forkserver", 2)
+            _msg, fds = await self._ask({"t": "forkserver"}, "forkserver", 3)
             self._server = socket.socket(fileno=fds[0])
             self._server.setblocking(False)
             self._life = ServerLife(fds[1])
+            self.engine = Engine(socket.socket(fileno=fds[2]), self._life)
         server = self._server
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -296,6 +306,8 @@ class ZygoteClient:
         if self._life is not None:
             self._life.close()  # its containers are doomed: ``gone`` says so from now on
             self._life = None
+        # Its engine's socket closes at its reader (the pool), which sees the server's end.
+        self.engine = None
 
     def close(self) -> None:
         """Close the sockets: the zygote and the fork server exit on EOF. Their containers

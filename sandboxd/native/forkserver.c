@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -235,9 +236,307 @@ static int template_ns(int planfd) {
     return ns;
 }
 
+/* Clone one container init into the plan on fds[1], with fds[0] as its channel and
+ * fds[2..] the job cgroup's cgroup.procs files (which its init writes its job process's
+ * pid into), and write its id maps. Closes every fds[i]. The init's pid, with its pidfd in
+ * ``*pidfd``; -1 with errno set if it could not be made (then nothing of it is left). */
+static pid_t clone_init(const char maps[2][256], const uint32_t lens[2], int *fds, int nfds,
+                        int *pidfd) {
+    *pidfd = -1;
+    /* The child waits on this pipe until its id maps are written. */
+    int mapped[2];
+    if (pipe2(mapped, O_CLOEXEC)) {
+        int e = errno;
+        close_fds(fds, nfds);
+        errno = e;
+        return -1;
+    }
+    /* A plan with a template: clone from inside the template's namespace. */
+    int tns = template_ns(fds[1]);
+    if (tns < 0 && errno) {
+        int e = errno;
+        close(mapped[0]);
+        close(mapped[1]);
+        close_fds(fds, nfds);
+        errno = e;
+        return -1;
+    }
+    if (tns >= 0 && setns(tns, CLONE_NEWNS)) die("fork server: entering a template");
+    pid_t pid = (pid_t)syscall(SYS_clone, SANDBOXD_CLONE_FLAGS | CLONE_PIDFD | SIGCHLD, NULL,
+                               pidfd, NULL, 0UL);
+    if (pid != 0 && tns >= 0 && setns(own_ns, CLONE_NEWNS)) /* /proc/PID is there */
+        die("fork server: leaving a template");
+    if (pid == 0) { /* the container init */
+        close(mapped[1]);
+        char g = 0;
+        ssize_t k;
+        do k = read(mapped[0], &g, 1); while (k < 0 && errno == EINTR);
+        if (k != 1 || g != 'm') _exit(1); /* our maps were never written */
+        if (setresgid(0, 0, 0) || setresuid(0, 0, 0)) die("becoming the namespace's root");
+        arrange_fds(fds, nfds);
+        _exit(init_main(tns >= 0 ? TEMPLATE_COPY : TEMPLATE_NONE, nfds - 2));
+    }
+    int err = pid < 0 ? errno : 0;
+    close(mapped[0]);
+    close_fds(fds, nfds);
+    /* An ordinary user (a rootless daemon, docs/rootless.md) may write its own gid
+     * into the map only once setgroups is denied in the namespace. */
+    if (!err && ((geteuid() != 0 && write_map(pid, "setgroups", "deny", 4)) ||
+                 write_map(pid, "uid_map", maps[0], lens[0]) ||
+                 write_map(pid, "gid_map", maps[1], lens[1]))) {
+        err = errno;
+        syscall(SYS_pidfd_send_signal, *pidfd, SIGKILL, NULL, 0);
+    }
+    if (!err && write(mapped[1], "m", 1) != 1) err = errno;
+    close(mapped[1]);
+    if (err) {
+        if (*pidfd >= 0) close(*pidfd);
+        *pidfd = -1;
+        errno = err;
+        return -1;
+    }
+    return pid;
+}
+
+/* One clone request on FS_SOCK, answered at once: the init's pid and pidfd. */
+static void serve_clone(void) {
+    struct fs_request req;
+    /* The init's channel, its plan, and the cgroup.procs files of its job's cgroup
+     * when the supervisor lends them (the init moves the job process itself). */
+    int fds[2 + MAX_PROCS_FDS], nfds = 0;
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof fds)]; } anc;
+    struct iovec iov = {&req, sizeof req};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
+                        .msg_control = anc.buf, .msg_controllen = sizeof anc.buf};
+    ssize_t r;
+    do r = recvmsg(FS_SOCK, &mh, MSG_WAITALL | MSG_CMSG_CLOEXEC); while (r < 0 && errno == EINTR);
+    if (r == 0) _exit(0);
+    if (r < 0) die("fork server: recvmsg");
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+        nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
+    }
+    char maps[2][256];
+    if (r != sizeof req || req.magic != FS_MAGIC || nfds < 2 ||
+        (mh.msg_flags & MSG_CTRUNC) || req.uid_map_len >= sizeof maps[0] ||
+        req.gid_map_len >= sizeof maps[1]) {
+        errno = EPROTO;
+        die("fork server: bad request");
+    }
+    uint32_t lens[2] = {req.uid_map_len, req.gid_map_len};
+    for (int i = 0; i < 2; i++) {
+        size_t got = 0;
+        while (got < lens[i]) {
+            ssize_t k = read(FS_SOCK, maps[i] + got, lens[i] - got);
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) die("fork server: reading the id maps");
+            got += (size_t)k;
+        }
+    }
+    int pidfd;
+    pid_t pid = clone_init(maps, lens, fds, nfds, &pidfd);
+    fs_reply(pid, pid < 0 ? errno : 0, pidfd);
+    if (pidfd >= 0) close(pidfd);
+}
+
+/* ------------------------------------------------------------ the engine
+ *
+ * The pool's container turnover, off the supervisor's event loop (docs/engine.md, stage
+ * 2). On a second socket (ENGINE_FD, SOCK_SEQPACKET, one request or reply per packet)
+ * the pool asks for one of three things (sandboxd/engine.py):
+ *   RECYCLE  a used container whose job cgroup it has already proven empty and reset: the
+ *            old init's pidfd, the shape's plan, the id maps of its slot and the cgroup's
+ *            cgroup.procs files. We SIGKILL the old init, wait for its death (its uids are
+ *            then free for the next container of the slot), clone the next container into
+ *            the same slot and cgroup, wait until its channel is readable (its ``ready``,
+ *            or its end), and give the pool its pid, pidfd and channel;
+ *   KILL     the old init's pidfd only: killed, and the pool told once it is dead;
+ *   MAKE     RECYCLE without an old init (a slot and cgroup the pool took afresh).
+ * No cgroup file is opened or read here: what is reset, and when, stays the pool's
+ * decision (Python deciding, C executing). */
+
+#define ENGINE_FD 4
+#define ENGINE_MAGIC 0x4e454253u /* "SBEN" (pool.Engine) */
+#define MAX_INFLIGHT 1024
+
+enum { ENG_RECYCLE = 1, ENG_KILL = 2, ENG_MAKE = 3 };
+struct eng_request { uint32_t magic, uid_map_len, gid_map_len, kind; uint64_t key; };
+struct eng_reply { uint64_t key; int32_t pid, err; };
+
+struct inflight {
+    uint64_t key;
+    int state; /* 0 free, 1 the old init dying, 2 the new one starting */
+    int kind;
+    int old, chan, pidfd;
+    pid_t pid;
+    int fds[2 + MAX_PROCS_FDS], nfds; /* fds[0] is the new init's end of its channel */
+    char maps[2][256];
+    uint32_t lens[2];
+};
+
+static struct inflight *inflight; /* MAX_INFLIGHT of them, allocated once */
+static int epfd = -1;
+/* The pool closed its end: what is in flight is finished, new inits killed, nothing sent.
+ * Clone requests are still served (the supervisor may still make containers itself). */
+static int engine_closed;
+#define EV_FS (~0ull)
+#define EV_ENGINE (~0ull - 1)
+
+static void eng_reply(uint64_t key, pid_t pid, int err, int pidfd, int chan) {
+    if (engine_closed) { /* nobody will run this one */
+        if (pidfd >= 0) syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+        return;
+    }
+    struct eng_reply rep = {key, pid, err};
+    struct iovec iov = {&rep, sizeof rep};
+    union { struct cmsghdr h; char buf[CMSG_SPACE(2 * sizeof(int))]; } anc;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (pidfd >= 0) {
+        int fds[2] = {pidfd, chan};
+        mh.msg_control = anc.buf;
+        mh.msg_controllen = sizeof anc.buf;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof fds);
+        memcpy(CMSG_DATA(cm), fds, sizeof fds);
+    }
+    ssize_t s;
+    do s = sendmsg(ENGINE_FD, &mh, MSG_NOSIGNAL); while (s < 0 && errno == EINTR);
+    if (s != sizeof rep && pidfd >= 0) /* the pool is gone: nobody will run this one */
+        syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+}
+
+static void watch(int fd, uint64_t tag) {
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = tag};
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev)) die("engine: epoll_ctl");
+}
+
+static void unwatch(int fd) { epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL); }
+
+/* The old init of ``f`` is dead (or there was none): make the next container in its slot
+ * and cgroup; for a KILL, only say so. */
+static void engine_remake(struct inflight *f) {
+    if (f->old >= 0) {
+        unwatch(f->old);
+        close(f->old);
+        f->old = -1;
+    }
+    if (f->kind == ENG_KILL) {
+        eng_reply(f->key, 0, 0, -1, -1);
+        f->state = 0;
+        return;
+    }
+    int pair[2];
+    if (engine_closed) { /* nobody to give it to */
+        close_fds(f->fds + 1, f->nfds - 1);
+        f->state = 0;
+        return;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair)) {
+        int e = errno;
+        close_fds(f->fds + 1, f->nfds - 1);
+        eng_reply(f->key, -1, e, -1, -1);
+        f->state = 0;
+        return;
+    }
+    f->fds[0] = pair[1];
+    f->pid = clone_init((const char (*)[256])f->maps, f->lens, f->fds, f->nfds, &f->pidfd);
+    if (f->pid < 0) {
+        int e = errno;
+        close(pair[0]);
+        eng_reply(f->key, -1, e, -1, -1);
+        f->state = 0;
+        return;
+    }
+    f->chan = pair[0];
+    f->state = 2;
+    watch(f->chan, (uint64_t)(f - inflight));
+}
+
+/* The new init of ``f`` has said something (``ready``, or why not) or died: the pool's. */
+static void engine_started(struct inflight *f) {
+    unwatch(f->chan);
+    eng_reply(f->key, f->pid, 0, f->pidfd, f->chan);
+    close(f->pidfd);
+    close(f->chan);
+    f->state = 0;
+}
+
+/* One request from the pool; a malformed one is a bug of ours: we exit (the pool sees the
+ * socket close and makes its containers itself, as it does with no engine). */
+static void engine_request(void) {
+    struct { struct eng_request h; char maps[512]; } req;
+    int fds[3 + MAX_PROCS_FDS], nfds = 0;
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof fds)]; } anc;
+    struct iovec iov = {&req, sizeof req};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
+                        .msg_control = anc.buf, .msg_controllen = sizeof anc.buf};
+    ssize_t r;
+    do r = recvmsg(ENGINE_FD, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); while (r < 0 && errno == EINTR);
+    if (r < 0 && errno == EAGAIN) return;
+    if (r <= 0) { /* the pool closed its end (or is gone) */
+        unwatch(ENGINE_FD);
+        close(ENGINE_FD);
+        engine_closed = 1;
+        return;
+    }
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+        nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
+    }
+    /* fds: RECYCLE the old pidfd, the plan, the procs; KILL the pidfd; MAKE the plan, the
+     * procs. */
+    int k = (size_t)r >= sizeof req.h ? (int)req.h.kind : 0;
+    if ((size_t)r < sizeof req.h || req.h.magic != ENGINE_MAGIC ||
+        !((k == ENG_RECYCLE && nfds >= 2) || (k == ENG_KILL && nfds == 1) ||
+          (k == ENG_MAKE && nfds >= 1)) ||
+        (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) || req.h.uid_map_len >= 256 ||
+        req.h.gid_map_len >= 256 ||
+        (size_t)r != sizeof req.h + req.h.uid_map_len + req.h.gid_map_len) {
+        errno = EPROTO;
+        die("engine: bad request");
+    }
+    struct inflight *f = NULL;
+    for (int i = 0; i < MAX_INFLIGHT && !f; i++)
+        if (!inflight[i].state) f = &inflight[i];
+    if (!f) { /* far more than the pool ever has in flight: refused, as a failed clone */
+        if (k != ENG_MAKE) syscall(SYS_pidfd_send_signal, fds[0], SIGKILL, NULL, 0);
+        close_fds(fds, nfds);
+        eng_reply(req.h.key, -1, EBUSY, -1, -1);
+        return;
+    }
+    f->key = req.h.key;
+    f->kind = k;
+    int first = k == ENG_MAKE ? 0 : 1; /* where the plan is */
+    f->old = first ? fds[0] : -1;
+    /* f->fds[0], the channel, comes at the clone; the plan and the procs follow it. */
+    f->nfds = 1 + nfds - first;
+    if (k != ENG_KILL) memcpy(f->fds + 1, fds + first, (size_t)(nfds - first) * sizeof(int));
+    f->lens[0] = req.h.uid_map_len;
+    f->lens[1] = req.h.gid_map_len;
+    memcpy(f->maps[0], req.maps, f->lens[0]);
+    memcpy(f->maps[1], req.maps + f->lens[0], f->lens[1]);
+    if (k == ENG_MAKE) {
+        engine_remake(f);
+        return;
+    }
+    f->state = 1;
+    syscall(SYS_pidfd_send_signal, f->old, SIGKILL, NULL, 0); /* ESRCH: already dead */
+    watch(f->old, (uint64_t)(f - inflight));
+}
+
 static int forkserver(void) {
     prctl(PR_SET_NAME, "sandboxd-forks", 0, 0, 0);
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)) die("death signal");
+    /* The engine's socket, when our starter gave us one (the zygote does, run-once not);
+     * looked at before anything of ours can take descriptor 4. */
+    int engine = 0, type = 0;
+    socklen_t tl = sizeof type;
+    if (!getsockopt(ENGINE_FD, SOL_SOCKET, SO_TYPE, &type, &tl) && type == SOCK_SEQPACKET)
+        engine = 1;
     slim_mounts();
     /* Every disposition back to the default once (an ignored signal stays ignored across
      * the exec that started us), so that an init has only these two to undo. */
@@ -245,87 +544,30 @@ static int forkserver(void) {
     for (int s = 1; s < NSIG; s++) sigaction(s, &dfl, NULL);
     signal(SIGCHLD, SIG_IGN); /* the kernel reaps our inits; the supervisor holds pidfds */
     signal(SIGPIPE, SIG_IGN);
+    if (!engine)
+        for (;;) serve_clone();
+    inflight = calloc(MAX_INFLIGHT, sizeof *inflight);
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (!inflight || epfd < 0) die("engine: setting up");
+    watch(FS_SOCK, EV_FS);
+    watch(ENGINE_FD, EV_ENGINE);
     for (;;) {
-        struct fs_request req;
-        /* The init's channel, its plan, and the cgroup.procs files of its job's cgroup
-         * when the supervisor lends them (the init moves the job process itself). */
-        int fds[2 + MAX_PROCS_FDS], nfds = 0;
-        union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof fds)]; } anc;
-        struct iovec iov = {&req, sizeof req};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
-                            .msg_control = anc.buf, .msg_controllen = sizeof anc.buf};
-        ssize_t r;
-        do r = recvmsg(FS_SOCK, &mh, MSG_WAITALL | MSG_CMSG_CLOEXEC); while (r < 0 && errno == EINTR);
-        if (r == 0) return 0;
-        if (r < 0) die("fork server: recvmsg");
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-            nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
-        }
-        char maps[2][256];
-        if (r != sizeof req || req.magic != FS_MAGIC || nfds < 2 ||
-            (mh.msg_flags & MSG_CTRUNC) || req.uid_map_len >= sizeof maps[0] || req.gid_map_len >= sizeof maps[1]) {
-            errno = EPROTO;
-            die("fork server: bad request");
-        }
-        for (int i = 0; i < 2; i++) {
-            size_t want = i ? req.gid_map_len : req.uid_map_len, got = 0;
-            while (got < want) {
-                ssize_t k = read(FS_SOCK, maps[i] + got, want - got);
-                if (k < 0 && errno == EINTR) continue;
-                if (k <= 0) die("fork server: reading the id maps");
-                got += (size_t)k;
+        struct epoll_event evs[64];
+        int n = epoll_wait(epfd, evs, 64, -1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) die("engine: epoll_wait");
+        for (int i = 0; i < n; i++) {
+            uint64_t tag = evs[i].data.u64;
+            if (tag == EV_FS) {
+                serve_clone();
+            } else if (tag == EV_ENGINE) {
+                engine_request();
+            } else {
+                struct inflight *f = &inflight[tag];
+                if (f->state == 1) engine_remake(f);
+                else if (f->state == 2) engine_started(f);
             }
         }
-        /* The child waits on this pipe until its id maps are written. */
-        int mapped[2];
-        if (pipe2(mapped, O_CLOEXEC)) {
-            fs_reply(-1, errno, -1);
-            close_fds(fds, nfds);
-            continue;
-        }
-        /* A plan with a template: clone from inside the template's namespace. */
-        int tns = template_ns(fds[1]);
-        if (tns < 0 && errno) {
-            int e = errno;
-            close(mapped[0]);
-            close(mapped[1]);
-            fs_reply(-1, e, -1);
-            close_fds(fds, nfds);
-            continue;
-        }
-        if (tns >= 0 && setns(tns, CLONE_NEWNS)) die("fork server: entering a template");
-        int pidfd = -1;
-        pid_t pid = (pid_t)syscall(SYS_clone, SANDBOXD_CLONE_FLAGS | CLONE_PIDFD | SIGCHLD, NULL,
-                                   &pidfd, NULL, 0UL);
-        if (pid != 0 && tns >= 0 && setns(own_ns, CLONE_NEWNS)) /* /proc/PID is there */
-            die("fork server: leaving a template");
-        if (pid == 0) { /* the container init */
-            close(mapped[1]);
-            char g = 0;
-            ssize_t k;
-            do k = read(mapped[0], &g, 1); while (k < 0 && errno == EINTR);
-            if (k != 1 || g != 'm') _exit(1); /* our maps were never written */
-            if (setresgid(0, 0, 0) || setresuid(0, 0, 0)) die("becoming the namespace's root");
-            arrange_fds(fds, nfds);
-            _exit(init_main(tns >= 0 ? TEMPLATE_COPY : TEMPLATE_NONE, nfds - 2));
-        }
-        int err = pid < 0 ? errno : 0;
-        close(mapped[0]);
-        close_fds(fds, nfds);
-        /* An ordinary user (a rootless daemon, docs/rootless.md) may write its own gid
-         * into the map only once setgroups is denied in the namespace. */
-        if (!err && ((geteuid() != 0 && write_map(pid, "setgroups", "deny", 4)) ||
-                     write_map(pid, "uid_map", maps[0], req.uid_map_len) ||
-                     write_map(pid, "gid_map", maps[1], req.gid_map_len))) {
-            err = errno;
-            syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
-        }
-        if (!err && write(mapped[1], "m", 1) != 1) err = errno;
-        close(mapped[1]);
-        fs_reply(err ? -1 : pid, err, err ? -1 : pidfd);
-        if (pidfd >= 0) close(pidfd);
     }
 }
 

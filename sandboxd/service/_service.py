@@ -338,6 +338,7 @@ class JobService:
             pool_hits=c.hits, pool_misses=c.misses, containers_created=c.created,
             containers_destroyed=c.destroyed, spawn_failures=c.spawn_failures,
             cgroups_recycled=c.cgroups_recycled, cgroups=self.pool.cgroup_count(),
+            containers_remade_by_engine=c.engine_recycles,
             busy_refusals=sched.busy_refusals, compiles=sched.compiles,
             pinned_steps=sched.pinned_steps,
             programs_cached=len(self.programs), program_cache_hits=self.programs.hits,

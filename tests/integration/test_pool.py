@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -40,3 +41,111 @@ async def test_a_failure_to_make_a_container_never_ends_the_pool(made, caplog) -
         nursery.cancel_scope.cancel()
     assert "making a warm container failed: RuntimeError('a bug of ours')" in caplog.text
     assert pool.cgroup_count() == 0  # closed: every container destroyed, cgroups removed
+
+
+async def _run_jobs(pool, spec, n: int, argv: list[str]) -> list:  # type: ignore[no-untyped-def]
+    from sandboxd.container import RunStep
+    from sandboxd.limits import DEFAULT
+
+    results = []
+    for _ in range(n):
+        box = await pool.take(spec)
+        try:
+            results.append(await box.run(RunStep(argv=argv, limits=DEFAULT)))
+        finally:
+            pool.release(box)
+    return results
+
+
+def _slots_of_live_inits(pool) -> list[int]:  # type: ignore[no-untyped-def]
+    return sorted(box.slot for box in pool._live)
+
+
+async def test_used_containers_are_remade_by_the_engine(made) -> None:  # type: ignore[no-untyped-def]
+    """A used container of a shape short of its target goes to the engine (the fork
+    server), which kills its init and makes the next one in the same slot and cgroup:
+    every job still runs in a fresh container, with its own exact accounting, no two
+    live containers ever share a slot, and the pool's close leaves nothing behind."""
+    import trio
+
+    from sandboxd.pool import Pool
+    from sandboxd.spawn import ContainerSpec
+
+    spec = ContainerSpec(slot=0, box_size=MiB, tmp_size=MiB)
+    pool = Pool(made.client, made.backend, 2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run, [spec])
+        seen_inits = set()
+        for _ in range(12):
+            results = await _run_jobs(pool, spec, 1, ["/bin/sh", "-c", "echo $$; cat /proc/1/stat"])
+            r = results[0]
+            assert r.exit_code == 0, r
+            # A fresh pid namespace each time: the job's shell is pid 2 under a new init.
+            assert r.stdout.split()[0] == b"2"
+            with trio.fail_after(10):
+                while sum(warm for _s, warm, _t in pool.shapes()) < 2:
+                    await trio.sleep(0.002)
+            slots = _slots_of_live_inits(pool)
+            assert len(slots) == len(set(slots)), slots
+            seen_inits.update(box.init_pid for box in pool._live)
+        assert pool.counters.engine_recycles >= 10, pool.counters
+        assert len(seen_inits) >= 12  # new inits, not the same ones handed back
+        nursery.cancel_scope.cancel()
+    assert pool.cgroup_count() == 0
+
+
+async def test_a_fork_server_killed_with_recycles_in_hand_costs_the_pool_nothing(  # type: ignore[no-untyped-def]
+        made, zygote_proc, caplog) -> None:
+    """SIGKILL of the fork server (the engine) while it holds used containers: their inits
+    die with it, the pool removes their cgroups and gives back their slots after
+    ENGINE_GRACE, a new fork server makes the shape warm again, jobs run, and the pool's
+    close leaves no cgroup, container process or mount behind."""
+    import signal
+
+    import trio
+
+    from sandboxd.pool import Pool
+    from sandboxd.spawn import ContainerSpec
+    from sandboxd_testing import leftovers
+
+    before = leftovers.snapshot()
+    spec = ContainerSpec(slot=0, box_size=MiB, tmp_size=MiB)
+    pool = Pool(made.client, made.backend, 3)
+    caplog.set_level(logging.WARNING, logger="sandboxd.pool")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run, [spec])
+        boxes = [await pool.take(spec) for _ in range(3)]
+        from sandboxd.container import RunStep
+        from sandboxd.limits import DEFAULT
+        for box in boxes:
+            assert (await box.run(RunStep(argv=["/bin/true"], limits=DEFAULT))).exit_code == 0
+        (server,) = leftovers.fork_servers(zygote_proc.pid)
+        engine = made.client.engine
+        for box in boxes:
+            pool.release(box)
+        with trio.fail_after(10):  # the releases' tasks run: each hands its box over
+            while not all(box.destroyed for box in boxes):
+                await trio.sleep(0)
+        assert engine.pending  # in hand (and the fillers' makes, since the takes)
+        os.kill(server, signal.SIGKILL)
+        with trio.fail_after(30):
+            while engine.pending or not engine.lost:
+                await trio.sleep(0.01)
+        assert "the engine is gone" in caplog.text
+        before_new = pool.counters.engine_recycles
+        # Warm containers of the dead server are found dead when taken, and replaced.
+        results = await _run_jobs(pool, spec, 6, ["/bin/sh", "-c", "echo again"])
+        assert [r.stdout for r in results] == [b"again\n"] * 6
+        (second,) = leftovers.fork_servers(zygote_proc.pid)
+        assert second != server
+        with trio.fail_after(30):
+            while sum(warm for _s, warm, _t in pool.shapes()) < 3:
+                await trio.sleep(0.01)
+        slots = _slots_of_live_inits(pool)
+        assert len(slots) == len(set(slots))
+        assert made.client.engine is not engine
+        assert pool.counters.engine_recycles > before_new  # the new fork server's engine
+        nursery.cancel_scope.cancel()
+    assert pool.cgroup_count() == 0
+    await made.client.aclose()
+    assert not leftovers.new_leftovers(before)

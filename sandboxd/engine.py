@@ -1,0 +1,143 @@
+"""The pool's side of the native engine: used containers recycled off the event loop.
+
+Why: per ``/bin/true`` job the pool spent ~0.65-0.75 ms of the supervisor's CPU
+(docs/benchmarks.md, session 11) on destroying the used container (a SIGKILL, a
+wait on its pidfd, its reap), giving back and taking again its uid slot, and making
+the next one (a clone request and its answer, the new channel's first wait in trio's
+epoll, the ``ready``). The fork server is C and already the inits' parent, so it
+does that work instead (native/forkserver.c, "the engine"): the pool sends one
+packet per used container and reads one per new one, on a socket trio already
+watches.
+
+What stays here (Python deciding, C executing): which containers are recycled,
+the cgroup's proof of emptiness and its reset (``JobCgroup.reset_quick``, before the
+packet goes: the job process is reaped and the init, which is outside the job cgroup
+and holds none of its files, is all that is left), which slot and cgroup the next
+container gets (the same ones: the slot stays locked throughout, and the engine clones
+the next container only once the old init is dead, so no two live containers share
+it), and what a ``ready`` means (``Container.wait_ready``).
+
+Three requests: RECYCLE (the above), KILL (only the old init killed and waited for:
+the pool then resets the cgroup itself, after the death, when the quick reset before
+it found more memory charged than it may leave) and MAKE (a new container in a slot
+and cgroup the pool took: the fillers' way, once the shape's plan is known).
+
+The protocol (SOCK_SEQPACKET, one request or reply per packet, native byte order):
+request ``magic u32, uid_map length u32, gid_map length u32, kind u32, key u64`` and
+the two maps, with descriptors (SCM_RIGHTS): the old init's pidfd (RECYCLE, KILL), the
+shape's plan and the cgroup's cgroup.procs files (RECYCLE, MAKE). Reply ``key u64,
+pid i32, errno i32``: for a new container, its init's pid with its pidfd and the
+pool's end of its channel, once that channel is readable (its ``ready``, or why not,
+is there to read at once); for a KILL, pid 0 once the init is dead; pid -1 and the
+errno if no container could be made (the old init is dead all the same).
+
+The engine's death is its fork server's (the same process): every init it made or
+was killing dies with it (PR_SET_PDEATHSIG), and the pool sees the socket close.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sandboxd.isolation import identity
+from sandboxd.spawn import MAX_PROCS_FDS, ServerLife
+
+MAGIC = 0x4E454253  # "SBEN" (native/forkserver.c's ENGINE_MAGIC)
+RECYCLE, KILL, MAKE = 1, 2, 3
+_REQUEST = struct.Struct("=IIIIQ")
+_REPLY = struct.Struct("=Qii")
+_ANC = socket.CMSG_SPACE(2 * 4)
+
+
+@dataclass(slots=True)
+class Reply:
+    key: int
+    pid: int
+    err: int
+    pidfd: int = -1
+    chan: int = -1
+
+
+class Engine:
+    """One fork server's engine socket; ``pending`` maps each request's key to what the
+    pool needs to take its reply (its shape, slot and cgroup)."""
+
+    def __init__(self, sock: socket.socket, life: ServerLife) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.life = life  # the fork server's: the containers the engine makes die with it
+        self.pending: dict[int, Any] = {}
+        self.reading = False  # a pool task reads its replies
+        self.lost = False
+        self._next = 0
+
+    def recycle(self, pidfd: int, plan: int, ids: identity.IdMap | identity.RootlessMap,
+                procs: Sequence[int], entry: Any) -> None:
+        """Hand over a used container (its init's pidfd) for the next one of the same
+        shape, slot and cgroup. OSError (the socket full, or closed) if the request did
+        not go, and then nothing was handed over."""
+        self._send(RECYCLE, ids, (pidfd, plan, *procs), entry)
+
+    def kill(self, pidfd: int, entry: Any) -> None:
+        """Hand over a used container to be killed; the reply comes once its init is dead."""
+        self._send(KILL, None, (pidfd,), entry)
+
+    def make(self, plan: int, ids: identity.IdMap | identity.RootlessMap,
+             procs: Sequence[int], entry: Any) -> None:
+        """A new container of ``plan`` in the slot of ``ids`` and the cgroup of ``procs``."""
+        self._send(MAKE, ids, (plan, *procs), entry)
+
+    def _send(self, kind: int, ids: identity.IdMap | identity.RootlessMap | None,
+              fds: Sequence[int], entry: Any) -> None:
+        if len(fds) > 2 + MAX_PROCS_FDS:
+            raise ValueError(f"{len(fds) - 2} cgroup.procs files: at most {MAX_PROCS_FDS}")
+        if self.lost:
+            raise OSError("the engine is gone")
+        uid_map = gid_map = b""
+        if ids is not None:
+            uid_map, gid_map = ids.uid_map().encode(), ids.gid_map().encode()
+        self._next += 1
+        head = _REQUEST.pack(MAGIC, len(uid_map), len(gid_map), kind, self._next)
+        self.sock.sendmsg([head + uid_map + gid_map], [(
+            socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())],
+            socket.MSG_DONTWAIT)
+        self.pending[self._next] = entry
+
+    def receive(self) -> Reply | None:
+        """The next reply if one is there, else None; EOFError once the engine is gone."""
+        try:
+            data, anc, flags, _addr = self.sock.recvmsg(_REPLY.size, _ANC, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            raise EOFError(f"the engine's socket: {e}") from e
+        fds: list[int] = []
+        for level, kind, raw in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array.array("i", raw[:len(raw) - len(raw) % 4]))
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            raise EOFError("the engine is gone")
+        if len(data) != _REPLY.size or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            for fd in fds:
+                os.close(fd)
+            raise EOFError("the engine sent a malformed reply")
+        key, pid, err = _REPLY.unpack(data)
+        if pid > 0 and len(fds) == 2:
+            return Reply(key, pid, 0, fds[0], fds[1])
+        for fd in fds:
+            os.close(fd)
+        if pid == 0 and not err:
+            return Reply(key, 0, 0)  # a KILL's: the init is dead
+        return Reply(key, -1, err or 71)  # EPROTO: a pid with no descriptors
+
+    def close(self) -> None:
+        self.lost = True
+        self.sock.close()
