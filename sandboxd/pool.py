@@ -329,7 +329,8 @@ class Pool:
         # Recycled while the shape is short (counting the containers under way, as its
         # filler does), so that it never holds more than its target; otherwise killed.
         if shape is not None and shape.spec.warm is None \
-                and len(shape.warm) + shape.making < shape.target:
+                and len(shape.warm) + shape.making < shape.target \
+                and time.monotonic() >= shape.engine_pause:
             plan = self.zygote.cached_plan(shape.spec)
         try:
             procs = cg.procs_files() if plan is not None else []
@@ -442,7 +443,7 @@ class Pool:
         self._live.add(box)
         try:
             await box.wait_ready(now=True)
-        except SandboxError as e:
+        except Exception as e:  # typed or not, this reader must go on: the pool depends on it
             self.counters.spawn_failures += 1
             log.warning("pool: could not make a warm container: %s", e)
             shape.engine_pause = time.monotonic() + ENGINE_PAUSE  # and not spin on it

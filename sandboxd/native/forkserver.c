@@ -467,7 +467,7 @@ static void engine_started(struct inflight *f) {
 /* One request from the pool; a malformed one is a bug of ours: we exit (the pool sees the
  * socket close and makes its containers itself, as it does with no engine). */
 static void engine_request(void) {
-    struct { struct eng_request h; char maps[512]; } req;
+    struct { struct eng_request hd; char maps[512]; } req;
     int fds[3 + MAX_PROCS_FDS], nfds = 0;
     union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof fds)]; } anc;
     struct iovec iov = {&req, sizeof req};
@@ -489,13 +489,13 @@ static void engine_request(void) {
     }
     /* fds: RECYCLE the old pidfd, the plan, the procs; KILL the pidfd; MAKE the plan, the
      * procs. */
-    int k = (size_t)r >= sizeof req.h ? (int)req.h.kind : 0;
-    if ((size_t)r < sizeof req.h || req.h.magic != ENGINE_MAGIC ||
+    int k = (size_t)r >= sizeof req.hd ? (int)req.hd.kind : 0;
+    if ((size_t)r < sizeof req.hd || req.hd.magic != ENGINE_MAGIC ||
         !((k == ENG_RECYCLE && nfds >= 2) || (k == ENG_KILL && nfds == 1) ||
           (k == ENG_MAKE && nfds >= 1)) ||
-        (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) || req.h.uid_map_len >= 256 ||
-        req.h.gid_map_len >= 256 ||
-        (size_t)r != sizeof req.h + req.h.uid_map_len + req.h.gid_map_len) {
+        (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) || req.hd.uid_map_len >= 256 ||
+        req.hd.gid_map_len >= 256 ||
+        (size_t)r != sizeof req.hd + req.hd.uid_map_len + req.hd.gid_map_len) {
         errno = EPROTO;
         die("engine: bad request");
     }
@@ -505,18 +505,18 @@ static void engine_request(void) {
     if (!f) { /* far more than the pool ever has in flight: refused, as a failed clone */
         if (k != ENG_MAKE) syscall(SYS_pidfd_send_signal, fds[0], SIGKILL, NULL, 0);
         close_fds(fds, nfds);
-        eng_reply(req.h.key, -1, EBUSY, -1, -1);
+        eng_reply(req.hd.key, -1, EBUSY, -1, -1);
         return;
     }
-    f->key = req.h.key;
+    f->key = req.hd.key;
     f->kind = k;
     int first = k == ENG_MAKE ? 0 : 1; /* where the plan is */
     f->old = first ? fds[0] : -1;
     /* f->fds[0], the channel, comes at the clone; the plan and the procs follow it. */
     f->nfds = 1 + nfds - first;
     if (k != ENG_KILL) memcpy(f->fds + 1, fds + first, (size_t)(nfds - first) * sizeof(int));
-    f->lens[0] = req.h.uid_map_len;
-    f->lens[1] = req.h.gid_map_len;
+    f->lens[0] = req.hd.uid_map_len;
+    f->lens[1] = req.hd.gid_map_len;
     memcpy(f->maps[0], req.maps, f->lens[0]);
     memcpy(f->maps[1], req.maps + f->lens[0], f->lens[1]);
     if (k == ENG_MAKE) {

@@ -121,12 +121,14 @@ async def test_a_fork_server_killed_with_recycles_in_hand_costs_the_pool_nothing
             assert (await box.run(RunStep(argv=["/bin/true"], limits=DEFAULT))).exit_code == 0
         (server,) = leftovers.fork_servers(zygote_proc.pid)
         engine = made.client.engine
+        os.kill(server, signal.SIGSTOP)  # it takes the requests but answers none
         for box in boxes:
             pool.release(box)
         with trio.fail_after(10):  # the releases' tasks run: each hands its box over
             while not all(box.destroyed for box in boxes):
-                await trio.sleep(0)
-        assert engine.pending  # in hand (and the fillers' makes, since the takes)
+                await trio.sleep(0.001)
+        slots_in_hand = {slot for _shape, slot, _cg, _making in engine.pending.values()}
+        assert {box.slot for box in boxes} <= slots_in_hand  # handed over, not destroyed here
         os.kill(server, signal.SIGKILL)
         with trio.fail_after(30):
             while engine.pending or not engine.lost:
@@ -146,6 +148,46 @@ async def test_a_fork_server_killed_with_recycles_in_hand_costs_the_pool_nothing
         assert made.client.engine is not engine
         assert pool.counters.engine_recycles > before_new  # the new fork server's engine
         nursery.cancel_scope.cancel()
+    assert pool.cgroup_count() == 0
+    await made.client.aclose()
+    assert not leftovers.new_leftovers(before)
+
+
+async def test_containers_the_engine_makes_that_fail_their_set_up_cost_the_pool_nothing(  # type: ignore[no-untyped-def]
+        made, caplog) -> None:
+    """The engine's containers are made from a plan that is not one (their inits fail
+    their set-up and say why): each failure is logged, its container destroyed, the
+    shape's fillers go back to the zygote's way for a while (no spinning), the shape gets
+    warm all the same, and the pool's close leaves nothing behind."""
+    import trio
+
+    from sandboxd.pool import Pool
+    from sandboxd.spawn import ContainerSpec
+    from sandboxd_testing import leftovers
+
+    before = leftovers.snapshot()
+    junk = os.memfd_create("sandboxd-junk-plan", os.MFD_CLOEXEC)
+    os.write(junk, b"not a plan at all")
+    made.client.cached_plan = lambda spec: junk
+    spec = ContainerSpec(slot=0, box_size=MiB, tmp_size=MiB)
+    pool = Pool(made.client, made.backend, 2)
+    caplog.set_level(logging.WARNING, logger="sandboxd.pool")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run, [spec])
+            results = await _run_jobs(pool, spec, 4, ["/bin/sh", "-c", "echo fine"])
+            assert [r.stdout for r in results] == [b"fine\n"] * 4
+            with trio.fail_after(30):
+                while pool.counters.spawn_failures == 0 or \
+                        sum(warm for _s, warm, _t in pool.shapes()) < 2:
+                    await trio.sleep(0.01)
+            # Paused after the first failure: not one failure per refill.
+            assert pool.counters.spawn_failures <= 2, pool.counters
+            assert pool.counters.engine_recycles == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        os.close(junk)
+    assert "could not make a warm container" in caplog.text
     assert pool.cgroup_count() == 0
     await made.client.aclose()
     assert not leftovers.new_leftovers(before)
