@@ -149,6 +149,7 @@ class Container:
         self.killed_at: float | None = None  # monotonic: when ``kill`` first ended it
         self._egress: egress.Egress | None = None  # the job's network, if it has one
         self.pool_shape: Any = None  # the pool's shape this warm container was made for
+        self.pool_out = False  # taken from that shape's warm ones, not yet given back
 
     @property
     def emptied(self) -> bool:

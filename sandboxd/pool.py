@@ -91,6 +91,13 @@ class _Shape:
     making: int = 0
     kick: trio.Event = field(default_factory=trio.Event)
     engine_pause: float = 0.0  # monotonic: the fillers use the zygote's way until then
+    out: int = 0  # its warm containers taken by jobs and not yet given back
+
+    def short(self) -> bool:
+        """Fewer containers waiting or under way than the target, those out with jobs
+        counted: each comes back at its job's end and is then remade (RECYCLE), so a
+        death meanwhile (``Pool._refill``) does not make its replacement a second way."""
+        return len(self.warm) + self.making + self.out < self.target
 
 
 class Pool:
@@ -230,7 +237,7 @@ class Pool:
             await self._destroy(box, recycle=False)
         else:
             shape.warm.append(box)
-            if len(shape.warm) + shape.making < shape.target:  # else its filler sleeps on
+            if shape.short():  # else its filler sleeps on (a take that finds none wakes it)
                 shape.kick.set()
 
     # --------------------------------------------------------------- leasing
@@ -244,6 +251,8 @@ class Pool:
                 shape.kick.set()  # dry: refill now, though it competes with this job
             if _alive(box):
                 self.counters.hits += 1
+                shape.out += 1
+                box.pool_out = True
                 return box
             self._spawn_destroy(box)
         self.counters.misses += 1
@@ -262,6 +271,9 @@ class Pool:
     async def _destroy(self, box: Container, recycle: bool) -> None:
         if box not in self._live:
             return
+        if box.pool_out:
+            box.pool_out = False
+            box.pool_shape.out -= 1
         if recycle and self._hand_to_engine(box):
             return
         self._live.discard(box)
@@ -283,19 +295,43 @@ class Pool:
         except (CgroupError, OSError):
             with contextlib.suppress(CgroupError, OSError):
                 await threads.run_sync(cg.remove)
-        # Refill once a job is over rather than when it starts: making a container
-        # costs a few ms of CPU, which would otherwise compete with the job itself.
-        # This task makes the first missing container itself (its slot and cgroup are
-        # free now), which saves a task and a wake-up of the filler per job; the filler
-        # makes any others.
-        short = [s for s in self._shapes.values()
-                 if s.target > 0 and len(s.warm) + s.making < s.target]
+        mine = self._refill()
+        if mine is not None:
+            await self._fill_one(mine)
+
+    def _refill(self) -> _Shape | None:
+        """After a death: the first shape short of containers, counted as making one more,
+        for the caller to make (None if the engine was asked, or none is short).
+
+        Refill once a job is over rather than when it starts: making a container costs a
+        few ms of CPU, which would otherwise compete with the job itself. The caller makes
+        the first missing container itself (its slot and cgroup are free now), which saves
+        a task and a wake-up of the filler per job; the filler makes any others.
+        """
+        short = [s for s in self._shapes.values() if s.target > 0 and s.short()]
         mine = short[0] if short else None
         for shape in short[1:]:  # a full shape's filler has nothing to do: not woken
             shape.kick.set()
-        if mine is not None and not self._closing:
-            mine.making += 1
-            await self._fill_one(mine)
+        if mine is None or self._closing:
+            return None
+        mine.making += 1
+        return None if self._engine_make(mine) else mine
+
+    def _dead_quickly(self, slot: int, cg: JobCgroup) -> bool:
+        """``_dead`` without a task, when the cgroup's quick reset does (most deaths the
+        engine reports); False, with the slot and cgroup untouched, if it does not."""
+        try:
+            if not cg.reset_quick():
+                return False
+        except (CgroupError, OSError):
+            return False
+        self.slots.give(slot)
+        self._free_cgroups.append(cg)
+        self.counters.cgroups_recycled += 1
+        mine = self._refill()
+        if mine is not None and self._nursery is not None:
+            self._nursery.start_soon(self._fill_one, mine)
+        return True
 
     # ---------------------------------------------------------------- engine
 
@@ -326,10 +362,9 @@ class Pool:
         shape: _Shape | None = box.pool_shape
         cg = box.cgroup
         plan = None
-        # Recycled while the shape is short (counting the containers under way, as its
-        # filler does), so that it never holds more than its target; otherwise killed.
-        if shape is not None and shape.spec.warm is None \
-                and len(shape.warm) + shape.making < shape.target \
+        # Recycled while the shape is short, so that it never holds more than its target;
+        # otherwise killed.
+        if shape is not None and shape.spec.warm is None and shape.short() \
                 and time.monotonic() >= shape.engine_pause:
             plan = self.zygote.cached_plan(shape.spec)
         try:
@@ -418,7 +453,7 @@ class Pool:
         if not making:  # a KILL's: the init is dead
             if self._closing or self._nursery is None:
                 await self._dead(slot, cg, False)
-            else:
+            elif not self._dead_quickly(slot, cg):
                 self._nursery.start_soon(self._dead, slot, cg, True)
             return
         shape.making -= 1
@@ -460,7 +495,7 @@ class Pool:
             return
         box.pool_shape = shape
         shape.warm.append(box)
-        if len(shape.warm) + shape.making < shape.target:
+        if shape.short():
             shape.kick.set()
 
     async def _engine_lost(self, eng: Engine, why: str, dead: bool = True) -> None:
