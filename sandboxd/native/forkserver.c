@@ -298,28 +298,39 @@ static pid_t clone_init(const char maps[2][256], const uint32_t lens[2], int *fd
     return pid;
 }
 
+/* One message of ``sock`` into ``buf`` with up to ``maxfds`` descriptors (``*nfds`` of
+ * them came; ``*mflags``, the message's flags): recvmsg's result. */
+static ssize_t recv_fds(int sock, void *buf, size_t len, int flags, int *fds, int maxfds,
+                        int *nfds, int *mflags) {
+    union { struct cmsghdr h; char buf[CMSG_SPACE((2 + MAX_PROCS_FDS + 1) * sizeof(int))]; } anc;
+    struct iovec iov = {buf, len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = anc.buf,
+                        .msg_controllen = CMSG_SPACE((size_t)maxfds * sizeof(int))};
+    ssize_t r;
+    do r = recvmsg(sock, &mh, flags | MSG_CMSG_CLOEXEC); while (r < 0 && errno == EINTR);
+    *nfds = 0;
+    *mflags = r < 0 ? 0 : mh.msg_flags;
+    struct cmsghdr *cm = r < 0 ? NULL : CMSG_FIRSTHDR(&mh);
+    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+        *nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        memcpy(fds, CMSG_DATA(cm), (size_t)*nfds * sizeof(int));
+    }
+    return r;
+}
+
 /* One clone request on FS_SOCK, answered at once: the init's pid and pidfd. */
 static void serve_clone(void) {
     struct fs_request req;
     /* The init's channel, its plan, and the cgroup.procs files of its job's cgroup
      * when the supervisor lends them (the init moves the job process itself). */
-    int fds[2 + MAX_PROCS_FDS], nfds = 0;
-    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof fds)]; } anc;
-    struct iovec iov = {&req, sizeof req};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
-                        .msg_control = anc.buf, .msg_controllen = sizeof anc.buf};
-    ssize_t r;
-    do r = recvmsg(FS_SOCK, &mh, MSG_WAITALL | MSG_CMSG_CLOEXEC); while (r < 0 && errno == EINTR);
+    int fds[2 + MAX_PROCS_FDS], nfds, mflags;
+    ssize_t r = recv_fds(FS_SOCK, &req, sizeof req, MSG_WAITALL, fds, 2 + MAX_PROCS_FDS, &nfds,
+                         &mflags);
     if (r == 0) _exit(0);
     if (r < 0) die("fork server: recvmsg");
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-        nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
-    }
     char maps[2][256];
     if (r != sizeof req || req.magic != FS_MAGIC || nfds < 2 ||
-        (mh.msg_flags & MSG_CTRUNC) || req.uid_map_len >= sizeof maps[0] ||
+        (mflags & MSG_CTRUNC) || req.uid_map_len >= sizeof maps[0] ||
         req.gid_map_len >= sizeof maps[1]) {
         errno = EPROTO;
         die("fork server: bad request");
@@ -468,13 +479,9 @@ static void engine_started(struct inflight *f) {
  * socket close and makes its containers itself, as it does with no engine). */
 static void engine_request(void) {
     struct { struct eng_request hd; char maps[512]; } req;
-    int fds[3 + MAX_PROCS_FDS], nfds = 0;
-    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof fds)]; } anc;
-    struct iovec iov = {&req, sizeof req};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
-                        .msg_control = anc.buf, .msg_controllen = sizeof anc.buf};
-    ssize_t r;
-    do r = recvmsg(ENGINE_FD, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); while (r < 0 && errno == EINTR);
+    int fds[3 + MAX_PROCS_FDS], nfds, mflags;
+    ssize_t r = recv_fds(ENGINE_FD, &req, sizeof req, MSG_DONTWAIT, fds, 3 + MAX_PROCS_FDS,
+                         &nfds, &mflags);
     if (r < 0 && errno == EAGAIN) return;
     if (r <= 0) { /* the pool closed its end (or is gone) */
         unwatch(ENGINE_FD);
@@ -482,18 +489,13 @@ static void engine_request(void) {
         engine_closed = 1;
         return;
     }
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-        nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
-    }
     /* fds: RECYCLE the old pidfd, the plan, the procs; KILL the pidfd; MAKE the plan, the
      * procs. */
     int k = (size_t)r >= sizeof req.hd ? (int)req.hd.kind : 0;
     if ((size_t)r < sizeof req.hd || req.hd.magic != ENGINE_MAGIC ||
         !((k == ENG_RECYCLE && nfds >= 2) || (k == ENG_KILL && nfds == 1) ||
           (k == ENG_MAKE && nfds >= 1)) ||
-        (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) || req.hd.uid_map_len >= 256 ||
+        (mflags & (MSG_CTRUNC | MSG_TRUNC)) || req.hd.uid_map_len >= 256 ||
         req.hd.gid_map_len >= 256 ||
         (size_t)r != sizeof req.hd + req.hd.uid_map_len + req.hd.gid_map_len) {
         errno = EPROTO;
