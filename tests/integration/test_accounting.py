@@ -38,7 +38,9 @@ def test_half_second_of_cpu_is_ok_and_exact(run_once, probes):
     # The kernel's own account of the probe's work (getrusage from main() to exit): the
     # cgroup holds it and a little more (exec, dynamic loading, exit), never less.
     rusage = float(r["stdout"].split("rusage")[1])
-    assert rusage <= r["cpu_time"] <= rusage + (0.1 if IN_VM else 0.01), (rusage, r)
+    # Off the VM, 10 ms; in it, the emulated guest's clock keeps running while the host
+    # deschedules it, and charges a running task for that: 0.135 s once, with the host busy.
+    assert rusage <= r["cpu_time"] <= rusage + (0.25 if IN_VM else 0.01), (rusage, r)
     assert LOW <= r["cpu_time"] <= 0.525, r["cpu_time"]
     assert r["user_time"] > r["sys_time"]  # a busy loop: mostly user time
     assert abs(r["user_time"] + r["sys_time"] - r["cpu_time"]) < 0.005

@@ -13,6 +13,7 @@ controllers enabled) and removed after.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -96,12 +97,15 @@ def home() -> Iterator[Path]:
 def _procs(cgroup: Path) -> list[str]:
     """Every pid below ``cgroup``. The daemon removes a used container's cgroup in the
     background, so a directory may vanish while the walk is in it (pathlib's rglob then
-    raised FileNotFoundError once in a clean-clone CI run): a vanished one held none."""
+    raised FileNotFoundError once in a clean-clone CI run, and a read ENODEV in another):
+    a vanished one held none."""
     found: list[str] = []
     for top, dirs, _files in os.walk(cgroup):  # os.walk skips what vanishes under it
         try:
             found += (Path(top) / "cgroup.procs").read_text().split()
-        except FileNotFoundError:
+        except OSError as e:  # ENODEV: removed between the open and the read (seen in CI)
+            if e.errno not in (errno.ENOENT, errno.ENODEV):
+                raise
             dirs.clear()
     return found
 
