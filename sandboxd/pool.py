@@ -20,13 +20,16 @@ Slots: each container gets a slot of its own (its host uids), taken from a
 dead, so that no two live containers of the host ever share a uid, even
 across daemons and ``run-once`` (slots.py says where the lock lives).
 
-Recycling through the engine (sandboxd/engine.py): a used container of a shape
-short of its target, whose job cgroup is proven empty and quickly reset, is handed
-to the native fork server, which kills its init, waits for its death and clones
-the next container into the same slot and cgroup; the pool reads one reply per new
-container. Anything else (misses, warm runtimes, network egress, a cgroup that needs
-reclaim, cgroup v2 and rootless daemons, whose cgroups lend no ``cgroup.procs``)
-takes the path above.
+Turnover through the engine (sandboxd/engine.py, docs/engine.md): a used container
+whose job cgroup is proven empty goes to the native fork server instead of being
+destroyed here. If its shape is short and the cgroup's quick reset succeeds at once,
+the engine kills its init, waits for the death and clones the next container into
+the same slot and cgroup (RECYCLE): the pool reads one reply per new container.
+Otherwise the engine only kills it and says when it is dead (KILL), and the pool
+resets the cgroup then, as above. The fillers ask it for new containers (MAKE) once
+a shape's plan is known. Misses, warm runtimes, network egress and containers of an
+earlier fork server take the path above; on cgroup v2 and in rootless daemons, whose
+cgroups lend no ``cgroup.procs``, only KILL is used.
 
 Cancellation: ``take`` cancelled while making a cold container destroys
 what it made (shielded) before re-raising.
@@ -484,7 +487,7 @@ class Pool:
             shape.engine_pause = time.monotonic() + ENGINE_PAUSE  # and not spin on it
             if self._closing or self._nursery is None:
                 await self._destroy(box, recycle=False)
-            else:  # destroyed on our path (no pool_shape: not back to the engine)
+            else:  # destroyed on our path (never used, so not emptied: not the engine's)
                 self._nursery.start_soon(self._destroy, box, True)
             return
         self.counters.created += 1
