@@ -38,6 +38,7 @@ was killing dies with it (PR_SET_PDEATHSIG), and the pool sees the socket close.
 from __future__ import annotations
 
 import array
+import errno
 import os
 import socket
 import struct
@@ -45,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sandboxd.channel import _fds_from_ancdata
 from sandboxd.isolation import identity
 from sandboxd.spawn import MAX_PROCS_FDS, ServerLife
 
@@ -73,7 +75,6 @@ class Engine:
         self.sock = sock
         self.life = life  # the fork server's: the containers the engine makes die with it
         self.pending: dict[int, Any] = {}
-        self.reading = False  # a pool task reads its replies
         self.lost = False
         self._next = 0
 
@@ -82,7 +83,7 @@ class Engine:
         """Hand over a used container (its init's pidfd) for the next one of the same
         shape, slot and cgroup. OSError (the socket full, or closed) if the request did
         not go, and then nothing was handed over."""
-        self._send(RECYCLE, ids, (pidfd, plan, *procs), entry)
+        self._send(RECYCLE, ids, (pidfd, plan, *_bounded(procs)), entry)
 
     def kill(self, pidfd: int, entry: Any) -> None:
         """Hand over a used container to be killed; the reply comes once its init is dead."""
@@ -91,12 +92,10 @@ class Engine:
     def make(self, plan: int, ids: identity.IdMap | identity.RootlessMap,
              procs: Sequence[int], entry: Any) -> None:
         """A new container of ``plan`` in the slot of ``ids`` and the cgroup of ``procs``."""
-        self._send(MAKE, ids, (plan, *procs), entry)
+        self._send(MAKE, ids, (plan, *_bounded(procs)), entry)
 
     def _send(self, kind: int, ids: identity.IdMap | identity.RootlessMap | None,
               fds: Sequence[int], entry: Any) -> None:
-        if len(fds) > 2 + MAX_PROCS_FDS:
-            raise ValueError(f"{len(fds) - 2} cgroup.procs files: at most {MAX_PROCS_FDS}")
         if self.lost:
             raise OSError("the engine is gone")
         uid_map = gid_map = b""
@@ -117,10 +116,7 @@ class Engine:
             return None
         except OSError as e:
             raise EOFError(f"the engine's socket: {e}") from e
-        fds: list[int] = []
-        for level, kind, raw in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.extend(array.array("i", raw[:len(raw) - len(raw) % 4]))
+        fds = _fds_from_ancdata(anc)
         if not data:
             for fd in fds:
                 os.close(fd)
@@ -136,8 +132,14 @@ class Engine:
             os.close(fd)
         if pid == 0 and not err:
             return Reply(key, 0, 0)  # a KILL's: the init is dead
-        return Reply(key, -1, err or 71)  # EPROTO: a pid with no descriptors
+        return Reply(key, -1, err or errno.EPROTO)  # or a pid with no descriptors
 
     def close(self) -> None:
         self.lost = True
         self.sock.close()
+
+
+def _bounded(procs: Sequence[int]) -> Sequence[int]:
+    if len(procs) > MAX_PROCS_FDS:
+        raise ValueError(f"{len(procs)} cgroup.procs files: at most {MAX_PROCS_FDS}")
+    return procs

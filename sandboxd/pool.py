@@ -56,7 +56,7 @@ from sandboxd.engine import Engine, Reply
 from sandboxd.isolation import identity
 from sandboxd.result import SandboxError
 from sandboxd.slots import SlotAllocator
-from sandboxd.spawn import ContainerSpec, Spawned
+from sandboxd.spawn import ContainerSpec, ServerLife, Spawned
 from sandboxd.zygote import ZygoteClient
 
 log = logging.getLogger("sandboxd.pool")
@@ -338,7 +338,7 @@ class Pool:
 
     # ---------------------------------------------------------------- engine
 
-    def _engine(self, server: object = None) -> Engine | None:
+    def _engine(self, server: ServerLife | None = None) -> Engine | None:
         """The current fork server's engine, if the pool may use it (and ``server``, a
         container's, is that fork server), its replies read by a task of ours."""
         eng = self.zygote.engine

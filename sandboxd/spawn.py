@@ -295,7 +295,7 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         actions = [(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)]
         # The engine's socket (descriptor 4), for a pool that recycles its containers
-        # through it (pool.Engine; the zygote's fork servers have one, run-once's not).
+        # through it (engine.Engine; the zygote's fork servers have one, run-once's not).
         e_ours = e_theirs = None
         if engine:
             e_ours, e_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -131,7 +131,7 @@ def _serve(sock: socket.socket, keep: set[int]) -> int:
                 try:
                     # With a pidfd of it (opened while it is surely alive: our child,
                     # not yet reaped), by which its containers' supervisor sees it die,
-                    # and its engine's socket (the pool's recycling: pool.Engine).
+                    # and its engine's socket (the pool's turnover: engine.Engine).
                     life = os.pidfd_open(server.pid)
                     try:
                         channel.send(sock, {"t": "forkserver", "id": req, "pid": server.pid},

@@ -80,21 +80,30 @@ static int write_map(pid_t pid, const char *file, const char *text, size_t len) 
     return w == (ssize_t)len ? 0 : -1;
 }
 
-static void fs_reply(int32_t pid, int32_t err, int pidfd) {
-    struct fs_reply rep = {pid, err};
-    struct iovec iov = {&rep, sizeof rep};
-    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } anc;
+/* One message of ``len`` bytes on ``sock`` with ``n`` (at most 2) descriptors: sendmsg's
+ * result. */
+static ssize_t send_fds(int sock, const void *buf, size_t len, const int *fds, int n) {
+    struct iovec iov = {(void *)buf, len};
+    union { struct cmsghdr h; char buf[CMSG_SPACE(2 * sizeof(int))]; } anc;
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (pidfd >= 0) {
+    if (n > 0) {
         mh.msg_control = anc.buf;
-        mh.msg_controllen = sizeof anc.buf;
+        mh.msg_controllen = CMSG_SPACE((size_t)n * sizeof(int));
         struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
         cm->cmsg_level = SOL_SOCKET;
         cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &pidfd, sizeof(int));
+        cm->cmsg_len = CMSG_LEN((size_t)n * sizeof(int));
+        memcpy(CMSG_DATA(cm), fds, (size_t)n * sizeof(int));
     }
-    if (sendmsg(FS_SOCK, &mh, MSG_NOSIGNAL) != sizeof rep) _exit(0); /* our parent is gone */
+    ssize_t s;
+    do s = sendmsg(sock, &mh, MSG_NOSIGNAL); while (s < 0 && errno == EINTR);
+    return s;
+}
+
+static void fs_reply(int32_t pid, int32_t err, int pidfd) {
+    struct fs_reply rep = {pid, err};
+    if (send_fds(FS_SOCK, &rep, sizeof rep, &pidfd, pidfd >= 0) != sizeof rep)
+        _exit(0); /* our parent is gone */
 }
 
 /* A container's mount namespace starts as a copy of ours (one without a template: an
@@ -368,7 +377,7 @@ static void serve_clone(void) {
  * decision (Python deciding, C executing). */
 
 #define ENGINE_FD 4
-#define ENGINE_MAGIC 0x4e454253u /* "SBEN" (pool.Engine) */
+#define ENGINE_MAGIC 0x4e454253u /* "SBEN" (sandboxd/engine.py) */
 #define MAX_INFLIGHT 1024
 
 enum { ENG_RECYCLE = 1, ENG_KILL = 2, ENG_MAKE = 3 };
@@ -400,22 +409,9 @@ static void eng_reply(uint64_t key, pid_t pid, int err, int pidfd, int chan) {
         return;
     }
     struct eng_reply rep = {key, pid, err};
-    struct iovec iov = {&rep, sizeof rep};
-    union { struct cmsghdr h; char buf[CMSG_SPACE(2 * sizeof(int))]; } anc;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (pidfd >= 0) {
-        int fds[2] = {pidfd, chan};
-        mh.msg_control = anc.buf;
-        mh.msg_controllen = sizeof anc.buf;
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof fds);
-        memcpy(CMSG_DATA(cm), fds, sizeof fds);
-    }
-    ssize_t s;
-    do s = sendmsg(ENGINE_FD, &mh, MSG_NOSIGNAL); while (s < 0 && errno == EINTR);
-    if (s != sizeof rep && pidfd >= 0) /* the pool is gone: nobody will run this one */
+    int fds[2] = {pidfd, chan};
+    if (send_fds(ENGINE_FD, &rep, sizeof rep, fds, pidfd >= 0 ? 2 : 0) != sizeof rep &&
+        pidfd >= 0) /* the pool is gone: nobody will run this one */
         syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
 }
 
@@ -439,12 +435,12 @@ static void engine_remake(struct inflight *f) {
         f->state = 0;
         return;
     }
-    int pair[2];
     if (engine_closed) { /* nobody to give it to */
         close_fds(f->fds + 1, f->nfds - 1);
         f->state = 0;
         return;
     }
+    int pair[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair)) {
         int e = errno;
         close_fds(f->fds + 1, f->nfds - 1);
@@ -492,9 +488,11 @@ static void engine_request(void) {
     /* fds: RECYCLE the old pidfd, the plan, the procs; KILL the pidfd; MAKE the plan, the
      * procs. */
     int k = (size_t)r >= sizeof req.hd ? (int)req.hd.kind : 0;
+    int first = k == ENG_MAKE ? 0 : 1; /* where the plan is */
     if ((size_t)r < sizeof req.hd || req.hd.magic != ENGINE_MAGIC ||
         !((k == ENG_RECYCLE && nfds >= 2) || (k == ENG_KILL && nfds == 1) ||
           (k == ENG_MAKE && nfds >= 1)) ||
+        nfds - first > 1 + MAX_PROCS_FDS || /* the plan and the procs fit f->fds */
         (mflags & (MSG_CTRUNC | MSG_TRUNC)) || req.hd.uid_map_len >= 256 ||
         req.hd.gid_map_len >= 256 ||
         (size_t)r != sizeof req.hd + req.hd.uid_map_len + req.hd.gid_map_len) {
@@ -512,7 +510,6 @@ static void engine_request(void) {
     }
     f->key = req.hd.key;
     f->kind = k;
-    int first = k == ENG_MAKE ? 0 : 1; /* where the plan is */
     f->old = first ? fds[0] : -1;
     /* f->fds[0], the channel, comes at the clone; the plan and the procs follow it. */
     f->nfds = 1 + nfds - first;
