@@ -196,6 +196,11 @@ def test_piston_through_the_gateway_answers_as_the_daemon(cluster):
 
 def test_ps_stats_and_kill_through_the_gateway(cluster):
     g = cluster["gw"]
+    # Nodes announce their jobs every ~2 s, so an earlier test's job may still be listed as
+    # running (a CI run killed that one by its ref, and this job ran to its time limit):
+    # wait for the list to drop them, so the one bash job listed next is this one.
+    wait_for(lambda: not [j for j in g.get("/v1/ps").json()["jobs"] if "/cluster/" in j["ref"]],
+             "earlier tests' jobs to leave the gateway's ps")
     r = g.post("/v1/jobs?wait=false", json={"profile": "bash",
                                             "files": {"main.sh": "echo started; sleep 60"}})
     assert r.status_code == 202, r.text
@@ -203,8 +208,7 @@ def test_ps_stats_and_kill_through_the_gateway(cluster):
     listed: list[dict[str, Any]] = []
 
     def running() -> bool:
-        # (not the node's own jobs; nodes announce every ~2 s, so an earlier test's job
-        # may still be listed: this one is the bash job)
+        # (not the node's own jobs)
         listed[:] = [j for j in g.get("/v1/ps").json()["jobs"]
                      if j["state"] == "running" and "/cluster/" in j["ref"]
                      and j["profile"] == "bash"]
