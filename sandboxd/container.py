@@ -51,6 +51,9 @@ OutputCallback = Callable[[str, bytes], Awaitable[None]]
 WATCH_MIN = 0.001
 WATCH_MAX = 0.25
 READ_CHUNK = 1 << 16
+#: The largest output cap (each of stdout and stderr) the init captures itself (``run``):
+#: its answer is one frame on the channel, which holds both.
+CAPTURE_MAX = 64 << 20
 WARM_TIMEOUT = 30.0  # seconds an interpreter may take to start in a warm container
 NCPU = os.cpu_count() or 1
 
@@ -279,7 +282,15 @@ class Container:
         rl = rlimits.Rlimits(cpu_seconds=limits.cpu_time, file_size=limits.file_size,
                              open_files=limits.open_files, stack=limits.stack,
                              address_space=step.address_space)
-        if self.warm is not None:
+        # A job that neither streams, nor reads interactive stdin, nor has stdio wired
+        # elsewhere: its init makes its stdio and reads its output (``_supervise_captured``).
+        captured = (self.warm is None and step.on_output is None and step.stdin_fd is None
+                    and step.stdout_fd is None and step.stdin_stream is None
+                    and limits.output <= CAPTURE_MAX)
+        if captured:
+            await self._hand_captured(step, rl, limits.output)
+            out_r = err_r = in_w = -1
+        elif self.warm is not None:
             out_r, err_r, in_w = await self._hand_to_warm(step, rl)
         else:
             out_r, err_r, in_w = await self._hand_over(step, rl)
@@ -288,13 +299,16 @@ class Container:
         stdin_w = trio.lowlevel.FdStream(in_w) if in_w >= 0 else None
         out = _Capture("stdout", out_r, limits.output, step.on_output) if out_r >= 0 \
             else _Capture.absent("stdout")
-        err = _Capture("stderr", err_r, limits.output, step.on_output)
+        err = _Capture("stderr", err_r, limits.output, step.on_output) if err_r >= 0 \
+            else _Capture.absent("stderr")
         # The wall clock starts at the hand-over, which the init reports ("started", once
         # the job has run 2 ms; a shorter job sends only "exited", which carries it too);
         # until that message is in, the deadline counts from here, a little earlier.
         sent = time.monotonic()
         try:
-            if (step.on_output is None or step.output_inline) and stdin_w is None:
+            if captured:
+                status, t0, t1 = await self._supervise_captured(limits, base, sent, out, err)
+            elif (step.on_output is None or step.output_inline) and stdin_w is None:
                 status, t0, t1 = await self._supervise_one(limits, base, sent, out, err)
             else:
                 status, t0, t1 = await self._supervise(step, limits, base, sent, out, err,
@@ -409,6 +423,20 @@ class Container:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
         return out_r, err_r, in_w
+
+    async def _hand_captured(self, step: RunStep, rl: rlimits.Rlimits, cap: int) -> None:
+        """Send the job with its stdin as bytes: the init makes its stdio (stdout and stderr
+        pipes it reads, keeping ``cap`` bytes of each) and answers with the output."""
+        try:
+            msg = job_message(step.files, step.argv, step.env, step.cwd, rl)
+        except ValueError as e:
+            raise SandboxError(f"job delivery: ValueError: {e}") from e
+        msg["capture"] = cap
+        msg["stdin"] = bytes(step.stdin)
+        try:
+            await self.chan.send(msg)
+        except OSError as e:
+            raise NotHandedOver(f"the container's init was gone before its job: {e}") from e
 
     async def _hand_to_warm(self, step: RunStep, rl: rlimits.Rlimits) -> tuple[int, int, int]:
         """Send the job to the waiting interpreter, whose stdio is in place: stdin is
@@ -574,6 +602,50 @@ class Container:
                     await trio.lowlevel.wait_readable(ep.fileno())
         finally:
             ep.close()
+
+    async def _supervise_captured(self, limits: Limits, base: CgroupStats, t0: float,
+                                  out: _Capture, err: _Capture) -> tuple[int, float, float]:
+        """Watch a job whose init reads its output (``_hand_captured``): one descriptor,
+        the channel, waited on with the watchdog's schedule (``_supervise_one``'s) as the
+        timeout; "exited" brings the output, and whether the init killed the job for it."""
+        limit_ns = int(limits.cpu_time * 1e9)
+        deadline = t0 + limits.wall_time
+        chan_fd = self.chan.fileno()
+        check = t0 + min(max(limits.cpu_time / NCPU, WATCH_MIN), WATCH_MAX)
+        watching = True
+        while True:
+            while (got := await self._recv_nowait(False)) is not None:
+                msg = self._checked(got, "exited")
+                if msg["t"] == "started":
+                    deadline = float(msg["t0"]) + limits.wall_time
+                    continue
+                for cap, data, cut in ((out, "stdout", "stdout_truncated"),
+                                       (err, "stderr", "stderr_truncated")):
+                    cap.data = bytearray(msg.get(data, b""))
+                    cap.truncated = bool(msg.get(cut))
+                if msg.get("output_killed") and self._killed_for is None:
+                    self._killed_for = "output"  # by the init, as ``_Capture`` does by ``kill``
+                    self.killed_at = time.monotonic()
+                # The init killed what the job left in its PID namespace; the cgroup is
+                # proven empty here, as after any job.
+                await self.kill_rest()
+                self._emptied = True
+                return int(msg["status"]), float(msg["t0"]), float(msg["t1"])
+            now = time.monotonic()
+            if watching and now >= check:
+                used = self.cgroup.cpu_usage_ns() - base.cpu_usage_ns
+                if used >= limit_ns or now >= deadline:
+                    await self.kill("cpu" if used >= limit_ns else "wall")
+                    watching = False
+                else:
+                    cpu_left = (limit_ns - used) / 1e9 / NCPU
+                    check = now + min(max(cpu_left, WATCH_MIN), WATCH_MAX)
+            elif watching and now >= deadline:
+                await self.kill("wall")
+                watching = False
+            wake = min(check, deadline) if watching else now + WATCH_MAX
+            with trio.move_on_after(max(0.0, wake - now)):  # trio's clock is not ours
+                await trio.lowlevel.wait_readable(chan_fd)
 
     async def _recv_nowait(self, seen: bool) -> tuple[dict, list[int]] | None:
         """The init's next message, if one has begun to arrive. Its death is

@@ -30,13 +30,18 @@ Messages with the supervisor (``sandboxd.channel`` frames), from the init:
 ``ready`` (+ pidfd of the job process), ``warmed`` (a warm runtime waits for the
 job), ``started`` (monotonic t0 of the hand-over, which starts the wall clock;
 sent only once the job has run 2 ms, so a shorter job costs the supervisor one
-wake-up, not two), ``exited`` (wait status, t0 again and t1 of the reaping), ``error`` (where,
-message; and step, errno when the job process failed before its execve); to it:
+wake-up, not two), ``exited`` (wait status, t0 again and t1 of the reaping; for a
+captured job also ``stdout``, ``stderr``, their ``*_truncated`` flags and
+``output_killed``), ``error`` (where, message; and step, errno when the job process
+failed before its execve); to it:
 ``warm`` (a warm runtime to start, ``WarmStart``: its request, and ``boot``
 bytes the init writes after it on the job process's socket for the started
 interpreter to read; + the job's stdin, stdout, stderr descriptors; optional,
 before the job), ``job`` (+ stdin, stdout, stderr
-descriptors, or none after ``warm``), ``collect`` (the init answers ``files``).
+descriptors, or none after ``warm``; or none with ``capture``, the most bytes kept of each
+of stdout and stderr, and ``stdin`` as bytes: the init makes the job's stdio itself, reads
+the output and sends it in ``exited``, Container._hand_captured), ``collect`` (the init
+answers ``files``).
 
 The user namespace: the container's root maps to an unprivileged host uid
 of its slot, and the job user to another, so even a process that became

@@ -32,16 +32,20 @@
  * the started interpreter to read; + stdin, stdout, stderr: optional, once, before the
  * job), "job" (files, the
  * job process's exec request, + stdin, stdout, stderr, or none after "warm") and
- * "collect".
+ * "collect". A "job" with "capture" (and its "stdin" as bytes) comes without descriptors:
+ * the init makes the job's stdio, reads its output (watch_captured) and sends it in
+ * "exited".
  */
 #include "sandboxd.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -166,11 +170,71 @@ static int await_warm(struct job *job) {
     return 1;
 }
 
+/* A job whose stdio the init makes (a "job" message with "capture", the most bytes kept
+ * of each of stdout and stderr, and its stdin as bytes), so that the supervisor sends one
+ * message and reads one: it made two pipes and a memfd per job, gave them their owner, and
+ * watched the pipes with the channel, ~30 system calls and their Python on its one thread.
+ * The init reads the pipes here, keeps at most ``cap`` bytes of each (one byte more: it
+ * kills the job, "output", as the supervisor did), and sends them in "exited". */
+struct capture {
+    int on, killed;
+    uint64_t cap;
+    int fd[2];         /* read ends of stdout, stderr; -1 once at EOF or cut */
+    int trunc[2];
+    struct buf data[2];
+};
+
+/* The job's stdio for a capture: stdin a memfd holding ``in`` (at offset 0), stdout and
+ * stderr pipes whose write ends the job user owns (container.py's ``_give_stdio`` says
+ * why); ``give`` gets the three ends for the job process, ``c`` keeps the read ends. */
+static int capture_stdio(struct setup *st, struct capture *c, const unsigned char *in,
+                         uint64_t in_len, int give[3]) {
+    int out[2] = {-1, -1}, err[2] = {-1, -1};
+    int mem = memfd_create("sandboxd-stdin", MFD_CLOEXEC);
+    if (mem < 0) return failf("OSError: memfd_create: %s", strerror(errno));
+    for (uint64_t done = 0; done < in_len;) {
+        ssize_t w = write(mem, in + done, in_len - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) { close(mem); return failf("OSError: writing stdin: %s", strerror(errno)); }
+        done += (uint64_t)w;
+    }
+    if (lseek(mem, 0, SEEK_SET) < 0 || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) ||
+        fchown(out[1], st->uid, st->gid) || fchown(err[1], st->uid, st->gid)) {
+        int e = errno;
+        close(mem);
+        for (int i = 0; i < 2; i++) {
+            if (out[i] >= 0) close(out[i]);
+            if (err[i] >= 0) close(err[i]);
+        }
+        return failf("OSError: the job's stdio: %s", strerror(e));
+    }
+    give[0] = mem; give[1] = out[1]; give[2] = err[1];
+    c->fd[0] = out[0]; c->fd[1] = err[0];
+    return 0;
+}
+
+/* Read what stream ``i`` holds now (poll said so); at EOF, or past the cap, stop reading
+ * it. Past the cap the job is killed: every process of our PID namespace but us. */
+static void capture_read(struct capture *c, int i) {
+    unsigned char chunk[65536];
+    ssize_t n;
+    do n = read(c->fd[i], chunk, sizeof chunk); while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        uint64_t room = c->cap - c->data[i].len;
+        if ((uint64_t)n <= room) { put(&c->data[i], chunk, (size_t)n); return; }
+        put(&c->data[i], chunk, (size_t)room);
+        c->trunc[i] = 1;
+        if (!c->killed) { c->killed = 1; kill(-1, SIGKILL); }
+    }
+    close(c->fd[i]);
+    c->fd[i] = -1;
+}
+
 /* Receive the next message, "warm" (a warm runtime to start, with its stdio) or "job"
  * (files, the exec request, and its stdio unless a warm runtime has it already); hand the
  * request over to the job process. *kind is 'w' or 'j'; 0 on EOF (the supervisor gave up
  * on this container), 1 when it failed (reported), 2 when handed over (*t0 its time). */
-static int deliver(struct setup *st, int warmed, int *kind, double *t0) {
+static int deliver(struct setup *st, int warmed, int *kind, double *t0, struct capture *cap) {
     struct job *job = &st->job;
     unsigned char *frame = NULL;
     int fds[3], nfds;
@@ -179,8 +243,8 @@ static int deliver(struct setup *st, int warmed, int *kind, double *t0) {
     if (len < 0) { send_error("job delivery", strerror(errno)); return 1; }
     struct rd r = {frame, frame + len};
     uint64_t n, count = 0;
-    const unsigned char *k, *req = NULL, *files = NULL, *boot = NULL;
-    uint64_t req_len = 0, boot_len = 0;
+    const unsigned char *k, *req = NULL, *files = NULL, *boot = NULL, *in = NULL;
+    uint64_t req_len = 0, boot_len = 0, in_len = 0;
     int faulted = 0;
     *kind = 0;
     errmsg[0] = 0;
@@ -196,6 +260,11 @@ static int deliver(struct setup *st, int warmed, int *kind, double *t0) {
             if (mp_next(&r, &req_len, &req) != T_BIN) failf("ValueError: exec is not bytes");
         } else if (key_is(k, kl, "boot")) {
             if (mp_next(&r, &boot_len, &boot) != T_BIN) failf("ValueError: boot is not bytes");
+        } else if (key_is(k, kl, "capture")) {
+            if (mp_next(&r, &cap->cap, &v) != T_INT) failf("ValueError: capture is not an int");
+            cap->on = 1;
+        } else if (key_is(k, kl, "stdin")) {
+            if (mp_next(&r, &in_len, &in) != T_BIN) failf("ValueError: stdin is not bytes");
         } else if (key_is(k, kl, "files")) {
             const unsigned char *start = r.p;
             if (mp_next(&r, &count, &v) != T_MAP) { failf("ValueError: files is not a map"); break; }
@@ -211,15 +280,21 @@ static int deliver(struct setup *st, int warmed, int *kind, double *t0) {
     int flagged = req && req_len >= 4 && (req[3] & 0x80);
     if (!errmsg[0] && *kind == 'w' && (warmed || nfds != 3 || !req || files || !flagged))
         failf("ValueError: expected a warm message, once, with its request and 3 descriptors");
-    if (!errmsg[0] && *kind == 'j' && (nfds != (warmed ? 0 : 3) || !req || flagged || boot))
-        failf("ValueError: expected a job message with its exec request and %d descriptors",
-              warmed ? 0 : 3);
+    if (!errmsg[0] && *kind == 'j' && (nfds != (warmed || cap->on ? 0 : 3) || !req || flagged ||
+                                       boot || (cap->on && warmed) || (in && !cap->on)))
+        failf("ValueError: expected a job message with its exec request and %d descriptors "
+              "(none with capture, which takes stdin, and not after warm)",
+              warmed || cap->on ? 0 : 3);
+    if (!errmsg[0] && *kind != 'j' && (cap->on || in))
+        failf("ValueError: capture and stdin are a job's");
     if (!errmsg[0] && !*kind) failf("ValueError: expected a job or warm message");
     if (!errmsg[0] && files) {
         struct rd fr = {files, frame + len};
         mp_next(&fr, &n, &k);
         write_files(&fr, count, st->uid, st->gid);
     }
+    if (!errmsg[0] && cap->on && !capture_stdio(st, cap, in, in_len, fds))
+        nfds = 3; /* closed below, once handed over, as the supervisor's would be */
     if (!errmsg[0]) {
         struct iovec iov = {(void *)req, req_len};
         union { struct cmsghdr h; char buf[CMSG_SPACE(3 * sizeof(int))]; } anc;
@@ -263,6 +338,96 @@ static int deliver(struct setup *st, int warmed, int *kind, double *t0) {
     return 2;
 }
 
+static void send_started(double t0) {
+    struct buf m = {0};
+    mp_map(&m, 2);
+    mp_cstr(&m, "t"); mp_cstr(&m, "started");
+    mp_cstr(&m, "t0"); mp_float(&m, t0);
+    send_frame(&m, NULL, 0);
+    free(m.p);
+}
+
+/* A captured job (``struct capture``), handed over at ``t0``: read its output while it runs,
+ * report "started" as serve does, and, once the job process is reaped, kill what it left
+ * in our PID namespace (the supervisor's own kill, through the cgroup, follows "exited" as
+ * for any job), read the pipes to their end (every writer is dead: promptly; 2 s at most,
+ * as the supervisor allowed) and send "exited" with the output. 0, or 1 when failed
+ * (reported). */
+static int watch_captured(struct setup *st, struct capture *c, double t0) {
+    struct job *job = &st->job;
+    int status = 0, reaped = 0, started = 0;
+    double t1 = 0, until = 0;
+    for (;;) {
+        double now = monotonic();
+        int timeout = -1;
+        if (reaped) {
+            if (c->fd[0] < 0 && c->fd[1] < 0) break;
+            if (now >= until) break; /* a pipe held open past its writers: give up on it */
+            timeout = (int)((until - now) * 1000) + 1;
+        } else if (!started) {
+            double left = t0 + STARTED_AFTER_MS / 1000.0 - now;
+            timeout = left > 0 ? (int)(left * 1000) + 1 : 0;
+        }
+        struct pollfd p[3] = {{reaped ? -1 : job->pidfd, POLLIN, 0},
+                              {c->fd[0], POLLIN, 0}, {c->fd[1], POLLIN, 0}};
+        int n = poll(p, 3, timeout);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            snprintf(errmsg, sizeof errmsg, "OSError: poll: %s", strerror(errno));
+            send_error("watching the job", errmsg);
+            return 1;
+        }
+        if (n == 0 && !reaped && !started) {
+            started = 1;
+            send_started(t0);
+            continue;
+        }
+        for (int i = 0; i < 2; i++)
+            if (c->fd[i] >= 0 && p[i + 1].revents) capture_read(c, i);
+        if (reaped || !p[0].revents) continue;
+        for (;;) { /* the job process, and any orphans of its that ended before it */
+            int s;
+            pid_t pid = waitpid(-1, &s, WNOHANG);
+            if (pid < 0 && errno == EINTR) continue;
+            if (pid < 0 && errno != ECHILD) {
+                snprintf(errmsg, sizeof errmsg, "ChildProcessError: %s", strerror(errno));
+                send_error("reaping the job process", errmsg);
+                return 1;
+            }
+            if (pid <= 0) break;
+            if (pid == job->pid) {
+                t1 = monotonic();
+                status = s;
+                reaped = 1;
+            }
+        }
+        if (!reaped) continue;
+        if (WIFEXITED(status) && WEXITSTATUS(status) == JOB_FAULT_EXIT &&
+            report_job_fault(job->sock))
+            return 1;
+        close(job->sock);
+        kill(-1, SIGKILL);
+        until = monotonic() + 2.0;
+    }
+    while (waitpid(-1, NULL, WNOHANG) > 0) {} /* what died of our kill by now */
+    for (int i = 0; i < 2; i++)
+        if (c->fd[i] >= 0) close(c->fd[i]);
+    struct buf m = {0};
+    mp_map(&m, 9);
+    mp_cstr(&m, "t"); mp_cstr(&m, "exited");
+    mp_cstr(&m, "status"); mp_int(&m, status);
+    mp_cstr(&m, "t0"); mp_float(&m, t0);
+    mp_cstr(&m, "t1"); mp_float(&m, t1);
+    mp_cstr(&m, "stdout"); mp_bin(&m, c->data[0].p, c->data[0].len);
+    mp_cstr(&m, "stderr"); mp_bin(&m, c->data[1].p, c->data[1].len);
+    mp_cstr(&m, "stdout_truncated"); mp_int(&m, c->trunc[0]);
+    mp_cstr(&m, "stderr_truncated"); mp_int(&m, c->trunc[1]);
+    mp_cstr(&m, "output_killed"); mp_int(&m, c->killed);
+    send_frame(&m, NULL, 0);
+    free(m.p);
+    return 0;
+}
+
 /* The one job (after a warm runtime, if the supervisor starts one first): write its files,
  * hand the job process its exec request and stdio, report the hand-over and the job
  * process's end; then the files, if the supervisor asks. */
@@ -271,8 +436,9 @@ static int serve(struct setup *st) {
     unsigned char *frame = NULL;
     int fds[3], nfds, kind = 0, warmed = 0;
     double t0 = 0;
+    struct capture cap = {.fd = {-1, -1}};
     for (;;) {
-        int got = deliver(st, warmed, &kind, &t0);
+        int got = deliver(st, warmed, &kind, &t0, &cap);
         if (got != 2) return got;
         if (kind == 'j') break;
         if (await_warm(job)) return 1;
@@ -284,6 +450,12 @@ static int serve(struct setup *st) {
         free(w.p);
     }
     struct buf m = {0};
+    if (cap.on) {
+        int r = watch_captured(st, &cap, t0);
+        for (int i = 0; i < 2; i++) free(cap.data[i].p);
+        if (r) return r;
+        goto after;
+    }
     /* "started" only for a job still running STARTED_AFTER_MS after the hand-over: a
      * shorter one gets "exited" alone (it carries t0 too), so the supervisor wakes once
      * for it, not twice (it did for 95 % of /bin/true jobs). The supervisor's wall
@@ -322,6 +494,7 @@ static int serve(struct setup *st) {
         }
     }
     /* The supervisor kills what is left, then may ask for the files the job made. */
+after:;
     ssize_t len = recv_frame(&frame, fds, 0, &nfds);
     if (len <= 0) return 0;
     struct rd r = {frame, frame + len};

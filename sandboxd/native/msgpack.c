@@ -8,6 +8,7 @@
 #include <string.h>
 
 void put(struct buf *b, const void *d, size_t n) {
+    if (!n) return; /* (d may then be NULL: an empty capture's bytes) */
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->len + n) cap *= 2;

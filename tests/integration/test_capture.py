@@ -1,0 +1,127 @@
+"""A job whose output the container's init captures, against the supervisor's pipes.
+
+Most jobs (no streaming, no interactive stdin, no wired stdio, no warm runtime, an
+output cap of at most 64 MiB) are sent with their stdin as bytes, and the init makes
+their stdio and sends the output in "exited" (native/init.c, ``watch_captured``;
+``Container._hand_captured``). Any other job keeps the supervisor's own pipes. The two
+paths must give one result for one run: each case below runs on both, in real
+containers, and the results are compared field by field, with the path each took
+checked from the init's messages.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+MiB = 1 << 20
+_slot = iter(range(7300, 7400))
+
+
+async def _run(made, argv: list[str], captured: bool, **step):  # type: ignore[no-untyped-def]
+    """Run ``argv`` in a new container: captured by its init, or (an inline recorder as
+    ``on_output``, as the HTTP front door's) through the supervisor's pipes."""
+    from sandboxd.container import Container, RunStep
+    from sandboxd.limits import DEFAULT
+    from sandboxd.spawn import ContainerSpec
+
+    slot = next(_slot)
+    box = Container(await made.client.spawn(ContainerSpec(slot=slot, box_size=MiB,
+                                                          tmp_size=MiB)),
+                    made.backend.create(f"sandboxd-cap-{slot}"))
+    made.boxes.append(box)
+    await box.wait_ready()
+    exited: list[dict] = []
+    recv_nowait = box.chan.recv_nowait
+
+    async def recording():  # type: ignore[no-untyped-def]
+        got = await recv_nowait()
+        if got is not None and got[0]["t"] == "exited":
+            exited.append(got[0])
+        return got
+
+    box.chan.recv_nowait = recording  # type: ignore[method-assign]
+    chunks: list[tuple[str, bytes]] = []
+
+    async def record(stream: str, data: bytes) -> None:
+        chunks.append((stream, data))
+
+    limits = replace(DEFAULT, **step.pop("limits", {}))
+    extra = {} if captured else {"on_output": record, "output_inline": True}
+    result = await box.run(RunStep(argv=argv, limits=limits, **step, **extra))
+    assert len(exited) == 1 and ("stdout" in exited[0]) == captured, exited
+    if not captured:  # what the recorder saw is what the result holds
+        assert b"".join(d for s, d in chunks if s == "stdout") == result.stdout
+    await box.destroy()
+    return result
+
+
+async def _both(made, argv: list[str], **step):  # type: ignore[no-untyped-def]
+    cap = await _run(made, argv, True, **dict(step))
+    pipes = await _run(made, argv, False, **dict(step))
+    fields = ["verdict", "stdout", "stderr", "stdout_truncated", "stderr_truncated"]
+    if cap.verdict != "output_limit":  # (cut: the job may have exited before its kill, or not)
+        fields += ["exit_code", "signal"]
+    for f in fields:
+        assert getattr(cap, f) == getattr(pipes, f), (f, cap, pipes)
+    return cap
+
+
+async def test_output_larger_than_a_pipe_and_both_streams(made) -> None:  # type: ignore[no-untyped-def]
+    r = await _both(made, ["/bin/sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' a; "
+                                            "echo err >&2; exit 3"])
+    assert r.verdict == "runtime_error" and r.exit_code == 3
+    assert r.stdout == b"a" * 1000000 and r.stderr == b"err\n"
+
+
+async def test_output_at_the_cap_is_whole_and_one_byte_more_is_output_limit(made) -> None:  # type: ignore[no-untyped-def]
+    at = await _both(made, ["/bin/sh", "-c", "head -c 1000 /dev/zero"],
+                     limits={"output": 1000})
+    assert at.verdict == "ok" and len(at.stdout) == 1000 and not at.stdout_truncated
+    over = await _both(made, ["/bin/sh", "-c", "head -c 1001 /dev/zero"],
+                       limits={"output": 1000})
+    assert over.verdict == "output_limit" and len(over.stdout) == 1000
+    assert over.stdout_truncated
+
+
+async def test_endless_output_is_cut_at_the_cap_and_killed(made) -> None:  # type: ignore[no-untyped-def]
+    t0 = time.monotonic()
+    r = await _both(made, ["/bin/sh", "-c", "echo e >&2; yes"], limits={"output": 100 << 10})
+    assert r.verdict == "output_limit" and r.stdout_truncated
+    assert len(r.stdout) == 100 << 10 and set(r.stdout) == set(b"y\n") and r.stderr == b"e\n"
+    assert time.monotonic() - t0 < 20  # (the wall limit is 10 s: not what ended either)
+
+
+async def test_stdin_reaches_the_job_whole(made) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(300 << 10)
+    r = await _both(made, ["/bin/cat"], stdin=data)
+    assert r.verdict == "ok" and r.stdout == data
+    empty = await _both(made, ["/bin/cat"])
+    assert empty.verdict == "ok" and empty.stdout == b""
+
+
+async def test_a_child_holding_stdout_after_the_job_is_killed_not_waited_for(made) -> None:  # type: ignore[no-untyped-def]
+    """The job's exit ends the run: what it left behind holding its stdout is killed (by
+    the init, in its PID namespace; by the supervisor, in the cgroup), not waited for."""
+    t0 = time.monotonic()
+    r = await _both(made, ["/bin/sh", "-c", "(sleep 30; echo late) & echo now"])
+    assert r.verdict == "ok" and r.stdout == b"now\n"
+    assert time.monotonic() - t0 < 10
+
+
+async def test_time_limits_and_a_reopened_stdout_on_the_init_s_pipes(made) -> None:  # type: ignore[no-untyped-def]
+    """The supervisor's watchdog still ends a captured job (CPU, wall), and the pipes the
+    init made open again by /dev/stdout for the job user, as the supervisor's do."""
+    cpu = await _both(made, ["/bin/sh", "-c", "echo a; while :; do :; done"],
+                      limits={"cpu_time": 0.3})
+    assert cpu.verdict == "time_limit" and cpu.stdout == b"a\n"
+    wall = await _both(made, ["/bin/sleep", "5"], limits={"wall_time": 0.3})
+    assert wall.verdict == "time_limit" and wall.wall_time < 3
+    reopened = await _both(made, ["/bin/sh", "-c", "echo x > /dev/stdout; echo y > /dev/stderr"])
+    assert reopened.verdict == "ok", reopened
+    assert reopened.stdout == b"x\n" and reopened.stderr == b"y\n"
