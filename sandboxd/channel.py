@@ -145,9 +145,8 @@ class AsyncChannel:
     def __init__(self, sock: socket.socket, max_frame: int = MAX_FRAME) -> None:
         import trio
 
-        sock.setblocking(False)
         self._raw = sock  # the same socket, for recv_nowait's one plain call
-        self._sock = trio.socket.from_stdlib_socket(sock)
+        self._sock = trio.socket.from_stdlib_socket(sock)  # (which makes it non-blocking)
         self._max_frame = max_frame
 
     def fileno(self) -> int:

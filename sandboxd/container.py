@@ -613,8 +613,9 @@ class Container:
         chan_fd = self.chan.fileno()
         check = t0 + min(max(limits.cpu_time / NCPU, WATCH_MIN), WATCH_MAX)
         watching = True
+        waited = False  # the job was just sent: nothing can be in before a first wait
         while True:
-            while (got := await self._recv_nowait(False)) is not None:
+            while waited and (got := await self._recv_nowait(False)) is not None:
                 msg = self._checked(got, "exited")
                 if msg["t"] == "started":
                     deadline = float(msg["t0"]) + limits.wall_time
@@ -646,6 +647,7 @@ class Container:
             wake = min(check, deadline) if watching else now + WATCH_MAX
             with trio.move_on_after(max(0.0, wake - now)):  # trio's clock is not ours
                 await trio.lowlevel.wait_readable(chan_fd)
+            waited = True
 
     async def _recv_nowait(self, seen: bool) -> tuple[dict, list[int]] | None:
         """The init's next message, if one has begun to arrive. Its death is

@@ -256,14 +256,20 @@ class V1Job(JobCgroup):
             name = "memory.memsw.max_usage_in_bytes" if self._f.memsw else None
             peak = int(self._read("memory", name or "memory.max_usage_in_bytes"))
             if self._f.oom_kill:
-                ctl = _fs.keyed(self._read("memory", "memory.oom_control"))
-                oom = ctl.get("oom_kill", 0) - self._oom_base
+                oom = self._oom_kills() - self._oom_base
         pids_peak = None
         if "pids" in self._dirs and self._f.pids_peak:
             pids_peak = int(self._read("pids", "pids.peak"))
             if self._pids_peak_base is not None and pids_peak <= self._pids_peak_base:
                 pids_peak = None  # recycled, and this job's peak is hidden by an earlier one
         return CgroupStats(usage, user, system, peak, oom, pids_peak)
+
+    def _oom_kills(self) -> int:
+        """memory.oom_control's ``oom_kill`` (read twice per job: its one line, not the
+        whole file parsed; "oom_kill " cannot match ``oom_kill_disable``)."""
+        text = self._read("memory", "memory.oom_control")
+        _, found, value = text.rpartition("oom_kill ")
+        return int(value.split(None, 1)[0]) if found else 0
 
     def _freeze(self, state: str, deadline: float) -> bool:
         path = self._path("freezer", "freezer.state")
@@ -333,8 +339,7 @@ class V1Job(JobCgroup):
             for f in files:
                 self._write(self._path("memory", f), "0")
             if self._f.oom_kill:
-                ctl = _fs.keyed(self._read("memory", "memory.oom_control"))
-                self._oom_base = ctl.get("oom_kill", 0)
+                self._oom_base = self._oom_kills()
         if "cpuacct" in self._dirs:
             self._write(self._path("cpuacct", "cpuacct.usage"), "0")  # also zeroes user/sys
         if "pids" in self._dirs and self._f.pids_peak:
