@@ -579,17 +579,11 @@ class Container:
                 if exited is not None and not pipes:
                     return exited
                 now = time.monotonic()
-                if watching and now >= check:
-                    used = self.cgroup.cpu_usage_ns() - base.cpu_usage_ns
-                    if used >= limit_ns or now >= deadline:
-                        await self.kill("cpu" if used >= limit_ns else "wall")
-                        watching = False
-                    else:
-                        cpu_left = (limit_ns - used) / 1e9 / NCPU
-                        check = now + min(max(cpu_left, WATCH_MIN), WATCH_MAX)
-                elif watching and now >= deadline:
-                    await self.kill("wall")
-                    watching = False
+                if watching:
+                    nxt = await self._check_limits(now, check, deadline, limit_ns,
+                                                   base.cpu_usage_ns)
+                    watching = nxt is not None
+                    check = nxt or check
                 if exited is not None:
                     wake = drain_until
                     if now >= wake:
@@ -633,21 +627,32 @@ class Container:
                 self._emptied = True
                 return int(msg["status"]), float(msg["t0"]), float(msg["t1"])
             now = time.monotonic()
-            if watching and now >= check:
-                used = self.cgroup.cpu_usage_ns() - base.cpu_usage_ns
-                if used >= limit_ns or now >= deadline:
-                    await self.kill("cpu" if used >= limit_ns else "wall")
-                    watching = False
-                else:
-                    cpu_left = (limit_ns - used) / 1e9 / NCPU
-                    check = now + min(max(cpu_left, WATCH_MIN), WATCH_MAX)
-            elif watching and now >= deadline:
-                await self.kill("wall")
-                watching = False
+            if watching:
+                nxt = await self._check_limits(now, check, deadline, limit_ns,
+                                               base.cpu_usage_ns)
+                watching = nxt is not None
+                check = nxt or check
             wake = min(check, deadline) if watching else now + WATCH_MAX
             with trio.move_on_after(max(0.0, wake - now)):  # trio's clock is not ours
                 await trio.lowlevel.wait_readable(chan_fd)
             waited = True
+
+    async def _check_limits(self, now: float, check: float, deadline: float, limit_ns: int,
+                            base_ns: int) -> float | None:
+        """The watchdog's step in a one-task watch (``_supervise_one``, ``_supervise_captured``):
+        when to read the CPU counter next, or None once the job was killed for its CPU or
+        wall limit. The counter is read only at ``check``: the job can burn at most NCPU
+        seconds of CPU per second, so until then it cannot have reached its limit."""
+        if now >= check:
+            used = self.cgroup.cpu_usage_ns() - base_ns
+            if used >= limit_ns or now >= deadline:
+                await self.kill("cpu" if used >= limit_ns else "wall")
+                return None
+            return now + min(max((limit_ns - used) / 1e9 / NCPU, WATCH_MIN), WATCH_MAX)
+        if now >= deadline:
+            await self.kill("wall")
+            return None
+        return check
 
     async def _recv_nowait(self, seen: bool) -> tuple[dict, list[int]] | None:
         """The init's next message, if one has begun to arrive. Its death is
