@@ -250,7 +250,7 @@ class Container:
         try:
             self.cgroup.set_limits(CgroupLimits(memory=limits.memory, pids=limits.pids,
                                                 cpuset=step.cpuset))
-            base = self._base = self.cgroup.stats()
+            base = self._base = self.cgroup.baseline()
         except MemoryInUse:
             # The waiting job process (or its warm interpreter) already holds more than
             # the limit: it could not run one instruction of the job within it.

@@ -88,6 +88,11 @@ class JobCgroup(abc.ABC):
     def stats(self) -> CgroupStats:
         """Every counter at once (after the job, or for ``ps``)."""
 
+    def baseline(self) -> CgroupStats:
+        """The counters a job's figures are taken from, read just before its hand-over:
+        what ``stats`` would subtract (its CPU so far, the OOM kills counted so far)."""
+        return self.stats()
+
     @abc.abstractmethod
     def kill_all(self, timeout: float = 5.0) -> None:
         """Freeze, SIGKILL every process, thaw, and wait until the cgroup is empty.

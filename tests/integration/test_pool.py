@@ -191,3 +191,40 @@ async def test_containers_the_engine_makes_that_fail_their_set_up_cost_the_pool_
     assert pool.cgroup_count() == 0
     await made.client.aclose()
     assert not leftovers.new_leftovers(before)
+
+
+async def test_a_recycled_cgroup_reports_each_job_s_own_oom_and_peak(made) -> None:  # type: ignore[no-untyped-def]
+    """The baseline a job's figures are taken from is its CPU so far only
+    (``JobCgroup.baseline``): OOM kills and peaks count from the cgroup's reset. So a job
+    that runs in a cgroup where the one before was OOM-killed must not inherit that kill
+    or that peak, and the next OOM is counted again."""
+    import dataclasses
+
+    import trio
+
+    from sandboxd.container import RunStep
+    from sandboxd.limits import DEFAULT
+    from sandboxd.pool import Pool
+    from sandboxd.spawn import ContainerSpec
+
+    spec = ContainerSpec(slot=0, box_size=MiB, tmp_size=MiB)
+    pool = Pool(made.client, made.backend, 1)
+    hog = ["/bin/sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}"]
+    small = dataclasses.replace(DEFAULT, memory=32 * MiB)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run, [spec])
+        verdicts = []
+        for argv in (hog, ["/bin/true"], ["/bin/true"], hog, ["/bin/true"]):
+            box = await pool.take(spec)
+            try:
+                r = await box.run(RunStep(argv=argv, limits=small))
+            finally:
+                pool.release(box)
+            verdicts.append((r.verdict, r.oom_killed))
+            if argv is not hog:
+                assert r.memory_peak < 16 * MiB, r  # its own, not the hog's 32 MiB
+        assert verdicts == [("memory_limit", True), ("ok", False), ("ok", False),
+                            ("memory_limit", True), ("ok", False)], verdicts
+        assert pool.counters.cgroups_recycled >= 3, pool.counters  # the same cgroups again
+        nursery.cancel_scope.cancel()
+    assert pool.cgroup_count() == 0
