@@ -153,6 +153,7 @@ class Container:
         self._egress: egress.Egress | None = None  # the job's network, if it has one
         self.pool_shape: Any = None  # the pool's shape this warm container was made for
         self.pool_out = False  # taken from that shape's warm ones, not yet given back
+        self.limits_written: CgroupLimits | None = None  # its job's, in its cgroup (``run``)
 
     @property
     def emptied(self) -> bool:
@@ -248,8 +249,9 @@ class Container:
         # The job process is already in the cgroup: a new cpuset moves it (and all it
         # will fork) onto those CPUs before it execs the job.
         try:
-            self.cgroup.set_limits(CgroupLimits(memory=limits.memory, pids=limits.pids,
-                                                cpuset=step.cpuset))
+            written = CgroupLimits(memory=limits.memory, pids=limits.pids, cpuset=step.cpuset)
+            self.cgroup.set_limits(written)
+            self.limits_written = written
             base = self._base = self.cgroup.baseline()
         except MemoryInUse:
             # The waiting job process (or its warm interpreter) already holds more than

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import trio
 
 from sandboxd import threads
-from sandboxd.cgroups import CgroupBackend, CgroupError, JobCgroup
+from sandboxd.cgroups import CgroupBackend, CgroupError, JobCgroup, keepable
 from sandboxd.container import Container
 from sandboxd.engine import Engine, Reply
 from sandboxd.isolation import identity
@@ -374,7 +374,10 @@ class Pool:
             procs = cg.procs_files() if plan is not None else []
             # Reset now, with the old init still alive: it is outside the job cgroup and
             # holds none of its files, and the job's processes are proven gone (emptied).
-            if shape is not None and plan is not None and procs and cg.reset_quick():
+            # The job's memory and pids limits stay for the next container of its shape,
+            # whose job most likely has the same (cgroups.keepable: never tiny ones).
+            if shape is not None and plan is not None and procs and cg.reset_quick(
+                    keepable(box.limits_written)):
                 eng.recycle(box.pidfd, plan, identity.slot_map(box.slot), procs,
                             (shape, box.slot, cg, True))
                 shape.making += 1

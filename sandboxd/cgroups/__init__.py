@@ -36,6 +36,7 @@ from ._base import (
     CgroupStats,
     JobCgroup,
     MemoryInUse,
+    keepable,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "JobCgroup",
     "MemoryInUse",
     "detect_version",
+    "keepable",
     "open_backend",
 ]
 

@@ -39,6 +39,22 @@ class CgroupLimits:
     cpu_quota: float | None = None  # CPUs' worth of bandwidth (1.5 = 150 % of one core)
 
 
+#: The least memory and pids limits ``keepable`` leaves on a recycled cgroup: room for the
+#: next container's job process while it waits (a few hundred KiB, one process), so that a
+#: tiny limit of the last job's never fails the next container's set-up.
+KEEP_MIN_MEMORY = 16 << 20
+KEEP_MIN_PIDS = 8
+
+
+def keepable(limits: CgroupLimits | None) -> CgroupLimits | None:
+    """The memory and pids limits of ``limits`` that may stay on a recycled cgroup (None:
+    lift them all); pinning and a CPU quota are lifted as before."""
+    if limits is None or (limits.memory is not None and limits.memory < KEEP_MIN_MEMORY) \
+            or (limits.pids is not None and limits.pids < KEEP_MIN_PIDS):
+        return None
+    return CgroupLimits(memory=limits.memory, pids=limits.pids)
+
+
 @dataclass(frozen=True, slots=True)
 class CgroupStats:
     """Counters read after (or during) a job. Times in nanoseconds, memory in bytes.
@@ -109,12 +125,15 @@ class JobCgroup(abc.ABC):
         proven empty).
         """
 
-    def reset_quick(self) -> bool:
+    def reset_quick(self, keep: CgroupLimits | None = None) -> bool:
         """``reset`` now if it cannot block (no reclaim, no directory to remake): True;
         False, having done nothing, if the caller should run ``reset`` in a thread.
 
         A job's used cgroup is reset on the event loop when it takes a few syscalls:
         a hand-off to a worker thread costs the supervisor more CPU than they do.
+        ``keep``: limits to leave in place instead of lifting them (the pool's recycle of
+        a container of the same shape, whose next job most likely has the same ones:
+        ``keepable``), so that neither the reset nor that job writes them.
         """
         return False
 

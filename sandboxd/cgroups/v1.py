@@ -312,7 +312,7 @@ class V1Job(JobCgroup):
                     self._maybe_frozen = False
             _fs.wait_for(lambda: not self._all_pids(), min(deadline, now + timeout / 2))
 
-    def reset(self, usage: int | None = None) -> None:
+    def reset(self, usage: int | None = None, keep: CgroupLimits | None = None) -> None:
         """Prove emptiness, lift limits, zero the peaks and CPU counters in place.
 
         oom_kill and pids.peak cannot be reset: oom_kill is read as a delta, and
@@ -329,7 +329,7 @@ class V1Job(JobCgroup):
         """
         if pids := self.pids():
             raise CgroupError(f"{self.name}: cannot reset, still holds pids {sorted(pids)}")
-        self.set_limits(CgroupLimits())
+        self.set_limits(keep or CgroupLimits())
         if "freezer" in self._dirs and self._maybe_frozen:
             _fs.write(self._path("freezer", "freezer.state"), "THAWED")
             self._maybe_frozen = False
@@ -356,7 +356,7 @@ class V1Job(JobCgroup):
         if "pids" in self._dirs and self._f.pids_peak:
             self._pids_peak_base = int(self._read("pids", "pids.peak"))
 
-    def reset_quick(self) -> bool:
+    def reset_quick(self, keep: CgroupLimits | None = None) -> bool:
         """``reset`` unless page cache must be reclaimed (force_empty, ~0.5 ms or more).
 
         Most of what an empty cgroup still shows charged after a small job is no
@@ -378,7 +378,7 @@ class V1Job(JobCgroup):
                 usage = self._drain_charge_caches()
                 if usage > LEFTOVER_OK:
                     return False
-        self.reset(usage)
+        self.reset(usage, keep)
         return True
 
     def _drain_charge_caches(self) -> int:

@@ -223,7 +223,7 @@ class V2Job(JobCgroup):
                     _fs.write(freeze, "0")
             self._wait_events("populated", 0, min(deadline, now + timeout / 2))
 
-    def reset(self, current: int | None = None) -> None:
+    def reset(self, current: int | None = None, keep: CgroupLimits | None = None) -> None:
         """Prove emptiness, lift limits, restart every counter (``current``: memory.current
         if the caller has just read it).
 
@@ -240,7 +240,7 @@ class V2Job(JobCgroup):
             _fs.mkdir(self.path)
             self._open()
             return
-        self.set_limits(CgroupLimits())
+        self.set_limits(keep or CgroupLimits())
         if self._f.freeze:
             _fs.write(f"{self.path}/cgroup.freeze", "0")
         if "memory" in self._f.controllers:
@@ -262,7 +262,7 @@ class V2Job(JobCgroup):
         if self._f.pids_peak:
             self._pids_peak_base = int(self._read("pids.peak"))
 
-    def reset_quick(self) -> bool:
+    def reset_quick(self, keep: CgroupLimits | None = None) -> bool:
         """``reset`` on the event loop unless it could block: a peak the kernel cannot
         reset in place (the directory is remade: rmdir may wait) or page cache to
         reclaim (``memory.reclaim``). Those go to a thread, as every reset did: the
@@ -275,7 +275,7 @@ class V2Job(JobCgroup):
             current = int(self._read("memory.current"))
             if current > LEFTOVER_OK:
                 return False
-        self.reset(current)
+        self.reset(current, keep)
         return True
 
     def remove(self, timeout: float = 5.0) -> None:

@@ -197,7 +197,9 @@ async def test_a_recycled_cgroup_reports_each_job_s_own_oom_and_peak(made) -> No
     """The baseline a job's figures are taken from is its CPU so far only
     (``JobCgroup.baseline``): OOM kills and peaks count from the cgroup's reset. So a job
     that runs in a cgroup where the one before was OOM-killed must not inherit that kill
-    or that peak, and the next OOM is counted again."""
+    or that peak, and the next OOM is counted again. A recycle keeps the last job's
+    memory and pids limits in place (``cgroups.keepable``): a job with other limits gets
+    its own, higher or lower, and a tiny limit is not kept."""
     import dataclasses
 
     import trio
@@ -225,6 +227,21 @@ async def test_a_recycled_cgroup_reports_each_job_s_own_oom_and_peak(made) -> No
                 assert r.memory_peak < 16 * MiB, r  # its own, not the hog's 32 MiB
         assert verdicts == [("memory_limit", True), ("ok", False), ("ok", False),
                             ("memory_limit", True), ("ok", False)], verdicts
+        fill = ["/bin/sh", "-c", "x=$(head -c 48000000 /dev/zero | tr '\\0' a); echo ${#x}"]
+        for memory, argv, want in ((128 * MiB, fill, "ok"),  # above the kept 32 MiB
+                                   (32 * MiB, fill, "memory_limit"),  # back down
+                                   (2 * MiB, ["/bin/true"], None),  # tiny: not kept
+                                   (128 * MiB, fill, "ok")):
+            box = await pool.take(spec)
+            try:
+                r = await box.run(RunStep(argv=argv,
+                                          limits=dataclasses.replace(DEFAULT, memory=memory)))
+            finally:
+                pool.release(box)
+            if want is not None:
+                assert r.verdict == want, (memory, r)
+            if want == "ok":
+                assert r.stdout == b"48000000\n" and r.memory_peak > 48_000_000, r
         assert pool.counters.cgroups_recycled >= 3, pool.counters  # the same cgroups again
         nursery.cancel_scope.cancel()
     assert pool.cgroup_count() == 0
