@@ -315,7 +315,10 @@ def act_oversized(t: Target, rng: random.Random, r: Report) -> None:
             c.hello()
         c.send(HEADER.pack(rng.randint(t.max_frame + 1, 2**32 - 1)) + os.urandom(100))
         got = until_closed(c, r, "oversized frame", MARGIN)
-        if not any(m.get("code") == "frame_too_large" for m in got):
+        # Refused before its frame was read: another thread's connection burst held every
+        # connection (server_busy, seen in CI), as act_out_of_order allows too.
+        refused = [m.get("code") for m in got] == ["server_busy"]
+        if not refused and not any(m.get("code") == "frame_too_large" for m in got):
             r.findings.append(f"oversized frame: no frame_too_large error: {got!r:.200}")
     finally:
         c.close()
