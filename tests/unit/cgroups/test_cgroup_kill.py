@@ -63,7 +63,9 @@ def test_kill_all_empties_a_fork_bomb(job: JobCgroup) -> None:
     job.kill_all(timeout=10 * SLOW)
     assert job.pids() == []
     w.reap()
-    assert w.proc.returncode == -9
+    # Killed, or already gone: the top shell exits 2 when one of its own three forks
+    # finds pids.max reached (its children fork too, and may fill the 32 first: CI).
+    assert w.proc.returncode in (-9, 2), w.proc.returncode
     peak = job.stats().pids_peak
     assert peak is None or 8 <= peak <= 32
 
