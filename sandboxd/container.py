@@ -554,8 +554,8 @@ class Container:
                 ep.register(fd, select.EPOLLIN)
             # CPU used so far is 0 (the baseline was just read): the first check can
             # wait as long as the job needs to use its whole limit on every CPU.
-            check = t0 + min(max(limits.cpu_time / NCPU, WATCH_MIN), WATCH_MAX)
-            watching = True
+            # (None once the watch is over: the job exited, or was killed for a limit)
+            check: float | None = t0 + min(max(limits.cpu_time / NCPU, WATCH_MIN), WATCH_MAX)
             while True:
                 for fd, _ev in ep.poll(0):
                     if fd == chan_fd:
@@ -567,7 +567,7 @@ class Container:
                                 continue
                             exited = (int(msg["status"]), float(msg["t0"]), float(msg["t1"]))
                             ep.unregister(chan_fd)
-                            watching = False
+                            check = None
                             # The job process is gone; anything it left behind goes now.
                             await self.kill_rest()
                             self._emptied = True
@@ -581,16 +581,12 @@ class Container:
                 if exited is not None and not pipes:
                     return exited
                 now = time.monotonic()
-                if watching:
-                    nxt = await self._check_limits(now, check, deadline, limit_ns,
-                                                   base.cpu_usage_ns)
-                    watching = nxt is not None
-                    check = nxt or check
+                check = await self._check_limits(now, check, deadline, limit_ns, base)
                 if exited is not None:
                     wake = drain_until
                     if now >= wake:
                         return exited  # a pipe held open past its writers: give up on it
-                elif watching:
+                elif check is not None:
                     wake = min(check, deadline)
                 else:
                     wake = now + WATCH_MAX  # killed: the init's "exited" is on its way
@@ -607,8 +603,7 @@ class Container:
         limit_ns = int(limits.cpu_time * 1e9)
         deadline = t0 + limits.wall_time
         chan_fd = self.chan.fileno()
-        check = t0 + min(max(limits.cpu_time / NCPU, WATCH_MIN), WATCH_MAX)
-        watching = True
+        check: float | None = t0 + min(max(limits.cpu_time / NCPU, WATCH_MIN), WATCH_MAX)
         waited = False  # the job was just sent: nothing can be in before a first wait
         while True:
             while waited and (got := await self._recv_nowait(False)) is not None:
@@ -629,24 +624,23 @@ class Container:
                 self._emptied = True
                 return int(msg["status"]), float(msg["t0"]), float(msg["t1"])
             now = time.monotonic()
-            if watching:
-                nxt = await self._check_limits(now, check, deadline, limit_ns,
-                                               base.cpu_usage_ns)
-                watching = nxt is not None
-                check = nxt or check
-            wake = min(check, deadline) if watching else now + WATCH_MAX
+            check = await self._check_limits(now, check, deadline, limit_ns, base)
+            wake = min(check, deadline) if check is not None else now + WATCH_MAX
             with trio.move_on_after(max(0.0, wake - now)):  # trio's clock is not ours
                 await trio.lowlevel.wait_readable(chan_fd)
             waited = True
 
-    async def _check_limits(self, now: float, check: float, deadline: float, limit_ns: int,
-                            base_ns: int) -> float | None:
+    async def _check_limits(self, now: float, check: float | None, deadline: float,
+                            limit_ns: int, base: CgroupStats) -> float | None:
         """The watchdog's step in a one-task watch (``_supervise_one``, ``_supervise_captured``):
-        when to read the CPU counter next, or None once the job was killed for its CPU or
-        wall limit. The counter is read only at ``check``: the job can burn at most NCPU
-        seconds of CPU per second, so until then it cannot have reached its limit."""
+        when to read the CPU counter next, or None once the watch is over (``check`` None
+        already, or the job now killed for its CPU or wall limit). The counter is read only
+        at ``check``: the job can burn at most NCPU seconds of CPU per second, so until then
+        it cannot have reached its limit."""
+        if check is None:
+            return None
         if now >= check:
-            used = self.cgroup.cpu_usage_ns() - base_ns
+            used = self.cgroup.cpu_usage_ns() - base.cpu_usage_ns
             if used >= limit_ns or now >= deadline:
                 await self.kill("cpu" if used >= limit_ns else "wall")
                 return None

@@ -548,15 +548,8 @@ class Pool:
 def _alive(box: Container) -> bool:
     """False once the container's init has exited (its pidfd is readable), or its fork
     server has (the init then has its SIGKILL coming: spawn.ServerLife)."""
-    server = box.server
-    if server is not None and server.lost:
-        return False
+    if box.server is not None:
+        return box.server.alive_with(box.pidfd)
     p = select.poll()
     p.register(box.pidfd, select.POLLIN)
-    if server is not None:
-        p.register(server.pidfd, select.POLLIN)  # one call for both pidfds
-    for fd, _ev in p.poll(0):
-        if server is not None and fd == server.pidfd:
-            server.close()  # seen dead (ServerLife.gone)
-        return False
-    return True
+    return not p.poll(0)

@@ -347,6 +347,26 @@ static void send_started(double t0) {
     free(m.p);
 }
 
+/* "exited": the job process's wait status, the hand-over's time and the reaping's; with
+ * a capture (else NULL), the output too. */
+static void send_exited(int status, double t0, double t1, const struct capture *c) {
+    struct buf m = {0};
+    mp_map(&m, c ? 9 : 4);
+    mp_cstr(&m, "t"); mp_cstr(&m, "exited");
+    mp_cstr(&m, "status"); mp_int(&m, status);
+    mp_cstr(&m, "t0"); mp_float(&m, t0);
+    mp_cstr(&m, "t1"); mp_float(&m, t1);
+    if (c) {
+        mp_cstr(&m, "stdout"); mp_bin(&m, c->data[0].p, c->data[0].len);
+        mp_cstr(&m, "stderr"); mp_bin(&m, c->data[1].p, c->data[1].len);
+        mp_cstr(&m, "stdout_truncated"); mp_int(&m, c->trunc[0]);
+        mp_cstr(&m, "stderr_truncated"); mp_int(&m, c->trunc[1]);
+        mp_cstr(&m, "output_killed"); mp_int(&m, c->killed);
+    }
+    send_frame(&m, NULL, 0);
+    free(m.p);
+}
+
 /* A captured job (``struct capture``), handed over at ``t0``: read its output while it runs,
  * report "started" as serve does, and, once the job process is reaped, kill what it left
  * in our PID namespace (the supervisor's own kill, through the cgroup, follows "exited" as
@@ -412,20 +432,42 @@ static int watch_captured(struct setup *st, struct capture *c, double t0) {
     while (waitpid(-1, NULL, WNOHANG) > 0) {} /* what died of our kill by now */
     for (int i = 0; i < 2; i++)
         if (c->fd[i] >= 0) close(c->fd[i]);
-    struct buf m = {0};
-    mp_map(&m, 9);
-    mp_cstr(&m, "t"); mp_cstr(&m, "exited");
-    mp_cstr(&m, "status"); mp_int(&m, status);
-    mp_cstr(&m, "t0"); mp_float(&m, t0);
-    mp_cstr(&m, "t1"); mp_float(&m, t1);
-    mp_cstr(&m, "stdout"); mp_bin(&m, c->data[0].p, c->data[0].len);
-    mp_cstr(&m, "stderr"); mp_bin(&m, c->data[1].p, c->data[1].len);
-    mp_cstr(&m, "stdout_truncated"); mp_int(&m, c->trunc[0]);
-    mp_cstr(&m, "stderr_truncated"); mp_int(&m, c->trunc[1]);
-    mp_cstr(&m, "output_killed"); mp_int(&m, c->killed);
-    send_frame(&m, NULL, 0);
-    free(m.p);
+    send_exited(status, t0, t1, c);
     return 0;
+}
+
+/* A job whose stdio the supervisor gave (it reads the output): report "started" if it
+ * runs past STARTED_AFTER_MS, reap everything until the job process, report its end. 0,
+ * or 1 when failed (reported). */
+static int watch_plain(struct setup *st, double t0) {
+    struct job *job = &st->job;
+    /* "started" only for a job still running STARTED_AFTER_MS after the hand-over: a
+     * shorter one gets "exited" alone (it carries t0 too), so the supervisor wakes once
+     * for it, not twice (it did for 95 % of /bin/true jobs). The supervisor's wall
+     * deadline counts from its own send until "started" comes, a little earlier. */
+    struct pollfd job_end = {job->pidfd, POLLIN, 0};
+    int polled;
+    do polled = poll(&job_end, 1, STARTED_AFTER_MS); while (polled < 0 && errno == EINTR);
+    if (polled == 0) send_started(t0);
+    for (;;) { /* reap everything; report the job process */
+        int status;
+        pid_t pid = waitpid(-1, &status, 0);
+        if (pid < 0 && errno == EINTR) continue;
+        if (pid < 0) {
+            snprintf(errmsg, sizeof errmsg, "ChildProcessError: %s", strerror(errno));
+            send_error("reaping the job process", errmsg);
+            return 1;
+        }
+        if (pid == job->pid) {
+            double t1 = monotonic();
+            if (WIFEXITED(status) && WEXITSTATUS(status) == JOB_FAULT_EXIT &&
+                report_job_fault(job->sock))
+                return 1;
+            close(job->sock);
+            send_exited(status, t0, t1, NULL);
+            return 0;
+        }
+    }
 }
 
 /* The one job (after a warm runtime, if the supervisor starts one first): write its files,
@@ -449,52 +491,11 @@ static int serve(struct setup *st) {
         send_frame(&w, NULL, 0);
         free(w.p);
     }
-    struct buf m = {0};
-    if (cap.on) {
-        int r = watch_captured(st, &cap, t0);
-        for (int i = 0; i < 2; i++) free(cap.data[i].p);
-        if (r) return r;
-        goto after;
-    }
-    /* "started" only for a job still running STARTED_AFTER_MS after the hand-over: a
-     * shorter one gets "exited" alone (it carries t0 too), so the supervisor wakes once
-     * for it, not twice (it did for 95 % of /bin/true jobs). The supervisor's wall
-     * deadline counts from its own send until "started" comes, a little earlier. */
-    struct pollfd job_end = {job->pidfd, POLLIN, 0};
-    int polled;
-    do polled = poll(&job_end, 1, STARTED_AFTER_MS); while (polled < 0 && errno == EINTR);
-    if (polled == 0) {
-        mp_map(&m, 2);
-        mp_cstr(&m, "t"); mp_cstr(&m, "started");
-        mp_cstr(&m, "t0"); mp_float(&m, t0);
-        send_frame(&m, NULL, 0);
-    }
-    for (;;) { /* reap everything; report the job process */
-        int status;
-        pid_t pid = waitpid(-1, &status, 0);
-        if (pid < 0 && errno == EINTR) continue;
-        if (pid < 0) {
-            snprintf(errmsg, sizeof errmsg, "ChildProcessError: %s", strerror(errno));
-            send_error("reaping the job process", errmsg);
-            return 1;
-        }
-        if (pid == job->pid) {
-            double t1 = monotonic();
-            if (WIFEXITED(status) && WEXITSTATUS(status) == JOB_FAULT_EXIT &&
-                report_job_fault(job->sock))
-                return 1;
-            close(job->sock);
-            mp_map(&m, 4);
-            mp_cstr(&m, "t"); mp_cstr(&m, "exited");
-            mp_cstr(&m, "status"); mp_int(&m, status);
-            mp_cstr(&m, "t0"); mp_float(&m, t0);
-            mp_cstr(&m, "t1"); mp_float(&m, t1);
-            send_frame(&m, NULL, 0);
-            break;
-        }
-    }
+    int watched = cap.on ? watch_captured(st, &cap, t0) : watch_plain(st, t0);
+    for (int i = 0; i < 2; i++) free(cap.data[i].p);
+    if (watched) return watched;
     /* The supervisor kills what is left, then may ask for the files the job made. */
-after:;
+    struct buf m = {0};
     ssize_t len = recv_frame(&frame, fds, 0, &nfds);
     if (len <= 0) return 0;
     struct rd r = {frame, frame + len};

@@ -34,6 +34,19 @@ class Made:
     backend: Any
     boxes: list[Any] = field(default_factory=list)
 
+    async def ready_box(self, slot: int, name: str) -> Any:
+        """A small container (1 MiB /box and /tmp) in ``slot`` and a cgroup ``name``, made
+        as the pool makes one, kept in ``boxes`` and ready for its job."""
+        from sandboxd.container import Container
+        from sandboxd.spawn import ContainerSpec
+
+        box = Container(await self.client.spawn(ContainerSpec(slot=slot, box_size=1 << 20,
+                                                              tmp_size=1 << 20)),
+                        self.backend.create(name))
+        self.boxes.append(box)
+        await box.wait_ready()
+        return box
+
 
 @pytest.fixture
 async def made(zygote_proc: object) -> AsyncIterator[Made]:

@@ -26,16 +26,11 @@ _slot = iter(range(7300, 7400))
 async def _run(made, argv: list[str], captured: bool, **step):  # type: ignore[no-untyped-def]
     """Run ``argv`` in a new container: captured by its init, or (an inline recorder as
     ``on_output``, as the HTTP front door's) through the supervisor's pipes."""
-    from sandboxd.container import Container, RunStep
+    from sandboxd.container import RunStep
     from sandboxd.limits import DEFAULT
-    from sandboxd.spawn import ContainerSpec
 
     slot = next(_slot)
-    box = Container(await made.client.spawn(ContainerSpec(slot=slot, box_size=MiB,
-                                                          tmp_size=MiB)),
-                    made.backend.create(f"sandboxd-cap-{slot}"))
-    made.boxes.append(box)
-    await box.wait_ready()
+    box = await made.ready_box(slot, f"sandboxd-cap-{slot}")
     exited: list[dict] = []
     recv_nowait = box.chan.recv_nowait
 

@@ -80,16 +80,11 @@ async def test_an_init_gone_before_its_job_is_not_handed_over(made) -> None:  # 
 async def test_a_job_that_ends_within_2_ms_is_reported_in_one_message(made) -> None:  # type: ignore[no-untyped-def]
     """The init says "started" only once the job has run 2 ms (native/init.c), so that a
     short job wakes the supervisor once: "exited" carries the hand-over's time too."""
-    from sandboxd.container import Container, RunStep
+    from sandboxd.container import RunStep
     from sandboxd.limits import DEFAULT
-    from sandboxd.spawn import ContainerSpec
 
     async def run(slot: int, argv: list[str]) -> tuple[list[str], float]:
-        box = Container(await made.client.spawn(ContainerSpec(slot=slot, box_size=MiB,
-                                                              tmp_size=MiB)),
-                        made.backend.create(f"sandboxd-zy-{slot}"))
-        made.boxes.append(box)
-        await box.wait_ready()
+        box = await made.ready_box(slot, f"sandboxd-zy-{slot}")
         kinds: list[str] = []
         chan, recv_nowait = box.chan, box.chan.recv_nowait
 
