@@ -45,6 +45,7 @@ class Config:
     max_frame: int = 64 << 20
     max_buffered: int = 0  # 0: four frames' worth
     max_connections: int = 256
+    cgroup_favordynmods: bool = True  # sandboxd/cgroups/_dynmods.py: moves that never wait
     handshake_timeout: float = 10.0
     idle_timeout: float = 300.0
     grace_period: float = 10.0
@@ -105,6 +106,10 @@ KEYS: dict[str, tuple[type, str]] = {
                           "(0: 4 x max_frame); past it, the connection adding to it is refused "
                           "busy."),
     "max_connections": (int, "connections served at once; more are refused."),
+    "cgroup_favordynmods": (bool, "put the kernel in its cgroup favordynmods mode at start "
+                                  "(root only), so that moving a job process into its "
+                                  "cgroup never waits for an RCU grace period; host-wide "
+                                  "until reboot (docs/isolation.md, \"favordynmods\")."),
     "handshake_timeout": (float, "seconds a new connection has to say hello."),
     "idle_timeout": (float, "seconds a connection with no job in flight may stay silent."),
     "grace_period": (float, "seconds running jobs get to finish after SIGTERM."),

@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from sandboxd import cgroups, zygote
-from sandboxd.cgroups import CgroupBackend
+from sandboxd.cgroups import CgroupBackend, CgroupError
 from sandboxd.config import Config, ConfigError, egress_policy, load
 from sandboxd.front.msgpack_api import MsgpackFront
 from sandboxd.log import event, setup_logging
@@ -312,6 +312,14 @@ def _open_backend(cfg: Config) -> CgroupBackend | None:
     try:
         for problem in backend.problems():
             event("environment", logging.WARNING, problem=problem)
+        if cfg.cgroup_favordynmods:
+            # Before any thread or job: a pool miss's move then never waits for an RCU
+            # grace period (sandboxd/cgroups/_dynmods.py). Host-wide until reboot.
+            try:
+                event("cgroup_favordynmods", mode=cgroups.favor_dynmods(cfg.state_dir))
+            except CgroupError as e:
+                event("cgroup_favordynmods", logging.WARNING if os.geteuid() == 0
+                      else logging.INFO, problem=str(e))
         stale = backend.remove_stale()
         if stale:
             event("removed_stale", cgroups=len(stale))

@@ -38,6 +38,8 @@ from ._base import (
     MemoryInUse,
     keepable,
 )
+from ._dynmods import favor as favor_dynmods
+from ._dynmods import favoured as dynmods_favoured
 
 __all__ = [
     "CgroupBackend",
@@ -47,6 +49,8 @@ __all__ = [
     "JobCgroup",
     "MemoryInUse",
     "detect_version",
+    "dynmods_favoured",
+    "favor_dynmods",
     "keepable",
     "open_backend",
 ]

@@ -389,3 +389,16 @@ def test_tcp_without_token_is_a_config_error(tmp_path):
     d = Daemon(tmp_path, tcp="127.0.0.1:1")
     with pytest.raises(RuntimeError, match="needs a token"):
         d.start()
+
+
+def test_the_daemon_sets_favordynmods_unless_told_not_to(tmp_path):
+    # Its log says what it did; a cold job (no pool) runs either way; no mount is left
+    # (the autouse fixture checks for any mount of sandboxd).
+    with Daemon(tmp_path / "on", pool_size=0) as d:
+        assert d.connect().run("cold", argv=("/bin/true",)).steps[0].verdict == "ok"
+        log = d.log.read_text()
+        assert "event=cgroup_favordynmods" in log and ("mode=set" in log
+                                                        or "mode=already" in log), log
+    with Daemon(tmp_path / "off", pool_size=0, cgroup_favordynmods=False) as d:
+        assert d.connect().run("cold", argv=("/bin/true",)).steps[0].verdict == "ok"
+        assert "cgroup_favordynmods" not in d.log.read_text()

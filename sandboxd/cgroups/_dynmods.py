@@ -1,0 +1,111 @@
+"""The kernel's ``favordynmods`` mode: cgroup moves that never wait for an RCU grace period.
+
+Why: moving a process between cgroups takes the kernel's global threadgroup
+rwsem for writing, and the writer's slow path waits for an RCU grace period
+(~8-20 ms on the development machine, asleep) unless another move came within
+the last grace period. A pool miss moves its job process on its own path, so
+an idle daemon's cold jobs paid that wait now and then: `/bin/true` cold was
+2.8 ms at p50 and 12-14 ms at p99 (2-3 % of jobs waited), against
+bubblewrap's 4.8 ms p99, which moves nothing.
+
+The kernel has a mode for hosts that move processes often: any cgroup
+hierarchy mounted with ``favordynmods`` keeps the rwsem's readers on their
+slow path, so writers never wait (forks and exits take a shared counter
+instead of a per-CPU one; no difference measurable here: fork, exit and wait
+took 96-108 µs either way). The mode is host-wide and, on this kernel, cannot
+be turned off again before a reboot: unmounting the hierarchy logs "cgroup
+favordynmods: per threadgroup rwsem mechanism can't be disabled" and moves
+stay fast. A kernel booted with ``cgroup_favordynmods=true`` (or built with
+``CONFIG_CGROUP_FAVOR_DYNMODS``) starts in it.
+
+How: a child process, in a mount namespace of its own, mounts an empty named
+v1 hierarchy (``name=sandboxd-dynmods``, no controllers) with the option and
+exits. Its namespace dies with it, so the mount is never seen outside and the
+empty hierarchy is destroyed; only the mode stays. This works wherever the
+kernel has cgroup v1 (``CONFIG_CGROUP_V1``: the hybrid layout, and most v2
+hosts too); without it, the daemon says so and moves as before.
+
+This module knows nothing of jobs, sockets or trio.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from ._base import CgroupError
+
+#: The name of the empty hierarchy mounted for a moment (``sandboxd`` in it, as in
+#: every name the project gives to what it creates).
+HIERARCHY = "sandboxd-dynmods"
+
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
+
+_favoured = False
+
+
+def favoured() -> bool:
+    """True once this process has put the kernel in the mode (``favor``) or found it set
+    in a mount's options: moves then take ~0.05 ms and never wait."""
+    return _favoured
+
+
+def _already() -> bool:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] in ("cgroup", "cgroup2") and \
+                    "favordynmods" in fields[sep + 3].split(","):
+                return True
+    return False
+
+
+def _mount_in_child(where: str) -> int:
+    """In a forked child: 0, or the errno of the step that failed. Only system calls, no
+    Python objects shared with the parent's threads (there are none yet at start-up)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        return ctypes.get_errno() or errno.EIO
+    if libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        return ctypes.get_errno() or errno.EIO
+    if libc.mount(b"cgroup", where.encode(), b"cgroup", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+                  f"none,name={HIERARCHY},favordynmods".encode()) != 0:
+        return ctypes.get_errno() or errno.EIO
+    return 0
+
+
+def favor(where: str) -> str:
+    """Put the kernel in the ``favordynmods`` mode, for the rest of its boot.
+
+    ``where``: an existing directory to mount over, in the child's own mount namespace
+    (nothing is mounted there for anyone else). Returns ``"already"`` (a mount shows the
+    option) or ``"set"``; raises ``CgroupError`` saying why not (not root, no cgroup v1
+    in this kernel, a kernel before 6.0 that lacks the option).
+    """
+    global _favoured
+    if _already():
+        _favoured = True
+        return "already"
+    if os.geteuid() != 0:
+        raise CgroupError("favordynmods: only root may mount a cgroup hierarchy")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            code = _mount_in_child(where)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        why = os.strerror(code) if code > 0 else f"signal {-code}"
+        hint = {errno.ENODEV: " (this kernel has no cgroup v1)",
+                errno.EINVAL: " (a kernel before 6.0 has no favordynmods)",
+                errno.EPERM: " (not allowed to mount here)"}.get(code, "")
+        raise CgroupError(f"favordynmods: mounting a named cgroup hierarchy failed: "
+                          f"{why}{hint}")
+    _favoured = True
+    return "set"
