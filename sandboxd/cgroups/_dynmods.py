@@ -23,7 +23,9 @@ v1 hierarchy (``name=sandboxd-dynmods``, no controllers) with the option and
 exits. Its namespace dies with it, so the mount is never seen outside and the
 empty hierarchy is destroyed; only the mode stays. This works wherever the
 kernel has cgroup v1 (``CONFIG_CGROUP_V1``: the hybrid layout, and most v2
-hosts too); without it, the daemon says so and moves as before.
+hosts too). Without it, the child remounts the cgroup2 hierarchy with the
+option added to the ones it has (the mount then shows ``favordynmods``); if
+that fails too, the daemon says why and moves as before.
 
 This module knows nothing of jobs, sockets or trio.
 """
@@ -41,7 +43,8 @@ from ._base import CgroupError
 HIERARCHY = "sandboxd-dynmods"
 
 _CLONE_NEWNS = 0x00020000
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT = 2, 4, 8, 32
+_MS_REC, _MS_PRIVATE = 1 << 14, 1 << 18
 
 _favoured = False
 
@@ -63,27 +66,57 @@ def _already() -> bool:
     return False
 
 
-def _mount_in_child(where: str) -> int:
+def _cgroup2() -> tuple[str, list[str]] | None:
+    """The first cgroup2 mount: its mount point and its super options but rw/ro."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] == "cgroup2":
+                opts = [o for o in fields[sep + 3].split(",") if o not in ("rw", "ro")]
+                return fields[4].replace("\\040", " "), opts
+    return None
+
+
+def _mount_in_child(where: str, via: str) -> int:
     """In a forked child: 0, or the errno of the step that failed. Only system calls, no
-    Python objects shared with the parent's threads (there are none yet at start-up)."""
+    Python objects shared with the parent's threads (there are none yet at start-up).
+
+    ``via``: "v1" mounts the empty named hierarchy over ``where``; "v2" (a kernel without
+    cgroup v1) remounts the cgroup2 hierarchy with the option added to its own. A
+    cgroup2 remount sets every root flag from the options it is given (``nsdelegate``,
+    ``memory_recursiveprot``...), so all of them are given back as the mount shows them;
+    the per-mount flags it resets are this namespace's copy's only.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(_CLONE_NEWNS) != 0:
         return ctypes.get_errno() or errno.EIO
     if libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         return ctypes.get_errno() or errno.EIO
-    if libc.mount(b"cgroup", where.encode(), b"cgroup", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
-                  f"none,name={HIERARCHY},favordynmods".encode()) != 0:
-        return ctypes.get_errno() or errno.EIO
-    return 0
+    if via == "v1":
+        ok = libc.mount(b"cgroup", where.encode(), b"cgroup",
+                        _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+                        f"none,name={HIERARCHY},favordynmods".encode()) == 0
+    else:
+        found = _cgroup2()
+        if found is None:
+            return errno.ENODEV
+        point, opts = found
+        ok = libc.mount(None, point.encode(), None, _MS_REMOUNT,
+                        ",".join([*opts, "favordynmods"]).encode()) == 0
+    return 0 if ok else (ctypes.get_errno() or errno.EIO)
 
 
-def favor(where: str) -> str:
+def favor(where: str, via: tuple[str, ...] = ("v1", "v2")) -> str:
     """Put the kernel in the ``favordynmods`` mode, for the rest of its boot.
 
     ``where``: an existing directory to mount over, in the child's own mount namespace
-    (nothing is mounted there for anyone else). Returns ``"already"`` (a mount shows the
-    option) or ``"set"``; raises ``CgroupError`` saying why not (not root, no cgroup v1
-    in this kernel, a kernel before 6.0 that lacks the option).
+    (nothing is mounted there for anyone else). ``via``: the ways to try, in order: an
+    empty named v1 hierarchy (nothing of the host's changes but the mode), then a
+    remount of the cgroup2 hierarchy with the option (a kernel without cgroup v1: its
+    mount options then show ``favordynmods``). Returns ``"already"`` (a mount shows the
+    option) or the way that worked; raises ``CgroupError`` saying why none did (not
+    root, a kernel before 6.0 that lacks the option).
     """
     global _favoured
     if _already():
@@ -91,21 +124,31 @@ def favor(where: str) -> str:
         return "already"
     if os.geteuid() != 0:
         raise CgroupError("favordynmods: only root may mount a cgroup hierarchy")
+    failed = []
+    for way in via:
+        code = _in_child(where, way)
+        if code == 0:
+            _favoured = True
+            return way
+        why = os.strerror(code) if code > 0 else f"signal {-code}"
+        failed.append(f"{way}: {why}{_HINTS.get((way, code), '')}")
+    raise CgroupError(f"favordynmods: could not set it ({'; '.join(failed)})")
+
+
+_HINTS = {("v1", errno.ENODEV): " (this kernel has no cgroup v1)",
+          ("v1", errno.EINVAL): " (no favordynmods before Linux 6.0, or no named hierarchies)",
+          ("v2", errno.ENODEV): " (no cgroup2 mount)",
+          ("v2", errno.EINVAL): " (no favordynmods before Linux 6.0)",
+          ("v2", errno.EPERM): " (only the initial cgroup namespace may remount it)"}
+
+
+def _in_child(where: str, via: str) -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:
-            code = _mount_in_child(where)
+            code = _mount_in_child(where, via)
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        why = os.strerror(code) if code > 0 else f"signal {-code}"
-        hint = {errno.ENODEV: " (this kernel has no cgroup v1)",
-                errno.EINVAL: " (a kernel before 6.0 has no favordynmods)",
-                errno.EPERM: " (not allowed to mount here)"}.get(code, "")
-        raise CgroupError(f"favordynmods: mounting a named cgroup hierarchy failed: "
-                          f"{why}{hint}")
-    _favoured = True
-    return "set"
+    return os.waitstatus_to_exitcode(status)

@@ -397,7 +397,7 @@ def test_the_daemon_sets_favordynmods_unless_told_not_to(tmp_path):
     with Daemon(tmp_path / "on", pool_size=0) as d:
         assert d.connect().run("cold", argv=("/bin/true",)).steps[0].verdict == "ok"
         log = d.log.read_text()
-        assert "event=cgroup_favordynmods" in log and ("mode=set" in log
+        assert "event=cgroup_favordynmods" in log and ("mode=v1" in log
                                                         or "mode=already" in log), log
     with Daemon(tmp_path / "off", pool_size=0, cgroup_favordynmods=False) as d:
         assert d.connect().run("cold", argv=("/bin/true",)).steps[0].verdict == "ok"
