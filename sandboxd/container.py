@@ -293,9 +293,11 @@ class Container:
                              address_space=step.address_space)
         # A job that neither streams, nor reads interactive stdin, nor has stdio wired
         # elsewhere: its init makes its stdio and reads its output (``_supervise_captured``).
-        captured = (self.warm is None and step.on_output is None and step.stdin_fd is None
-                    and step.stdout_fd is None and step.stdin_stream is None
-                    and limits.output <= CAPTURE_MAX)
+        # An inline recorder (``output_inline``) is called after the job, in the order the
+        # init read the two streams ("order").
+        captured = (self.warm is None and (step.on_output is None or step.output_inline)
+                    and step.stdin_fd is None and step.stdout_fd is None
+                    and step.stdin_stream is None and limits.output <= CAPTURE_MAX)
         if captured:
             await self._hand_captured(step, rl, limits.output)
             out_r = err_r = in_w = -1
@@ -316,7 +318,8 @@ class Container:
         sent = time.monotonic()
         try:
             if captured:
-                status, t0, t1 = await self._supervise_captured(limits, base, sent, out, err)
+                status, t0, t1 = await self._supervise_captured(limits, base, sent, out, err,
+                                                                step.on_output)
             elif (step.on_output is None or step.output_inline) and stdin_w is None:
                 status, t0, t1 = await self._supervise_one(limits, base, sent, out, err)
             else:
@@ -442,6 +445,8 @@ class Container:
             raise SandboxError(f"job delivery: ValueError: {e}") from e
         msg["capture"] = cap
         msg["stdin"] = bytes(step.stdin)
+        if step.on_output is not None:
+            msg["order"] = 1
         try:
             await self.chan.send(msg)
         except OSError as e:
@@ -603,10 +608,14 @@ class Container:
             ep.close()
 
     async def _supervise_captured(self, limits: Limits, base: CgroupStats, t0: float,
-                                  out: _Capture, err: _Capture) -> tuple[int, float, float]:
+                                  out: _Capture, err: _Capture,
+                                  record: OutputCallback | None = None,
+                                  ) -> tuple[int, float, float]:
         """Watch a job whose init reads its output (``_hand_captured``): one descriptor,
         the channel, waited on with the watchdog's schedule (``_supervise_one``'s) as the
-        timeout; "exited" brings the output, and whether the init killed the job for it."""
+        timeout; "exited" brings the output, and whether the init killed the job for it.
+        ``record``: an inline recorder (``RunStep.output_inline``), given the output once
+        the job is over, in the order of the init's reads."""
         limit_ns = int(limits.cpu_time * 1e9)
         deadline = t0 + limits.wall_time
         chan_fd = self.chan.fileno()
@@ -629,6 +638,8 @@ class Container:
                 # proven empty here, as after any job.
                 await self.kill_rest()
                 self._emptied = True
+                if record is not None:
+                    await _replay(record, msg, out.data, err.data)
                 return int(msg["status"]), float(msg["t0"]), float(msg["t1"])
             now = time.monotonic()
             check = await self._check_limits(now, check, deadline, limit_ns, base)
@@ -863,6 +874,24 @@ def _close_wired(step: RunStep) -> None:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+async def _replay(record: OutputCallback, msg: dict, out: bytearray, err: bytearray) -> None:
+    """Give an inline recorder a captured job's output as the init read it: "order" is
+    runs of one stream, 5 bytes each (the stream, 0 stdout or 1 stderr, then the run's
+    length, big-endian); past "order_cut", the rest of stdout, then the rest of stderr."""
+    order = msg.get("order", b"")
+    done = [0, 0]
+    data, names = (out, err), ("stdout", "stderr")
+    for at in range(0, len(order) - 4, 5):
+        i, n = order[at], int.from_bytes(order[at + 1:at + 5], "big")
+        if i > 1 or done[i] + n > len(data[i]):
+            raise SandboxError("container init sent an output order that does not fit")
+        await record(names[i], bytes(data[i][done[i]:done[i] + n]))
+        done[i] += n
+    for i in (0, 1):
+        if done[i] < len(data[i]):  # order_cut (or nothing recorded)
+            await record(names[i], bytes(data[i][done[i]:]))
 
 
 class _Capture:

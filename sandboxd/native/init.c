@@ -182,7 +182,43 @@ struct capture {
     int fd[2];         /* read ends of stdout, stderr; -1 once at EOF or cut */
     int trunc[2];
     struct buf data[2];
+    /* With "order" (the HTTP front door's Piston and Judge0 answers, which merge stdout
+     * and stderr as they came): the order of the reads, as runs of one stream, each 5
+     * bytes (the stream, 0 or 1, then the run's length, big-endian); consecutive reads of
+     * one stream make one run. At most ORDER_RUNS runs: past them, "order_cut" (the rest
+     * of each stream follows, stdout's first). */
+    int order_on, order_cut, last;
+    uint64_t runs;
+    struct buf order;
 };
+
+#define ORDER_RUNS (1u << 20) /* 5 MiB at most, for output whose streams alternate */
+
+static uint32_t be32(const unsigned char *b) {
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+static void put_be32(unsigned char *b, uint32_t v) {
+    b[0] = (unsigned char)(v >> 24); b[1] = (unsigned char)(v >> 16);
+    b[2] = (unsigned char)(v >> 8); b[3] = (unsigned char)v;
+}
+
+static void order_note(struct capture *c, int i, size_t n) {
+    if (!c->order_on || c->order_cut || !n) return;
+    if (c->runs && c->last == i) { /* the same stream again: its run grows */
+        unsigned char *run = c->order.p + c->order.len - 5;
+        if ((uint64_t)be32(run + 1) + n <= UINT32_MAX) {
+            put_be32(run + 1, be32(run + 1) + (uint32_t)n);
+            return;
+        }
+    }
+    if (c->runs == ORDER_RUNS) { c->order_cut = 1; return; }
+    unsigned char entry[5] = {(unsigned char)i};
+    put_be32(entry + 1, (uint32_t)n);
+    put(&c->order, entry, 5);
+    c->runs++;
+    c->last = i;
+}
 
 /* The job's stdio for a capture: stdin a memfd holding ``in`` (at offset 0), stdout and
  * stderr pipes whose write ends the job user owns (container.py's ``_give_stdio`` says
@@ -221,8 +257,13 @@ static void capture_read(struct capture *c, int i) {
     do n = read(c->fd[i], chunk, sizeof chunk); while (n < 0 && errno == EINTR);
     if (n > 0) {
         uint64_t room = c->cap - c->data[i].len;
-        if ((uint64_t)n <= room) { put(&c->data[i], chunk, (size_t)n); return; }
+        if ((uint64_t)n <= room) {
+            put(&c->data[i], chunk, (size_t)n);
+            order_note(c, i, (size_t)n);
+            return;
+        }
         put(&c->data[i], chunk, (size_t)room);
+        order_note(c, i, (size_t)room);
         c->trunc[i] = 1;
         if (!c->killed) { c->killed = 1; kill(-1, SIGKILL); }
     }
@@ -263,6 +304,9 @@ static int deliver(struct setup *st, int warmed, int *kind, double *t0, struct c
         } else if (key_is(k, kl, "capture")) {
             if (mp_next(&r, &cap->cap, &v) != T_INT) failf("ValueError: capture is not an int");
             cap->on = 1;
+        } else if (key_is(k, kl, "order")) {
+            if (mp_next(&r, &vl, &v) != T_INT) failf("ValueError: order is not an int");
+            cap->order_on = vl != 0;
         } else if (key_is(k, kl, "stdin")) {
             if (mp_next(&r, &in_len, &in) != T_BIN) failf("ValueError: stdin is not bytes");
         } else if (key_is(k, kl, "files")) {
@@ -287,6 +331,7 @@ static int deliver(struct setup *st, int warmed, int *kind, double *t0, struct c
               warmed || cap->on ? 0 : 3);
     if (!errmsg[0] && *kind != 'j' && (cap->on || in))
         failf("ValueError: capture and stdin are a job's");
+    if (!errmsg[0] && cap->order_on && !cap->on) failf("ValueError: order is a capture's");
     if (!errmsg[0] && !*kind) failf("ValueError: expected a job or warm message");
     if (!errmsg[0] && files) {
         struct rd fr = {files, frame + len};
@@ -351,7 +396,7 @@ static void send_started(double t0) {
  * a capture (else NULL), the output too. */
 static void send_exited(int status, double t0, double t1, const struct capture *c) {
     struct buf m = {0};
-    mp_map(&m, c ? 9 : 4);
+    mp_map(&m, c ? (c->order_on ? 11 : 9) : 4);
     mp_cstr(&m, "t"); mp_cstr(&m, "exited");
     mp_cstr(&m, "status"); mp_int(&m, status);
     mp_cstr(&m, "t0"); mp_float(&m, t0);
@@ -362,6 +407,10 @@ static void send_exited(int status, double t0, double t1, const struct capture *
         mp_cstr(&m, "stdout_truncated"); mp_int(&m, c->trunc[0]);
         mp_cstr(&m, "stderr_truncated"); mp_int(&m, c->trunc[1]);
         mp_cstr(&m, "output_killed"); mp_int(&m, c->killed);
+        if (c->order_on) {
+            mp_cstr(&m, "order"); mp_bin(&m, c->order.p, c->order.len);
+            mp_cstr(&m, "order_cut"); mp_int(&m, c->order_cut);
+        }
     }
     send_frame(&m, NULL, 0);
     free(m.p);
@@ -493,6 +542,7 @@ static int serve(struct setup *st) {
     }
     int watched = cap.on ? watch_captured(st, &cap, t0) : watch_plain(st, t0);
     for (int i = 0; i < 2; i++) free(cap.data[i].p);
+    free(cap.order.p);
     if (watched) return watched;
     /* The supervisor kills what is left, then may ask for the files the job made. */
     struct buf m = {0};

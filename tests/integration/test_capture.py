@@ -23,9 +23,12 @@ MiB = 1 << 20
 _slot = iter(range(7300, 7400))
 
 
-async def _run(made, argv: list[str], captured: bool, **step):  # type: ignore[no-untyped-def]
-    """Run ``argv`` in a new container: captured by its init, or (an inline recorder as
-    ``on_output``, as the HTTP front door's) through the supervisor's pipes."""
+async def _run(made, argv: list[str], mode: str, **step):  # type: ignore[no-untyped-def]
+    """Run ``argv`` in a new container, its output ``mode``: "captured" by its init;
+    "recorded", captured too, with an inline recorder as ``on_output`` (the HTTP front
+    door's) given the output in the order the init read it; "pipes", read by the
+    supervisor, the recorder called as it reads (a streaming job's path). Returns the
+    result and what the recorder saw."""
     from sandboxd.container import RunStep
     from sandboxd.limits import DEFAULT
 
@@ -47,23 +50,33 @@ async def _run(made, argv: list[str], captured: bool, **step):  # type: ignore[n
         chunks.append((stream, data))
 
     limits = replace(DEFAULT, **step.pop("limits", {}))
-    extra = {} if captured else {"on_output": record, "output_inline": True}
+    extra = {"captured": {}, "recorded": {"on_output": record, "output_inline": True},
+             "pipes": {"on_output": record}}[mode]
     result = await box.run(RunStep(argv=argv, limits=limits, **step, **extra))
-    assert len(exited) == 1 and ("stdout" in exited[0]) == captured, exited
-    if not captured:  # what the recorder saw is what the result holds
+    captured = mode != "pipes"
+    if captured:
+        assert len(exited) == 1 and "stdout" in exited[0], exited
+        assert ("order" in exited[0]) == (mode == "recorded"), exited
+    else:  # read by the supervisor's own tasks (``_supervise``), not its one-task watch
+        assert not exited or "stdout" not in exited[0], exited
+    if mode != "captured":  # what the recorder saw is what the result holds
         assert b"".join(d for s, d in chunks if s == "stdout") == result.stdout
+        assert b"".join(d for s, d in chunks if s == "stderr") == result.stderr
     await box.destroy()
-    return result
+    return result, chunks
 
 
 async def _both(made, argv: list[str], **step):  # type: ignore[no-untyped-def]
-    cap = await _run(made, argv, True, **dict(step))
-    pipes = await _run(made, argv, False, **dict(step))
+    """The captured path and the supervisor's pipes, compared; then the recorded one."""
+    cap, _ = await _run(made, argv, "captured", **dict(step))
+    pipes, _ = await _run(made, argv, "pipes", **dict(step))
+    recorded, _ = await _run(made, argv, "recorded", **dict(step))
     fields = ["verdict", "stdout", "stderr", "stdout_truncated", "stderr_truncated"]
     if cap.verdict != "output_limit":  # (cut: the job may have exited before its kill, or not)
         fields += ["exit_code", "signal"]
     for f in fields:
-        assert getattr(cap, f) == getattr(pipes, f), (f, cap, pipes)
+        assert getattr(cap, f) == getattr(pipes, f) == getattr(recorded, f), \
+            (f, cap, pipes, recorded)
     return cap
 
 
@@ -120,3 +133,38 @@ async def test_time_limits_and_a_reopened_stdout_on_the_init_s_pipes(made) -> No
     reopened = await _both(made, ["/bin/sh", "-c", "echo x > /dev/stdout; echo y > /dev/stderr"])
     assert reopened.verdict == "ok", reopened
     assert reopened.stdout == b"x\n" and reopened.stderr == b"y\n"
+
+
+async def test_an_inline_recorder_gets_the_streams_in_the_order_they_came(made) -> None:  # type: ignore[no-untyped-def]
+    """The HTTP front door's Piston answer (and Judge0's with stderr redirected) merges
+    stdout and stderr as they came: from the init's order of reads, as from the
+    supervisor's pipes. Writes 50 ms apart, so that the order is the job's."""
+    script = ("printf a; sleep 0.05; printf b >&2; sleep 0.05; printf c; sleep 0.05; "
+              "printf d >&2; sleep 0.05; printf e")
+    want = [("stdout", b"a"), ("stderr", b"b"), ("stdout", b"c"), ("stderr", b"d"),
+            ("stdout", b"e")]
+    for mode in ("recorded", "pipes"):
+        r, chunks = await _run(made, ["/bin/sh", "-c", script], mode)
+        assert r.verdict == "ok" and r.stdout == b"ace" and r.stderr == b"bd"
+        assert chunks == want, (mode, chunks)
+
+
+async def test_replay_of_a_cut_order_and_a_bad_one() -> None:
+    """Past ORDER_RUNS the init stops recording ("order_cut"): the rest of stdout, then of
+    stderr. An order that does not fit the output is the init's fault, typed."""
+    from sandboxd.container import _replay
+    from sandboxd.result import SandboxError
+
+    got: list[tuple[str, bytes]] = []
+
+    async def record(stream: str, data: bytes) -> None:
+        got.append((stream, data))
+
+    run = lambda i, n: bytes([i]) + n.to_bytes(4, "big")  # noqa: E731
+    await _replay(record, {"order": run(1, 1) + run(0, 2), "order_cut": 1},
+                  bytearray(b"xyzw"), bytearray(b"EF"))
+    assert got == [("stderr", b"E"), ("stdout", b"xy"), ("stdout", b"zw"), ("stderr", b"F")]
+    with pytest.raises(SandboxError, match="does not fit"):
+        await _replay(record, {"order": run(0, 9)}, bytearray(b"x"), bytearray())
+    with pytest.raises(SandboxError, match="does not fit"):
+        await _replay(record, {"order": run(2, 1)}, bytearray(b"x"), bytearray())
