@@ -629,7 +629,9 @@ class Container:
                     continue
                 for cap, data, cut in ((out, "stdout", "stdout_truncated"),
                                        (err, "stderr", "stderr_truncated")):
-                    cap.data = bytearray(msg.get(data, b""))
+                    # Kept as the decoder made it: ``bytes()`` of it (Measured) is then
+                    # the same object, not a third copy of up to 64 MiB.
+                    cap.data = msg.get(data, b"")
                     cap.truncated = bool(msg.get(cut))
                 if msg.get("output_killed") and self._killed_for is None:
                     self._killed_for = "output"  # by the init, as ``_Capture`` does by ``kill``
@@ -876,7 +878,8 @@ def _close_wired(step: RunStep) -> None:
                 os.close(fd)
 
 
-async def _replay(record: OutputCallback, msg: dict, out: bytearray, err: bytearray) -> None:
+async def _replay(record: OutputCallback, msg: dict, out: bytes | bytearray,
+                  err: bytes | bytearray) -> None:
     """Give an inline recorder a captured job's output as the init read it: "order" is
     runs of one stream, 5 bytes each (the stream, 0 stdout or 1 stderr, then the run's
     length, big-endian); past "order_cut", the rest of stdout, then the rest of stderr."""
@@ -914,7 +917,7 @@ class _Capture:
         self._stream: trio.lowlevel.FdStream | None = None  # made for ``pump`` only
         self.cap = cap
         self.on_output = on_output
-        self.data = bytearray()
+        self.data: bytearray | bytes = bytearray()  # bytes: a captured job's, whole
         self.truncated = False
         self.done = trio.Event()  # set at EOF, or when the cap ended the reading
 

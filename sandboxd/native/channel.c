@@ -12,12 +12,17 @@
 #include <unistd.h>
 
 /* One frame to the supervisor; `fds` ride with its first byte. Empties `m`. */
-int send_frame(struct buf *m, const int *fds, int nfds) {
-    unsigned char hdr[4] = {(unsigned char)(m->len >> 24), (unsigned char)(m->len >> 16),
-                            (unsigned char)(m->len >> 8), (unsigned char)m->len};
-    struct iovec iov[2] = {{hdr, 4}, {m->p, m->len}};
+/* Send iov[0..n) whole (iov[0] the frame's length, filled here), the descriptors with its
+ * first byte. */
+static int send_iov(struct iovec *iov, int n, const int *fds, int nfds) {
     union { struct cmsghdr h; char buf[CMSG_SPACE(4 * sizeof(int))]; } anc;
-    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+    size_t total = 0;
+    for (int i = 1; i < n; i++) total += iov[i].iov_len;
+    unsigned char *hdr = iov[0].iov_base;
+    hdr[0] = (unsigned char)(total >> 24); hdr[1] = (unsigned char)(total >> 16);
+    hdr[2] = (unsigned char)(total >> 8); hdr[3] = (unsigned char)total;
+    total += 4;
     if (nfds) {
         mh.msg_control = anc.buf;
         mh.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
@@ -27,7 +32,7 @@ int send_frame(struct buf *m, const int *fds, int nfds) {
         cm->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
         memcpy(CMSG_DATA(cm), fds, (size_t)nfds * sizeof(int));
     }
-    size_t total = 4 + m->len, done = 0;
+    size_t done = 0;
     while (done < total) {
         ssize_t r = sendmsg(CTRL_FD, &mh, MSG_NOSIGNAL);
         if (r < 0 && errno == EINTR) continue;
@@ -45,8 +50,24 @@ int send_frame(struct buf *m, const int *fds, int nfds) {
             mh.msg_iov->iov_len -= (size_t)r;
         }
     }
+    return 0;
+}
+
+int send_frame(struct buf *m, const int *fds, int nfds) {
+    unsigned char hdr[4];
+    struct iovec iov[2] = {{hdr, 4}, {m->p, m->len}};
+    if (send_iov(iov, 2, fds, nfds)) return -1;
     m->len = 0;
     return 0;
+}
+
+int send_parts(struct iovec *parts, int n) {
+    unsigned char hdr[4];
+    struct iovec iov[8];
+    if (n > 7) { errno = EINVAL; return -1; }
+    iov[0] = (struct iovec){hdr, 4};
+    memcpy(iov + 1, parts, (size_t)n * sizeof *parts);
+    return send_iov(iov, n + 1, NULL, 0);
 }
 
 /* An "error" frame: the supervisor raises SandboxError("{where}: {message}"). */

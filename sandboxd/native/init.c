@@ -393,27 +393,35 @@ static void send_started(double t0) {
 }
 
 /* "exited": the job process's wait status, the hand-over's time and the reaping's; with
- * a capture (else NULL), the output too. */
+ * a capture (else NULL), the output too, sent from the capture's buffers as they are (up
+ * to twice the cap: not copied into the message once more). */
 static void send_exited(int status, double t0, double t1, const struct capture *c) {
-    struct buf m = {0};
+    struct buf m = {0}, mid = {0}, end = {0};
     mp_map(&m, c ? (c->order_on ? 11 : 9) : 4);
     mp_cstr(&m, "t"); mp_cstr(&m, "exited");
     mp_cstr(&m, "status"); mp_int(&m, status);
     mp_cstr(&m, "t0"); mp_float(&m, t0);
     mp_cstr(&m, "t1"); mp_float(&m, t1);
-    if (c) {
-        mp_cstr(&m, "stdout"); mp_bin(&m, c->data[0].p, c->data[0].len);
-        mp_cstr(&m, "stderr"); mp_bin(&m, c->data[1].p, c->data[1].len);
-        mp_cstr(&m, "stdout_truncated"); mp_int(&m, c->trunc[0]);
-        mp_cstr(&m, "stderr_truncated"); mp_int(&m, c->trunc[1]);
-        mp_cstr(&m, "output_killed"); mp_int(&m, c->killed);
-        if (c->order_on) {
-            mp_cstr(&m, "order"); mp_bin(&m, c->order.p, c->order.len);
-            mp_cstr(&m, "order_cut"); mp_int(&m, c->order_cut);
-        }
+    if (!c) {
+        send_frame(&m, NULL, 0);
+        free(m.p);
+        return;
     }
-    send_frame(&m, NULL, 0);
+    mp_cstr(&m, "stdout"); mp_bin_head(&m, c->data[0].len);
+    mp_cstr(&mid, "stderr"); mp_bin_head(&mid, c->data[1].len);
+    mp_cstr(&end, "stdout_truncated"); mp_int(&end, c->trunc[0]);
+    mp_cstr(&end, "stderr_truncated"); mp_int(&end, c->trunc[1]);
+    mp_cstr(&end, "output_killed"); mp_int(&end, c->killed);
+    if (c->order_on) {
+        mp_cstr(&end, "order"); mp_bin(&end, c->order.p, c->order.len);
+        mp_cstr(&end, "order_cut"); mp_int(&end, c->order_cut);
+    }
+    struct iovec parts[5] = {{m.p, m.len}, {c->data[0].p, c->data[0].len}, {mid.p, mid.len},
+                             {c->data[1].p, c->data[1].len}, {end.p, end.len}};
+    send_parts(parts, 5);
     free(m.p);
+    free(mid.p);
+    free(end.p);
 }
 
 /* A captured job (``struct capture``), handed over at ``t0``: read its output while it runs,

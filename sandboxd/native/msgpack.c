@@ -46,9 +46,11 @@ void mp_str(struct buf *b, const char *s, size_t n) {
 void mp_cstr(struct buf *b, const char *s) { mp_str(b, s, strlen(s)); }
 
 void mp_bin(struct buf *b, const void *d, size_t n) {
-    mp_head(b, 0, 0, 0xc4, 0xc5, 0xc6, n);
+    mp_bin_head(b, n);
     put(b, d, n);
 }
+
+void mp_bin_head(struct buf *b, size_t n) { mp_head(b, 0, 0, 0xc4, 0xc5, 0xc6, n); }
 
 void mp_int(struct buf *b, int64_t v) {
     unsigned char c;

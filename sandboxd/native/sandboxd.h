@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #define CTRL_FD 3 /* the init's channel to the supervisor */
 #define PLAN_FD 4 /* the init's plan, until it has read it */
@@ -93,6 +94,8 @@ void mp_map(struct buf *b, uint32_t n);
 void mp_str(struct buf *b, const char *s, size_t n);
 void mp_cstr(struct buf *b, const char *s);
 void mp_bin(struct buf *b, const void *d, size_t n);
+/* A bin's header only: its n bytes follow from elsewhere (send_parts). */
+void mp_bin_head(struct buf *b, size_t n);
 void mp_int(struct buf *b, int64_t v);
 void mp_float(struct buf *b, double d);
 
@@ -105,6 +108,8 @@ int key_is(const unsigned char *k, uint64_t n, const char *want);
 /* ------------------------------------------------------------ channel.c */
 
 int send_frame(struct buf *m, const int *fds, int nfds);
+/* One frame made of ``n`` parts sent as they are (a large body not copied into a buf). */
+int send_parts(struct iovec *parts, int n);
 void send_error(const char *where, const char *message);
 ssize_t recv_frame(unsigned char **out, int *fds, int maxfds, int *nfds);
 
