@@ -36,6 +36,10 @@ def test_quick_run_writes_its_outputs(tmp_path: Path) -> None:
     for system in ("bare", "sandboxd-warm", "sandboxd-cold"):
         for cmd in ("true", "py", "hello"):
             assert results["latency_s"][system][cmd], (system, cmd)
+    # The cold start's tail: its own samples of sandboxd cold and bubblewrap, and a target.
+    assert len(results["cold_tail_s"]["sandboxd-cold"]) == len(results["cold_tail_s"]["bwrap"])
+    assert results["cold_tail_s"]["sandboxd-cold"]
+    assert any(t["target"].startswith("cold p99 within 2x") for t in results["targets"])
     assert results["judge_s"]["sandboxd-warm"]
     assert results["cpu_spread_s"]["sandboxd-warm"] and results["cpu_spread_s"]["bare"]
     assert results["costs"]["protocol_us_per_job"]
@@ -57,6 +61,7 @@ def test_quick_run_writes_its_outputs(tmp_path: Path) -> None:
 
     md = (out / "results.md").read_text()
     assert "## Latency per job" in md and "## Targets" in md
+    assert "## The cold start's tail" in md
     assert "## The HTTP front door against the msgpack socket" in md
     assert "## The cluster path against the local socket" in md
     for png in ("latency.png", "throughput.png"):
