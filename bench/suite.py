@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import os
 import shutil
@@ -299,26 +300,16 @@ def measure_latency(systems: list[System], commands: dict[str, list[str]], plan:
 def measure_cold_tail(systems: list[System], argv: list[str], plan: Plan,
                       ) -> dict[str, list[float]]:
     """Seconds per job of sandboxd cold and bubblewrap, alternating, ``plan.cold_samples``
-    each: the latency rounds' p99 is the maximum of 100 samples, one stray wake-up on a
-    shared machine; the cold start's tail (issue 16: its p99 within 2x of bubblewrap's)
-    needs more of them."""
+    each (``measure_latency``'s rounds, for these two): the latency rounds' p99 is the
+    maximum of 100 samples, one stray wake-up on a shared machine; the cold start's tail
+    (issue 16: its p99 within 2x of bubblewrap's) needs more of them."""
     pair = [s for s in systems if s.name in ("sandboxd-cold", "bwrap")
             and not s.unavailable]
     if len(pair) != 2:
         return {}
-    runners = {s.name: s.make(argv, 0) for s in pair}
-    out: dict[str, list[float]] = {s.name: [] for s in pair}
-    for r in range(plan.warmup + plan.cold_samples):
-        for s in rotated(pair, r):
-            t = time.perf_counter()
-            runners[s.name]()
-            dt = time.perf_counter() - t
-            s.settle()
-            if r >= plan.warmup:
-                out[s.name].append(dt)
-    for s in pair:
-        s.close_clients()
-    return out
+    samples, _ = measure_latency(pair, {"true": argv},
+                                 dataclasses.replace(plan, rounds=plan.cold_samples))
+    return {name: per_cmd["true"] for name, per_cmd in samples.items()}
 
 
 def measure_throughput(systems: list[System], commands: dict[str, list[str]], plan: Plan,

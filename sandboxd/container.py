@@ -884,9 +884,11 @@ async def _replay(record: OutputCallback, msg: dict, out: bytes | bytearray,
     runs of one stream, 5 bytes each (the stream, 0 stdout or 1 stderr, then the run's
     length, big-endian); past "order_cut", the rest of stdout, then the rest of stderr."""
     order = msg.get("order", b"")
+    if len(order) % 5:
+        raise SandboxError("container init sent an output order that does not fit")
     done = [0, 0]
     data, names = (out, err), ("stdout", "stderr")
-    for at in range(0, len(order) - 4, 5):
+    for at in range(0, len(order), 5):
         i, n = order[at], int.from_bytes(order[at + 1:at + 5], "big")
         if i > 1 or done[i] + n > len(data[i]):
             raise SandboxError("container init sent an output order that does not fit")

@@ -32,19 +32,17 @@ This module knows nothing of jobs, sockets or trio.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 
+from sandboxd.isolation import _libc
+
+from . import _fs
 from ._base import CgroupError
 
 #: The name of the empty hierarchy mounted for a moment (``sandboxd`` in it, as in
 #: every name the project gives to what it creates).
 HIERARCHY = "sandboxd-dynmods"
-
-_CLONE_NEWNS = 0x00020000
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT = 2, 4, 8, 32
-_MS_REC, _MS_PRIVATE = 1 << 14, 1 << 18
 
 _favoured = False
 
@@ -56,31 +54,19 @@ def favoured() -> bool:
 
 
 def _already() -> bool:
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] in ("cgroup", "cgroup2") and \
-                    "favordynmods" in fields[sep + 3].split(","):
-                return True
-    return False
+    return any("favordynmods" in m.options for m in _fs.mounts())
 
 
 def _cgroup2() -> tuple[str, list[str]] | None:
     """The first cgroup2 mount: its mount point and its super options but rw/ro."""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] == "cgroup2":
-                opts = [o for o in fields[sep + 3].split(",") if o not in ("rw", "ro")]
-                return fields[4].replace("\\040", " "), opts
+    for m in _fs.mounts():
+        if m.fstype == "cgroup2":
+            return m.point, sorted(m.options - {"rw", "ro"})
     return None
 
 
-def _mount_in_child(where: str, via: str) -> int:
-    """In a forked child: 0, or the errno of the step that failed. Only system calls, no
-    Python objects shared with the parent's threads (there are none yet at start-up).
+def _mount_in_child(where: str, via: str) -> None:
+    """In a forked child, in a mount namespace of its own (raises ``OSError``).
 
     ``via``: "v1" mounts the empty named hierarchy over ``where``; "v2" (a kernel without
     cgroup v1) remounts the cgroup2 hierarchy with the option added to its own. A
@@ -88,23 +74,18 @@ def _mount_in_child(where: str, via: str) -> int:
     ``memory_recursiveprot``...), so all of them are given back as the mount shows them;
     the per-mount flags it resets are this namespace's copy's only.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(_CLONE_NEWNS) != 0:
-        return ctypes.get_errno() or errno.EIO
-    if libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-        return ctypes.get_errno() or errno.EIO
+    _libc.unshare(_libc.CLONE_NEWNS)
+    _libc.mount(None, "/", None, _libc.MS_REC | _libc.MS_PRIVATE)
     if via == "v1":
-        ok = libc.mount(b"cgroup", where.encode(), b"cgroup",
-                        _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
-                        f"none,name={HIERARCHY},favordynmods".encode()) == 0
-    else:
-        found = _cgroup2()
-        if found is None:
-            return errno.ENODEV
-        point, opts = found
-        ok = libc.mount(None, point.encode(), None, _MS_REMOUNT,
-                        ",".join([*opts, "favordynmods"]).encode()) == 0
-    return 0 if ok else (ctypes.get_errno() or errno.EIO)
+        _libc.mount("cgroup", where, "cgroup",
+                    _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC,
+                    f"none,name={HIERARCHY},favordynmods")
+        return
+    found = _cgroup2()
+    if found is None:
+        raise OSError(errno.ENODEV, "no cgroup2 mount")
+    point, opts = found
+    _libc.mount(None, point, None, _libc.MS_REMOUNT, ",".join([*opts, "favordynmods"]))
 
 
 def favor(where: str, via: tuple[str, ...] = ("v1", "v2")) -> str:
@@ -143,11 +124,16 @@ _HINTS = {("v1", errno.ENODEV): " (this kernel has no cgroup v1)",
 
 
 def _in_child(where: str, via: str) -> int:
+    """0, or the errno of the step that failed: the child only makes system calls (no
+    thread of the parent's runs yet at start-up) and exits with it."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:
-            code = _mount_in_child(where, via)
+            _mount_in_child(where, via)
+            code = 0
+        except OSError as e:
+            code = e.errno or errno.EIO
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)

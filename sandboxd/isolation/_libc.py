@@ -73,6 +73,20 @@ def unshare(flags: int) -> None:
     _check(_syscall(ctypes.c_long(SYS_unshare), ctypes.c_int(flags)), "unshare")
 
 
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                       ctypes.c_char_p]
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int,
+          data: str | None = None) -> None:
+    """mount(2); the container's own mounts are the init's (C): this is for the host side."""
+    def enc(v: str | None) -> bytes | None:
+        return None if v is None else v.encode()
+
+    _check(_libc.mount(enc(source), target.encode(), enc(fstype), flags, enc(data)),
+           "mount", target)
+
+
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
