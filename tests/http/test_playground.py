@@ -46,6 +46,7 @@ def browser(tmp_path: Path) -> Iterator[object]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1280,800", f"--user-data-dir={tmp_path / 'chromium'}"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # for _describe
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
     try:
         yield driver
@@ -53,15 +54,31 @@ def browser(tmp_path: Path) -> Iterator[object]:
         driver.quit()
 
 
-def _wait(what: str, check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+def _wait(what: str, check, page=None, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    """``check()`` until it is true; on a timeout, the page's fields and the daemon's last
+    log lines in the error (``page``: a (driver, daemon) pair), so that a failure in CI,
+    whose tmp dir is gone by the time anyone looks, says where the run stopped."""
     deadline = time.monotonic() + timeout
     while True:
         got = check()
         if got:
             return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" +
+                                 (_describe(*page) if page is not None else ""))
         time.sleep(0.05)
+
+
+def _describe(driver, daemon: Daemon) -> str:  # type: ignore[no-untyped-def]
+    fields = {name: _text(driver, name)
+              for name in ("state", "verdict", "exit", "cpu", "wall", "memory", "output")}
+    try:
+        console = [e.get("message") for e in driver.get_log("browser")]
+    except Exception as e:  # a driver without the log is no reason to hide the rest
+        console = [f"(no browser log: {e})"]
+    log = daemon.log.read_text(errors="replace").splitlines()[-40:]
+    return ("\npage: " + repr(fields) + "\nbrowser console: " + repr(console) +
+            "\ndaemon log (last 40 lines):\n" + "\n".join(log))
 
 
 def _text(driver, element_id: str) -> str:  # type: ignore[no-untyped-def]
@@ -78,7 +95,7 @@ def test_the_playground_runs_code_and_streams_its_output(
     driver = browser
     driver.get(f"{base_url}/playground")
     assert driver.title == "sandboxd playground"
-    _wait("the profiles", lambda: _text(driver, "state") == "ready")
+    _wait("the profiles", lambda: _text(driver, "state") == "ready", (driver, http_daemon))
     languages = Select(driver.find_element(By.ID, "language"))
     names = {o.get_attribute("value") for o in languages.options}
     assert {"python3", "bash"} <= names, names
@@ -94,15 +111,16 @@ def test_the_playground_runs_code_and_streams_its_output(
     driver.find_element(By.ID, "run").click()
 
     # Streamed: the first lines are on the page while the program still sleeps.
-    _wait("the first lines", lambda: "hello browser" in _text(driver, "output"))
+    page = (driver, http_daemon)
+    _wait("the first lines", lambda: "hello browser" in _text(driver, "output"), page)
     assert "a warning" in _wait("stderr", lambda: _text(driver, "output")
-                                if "a warning" in _text(driver, "output") else "")
+                                if "a warning" in _text(driver, "output") else "", page)
     assert "done" not in _text(driver, "output")
     assert _text(driver, "verdict") == "-" and _text(driver, "state") == "running…"
     stderr = driver.find_elements(By.CSS_SELECTOR, "#output .stderr")
     assert [e.text for e in stderr] == ["a warning\n"] or "a warning" in stderr[0].text
 
-    _wait("the verdict", lambda: _text(driver, "verdict") == "ok")
+    _wait("the verdict", lambda: _text(driver, "verdict") == "ok", page)
     lines = _text(driver, "output").splitlines()  # two pipes: their order is the reader's
     assert sorted(lines) == ["a warning", "done", "hello browser"] and lines[-1] == "done"
     assert _text(driver, "exit") == "0"
@@ -122,7 +140,7 @@ def test_the_playground_runs_code_and_streams_its_output(
         code.clear()
         code.send_keys("print('second')\n")
         driver.find_element(By.ID, "run").click()
-        _wait("the second verdict", lambda: _text(driver, "verdict") == "ok")
+        _wait("the second verdict", lambda: _text(driver, "verdict") == "ok", page)
         assert _text(driver, "output") == "second"
         _wait("the first job's end", lambda: api.get("/v1/stats").json()["counters"].get(
             "verdict_cancelled", 0) == cancelled + 1)
