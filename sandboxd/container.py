@@ -355,7 +355,7 @@ class Container:
             err.close()
             if stdin_w is not None:
                 stdin_w.close()  # idempotent: the feeder may have closed it already
-        stats = self.cgroup.stats()
+        stats = self.cgroup.stats(ended=self._emptied)
         measured = Measured(
             wait_status=status,
             cpu_ns=stats.cpu_usage_ns - base.cpu_usage_ns,

@@ -101,8 +101,11 @@ class JobCgroup(abc.ABC):
         """Total CPU time of everything that ran in the cgroup: the cheap, hot-path read."""
 
     @abc.abstractmethod
-    def stats(self) -> CgroupStats:
-        """Every counter at once (after the job, or for ``ps``)."""
+    def stats(self, ended: bool = False) -> CgroupStats:
+        """Every counter at once (after the job, or for ``ps``). ``ended``: the caller has
+        just proven the cgroup empty (its job's processes killed and gone), so nothing can
+        enter it again but a move of ours or a container's init it is lent to: a backend
+        may keep what it read for the next ``reset`` instead of reading it again."""
 
     def baseline(self) -> CgroupStats:
         """The counters a job's figures are taken from, read just before its hand-over:

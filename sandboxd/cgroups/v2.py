@@ -168,8 +168,10 @@ class V2Job(JobCgroup):
         usage = int(st[st.index(" ") + 1 : st.index("\n")])  # first line: usage_usec
         return (usage - self._cpu_base[0]) * 1000
 
-    def stats(self) -> CgroupStats:
-        """Every counter, as deltas from the last reset where the kernel cannot reset."""
+    def stats(self, ended: bool = False) -> CgroupStats:
+        """Every counter, as deltas from the last reset where the kernel cannot reset.
+        (``ended`` changes nothing here: the reset's reads are one descriptor each, and
+        its CPU base is read at the reset, after any charge a dying task still adds.)"""
         self._sample()
         usage, user, _ = (a - b for a, b in zip(self._cpu(), self._cpu_base, strict=True))
         user = min(user, usage)

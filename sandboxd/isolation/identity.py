@@ -15,6 +15,7 @@ This module knows nothing of jobs, sockets, cgroups or trio.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 # Inside every container: root is 0, the job runs as JOB_UID/JOB_GID.
@@ -220,8 +221,10 @@ def apply_rootless_map(pid: int, ids: RootlessMap) -> None:
             raise OSError(e.errno, f"writing {text.strip()!r} to {path}: {e.strerror}") from e
 
 
+@functools.cache
 def rootless() -> bool:
-    """Whether this process makes containers as an ordinary user (docs/rootless.md)."""
+    """Whether this process makes containers as an ordinary user (docs/rootless.md).
+    Asked once: sandboxd never changes its own uid, and every job asked it twice."""
     import os
 
     return os.geteuid() != 0

@@ -22,11 +22,14 @@ def test_reset_refuses_a_cgroup_with_processes(job: JobCgroup) -> None:
     job.reset()
 
 
-def test_reset_restarts_every_counter_and_lifts_limits(job: JobCgroup) -> None:
+@pytest.mark.parametrize("ended", [False, True], ids=["read-again", "ended"])
+def test_reset_restarts_every_counter_and_lifts_limits(job: JobCgroup, ended: bool) -> None:
+    """``ended``: each job's last stats are read as a container reads them, with the cgroup
+    proven empty (``stats(ended=True)``), so that the reset takes its bases from them."""
     job.set_limits(CgroupLimits(memory=64 * MiB, pids=16))
     w = Workload(job, py("c = [b'x' * (8 << 20) for _ in range(40)]"))  # OOM, bounded
     assert w.wait(60 * SLOW)[0] == -9
-    first = job.stats()
+    first = job.stats(ended=ended)
     assert first.oom_kills >= 1 and first.memory_peak > 50 * MiB and first.cpu_usage_ns > 0
 
     job.reset()
@@ -39,7 +42,7 @@ def test_reset_restarts_every_counter_and_lifts_limits(job: JobCgroup) -> None:
     # No memory limit any more: 100 MiB fits; the peak is this job's alone.
     w = Workload(job, py("b = b'x' * (100 << 20)"))
     assert w.wait(60 * SLOW)[0] == 0
-    second = job.stats()
+    second = job.stats(ended=ended)
     assert second.oom_kills == 0
     assert 100 * MiB <= second.memory_peak <= 115 * MiB
 
@@ -50,6 +53,19 @@ def test_reset_restarts_every_counter_and_lifts_limits(job: JobCgroup) -> None:
     third = job.stats()
     assert 20 * MiB <= third.memory_peak <= 35 * MiB
     assert third.pids_peak in (None, 1)
+
+
+def test_a_process_moved_in_after_the_last_stats_still_stops_the_reset(job: JobCgroup) -> None:
+    """What ``stats(ended=True)`` proved is forgotten once a process is moved in."""
+    w = Workload(job, ["/bin/true"])
+    w.wait(30 * SLOW)
+    job.stats(ended=True)
+    w = Workload(job, ["/bin/sleep", str(30 * SLOW)])
+    with pytest.raises(CgroupError, match="cannot reset"):
+        job.reset()
+    job.kill_all(timeout=5 * SLOW)
+    w.reap()
+    job.reset()
 
 
 def test_reset_keeps_the_cgroup_usable_for_limits(job: JobCgroup) -> None:
