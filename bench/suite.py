@@ -717,6 +717,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/run needs root (namespaces, cgroups, runc)", file=sys.stderr)
         return 2
+    # A SIGTERM (a timeout, a stopped session) ends the run through its clean-up, as ^C
+    # does: at the default disposition it left the peers' cgroups behind.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     plan = QUICK if args.quick else Plan()
     overrides = {k: v for k, v in (("rounds", args.rounds), ("seconds", args.seconds),
                                    ("reps", args.reps)) if v is not None}

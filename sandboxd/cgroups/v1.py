@@ -118,6 +118,7 @@ class V1Job(JobCgroup):
                                     else "memory.max_usage_in_bytes"))
         self._maybe_frozen = False  # a freeze not yet followed by a successful thaw
         self._usage_fd = -1
+        self._zero_cpu = True  # ``baseline`` zeroes the CPU counters (until that fails)
         if "cpuacct" in dirs:
             self._usage_fd = self._fd(self._path("cpuacct", "cpuacct.usage"))
 
@@ -277,10 +278,20 @@ class V1Job(JobCgroup):
         return CgroupStats(usage, user, system, peak, oom_total - self._oom_base, pids_peak)
 
     def baseline(self) -> CgroupStats:
-        """``stats`` but for the CPU counters only (3 reads, not 6, per job): the peaks
-        are not subtracted (the cgroup's reset zeroed them, or it is new), and no OOM kill
-        can be counted since the reset read its base (``_oom_base``), since the limits are
-        lifted until this job's (a job process killed before its job is not handed one)."""
+        """Zero: the CPU counters are zeroed now (one write, where reading them took three),
+        and the peaks are not subtracted (the cgroup's reset zeroed them, or it is new).
+        No OOM kill can be counted since the reset read its base (``_oom_base``), since the
+        limits are lifted until this job's (a job process killed before its job is not
+        handed one). Zeroing is as exact as reading: whatever ran here so far is charged
+        up to now either way (a task is charged when it sleeps, and one still running has
+        the rest of its slice charged after, to the job, as after a read).
+        Where the counter cannot be written (not ours), it is read instead."""
+        if self._usage_fd >= 0 and self._zero_cpu:
+            try:
+                self._write(self._path("cpuacct", "cpuacct.usage"), "0")  # user/sys too
+                return CgroupStats(0, 0, 0, 0, 0, None)
+            except CgroupError:
+                self._zero_cpu = False
         return CgroupStats(*self._cpu(), 0, 0, None)
 
     def _oom_kills(self) -> int:

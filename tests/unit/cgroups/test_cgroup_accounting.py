@@ -74,6 +74,28 @@ def test_cpu_time_of_a_known_workload(job: JobCgroup) -> None:
         stats, usage, w.before_join_ns)
 
 
+def test_a_jobs_cpu_counts_from_its_baseline(job: JobCgroup) -> None:
+    """What ran before ``baseline`` (a job process's start, an earlier workload) is not the
+    job's: the deltas from it are exactly the second workload's (on v1 the baseline zeroes
+    the counters, on v2 it reads them)."""
+    first = Workload(job, [*py(BURN), "0.2"])
+    assert first.wait(120 * SLOW)[0] == 0
+    base = job.baseline()
+    w = Workload(job, [*py(BURN), "0.3"])
+    os.waitid(os.P_PID, w.pid, os.WEXITED | os.WNOWAIT)
+    with open(f"/proc/{w.pid}/schedstat") as f:
+        ran_ns = int(f.read().split()[0]) - w.before_join_ns
+    assert w.wait(120 * SLOW)[0] == 0
+    stats = job.stats()
+    used = stats.cpu_usage_ns - base.cpu_usage_ns
+    assert abs(used - ran_ns) < 1_000_000, (used, ran_ns)
+    assert job.cpu_usage_ns() - base.cpu_usage_ns == used
+    user = stats.cpu_user_ns - base.cpu_user_ns
+    system = stats.cpu_system_ns - base.cpu_system_ns
+    assert user >= 0 and system >= 0 and abs(user + system - used) <= 2_000, (user, system, used)
+    assert user >= 0.2e9, (user, system)
+
+
 def test_cpu_usage_is_live_and_monotonic(job: JobCgroup) -> None:
     w = Workload(job, [*py(BURN), "0.5"])
     seen = [job.cpu_usage_ns()]
