@@ -213,6 +213,14 @@ class Container:
         if warm is not None:  # in its cgroup first: what the interpreter holds is the job's
             await self._warm_up(warm)
 
+    def ready_read(self, job_pid: int) -> None:
+        """``wait_ready`` for a container whose ``ready`` the engine read: the job process's
+        pid it found (-1: gone); only a plain container, its job process moved already."""
+        assert self._moved and self.warm is None
+        if job_pid <= 0:
+            raise SandboxError("container setup failed: the job process died before its job")
+        self.job_pid = job_pid
+
     async def _warm_up(self, warm: WarmStart) -> None:
         """Start ``warm``'s interpreter, with the stdio the job will have (made now)."""
         stdin = os.memfd_create("sandboxd-stdin", os.MFD_CLOEXEC)

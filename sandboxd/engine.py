@@ -26,10 +26,13 @@ The protocol (SOCK_SEQPACKET, one request or reply per packet, native byte order
 request ``magic u32, uid_map length u32, gid_map length u32, kind u32, key u64`` and
 the two maps, with descriptors (SCM_RIGHTS): the old init's pidfd (RECYCLE, KILL), the
 shape's plan and the cgroup's cgroup.procs files (RECYCLE, MAKE). Reply ``key u64,
-pid i32, errno i32``: for a new container, its init's pid with its pidfd and the
-pool's end of its channel, once that channel is readable (its ``ready``, or why not,
-is there to read at once); for a KILL, pid 0 once the init is dead; pid -1 and the
-errno if no container could be made (the old init is dead all the same).
+pid i32, errno i32, job_pid i32, spare i32``: for a new container, its init's pid with
+its pidfd and the pool's end of its channel, once that channel is readable; if what is
+there is the init's ``ready``, the engine has read it, and ``job_pid`` is its job
+process's pid (-1: a ready whose job process is gone); otherwise ``job_pid`` is 0 and
+the message (why not ready) is there for the pool to read at once. For a KILL, pid 0 once
+the init is dead; pid -1 and the errno if no container could be made (the old init is
+dead all the same).
 
 The engine's death is its fork server's (the same process): every init it made or
 was killing dies with it (PR_SET_PDEATHSIG), and the pool sees the socket close.
@@ -53,7 +56,7 @@ from sandboxd.spawn import MAX_PROCS_FDS, ServerLife
 MAGIC = 0x4E454253  # "SBEN" (native/forkserver.c's ENGINE_MAGIC)
 RECYCLE, KILL, MAKE = 1, 2, 3
 _REQUEST = struct.Struct("=IIIIQ")
-_REPLY = struct.Struct("=Qii")
+_REPLY = struct.Struct("=Qiiii")
 _ANC = socket.CMSG_SPACE(2 * 4)
 
 
@@ -64,6 +67,7 @@ class Reply:
     err: int
     pidfd: int = -1
     chan: int = -1
+    job_pid: int = 0  # its ready read by the engine: the job process (-1: gone), else 0
 
 
 class Engine:
@@ -125,9 +129,9 @@ class Engine:
             for fd in fds:
                 os.close(fd)
             raise EOFError("the engine sent a malformed reply")
-        key, pid, err = _REPLY.unpack(data)
+        key, pid, err, job_pid, _spare = _REPLY.unpack(data)
         if pid > 0 and len(fds) == 2:
-            return Reply(key, pid, 0, fds[0], fds[1])
+            return Reply(key, pid, 0, fds[0], fds[1], job_pid)
         for fd in fds:
             os.close(fd)
         if pid == 0 and not err:

@@ -264,20 +264,31 @@ class Pool:
         return await self._make(dataclasses.replace(spec, warm=None))
 
     def release(self, box: Container) -> None:
-        """Destroy a used (or unwanted) container in the background."""
-        self._spawn_destroy(box)
+        """Destroy a used (or unwanted) container: handed to the engine here and now when
+        it can be (its quick reset and one packet, all synchronous: a task of its own per
+        job cost the supervisor more than the work), else in the background."""
+        if self._nursery is None or self._closing or box not in self._live:
+            return
+        self._count_back(box)
+        if not self._hand_to_engine(box):
+            self._nursery.start_soon(self._destroy, box, True, False)
 
     def _spawn_destroy(self, box: Container) -> None:
         if self._nursery is not None and not self._closing:
             self._nursery.start_soon(self._destroy, box, True)
 
-    async def _destroy(self, box: Container, recycle: bool) -> None:
-        if box not in self._live:
-            return
+    def _count_back(self, box: Container) -> None:
+        """A container taken for a job is back: its shape counts it out no more."""
         if box.pool_out:
             box.pool_out = False
             box.pool_shape.out -= 1
-        if recycle and self._hand_to_engine(box):
+
+    async def _destroy(self, box: Container, recycle: bool, engine: bool = True) -> None:
+        """``engine``: may go to the engine (False: ``release`` has just found it may not)."""
+        if box not in self._live:
+            return
+        self._count_back(box)
+        if recycle and engine and self._hand_to_engine(box):
             return
         self._live.discard(box)
         await box.destroy(remove_cgroup=False)
@@ -483,7 +494,10 @@ class Pool:
         box.slot = slot
         self._live.add(box)
         try:
-            await box.wait_ready(now=True)
+            if reply.job_pid:
+                box.ready_read(reply.job_pid)  # the engine read its ready
+            else:
+                await box.wait_ready(now=True)
         except Exception as e:  # typed or not, this reader must go on: the pool depends on it
             self.counters.spawn_failures += 1
             log.warning("pool: could not make a warm container: %s", e)

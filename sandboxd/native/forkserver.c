@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -382,7 +383,9 @@ static void serve_clone(void) {
 
 enum { ENG_RECYCLE = 1, ENG_KILL = 2, ENG_MAKE = 3 };
 struct eng_request { uint32_t magic, uid_map_len, gid_map_len, kind; uint64_t key; };
-struct eng_reply { uint64_t key; int32_t pid, err; };
+/* job_pid: the new container's job process (host pid) once we read its ``ready``; 0 if
+ * the pool is to read the channel itself; -1 if we read a ready that was not one. */
+struct eng_reply { uint64_t key; int32_t pid, err, job_pid, spare; };
 
 struct inflight {
     uint64_t key;
@@ -403,12 +406,12 @@ static int engine_closed;
 #define EV_FS (~0ull)
 #define EV_ENGINE (~0ull - 1)
 
-static void eng_reply(uint64_t key, pid_t pid, int err, int pidfd, int chan) {
+static void eng_reply(uint64_t key, pid_t pid, int err, pid_t job_pid, int pidfd, int chan) {
     if (engine_closed) { /* nobody will run this one */
         if (pidfd >= 0) syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
         return;
     }
-    struct eng_reply rep = {key, pid, err};
+    struct eng_reply rep = {key, pid, err, job_pid, 0};
     int fds[2] = {pidfd, chan};
     if (send_fds(ENGINE_FD, &rep, sizeof rep, fds, pidfd >= 0 ? 2 : 0) != sizeof rep &&
         pidfd >= 0) /* the pool is gone: nobody will run this one */
@@ -431,7 +434,7 @@ static void engine_remake(struct inflight *f) {
         f->old = -1;
     }
     if (f->kind == ENG_KILL) {
-        eng_reply(f->key, 0, 0, -1, -1);
+        eng_reply(f->key, 0, 0, 0, -1, -1);
         f->state = 0;
         return;
     }
@@ -444,7 +447,7 @@ static void engine_remake(struct inflight *f) {
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair)) {
         int e = errno;
         close_fds(f->fds + 1, f->nfds - 1);
-        eng_reply(f->key, -1, e, -1, -1);
+        eng_reply(f->key, -1, e, 0, -1, -1);
         f->state = 0;
         return;
     }
@@ -453,7 +456,7 @@ static void engine_remake(struct inflight *f) {
     if (f->pid < 0) {
         int e = errno;
         close(pair[0]);
-        eng_reply(f->key, -1, e, -1, -1);
+        eng_reply(f->key, -1, e, 0, -1, -1);
         f->state = 0;
         return;
     }
@@ -462,10 +465,67 @@ static void engine_remake(struct inflight *f) {
     watch(f->chan, (uint64_t)(f - inflight));
 }
 
+/* PIDFD_GET_INFO (Linux 6.13): its struct's pid field, in our pid namespace (the host's). */
+#define PIDFD_INFO_IOCTL _IOWR(0xFF, 11, unsigned char[64])
+static int pidfd_info_works = -1; /* not known yet */
+
+static pid_t pidfd_host_pid(int pidfd) {
+    unsigned char info[64] = {0};
+    if (ioctl(pidfd, PIDFD_INFO_IOCTL, info)) return -1;
+    uint32_t pid;
+    memcpy(&pid, info + 16, sizeof pid);
+    return (pid_t)pid;
+}
+
+/* The new init's first message, read here when it is the ``ready`` it should be, so that
+ * the pool need not read the channel (four system calls on the supervisor's thread per
+ * container): the job process's pid, from the descriptor that comes with it. 0, with
+ * nothing read, for anything else (an error, the init's death, a message not all there
+ * yet, a kernel without PIDFD_GET_INFO): the pool reads it itself, as it did. -1 for a
+ * ready read whose job process is gone or whose descriptor did not come: the pool fails
+ * the container, as its own read would. */
+static pid_t take_ready(int chan) {
+    if (!pidfd_info_works) return 0;
+    unsigned char buf[64];
+    ssize_t n;
+    do n = recv(chan, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT); while (n < 0 && errno == EINTR);
+    if (n < 4) return 0;
+    uint32_t len = (uint32_t)buf[0] << 24 | (uint32_t)buf[1] << 16 | (uint32_t)buf[2] << 8 | buf[3];
+    if (len > sizeof buf - 4 || (size_t)n < 4 + len) return 0;
+    struct rd r = {buf + 4, buf + 4 + len};
+    uint64_t count, kl, vl;
+    const unsigned char *k, *v;
+    int ready = 0, job_pid = 0;
+    if (mp_next(&r, &count, &k) != T_MAP || count != 2) return 0;
+    for (uint64_t i = 0; i < count; i++) {
+        if (mp_next(&r, &kl, &k) != T_STR) return 0;
+        int t = mp_next(&r, &vl, &v);
+        if (key_is(k, kl, "t") && t == T_STR && key_is(v, vl, "ready")) ready = 1;
+        else if (key_is(k, kl, "job_pid") && t == T_INT) job_pid = 1;
+        else return 0;
+    }
+    if (!ready || !job_pid || r.p != r.end) return 0;
+    if (pidfd_info_works < 0) { /* asked once, on ourselves, before anything is read */
+        int self = (int)syscall(SYS_pidfd_open, getpid(), 0);
+        pidfd_info_works = self >= 0 && pidfd_host_pid(self) == getpid();
+        if (self >= 0) close(self);
+        if (!pidfd_info_works) return 0;
+    }
+    int fd = -1, nfds, mflags;
+    ssize_t got = recv_fds(chan, buf, 4 + len, MSG_DONTWAIT, &fd, 1, &nfds, &mflags);
+    if (got != (ssize_t)(4 + len) || nfds != 1 || (mflags & (MSG_CTRUNC | MSG_TRUNC))) {
+        if (nfds > 0) close(fd);
+        return -1;
+    }
+    pid_t pid = pidfd_host_pid(fd);
+    close(fd);
+    return pid > 0 ? pid : -1;
+}
+
 /* The new init of ``f`` has said something (``ready``, or why not) or died: the pool's. */
 static void engine_started(struct inflight *f) {
     unwatch(f->chan);
-    eng_reply(f->key, f->pid, 0, f->pidfd, f->chan);
+    eng_reply(f->key, f->pid, 0, take_ready(f->chan), f->pidfd, f->chan);
     close(f->pidfd);
     close(f->chan);
     f->state = 0;
@@ -505,7 +565,7 @@ static void engine_request(void) {
     if (!f) { /* far more than the pool ever has in flight: refused, as a failed clone */
         if (k != ENG_MAKE) syscall(SYS_pidfd_send_signal, fds[0], SIGKILL, NULL, 0);
         close_fds(fds, nfds);
-        eng_reply(req.hd.key, -1, EBUSY, -1, -1);
+        eng_reply(req.hd.key, -1, EBUSY, 0, -1, -1);
         return;
     }
     f->key = req.hd.key;

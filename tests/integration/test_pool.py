@@ -90,6 +90,14 @@ async def test_used_containers_are_remade_by_the_engine(made) -> None:  # type: 
             seen_inits.update(box.init_pid for box in pool._live)
         assert pool.counters.engine_recycles >= 10, pool.counters
         assert len(seen_inits) >= 12  # new inits, not the same ones handed back
+        # The engine read each new container's ready: the job process it named is the
+        # init's child, waiting in its exec request.
+        for box in pool._live:
+            with open(f"/proc/{box.job_pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            assert int(fields[1]) == box.init_pid, (box.job_pid, box.init_pid, fields)
+            with open(f"/proc/{box.job_pid}/comm") as f:
+                assert f.read().strip() == "sandboxd-jobexe"
         nursery.cancel_scope.cancel()
     assert pool.cgroup_count() == 0
 
