@@ -366,12 +366,11 @@ class V1Job(JobCgroup):
                     _fs.write(self._path("memory", "memory.force_empty"), "0")
                 except CgroupError:
                     pass  # the peak is still reset below, to what is left
-            # (Not the failcnt files: nothing here reads them; they count reclaim.)
-            files = ["memory.max_usage_in_bytes"]
-            if self._f.memsw:
-                files.append("memory.memsw.max_usage_in_bytes")
-            for f in files:
-                self._write(self._path("memory", f), "0")
+            # Only the peak ``stats`` reads (with swap accounting, memory + swap), not
+            # the failcnt files either: nothing here reads them; they count reclaim.
+            peak = "memory.memsw.max_usage_in_bytes" if self._f.memsw \
+                else "memory.max_usage_in_bytes"
+            self._write(self._path("memory", peak), "0")
             if self._f.oom_kill:
                 self._oom_base = self._oom_kills() if ended is None else ended[0]
         if "cpuacct" in self._dirs:
