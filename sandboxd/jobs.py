@@ -508,7 +508,7 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
     tests = job.tests if job.tests is not None else [
         TestSpec(stdin=job.stdin, expected_output=job.expected_output)]
     outcomes: list[StepOutcome | None] = [None] * len(tests)
-    scopes = [trio.CancelScope() for _ in tests]
+    scopes = [trio.CancelScope() for _ in tests] if len(tests) > 1 else []
     first_failure = len(tests)  # with stop_on_failure: the lowest failing test so far
 
     async def one(i: int, test: TestSpec) -> None:
@@ -525,8 +525,9 @@ async def run_job(job: JobSpec, runner: StepRunner) -> JobOutcome:
             for later in scopes[i + 1:]:
                 later.cancel()
 
-    if len(tests) == 1:  # the common job: no nursery, no task of its own to spawn and reap
-        await one(0, tests[0])
+    if len(tests) == 1:  # the common job: no nursery, no task of its own to spawn and reap,
+        # and no scope of its own either (only a failure of an earlier test cancels one)
+        outcomes[0] = await run_test(job, 0, tests[0], files, runner, single=True)
     else:
         async with trio.open_nursery() as nursery:
             for i, test in enumerate(tests):
