@@ -13,7 +13,13 @@ from sandboxd.cgroups import CgroupBackend, CgroupError, CgroupLimits, JobCgroup
 pytestmark = [pytest.mark.root, pytest.mark.cgroup_v2]
 
 
-def test_reset_refuses_a_cgroup_with_processes(job: JobCgroup) -> None:
+@pytest.mark.parametrize("after_stats", [False, True], ids=["fresh", "after-ended-stats"])
+def test_reset_refuses_a_cgroup_with_processes(job: JobCgroup, after_stats: bool) -> None:
+    """``after_stats``: what an earlier ``stats(ended=True)`` proved (the cgroup empty) is
+    forgotten once a process is moved in."""
+    if after_stats:
+        Workload(job, ["/bin/true"]).wait(30 * SLOW)
+        job.stats(ended=True)
     w = Workload(job, ["/bin/sleep", str(30 * SLOW)])
     with pytest.raises(CgroupError, match="cannot reset"):
         job.reset()
@@ -53,19 +59,6 @@ def test_reset_restarts_every_counter_and_lifts_limits(job: JobCgroup, ended: bo
     third = job.stats()
     assert 20 * MiB <= third.memory_peak <= 35 * MiB
     assert third.pids_peak in (None, 1)
-
-
-def test_a_process_moved_in_after_the_last_stats_still_stops_the_reset(job: JobCgroup) -> None:
-    """What ``stats(ended=True)`` proved is forgotten once a process is moved in."""
-    w = Workload(job, ["/bin/true"])
-    w.wait(30 * SLOW)
-    job.stats(ended=True)
-    w = Workload(job, ["/bin/sleep", str(30 * SLOW)])
-    with pytest.raises(CgroupError, match="cannot reset"):
-        job.reset()
-    job.kill_all(timeout=5 * SLOW)
-    w.reap()
-    job.reset()
 
 
 def test_reset_keeps_the_cgroup_usable_for_limits(job: JobCgroup) -> None:
