@@ -199,11 +199,10 @@ class Container:
             raise SandboxError(f"container setup failed: {msg.get('where', '?')}: "
                                f"{msg.get('message', msg)}")
         try:
-            self.job_pid = _libc.pidfd_pid(fds[0])
+            job_pid = _libc.pidfd_pid(fds[0])
         finally:
             os.close(fds[0])
-        if self.job_pid <= 0:
-            raise SandboxError("container setup failed: the job process died before its job")
+        self.ready_read(job_pid)
         try:
             if not self._moved:
                 await _move(self.cgroup, self.job_pid)
@@ -214,9 +213,9 @@ class Container:
             await self._warm_up(warm)
 
     def ready_read(self, job_pid: int) -> None:
-        """``wait_ready`` for a container whose ``ready`` the engine read: the job process's
-        pid it found (-1: gone); only a plain container, its job process moved already."""
-        assert self._moved and self.warm is None
+        """Its ``ready`` read (by ``wait_ready``, or by the engine, for a plain container
+        whose init moved its job process already: all ``wait_ready`` would do): the job
+        process's pid found with it, -1 if that process is gone."""
         if job_pid <= 0:
             raise SandboxError("container setup failed: the job process died before its job")
         self.job_pid = job_pid

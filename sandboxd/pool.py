@@ -271,7 +271,7 @@ class Pool:
             return
         self._count_back(box)
         if not self._hand_to_engine(box):
-            self._nursery.start_soon(self._destroy, box, True, False)
+            self._nursery.start_soon(self._destroy_here, box, True)
 
     def _spawn_destroy(self, box: Container) -> None:
         if self._nursery is not None and not self._closing:
@@ -283,12 +283,17 @@ class Pool:
             box.pool_out = False
             box.pool_shape.out -= 1
 
-    async def _destroy(self, box: Container, recycle: bool, engine: bool = True) -> None:
-        """``engine``: may go to the engine (False: ``release`` has just found it may not)."""
+    async def _destroy(self, box: Container, recycle: bool) -> None:
         if box not in self._live:
             return
         self._count_back(box)
-        if recycle and engine and self._hand_to_engine(box):
+        if recycle and self._hand_to_engine(box):
+            return
+        await self._destroy_here(box, recycle)
+
+    async def _destroy_here(self, box: Container, recycle: bool) -> None:
+        """Kill it on the event loop (the engine may not take it), then ``_dead``."""
+        if box not in self._live:  # destroyed meanwhile (the pool's close)
             return
         self._live.discard(box)
         await box.destroy(remove_cgroup=False)
