@@ -32,7 +32,6 @@ from sandboxd.config import Config
 from sandboxd.jobs import JobOutcome, JobSpec
 from sandboxd.log import event
 from sandboxd.service import Job, JobService, ServiceError
-from sandboxd.uncontended import held
 from sandboxd.workspace import Upload, WorkspaceError
 
 from ._siblings import DaemonView, Siblings
@@ -143,17 +142,25 @@ class Session:
         self._message_started: float | None = None
         self._receiving: trio.CancelScope | None = None
 
-    async def send(self, ev: proto.Event) -> None:
+    async def send(self, ev: proto.Event, *, shield: bool = False) -> None:
         """Send one event; a client that takes in none of it for ``idle_timeout`` is dropped.
 
         Cancellation: the bytes may be half sent; the connection is then unusable,
-        and the caller is on its way out anyway.
+        and the caller is on its way out anyway. ``shield``: not cancelled (a job's
+        result), which needs a cancel scope only where this waits: for the lock, or for
+        the socket to take the rest.
 
         What the socket takes at once is written without a pass through trio's
-        scheduler (``held``, ``_send_now``): an answer is a few hundred bytes, which a
-        Unix socket takes whole, and the lock is almost always free.
+        scheduler (``_send_now``, and the lock taken without waiting when free): an
+        answer is a few hundred bytes, which a Unix socket takes whole, and the lock is
+        almost always free. So most results need no cancel scope at all.
         """
-        async with held(self.send_lock):
+        try:
+            self.send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.CancelScope(shield=shield):
+                await self.send_lock.acquire()
+        try:
             if self.closed:
                 return
             if self.conn.error is not None and (type(ev) is not proto.ErrorReport
@@ -173,7 +180,8 @@ class Session:
             if data:
                 data = data[self._send_now(data):]
             if data:
-                with trio.move_on_after(self.front.cfg.idle_timeout or float("inf")) as late:
+                with trio.CancelScope(shield=shield), \
+                        trio.move_on_after(self.front.cfg.idle_timeout or float("inf")) as late:
                     try:
                         await self.stream.send_all(data)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -186,6 +194,8 @@ class Session:
                     event("send_timeout", logging.WARNING, conn=self.n, pending=len(data))
                     with trio.CancelScope(shield=True):
                         await self.stream.aclose()
+        finally:
+            self.send_lock.release()
 
     def _send_now(self, data: bytes) -> int:
         """How much of ``data`` the socket took without waiting (0: let trio send it)."""
@@ -410,7 +420,6 @@ class Session:
                 await self._refuse(job.id, error.code, error.message)
             elif outcome is not None and not self.closed:
                 result = job_result(job.id, outcome, self.front.limits.max_frame_size)
-                with trio.CancelScope(shield=True):
-                    await self.send(result)
+                await self.send(result, shield=True)
         finally:
             self.service.release(job)
