@@ -28,18 +28,25 @@ class _Acquirable(Protocol):
 
 
 class held:
-    """``async with held(lock)``: ``async with lock``, without a checkpoint when free."""
+    """``async with held(lock)``: ``async with lock``, without a checkpoint when free.
+    ``shield``: the wait for a busy lock is not cancelled (a free one has no wait, so
+    needs no cancel scope: the caller of a shielded section pays for one only then)."""
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_lock", "_shield")
 
-    def __init__(self, lock: _Acquirable) -> None:
+    def __init__(self, lock: _Acquirable, *, shield: bool = False) -> None:
         self._lock = lock
+        self._shield = shield
 
     async def __aenter__(self) -> None:
         try:
             self._lock.acquire_nowait()
         except trio.WouldBlock:
-            await self._lock.acquire()
+            if self._shield:
+                with trio.CancelScope(shield=True):
+                    await self._lock.acquire()
+            else:
+                await self._lock.acquire()
 
     async def __aexit__(self, *exc: object) -> None:
         self._lock.release()

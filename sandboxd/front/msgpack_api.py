@@ -32,6 +32,7 @@ from sandboxd.config import Config
 from sandboxd.jobs import JobOutcome, JobSpec
 from sandboxd.log import event
 from sandboxd.service import Job, JobService, ServiceError
+from sandboxd.uncontended import held
 from sandboxd.workspace import Upload, WorkspaceError
 
 from ._siblings import DaemonView, Siblings
@@ -151,16 +152,11 @@ class Session:
         the socket to take the rest.
 
         What the socket takes at once is written without a pass through trio's
-        scheduler (``_send_now``, and the lock taken without waiting when free): an
-        answer is a few hundred bytes, which a Unix socket takes whole, and the lock is
-        almost always free. So most results need no cancel scope at all.
+        scheduler (``held``, ``_send_now``): an answer is a few hundred bytes, which a
+        Unix socket takes whole, and the lock is almost always free. So most results need
+        no cancel scope at all.
         """
-        try:
-            self.send_lock.acquire_nowait()
-        except trio.WouldBlock:
-            with trio.CancelScope(shield=shield):
-                await self.send_lock.acquire()
-        try:
+        async with held(self.send_lock, shield=shield):
             if self.closed:
                 return
             if self.conn.error is not None and (type(ev) is not proto.ErrorReport
@@ -194,8 +190,6 @@ class Session:
                     event("send_timeout", logging.WARNING, conn=self.n, pending=len(data))
                     with trio.CancelScope(shield=True):
                         await self.stream.aclose()
-        finally:
-            self.send_lock.release()
 
     def _send_now(self, data: bytes) -> int:
         """How much of ``data`` the socket took without waiting (0: let trio send it)."""

@@ -34,3 +34,26 @@ async def test_a_held_lock_is_waited_for_in_turn() -> None:
                 await trio.sleep(0.001)  # a takes it; b, then c, wait in that order
         assert order == ["a", "b", "c"]
         assert not (lock.locked() if isinstance(lock, trio.Lock) else lock.borrowed_tokens)
+
+
+async def test_a_shielded_wait_for_a_busy_lock_outlives_a_cancel() -> None:
+    """``held(lock, shield=True)``: a caller cancelled while it waits still gets the lock
+    (a job's result is sent whatever happens to its task); unshielded, it is cancelled."""
+    for shield in (True, False):
+        lock = trio.Lock()
+        got: list[bool] = []
+
+        async def take(lock: trio.Lock = lock, shield: bool = shield,
+                       got: list[bool] = got) -> None:
+            with trio.CancelScope() as scope:
+                scope.cancel()  # cancelled before it waits
+                async with held(lock, shield=shield):
+                    got.append(True)
+
+        async with trio.open_nursery() as nursery:
+            await lock.acquire()
+            nursery.start_soon(take)
+            await trio.sleep(0.01)
+            lock.release()
+        assert got == ([True] if shield else []), shield
+        assert not lock.locked()
