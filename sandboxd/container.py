@@ -125,6 +125,28 @@ class ArtifactRequest:
     found: Artifacts | None = None
 
 
+@dataclass(eq=False)
+class EngineWatch:
+    """A captured job the engine watches (``Pool._run_by_engine``, docs/engine.md's stage
+    3): ``event`` is set once its answer is in (``done``, an ``engine.Done``; None if the
+    engine died first), with the run's counters (``stats``) or why they could not be
+    parsed (``error``); ``refused``: the engine had no room, the job is watched here."""
+
+    box: Container
+    shape: Any
+    eng: Any = None
+    key: int = 0
+    event: trio.Event = field(default_factory=trio.Event)
+    done: Any = None
+    stats: CgroupStats | None = None
+    error: Exception | None = None
+    refused: bool = False
+
+    def stop(self) -> None:
+        """Have the engine kill the job now (OSError if it cannot be asked)."""
+        self.eng.stop(self.key)
+
+
 class Container:
     """One single-use container, seen from the supervisor.
 
@@ -161,6 +183,16 @@ class Container:
         self.pool_shape: Any = None  # the pool's shape this warm container was made for
         self.pool_out = False  # taken from that shape's warm ones, not yet given back
         self.limits_written: CgroupLimits | None = None  # its job's, in its cgroup (``run``)
+        # The engine's watch of a captured job (docs/engine.md, stage 3): the pool's way to
+        # ask for it (``Pool._run_by_engine``), set when the pool hands this container out;
+        # whether nothing runs in it after the job (the scheduler's: then the engine may
+        # recycle it at the job's end); the run it watches now; and whether it took this
+        # container (recycled it: its slot and cgroup are the next container's).
+        self.engine_run: Callable[[Container, Limits, float], EngineWatch | None] | None = None
+        self.last_use = False
+        self._watch: EngineWatch | None = None
+        self.engine_took = False
+        self._end_stats: CgroupStats | None = None  # the engine's, of the emptied cgroup
 
     @property
     def emptied(self) -> bool:
@@ -250,6 +282,10 @@ class Container:
         if self._killed_for is None:
             self._killed_for = reason
             self.killed_at = time.monotonic()
+        if self._watch is not None:  # the engine watches the job: it kills (its STOP)
+            with contextlib.suppress(OSError):  # gone: its death kills the job anyway
+                self._watch.stop()
+            return
         await self.kill_rest()
 
     async def run(self, step: RunStep) -> Result:
@@ -325,8 +361,8 @@ class Container:
         sent = time.monotonic()
         try:
             if captured:
-                status, t0, t1 = await self._supervise_captured(limits, base, sent, out, err,
-                                                                step.on_output)
+                status, t0, t1 = await self._watch_captured(limits, base, sent, out, err,
+                                                            step.on_output)
             elif (step.on_output is None or step.output_inline) and stdin_w is None:
                 status, t0, t1 = await self._supervise_one(limits, base, sent, out, err)
             else:
@@ -362,7 +398,7 @@ class Container:
             err.close()
             if stdin_w is not None:
                 stdin_w.close()  # idempotent: the feeder may have closed it already
-        stats = self.cgroup.stats(ended=self._emptied)
+        stats = self._end_stats or self.cgroup.stats(ended=self._emptied)
         measured = Measured(
             wait_status=status,
             cpu_ns=stats.cpu_usage_ns - base.cpu_usage_ns,
@@ -614,6 +650,74 @@ class Container:
         finally:
             ep.close()
 
+    async def _watch_captured(self, limits: Limits, base: CgroupStats, t0: float,
+                              out: _Capture, err: _Capture,
+                              record: OutputCallback | None = None,
+                              ) -> tuple[int, float, float]:
+        """A captured job (``_supervise_captured``'s), watched by the engine when the pool
+        can ask it (``engine_run``): this task sleeps until the engine's one answer, which
+        brings the cgroup's counters (the run's ``stats``) and, if it recycled the
+        container, says so; the init's "exited" is then read here, as without the engine."""
+        wait = self.engine_run(self, limits, t0) if self.engine_run is not None else None
+        if wait is None:
+            return await self._supervise_captured(limits, base, t0, out, err, record)
+        self._watch = wait
+        try:
+            await wait.event.wait()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.kill("cancel")  # the engine's STOP; its answer follows the kill
+                await wait.event.wait()
+            if self.engine_took:
+                self.hand_off()
+            raise
+        finally:
+            self._watch = None
+        if wait.refused:  # the engine had no room for it: watched here
+            return await self._supervise_captured(limits, base, t0, out, err, record)
+        done = wait.done
+        try:
+            if done is None:
+                raise SandboxError("the engine (the fork server) died during the job")
+            if done.killed in ("cpu", "wall") and self._killed_for is None:
+                self._killed_for = done.killed
+                self.killed_at = time.monotonic()
+            while True:
+                got = await self._recv_nowait(False)
+                if got is None:  # cannot be: the engine saw it (or the channel's end)
+                    raise SandboxError("the engine saw the init speak, but nothing came")
+                msg = self._checked(got, "exited")
+                if msg["t"] != "started":
+                    break
+        finally:
+            if self.engine_took:  # read: its descriptors close now
+                self.hand_off()
+        ended = self._exited(msg, out, err)
+        if wait.error is not None:
+            raise SandboxError(f"the job cgroup's counters: {wait.error}")
+        if done.empty:
+            self._end_stats = wait.stats
+        else:  # something of the job outlived it: killed here, the counters read after
+            await self.kill_rest()
+        self._emptied = True
+        if record is not None:
+            await _replay(record, msg, out.data, err.data)
+        return ended
+
+    def _exited(self, msg: dict, out: _Capture, err: _Capture) -> tuple[int, float, float]:
+        """A captured job's "exited": its output into ``out`` and ``err``, whether its init
+        killed it for that output; its wait status, hand-over and reaping times."""
+        for cap, data, cut in ((out, "stdout", "stdout_truncated"),
+                               (err, "stderr", "stderr_truncated")):
+            # Kept as the decoder made it: ``bytes()`` of it (Measured) is then
+            # the same object, not a third copy of up to 64 MiB.
+            cap.data = msg.get(data, b"")
+            cap.truncated = bool(msg.get(cut))
+        if msg.get("output_killed") and self._killed_for is None:
+            self._killed_for = "output"  # by the init, as ``_Capture`` does by ``kill``
+            self.killed_at = time.monotonic()
+        return int(msg["status"]), float(msg["t0"]), float(msg["t1"])
+
     async def _supervise_captured(self, limits: Limits, base: CgroupStats, t0: float,
                                   out: _Capture, err: _Capture,
                                   record: OutputCallback | None = None,
@@ -634,22 +738,14 @@ class Container:
                 if msg["t"] == "started":
                     deadline = float(msg["t0"]) + limits.wall_time
                     continue
-                for cap, data, cut in ((out, "stdout", "stdout_truncated"),
-                                       (err, "stderr", "stderr_truncated")):
-                    # Kept as the decoder made it: ``bytes()`` of it (Measured) is then
-                    # the same object, not a third copy of up to 64 MiB.
-                    cap.data = msg.get(data, b"")
-                    cap.truncated = bool(msg.get(cut))
-                if msg.get("output_killed") and self._killed_for is None:
-                    self._killed_for = "output"  # by the init, as ``_Capture`` does by ``kill``
-                    self.killed_at = time.monotonic()
+                ended = self._exited(msg, out, err)
                 # The init killed what the job left in its PID namespace; the cgroup is
                 # proven empty here, as after any job.
                 await self.kill_rest()
                 self._emptied = True
                 if record is not None:
                     await _replay(record, msg, out.data, err.data)
-                return int(msg["status"]), float(msg["t0"]), float(msg["t1"])
+                return ended
             now = time.monotonic()
             check = await self._check_limits(now, check, deadline, limit_ns, base)
             wake = min(check, deadline) if check is not None else now + WATCH_MAX
@@ -755,6 +851,8 @@ class Container:
 
     async def kill_rest(self) -> None:
         """Kill whatever is left in the job's cgroup (freezer first), without a verdict."""
+        if self.engine_took:  # its cgroup is the next container's now: nothing of ours
+            return
         async with held(self._kill_lock):
             if self.cgroup.pids():
                 await threads.run_sync(self.cgroup.kill_all)

@@ -49,15 +49,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sandboxd.cgroups import RunFiles
 from sandboxd.channel import _fds_from_ancdata
 from sandboxd.isolation import identity
 from sandboxd.spawn import MAX_PROCS_FDS, ServerLife
 
 MAGIC = 0x4E454253  # "SBEN" (native/forkserver.c's ENGINE_MAGIC)
-RECYCLE, KILL, MAKE = 1, 2, 3
+RECYCLE, KILL, MAKE, RUN, STOP = 1, 2, 3, 4, 5
 _REQUEST = struct.Struct("=IIIIQ")
+# RUN's part: next key, CPU limit (ns), leftover_ok, charge caches, wall limit, sent,
+# ncpu, watch_min, watch_max, counters, zeroed files, recycle, restore's length, restore
+_RUN = struct.Struct("=QQQQdddddIIII32s")
 _REPLY = struct.Struct("=Qiiii")
 _ANC = socket.CMSG_SPACE(2 * 4)
+_CUT = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)  # a plain int: IntFlag's & costs 6 calls
+_DONE_MAX = _REPLY.size + 8 * 130  # a run's end: its counters' texts follow the head
+DONE_EMPTY, DONE_RECYCLING, DONE_LIMIT_LOST = 1, 2, 4
+KILLED = {1: "cpu", 2: "wall", 3: "stop"}  # the engine's kill, by its code (flags >> 4)
 
 
 @dataclass(slots=True)
@@ -68,6 +76,31 @@ class Reply:
     pidfd: int = -1
     chan: int = -1
     job_pid: int = 0  # its ready read by the engine: the job process (-1: gone), else 0
+
+
+@dataclass(slots=True)
+class Done:
+    """A run's end (RUN): the job cgroup's counters' texts, read by the engine once the
+    init had spoken, in the order they were lent (``JobCgroup.run_files``)."""
+
+    key: int
+    flags: int
+    texts: list[bytes]
+
+    @property
+    def empty(self) -> bool:
+        """The cgroup was read empty after the init spoke."""
+        return bool(self.flags & DONE_EMPTY)
+
+    @property
+    def recycling(self) -> bool:
+        """The engine reset the cgroup and is making the next container in it."""
+        return bool(self.flags & DONE_RECYCLING)
+
+    @property
+    def killed(self) -> str | None:
+        """Why the engine killed the job, if it did: "cpu", "wall", or "stop" (asked)."""
+        return KILLED.get(self.flags >> 4)
 
 
 class Engine:
@@ -98,24 +131,56 @@ class Engine:
         """A new container of ``plan`` in the slot of ``ids`` and the cgroup of ``procs``."""
         self._send(MAKE, ids, (plan, *_bounded(procs)), entry)
 
+    def run(self, chan: int, files: RunFiles, cpu_time: float, wall_time: float, sent: float,
+            watch: tuple[float, float, float], entry: Any,
+            recycle: tuple[int, int, identity.IdMap | identity.RootlessMap,
+                           Sequence[int]] | None = None) -> int:
+        """Watch a job just handed to its init through ``chan`` (its CPU and wall limits,
+        from ``sent``; ``watch``: the watchdog's ncpu, minimum and maximum step) and
+        answer with a ``Done`` under the returned key; ``recycle`` (the init's pidfd, the
+        plan, the slot's ids, the cgroup.procs files): then reset the cgroup and make
+        the next container as RECYCLE does, its reply under the key after that one.
+        OSError if the request did not go."""
+        ncpu, wmin, wmax = watch
+        fds = [chan, files.freezer_state, files.freezer_dir, files.memory_usage,
+               files.memory_limit, *files.counters, *files.zero]
+        ids = None
+        if recycle is not None:
+            pidfd, plan, ids, procs = recycle
+            fds += [pidfd, plan, *_bounded(procs)]
+        key = self._next + 1
+        body = _RUN.pack(key + 1, max(0, int(cpu_time * 1e9)), files.leftover_ok,
+                         files.caches, wall_time, sent, ncpu, wmin, wmax, len(files.counters),
+                         len(files.zero), recycle is not None, len(files.restore),
+                         files.restore)
+        self._send(RUN, ids, fds, entry, body)
+        return key
+
+    def stop(self, key: int) -> None:
+        """Kill the job of run ``key`` now (its ``Done`` says "stop"); nothing if it is
+        over. OSError if the request did not go."""
+        self.sock.sendmsg([_REQUEST.pack(MAGIC, 0, 0, STOP, key)], [], socket.MSG_DONTWAIT)
+
     def _send(self, kind: int, ids: identity.IdMap | identity.RootlessMap | None,
-              fds: Sequence[int], entry: Any) -> None:
+              fds: Sequence[int], entry: Any, body: bytes = b"") -> None:
         if self.lost:
             raise OSError("the engine is gone")
         uid_map = gid_map = b""
         if ids is not None:
             uid_map, gid_map = ids.uid_map().encode(), ids.gid_map().encode()
-        self._next += 1
-        head = _REQUEST.pack(MAGIC, len(uid_map), len(gid_map), kind, self._next)
-        self.sock.sendmsg([head + uid_map + gid_map], [(
+        key = self._next + 1
+        head = _REQUEST.pack(MAGIC, len(uid_map), len(gid_map), kind, key)
+        self.sock.sendmsg([head + body + uid_map + gid_map], [(
             socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())],
             socket.MSG_DONTWAIT)
-        self.pending[self._next] = entry
+        # A RUN's recycle answers under the next key: never given to another request.
+        self._next = key + 1 if kind == RUN else key
+        self.pending[key] = entry
 
-    def receive(self) -> Reply | None:
+    def receive(self) -> Reply | Done | None:
         """The next reply if one is there, else None; EOFError once the engine is gone."""
         try:
-            data, anc, flags, _addr = self.sock.recvmsg(_REPLY.size, _ANC, socket.MSG_DONTWAIT)
+            data, anc, flags, _addr = self.sock.recvmsg(_DONE_MAX, _ANC, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return None
         except OSError as e:
@@ -125,11 +190,17 @@ class Engine:
             for fd in fds:
                 os.close(fd)
             raise EOFError("the engine is gone")
-        if len(data) != _REPLY.size or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        if len(data) < _REPLY.size or flags & _CUT:
             for fd in fds:
                 os.close(fd)
             raise EOFError("the engine sent a malformed reply")
-        key, pid, err, job_pid, _spare = _REPLY.unpack(data)
+        key, pid, err, job_pid, kind = _REPLY.unpack_from(data)
+        if kind == RUN and not fds:
+            return Done(key, job_pid, _texts(data, _REPLY.size))
+        if len(data) != _REPLY.size or kind:
+            for fd in fds:
+                os.close(fd)
+            raise EOFError("the engine sent a malformed reply")
         if pid > 0 and len(fds) == 2:
             return Reply(key, pid, 0, fds[0], fds[1], job_pid)
         for fd in fds:
@@ -147,3 +218,15 @@ def _bounded(procs: Sequence[int]) -> Sequence[int]:
     if len(procs) > MAX_PROCS_FDS:
         raise ValueError(f"{len(procs)} cgroup.procs files: at most {MAX_PROCS_FDS}")
     return procs
+
+
+def _texts(data: bytes, off: int) -> list[bytes]:
+    """A ``Done``'s counters: each a u16 length and that many bytes."""
+    out = []
+    while off < len(data):
+        (n,) = struct.unpack_from("=H", data, off)
+        out.append(data[off + 2:off + 2 + n])
+        off += 2 + n
+    if off != len(data):
+        raise EOFError("the engine sent a malformed reply")
+    return out

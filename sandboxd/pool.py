@@ -51,9 +51,10 @@ import trio
 
 from sandboxd import threads
 from sandboxd.cgroups import CgroupBackend, CgroupError, JobCgroup, keepable
-from sandboxd.container import Container
-from sandboxd.engine import Engine, Reply
+from sandboxd.container import NCPU, WATCH_MAX, WATCH_MIN, Container, EngineWatch
+from sandboxd.engine import DONE_LIMIT_LOST, Done, Engine, Reply
 from sandboxd.isolation import identity
+from sandboxd.limits import Limits
 from sandboxd.result import SandboxError
 from sandboxd.slots import SlotAllocator
 from sandboxd.spawn import ContainerSpec, ServerLife, Spawned
@@ -79,6 +80,8 @@ class PoolCounters:
     refill_seconds: float = 0.0  # total time spent making warm containers
     refills: int = 0
     engine_recycles: int = 0  # used containers the engine turned into new ones
+    engine_runs: int = 0  # captured jobs the engine watched (RUN)
+    engine_run_recycles: int = 0  # of those, containers recycled at the job's end
 
 
 def shape_of(spec: ContainerSpec) -> ContainerSpec:
@@ -120,6 +123,8 @@ class Pool:
         self._engines: set[Engine] = set()  # those whose replies a task of ours reads
         #: Whether used containers may go to the engine (tests turn it off to compare).
         self.use_engine = True
+        #: Whether the engine may watch captured jobs (``_run_by_engine``; tests compare).
+        self.use_engine_run = True
         self._engine_makes = True  # false once a cgroup lends no cgroup.procs (v2)
 
     # ------------------------------------------------------------- lifecycle
@@ -256,12 +261,15 @@ class Pool:
                 self.counters.hits += 1
                 shape.out += 1
                 box.pool_out = True
+                box.engine_run = self._run_by_engine
                 return box
             self._spawn_destroy(box)
         self.counters.misses += 1
         # A warm runtime pays off only when started ahead of the job: made now, the
         # container starts the job plainly (the executor runs either kind).
-        return await self._make(dataclasses.replace(spec, warm=None))
+        box = await self._make(dataclasses.replace(spec, warm=None))
+        box.engine_run = self._run_by_engine
+        return box
 
     def release(self, box: Container) -> None:
         """Destroy a used (or unwanted) container: handed to the engine here and now when
@@ -407,6 +415,83 @@ class Pool:
         self.counters.destroyed += 1
         return True
 
+    def _run_by_engine(self, box: Container, limits: Limits, sent: float
+                       ) -> EngineWatch | None:
+        """Have the engine watch the captured job just handed to ``box`` (docs/engine.md,
+        stage 3), and, if nothing runs in it after the job (``last_use``) and its shape
+        wants it back, recycle it at the job's end as RECYCLE would (so the reset and the
+        next container cost no second exchange). None if the engine may not: the job is
+        then watched by its own task, as before."""
+        if not self.use_engine_run or box.has_egress or box.server is None:
+            return None
+        eng = self._engine(box.server)
+        if eng is None:
+            return None
+        cg = box.cgroup
+        try:
+            files = cg.run_files()
+        except (CgroupError, OSError):
+            return None
+        if files is None:
+            return None
+        shape: _Shape | None = box.pool_shape
+        recycle = None
+        written = box.limits_written
+        # Recycled by the engine only when ``_hand_to_engine`` would: its shape short once
+        # this one is back, and its reset one that writes no limit (keepable: the job's).
+        if box.last_use and shape is not None and shape.spec.warm is None \
+                and len(shape.warm) + shape.making + shape.out - box.pool_out < shape.target \
+                and time.monotonic() >= shape.engine_pause \
+                and written is not None and keepable(written) == written:
+            plan = self.zygote.cached_plan(shape.spec)
+            procs = cg.procs_files() if plan is not None else []
+            if plan is not None and procs:
+                recycle = (box.pidfd, plan, identity.slot_map(box.slot), procs)
+        wait = EngineWatch(box, shape if recycle is not None else None, eng)
+        try:
+            wait.key = eng.run(box.chan.fileno(), files, limits.cpu_time, limits.wall_time,
+                               sent, (NCPU, WATCH_MIN, WATCH_MAX), wait, recycle)
+        except (OSError, ValueError):
+            return None
+        self.counters.engine_runs += 1
+        if shape is not None and recycle is not None:
+            # Counted back now and as being remade, as a release's RECYCLE is: the filler,
+            # woken meanwhile, then makes no second replacement for it.
+            self._count_back(box)
+            shape.making += 1
+        return wait
+
+    def _run_done(self, eng: Engine, wait: EngineWatch, done: Done | None) -> None:
+        """The engine's answer to a RUN (None: it refused it, having no room): the run's
+        counters parsed now, before a recycle's reset moves the cgroup's bases on; a
+        recycled container leaves the pool's hands here, its next under way."""
+        shape = wait.shape
+        if shape is not None and (done is None or not done.recycling):
+            shape.making -= 1  # not remade after all: the release decides, as for any
+            shape.kick.set()
+        if done is None:
+            wait.refused = True
+            wait.event.set()
+            return
+        box = wait.box
+        cg = box.cgroup
+        try:
+            wait.stats = cg.stats_from(done.texts, ended=done.empty)
+        except CgroupError as e:
+            wait.error = e
+            log.error("pool: the engine's counters of %s: %s", cg.name, e)
+        if done.recycling:
+            with contextlib.suppress(CgroupError):  # counters unparsed: bases as they were
+                cg.engine_reset(bool(done.flags & DONE_LIMIT_LOST))
+            eng.pending[wait.key + 1] = (shape, box.slot, cg, True)
+            self.counters.cgroups_recycled += 1
+            self.counters.engine_run_recycles += 1
+            self.counters.destroyed += 1
+            self._live.discard(box)
+            box.engine_took = True  # its task reads the init's "exited", then lets go
+        wait.done = done
+        wait.event.set()
+
     def _engine_make(self, shape: _Shape) -> bool:
         """Ask the engine for a new container of ``shape`` (a slot and cgroup taken here);
         False if it cannot be asked (no engine, the plan not known yet, a warm runtime,
@@ -463,12 +548,18 @@ class Pool:
                     pass
             await self._engine_lost(eng, "the pool closed with replies still owed", dead=False)
 
-    async def _engine_reply(self, eng: Engine, reply: Reply) -> None:
+    async def _engine_reply(self, eng: Engine, reply: Reply | Done) -> None:
         entry = eng.pending.pop(reply.key, None)
-        if entry is None:  # not ours (a bug of the engine's): nothing to attach it to
-            for fd in (reply.pidfd, reply.chan):
-                if fd >= 0:
-                    os.close(fd)
+        if isinstance(entry, EngineWatch):
+            self._run_done(eng, entry, reply if isinstance(reply, Done) else None)
+            return
+        if entry is None or isinstance(reply, Done):
+            # Not ours, or a run's end for another request (bugs of the engine's): nothing
+            # to attach it to.
+            if isinstance(reply, Reply):
+                for fd in (reply.pidfd, reply.chan):
+                    if fd >= 0:
+                        os.close(fd)
             log.error("pool: the engine answered an unknown request %d", reply.key)
             return
         shape, slot, cg, making = entry
@@ -532,7 +623,14 @@ class Pool:
         makes from then on, but when is not proven: those slots stay locked until this
         process ends, rather than be given to another container too soon."""
         self._engines.discard(eng)
-        lost = list(eng.pending.values())
+        lost = []
+        for entry in eng.pending.values():
+            if isinstance(entry, EngineWatch):  # its job died with the engine's inits
+                if entry.shape is not None:
+                    entry.shape.making -= 1  # not remade: its release destroys it
+                entry.event.set()
+            else:
+                lost.append(entry)
         eng.pending.clear()
         eng.close()
         if not lost:
@@ -556,7 +654,8 @@ class Pool:
     def cgroup_count(self) -> int:
         """Job cgroups in existence: those of live containers, of those the engine is
         remaking, and the recycled ones."""
-        held = sum(len(e.pending) for e in self._engines)
+        held = sum(not isinstance(w, EngineWatch) for e in self._engines
+                   for w in e.pending.values())
         return len(self._live) + len(self._free_cgroups) + held
 
     def shapes(self) -> list[tuple[ContainerSpec, int, int]]:

@@ -36,6 +36,7 @@ from ._base import (
     CgroupStats,
     JobCgroup,
     MemoryInUse,
+    RunFiles,
     keepable,
 )
 from ._dynmods import favor as favor_dynmods
@@ -48,6 +49,7 @@ __all__ = [
     "CgroupStats",
     "JobCgroup",
     "MemoryInUse",
+    "RunFiles",
     "detect_version",
     "dynmods_favoured",
     "favor_dynmods",

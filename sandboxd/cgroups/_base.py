@@ -71,6 +71,23 @@ class CgroupStats:
     pids_peak: int | None  # None where the kernel does not keep it
 
 
+@dataclass(slots=True)
+class RunFiles:
+    """What a job cgroup lends the engine for a run (``JobCgroup.run_files``; the RUN of
+    sandboxd/engine.py): descriptors it keeps open, and the memory limit's text to write
+    back after a drain (empty: no drain there)."""
+
+    freezer_state: int
+    freezer_dir: int
+    memory_usage: int
+    memory_limit: int
+    counters: tuple[int, ...]  # cpuacct.usage first (the watchdog's)
+    zero: tuple[int, ...]  # zeroed at a recycle
+    restore: bytes
+    leftover_ok: int
+    caches: int
+
+
 class JobCgroup(abc.ABC):
     """One job's cgroup (in every hierarchy that the backend uses)."""
 
@@ -91,6 +108,19 @@ class JobCgroup(abc.ABC):
         read in the writer's PID namespace. Empty where the backend does not lend them
         (``add_pid`` then moves it from here). The cgroup keeps them open."""
         return []
+
+    def run_files(self) -> RunFiles | None:
+        """What the engine needs to watch a run of this cgroup and reset it after (its RUN),
+        or None where it cannot (then the supervisor watches the run itself)."""
+        return None
+
+    def stats_from(self, texts: list[bytes], ended: bool = False) -> CgroupStats:
+        """``stats`` from the texts of ``run_files``' counters, read by the engine."""
+        raise CgroupError(f"{self.name}: lends no counters")
+
+    def engine_reset(self, limit_lost: bool) -> None:
+        """The engine reset this cgroup after a run (``stats_from(ended=True)`` first)."""
+        raise CgroupError(f"{self.name}: lends no counters")
 
     @abc.abstractmethod
     def pids(self) -> list[int]:

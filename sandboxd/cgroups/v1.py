@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _fs
@@ -37,6 +38,7 @@ from ._base import (
     CgroupStats,
     JobCgroup,
     MemoryInUse,
+    RunFiles,
 )
 
 #: The hierarchies a job is placed in, in the order they are written.
@@ -61,6 +63,13 @@ class _Features:
     pids_peak: bool
     root_cpus: str | None  # cpuset.cpus of our root: what "no pinning" restores
     cfs_period_us: int
+
+
+def _oom_kills(text: str) -> int:
+    """memory.oom_control's ``oom_kill`` (its one line, not the whole file parsed;
+    "oom_kill " cannot match ``oom_kill_disable``)."""
+    _, found, value = text.rpartition("oom_kill ")
+    return int(value.split(None, 1)[0]) if found else 0
 
 
 def _split(total: int, user: int, system: int) -> tuple[int, int]:
@@ -117,6 +126,9 @@ class V1Job(JobCgroup):
             self._rw.add(self._path("memory", "memory.memsw.max_usage_in_bytes" if self._f.memsw
                                     else "memory.max_usage_in_bytes"))
         self._maybe_frozen = False  # a freeze not yet followed by a successful thaw
+        self._run_fds: tuple | None = None  # run_files' descriptors, once asked for
+        self._run_files: RunFiles | None = None  # and what it gave last
+        self._counters: list[tuple[str, str]] | None = None  # _counter_files, once made
         self._usage_fd = -1
         self._zero_cpu = True  # ``baseline`` zeroes the CPU counters (until that fails)
         if "cpuacct" in dirs:
@@ -244,6 +256,68 @@ class V1Job(JobCgroup):
             raise CgroupError(f"{self.name}: removed")
         return int(_fs.pread(self._usage_fd, "cpuacct.usage"))
 
+    def _counter_files(self) -> list[tuple[str, str]]:
+        """The files ``stats`` reads, in its order (``run_files`` lends them so)."""
+        if self._counters is not None:
+            return self._counters
+        files = self._counters = []
+        if "cpuacct" in self._dirs:
+            files.append(("cpuacct", "cpuacct.usage"))
+            files += [("cpuacct", "cpuacct.usage_user"), ("cpuacct", "cpuacct.usage_sys")] \
+                if self._f.usage_split else [("cpuacct", "cpuacct.stat")]
+        if "memory" in self._dirs:
+            files.append(("memory", "memory.memsw.max_usage_in_bytes" if self._f.memsw
+                          else "memory.max_usage_in_bytes"))
+            if self._f.oom_kill:
+                files.append(("memory", "memory.oom_control"))
+        if "pids" in self._dirs and self._f.pids_peak:
+            files.append(("pids", "pids.peak"))
+        return files
+
+    def stats(self, ended: bool = False) -> CgroupStats:
+        """Every counter; user/system are scaled to add up to the exact usage. ``ended``
+        (the cgroup proven empty): what ``reset`` would read again (the OOM kills and
+        pids.peak, which no process is left to raise, and the emptiness itself) is kept
+        for it, 5 system calls fewer per job (``_ended``)."""
+        return self._stats_of(self._read, ended)
+
+    def stats_from(self, texts: list[bytes], ended: bool = False) -> CgroupStats:
+        """``stats`` from the texts of its files read by the engine (``run_files``' counters,
+        in that order), after a run it watched."""
+        files = self._counter_files()
+        if len(texts) != len(files):
+            raise CgroupError(f"{self.name}: {len(texts)} counters read, {len(files)} lent")
+        got = dict(zip(files, texts, strict=True))
+        try:
+            return self._stats_of(lambda c, f: got[c, f].decode(), ended)
+        except (ValueError, KeyError) as e:
+            raise CgroupError(f"{self.name}: a counter the engine read: {e!r}") from e
+
+    def _stats_of(self, get: Callable[[str, str], str], ended: bool) -> CgroupStats:
+        usage = user = system = 0
+        if "cpuacct" in self._dirs:
+            usage = int(get("cpuacct", "cpuacct.usage"))
+            if self._f.usage_split:
+                u = int(get("cpuacct", "cpuacct.usage_user"))
+                s = int(get("cpuacct", "cpuacct.usage_sys"))
+            else:  # USER_HZ ticks: only the ratio matters
+                st = _fs.keyed(get("cpuacct", "cpuacct.stat"))
+                u, s = st.get("user", 0), st.get("system", 0)
+            user, system = _split(usage, u, s)
+        peak = oom_total = 0
+        if "memory" in self._dirs:
+            name = "memory.memsw.max_usage_in_bytes" if self._f.memsw else None
+            peak = int(get("memory", name or "memory.max_usage_in_bytes"))
+            if self._f.oom_kill:
+                oom_total = _oom_kills(get("memory", "memory.oom_control"))
+        pids_peak = raw_pids_peak = None
+        if "pids" in self._dirs and self._f.pids_peak:
+            pids_peak = raw_pids_peak = int(get("pids", "pids.peak"))
+            if self._pids_peak_base is not None and pids_peak <= self._pids_peak_base:
+                pids_peak = None  # recycled, and this job's peak is hidden by an earlier one
+        self._ended = (oom_total, raw_pids_peak) if ended else None
+        return CgroupStats(usage, user, system, peak, oom_total - self._oom_base, pids_peak)
+
     def _cpu(self) -> tuple[int, int, int]:
         """usage, user, system; user/system are scaled to add up to the exact usage."""
         if "cpuacct" not in self._dirs:
@@ -257,25 +331,51 @@ class V1Job(JobCgroup):
             u, s = st.get("user", 0), st.get("system", 0)
         return usage, *_split(usage, u, s)
 
-    def stats(self, ended: bool = False) -> CgroupStats:
-        """Every counter; user/system are scaled to add up to the exact usage. ``ended``
-        (the cgroup proven empty): what ``reset`` would read again (the OOM kills and
-        pids.peak, which no process is left to raise, and the emptiness itself) is kept
-        for it, 5 system calls fewer per job (``_ended``)."""
-        usage, user, system = self._cpu()
-        peak = oom_total = 0
-        if "memory" in self._dirs:
-            name = "memory.memsw.max_usage_in_bytes" if self._f.memsw else None
-            peak = int(self._read("memory", name or "memory.max_usage_in_bytes"))
-            if self._f.oom_kill:
-                oom_total = self._oom_kills()
-        pids_peak = raw_pids_peak = None
+    def run_files(self) -> RunFiles | None:
+        """What the engine needs to watch a run of this cgroup and reset it after
+        (sandboxd/engine.py, RUN): descriptors kept open here, lent with each run."""
+        if self._removed or not {"cpuacct", "memory", "freezer"} <= self._dirs.keys():
+            return None
+        limit = self._path("memory", "memory.limit_in_bytes")
+        fixed = self._run_fds
+        if fixed is None:
+            fdir = self._fds.get(self._dirs["freezer"])
+            if fdir is None:
+                try:
+                    fdir = os.open(self._dirs["freezer"],
+                                   os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError as e:
+                    raise _fs.fail("open", self._dirs["freezer"], e) from e
+                self._fds[self._dirs["freezer"]] = fdir
+            peak = "memory.memsw.max_usage_in_bytes" if self._f.memsw \
+                else "memory.max_usage_in_bytes"
+            fixed = self._run_fds = (
+                self._wfd(self._path("freezer", "freezer.state")), fdir,
+                self._fd(self._path("memory", "memory.usage_in_bytes")), self._wfd(limit),
+                tuple(self._fd(self._path(c, f)) for c, f in self._counter_files()),
+                (self._fd(self._path("memory", peak)),
+                 self._fd(self._path("cpuacct", "cpuacct.usage"))))
+        restore = self._written.get(limit, "").encode()
+        if len(restore) >= 32:
+            restore = b""
+        last = self._run_files
+        if last is None or last.restore != restore:
+            last = self._run_files = RunFiles(*fixed, restore, LEFTOVER_OK, _CHARGE_CACHES)
+        return last
+
+    def engine_reset(self, limit_lost: bool) -> None:
+        """The engine reset this cgroup after a run whose counters ``stats_from(ended=True)``
+        took (``reset``'s work, done there: the peaks and CPU zeroed, the job's limits kept,
+        the charge caches drained if need be): what ``reset`` keeps here follows."""
+        ended, self._ended = self._ended, None
+        if ended is None:
+            raise CgroupError(f"{self.name}: reset by the engine without its counters")
+        if "memory" in self._dirs and self._f.oom_kill:
+            self._oom_base = ended[0]
         if "pids" in self._dirs and self._f.pids_peak:
-            pids_peak = raw_pids_peak = int(self._read("pids", "pids.peak"))
-            if self._pids_peak_base is not None and pids_peak <= self._pids_peak_base:
-                pids_peak = None  # recycled, and this job's peak is hidden by an earlier one
-        self._ended = (oom_total, raw_pids_peak) if ended else None
-        return CgroupStats(usage, user, system, peak, oom_total - self._oom_base, pids_peak)
+            self._pids_peak_base = ended[1]
+        if limit_lost:  # written again by the next set_limits
+            self._written.pop(self._path("memory", "memory.limit_in_bytes"), None)
 
     def baseline(self) -> CgroupStats:
         """Zero: the CPU counters are zeroed now (one write, where reading them took three),
@@ -295,11 +395,7 @@ class V1Job(JobCgroup):
         return CgroupStats(*self._cpu(), 0, 0, None)
 
     def _oom_kills(self) -> int:
-        """memory.oom_control's ``oom_kill`` (read twice per job: its one line, not the
-        whole file parsed; "oom_kill " cannot match ``oom_kill_disable``)."""
-        text = self._read("memory", "memory.oom_control")
-        _, found, value = text.rpartition("oom_kill ")
-        return int(value.split(None, 1)[0]) if found else 0
+        return _oom_kills(self._read("memory", "memory.oom_control"))
 
     def _freeze(self, state: str, deadline: float) -> bool:
         path = self._path("freezer", "freezer.state")
@@ -422,6 +518,7 @@ class V1Job(JobCgroup):
             os.close(fd)
         self._fds.clear()
         self._wfds.clear()
+        self._run_fds = self._run_files = None
         self._usage_fd = -1
         if self._all_pids():
             self.kill_all(timeout)

@@ -28,6 +28,8 @@
 #endif
 
 #define FS_SOCK 3 /* to the process that started us (the zygote, or run-once) */
+/* The most descriptors one message brings: an engine RUN's (see "the engine"). */
+#define RECV_MAX_FDS 40
 #define FS_MAGIC 0x53464253u /* "SBFS" (spawn.ForkServer) */
 
 /* ------------------------------------------------------------ errors */
@@ -312,7 +314,7 @@ static pid_t clone_init(const char maps[2][256], const uint32_t lens[2], int *fd
  * them came; ``*mflags``, the message's flags): recvmsg's result. */
 static ssize_t recv_fds(int sock, void *buf, size_t len, int flags, int *fds, int maxfds,
                         int *nfds, int *mflags) {
-    union { struct cmsghdr h; char buf[CMSG_SPACE((2 + MAX_PROCS_FDS + 1) * sizeof(int))]; } anc;
+    union { struct cmsghdr h; char buf[CMSG_SPACE(RECV_MAX_FDS * sizeof(int))]; } anc;
     struct iovec iov = {buf, len};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = anc.buf,
                         .msg_controllen = CMSG_SPACE((size_t)maxfds * sizeof(int))};
@@ -381,21 +383,49 @@ static void serve_clone(void) {
 #define ENGINE_MAGIC 0x4e454253u /* "SBEN" (sandboxd/engine.py) */
 #define MAX_INFLIGHT 1024
 
-enum { ENG_RECYCLE = 1, ENG_KILL = 2, ENG_MAKE = 3 };
+enum { ENG_RECYCLE = 1, ENG_KILL = 2, ENG_MAKE = 3, ENG_RUN = 4, ENG_STOP = 5 };
 struct eng_request { uint32_t magic, uid_map_len, gid_map_len, kind; uint64_t key; };
 /* job_pid: the new container's job process (host pid) once we read its ``ready``; 0 if
- * the pool is to read the channel itself; -1 if we read a ready that was not one. */
-struct eng_reply { uint64_t key; int32_t pid, err, job_pid, spare; };
+ * the pool is to read the channel itself; -1 if we read a ready that was not one.
+ * kind: 0, or ENG_RUN for a run's end (``done``: job_pid is then its flags, and the
+ * counters' texts follow). */
+struct eng_reply { uint64_t key; int32_t pid, err, job_pid, kind; };
+
+/* RUN: after the request's head, before the maps (those of the slot, for the recycle). */
+struct eng_run {
+    uint64_t next_key;    /* the recycle's reply comes under this key */
+    uint64_t limit_ns;    /* CPU limit: the job is killed at it */
+    uint64_t leftover_ok; /* the memory an empty cgroup may show charged and be reused */
+    uint64_t caches;      /* what the per-CPU charge caches can hold beyond it */
+    double wall, sent;    /* the wall limit; when the job was sent (CLOCK_MONOTONIC) */
+    double ncpu, watch_min, watch_max; /* the watchdog's schedule (container.py's) */
+    uint32_t ncounters, nzero, recycle, restore_len;
+    char restore[32];     /* the memory limit's text, written back after a drain */
+};
+#define RUN_MAX_COUNTERS 8
+#define RUN_MAX_ZERO 4
+enum { DONE_EMPTY = 1, DONE_RECYCLING = 2 }; /* and the kill's reason << 4 */
+enum { KILL_CPU = 1, KILL_WALL = 2, KILL_STOP = 3 };
+
+struct run {
+    int chan, fstate, fdir, musage, drain;
+    int counters[RUN_MAX_COUNTERS], ncounters;
+    int zero[RUN_MAX_ZERO], nzero;
+    struct eng_run rq;
+    double deadline, check; /* check: when cpuacct.usage is read next (0: not any more) */
+    int killed;
+};
 
 struct inflight {
     uint64_t key;
-    int state; /* 0 free, 1 the old init dying, 2 the new one starting */
+    int state; /* 0 free, 1 the old init dying, 2 the new one starting, 3 a job running */
     int kind;
     int old, chan, pidfd;
     pid_t pid;
     int fds[2 + MAX_PROCS_FDS], nfds; /* fds[0] is the new init's end of its channel */
     char maps[2][256];
     uint32_t lens[2];
+    struct run run; /* state 3 */
 };
 
 static struct inflight *inflight; /* MAX_INFLIGHT of them, allocated once */
@@ -531,12 +561,307 @@ static void engine_started(struct inflight *f) {
     f->state = 0;
 }
 
+/* ------------------------------------------------------------ a job's run (RUN, STOP)
+ *
+ * docs/engine.md, stage 3: the supervisor hands the job to the init itself (its message,
+ * on the container's channel), then gives us the channel and the job cgroup's files. We
+ * watch the channel and the job's CPU time and wall clock (container.py's watchdog
+ * schedule), kill the job through the freezer at a limit or when asked (STOP), and once
+ * the init has something to say that is not "started" (its "exited", an error, its end)
+ * we prove the cgroup empty, read its counters for the supervisor and, if asked, reset
+ * the cgroup and recycle the container in the same go (RECYCLE's work, under a second
+ * key). The init's "exited" stays in the channel for the supervisor to read: the output
+ * is the supervisor's business, and the counters are read here, on the host, never
+ * reported by the container (docs/engine.md, "Why the counters stay with the host"). */
+
+/* The inflights in state 3, by index: the watchdog's loop looks at these only (a scan of
+ * every inflight, each over a kilobyte, cost more than the whole watch). */
+static int running[MAX_INFLIGHT], nrunning;
+
+static double mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double clampd(double v, double lo, double hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* A counter file's integer, or -1. */
+static long long read_int(int fd) {
+    char b[32];
+    ssize_t n = pread(fd, b, sizeof b - 1, 0);
+    if (n <= 0) return -1;
+    b[n] = 0;
+    char *e;
+    long long v = strtoll(b, &e, 10);
+    return e == b ? -1 : v;
+}
+
+/* The pids in ``name`` of the cgroup directory ``dir`` (opened afresh: a kept descriptor
+ * re-reads as empty), each SIGKILLed if ``kill_them``: how many there were, -1 if the file
+ * could not be read. */
+static int pids_in(int dir, const char *name, int kill_them) {
+    int fd = openat(dir, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    static char b[8192];
+    size_t have = 0;
+    int count = 0;
+    for (;;) {
+        ssize_t n = read(fd, b + have, sizeof b - 1 - have);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) { count = -1; break; }
+        have += (size_t)n;
+        b[have] = 0;
+        char *p = b, *nl;
+        while ((nl = strchr(p, '\n')) || (n == 0 && *p)) {
+            long pid = strtol(p, NULL, 10);
+            if (pid > 0) {
+                count++;
+                if (kill_them) kill((pid_t)pid, SIGKILL);
+            }
+            p = nl ? nl + 1 : p + strlen(p);
+        }
+        have = strlen(p);
+        memmove(b, p, have);
+        if (n == 0) break;
+    }
+    close(fd);
+    return count;
+}
+
+/* Freeze the job cgroup, SIGKILL everything in it, thaw (cgroups/v1.py's kill_all, without
+ * waiting for the freeze: a task still freezing gets its SIGKILL at the thaw, and what
+ * forked meanwhile is killed at the next tick, or by the init, which kills the rest of its
+ * PID namespace once the job process is reaped). */
+static void run_kill(struct inflight *f, int why) {
+    struct run *r = &f->run;
+    if (!r->killed) r->killed = why;
+    if (write(r->fstate, "FROZEN", 6) < 0) { /* no freezer to write: kill unfrozen */ }
+    pids_in(r->fdir, "cgroup.procs", 1);
+    pids_in(r->fdir, "tasks", 1);
+    if (write(r->fstate, "THAWED", 6) < 0) { /* as above */ }
+    r->check = mono() + 0.02; /* killed again then, if the init has not spoken */
+}
+
+static void run_tick(struct inflight *f, double now) {
+    struct run *r = &f->run;
+    if (r->killed) {
+        if (now >= r->check) run_kill(f, r->killed);
+        return;
+    }
+    if (now >= r->check) {
+        long long used = read_int(r->counters[0]);
+        if (used >= 0 && (uint64_t)used >= r->rq.limit_ns) { run_kill(f, KILL_CPU); return; }
+        if (now >= r->deadline) { run_kill(f, KILL_WALL); return; }
+        double left = used < 0 ? 0 : (double)(r->rq.limit_ns - (uint64_t)used) / 1e9 / r->rq.ncpu;
+        r->check = now + clampd(left, r->rq.watch_min, r->rq.watch_max);
+    } else if (now >= r->deadline) {
+        run_kill(f, KILL_WALL);
+    }
+}
+
+/* When the loop must wake for the runs' watchdogs: -1 (never), else milliseconds. */
+static int run_timeout(void) {
+    if (!nrunning) return -1;
+    double now = mono(), wake = 1e300;
+    for (int i = 0; i < nrunning; i++) {
+        struct inflight *f = &inflight[running[i]];
+        double w = f->run.killed || f->run.check < f->run.deadline ? f->run.check : f->run.deadline;
+        if (w < wake) wake = w;
+    }
+    if (wake <= now) return 0;
+    double ms = (wake - now) * 1000.0 + 1.0; /* a wake never early: at most a ms late */
+    return ms > 1e6 ? 1000000 : (int)ms;
+}
+
+static void run_ticks(void) {
+    if (!nrunning) return;
+    double now = mono();
+    for (int i = 0; i < nrunning; i++) run_tick(&inflight[running[i]], now);
+}
+
+static void run_close(struct run *r) {
+    close(r->fstate);
+    close(r->fdir);
+    close(r->musage);
+    close(r->drain);
+    close_fds(r->counters, r->ncounters);
+    close_fds(r->zero, r->nzero);
+}
+
+/* The init has spoken (not "started") or is gone: the run's end. ``exited``: its "exited",
+ * whole, is in the channel. */
+static void run_end(struct inflight *f, int exited) {
+    struct run *r = &f->run;
+    unwatch(r->chan);
+    close(r->chan);
+    r->chan = -1;
+    int me = (int)(f - inflight);
+    for (int i = 0; i < nrunning; i++)
+        if (running[i] == me) {
+            running[i] = running[--nrunning];
+            break;
+        }
+    int empty = pids_in(r->fdir, "cgroup.procs", 0) == 0;
+    struct { struct eng_reply h; unsigned char body[RUN_MAX_COUNTERS * 130]; } rep;
+    size_t off = 0;
+    for (int i = 0; i < r->ncounters; i++) {
+        ssize_t n = pread(r->counters[i], rep.body + off + 2, 128, 0);
+        uint16_t len = n > 0 ? (uint16_t)n : 0; /* unreadable: empty, which the pool refuses */
+        memcpy(rep.body + off, &len, 2);
+        off += 2 + len;
+    }
+    int recycling = 0, flags = 0;
+    if (exited && empty && r->rq.recycle && !engine_closed) {
+        long long usage = read_int(r->musage);
+        uint64_t ok = r->rq.leftover_ok;
+        if (usage > (long long)ok && usage <= (long long)(ok + r->rq.caches) && r->rq.restore_len) {
+            /* A memory limit below the usage drains the per-CPU charge caches
+             * (cgroups/v1.py, reset_quick); then the limit goes back to the job's. */
+            char t[24];
+            int tl = snprintf(t, sizeof t, "%llu", (unsigned long long)ok);
+            if (write(r->drain, t, (size_t)tl) < 0) { /* EBUSY: still above it */ }
+            usage = read_int(r->musage);
+            if (write(r->drain, r->rq.restore, r->rq.restore_len) != (ssize_t)r->rq.restore_len) {
+                usage = -1;
+                flags |= 4; /* the limit's text is unknown now: the pool writes it again */
+            }
+        }
+        if (usage >= 0 && usage <= (long long)ok) {
+            recycling = 1;
+            for (int i = 0; i < r->nzero; i++)
+                if (write(r->zero[i], "0", 1) != 1) recycling = 0;
+        }
+    }
+    flags |= (empty ? DONE_EMPTY : 0) | (recycling ? DONE_RECYCLING : 0) | r->killed << 4;
+    rep.h = (struct eng_reply){f->key, 0, 0, flags, ENG_RUN};
+    if (!engine_closed) send_fds(ENGINE_FD, &rep, sizeof rep.h + off, NULL, 0);
+    run_close(r);
+    if (recycling) { /* RECYCLE from here on, under its own key */
+        f->key = r->rq.next_key;
+        f->kind = ENG_RECYCLE;
+        f->state = 1;
+        syscall(SYS_pidfd_send_signal, f->old, SIGKILL, NULL, 0);
+        watch(f->old, (uint64_t)(f - inflight));
+        return;
+    }
+    if (f->old >= 0) close(f->old);
+    f->old = -1;
+    close_fds(f->fds + 1, f->nfds - 1);
+    f->state = 0;
+}
+
+/* Whether a frame (its first bytes) is the init's "exited", whose "t" comes first: only
+ * after one is the container recycled here (after an error the supervisor looks at it). */
+static int is_exited(const unsigned char *buf, size_t n) {
+    struct rd r = {buf + 4, buf + n};
+    uint64_t count, kl, vl;
+    const unsigned char *k, *v;
+    return mp_next(&r, &count, &k) == T_MAP && mp_next(&r, &kl, &k) == T_STR &&
+           key_is(k, kl, "t") && mp_next(&r, &vl, &v) == T_STR && key_is(v, vl, "exited");
+}
+
+/* Its "started", if that is what the channel holds whole: the job's hand-over time. */
+static int is_started(const unsigned char *p, uint32_t len, double *t0) {
+    struct rd r = {p, p + len};
+    uint64_t count, kl, vl;
+    const unsigned char *k, *v;
+    int started = 0, have_t0 = 0;
+    if (mp_next(&r, &count, &k) != T_MAP || count != 2) return 0;
+    for (uint64_t i = 0; i < count; i++) {
+        if (mp_next(&r, &kl, &k) != T_STR) return 0;
+        int t = mp_next(&r, &vl, &v);
+        if (key_is(k, kl, "t") && t == T_STR && key_is(v, vl, "started")) started = 1;
+        else if (key_is(k, kl, "t0") && t == T_FLOAT) {
+            memcpy(t0, &vl, sizeof *t0); /* mp_next gives a float64's bits */
+            have_t0 = 1;
+        } else return 0;
+    }
+    return started && have_t0 && r.p == r.end;
+}
+
+static void run_event(struct inflight *f) {
+    struct run *r = &f->run;
+    unsigned char buf[256];
+    ssize_t n;
+    do n = recv(r->chan, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT); while (n < 0 && errno == EINTR);
+    if (n < 0 && errno == EAGAIN) return;
+    if (n >= 4) {
+        uint32_t len = (uint32_t)buf[0] << 24 | (uint32_t)buf[1] << 16 | (uint32_t)buf[2] << 8 | buf[3];
+        double t0;
+        if (len <= sizeof buf - 4 && (size_t)n >= 4 + len && is_started(buf + 4, len, &t0)) {
+            ssize_t got;
+            do got = recv(r->chan, buf, 4 + len, MSG_DONTWAIT); while (got < 0 && errno == EINTR);
+            r->deadline = t0 + r->rq.wall; /* the wall clock counts from the hand-over */
+            return;
+        }
+    }
+    /* Recycled here only once the whole "exited" is in the channel: the rest of a long
+     * one (its output) is still in the init's hands, which the recycle's kill ends. */
+    int whole = 0, queued = 0;
+    if (n >= 4 && is_exited(buf, (size_t)n) && !ioctl(r->chan, FIONREAD, &queued)) {
+        uint32_t len = (uint32_t)buf[0] << 24 | (uint32_t)buf[1] << 16 | (uint32_t)buf[2] << 8 | buf[3];
+        whole = (uint64_t)queued >= 4 + (uint64_t)len;
+    }
+    run_end(f, whole);
+}
+
+/* RUN: fds are the channel, freezer.state, the freezer directory, memory.usage_in_bytes,
+ * memory.limit_in_bytes, the counters (cpuacct.usage first), the files zeroed at a
+ * recycle, and for a recycle the old init's pidfd, the plan and the cgroup.procs files. */
+static void engine_run(struct inflight *f, const struct eng_request *hd,
+                       const struct eng_run *rq, const char *maps, int *fds, int nfds) {
+    struct run *r = &f->run;
+    memset(r, 0, sizeof *r);
+    r->rq = *rq;
+    int i = 0;
+    r->chan = fds[i++];
+    r->fstate = fds[i++];
+    r->fdir = fds[i++];
+    r->musage = fds[i++];
+    r->drain = fds[i++];
+    r->ncounters = (int)rq->ncounters;
+    memcpy(r->counters, fds + i, (size_t)r->ncounters * sizeof(int));
+    i += r->ncounters;
+    r->nzero = (int)rq->nzero;
+    memcpy(r->zero, fds + i, (size_t)r->nzero * sizeof(int));
+    i += r->nzero;
+    f->key = hd->key;
+    f->kind = ENG_RUN;
+    f->old = -1;
+    f->nfds = 1;
+    if (rq->recycle) {
+        f->old = fds[i++];
+        f->nfds = 1 + nfds - i;
+        memcpy(f->fds + 1, fds + i, (size_t)(nfds - i) * sizeof(int));
+        f->lens[0] = hd->uid_map_len;
+        f->lens[1] = hd->gid_map_len;
+        memcpy(f->maps[0], maps, f->lens[0]);
+        memcpy(f->maps[1], maps + f->lens[0], f->lens[1]);
+    }
+    r->deadline = rq->sent + rq->wall;
+    r->check = rq->sent + clampd((double)rq->limit_ns / 1e9 / rq->ncpu, rq->watch_min,
+                                 rq->watch_max);
+    f->state = 3;
+    running[nrunning++] = (int)(f - inflight);
+    watch(r->chan, (uint64_t)(f - inflight));
+}
+
+static void engine_stop(uint64_t key) {
+    for (int i = 0; i < nrunning; i++)
+        if (inflight[running[i]].key == key) {
+            run_kill(&inflight[running[i]], KILL_STOP);
+            return;
+        }
+    /* over already (its done is on its way): nothing to kill */
+}
+
 /* One request from the pool; a malformed one is a bug of ours: we exit (the pool sees the
  * socket close and makes its containers itself, as it does with no engine). */
 static void engine_request(void) {
-    struct { struct eng_request hd; char maps[512]; } req;
-    int fds[3 + MAX_PROCS_FDS], nfds, mflags;
-    ssize_t r = recv_fds(ENGINE_FD, &req, sizeof req, MSG_DONTWAIT, fds, 3 + MAX_PROCS_FDS,
+    struct { struct eng_request hd; char body[sizeof(struct eng_run) + 512]; } req;
+    int fds[RECV_MAX_FDS], nfds, mflags;
+    ssize_t r = recv_fds(ENGINE_FD, &req, sizeof req, MSG_DONTWAIT, fds, RECV_MAX_FDS,
                          &nfds, &mflags);
     if (r < 0 && errno == EAGAIN) return;
     if (r <= 0) { /* the pool closed its end (or is gone) */
@@ -545,9 +870,42 @@ static void engine_request(void) {
         engine_closed = 1;
         return;
     }
+    int k = (size_t)r >= sizeof req.hd ? (int)req.hd.kind : 0;
+    if ((size_t)r >= sizeof req.hd && req.hd.magic == ENGINE_MAGIC &&
+        !(mflags & (MSG_CTRUNC | MSG_TRUNC)) && (k == ENG_RUN || k == ENG_STOP)) {
+        struct eng_run rq;
+        size_t maps = (size_t)req.hd.uid_map_len + req.hd.gid_map_len;
+        if (k == ENG_STOP && (size_t)r == sizeof req.hd && nfds == 0) {
+            engine_stop(req.hd.key);
+            return;
+        }
+        if (k == ENG_RUN && (size_t)r == sizeof req.hd + sizeof rq + maps &&
+            req.hd.uid_map_len < 256 && req.hd.gid_map_len < 256) {
+            memcpy(&rq, req.body, sizeof rq);
+            int fixed = 5 + (int)rq.ncounters + (int)rq.nzero;
+            if (rq.ncounters >= 1 && rq.ncounters <= RUN_MAX_COUNTERS &&
+                rq.nzero <= RUN_MAX_ZERO && rq.restore_len < sizeof rq.restore &&
+                rq.ncpu >= 1 && rq.watch_min > 0 &&
+                (rq.recycle ? nfds >= fixed + 2 && nfds - fixed - 1 <= 1 + MAX_PROCS_FDS
+                            : nfds == fixed)) {
+                struct inflight *f = NULL;
+                for (int i = 0; i < MAX_INFLIGHT && !f; i++)
+                    if (!inflight[i].state) f = &inflight[i];
+                if (f) {
+                    engine_run(f, &req.hd, &rq, req.body + sizeof rq, fds, nfds);
+                    return;
+                }
+                /* far more than the pool ever runs: refused; the pool watches it itself */
+                close_fds(fds, nfds);
+                eng_reply(req.hd.key, -1, EBUSY, 0, -1, -1);
+                return;
+            }
+        }
+        errno = EPROTO;
+        die("engine: bad request");
+    }
     /* fds: RECYCLE the old pidfd, the plan, the procs; KILL the pidfd; MAKE the plan, the
      * procs. */
-    int k = (size_t)r >= sizeof req.hd ? (int)req.hd.kind : 0;
     int first = k == ENG_MAKE ? 0 : 1; /* where the plan is */
     if ((size_t)r < sizeof req.hd || req.hd.magic != ENGINE_MAGIC ||
         !((k == ENG_RECYCLE && nfds >= 2) || (k == ENG_KILL && nfds == 1) ||
@@ -576,8 +934,8 @@ static void engine_request(void) {
     if (k != ENG_KILL) memcpy(f->fds + 1, fds + first, (size_t)(nfds - first) * sizeof(int));
     f->lens[0] = req.hd.uid_map_len;
     f->lens[1] = req.hd.gid_map_len;
-    memcpy(f->maps[0], req.maps, f->lens[0]);
-    memcpy(f->maps[1], req.maps + f->lens[0], f->lens[1]);
+    memcpy(f->maps[0], req.body, f->lens[0]);
+    memcpy(f->maps[1], req.body + f->lens[0], f->lens[1]);
     if (k == ENG_MAKE) {
         engine_remake(f);
         return;
@@ -612,9 +970,10 @@ static int forkserver(void) {
     watch(ENGINE_FD, EV_ENGINE);
     for (;;) {
         struct epoll_event evs[64];
-        int n = epoll_wait(epfd, evs, 64, -1);
+        int n = epoll_wait(epfd, evs, 64, run_timeout());
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) die("engine: epoll_wait");
+        run_ticks();
         for (int i = 0; i < n; i++) {
             uint64_t tag = evs[i].data.u64;
             if (tag == EV_FS) {
@@ -625,6 +984,7 @@ static int forkserver(void) {
                 struct inflight *f = &inflight[tag];
                 if (f->state == 1) engine_remake(f);
                 else if (f->state == 2) engine_started(f);
+                else if (f->state == 3) run_event(f);
             }
         }
     }

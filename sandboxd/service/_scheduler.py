@@ -149,6 +149,8 @@ class Scheduler:
                 for attempt in (1, 2):  # a second container if the first's init was gone
                     container = await self.pool.take(spec)
                     job.container = container
+                    # Nothing of it is read after the run: the engine may recycle it then.
+                    container.last_use = not collect and step.artifacts is None
                     try:
                         result = await container.run(step)
                         if collect and result.verdict == "ok":

@@ -339,6 +339,8 @@ class JobService:
             containers_destroyed=c.destroyed, spawn_failures=c.spawn_failures,
             cgroups_recycled=c.cgroups_recycled, cgroups=self.pool.cgroup_count(),
             containers_remade_by_engine=c.engine_recycles,
+            jobs_watched_by_engine=c.engine_runs,
+            containers_recycled_at_job_end=c.engine_run_recycles,
             busy_refusals=sched.busy_refusals, compiles=sched.compiles,
             pinned_steps=sched.pinned_steps,
             programs_cached=len(self.programs), program_cache_hits=self.programs.hits,
