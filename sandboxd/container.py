@@ -186,12 +186,14 @@ class Container:
         # The engine's watch of a captured job (docs/engine.md, stage 3): the pool's way to
         # ask for it (``Pool._run_by_engine``), set when the pool hands this container out;
         # whether nothing runs in it after the job (the scheduler's: then the engine may
-        # recycle it at the job's end); the run it watches now; and whether it took this
-        # container (recycled it: its slot and cgroup are the next container's).
+        # hold it at the job's end, its cgroup reset, for the pool to remake); the run it
+        # watches now.
         self.engine_run: Callable[[Container, Limits, float], EngineWatch | None] | None = None
         self.last_use = False
         self._watch: EngineWatch | None = None
-        self.engine_took = False
+        # Whether the engine took this container after its run (``Pool._run_done``): its
+        # slot and cgroup are the engine's; (engine, key) until the pool's release.
+        self.engine_took: Any = False
         self._end_stats: CgroupStats | None = None  # the engine's, of the emptied cgroup
 
     @property

@@ -55,7 +55,7 @@ from sandboxd.isolation import identity
 from sandboxd.spawn import MAX_PROCS_FDS, ServerLife
 
 MAGIC = 0x4E454253  # "SBEN" (native/forkserver.c's ENGINE_MAGIC)
-RECYCLE, KILL, MAKE, RUN, STOP = 1, 2, 3, 4, 5
+RECYCLE, KILL, MAKE, RUN, STOP, GO = 1, 2, 3, 4, 5, 6
 _REQUEST = struct.Struct("=IIIIQ")
 # RUN's part: next key, CPU limit (ns), leftover_ok, charge caches, wall limit, sent,
 # ncpu, watch_min, watch_max, counters, zeroed files, recycle, restore's length, restore
@@ -64,7 +64,7 @@ _REPLY = struct.Struct("=Qiiii")
 _ANC = socket.CMSG_SPACE(2 * 4)
 _CUT = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)  # a plain int: IntFlag's & costs 6 calls
 _DONE_MAX = _REPLY.size + 8 * 130  # a run's end: its counters' texts follow the head
-DONE_EMPTY, DONE_RECYCLING, DONE_LIMIT_LOST = 1, 2, 4
+DONE_EMPTY, DONE_HELD, DONE_LIMIT_LOST = 1, 2, 4
 KILLED = {1: "cpu", 2: "wall", 3: "stop"}  # the engine's kill, by its code (flags >> 4)
 
 
@@ -93,9 +93,9 @@ class Done:
         return bool(self.flags & DONE_EMPTY)
 
     @property
-    def recycling(self) -> bool:
-        """The engine reset the cgroup and is making the next container in it."""
-        return bool(self.flags & DONE_RECYCLING)
+    def held(self) -> bool:
+        """The engine reset the cgroup and holds the container until ``Engine.go``."""
+        return bool(self.flags & DONE_HELD)
 
     @property
     def killed(self) -> str | None:
@@ -155,6 +155,14 @@ class Engine:
                          files.restore)
         self._send(RUN, ids, fds, entry, body)
         return key
+
+    def go(self, key: int, make: bool) -> None:
+        """Kill a container held after its run (its ``Done`` said ``held``; ``key`` the one
+        after the run's) and remake it in its slot and cgroup (RECYCLE's reply under
+        ``key``), or, if not ``make``, only say when it is dead (KILL's). OSError if the
+        request did not go."""
+        self.sock.sendmsg([_REQUEST.pack(MAGIC, 0, 0, GO, key) + struct.pack("=I", make)],
+                          [], socket.MSG_DONTWAIT)
 
     def stop(self, key: int) -> None:
         """Kill the job of run ``key`` now (its ``Done`` says "stop"); nothing if it is

@@ -156,6 +156,11 @@ class Pool:
     async def close(self) -> None:
         self._closing = True
         for eng in list(self._engines):
+            for key, entry in list(eng.pending.items()):
+                if isinstance(entry, tuple) and entry[3] is None:  # held after a run
+                    with contextlib.suppress(OSError):
+                        eng.go(key, False)
+                        eng.pending[key] = (*entry[:3], False)
             await self._engine_drain(eng)
         for shape in self._shapes.values():
             while shape.warm:
@@ -275,6 +280,10 @@ class Pool:
         """Destroy a used (or unwanted) container: handed to the engine here and now when
         it can be (its quick reset and one packet, all synchronous: a task of its own per
         job cost the supervisor more than the work), else in the background."""
+        if box.engine_took:  # held by the engine after its run (True: already told)
+            if box.engine_took is not True:
+                self._go(box)
+            return
         if self._nursery is None or self._closing or box not in self._live:
             return
         self._count_back(box)
@@ -437,11 +446,10 @@ class Pool:
         shape: _Shape | None = box.pool_shape
         recycle = None
         written = box.limits_written
-        # Recycled by the engine only when ``_hand_to_engine`` would: its shape short once
-        # this one is back, and its reset one that writes no limit (keepable: the job's).
+        # Held by the engine after the job (its cgroup reset, the container remade or
+        # killed at the release: ``_go``) when its reset writes no limit (keepable: the
+        # job's own) and nothing reads the container after the job.
         if box.last_use and shape is not None and shape.spec.warm is None \
-                and len(shape.warm) + shape.making + shape.out - box.pool_out < shape.target \
-                and time.monotonic() >= shape.engine_pause \
                 and written is not None and keepable(written) == written:
             plan = self.zygote.cached_plan(shape.spec)
             procs = cg.procs_files() if plan is not None else []
@@ -454,21 +462,12 @@ class Pool:
         except (OSError, ValueError):
             return None
         self.counters.engine_runs += 1
-        if shape is not None and recycle is not None:
-            # Counted back now and as being remade, as a release's RECYCLE is: the filler,
-            # woken meanwhile, then makes no second replacement for it.
-            self._count_back(box)
-            shape.making += 1
         return wait
 
     def _run_done(self, eng: Engine, wait: EngineWatch, done: Done | None) -> None:
         """The engine's answer to a RUN (None: it refused it, having no room): the run's
         counters parsed now, before a recycle's reset moves the cgroup's bases on; a
         recycled container leaves the pool's hands here, its next under way."""
-        shape = wait.shape
-        if shape is not None and (done is None or not done.recycling):
-            shape.making -= 1  # not remade after all: the release decides, as for any
-            shape.kick.set()
         if done is None:
             wait.refused = True
             wait.event.set()
@@ -480,17 +479,39 @@ class Pool:
         except CgroupError as e:
             wait.error = e
             log.error("pool: the engine's counters of %s: %s", cg.name, e)
-        if done.recycling:
+        if done.held:
             with contextlib.suppress(CgroupError):  # counters unparsed: bases as they were
                 cg.engine_reset(bool(done.flags & DONE_LIMIT_LOST))
-            eng.pending[wait.key + 1] = (shape, box.slot, cg, True)
-            self.counters.cgroups_recycled += 1
-            self.counters.engine_run_recycles += 1
+            # Held there until its release (``_go``); its slot and cgroup are in the
+            # engine's hands (the death of the engine gives them back: _engine_lost).
+            eng.pending[wait.key + 1] = (wait.shape, box.slot, cg, None)
             self.counters.destroyed += 1
             self._live.discard(box)
-            box.engine_took = True  # its task reads the init's "exited", then lets go
+            box.engine_took = (eng, wait.key + 1)  # its task reads "exited", then lets go
         wait.done = done
         wait.event.set()
+
+    def _go(self, box: Container) -> None:
+        """A container the engine holds after its run is released: remade in its slot and
+        cgroup if its shape is short (as ``_hand_to_engine``'s RECYCLE), else killed."""
+        eng, key = box.engine_took
+        box.engine_took = True  # still not ours; told once
+        self._count_back(box)
+        entry = eng.pending.get(key)
+        if entry is None or entry[3] is not None:  # the engine died (_engine_lost), or told
+            return
+        shape, slot, cg, _ = entry
+        make = shape is not None and not self._closing and self._nursery is not None \
+            and shape.short() and time.monotonic() >= shape.engine_pause
+        try:
+            eng.go(key, make)
+        except OSError:  # gone: its death (_engine_lost) gives back the slot and cgroup
+            return
+        eng.pending[key] = (shape, slot, cg, make)
+        if make:
+            shape.making += 1
+            self.counters.cgroups_recycled += 1
+            self.counters.engine_run_recycles += 1
 
     def _engine_make(self, shape: _Shape) -> bool:
         """Ask the engine for a new container of ``shape`` (a slot and cgroup taken here);

@@ -383,7 +383,7 @@ static void serve_clone(void) {
 #define ENGINE_MAGIC 0x4e454253u /* "SBEN" (sandboxd/engine.py) */
 #define MAX_INFLIGHT 1024
 
-enum { ENG_RECYCLE = 1, ENG_KILL = 2, ENG_MAKE = 3, ENG_RUN = 4, ENG_STOP = 5 };
+enum { ENG_RECYCLE = 1, ENG_KILL = 2, ENG_MAKE = 3, ENG_RUN = 4, ENG_STOP = 5, ENG_GO = 6 };
 struct eng_request { uint32_t magic, uid_map_len, gid_map_len, kind; uint64_t key; };
 /* job_pid: the new container's job process (host pid) once we read its ``ready``; 0 if
  * the pool is to read the channel itself; -1 if we read a ready that was not one.
@@ -404,7 +404,7 @@ struct eng_run {
 };
 #define RUN_MAX_COUNTERS 8
 #define RUN_MAX_ZERO 4
-enum { DONE_EMPTY = 1, DONE_RECYCLING = 2 }; /* and the kill's reason << 4 */
+enum { DONE_EMPTY = 1, DONE_HELD = 2 }; /* and the kill's reason << 4 */
 enum { KILL_CPU = 1, KILL_WALL = 2, KILL_STOP = 3 };
 
 struct run {
@@ -418,7 +418,9 @@ struct run {
 
 struct inflight {
     uint64_t key;
-    int state; /* 0 free, 1 the old init dying, 2 the new one starting, 3 a job running */
+    /* 0 free, 1 the old init dying, 2 the new one starting, 3 a job running, 4 its
+     * container held (its cgroup reset) until the pool's GO */
+    int state;
     int kind;
     int old, chan, pidfd;
     pid_t pid;
@@ -733,16 +735,13 @@ static void run_end(struct inflight *f, int exited) {
                 if (write(r->zero[i], "0", 1) != 1) recycling = 0;
         }
     }
-    flags |= (empty ? DONE_EMPTY : 0) | (recycling ? DONE_RECYCLING : 0) | r->killed << 4;
+    flags |= (empty ? DONE_EMPTY : 0) | (recycling ? DONE_HELD : 0) | r->killed << 4;
     rep.h = (struct eng_reply){f->key, 0, 0, flags, ENG_RUN};
     if (!engine_closed) send_fds(ENGINE_FD, &rep, sizeof rep.h + off, NULL, 0);
     run_close(r);
-    if (recycling) { /* RECYCLE from here on, under its own key */
+    if (recycling) { /* held, under its own key, until the pool's GO (once it answered) */
         f->key = r->rq.next_key;
-        f->kind = ENG_RECYCLE;
-        f->state = 1;
-        syscall(SYS_pidfd_send_signal, f->old, SIGKILL, NULL, 0);
-        watch(f->old, (uint64_t)(f - inflight));
+        f->state = 4;
         return;
     }
     if (f->old >= 0) close(f->old);
@@ -847,6 +846,27 @@ static void engine_run(struct inflight *f, const struct eng_request *hd,
     watch(r->chan, (uint64_t)(f - inflight));
 }
 
+/* GO: a held container (state 4) is killed, and remade in its slot and cgroup if ``make``
+ * (RECYCLE's reply), else only said dead (KILL's). The pool sends it once the job's answer
+ * is out, so that the clone is off the job's critical path. */
+static void engine_go(uint64_t key, int make) {
+    for (int i = 0; i < MAX_INFLIGHT; i++) {
+        struct inflight *f = &inflight[i];
+        if (f->state != 4 || f->key != key) continue;
+        if (!make) {
+            close_fds(f->fds + 1, f->nfds - 1);
+            f->nfds = 1;
+        }
+        f->kind = make ? ENG_RECYCLE : ENG_KILL;
+        f->state = 1;
+        syscall(SYS_pidfd_send_signal, f->old, SIGKILL, NULL, 0);
+        watch(f->old, (uint64_t)(f - inflight));
+        return;
+    }
+    errno = ENOENT; /* the pool's bug: it knows what is held */
+    die("engine: GO for nothing held");
+}
+
 static void engine_stop(uint64_t key) {
     for (int i = 0; i < nrunning; i++)
         if (inflight[running[i]].key == key) {
@@ -868,15 +888,28 @@ static void engine_request(void) {
         unwatch(ENGINE_FD);
         close(ENGINE_FD);
         engine_closed = 1;
+        for (int i = 0; i < MAX_INFLIGHT; i++) /* nobody will say GO to the held ones */
+            if (inflight[i].state == 4) {
+                syscall(SYS_pidfd_send_signal, inflight[i].old, SIGKILL, NULL, 0);
+                close(inflight[i].old);
+                close_fds(inflight[i].fds + 1, inflight[i].nfds - 1);
+                inflight[i].state = 0;
+            }
         return;
     }
     int k = (size_t)r >= sizeof req.hd ? (int)req.hd.kind : 0;
     if ((size_t)r >= sizeof req.hd && req.hd.magic == ENGINE_MAGIC &&
-        !(mflags & (MSG_CTRUNC | MSG_TRUNC)) && (k == ENG_RUN || k == ENG_STOP)) {
+        !(mflags & (MSG_CTRUNC | MSG_TRUNC)) && (k == ENG_RUN || k == ENG_STOP || k == ENG_GO)) {
         struct eng_run rq;
         size_t maps = (size_t)req.hd.uid_map_len + req.hd.gid_map_len;
         if (k == ENG_STOP && (size_t)r == sizeof req.hd && nfds == 0) {
             engine_stop(req.hd.key);
+            return;
+        }
+        if (k == ENG_GO && (size_t)r == sizeof req.hd + sizeof(uint32_t) && nfds == 0) {
+            uint32_t make;
+            memcpy(&make, req.body, sizeof make);
+            engine_go(req.hd.key, make != 0);
             return;
         }
         if (k == ENG_RUN && (size_t)r == sizeof req.hd + sizeof rq + maps &&
