@@ -319,8 +319,10 @@ class Container:
         # run at the normal one, ahead of the refills that run meanwhile.
         for pid in (self.init_pid, self.job_pid):
             if pid:
-                with contextlib.suppress(OSError):
+                try:  # not contextlib.suppress: four Python calls a job, on the hot path
                     os.setpriority(os.PRIO_PROCESS, pid, 0)
+                except OSError:
+                    pass
         if step.workspace is not None:
             # Before the hand-over, from the host: nothing of the job runs here yet.
             max_files, max_bytes = step.box_caps
@@ -1080,6 +1082,8 @@ class _Capture:
                 return
 
     def close(self) -> None:
+        if self._stream is None and self.fd < 0:  # absent (a captured job's): nothing open
+            return
         with contextlib.suppress(Exception):
             if self._stream is not None:
                 self._stream.close()

@@ -705,7 +705,7 @@ static void run_end(struct inflight *f, int exited) {
             break;
         }
     int empty = pids_in(r->fdir, "cgroup.procs", 0) == 0;
-    struct { struct eng_reply h; unsigned char body[RUN_MAX_COUNTERS * 130]; } rep;
+    struct { struct eng_reply head; unsigned char body[RUN_MAX_COUNTERS * 130]; } rep;
     size_t off = 0;
     for (int i = 0; i < r->ncounters; i++) {
         ssize_t n = pread(r->counters[i], rep.body + off + 2, 128, 0);
@@ -736,8 +736,8 @@ static void run_end(struct inflight *f, int exited) {
         }
     }
     flags |= (empty ? DONE_EMPTY : 0) | (recycling ? DONE_HELD : 0) | r->killed << 4;
-    rep.h = (struct eng_reply){f->key, 0, 0, flags, ENG_RUN};
-    if (!engine_closed) send_fds(ENGINE_FD, &rep, sizeof rep.h + off, NULL, 0);
+    rep.head = (struct eng_reply){f->key, 0, 0, flags, ENG_RUN};
+    if (!engine_closed) send_fds(ENGINE_FD, &rep, sizeof rep.head + off, NULL, 0);
     run_close(r);
     if (recycling) { /* held, under its own key, until the pool's GO (once it answered) */
         f->key = r->rq.next_key;

@@ -163,7 +163,7 @@ async def test_a_recycled_container_s_next_job_has_its_own_figures(made) -> None
         # Most of the small jobs' containers were recycled at their end (a hog's cgroup
         # may hold too much page cache: the supervisor resets that one), so jobs ran in
         # cgroups the engine reset, the hogs' included.
-        assert sum(recycled) >= 6, (recycled, pool.counters)
+        assert sum(recycled) >= 4, (recycled, pool.counters)
         before = pool.counters.engine_run_recycles
         r = await _run(pool, ["/bin/true"], last_use=False)
         assert r.verdict == "ok", r
