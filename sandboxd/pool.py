@@ -81,7 +81,7 @@ class PoolCounters:
     refills: int = 0
     engine_recycles: int = 0  # used containers the engine turned into new ones
     engine_runs: int = 0  # captured jobs the engine watched (RUN)
-    engine_run_recycles: int = 0  # of those, containers recycled at the job's end
+    engine_run_recycles: int = 0  # of those, containers held by it and remade (``_go``)
 
 
 def shape_of(spec: ContainerSpec) -> ContainerSpec:
@@ -427,10 +427,10 @@ class Pool:
     def _run_by_engine(self, box: Container, limits: Limits, sent: float
                        ) -> EngineWatch | None:
         """Have the engine watch the captured job just handed to ``box`` (docs/engine.md,
-        stage 3), and, if nothing runs in it after the job (``last_use``) and its shape
-        wants it back, recycle it at the job's end as RECYCLE would (so the reset and the
-        next container cost no second exchange). None if the engine may not: the job is
-        then watched by its own task, as before."""
+        stage 3), and, if nothing runs in it after the job (``last_use``), hold it at the
+        job's end with its cgroup reset, for the release to remake or kill (``_go``: the
+        reset and the next container then cost no exchange of their own). None if the
+        engine may not: the job is then watched by its own task, as before."""
         if not self.use_engine_run or box.has_egress or box.server is None:
             return None
         eng = self._engine(box.server)
@@ -466,8 +466,9 @@ class Pool:
 
     def _run_done(self, eng: Engine, wait: EngineWatch, done: Done | None) -> None:
         """The engine's answer to a RUN (None: it refused it, having no room): the run's
-        counters parsed now, before a recycle's reset moves the cgroup's bases on; a
-        recycled container leaves the pool's hands here, its next under way."""
+        counters parsed now, before a held container's reset moves the cgroup's bases on;
+        a held container leaves the pool's hands here, its slot and cgroup the engine's
+        until its release (``_go``)."""
         if done is None:
             wait.refused = True
             wait.event.set()
@@ -647,8 +648,6 @@ class Pool:
         lost = []
         for entry in eng.pending.values():
             if isinstance(entry, EngineWatch):  # its job died with the engine's inits
-                if entry.shape is not None:
-                    entry.shape.making -= 1  # not remade: its release destroys it
                 entry.event.set()
             else:
                 lost.append(entry)

@@ -241,3 +241,12 @@ async def test_the_engine_s_death_during_a_job_is_a_sandbox_error(made, zygote_p
         with trio.fail_after(30):
             r = await _run(pool, ["echo", "after"])
         assert r.verdict == "ok" and r.stdout == b"after\n", r
+        # The pool's books are whole: nothing counted as being made that is not.
+        shapes = list(pool._shapes.values())
+        assert all(s.making >= 0 and s.out >= 0 for s in shapes), shapes
+        with trio.fail_after(10):  # and the shape fills again, to its target and no more
+            while any(warm < target for _s, warm, target in pool.shapes()):
+                await trio.sleep(0.01)
+        await trio.sleep(0.2)
+        assert [(warm, target) for _s, warm, target in pool.shapes()] == [(2, 2)]
+        assert all(s.making == 0 and s.out == 0 for s in shapes), shapes
