@@ -660,8 +660,8 @@ class Container:
                               ) -> tuple[int, float, float]:
         """A captured job (``_supervise_captured``'s), watched by the engine when the pool
         can ask it (``engine_run``): this task sleeps until the engine's one answer, which
-        brings the cgroup's counters (the run's ``stats``) and, if it recycled the
-        container, says so; the init's "exited" is then read here, as without the engine."""
+        brings the cgroup's counters (the run's ``stats``) and, if it holds the container
+        now, says so; the init's "exited" is then read here, as without the engine."""
         wait = self.engine_run(self, limits, t0) if self.engine_run is not None else None
         if wait is None:
             return await self._supervise_captured(limits, base, t0, out, err, record)
@@ -677,12 +677,14 @@ class Container:
             raise
         finally:
             self._watch = None
-        if wait.refused:  # the engine had no room for it: watched here
-            return await self._supervise_captured(limits, base, t0, out, err, record)
         done = wait.done
+        if wait.refused or done is None:
+            # The engine had no room for it, or died (its fork server's death, which kills
+            # the init too): watched here, as without the engine. An init dead before the
+            # job's end is then NotHandedOver, and the job runs again in another container
+            # where it may (``RunStep.retryable``), as it did before the engine watched.
+            return await self._supervise_captured(limits, base, t0, out, err, record)
         try:
-            if done is None:
-                raise SandboxError("the engine (the fork server) died during the job")
             if done.killed in ("cpu", "wall") and self._killed_for is None:
                 self._killed_for = done.killed
                 self.killed_at = time.monotonic()

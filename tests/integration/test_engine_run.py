@@ -205,13 +205,15 @@ async def test_a_cancelled_job_is_killed_at_once_and_leaves_nothing(made, path) 
     assert not leftovers.new_leftovers(before)
 
 
-async def test_the_engine_s_death_during_a_job_is_a_sandbox_error(made, zygote_proc) -> None:  # type: ignore[no-untyped-def]
-    """SIGKILL of the fork server (the engine) while it watches a job: the job's init dies
-    with it (PR_SET_PDEATHSIG), the job ends as a SandboxError (never a hang), the pool
-    makes its containers again through a new fork server, and the next job runs."""
+async def test_the_engine_s_death_during_a_job_is_not_handed_over(made, zygote_proc) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL of the fork server (the engine) while it watches a job: the job's task takes
+    the watch back, the job's init dies with the engine (PR_SET_PDEATHSIG), so the job ends
+    as NotHandedOver (never a hang), which the scheduler runs again in another container
+    (tests/integration/test_daemon.py); the pool makes its containers again through a
+    new fork server, and the next job runs."""
     import trio
 
-    from sandboxd.result import SandboxError
+    from sandboxd.container import NotHandedOver
     from sandboxd_testing import leftovers
 
     async with _pool(made, "engine") as pool:
@@ -226,7 +228,7 @@ async def test_the_engine_s_death_during_a_job_is_a_sandbox_error(made, zygote_p
 
             try:
                 await box.run(RunStep(argv=["sleep", "30"], limits=DEFAULT))
-            except SandboxError as e:
+            except NotHandedOver as e:
                 errors.append(e)
             finally:
                 pool.release(box)
