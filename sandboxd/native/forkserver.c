@@ -591,8 +591,8 @@ static void engine_started(struct inflight *f) {
  * schedule), kill the job through the freezer at a limit or when asked (STOP), and once
  * the init has something to say that is not "started" (its "exited", an error, its end)
  * we prove the cgroup empty, read its counters for the supervisor and, if asked, reset
- * the cgroup and recycle the container in the same go (RECYCLE's work, under a second
- * key). The init's "exited" stays in the channel for the supervisor to read: the output
+ * the cgroup and hold the container until the pool's GO (after the job's answer), which
+ * remakes it (RECYCLE's work, under a second key) or kills it. The init's "exited" stays in the channel for the supervisor to read: the output
  * is the supervisor's business, and the counters are read here, on the host, never
  * reported by the container (docs/engine.md, "Why the counters stay with the host"). */
 
