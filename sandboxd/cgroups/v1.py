@@ -89,6 +89,9 @@ class V1Job(JobCgroup):
         self._dirs = dirs  # controller -> directory (co-mounted ones repeat)
         self._unique = list(dict.fromkeys(dirs.values()))
         self._f = backend._features
+        # The peak ``stats`` reads and ``reset`` zeroes: with swap accounting, memory + swap.
+        self._peak = "memory.memsw.max_usage_in_bytes" if self._f.memsw \
+            else "memory.max_usage_in_bytes"
         self._removed = False
         # What we last wrote to each limit file: a fresh cgroup is unlimited,
         # and only we write these files, so equal values need no syscall.
@@ -123,8 +126,7 @@ class V1Job(JobCgroup):
         if "cpuacct" in dirs:
             self._rw.add(self._path("cpuacct", "cpuacct.usage"))
         if "memory" in dirs:
-            self._rw.add(self._path("memory", "memory.memsw.max_usage_in_bytes" if self._f.memsw
-                                    else "memory.max_usage_in_bytes"))
+            self._rw.add(self._path("memory", self._peak))
         self._maybe_frozen = False  # a freeze not yet followed by a successful thaw
         self._run_fds: tuple | None = None  # run_files' descriptors, once asked for
         self._run_files: RunFiles | None = None  # and what it gave last
@@ -266,8 +268,7 @@ class V1Job(JobCgroup):
             files += [("cpuacct", "cpuacct.usage_user"), ("cpuacct", "cpuacct.usage_sys")] \
                 if self._f.usage_split else [("cpuacct", "cpuacct.stat")]
         if "memory" in self._dirs:
-            files.append(("memory", "memory.memsw.max_usage_in_bytes" if self._f.memsw
-                          else "memory.max_usage_in_bytes"))
+            files.append(("memory", self._peak))
             if self._f.oom_kill:
                 files.append(("memory", "memory.oom_control"))
         if "pids" in self._dirs and self._f.pids_peak:
@@ -294,20 +295,10 @@ class V1Job(JobCgroup):
             raise CgroupError(f"{self.name}: a counter the engine read: {e!r}") from e
 
     def _stats_of(self, get: Callable[[str, str], str], ended: bool) -> CgroupStats:
-        usage = user = system = 0
-        if "cpuacct" in self._dirs:
-            usage = int(get("cpuacct", "cpuacct.usage"))
-            if self._f.usage_split:
-                u = int(get("cpuacct", "cpuacct.usage_user"))
-                s = int(get("cpuacct", "cpuacct.usage_sys"))
-            else:  # USER_HZ ticks: only the ratio matters
-                st = _fs.keyed(get("cpuacct", "cpuacct.stat"))
-                u, s = st.get("user", 0), st.get("system", 0)
-            user, system = _split(usage, u, s)
+        usage, user, system = self._cpu_of(get)
         peak = oom_total = 0
         if "memory" in self._dirs:
-            name = "memory.memsw.max_usage_in_bytes" if self._f.memsw else None
-            peak = int(get("memory", name or "memory.max_usage_in_bytes"))
+            peak = int(get("memory", self._peak))
             if self._f.oom_kill:
                 oom_total = _oom_kills(get("memory", "memory.oom_control"))
         pids_peak = raw_pids_peak = None
@@ -318,16 +309,17 @@ class V1Job(JobCgroup):
         self._ended = (oom_total, raw_pids_peak) if ended else None
         return CgroupStats(usage, user, system, peak, oom_total - self._oom_base, pids_peak)
 
-    def _cpu(self) -> tuple[int, int, int]:
-        """usage, user, system; user/system are scaled to add up to the exact usage."""
+    def _cpu_of(self, get: Callable[[str, str], str]) -> tuple[int, int, int]:
+        """usage, user, system from ``get``'s texts; user/system are scaled to add up to
+        the exact usage."""
         if "cpuacct" not in self._dirs:
             return 0, 0, 0
-        usage = self.cpu_usage_ns()
+        usage = int(get("cpuacct", "cpuacct.usage"))
         if self._f.usage_split:
-            u = int(self._read("cpuacct", "cpuacct.usage_user"))
-            s = int(self._read("cpuacct", "cpuacct.usage_sys"))
+            u = int(get("cpuacct", "cpuacct.usage_user"))
+            s = int(get("cpuacct", "cpuacct.usage_sys"))
         else:  # USER_HZ ticks: only the ratio matters
-            st = _fs.keyed(self._read("cpuacct", "cpuacct.stat"))
+            st = _fs.keyed(get("cpuacct", "cpuacct.stat"))
             u, s = st.get("user", 0), st.get("system", 0)
         return usage, *_split(usage, u, s)
 
@@ -347,13 +339,11 @@ class V1Job(JobCgroup):
                 except OSError as e:
                     raise _fs.fail("open", self._dirs["freezer"], e) from e
                 self._fds[self._dirs["freezer"]] = fdir
-            peak = "memory.memsw.max_usage_in_bytes" if self._f.memsw \
-                else "memory.max_usage_in_bytes"
             fixed = self._run_fds = (
                 self._wfd(self._path("freezer", "freezer.state")), fdir,
                 self._fd(self._path("memory", "memory.usage_in_bytes")), self._wfd(limit),
                 tuple(self._fd(self._path(c, f)) for c, f in self._counter_files()),
-                (self._fd(self._path("memory", peak)),
+                (self._fd(self._path("memory", self._peak)),
                  self._fd(self._path("cpuacct", "cpuacct.usage"))))
         restore = self._written.get(limit, "").encode()
         if len(restore) >= 32:
@@ -392,7 +382,7 @@ class V1Job(JobCgroup):
                 return CgroupStats(0, 0, 0, 0, 0, None)
             except CgroupError:
                 self._zero_cpu = False
-        return CgroupStats(*self._cpu(), 0, 0, None)
+        return CgroupStats(*self._cpu_of(self._read), 0, 0, None)
 
     def _oom_kills(self) -> int:
         return _oom_kills(self._read("memory", "memory.oom_control"))
@@ -464,9 +454,7 @@ class V1Job(JobCgroup):
                     pass  # the peak is still reset below, to what is left
             # Only the peak ``stats`` reads (with swap accounting, memory + swap), not
             # the failcnt files either: nothing here reads them; they count reclaim.
-            peak = "memory.memsw.max_usage_in_bytes" if self._f.memsw \
-                else "memory.max_usage_in_bytes"
-            self._write(self._path("memory", peak), "0")
+            self._write(self._path("memory", self._peak), "0")
             if self._f.oom_kill:
                 self._oom_base = self._oom_kills() if ended is None else ended[0]
         if "cpuacct" in self._dirs:

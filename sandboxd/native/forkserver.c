@@ -529,6 +529,33 @@ static pid_t pidfd_host_pid(int pidfd) {
     return (pid_t)pid;
 }
 
+/* A channel frame's length (its 4-byte big-endian prefix). */
+static uint32_t frame_len(const unsigned char *b) {
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+/* Whether the frame body ``p`` (``len`` bytes) is exactly {"t": ``t``, ``key``: a value of
+ * ``type``}, in either order; that value in *value (a float64's bits for T_FLOAT). The
+ * init's ``ready`` and ``started`` are such frames. */
+static int t_and_one(const unsigned char *p, uint32_t len, const char *t, const char *key,
+                     int type, uint64_t *value) {
+    struct rd r = {p, p + len};
+    uint64_t count, kl, vl;
+    const unsigned char *k, *v;
+    int have_t = 0, have_key = 0;
+    if (mp_next(&r, &count, &k) != T_MAP || count != 2) return 0;
+    for (uint64_t i = 0; i < count; i++) {
+        if (mp_next(&r, &kl, &k) != T_STR) return 0;
+        int vt = mp_next(&r, &vl, &v);
+        if (key_is(k, kl, "t") && vt == T_STR && key_is(v, vl, t)) have_t = 1;
+        else if (key_is(k, kl, key) && vt == type) {
+            *value = vl;
+            have_key = 1;
+        } else return 0;
+    }
+    return have_t && have_key && r.p == r.end;
+}
+
 /* The new init's first message, read here when it is the ``ready`` it should be, so that
  * the pool need not read the channel (four system calls on the supervisor's thread per
  * container): the job process's pid, from the descriptor that comes with it. 0, with
@@ -542,21 +569,11 @@ static pid_t take_ready(int chan) {
     ssize_t n;
     do n = recv(chan, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT); while (n < 0 && errno == EINTR);
     if (n < 4) return 0;
-    uint32_t len = (uint32_t)buf[0] << 24 | (uint32_t)buf[1] << 16 | (uint32_t)buf[2] << 8 | buf[3];
-    if (len > sizeof buf - 4 || (size_t)n < 4 + len) return 0;
-    struct rd r = {buf + 4, buf + 4 + len};
-    uint64_t count, kl, vl;
-    const unsigned char *k, *v;
-    int ready = 0, job_pid = 0;
-    if (mp_next(&r, &count, &k) != T_MAP || count != 2) return 0;
-    for (uint64_t i = 0; i < count; i++) {
-        if (mp_next(&r, &kl, &k) != T_STR) return 0;
-        int t = mp_next(&r, &vl, &v);
-        if (key_is(k, kl, "t") && t == T_STR && key_is(v, vl, "ready")) ready = 1;
-        else if (key_is(k, kl, "job_pid") && t == T_INT) job_pid = 1;
-        else return 0;
-    }
-    if (!ready || !job_pid || r.p != r.end) return 0;
+    uint32_t len = frame_len(buf);
+    uint64_t job_pid;
+    if (len > sizeof buf - 4 || (size_t)n < 4 + len ||
+        !t_and_one(buf + 4, len, "ready", "job_pid", T_INT, &job_pid))
+        return 0;
     if (pidfd_info_works < 0) { /* asked once, on ourselves, before anything is read */
         int self = (int)syscall(SYS_pidfd_open, getpid(), 0);
         pidfd_info_works = self >= 0 && pidfd_host_pid(self) == getpid();
@@ -779,48 +796,28 @@ static int is_exited(const unsigned char *buf, size_t n) {
            key_is(k, kl, "t") && mp_next(&r, &vl, &v) == T_STR && key_is(v, vl, "exited");
 }
 
-/* Its "started", if that is what the channel holds whole: the job's hand-over time. */
-static int is_started(const unsigned char *p, uint32_t len, double *t0) {
-    struct rd r = {p, p + len};
-    uint64_t count, kl, vl;
-    const unsigned char *k, *v;
-    int started = 0, have_t0 = 0;
-    if (mp_next(&r, &count, &k) != T_MAP || count != 2) return 0;
-    for (uint64_t i = 0; i < count; i++) {
-        if (mp_next(&r, &kl, &k) != T_STR) return 0;
-        int t = mp_next(&r, &vl, &v);
-        if (key_is(k, kl, "t") && t == T_STR && key_is(v, vl, "started")) started = 1;
-        else if (key_is(k, kl, "t0") && t == T_FLOAT) {
-            memcpy(t0, &vl, sizeof *t0); /* mp_next gives a float64's bits */
-            have_t0 = 1;
-        } else return 0;
-    }
-    return started && have_t0 && r.p == r.end;
-}
-
 static void run_event(struct inflight *f) {
     struct run *r = &f->run;
     unsigned char buf[256];
     ssize_t n;
     do n = recv(r->chan, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT); while (n < 0 && errno == EINTR);
     if (n < 0 && errno == EAGAIN) return;
-    if (n >= 4) {
-        uint32_t len = (uint32_t)buf[0] << 24 | (uint32_t)buf[1] << 16 | (uint32_t)buf[2] << 8 | buf[3];
+    uint32_t len = n >= 4 ? frame_len(buf) : 0;
+    uint64_t bits;
+    if (n >= 4 && len <= sizeof buf - 4 && (size_t)n >= 4 + len &&
+        t_and_one(buf + 4, len, "started", "t0", T_FLOAT, &bits)) {
         double t0;
-        if (len <= sizeof buf - 4 && (size_t)n >= 4 + len && is_started(buf + 4, len, &t0)) {
-            ssize_t got;
-            do got = recv(r->chan, buf, 4 + len, MSG_DONTWAIT); while (got < 0 && errno == EINTR);
-            r->deadline = t0 + r->rq.wall; /* the wall clock counts from the hand-over */
-            return;
-        }
+        memcpy(&t0, &bits, sizeof t0);
+        ssize_t got;
+        do got = recv(r->chan, buf, 4 + len, MSG_DONTWAIT); while (got < 0 && errno == EINTR);
+        r->deadline = t0 + r->rq.wall; /* the wall clock counts from the hand-over */
+        return;
     }
     /* Recycled here only once the whole "exited" is in the channel: the rest of a long
      * one (its output) is still in the init's hands, which the recycle's kill ends. */
     int whole = 0, queued = 0;
-    if (n >= 4 && is_exited(buf, (size_t)n) && !ioctl(r->chan, FIONREAD, &queued)) {
-        uint32_t len = (uint32_t)buf[0] << 24 | (uint32_t)buf[1] << 16 | (uint32_t)buf[2] << 8 | buf[3];
+    if (n >= 4 && is_exited(buf, (size_t)n) && !ioctl(r->chan, FIONREAD, &queued))
         whole = (uint64_t)queued >= 4 + (uint64_t)len;
-    }
     run_end(f, whole);
 }
 
