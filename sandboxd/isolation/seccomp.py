@@ -173,7 +173,7 @@ _ALLOW_GROUPS: Final[Mapping[str, tuple[str, ...]]] = {
     ),
 }  # fmt: skip
 
-# Allowed only with the arguments checked in _add_conditional_rules.
+# Allowed only with the arguments checked in _conditions.
 _CONDITIONAL: Final = ("clone", "socket", "socketpair", "personality", "mknod", "mknodat")
 
 # Calls that no policy allows, whatever deny_extra says; each with why. Everything absent from
