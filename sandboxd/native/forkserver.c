@@ -445,6 +445,10 @@ struct inflight {
     int old, chan, pidfd;
     pid_t pid;
     int fds[2 + MAX_PROCS_FDS], nfds; /* fds[0] is the new init's end of its channel */
+    /* State 4: the held init's channel, our copy, closed once the init is killed (GO), so
+     * that the supervisor's close of its own is not the last one: the last one wakes the
+     * init (its EOF), which would then exit at once, in the middle of the job's answer. */
+    int held_chan;
     char maps[2][256];
     uint32_t lens[2];
     struct run run; /* state 3 */
@@ -732,7 +736,7 @@ static void run_close(struct run *r) {
 static void run_end(struct inflight *f, int exited) {
     struct run *r = &f->run;
     unwatch(r->chan);
-    close(r->chan);
+    int chan = r->chan;
     r->chan = -1;
     int me = (int)(f - inflight);
     for (int i = 0; i < nrunning; i++)
@@ -778,8 +782,10 @@ static void run_end(struct inflight *f, int exited) {
     if (recycling) { /* held, under its own key, until the pool's GO (once it answered) */
         f->key = r->rq.next_key;
         f->state = 4;
+        f->held_chan = chan;
         return;
     }
+    close(chan);
     if (f->old >= 0) close(f->old);
     f->old = -1;
     close_fds(f->fds + 1, f->nfds - 1);
@@ -876,6 +882,7 @@ static void engine_go(uint64_t key, int make) {
         f->kind = make ? ENG_RECYCLE : ENG_KILL;
         f->state = 1;
         syscall(SYS_pidfd_send_signal, f->old, SIGKILL, NULL, 0);
+        close(f->held_chan);
         watch(f->old, (uint64_t)(f - inflight));
         return;
     }
@@ -908,6 +915,7 @@ static void engine_request(void) {
             if (inflight[i].state == 4) {
                 syscall(SYS_pidfd_send_signal, inflight[i].old, SIGKILL, NULL, 0);
                 close(inflight[i].old);
+                close(inflight[i].held_chan);
                 close_fds(inflight[i].fds + 1, inflight[i].nfds - 1);
                 inflight[i].state = 0;
             }
