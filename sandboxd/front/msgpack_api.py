@@ -112,12 +112,6 @@ class MsgpackFront:
                 await stream.aclose()
 
 
-# How long a plain job's acceptance may wait to go out with its result (one write, and
-# one wake-up of the client, instead of two): sandboxd_protocol/PROTOCOL.md, §5.4. A job
-# still running then has its acceptance sent alone; any other message sent meanwhile on
-# the connection takes it along first, so the order of messages never changes.
-ACCEPT_CORK = 0.02
-
 # A connection whose unfinished input is below this is never refused for the budget:
 # handshakes, small jobs and control messages always get through.
 BUDGET_EXEMPT = 256 << 10
@@ -148,11 +142,8 @@ class Session:
         self._opened = trio.current_time()
         self._message_started: float | None = None
         self._receiving: trio.CancelScope | None = None
-        self._receive_due = float("inf")  # the receive's own deadline (the cork's aside)
-        self._corked = b""  # acceptances encoded, not yet written (ACCEPT_CORK)
-        self._cork_due = float("inf")
 
-    async def send(self, ev: proto.Event | None, *, shield: bool = False) -> None:
+    async def send(self, ev: proto.Event, *, shield: bool = False) -> None:
         """Send one event; a client that takes in none of it for ``idle_timeout`` is dropped.
 
         Cancellation: the bytes may be half sent; the connection is then unusable,
@@ -163,8 +154,7 @@ class Session:
         What the socket takes at once is written without a pass through trio's
         scheduler (``held``, ``_send_now``): an answer is a few hundred bytes, which a
         Unix socket takes whole, and the lock is almost always free. So most results need
-        no cancel scope at all. ``ev`` None: only the corked acceptances (``_cork``), which
-        any message takes along ahead of itself.
+        no cancel scope at all.
         """
         async with held(self.send_lock, shield=shield):
             if self.closed:
@@ -173,10 +163,7 @@ class Session:
                                                 or ev.job_scoped):
                 return  # the peer broke the protocol: only the fatal error goes out now
             try:
-                data = self.conn.send(ev) if ev is not None else b""
-                if self._corked:
-                    data = self._corked + data
-                    self._uncorked()
+                data = self.conn.send(ev)
             except proto.LocalProtocolError as e:
                 # Our bug (the message broke a rule): it ends this connection, whose
                 # protocol state is now broken, and never the daemon with every job.
@@ -203,21 +190,6 @@ class Session:
                     event("send_timeout", logging.WARNING, conn=self.n, pending=len(data))
                     with trio.CancelScope(shield=True):
                         await self.stream.aclose()
-
-    def _cork(self, ev: proto.Event) -> None:
-        """Encode ``ev`` now (the protocol's order is the order of encoding) and write it
-        with the next message, or after ACCEPT_CORK at the latest (``_receive``)."""
-        self._corked += self.conn.send(ev)
-        if self._cork_due == float("inf"):
-            self._cork_due = trio.current_time() + ACCEPT_CORK
-            if self._receiving is not None:
-                self._receiving.deadline = min(self._receiving.deadline, self._cork_due)
-
-    def _uncorked(self) -> None:
-        self._corked = b""
-        self._cork_due = float("inf")
-        if self._receiving is not None:  # no wake-up for a cork that is gone
-            self._receiving.deadline = self._receive_due
 
     def _send_now(self, data: bytes) -> int:
         """How much of ``data`` the socket took without waiting (0: let trio send it)."""
@@ -246,28 +218,20 @@ class Session:
         return now + idle
 
     async def _receive(self) -> bytes:
-        self._receive_due = self._receive_deadline()
-        while True:
-            with trio.CancelScope(deadline=min(self._receive_due, self._cork_due)) as scope:
-                self._receiving = scope
-                try:
-                    return await self.stream.receive_some(1 << 16)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return b""
-                finally:
-                    self._receiving = None
-            if self._corked and trio.current_time() >= self._cork_due:
-                await self.send(None)  # the acceptances whose results are not in yet
-                if self._corked:  # not sent (the connection closed or broken): dropped
-                    self._uncorked()
-            if trio.current_time() >= self._receive_due:
-                raise TimeoutError("timed out")
+        with trio.CancelScope(deadline=self._receive_deadline()) as scope:
+            self._receiving = scope
+            try:
+                return await self.stream.receive_some(1 << 16)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
+            finally:
+                self._receiving = None
+        raise TimeoutError("timed out")
 
     def _job_ended(self) -> None:
         """Start the idle clock of a receive that began while jobs were in flight."""
         if self._receiving is not None and not self.jobs:
-            self._receive_due = min(self._receive_due, self._receive_deadline())
-            self._receiving.deadline = min(self._receiving.deadline, self._receive_due)
+            self._receiving.deadline = min(self._receiving.deadline, self._receive_deadline())
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -394,12 +358,7 @@ class Session:
                 upload.close()
             return await self._refuse(sub.id, e.code, e.message)
         self.jobs[sub.id] = job
-        if sub.workspace is None and not sub.interactive_stdin:
-            # Its result (or its first output) most likely follows within ACCEPT_CORK;
-            # a workspace's upload and interactive stdin wait for the acceptance.
-            self._cork(proto.JobAcceptance(id=sub.id))
-        else:
-            await self.send(proto.JobAcceptance(id=sub.id))
+        await self.send(proto.JobAcceptance(id=sub.id))
         nursery.start_soon(self._run_job, job)
 
     def _job_spec(self, sub: proto.JobSubmission) -> JobSpec:

@@ -42,58 +42,6 @@ def test_hello_lists_profiles_and_runs_a_job(tmp_path):
         assert d.stats().counters["pool_hits"] >= 1
 
 
-def _events_of_one_read(c: Client) -> list[object]:
-    """What one read of the socket brings, whole frames only (the rest stays buffered)."""
-    c.conn.receive_data(c.sock.recv(1 << 16))
-    out = []
-    while (ev := c.conn.next_event()) is not proto.NEED_DATA:
-        out.append(ev)
-    return out
-
-
-def test_a_quick_job_s_acceptance_comes_with_its_result(tmp_path):
-    """One write, one wake-up of the client (msgpack_api.ACCEPT_CORK): the acceptance
-    of a plain job waits for its result. A loaded machine may take longer than the cork
-    for a job now and then, so one job of ten answered in one read is the proof."""
-    with Daemon(tmp_path, pool_profiles=["bash"]) as d:
-        c = d.connect()
-        c.run("warm", argv=["/bin/true"])
-        together = 0
-        for i in range(10):
-            c.submit(f"q{i}", argv=["/bin/true"])
-            evs = _events_of_one_read(c)
-            assert isinstance(evs[0], proto.JobAcceptance) and evs[0].id == f"q{i}", evs
-            if len(evs) == 1:
-                res, _ = c.result(f"q{i}")
-            else:
-                assert len(evs) == 2, evs
-                res = evs[1]
-                together += 1
-            assert isinstance(res, proto.JobResult) and res.steps[0].verdict == "ok", res
-        assert together >= 1
-
-
-def test_a_long_job_is_accepted_long_before_its_result(tmp_path):
-    """The cork has a deadline: a job still running is accepted within it, and a ping
-    on the same connection takes the acceptance along, ahead of the pong."""
-    with Daemon(tmp_path, pool_profiles=["bash"]) as d:
-        c = d.connect()
-        t0 = time.monotonic()
-        c.submit("slow", argv=["/bin/sleep", "1"])
-        ev = c.next()
-        accepted = time.monotonic() - t0
-        assert isinstance(ev, proto.JobAcceptance) and ev.id == "slow", ev
-        c.submit("slow2", argv=["/bin/sleep", "1"])
-        c.send(proto.Ping(nonce=7))
-        evs = [c.next(), c.next()]
-        assert [type(e) for e in evs] == [proto.JobAcceptance, proto.Pong], evs
-        res, _ = c.result("slow")
-        done = time.monotonic() - t0
-        assert isinstance(res, proto.JobResult) and res.steps[0].verdict == "ok", res
-        assert accepted < done - 0.5, (accepted, done)
-        c.result("slow2")
-
-
 def test_concurrent_jobs_over_several_connections(tmp_path):
     with Daemon(tmp_path, pool_profiles=["bash"], pool_size=2) as d:
         results: dict[str, bytes] = {}
