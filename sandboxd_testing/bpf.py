@@ -43,24 +43,20 @@ def run(program: bytes, data: bytes) -> int:
         code, jt, jf, k = ins[pc]
         cls = code & 0x07
         pc += 1
-        if cls == _LD:
+        if cls in (_LD, _LDX):
+            mode = code & 0xE0
             if code == _LD | _W | _ABS:
                 if k % 4 or k + 4 > len(data):
                     raise ValueError(f"load at {k}")
-                (a,) = struct.unpack_from("<I", data, k)
-            elif code == _LD | _MEM:
-                a = mem[k]
-            elif code == _LD | _IMM:
-                a = k
+                (value,) = struct.unpack_from("<I", data, k)
+            elif mode in (_MEM, _IMM) and code & 0x18 == _W:
+                value = mem[k] if mode == _MEM else k
             else:
                 raise ValueError(f"unknown load {code:#x}")
-        elif cls == _LDX:
-            if code == _LDX | _MEM:
-                x = mem[k]
-            elif code == _LDX | _IMM:
-                x = k
+            if cls == _LD:
+                a = value
             else:
-                raise ValueError(f"unknown load {code:#x}")
+                x = value
         elif cls == _ST:
             mem[k] = a
         elif cls == _STX:
