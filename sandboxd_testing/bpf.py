@@ -13,7 +13,7 @@ import struct
 
 M32 = 0xFFFFFFFF
 
-# BPF classes and fields (linux/bpf_common.h)
+# BPF classes and fields (the kernel's uapi header for classic BPF)
 _LD, _LDX, _ST, _STX, _ALU, _JMP, _RET, _MISC = range(8)
 _W, _ABS, _MEM, _IMM = 0x00, 0x20, 0x60, 0x00
 _K, _X, _A = 0x00, 0x08, 0x10

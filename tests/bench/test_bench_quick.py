@@ -83,3 +83,18 @@ def test_bench_judge_runs_end_to_end(tmp_path: Path) -> None:
     r = json.loads(report.read_text())
     assert set(r["median_s"]) == {"sandboxd_cold", "sandboxd_cached", "bwrap"}
     assert r["program_cache_hits"] >= 1
+
+
+def test_bench_seccomp_loads_both_programs(tmp_path: Path) -> None:
+    """bench/bench_seccomp.py builds its C loop and loads each program in real children
+    (a program the kernel refused would fail a child, and the script); no timing is
+    asserted, only what it measured."""
+    script = RUN.parent / "bench_seccomp.py"
+    report = tmp_path / "seccomp.json"
+    proc = subprocess.run([sys.executable, str(script), "--children", "20", "--rounds", "1",
+                           "--json", str(report)],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["none"]["instructions"] == 0
+    assert 0 < summary["sandboxd"]["instructions"] < summary["libseccomp"]["instructions"]
