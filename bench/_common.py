@@ -16,9 +16,13 @@ Every bench script imports this module first; it puts the repository's root on
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -208,3 +212,44 @@ def side_by_side(loop: Callable[[Any], object], each: list[Any]) -> None:
         th.start()
     for th in threads:
         th.join()
+
+
+def c_loop_rounds(source: Path, variants: Callable[[Path], dict[str, list[str]]], *,
+                  children: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+    """Build ``source`` (a C loop of ``children`` forked children that prints one JSON
+    object) and run it once per variant per round, in an order that rotates, so that the
+    machine's drift falls on every variant alike. ``variants`` gets the temporary
+    directory (for files the variants need) and gives each variant's extra arguments."""
+    tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-cloop-"))
+    try:
+        exe = tmp / source.stem
+        subprocess.run(["gcc", "-O2", "-o", str(exe), str(source)], check=True)
+        extra = variants(tmp)
+        names = list(extra)
+        got: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        for r in range(rounds):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                out = subprocess.run([str(exe), str(children), *extra[name]], check=True,
+                                     capture_output=True, text=True).stdout
+                got[name].append(json.loads(out))
+        return got
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def c_loop_main(source: Path, variants: Callable[[Path], dict[str, list[str]]],
+                summarize: Callable[[dict[str, list[dict[str, float]]]], dict[str, Any]], *,
+                children: int) -> int:
+    """A C loop's whole script: ``--children``, ``--rounds`` and ``--json``, the rounds
+    (``c_loop_rounds``), ``summarize`` (which prints), and the JSON of both."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--children", type=int, default=children)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args()
+    got = c_loop_rounds(source, variants, children=args.children, rounds=args.rounds)
+    summary = summarize(got)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": got, "summary": summary}, indent=1))
+    return 0
