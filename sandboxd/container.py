@@ -26,6 +26,7 @@ so children and threads count.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import time
@@ -63,6 +64,12 @@ READ_CHUNK = 1 << 16
 CAPTURE_MAX = 64 << 20
 WARM_TIMEOUT = 30.0  # seconds an interpreter may take to start in a warm container
 NCPU = os.cpu_count() or 1
+log = logging.getLogger("sandboxd.container")
+# How long past a watched job's wall deadline (or a STOP) the engine's answer may be late
+# before the engine is taken for wedged (a stopped or stuck fork server): its fork server
+# is then killed, and its death ends every run it watched as it does (NotHandedOver).
+# Without it, a job whose engine never answered ran past its wall limit and never ended.
+ENGINE_LATE = 5.0
 
 
 @dataclass(slots=True)
@@ -667,11 +674,11 @@ class Container:
             return await self._supervise_captured(limits, base, t0, out, err, record)
         self._watch = wait
         try:
-            await wait.event.wait()
+            await self._engine_answer(wait, t0 + limits.wall_time + ENGINE_LATE)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.kill("cancel")  # the engine's STOP; its answer follows the kill
-                await wait.event.wait()
+                await self._engine_answer(wait, time.monotonic() + ENGINE_LATE)
             if self.engine_took:
                 self.hand_off()
             raise
@@ -709,6 +716,21 @@ class Container:
         if record is not None:
             await _replay(record, msg, out.data, err.data)
         return ended
+
+    async def _engine_answer(self, wait: Any, deadline: float) -> None:
+        """Wait for the engine's answer to this job's run until ``deadline``
+        (``time.monotonic``); past it, the engine is wedged: its fork server is killed,
+        whose death answers every run it watched (the pool's ``_engine_lost``)."""
+        with trio.move_on_after(max(0.0, deadline - time.monotonic())):
+            await wait.event.wait()
+            return
+        server = self.server
+        if server is not None and not server.lost:
+            log.error("container: the engine did not answer %.1f s past the job's "
+                      "deadline; its fork server is killed", ENGINE_LATE)
+            with contextlib.suppress(OSError):
+                _libc.pidfd_send_signal(server.pidfd, 9)
+        await wait.event.wait()
 
     def _exited(self, msg: dict, out: _Capture, err: _Capture) -> tuple[int, float, float]:
         """A captured job's "exited": its output into ``out`` and ``err``, whether its init

@@ -11,6 +11,7 @@ and the engine's recycle must keep every job's figures its own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -252,3 +253,61 @@ async def test_the_engine_s_death_during_a_job_is_not_handed_over(made, zygote_p
         await trio.sleep(0.2)
         assert [(warm, target) for _s, warm, target in pool.shapes()] == [(2, 2)]
         assert all(s.making == 0 and s.out == 0 for s in shapes), shapes
+
+
+async def test_a_wedged_engine_is_killed_and_its_job_still_ends(made, zygote_proc,  # type: ignore[no-untyped-def]
+                                                              monkeypatch) -> None:
+    """A fork server that lives but never answers (SIGSTOP, as a wedged one would be)
+    while its engine watches a job: the job's task waits for the engine's answer only
+    until the job's wall deadline and ENGINE_LATE, then kills that fork server and takes
+    the watch back: the job ends as a time limit (or, if its init's death is seen first,
+    as NotHandedOver, which the scheduler runs again elsewhere), where it ran past its
+    wall limit and never ended before; a new fork server serves the next job."""
+    import trio
+
+    from sandboxd import container
+    from sandboxd.container import NotHandedOver, RunStep
+    from sandboxd.limits import DEFAULT
+    from sandboxd_testing import leftovers
+
+    monkeypatch.setattr(container, "ENGINE_LATE", 1.0)
+    async with _pool(made, "engine") as pool:
+        box = await pool.take(pool.spec)
+        box.last_use = True
+        (server_pid,) = leftovers.fork_servers(zygote_proc.pid)
+        errors: list[Exception] = []
+        results: list[Any] = []
+
+        async def job() -> None:
+            try:
+                results.append(await box.run(RunStep(
+                    argv=["sleep", "30"], limits=dataclasses.replace(DEFAULT, wall_time=1.0))))
+            except NotHandedOver as e:
+                errors.append(e)
+            finally:
+                pool.release(box)
+
+        try:
+            with trio.fail_after(15):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(job)
+                    await trio.sleep(0.3)
+                    assert pool.counters.engine_runs == 1
+                    os.kill(server_pid, signal.SIGSTOP)
+                    began = trio.current_time()
+                ended = trio.current_time() - began
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server_pid, signal.SIGCONT)  # whatever happened: never left stopped
+        # Past its wall limit when its task took the watch back: killed for it there
+        # (time_limit), unless its init's death with the fork server was seen first.
+        assert (results and results[0].verdict == "time_limit"
+                and results[0].reason == "wall") or (errors and "died" in str(errors[0])), \
+            (results, errors)
+        assert 1.5 < ended < 6, ended  # the wall limit, ENGINE_LATE, the death's handling
+        with trio.fail_after(10):
+            while server_pid in leftovers.fork_servers(zygote_proc.pid):
+                await trio.sleep(0.05)
+        with trio.fail_after(30):
+            r = await _run(pool, ["echo", "after"])
+        assert r.verdict == "ok" and r.stdout == b"after\n", r
