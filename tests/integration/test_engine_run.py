@@ -206,6 +206,42 @@ async def test_a_cancelled_job_is_killed_at_once_and_leaves_nothing(made, path) 
     assert not leftovers.new_leftovers(before)
 
 
+async def _signal_mid_job(pool: Any, zygote_proc: Any, sig: int, timeout: float,
+                          **limits: Any) -> tuple[list[Any], list[Exception], float]:
+    """Run ``sleep 30`` in a container of ``pool`` watched by the engine, send its fork
+    server ``sig`` 0.3 s in, and wait (at most ``timeout``) for the job to end: its
+    results, its NotHandedOver errors, and the seconds from the signal to its end."""
+    import trio
+
+    from sandboxd.container import NotHandedOver, RunStep
+    from sandboxd.limits import DEFAULT
+    from sandboxd_testing import leftovers
+
+    box = await pool.take(pool.spec)
+    box.last_use = True
+    (server_pid,) = leftovers.fork_servers(zygote_proc.pid)
+    errors: list[Exception] = []
+    results: list[Any] = []
+
+    async def job() -> None:
+        try:
+            results.append(await box.run(RunStep(
+                argv=["sleep", "30"], limits=dataclasses.replace(DEFAULT, **limits))))
+        except NotHandedOver as e:
+            errors.append(e)
+        finally:
+            pool.release(box)
+
+    with trio.fail_after(timeout):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(job)
+            await trio.sleep(0.3)
+            assert pool.counters.engine_runs == 1
+            os.kill(server_pid, sig)
+            began = trio.current_time()
+    return results, errors, trio.current_time() - began
+
+
 async def test_the_engine_s_death_during_a_job_is_not_handed_over(made, zygote_proc) -> None:  # type: ignore[no-untyped-def]
     """SIGKILL of the fork server (the engine) while it watches a job: the job's task takes
     the watch back, the job's init dies with the engine (PR_SET_PDEATHSIG), so the job ends
@@ -214,32 +250,8 @@ async def test_the_engine_s_death_during_a_job_is_not_handed_over(made, zygote_p
     new fork server, and the next job runs."""
     import trio
 
-    from sandboxd.container import NotHandedOver
-    from sandboxd_testing import leftovers
-
     async with _pool(made, "engine") as pool:
-        box = await pool.take(pool.spec)
-        box.last_use = True
-        (server_pid,) = leftovers.fork_servers(zygote_proc.pid)
-        errors = []
-
-        async def job() -> None:
-            from sandboxd.container import RunStep
-            from sandboxd.limits import DEFAULT
-
-            try:
-                await box.run(RunStep(argv=["sleep", "30"], limits=DEFAULT))
-            except NotHandedOver as e:
-                errors.append(e)
-            finally:
-                pool.release(box)
-
-        with trio.fail_after(20):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(job)
-                await trio.sleep(0.3)
-                assert pool.counters.engine_runs == 1
-                os.kill(server_pid, signal.SIGKILL)
+        _results, errors, _ = await _signal_mid_job(pool, zygote_proc, signal.SIGKILL, 20)
         assert errors and "died" in str(errors[0]), errors
         with trio.fail_after(30):
             r = await _run(pool, ["echo", "after"])
@@ -266,36 +278,14 @@ async def test_a_wedged_engine_is_killed_and_its_job_still_ends(made, zygote_pro
     import trio
 
     from sandboxd import container
-    from sandboxd.container import NotHandedOver, RunStep
-    from sandboxd.limits import DEFAULT
     from sandboxd_testing import leftovers
 
     monkeypatch.setattr(container, "ENGINE_LATE", 1.0)
     async with _pool(made, "engine") as pool:
-        box = await pool.take(pool.spec)
-        box.last_use = True
         (server_pid,) = leftovers.fork_servers(zygote_proc.pid)
-        errors: list[Exception] = []
-        results: list[Any] = []
-
-        async def job() -> None:
-            try:
-                results.append(await box.run(RunStep(
-                    argv=["sleep", "30"], limits=dataclasses.replace(DEFAULT, wall_time=1.0))))
-            except NotHandedOver as e:
-                errors.append(e)
-            finally:
-                pool.release(box)
-
         try:
-            with trio.fail_after(15):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(job)
-                    await trio.sleep(0.3)
-                    assert pool.counters.engine_runs == 1
-                    os.kill(server_pid, signal.SIGSTOP)
-                    began = trio.current_time()
-                ended = trio.current_time() - began
+            results, errors, ended = await _signal_mid_job(
+                pool, zygote_proc, signal.SIGSTOP, 15, wall_time=1.0)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(server_pid, signal.SIGCONT)  # whatever happened: never left stopped
