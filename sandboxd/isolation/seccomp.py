@@ -454,8 +454,8 @@ def _assemble(allowed: frozenset[int], conditions: Mapping[int, tuple[tuple[int,
     labels["search"] = len(code)
     code[x32][2] = "search"
     first = search(0, len(runs))
-    if not first.startswith("node"):  # a single run: jump to it
-        emit(0x05, 0, first)  # BPF_JA; resolved below through jt
+    if not first.startswith("node"):  # a single run: a test that always holds, to it
+        emit(_JGE_K, 0, first, first)
 
     for nr, alts in conditions.items():
         labels[f"call{nr}"] = len(code)
@@ -494,7 +494,5 @@ def _assemble(allowed: frozenset[int], conditions: Mapping[int, tuple[tuple[int,
             if not 0 <= off <= 255:  # classic BPF jumps only forward, by at most 255
                 raise SeccompError(errno.E2BIG, f"seccomp: a jump of {off} at {i}")
             offsets.append(off)
-        if op == 0x05:  # BPF_JA takes its offset in k
-            op, k, offsets = 0x05, offsets[0], [0, 0]
         out += struct.pack("<HBBI", op, offsets[0], offsets[1], k)
     return bytes(out)
